@@ -1,0 +1,16 @@
+"""synthgen: a parallel, deterministic compositor of salient objects onto scene backgrounds.
+
+Data flow, one module per step:
+sources -> plan (scene plan) -> transforms + placement (compositor) -> shards (writer) -> reader.
+"""
+import os
+
+# albumentations phones home for updates on import; these machines (and many clusters) have no
+# network, so the check would only stall. Set before any module imports albumentations.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+__version__ = "0.1.0"
+
+from synthgen.reader import ShardSet  # noqa: E402  (the entry point for downstream code)
+
+__all__ = ["ShardSet", "__version__"]

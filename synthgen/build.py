@@ -1,0 +1,323 @@
+"""`synthgen build`: check everything up front, then render and write shards in parallel.
+
+Order of work: scan the sources -> check the output folder (resume / refuse) -> probe feasibility ->
+check disk space -> write sources.json and a provisional manifest -> render shards with joblib
+(each task renders and writes one whole shard) -> read the labels back for the summary -> write the
+final manifest. Nothing is written before the checks pass, and a shard appears only when complete.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import h5py
+import joblib
+import numpy as np
+from tqdm import tqdm
+
+from synthgen import __version__
+from synthgen.compositor import STAGES, Compositor
+from synthgen.config import BuildConfig, RunOptions, build_identity
+from synthgen.errors import BadInputError, OutputError, UsageError
+from synthgen.feasibility import check_feasible
+from synthgen.manifest import MANIFEST, MANIFEST_FORMAT, SOURCES, prepare_output, write_json_atomic
+from synthgen.plan import counts_for, object_pool_order
+from synthgen.procedural import ProceduralBackgrounds, ProceduralObjects
+from synthgen.reader import read_labels
+from synthgen.shards import SCHEMA_VERSION, SHARD_FORMAT, shard_path, write_shard
+from synthgen.sources import (FolderBackgrounds, FolderObjects, Skipped, list_fingerprint, scan_backgrounds,
+                              scan_objects)
+from synthgen.stats import label_summary
+
+
+@dataclass
+class Sources:
+    """The sources of a build, as the main process sees them."""
+
+    description: dict  # what sources.json records, and what workers rebuild the sources from
+    fingerprints: dict
+    skipped: list[Skipped] = field(default_factory=list)
+
+
+def scan_sources(config: BuildConfig) -> Sources:
+    """Scan --objects and --backgrounds (or take the procedural default) and fingerprint the lists."""
+    description, fingerprints, skipped = {}, {}, []
+    if config.objects:
+        pairs, bad = scan_objects(config.objects)
+        description["objects"] = {"kind": "folder", "root": str(Path(config.objects).resolve()), "pairs": pairs}
+        fingerprints["objects"] = list_fingerprint(config.objects, pairs)
+        skipped += bad
+    else:
+        description["objects"] = {"kind": "procedural", "n": len(ProceduralObjects())}
+        fingerprints["objects"] = f"procedural-objects-v1:{len(ProceduralObjects())}"
+    if config.backgrounds:
+        files, bad = scan_backgrounds(config.backgrounds)
+        description["backgrounds"] = {"kind": "folder", "root": str(Path(config.backgrounds).resolve()),
+                                      "files": files}
+        fingerprints["backgrounds"] = list_fingerprint(config.backgrounds, files)
+        skipped += bad
+    else:
+        description["backgrounds"] = {"kind": "procedural", "n": len(ProceduralBackgrounds())}
+        fingerprints["backgrounds"] = f"procedural-backgrounds-v1:{len(ProceduralBackgrounds())}"
+    return Sources(description, fingerprints, skipped)
+
+
+def open_sources(description: dict, cache_bytes: int):
+    """Object and background sources (with decode caches) from a sources.json description."""
+    objects, backgrounds = description["objects"], description["backgrounds"]
+    half = cache_bytes // 2
+    if objects["kind"] == "folder":
+        object_source = FolderObjects(objects["root"], objects["pairs"], half)
+    else:
+        object_source = ProceduralObjects(objects["n"], half)
+    if backgrounds["kind"] == "folder":
+        background_source = FolderBackgrounds(backgrounds["root"], backgrounds["files"], half)
+    else:
+        background_source = ProceduralBackgrounds(backgrounds["n"], half)
+    return object_source, background_source
+
+
+def select_object_pool(config: BuildConfig, objects, on_bad_input: str, skipped: list) -> list[int] | None:
+    """With --source-objects K: K usable objects, tried in an order drawn from the seed (None: all)."""
+    if config.source_objects is None:
+        return None
+    pool = []
+    for k in object_pool_order(len(objects), config.seed).tolist():
+        try:
+            objects.load(k, config.size)
+        except BadInputError as error:
+            if on_bad_input == "fail":
+                raise
+            skipped.append(Skipped(error.path, error.reason))
+            continue
+        pool.append(k)
+        if len(pool) == config.source_objects:
+            return sorted(pool)
+    raise UsageError(f"--source-objects {config.source_objects}: only {len(pool)} usable objects are available")
+
+
+def check_disk_space(out: Path, config: BuildConfig, n_images: int) -> None:
+    need = n_images * config.size * config.size * 3
+    existing = next(p for p in [out, *out.parents] if p.exists())
+    free = shutil.disk_usage(existing).free
+    if config.compression == "none" and need > free:
+        raise OutputError(f"--out {out}: the images need about {need / 1e9:.2f} GB but only {free / 1e9:.2f} GB is "
+                          "free there; free space, write elsewhere, or use --compression lzf")
+
+
+# ------------------------------------------------------------------ worker side
+
+_COMPOSITORS: dict = {}
+
+
+def _worker_compositor(out_dir: str, identity: str, config: BuildConfig, cache_mb: int, on_bad_input: str):
+    """One compositor per worker process (and thread), reused across shards: its caches persist."""
+    key = (out_dir, identity, cache_mb, on_bad_input, threading.get_ident())
+    compositor = _COMPOSITORS.get(key)
+    if compositor is None:
+        cv2.setNumThreads(1)  # workers are the parallelism; OpenCV's own threads only contend
+        description = json.loads((Path(out_dir) / SOURCES).read_text())
+        objects, backgrounds = open_sources(description, cache_mb << 20)
+        pool = description["pool"] if description["pool"] is not None else range(len(objects))
+        if len(_COMPOSITORS) > 8:
+            _COMPOSITORS.clear()
+        compositor = _COMPOSITORS[key] = Compositor(config, objects, backgrounds, pool, on_bad_input)
+    return compositor
+
+
+def shard_attrs(config: BuildConfig, identity: str, fingerprints: dict, shard_index: int) -> dict:
+    """A shard's provenance: only what determines its content, so checksums match across runs."""
+    first, n = config.shard_range(shard_index)
+    return {
+        "format": SHARD_FORMAT, "schema_version": SCHEMA_VERSION, "synthgen_version": __version__,
+        "build_identity": identity, "config_json": json.dumps(config.to_json(), sort_keys=True),
+        "seed": config.seed, "shard_index": shard_index, "first_index": first, "n_images": n,
+        "image_size": config.size, "objects_fingerprint": fingerprints["objects"],
+        "backgrounds_fingerprint": fingerprints["backgrounds"],
+    }
+
+
+def build_shard(out_dir: str, shard_index: int, config_json: dict, identity: str, fingerprints: dict,
+                cache_mb: int, on_bad_input: str) -> dict:
+    """Render and write one whole shard (runs in a worker). Returns what the summary needs."""
+    started = time.perf_counter()
+    config = BuildConfig.from_json(config_json)
+    compositor = _worker_compositor(out_dir, identity, config, cache_mb, on_bad_input)
+    timings_before = dict(compositor.timings)
+    skipped_before = len(compositor.skipped)
+    first, n = config.shard_range(shard_index)
+    counts = counts_for(config, first, n)
+    size = config.size
+    images = np.empty((n, size, size, 3), np.uint8)
+    per_image = {name: [] for name in ("index", "image_seed", "target_area", "full_area", "visible_area",
+                                       "background_id")}
+    objects = {"source_id": [], "box": [], "full_area": [], "visible_area": []}
+    offsets = [0]
+    for row in range(n):
+        scene = compositor.render(first + row, int(counts[row]))
+        images[row] = scene.image
+        for name, value in (("index", scene.index), ("image_seed", scene.image_seed),
+                            ("target_area", scene.target_area), ("full_area", scene.full_area),
+                            ("visible_area", scene.visible_area), ("background_id", scene.background_id)):
+            per_image[name].append(value)
+        for obj in scene.objects:
+            objects["source_id"].append(obj.source_id)
+            objects["box"].append(obj.box)
+            objects["full_area"].append(obj.full_area)
+            objects["visible_area"].append(obj.visible_area)
+        offsets.append(offsets[-1] + len(scene.objects))
+    arrays = {
+        "images": images,
+        "count": counts.astype(np.int16),
+        "index": np.asarray(per_image["index"], np.int64),
+        "image_seed": np.asarray(per_image["image_seed"], np.uint64),
+        "target_area": np.asarray(per_image["target_area"], np.float32),
+        "full_area": np.asarray(per_image["full_area"], np.float32),
+        "visible_area": np.asarray(per_image["visible_area"], np.float32),
+        "background_id": np.asarray(per_image["background_id"], np.int32),
+        "object_offset": np.asarray(offsets, np.int64),
+        "objects/source_id": np.asarray(objects["source_id"], np.int32),
+        "objects/box": np.asarray(objects["box"], np.int16).reshape(-1, 4),
+        "objects/full_area": np.asarray(objects["full_area"], np.float32),
+        "objects/visible_area": np.asarray(objects["visible_area"], np.float32),
+    }
+    path = shard_path(out_dir, shard_index)
+    write_start = time.perf_counter()
+    try:
+        checksum = write_shard(path, arrays, shard_attrs(config, identity, fingerprints, shard_index),
+                               config.compression)
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise OutputError(f"could not write {path.name} in {out_dir}: {reason}. Shards already "
+                          "finished are intact; free space (or fix the folder) and re-run the same command to "
+                          "resume") from None
+    timings = {stage: compositor.timings.get(stage, 0.0) - timings_before.get(stage, 0.0) for stage in STAGES}
+    timings["write"] = time.perf_counter() - write_start
+    return {"shard": shard_index, "n_images": n, "checksum": checksum, "seconds": time.perf_counter() - started,
+            "timings": timings, "skipped": [(s.path, s.reason) for s in compositor.skipped[skipped_before:]]}
+
+
+# ------------------------------------------------------------------ main process
+
+
+def _parallel_backend(run: RunOptions):
+    """A joblib configuration for --backend (connecting to the dask scheduler if asked)."""
+    if run.backend != "dask":
+        return None, joblib.parallel_config(backend=run.backend, n_jobs=run.workers)
+    try:
+        from distributed import Client
+    except ImportError:
+        raise UsageError("--backend dask needs dask.distributed: pip install 'dask[distributed]'") from None
+    try:
+        client = Client(run.scheduler, timeout=30)
+    except (OSError, TimeoutError) as exc:
+        raise UsageError(f"--scheduler {run.scheduler}: cannot connect ({exc})") from None
+    return client, joblib.parallel_config(backend="dask", n_jobs=run.workers)
+
+
+def build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | None = None, log=print) -> dict:
+    """Build (or resume) a set in `out_dir`. Returns the summary that also goes into manifest.json."""
+    started = time.perf_counter()
+    out = Path(out_dir).resolve()
+    sources = scan_sources(config)
+    skipped: dict[str, str] = {}  # every bad input met anywhere in the build, reported once
+
+    def report(item: Skipped, write=log):
+        if item.path not in skipped:
+            skipped[item.path] = item.reason
+            write(item.line())
+
+    if run.on_bad_input == "fail" and sources.skipped:
+        first = sources.skipped[0]
+        raise BadInputError(first.path, first.reason + " (--on-bad-input fail)")
+    for item in sources.skipped:
+        report(item)
+    identity = build_identity(config, sources.fingerprints, __version__, SCHEMA_VERSION)
+    done = prepare_output(out, identity, config.to_json(), config.n_shards, run.overwrite)
+    todo = [s for s in range(config.n_shards) if s not in done]
+    objects, backgrounds = open_sources(sources.description, run.cache_mb << 20)
+    pool_skipped: list[Skipped] = []
+    pool = select_object_pool(config, objects, run.on_bad_input, pool_skipped)
+    sources.description["pool"] = pool
+    if todo:
+        probe = Compositor(config, objects, backgrounds, pool if pool is not None else range(len(objects)),
+                           run.on_bad_input)
+        check_feasible(config, probe)
+        pool_skipped += probe.skipped
+        check_disk_space(out, config, sum(config.shard_range(s)[1] for s in todo))
+    for item in pool_skipped:
+        report(item)
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / SOURCES, sources.description)
+    manifest = {
+        "format": MANIFEST_FORMAT, "schema_version": SCHEMA_VERSION, "synthgen_version": __version__,
+        "complete": False, "build_identity": identity, "command": command, "config": config.to_json(),
+        "n_images": config.n, "image_size": config.size, "n_shards": config.n_shards,
+        "sources": {kind: {"kind": d["kind"], "root": d.get("root"), "fingerprint": sources.fingerprints[kind],
+                           "n_files": len(d["pairs"] if "pairs" in d else d.get("files", [])) or d.get("n")}
+                    for kind, d in (("objects", sources.description["objects"]),
+                                    ("backgrounds", sources.description["backgrounds"]))},
+        "object_pool": pool,
+    }
+    write_json_atomic(out / MANIFEST, manifest)
+    results, workers, render_seconds = _render_shards(out, todo, config, identity, sources.fingerprints, run, report)
+
+    paths = [shard_path(out, s) for s in range(config.n_shards)]
+    labels = read_labels(paths, ("count", "target_area", "visible_area"))
+    summary = label_summary(labels["count"], labels["target_area"], labels["visible_area"], config.size)
+    built = sum(r["n_images"] for r in results)
+    summary.update({
+        "images_built": built, "images_resumed": config.n - built,
+        "render_seconds": round(render_seconds, 3), "total_seconds": round(time.perf_counter() - started, 3),
+        "images_per_second": round(built / render_seconds, 1) if built else None,
+        "workers": workers, "backend": run.backend,
+        "ms_per_image": {stage: round(1e3 * sum(r["timings"][stage] for r in results) / built, 4)
+                         for stage in STAGES} if built else None,
+        "skipped_inputs": [{"path": path, "reason": reason} for path, reason in skipped.items()],
+    })
+    checksums = {r["shard"]: r["checksum"] for r in results}
+    manifest["shards"] = [{"file": path.name, "first_index": config.shard_range(s)[0],
+                           "n_images": config.shard_range(s)[1],
+                           "content_sha256": checksums.get(s) or _stored_checksum(path)}
+                          for s, path in enumerate(paths)]
+    manifest.update({"complete": True, "summary": summary})
+    write_json_atomic(out / MANIFEST, manifest)
+    return summary
+
+
+def _render_shards(out: Path, todo: list[int], config: BuildConfig, identity: str, fingerprints: dict,
+                   run: RunOptions, report) -> tuple[list[dict], int | None, float]:
+    """Render and write the missing shards in parallel, with a progress bar over images."""
+    if not todo:
+        return [], None, 0.0
+    started = time.perf_counter()
+    results = []
+    task_args = (config.to_json(), identity, fingerprints, run.cache_mb, run.on_bad_input)
+    already = config.n - sum(config.shard_range(s)[1] for s in todo)
+    client, backend = _parallel_backend(run)
+    try:
+        with backend, tqdm(total=config.n, initial=already, unit="img", desc="synthgen build",
+                           disable=not run.progress, dynamic_ncols=True) as bar:
+            workers = joblib.effective_n_jobs(run.workers) if client is None else sum(client.nthreads().values())
+            tasks = (joblib.delayed(build_shard)(str(out), s, *task_args) for s in todo)
+            for result in joblib.Parallel(return_as="generator_unordered")(tasks):
+                results.append(result)
+                bar.update(result["n_images"])
+                for path, reason in result["skipped"]:
+                    report(Skipped(path, reason), bar.write)
+    finally:
+        if client is not None:
+            client.close()
+    return results, workers, time.perf_counter() - started
+
+
+def _stored_checksum(path: Path) -> str:
+    with h5py.File(path, "r") as f:
+        return str(f.attrs["content_sha256"])

@@ -1,0 +1,99 @@
+"""`synthgen inspect`: a set's statistics, a count-versus-area figure and a contact sheet (PNGs)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display is needed or assumed
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+
+from synthgen.manifest import write_json_atomic  # noqa: E402
+from synthgen.reader import ShardSet  # noqa: E402
+from synthgen.stats import label_summary  # noqa: E402
+
+
+def plot_count_vs_area(count: np.ndarray, target: np.ndarray, visible: np.ndarray, size: int, path,
+                       corr_visible: float) -> None:
+    """Three panels: the count histogram, N against visible area A, and log A per N."""
+    canvas = size * size
+    values = np.unique(count)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
+    freq = [int((count == v).sum()) for v in values]
+    axes[0].bar(values, freq, color="#4c72b0")
+    axes[0].set(xlabel="number of objects N", ylabel="images", title="count histogram", xticks=values)
+    with_objects = count > 0
+    rng = np.random.default_rng(0)
+    jitter = rng.uniform(-0.28, 0.28, with_objects.sum())
+    axes[1].scatter(count[with_objects] + jitter, visible[with_objects] / canvas, s=3, alpha=0.25, color="#4c72b0",
+                    linewidths=0)
+    nonzero = values[values > 0]
+    medians = [np.median(visible[count == v] / canvas) for v in nonzero]
+    axes[1].plot(nonzero, medians, "o-", color="#c44e52", label="median")
+    axes[1].set(yscale="log", xlabel="number of objects N", ylabel="visible cumulative area A (fraction of canvas)",
+                title=f"N against A: corr(log N, log A) = {corr_visible:+.3f}", xticks=values)
+    if (~with_objects).any():
+        axes[1].text(0.01, 0.02, f"{int((~with_objects).sum())} images with N = 0 (A = 0) not shown",
+                     transform=axes[1].transAxes, fontsize=8)
+    axes[1].legend(loc="upper right")
+    groups = [np.log10(visible[count == v] / canvas) for v in nonzero]
+    if groups:
+        axes[2].boxplot(groups, positions=nonzero, widths=0.5, showfliers=False)
+        ratio = target[with_objects] / canvas
+        axes[2].axhline(np.log10(ratio.min()), color="grey", lw=0.8, ls="--", label="target range")
+        axes[2].axhline(np.log10(ratio.max()), color="grey", lw=0.8, ls="--")
+        axes[2].legend(loc="upper right")
+    axes[2].set(xlabel="number of objects N", ylabel="log10 visible area (fraction of canvas)",
+                title="area distribution per N (same = independent)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def sample_indices(count: np.ndarray, n_samples: int, seed: int = 0) -> np.ndarray:
+    """About n_samples images spread evenly over the count values, in count order."""
+    rng = np.random.default_rng(seed)
+    values = np.unique(count)
+    per_value = max(1, n_samples // len(values))
+    picks = [rng.choice(np.flatnonzero(count == v), min(per_value, int((count == v).sum())), replace=False)
+             for v in values]
+    return np.concatenate([np.sort(p) for p in picks])[:n_samples]
+
+
+def contact_sheet(shards: ShardSet, indices: np.ndarray, path, columns: int = 8) -> None:
+    """Sample images with their labels (N, visible area) and object boxes."""
+    rows = -(-len(indices) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.9, rows * 2.1), squeeze=False)
+    images = shards.images(indices)
+    labels = shards.labels
+    canvas = shards.image_size**2
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, index, image in zip(axes.flat, indices, images):
+        ax.imshow(image)
+        for x0, y0, x1, y1 in shards.objects(int(index))["box"]:
+            ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, lw=0.8, edgecolor="#ffe600"))
+        ax.set_title(f"#{index}  N={labels['count'][index]}  A={labels['visible_area'][index] / canvas:.1%}",
+                     fontsize=7)
+    fig.tight_layout(pad=0.3)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def inspect_set(root, out_dir=None, n_samples: int = 40) -> dict:
+    """Compute a set's statistics and write inspect.json, count_vs_area.png and contact_sheet.png."""
+    with ShardSet(root) as shards:
+        out = Path(out_dir) if out_dir else shards.root / "inspect"
+        out.mkdir(parents=True, exist_ok=True)
+        labels = shards.labels
+        summary = label_summary(labels["count"], labels["target_area"], labels["visible_area"], shards.image_size)
+        figures = {"count_vs_area": str(out / "count_vs_area.png"), "contact_sheet": str(out / "contact_sheet.png")}
+        plot_count_vs_area(labels["count"], labels["target_area"], labels["visible_area"], shards.image_size,
+                           figures["count_vs_area"], summary["corr_log_count_log_area"]["visible"])
+        contact_sheet(shards, sample_indices(labels["count"], n_samples), figures["contact_sheet"])
+        report = {"set": str(shards.root), "summary": summary, "figures": figures,
+                  "build": shards.manifest.get("config")}
+        write_json_atomic(out / "inspect.json", report)
+    return report

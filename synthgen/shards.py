@@ -1,0 +1,136 @@
+"""HDF5 shards: the schema, the atomic writer, and the content checksum.
+
+The schema is documented in docs/SHARD_FORMAT.md. A shard appears only when complete: it is built in
+memory, written to a hidden temporary file, flushed to disk, then renamed into place. Its `content_sha256` covers
+every dataset (name, dtype, shape, bytes) and every other attribute, so `synthgen verify` detects
+any change.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from synthgen.config import canonical_json
+
+SCHEMA_VERSION = 1
+SHARD_FORMAT = "synthgen-shard"
+SHARD_NAME = "shard-{:05d}.h5"
+SHARD_RE = re.compile(r"shard-(\d{5,})\.h5")
+TEMP_RE = re.compile(r"\.shard-\d{5,}\.h5\.tmp-\d+")
+
+# name -> (dtype, trailing shape given the image size); leading axis: images (n), objects (m)
+IMAGE_DATASETS = {
+    "images": (np.uint8, lambda s: (s, s, 3)),
+    "count": (np.int16, lambda s: ()),
+    "index": (np.int64, lambda s: ()),
+    "image_seed": (np.uint64, lambda s: ()),
+    "target_area": (np.float32, lambda s: ()),
+    "full_area": (np.float32, lambda s: ()),
+    "visible_area": (np.float32, lambda s: ()),
+    "background_id": (np.int32, lambda s: ()),
+}
+OBJECT_DATASETS = {
+    "objects/source_id": (np.int32, ()),
+    "objects/box": (np.int16, (4,)),
+    "objects/full_area": (np.float32, ()),
+    "objects/visible_area": (np.float32, ()),
+}
+REQUIRED_ATTRS = ("format", "schema_version", "synthgen_version", "build_identity", "config_json",
+                  "shard_index", "first_index", "n_images", "image_size", "content_sha256")
+IN_MEMORY_BLOCK = 16 << 20  # growth step of the in-memory HDF5 image
+COMPRESSION_OPTIONS = {"none": {}, "lzf": {"compression": "lzf"}, "gzip": {"compression": "gzip", "compression_opts": 4}}
+
+
+def shard_path(out_dir, shard_index: int) -> Path:
+    return Path(out_dir) / SHARD_NAME.format(shard_index)
+
+
+def content_checksum(arrays: dict[str, np.ndarray], attrs: dict) -> str:
+    """sha256 over every dataset (sorted by name) and every attribute but the checksum itself."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}|{array.dtype.str}|{array.shape}\n".encode())
+        digest.update(memoryview(array).cast("B"))
+    meta = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in attrs.items() if k != "content_sha256"}
+    digest.update(canonical_json(meta).encode())
+    return digest.hexdigest()
+
+
+def write_shard(path, arrays: dict[str, np.ndarray], attrs: dict, compression: str = "none") -> str:
+    """Write a shard atomically and return its content checksum; on any failure nothing appears.
+
+    The HDF5 file is assembled in memory and written with plain file I/O: a failed write (a full
+    disk) then raises a clean OSError, where HDF5 writing to disk itself can crash on closing.
+    """
+    path = Path(path)
+    checksum = content_checksum(arrays, attrs)
+    with h5py.File(path.name, "w", driver="core", backing_store=False, block_size=IN_MEMORY_BLOCK) as f:
+        for name, array in arrays.items():
+            if name == "images":  # one chunk per image: random access reads exactly one image
+                f.create_dataset(name, data=array, chunks=(1,) + array.shape[1:], **COMPRESSION_OPTIONS[compression])
+            else:
+                f.create_dataset(name, data=array)
+        for key, value in attrs.items():
+            f.attrs[key] = value
+        f.attrs["content_sha256"] = checksum
+        f.flush()
+        image = f.id.get_file_image()
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(image)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return checksum
+
+
+def read_arrays(f: h5py.File) -> dict[str, np.ndarray]:
+    """Every dataset of an open shard, by path."""
+    arrays = {}
+    f.visititems(lambda name, obj: arrays.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
+    return arrays
+
+
+def read_attrs(f: h5py.File) -> dict:
+    return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+
+
+def schema_problems(arrays: dict[str, np.ndarray], attrs: dict) -> list[str]:
+    """What is wrong with a shard's layout (empty when it matches the schema)."""
+    problems = [f"attribute {k!r} missing" for k in REQUIRED_ATTRS if k not in attrs]
+    if problems:
+        return problems
+    if attrs["format"] != SHARD_FORMAT or attrs["schema_version"] != SCHEMA_VERSION:
+        return [f"format {attrs['format']!r} v{attrs['schema_version']} is not {SHARD_FORMAT!r} v{SCHEMA_VERSION}"]
+    n, size = attrs["n_images"], attrs["image_size"]
+    expected = {name: (dtype, (n,) + shape(size)) for name, (dtype, shape) in IMAGE_DATASETS.items()}
+    expected["object_offset"] = (np.int64, (n + 1,))
+    for name, (dtype, shape) in expected.items():
+        if name not in arrays:
+            problems.append(f"dataset {name!r} missing")
+        elif arrays[name].dtype != dtype or arrays[name].shape != shape:
+            problems.append(f"dataset {name!r} is {arrays[name].dtype}{arrays[name].shape}, expected "
+                            f"{np.dtype(dtype)}{shape}")
+    if problems:
+        return problems
+    offsets = arrays["object_offset"]
+    m = int(offsets[-1])
+    if offsets[0] != 0 or np.any(np.diff(offsets) != arrays["count"]):
+        problems.append("object_offset does not match count")
+    for name, (dtype, shape) in OBJECT_DATASETS.items():
+        if name not in arrays:
+            problems.append(f"dataset {name!r} missing")
+        elif arrays[name].dtype != dtype or arrays[name].shape != (m,) + shape:
+            problems.append(f"dataset {name!r} is {arrays[name].dtype}{arrays[name].shape}, expected "
+                            f"{np.dtype(dtype)}{(m,) + shape}")
+    return problems

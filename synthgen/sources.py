@@ -1,0 +1,363 @@
+"""Source objects (image + mask cut-outs) and scene backgrounds: discovery, decoding, validation.
+
+Two checks happen at two times. Scanning (start of a build) is structural and cheap: pairing of
+`NAME.jpg` with `NAME.png`, file extensions, empty files. Loading (on first use, in a worker) decodes
+and checks content: corrupt or truncated data, mask/image size mismatch, empty or full masks. Every
+problem becomes a `BadInputError` that names the file and the reason.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from synthgen.errors import BadInputError, UsageError
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+OBJECT_IMAGE_EXTENSIONS = IMAGE_EXTENSIONS - {".png"}  # NAME.png is the mask in the THUS10000 layout
+MIN_OBJECT_PIXELS = 16  # a mask with fewer foreground pixels has no usable object
+MAX_MASK_COVERAGE = 0.98  # a mask covering more of its image has no object to cut out
+MIN_BACKGROUND_SIDE = 16
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A source file left out of the build, and why."""
+
+    path: str
+    reason: str
+
+    def line(self) -> str:
+        return f"skipped {self.path}: {self.reason}"
+
+
+MIN_LEVEL_SIDE = 4
+
+
+@dataclass
+class Cutout:
+    """One source object cropped to its mask, as premultiplied RGBA uint8 mip-map levels.
+
+    Premultiplied, so that resampling never blends in the colour of pixels outside the object (no
+    fringes at soft edges). Level k is level 0 shrunk 2^k times with area averaging, so any later
+    resize is a cheap bilinear step of less than 2x.
+    """
+
+    levels: list
+
+    def __post_init__(self):
+        self.area = float(self.levels[0][..., 3].sum(dtype=np.float64) / 255.0)  # alpha-weighted pixels
+
+    @classmethod
+    def from_rgba(cls, rgba: np.ndarray) -> "Cutout":
+        levels = [np.ascontiguousarray(rgba)]
+        while min(levels[-1].shape[:2]) >= 2 * MIN_LEVEL_SIDE:
+            h, w = levels[-1].shape[:2]
+            levels.append(resize_rgba(levels[-1], round(w / 2), round(h / 2)))
+        return cls(levels)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.levels[0].shape[:2]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(level.nbytes for level in self.levels)
+
+    def resized(self, width: int, height: int) -> np.ndarray:
+        """Premultiplied RGBA at the given size, from the nearest level at least that large."""
+        level = self.levels[0]
+        for candidate in self.levels[1:]:
+            if candidate.shape[1] < width or candidate.shape[0] < height:
+                break
+            level = candidate
+        if level.shape[:2] == (height, width):
+            return level
+        return resize_rgba(level, width, height)
+
+
+class ByteLRU:
+    """A least-recently-used cache bounded by the total bytes of its values."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._items: OrderedDict = OrderedDict()
+
+    def get(self, key):
+        item = self._items.get(key)
+        if item is None:
+            return None
+        self._items.move_to_end(key)
+        return item[0]
+
+    def put(self, key, value, nbytes: int):
+        if key in self._items:
+            self.bytes -= self._items.pop(key)[1]
+        if nbytes > self.max_bytes:
+            return
+        self._items[key] = (value, nbytes)
+        self.bytes += nbytes
+        while self.bytes > self.max_bytes:
+            _, (_, old) = self._items.popitem(last=False)
+            self.bytes -= old
+
+
+# --------------------------------------------------------------------------- scanning
+
+
+def _walk_files(root: Path):
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if not name.startswith("."):  # .DS_Store, editor files: not data, not worth a line
+                yield Path(folder) / name
+
+
+def _check_folder(root: Path, option: str) -> Path:
+    root = Path(root)
+    if not root.exists():
+        raise UsageError(f"{option} {root}: folder does not exist")
+    if not root.is_dir():
+        raise UsageError(f"{option} {root}: not a folder")
+    return root
+
+
+def scan_objects(root) -> tuple[list[tuple[str, str]], list[Skipped]]:
+    """Find `NAME.<image>` + `NAME.png` pairs under root (recursively), as relative paths."""
+    root = _check_folder(root, "--objects")
+    images: dict[str, Path] = {}
+    masks: dict[str, Path] = {}
+    skipped: list[Skipped] = []
+    for path in _walk_files(root):
+        rel = path.relative_to(root)
+        stem = str(rel.with_suffix(""))
+        ext = path.suffix.lower()
+        if ext == ".png":
+            masks[stem] = rel
+        elif ext in OBJECT_IMAGE_EXTENSIONS:
+            if stem in images:
+                skipped.append(Skipped(str(path), f"a second image for {stem} (already have {images[stem].name})"))
+            else:
+                images[stem] = rel
+        else:
+            skipped.append(Skipped(str(path), "not an image file (expected NAME.jpg + NAME.png mask pairs)"))
+    pairs = []
+    for stem in sorted(set(images) | set(masks)):
+        if stem not in masks:
+            skipped.append(Skipped(str(root / images[stem]), f"image without a mask (expected {Path(stem).name}.png beside it)"))
+        elif stem not in images:
+            skipped.append(Skipped(str(root / masks[stem]), f"mask without an image (expected {Path(stem).name}.jpg beside it)"))
+        elif (root / images[stem]).stat().st_size == 0 or (root / masks[stem]).stat().st_size == 0:
+            empty = images[stem] if (root / images[stem]).stat().st_size == 0 else masks[stem]
+            skipped.append(Skipped(str(root / empty), "empty file"))
+        else:
+            pairs.append((images[stem].as_posix(), masks[stem].as_posix()))
+    if not pairs:
+        raise UsageError(f"--objects {root}: no usable NAME.jpg + NAME.png (mask) pairs found"
+                         + (f" ({len(skipped)} files skipped, e.g. {skipped[0].line()})" if skipped else ""))
+    return pairs, skipped
+
+
+def scan_backgrounds(root) -> tuple[list[str], list[Skipped]]:
+    """Find scene images under root (a SUN397-style tree of category folders), as relative paths."""
+    root = _check_folder(root, "--backgrounds")
+    found, skipped = [], []
+    for path in _walk_files(root):
+        if path.suffix.lower() not in IMAGE_EXTENSIONS:
+            skipped.append(Skipped(str(path), "not an image file"))
+        elif path.stat().st_size == 0:
+            skipped.append(Skipped(str(path), "empty file"))
+        else:
+            found.append(path.relative_to(root).as_posix())
+    if not found:
+        raise UsageError(f"--backgrounds {root}: no image files found")
+    return found, skipped
+
+
+def list_fingerprint(root, relpaths) -> str:
+    """Fingerprint of a source list: relative paths and sizes (stable under copying, cheap for 100K files)."""
+    digest = hashlib.sha256()
+    for rel in relpaths:
+        rels = rel if isinstance(rel, (list, tuple)) else (rel,)
+        for r in rels:
+            digest.update(f"{r}\t{(Path(root) / r).stat().st_size}\n".encode())
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def _read_bytes(path: Path) -> np.ndarray:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BadInputError(path, f"cannot read file ({exc.strerror or exc})") from None
+    if not data:
+        raise BadInputError(path, "empty file")
+    return np.frombuffer(data, np.uint8)
+
+
+def _decode(path: Path, data: np.ndarray, flags: int) -> np.ndarray:
+    image = cv2.imdecode(data, flags)
+    if image is None:
+        raise BadInputError(path, "cannot be decoded (corrupt, truncated, or not an image)")
+    return image
+
+
+def _mask_to_alpha(mask: np.ndarray) -> np.ndarray:
+    """Any mask encoding (8/16-bit, 1-bit, 0/1, gray+alpha, RGB) as 8-bit alpha, soft edges kept."""
+    if mask.ndim == 3:
+        colour = mask[..., :3]
+        if mask.shape[2] == 4 and colour.max() == colour.min():
+            mask = mask[..., 3]  # an RGBA mask whose colour is flat carries the mask in alpha
+        else:
+            mask = colour.max(axis=2) if colour.dtype != np.uint8 else cv2.cvtColor(colour, cv2.COLOR_BGR2GRAY)
+    if mask.dtype == np.uint16:
+        mask = (mask.astype(np.uint32) * 255 + 32767) // 65535
+    mask = mask.astype(np.uint8)
+    if mask.max() == 1:  # binary masks saved as 0/1 instead of 0/255
+        mask = mask * np.uint8(255)
+    return mask
+
+
+def premultiply(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Straight RGB + alpha (uint8) as premultiplied RGBA uint8."""
+    a = alpha.astype(np.float32) * (1.0 / 255.0)
+    premul = rgb.astype(np.float32) * a[..., None] + 0.5
+    return np.dstack([premul.astype(np.uint8), alpha])
+
+
+def resize_rgba(rgba: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Resize premultiplied RGBA: area averaging when shrinking 2x or more, else bilinear."""
+    shrinking_much = width * 2 <= rgba.shape[1] or height * 2 <= rgba.shape[0]
+    out = cv2.resize(rgba, (width, height), interpolation=cv2.INTER_AREA if shrinking_much else cv2.INTER_LINEAR)
+    return out.reshape(height, width, 4)  # cv2 drops singleton axes for 1-pixel outputs
+
+
+def load_cutout(image_path, mask_path, max_side: int) -> Cutout:
+    """Decode an image + mask pair, check it, crop to the mask, shrink to at most max_side."""
+    image_path, mask_path = Path(image_path), Path(mask_path)
+    image_data = _read_bytes(image_path)
+    mask = _mask_to_alpha(_decode(mask_path, _read_bytes(mask_path), cv2.IMREAD_UNCHANGED))
+    image = _decode(image_path, image_data, cv2.IMREAD_COLOR)
+    if image.shape[:2] != mask.shape:
+        # Masks are usually drawn on the stored pixels; retry without the EXIF rotation.
+        raw = _decode(image_path, image_data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+        if raw.shape[:2] == mask.shape:
+            image = raw
+        else:
+            ih, iw = image.shape[:2]
+            mh, mw = mask.shape
+            hint = " (rotated: width and height swapped, and no EXIF orientation resolves it)" if (ih, iw) == (mw, mh) else ""
+            raise BadInputError(image_path, f"image is {iw}x{ih} but its mask {mask_path.name} is {mw}x{mh}{hint}")
+    return cutout_from_arrays(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), mask, max_side, mask_path)
+
+
+def cutout_from_arrays(rgb: np.ndarray, alpha: np.ndarray, max_side: int, origin="object") -> Cutout:
+    """Check a mask, crop RGB + alpha to it, and shrink so the longer side is at most max_side."""
+    n_fg = int(np.count_nonzero(alpha >= 128))
+    if n_fg < MIN_OBJECT_PIXELS:
+        raise BadInputError(origin, f"mask is empty ({n_fg} foreground pixels)")
+    if n_fg >= MAX_MASK_COVERAGE * alpha.size:
+        raise BadInputError(origin, f"mask covers {n_fg / alpha.size:.0%} of the image (no object to cut out)")
+    ys = np.flatnonzero(alpha.any(axis=1))
+    xs = np.flatnonzero(alpha.any(axis=0))
+    y0, y1, x0, x1 = ys[0], ys[-1] + 1, xs[0], xs[-1] + 1
+    rgba = premultiply(rgb[y0:y1, x0:x1], alpha[y0:y1, x0:x1])
+    h, w = rgba.shape[:2]
+    scale = max_side / max(h, w)
+    if scale < 1:
+        rgba = resize_rgba(rgba, max(1, round(w * scale)), max(1, round(h * scale)))
+    return Cutout.from_rgba(rgba)
+
+
+def load_background(path, size: int) -> np.ndarray:
+    """Decode a scene image as RGB with its shorter side resized to `size` (aspect kept)."""
+    path = Path(path)
+    data = _read_bytes(path)
+    reduce_flag = cv2.IMREAD_COLOR
+    try:  # the header alone tells whether the JPEG decoder may shrink by 2, 4 or 8 (much faster)
+        with Image.open(io.BytesIO(data.tobytes())) as header:
+            short = min(header.size)
+            if header.format == "JPEG":
+                for factor, flag in ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4),
+                                     (2, cv2.IMREAD_REDUCED_COLOR_2)):
+                    if short // factor >= size:
+                        reduce_flag = flag
+                        break
+    except Exception:
+        pass  # let the decoder below give the verdict
+    image = _decode(path, data, reduce_flag)
+    h, w = image.shape[:2]
+    if min(h, w) < MIN_BACKGROUND_SIDE:
+        raise BadInputError(path, f"image is only {w}x{h} pixels (backgrounds need at least {MIN_BACKGROUND_SIDE})")
+    scale = size / min(h, w)
+    new = (max(size, round(w * scale)), max(size, round(h * scale)))
+    image = cv2.resize(image, new, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+# --------------------------------------------------------------------------- source collections
+
+
+class FolderObjects:
+    """Objects from a THUS10000/MSRA10K-layout folder."""
+
+    kind = "folder"
+
+    def __init__(self, root, pairs, cache_bytes: int = 256 << 20):
+        self.root = Path(root)
+        self.pairs = [tuple(p) for p in pairs]
+        self.cache = ByteLRU(cache_bytes)
+
+    def __len__(self):
+        return len(self.pairs)
+
+    def name(self, k: int) -> str:
+        return self.pairs[k][0]
+
+    def path(self, k: int) -> str:
+        return str(self.root / self.pairs[k][0])
+
+    def load(self, k: int, max_side: int) -> Cutout:
+        cutout = self.cache.get((k, max_side))
+        if cutout is None:
+            image, mask = self.pairs[k]
+            cutout = load_cutout(self.root / image, self.root / mask, max_side)
+            self.cache.put((k, max_side), cutout, cutout.nbytes)
+        return cutout
+
+
+class FolderBackgrounds:
+    """Backgrounds from a folder tree of scene images (SUN397 layout)."""
+
+    kind = "folder"
+
+    def __init__(self, root, files, cache_bytes: int = 256 << 20):
+        self.root = Path(root)
+        self.files = list(files)
+        self.cache = ByteLRU(cache_bytes)
+
+    def __len__(self):
+        return len(self.files)
+
+    def name(self, k: int) -> str:
+        return self.files[k]
+
+    def path(self, k: int) -> str:
+        return str(self.root / self.files[k])
+
+    def load(self, k: int, size: int) -> np.ndarray:
+        image = self.cache.get((k, size))
+        if image is None:
+            image = load_background(self.root / self.files[k], size)
+            self.cache.put((k, size), image, image.nbytes)
+        return image

@@ -1,0 +1,56 @@
+"""`synthgen verify`: check every shard's schema and checksum against itself and the manifest."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+from tqdm import tqdm
+
+from synthgen.manifest import read_manifest
+from synthgen.shards import SHARD_RE, content_checksum, read_arrays, read_attrs, schema_problems
+
+
+def verify_shard(path: Path, entry: dict, identity: str) -> list[str]:
+    """Problems with one shard (empty when it is intact)."""
+    if not path.exists():
+        return ["missing"]
+    try:
+        with h5py.File(path, "r") as f:
+            arrays, attrs = read_arrays(f), read_attrs(f)
+    except (OSError, KeyError, ValueError) as exc:
+        return [f"cannot be read ({exc})"]
+    problems = schema_problems(arrays, attrs)
+    if problems:
+        return problems
+    actual = content_checksum(arrays, attrs)
+    if actual != attrs["content_sha256"]:
+        problems.append(f"checksum mismatch: contents hash to {actual[:12]}..., the shard records "
+                        f"{attrs['content_sha256'][:12]}...")
+    if attrs["content_sha256"] != entry.get("content_sha256"):
+        problems.append("checksum differs from the one in manifest.json")
+    if attrs["build_identity"] != identity:
+        problems.append("belongs to a different build than manifest.json")
+    if attrs["n_images"] != entry.get("n_images") or attrs["first_index"] != entry.get("first_index"):
+        problems.append("image range differs from manifest.json")
+    return problems
+
+
+def verify_set(root, progress: bool = True) -> dict[str, list[str]]:
+    """Problems per file name across a set; an empty dict means every shard is intact."""
+    root = Path(root)
+    manifest = read_manifest(root)
+    if manifest is None:
+        return {"manifest.json": ["missing or not a synthgen manifest"]}
+    if not manifest.get("complete"):
+        return {"manifest.json": ["the build is not complete; run the same synthgen build command to resume"]}
+    problems: dict[str, list[str]] = {}
+    listed = set()
+    for entry in tqdm(manifest["shards"], desc="synthgen verify", unit="shard", disable=not progress):
+        listed.add(entry["file"])
+        found = verify_shard(root / entry["file"], entry, manifest["build_identity"])
+        if found:
+            problems[entry["file"]] = found
+    for path in sorted(root.iterdir()):
+        if SHARD_RE.fullmatch(path.name) and path.name not in listed:
+            problems[path.name] = ["not listed in manifest.json (left from another build?)"]
+    return problems

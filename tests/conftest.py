@@ -1,0 +1,101 @@
+"""Shared test helpers: real files on disk, the real CLI, the real sample data when present."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import cv2
+import h5py
+import numpy as np
+import pytest
+
+from synthgen.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+REAL_OBJECTS = SHARED / "data" / "thus10000-sample"
+REAL_SCENES = SHARED / "data" / "scenes-bsds500"
+
+# Small, fast builds: 64-pixel images, sequential unless a test asks for workers.
+FAST = ["--size", "64", "--no-progress", "--workers", "1"]
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"{path} is absent: the real sample data is only in ../shared beside the checkout")
+    return path
+
+
+@pytest.fixture
+def real_objects() -> Path:
+    return _need(REAL_OBJECTS)
+
+
+@pytest.fixture
+def real_scenes() -> Path:
+    return _need(REAL_SCENES)
+
+
+@dataclasses.dataclass
+class Result:
+    rc: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def synthgen(capsys):
+    """Run the real `synthgen` command line in-process; returns exit code and output."""
+
+    def run(*args) -> Result:
+        rc = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return Result(rc, out, err)
+
+    return run
+
+
+def write_object_pair(folder: Path, name: str, rng, size=(90, 70)) -> None:
+    """A real JPEG of a textured ellipse and its PNG mask (0/255), the THUS10000 layout."""
+    w, h = size
+    mask = np.zeros((h, w), np.uint8)
+    cv2.ellipse(mask, (w // 2, h // 2), (int(w * rng.uniform(0.25, 0.45)), int(h * rng.uniform(0.25, 0.45))),
+                float(rng.uniform(0, 180)), 0, 360, 255, -1)
+    image = (rng.random((h, w, 3)) * 60 + rng.integers(60, 190, 3)).astype(np.uint8)
+    cv2.imwrite(str(folder / f"{name}.jpg"), image)
+    cv2.imwrite(str(folder / f"{name}.png"), mask)
+
+
+def make_objects(folder: Path, n: int = 6, seed: int = 0) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for k in range(n):
+        write_object_pair(folder, f"obj{k:03d}", rng)
+    return folder
+
+
+def make_scenes(folder: Path, n: int = 6, seed: int = 0) -> Path:
+    """Real JPEG scenes in SUN397-like nested category folders, landscape and portrait."""
+    rng = np.random.default_rng(seed)
+    for k in range(n):
+        category = folder / "abc"[k % 3] / f"category{k % 2}"
+        category.mkdir(parents=True, exist_ok=True)
+        shape = (120, 160, 3) if k % 2 else (160, 110, 3)
+        cv2.imwrite(str(category / f"scene{k}.jpg"), (rng.random(shape) * 255).astype(np.uint8))
+    return folder
+
+
+def read_set(out_dir) -> dict[str, np.ndarray]:
+    """Every dataset of every shard of a set, concatenated in shard order (object tables too)."""
+    manifest = json.loads((Path(out_dir) / "manifest.json").read_text())
+    parts: dict[str, list] = {}
+    for shard in manifest["shards"]:
+        with h5py.File(Path(out_dir) / shard["file"], "r") as f:
+            f.visititems(lambda name, obj: parts.setdefault(name, []).append(obj[()])
+                         if isinstance(obj, h5py.Dataset) else None)
+    return {name: np.concatenate(chunks) if name != "object_offset" else chunks for name, chunks in parts.items()}
+
+
+def manifest_of(out_dir) -> dict:
+    return json.loads((Path(out_dir) / "manifest.json").read_text())

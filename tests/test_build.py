@@ -1,0 +1,254 @@
+"""`synthgen build` end to end, through the real command line, on real HDF5 files."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import FAST, make_objects, make_scenes, manifest_of, read_set
+from synthgen.shards import content_checksum, read_arrays, read_attrs
+
+
+def test_schema_labels_and_provenance(synthgen, tmp_path):
+    out = tmp_path / "set"
+    result = synthgen("build", "--n", 60, "--shard-size", 25, "--out", out, "--seed", 5, *FAST)
+    assert result.rc == 0, result.err
+    assert "built 60 images" in result.out and "corr(log N, log A)" in result.out
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "shard-00000.h5", "shard-00001.h5",
+                                                     "shard-00002.h5", "sources.json"]
+    manifest = manifest_of(out)
+    assert manifest["complete"] and manifest["config"]["seed"] == 5 and manifest["config"]["size"] == 64
+    assert [s["n_images"] for s in manifest["shards"]] == [25, 25, 10]
+    assert manifest["command"][:2] == ["synthgen", "build"]
+    with h5py.File(out / "shard-00001.h5", "r") as f:
+        images = f["images"]
+        assert images.dtype == np.uint8 and images.shape == (25, 64, 64, 3) and images.chunks == (1, 64, 64, 3)
+        attrs = read_attrs(f)
+        assert json.loads(attrs["config_json"])["n"] == 60 and attrs["first_index"] == 25
+        assert attrs["content_sha256"] == manifest["shards"][1]["content_sha256"]
+        assert attrs["content_sha256"] == content_checksum(read_arrays(f), attrs)
+        # No pickled objects anywhere: plain numeric datasets, plain scalar or string attributes.
+        f.visititems(lambda name, obj: None if not isinstance(obj, h5py.Dataset) else
+                     pytest.fail(name) if obj.dtype.kind not in "uif" else None)
+        assert all(isinstance(v, (str, int, float)) for v in attrs.values())
+    data = read_set(out)
+    assert np.bincount(data["count"]).tolist() == [12] * 5
+    assert np.array_equal(data["index"], np.arange(60))
+    starts = np.concatenate([[0], np.cumsum(data["count"])])
+    for i in range(60):
+        rows = slice(starts[i], starts[i + 1])
+        assert data["visible_area"][i] == pytest.approx(data["objects/visible_area"][rows].sum(), rel=1e-5, abs=1e-3)
+        boxes = data["objects/box"][rows]
+        assert np.all(boxes[:, :2] >= 0) and np.all(boxes[:, 2:] <= 64) and np.all(boxes[:, 2:] > boxes[:, :2])
+    assert np.all(data["target_area"][data["count"] == 0] == 0)
+
+
+def test_one_and_two_workers_give_identical_sets(synthgen, tmp_path):
+    args = ["--n", 48, "--shard-size", 10, "--seed", 11, "--size", "64", "--no-progress"]
+    assert synthgen("build", *args, "--out", tmp_path / "one", "--workers", 1).rc == 0
+    result = synthgen("build", *args, "--out", tmp_path / "two", "--workers", 2)
+    assert result.rc == 0 and "2 workers" in result.out
+    one, two = read_set(tmp_path / "one"), read_set(tmp_path / "two")
+    assert one.keys() == two.keys()
+    for name in one:
+        if name != "object_offset":
+            assert np.array_equal(one[name], two[name]), name
+    assert [s["content_sha256"] for s in manifest_of(tmp_path / "one")["shards"]] == \
+           [s["content_sha256"] for s in manifest_of(tmp_path / "two")["shards"]]
+
+
+def test_image_i_depends_only_on_seed_and_i(synthgen, tmp_path):
+    assert synthgen("build", "--n", 30, "--out", tmp_path / "small", *FAST).rc == 0
+    assert synthgen("build", "--n", 50, "--shard-size", 7, "--out", tmp_path / "large", *FAST).rc == 0
+    small, large = read_set(tmp_path / "small"), read_set(tmp_path / "large")
+    assert np.array_equal(small["images"], large["images"][:30])
+    assert np.array_equal(small["count"], large["count"][:30])
+    assert synthgen("build", "--n", 30, "--seed", 1, "--out", tmp_path / "other", *FAST).rc == 0
+    assert not np.array_equal(small["images"], read_set(tmp_path / "other")["images"])
+
+
+def _synthgen_command(*args):
+    return [sys.executable, "-c", "import sys; from synthgen.cli import main; sys.exit(main(sys.argv[1:]))",
+            *map(str, args)]
+
+
+def test_interrupted_build_resumes_to_the_same_set(synthgen, tmp_path):
+    args = ["build", "--n", 400, "--shard-size", 20, *FAST]
+    assert synthgen(*args, "--out", tmp_path / "whole").rc == 0
+    out = tmp_path / "cut"
+    process = subprocess.Popen(_synthgen_command(*args, "--out", out), start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while len(list(out.glob("shard-*.h5"))) < 3 and time.time() < deadline and process.poll() is None:
+        time.sleep(0.01)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    finished = sorted(p.name for p in out.glob("shard-*.h5"))
+    assert 3 <= len(finished) < 20, "the build should have been cut off part way"
+    assert not manifest_of(out)["complete"]
+    (out / ".shard-00019.h5.tmp-99999").write_bytes(b"half a shard")  # as a kill mid-write leaves
+    before = {name: (out / name).stat().st_mtime_ns for name in finished}
+    result = synthgen(*args, "--out", out)
+    assert result.rc == 0 and f"{len(finished) * 20} were already built" in result.out
+    assert all((out / name).stat().st_mtime_ns == before[name] for name in finished)  # not rewritten
+    assert not list(out.glob(".shard-*"))
+    whole, resumed = read_set(tmp_path / "whole"), read_set(out)
+    for name in whole:
+        if name != "object_offset":
+            assert np.array_equal(whole[name], resumed[name]), name
+    again = synthgen(*args, "--out", out)
+    assert again.rc == 0 and "nothing to do" in again.out
+
+
+def test_a_different_build_is_refused_unless_overwrite(synthgen, tmp_path):
+    out = tmp_path / "set"
+    assert synthgen("build", "--n", 20, "--out", out, *FAST).rc == 0
+    checksum = manifest_of(out)["shards"][0]["content_sha256"]
+    refused = synthgen("build", "--n", 30, "--count", "1-3", "--out", out, *FAST)
+    assert refused.rc == 1
+    assert "different build" in refused.err and "--n 20 -> 30" in refused.err and "--overwrite" in refused.err
+    assert manifest_of(out)["shards"][0]["content_sha256"] == checksum and manifest_of(out)["n_images"] == 20
+    replaced = synthgen("build", "--n", 30, "--count", "1-3", "--out", out, "--overwrite", *FAST)
+    assert replaced.rc == 0 and manifest_of(out)["n_images"] == 30
+
+
+def test_a_folder_with_foreign_files_is_never_touched(synthgen, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.tex").write_text("precious")
+    for extra in ([], ["--overwrite"]):
+        result = synthgen("build", "--n", 10, "--out", out, *FAST, *extra)
+        assert result.rc == 1 and "did not write (thesis.tex)" in result.err
+    assert sorted(p.name for p in out.iterdir()) == ["thesis.tex"]
+
+
+def test_impossible_requests_are_refused_before_any_work(synthgen, tmp_path):
+    out = tmp_path / "never"
+    result = synthgen("build", "--n", 10, "--count", "4", "--area-range", "0.85-0.9", "--max-occlusion", 0,
+                      "--out", out, "--max-redraws", 5, *FAST)
+    assert result.rc == 2
+    assert "cannot place 4 objects covering 90%" in result.err and "--max-occlusion" in result.err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--count", "4-1"], "--count '4-1'"),
+    (["--n", "0"], "--n 0"),
+    (["--area-range", "0.5-0.2"], "--area-range"),
+    (["--max-occlusion", "1.5"], "--max-occlusion"),
+    (["--backend", "dask"], "--scheduler"),
+    (["--objects", "/nonexistent/folder"], "--objects /nonexistent/folder: folder does not exist"),
+])
+def test_invalid_arguments_get_clear_errors(synthgen, tmp_path, args, message):
+    base = {"--n": "5", "--out": str(tmp_path / "o")}
+    for key, value in zip(args[::2], args[1::2]):
+        base[key] = value
+    flat = [x for kv in base.items() for x in kv]
+    result = synthgen("build", *flat, *FAST)
+    assert result.rc == 2 and message in result.err
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_inputs_are_skipped_with_reasons_or_stop_the_build(synthgen, tmp_path):
+    objects = make_objects(tmp_path / "objects", n=5)
+    (objects / "obj001.jpg").write_bytes(b"\xff\xd8 not really")  # corrupt: found when first used
+    (objects / "obj004.png").unlink()  # image without mask: found by the scan
+    (objects / "readme.md").write_text("hello")
+    scenes = make_scenes(tmp_path / "scenes", n=4)
+    (scenes / "a" / "category0" / "truncated.jpg").write_bytes(b"\xff\xd8\xff\xe0")
+    common = ["--n", 80, "--objects", objects, "--backgrounds", scenes, *FAST]
+    result = synthgen("build", *common, "--out", tmp_path / "skip")
+    assert result.rc == 0, result.err
+    for name, reason in (("obj001.jpg", "cannot be decoded"), ("obj004.jpg", "image without a mask"),
+                         ("readme.md", "not an image file"), ("truncated.jpg", "cannot be decoded")):
+        assert any(name in line and reason in line for line in result.out.splitlines()), name
+    assert "skipped inputs    4" in result.out
+    manifest = manifest_of(tmp_path / "skip")
+    assert len(manifest["summary"]["skipped_inputs"]) == 4
+    data = read_set(tmp_path / "skip")
+    sources = json.loads((tmp_path / "skip" / "sources.json").read_text())
+    used = {sources["objects"]["pairs"][k][0] for k in np.unique(data["objects/source_id"])}
+    assert "obj001.jpg" not in used and used
+    strict = synthgen("build", *common, "--out", tmp_path / "fail", "--on-bad-input", "fail")
+    assert strict.rc == 1 and "readme.md: not an image file" in strict.err and "--on-bad-input fail" in strict.err
+    assert not (tmp_path / "fail").exists()
+
+
+def test_a_full_disk_keeps_finished_shards_intact(synthgen, tmp_path):
+    out = tmp_path / "set"
+    args = ["build", "--n", 60, "--shard-size", 20, *FAST]
+    assert synthgen(*args, "--out", out).rc == 0
+    kept = {name: (out / name).read_bytes() for name in ("shard-00000.h5", "shard-00002.h5")}
+    (out / "shard-00001.h5").unlink()
+    # The file-size limit makes the kernel refuse the shard's writes, as a full disk would.
+    limit = "import resource, signal; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); " \
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (60000, 60000)); "
+    code = limit + "import sys; from synthgen.cli import main; sys.exit(main(sys.argv[1:]))"
+    failed = subprocess.run([sys.executable, "-c", code, *map(str, args), "--out", str(out)],
+                            capture_output=True, text=True)
+    assert failed.returncode == 1
+    assert "could not write shard-00001.h5" in failed.stderr and "File too large" in failed.stderr
+    assert "re-run the same command to resume" in failed.stderr
+    assert {name: (out / name).read_bytes() for name in kept} == kept
+    assert not (out / "shard-00001.h5").exists() and not list(out.glob(".shard-*"))
+    resumed = synthgen(*args, "--out", out)
+    assert resumed.rc == 0 and "40 were already built" in resumed.out
+    assert synthgen("verify", out, "--no-progress").rc == 0
+
+
+def test_same_object_analysis_set(synthgen, tmp_path):
+    out = tmp_path / "analysis"
+    result = synthgen("build", "--n", 100, "--same-object", "--source-objects", 4, "--max-occlusion", 0,
+                      "--out", out, *FAST)
+    assert result.rc == 0, result.err
+    data, manifest = read_set(out), manifest_of(out)
+    pool = manifest["object_pool"]
+    assert len(pool) == 4 and set(np.unique(data["objects/source_id"])) <= set(pool)
+    starts = np.concatenate([[0], np.cumsum(data["count"])])
+    for i in np.flatnonzero(data["count"] > 1):
+        assert len(set(data["objects/source_id"][starts[i]:starts[i + 1]])) == 1
+    assert np.allclose(data["visible_area"], data["full_area"], atol=1e-3)  # no overlap at all
+
+
+def test_log_count_and_log_area_are_uncorrelated(synthgen, tmp_path):
+    out = tmp_path / "corr"
+    assert synthgen("build", "--n", 1000, "--out", out, *FAST).rc == 0
+    summary = manifest_of(out)["summary"]
+    assert summary["count_histogram"] == {str(k): 200 for k in range(5)}
+    assert abs(summary["corr_log_count_log_area"]["target"]) < 0.05
+    assert abs(summary["corr_log_count_log_area"]["visible"]) < 0.05
+
+
+def test_dask_cluster_build_matches_the_local_build(synthgen, tmp_path):
+    distributed = pytest.importorskip("distributed", reason="dask.distributed is a test dependency")
+    args = ["build", "--n", 40, "--shard-size", 10, "--seed", 3, "--size", "64", "--no-progress"]
+    assert synthgen(*args, "--out", tmp_path / "local", "--workers", 1).rc == 0
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster:
+        result = synthgen(*args, "--out", tmp_path / "dask", "--backend", "dask", "--scheduler",
+                          cluster.scheduler_address)
+    assert result.rc == 0, result.err
+    assert "2 workers, dask" in result.out
+    local, remote = read_set(tmp_path / "local"), read_set(tmp_path / "dask")
+    for name in local:
+        if name != "object_offset":
+            assert np.array_equal(local[name], remote[name]), name
+
+
+def test_real_sample_build(synthgen, tmp_path, real_objects, real_scenes):
+    out = tmp_path / "real"
+    result = synthgen("build", "--n", 120, "--objects", real_objects, "--backgrounds", real_scenes,
+                      "--out", out, "--size", 161, "--no-progress", "--workers", 1)
+    assert result.rc == 0, result.err
+    data = read_set(out)
+    assert data["images"].shape == (120, 161, 161, 3)
+    assert set(np.unique(data["objects/source_id"])) <= set(range(18))
+    assert len(np.unique(data["background_id"])) > 50
+    assert data["images"].std(axis=(1, 2, 3)).min() > 10  # real photos, not blank
+    assert np.all(data["full_area"][data["count"] > 0] / data["target_area"][data["count"] > 0] > 0.9)

@@ -1,0 +1,201 @@
+"""Source discovery and decoding on real files, including every kind of bad input."""
+import io
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import make_objects, make_scenes, write_object_pair
+from synthgen.errors import BadInputError, UsageError
+from synthgen.sources import load_background, load_cutout, scan_backgrounds, scan_objects
+
+
+def _mask(h=60, w=80):
+    mask = np.zeros((h, w), np.uint8)
+    mask[10:50, 20:60] = 255
+    return mask
+
+
+def _rgb(h=60, w=80, value=(200, 40, 90)):
+    return np.tile(np.uint8(value), (h, w, 1))
+
+
+def test_scan_pairs_and_reports_unpaired_and_stray_files(tmp_path):
+    make_objects(tmp_path, n=3)
+    cv2.imwrite(str(tmp_path / "lonely.jpg"), _rgb())
+    cv2.imwrite(str(tmp_path / "orphan.png"), _mask())
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / ".DS_Store").write_bytes(b"\0")
+    pairs, skipped = scan_objects(tmp_path)
+    assert pairs == [("obj000.jpg", "obj000.png"), ("obj001.jpg", "obj001.png"), ("obj002.jpg", "obj002.png")]
+    reasons = {p.split("/")[-1]: r for p, r in ((s.path, s.reason) for s in skipped)}
+    assert reasons["lonely.jpg"].startswith("image without a mask")
+    assert reasons["orphan.png"].startswith("mask without an image")
+    assert reasons["notes.txt"].startswith("not an image file")
+    assert reasons["empty.jpg"] == "empty file"
+    assert ".DS_Store" not in reasons
+
+
+def test_empty_or_missing_folders_are_refused_with_the_option_name(tmp_path):
+    with pytest.raises(UsageError, match="--objects .*no usable"):
+        scan_objects(tmp_path)
+    with pytest.raises(UsageError, match="--backgrounds .*no image files"):
+        scan_backgrounds(tmp_path)
+    with pytest.raises(UsageError, match="--objects .*does not exist"):
+        scan_objects(tmp_path / "nope")
+
+
+def test_backgrounds_are_found_in_nested_category_folders(tmp_path):
+    make_scenes(tmp_path, n=6)
+    (tmp_path / "a" / "readme.txt").write_text("x")
+    files, skipped = scan_backgrounds(tmp_path)
+    assert len(files) == 6 and all(f.count("/") == 2 for f in files)
+    assert [s.reason for s in skipped] == ["not an image file"]
+
+
+def _pair(tmp_path, image_bytes, mask_array=None, name="x", ext=".jpg"):
+    (tmp_path / f"{name}{ext}").write_bytes(image_bytes)
+    cv2.imwrite(str(tmp_path / f"{name}.png"), _mask() if mask_array is None else mask_array)
+    return tmp_path / f"{name}{ext}", tmp_path / f"{name}.png"
+
+
+def _encode(array, fmt="JPEG", mode=None, **kwargs):
+    image = Image.fromarray(array)
+    if mode:
+        image = image.convert(mode)
+    out = io.BytesIO()
+    image.save(out, fmt, **kwargs)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("data, reason", [
+    (b"\xff\xd8\xff\xe0 definitely not a jpeg", "cannot be decoded"),
+    (_encode(_rgb())[:200], "cannot be decoded"),  # truncated
+    (b"", "empty file"),
+])
+def test_corrupt_truncated_and_empty_images_are_bad_inputs(tmp_path, data, reason):
+    image, mask = _pair(tmp_path, data)
+    with pytest.raises(BadInputError, match=reason) as error:
+        load_cutout(image, mask, 64)
+    assert error.value.path == str(image)
+
+
+def test_truncated_mask_is_a_bad_input(tmp_path):
+    image, mask = _pair(tmp_path, _encode(_rgb()))
+    mask.write_bytes(mask.read_bytes()[:60])
+    with pytest.raises(BadInputError, match="cannot be decoded") as error:
+        load_cutout(image, mask, 64)
+    assert error.value.path == str(mask)
+
+
+def test_size_mismatch_names_both_sizes_and_spots_rotation(tmp_path):
+    image, mask = _pair(tmp_path, _encode(_rgb(60, 80)), _mask(40, 50))
+    with pytest.raises(BadInputError, match="image is 80x60 but its mask x.png is 50x40"):
+        load_cutout(image, mask, 64)
+    image, mask = _pair(tmp_path, _encode(_rgb(60, 80)), _mask(80, 60), name="y")
+    with pytest.raises(BadInputError, match="rotated"):
+        load_cutout(image, mask, 64)
+
+
+def test_exif_rotated_photo_matches_its_mask_either_way(tmp_path):
+    # Stored 80x60 with an EXIF tag that displays it as 60x80 (orientation 6).
+    exif = Image.new("RGB", (1, 1)).getexif()
+    exif[0x0112] = 6
+    stored = _encode(_rgb(60, 80), exif=exif.tobytes())
+    for name, mask in (("raw", _mask(60, 80)), ("shown", np.ascontiguousarray(np.rot90(_mask(60, 80), -1)))):
+        image, mask_path = _pair(tmp_path, stored, mask, name=name)
+        cutout = load_cutout(image, mask_path, 64)
+        assert cutout.area > 100
+
+
+@pytest.mark.parametrize("mask, reason", [
+    (np.zeros((60, 80), np.uint8), "mask is empty"),
+    (np.full((60, 80), 255, np.uint8), "covers 100%"),
+])
+def test_empty_and_full_masks_are_bad_inputs(tmp_path, mask, reason):
+    image, mask_path = _pair(tmp_path, _encode(_rgb()), mask)
+    with pytest.raises(BadInputError, match=reason):
+        load_cutout(image, mask_path, 64)
+
+
+@pytest.mark.parametrize("ext, data", [
+    (".jpg", _encode(_rgb(), "JPEG", mode="L")),  # grayscale
+    (".jpg", _encode(_rgb(), "JPEG", mode="CMYK")),
+    (".tif", _encode(np.dstack([_rgb(), np.full((60, 80), 255, np.uint8)]), "TIFF")),  # RGBA
+    (".tif", _encode((np.full((60, 80), 40000, np.uint16)), "TIFF")),  # 16-bit grayscale
+    (".webp", _encode(_rgb(), "WEBP", lossless=True)),
+])
+def test_image_modes_all_load_as_rgb(tmp_path, ext, data):
+    image, mask = _pair(tmp_path, data, ext=ext)
+    cutout = load_cutout(image, mask, 64)
+    rgba = cutout.levels[0]
+    assert rgba.dtype == np.uint8 and rgba.shape[2] == 4
+    inner = rgba[5:-5, 5:-5]
+    assert inner[..., 3].min() == 255 and inner[..., :3].max() > 30  # opaque, not black
+
+
+def test_mask_encodings_give_the_same_alpha(tmp_path):
+    binary = _mask()
+    encodings = {
+        "eight_bit": _encode(binary, "PNG"),
+        "one_bit": _encode(binary, "PNG", mode="1"),
+        "zero_one": _encode((binary > 0).astype(np.uint8), "PNG"),
+        "sixteen_bit": _encode(binary.astype(np.uint16) * 257, "PNG"),
+        "palette": _encode(binary, "PNG", mode="P"),
+        "rgba_flat_colour": _encode(np.dstack([np.zeros((60, 80, 3), np.uint8), binary]), "PNG"),
+    }
+    areas = {}
+    for name, data in encodings.items():
+        image, mask = _pair(tmp_path, _encode(_rgb()), name=name)
+        mask.write_bytes(data)
+        areas[name] = load_cutout(image, mask, 200).area
+    assert set(areas.values()) == {40.0 * 40.0}, areas
+
+
+def test_graded_mask_keeps_soft_edges_as_alpha(tmp_path):
+    soft = cv2.GaussianBlur(_mask(), (0, 0), 3)
+    image, mask = _pair(tmp_path, _encode(_rgb()), soft)
+    alpha = load_cutout(image, mask, 200).levels[0][..., 3]
+    partial = np.count_nonzero((alpha > 10) & (alpha < 245))
+    assert partial > 100
+    assert load_cutout(image, mask, 200).area == pytest.approx(soft.sum() / 255, rel=1e-6)
+
+
+def test_cutout_is_cropped_and_shrunk_to_max_side(tmp_path):
+    rng = np.random.default_rng(0)
+    write_object_pair(tmp_path, "big", rng, size=(400, 300))
+    cutout = load_cutout(tmp_path / "big.jpg", tmp_path / "big.png", 64)
+    assert max(cutout.shape) == 64
+    assert all(max(level.shape[:2]) <= 64 for level in cutout.levels)
+    # mip levels halve down to a few pixels
+    assert [max(level.shape[:2]) for level in cutout.levels][:3] == [64, 32, 16]
+
+
+def test_backgrounds_decode_to_short_side(tmp_path):
+    make_scenes(tmp_path, n=2)
+    files, _ = scan_backgrounds(tmp_path)
+    for rel in files:
+        image = load_background(tmp_path / rel, 64)
+        assert min(image.shape[:2]) == 64 and image.shape[2] == 3
+    cv2.imwrite(str(tmp_path / "tiny.png"), np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(BadInputError, match="only 8x8"):
+        load_background(tmp_path / "tiny.png", 64)
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    with pytest.raises(BadInputError, match="cannot be decoded"):
+        load_background(tmp_path / "broken.jpg", 64)
+
+
+def test_real_thus10000_pairs_all_load(real_objects):
+    pairs, skipped = scan_objects(real_objects)
+    assert len(pairs) == 18 and not skipped
+    for image, mask in pairs:
+        cutout = load_cutout(real_objects / image, real_objects / mask, 161)
+        raw = cv2.imread(str(real_objects / mask), cv2.IMREAD_GRAYSCALE)
+        assert max(cutout.shape) <= 161
+        # the cut-out is the mask's object, shrunk: its area scales with the square of the shrink factor
+        ys, xs = np.nonzero(raw)
+        shrink = min(1.0, 161 / max(np.ptp(ys) + 1, np.ptp(xs) + 1))
+        assert cutout.area == pytest.approx(raw.sum() / 255 * shrink**2, rel=0.03)

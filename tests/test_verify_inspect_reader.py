@@ -1,0 +1,157 @@
+"""verify (corruption is found and named), inspect (statistics and PNGs), the reader, the CLI."""
+import json
+import shutil
+import subprocess
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import FAST, manifest_of, read_set
+from synthgen import ShardSet
+from synthgen.errors import OutputError
+
+
+@pytest.fixture(scope="module")
+def built_set(tmp_path_factory):
+    """One small finished set, shared read-only by the tests of this module."""
+    from synthgen.cli import main
+
+    out = tmp_path_factory.mktemp("sets") / "base"
+    assert main(["build", "--n", "50", "--shard-size", "20", "--out", str(out), *FAST]) == 0
+    return out
+
+
+@pytest.fixture
+def copy_of(built_set, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(built_set, out)
+    return out
+
+
+def test_verify_passes_an_intact_set(synthgen, built_set):
+    result = synthgen("verify", built_set, "--no-progress")
+    assert result.rc == 0 and "all 3 shards" in result.out
+
+
+def test_verify_finds_changed_labels(synthgen, copy_of):
+    with h5py.File(copy_of / "shard-00001.h5", "r+") as f:
+        f["target_area"][3] = f["target_area"][3] + 1  # still a valid layout: only the checksum can tell
+    with h5py.File(copy_of / "shard-00002.h5", "r+") as f:
+        f["count"][3] = f["count"][3] + 1  # no longer matches the per-object table
+    result = synthgen("verify", copy_of, "--no-progress")
+    assert result.rc == 1 and "shard-00001.h5: checksum mismatch" in result.err
+    assert "shard-00002.h5: object_offset does not match count" in result.err
+    assert "shard-00000.h5" not in result.err
+
+
+def test_verify_finds_flipped_image_bytes(synthgen, copy_of):
+    path = copy_of / "shard-00000.h5"
+    with h5py.File(path, "r") as f:
+        offset = f["images"].id.get_chunk_info(7).byte_offset  # the raw bytes of image 7 in the file
+    data = bytearray(path.read_bytes())
+    data[offset + 100] ^= 0xFF
+    path.write_bytes(bytes(data))
+    result = synthgen("verify", copy_of, "--no-progress")
+    assert result.rc == 1 and "shard-00000.h5: checksum mismatch" in result.err
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: (d / "shard-00002.h5").unlink(), "shard-00002.h5: missing"),
+    (lambda d: (d / "shard-00002.h5").write_bytes((d / "shard-00002.h5").read_bytes()[:5000]),
+     "shard-00002.h5: cannot be read"),
+    (lambda d: shutil.copy(d / "shard-00000.h5", d / "shard-00009.h5"), "shard-00009.h5: not listed"),
+])
+def test_verify_finds_missing_truncated_and_stray_shards(synthgen, copy_of, damage, message):
+    damage(copy_of)
+    result = synthgen("verify", copy_of, "--no-progress")
+    assert result.rc == 1 and message in result.err
+
+
+def test_verify_and_reader_refuse_an_incomplete_build(synthgen, copy_of):
+    manifest = manifest_of(copy_of)
+    manifest["complete"] = False
+    (copy_of / "manifest.json").write_text(json.dumps(manifest))
+    result = synthgen("verify", copy_of, "--no-progress")
+    assert result.rc == 1 and "not complete" in result.err
+    with pytest.raises(OutputError, match="not complete.*resume"):
+        ShardSet(copy_of)
+    with pytest.raises(OutputError, match="no synthgen manifest"):
+        ShardSet(copy_of / "shard-00000.h5").__len__()
+
+
+def test_inspect_writes_valid_pngs_and_true_statistics(synthgen, built_set, tmp_path):
+    out = tmp_path / "figures"
+    result = synthgen("inspect", built_set, "--out", out, "--samples", 10)
+    assert result.rc == 0
+    assert "count histogram   0: 10  1: 10  2: 10  3: 10  4: 10" in result.out
+    report = json.loads((out / "inspect.json").read_text())
+    data = read_set(built_set)
+    keep = data["count"] > 0
+    expected = np.corrcoef(np.log(data["count"][keep]), np.log(data["visible_area"][keep]))[0, 1]
+    assert report["summary"]["corr_log_count_log_area"]["visible"] == pytest.approx(expected)
+    for name in ("count_vs_area.png", "contact_sheet.png"):
+        with Image.open(out / name) as image:
+            image.verify()
+        with Image.open(out / name) as image:
+            pixels = np.asarray(image.convert("RGB"))
+            assert image.width > 600 and pixels.std() > 10  # a real figure, not a blank canvas
+
+
+def test_reader_matches_the_files(built_set):
+    data = read_set(built_set)
+    with ShardSet(built_set) as shards:
+        assert len(shards) == 50 and shards.image_size == 64
+        assert np.array_equal(shards.labels["count"], data["count"])
+        order = [49, 3, 20, 3, 19, 0]  # across shards, unsorted, with a repeat
+        assert np.array_equal(shards.images(order), data["images"][order])
+        image, labels = shards[21]
+        assert np.array_equal(image, data["images"][21]) and labels["count"] == data["count"][21]
+        objects = shards.objects(21)
+        assert len(objects["box"]) == data["count"][21]
+        assert objects["visible_area"].sum() == pytest.approx(labels["visible_area"], rel=1e-5, abs=1e-3)
+        with pytest.raises(IndexError):
+            shards.image(50)
+
+
+def test_reader_in_forked_dataloader_workers(built_set):
+    torch = pytest.importorskip("torch")
+    shards = ShardSet(built_set)
+    shards.image(0)  # the parent holds an open handle; the workers must not use it
+
+    class Images(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(shards)
+
+        def __getitem__(self, i):
+            return torch.from_numpy(shards.image(i)), int(shards.labels["count"][i])
+
+    loader = torch.utils.data.DataLoader(Images(), batch_size=8, num_workers=2,
+                                         multiprocessing_context="fork")
+    images = torch.cat([batch for batch, _ in loader]).numpy()
+    assert np.array_equal(images, read_set(built_set)["images"])
+    shards.close()
+
+
+def test_help_documents_every_option_with_its_default(capsys):
+    from synthgen.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["build", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for option, default in (("--count", "0-4"), ("--size", "161"), ("--area-range", "0.04-0.36"),
+                            ("--area-dist", "loguniform"), ("--size-jitter", "0.15"), ("--max-occlusion", "0.2"),
+                            ("--max-outside", "0.0"), ("--shard-size", "1000"), ("--workers", "-1"),
+                            ("--backend", "loky"), ("--on-bad-input", "skip"), ("--color-shift", "0.2,0.2,0.05"),
+                            ("--seed", "0"), ("--compression", "none")):
+        assert option in text and f"default: {default}" in text, option
+    for option in ("--same-object", "--source-objects", "--scheduler", "--overwrite", "--objects", "--backgrounds"):
+        assert option in text
+
+
+def test_console_script_is_installed():
+    synthgen = shutil.which("synthgen")
+    assert synthgen, "the synthgen console script is not on PATH (pip install -e . installs it)"
+    result = subprocess.run([synthgen, "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.startswith("synthgen ")
