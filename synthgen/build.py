@@ -1,14 +1,14 @@
 """`synthgen build`: check everything up front, then render and write shards in parallel.
 
 Order of work: scan the sources -> check the output folder (resume / refuse) -> probe feasibility ->
-check disk space -> write sources.json and a provisional manifest -> render shards with joblib
-(each task renders and writes one whole shard) -> read the labels back for the summary -> write the
-final manifest. Nothing is written before the checks pass, and a shard appears only when complete.
+check disk space -> write a provisional manifest -> decode every object once into the shared
+prepared store -> write sources.json -> render shards with joblib (each task renders and writes one
+whole shard) -> read the labels back for the summary -> write the final manifest and drop the store.
+Nothing is written before the checks pass, and a shard appears only when complete.
 """
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import threading
 import time
@@ -24,10 +24,11 @@ from tqdm import tqdm
 from synthgen import __version__
 from synthgen.compositor import STAGES, Compositor
 from synthgen.config import BuildConfig, RunOptions, build_identity
-from synthgen.errors import BadInputError, OutputError, UsageError
+from synthgen.errors import BadInputError, OutputError, UsageError, write_failure
 from synthgen.feasibility import check_feasible
 from synthgen.manifest import MANIFEST, MANIFEST_FORMAT, SOURCES, prepare_output, write_json_atomic
 from synthgen.plan import counts_for, object_pool_order
+from synthgen.prepared import PREPARED_DIR, PreparedObjects, prepare_objects, store_dir
 from synthgen.procedural import ProceduralBackgrounds, ProceduralObjects
 from synthgen.reader import read_labels
 from synthgen.shards import SCHEMA_VERSION, SHARD_FORMAT, shard_path, write_shard
@@ -50,37 +51,39 @@ def scan_sources(config: BuildConfig) -> Sources:
     description, fingerprints, skipped = {}, {}, []
     if config.objects:
         pairs, bad = scan_objects(config.objects)
-        description["objects"] = {"kind": "folder", "root": str(Path(config.objects).resolve()), "pairs": pairs}
+        description["objects"] = {"kind": "folder", "root": str(Path(config.objects).resolve()), "pairs": pairs,
+                                  "count": len(pairs)}
         fingerprints["objects"] = list_fingerprint(config.objects, pairs)
         skipped += bad
     else:
-        description["objects"] = {"kind": "procedural", "n": len(ProceduralObjects())}
+        description["objects"] = {"kind": "procedural", "count": len(ProceduralObjects())}
         fingerprints["objects"] = f"procedural-objects-v1:{len(ProceduralObjects())}"
     if config.backgrounds:
         files, bad = scan_backgrounds(config.backgrounds)
         description["backgrounds"] = {"kind": "folder", "root": str(Path(config.backgrounds).resolve()),
-                                      "files": files}
+                                      "files": files, "count": len(files)}
         fingerprints["backgrounds"] = list_fingerprint(config.backgrounds, files)
         skipped += bad
     else:
-        description["backgrounds"] = {"kind": "procedural", "n": len(ProceduralBackgrounds())}
+        description["backgrounds"] = {"kind": "procedural", "count": len(ProceduralBackgrounds())}
         fingerprints["backgrounds"] = f"procedural-backgrounds-v1:{len(ProceduralBackgrounds())}"
     return Sources(description, fingerprints, skipped)
 
 
-def open_sources(description: dict, cache_bytes: int):
-    """Object and background sources (with decode caches) from a sources.json description."""
-    objects, backgrounds = description["objects"], description["backgrounds"]
-    half = cache_bytes // 2
+def open_objects(description: dict, cache_bytes: int):
+    """The object source described in sources.json (decoding directly, with a cache)."""
+    objects = description["objects"]
     if objects["kind"] == "folder":
-        object_source = FolderObjects(objects["root"], objects["pairs"], half)
-    else:
-        object_source = ProceduralObjects(objects["n"], half)
+        return FolderObjects(objects["root"], objects["pairs"], cache_bytes)
+    return ProceduralObjects(objects["count"], cache_bytes)
+
+
+def open_backgrounds(description: dict, cache_bytes: int):
+    """The background source described in sources.json, with a cache."""
+    backgrounds = description["backgrounds"]
     if backgrounds["kind"] == "folder":
-        background_source = FolderBackgrounds(backgrounds["root"], backgrounds["files"], half)
-    else:
-        background_source = ProceduralBackgrounds(backgrounds["n"], half)
-    return object_source, background_source
+        return FolderBackgrounds(backgrounds["root"], backgrounds["files"], cache_bytes)
+    return ProceduralBackgrounds(backgrounds["count"], cache_bytes)
 
 
 def select_object_pool(config: BuildConfig, objects, on_bad_input: str, skipped: list) -> list[int] | None:
@@ -116,18 +119,33 @@ def check_disk_space(out: Path, config: BuildConfig, n_images: int) -> None:
 _COMPOSITORS: dict = {}
 
 
+def in_worker(function, *args):
+    """Every parallel task runs through here. This module imports albumentations (and with it
+    torch) when a worker unpickles the task, so the worker's first task already holds every heavy
+    module: loky measures a worker's memory after its first task and restarts workers that grow by
+    300 MB, which a later import of torch would otherwise trigger."""
+    cv2.setNumThreads(1)  # workers are the parallelism; OpenCV's own threads only contend
+    return function(*args)
+
+
+def run_in_workers(calls) -> list:
+    """Run (function, args) calls under the active joblib backend, results in order."""
+    return joblib.Parallel()(joblib.delayed(in_worker)(function, *args) for function, args in calls)
+
+
 def _worker_compositor(out_dir: str, identity: str, config: BuildConfig, cache_mb: int, on_bad_input: str):
     """One compositor per worker process (and thread), reused across shards: its caches persist."""
     key = (out_dir, identity, cache_mb, on_bad_input, threading.get_ident())
     compositor = _COMPOSITORS.get(key)
     if compositor is None:
-        cv2.setNumThreads(1)  # workers are the parallelism; OpenCV's own threads only contend
         description = json.loads((Path(out_dir) / SOURCES).read_text())
-        objects, backgrounds = open_sources(description, cache_mb << 20)
-        pool = description["pool"] if description["pool"] is not None else range(len(objects))
+        # Objects are reused across images, backgrounds (in large sets) hardly: objects get most memory.
+        cache = cache_mb << 20
+        objects = PreparedObjects(store_dir(out_dir, config.size), description["objects"]["count"], cache * 3 // 4)
+        backgrounds = open_backgrounds(description, cache // 4)
         if len(_COMPOSITORS) > 8:
             _COMPOSITORS.clear()
-        compositor = _COMPOSITORS[key] = Compositor(config, objects, backgrounds, pool, on_bad_input)
+        compositor = _COMPOSITORS[key] = Compositor(config, objects, backgrounds, description["pool"], on_bad_input)
     return compositor
 
 
@@ -193,10 +211,7 @@ def build_shard(out_dir: str, shard_index: int, config_json: dict, identity: str
         checksum = write_shard(path, arrays, shard_attrs(config, identity, fingerprints, shard_index),
                                config.compression)
     except OSError as exc:
-        reason = os.strerror(exc.errno) if exc.errno else str(exc)
-        raise OutputError(f"could not write {path.name} in {out_dir}: {reason}. Shards already "
-                          "finished are intact; free space (or fix the folder) and re-run the same command to "
-                          "resume") from None
+        raise write_failure(path.name, out_dir, exc) from None
     timings = {stage: compositor.timings.get(stage, 0.0) - timings_before.get(stage, 0.0) for stage in STAGES}
     timings["write"] = time.perf_counter() - write_start
     return {"shard": shard_index, "n_images": n, "checksum": checksum, "seconds": time.perf_counter() - started,
@@ -238,13 +253,15 @@ def build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | No
         raise BadInputError(first.path, first.reason + " (--on-bad-input fail)")
     for item in sources.skipped:
         report(item)
+
+    # Checks, before anything is written.
     identity = build_identity(config, sources.fingerprints, __version__, SCHEMA_VERSION)
     done = prepare_output(out, identity, config.to_json(), config.n_shards, run.overwrite)
     todo = [s for s in range(config.n_shards) if s not in done]
-    objects, backgrounds = open_sources(sources.description, run.cache_mb << 20)
+    objects = open_objects(sources.description, (run.cache_mb << 20) // 2)
+    backgrounds = open_backgrounds(sources.description, (run.cache_mb << 20) // 2)
     pool_skipped: list[Skipped] = []
     pool = select_object_pool(config, objects, run.on_bad_input, pool_skipped)
-    sources.description["pool"] = pool
     if todo:
         probe = Compositor(config, objects, backgrounds, pool if pool is not None else range(len(objects)),
                            run.on_bad_input)
@@ -255,19 +272,38 @@ def build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | No
         report(item)
 
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / SOURCES, sources.description)
     manifest = {
         "format": MANIFEST_FORMAT, "schema_version": SCHEMA_VERSION, "synthgen_version": __version__,
         "complete": False, "build_identity": identity, "command": command, "config": config.to_json(),
         "n_images": config.n, "image_size": config.size, "n_shards": config.n_shards,
         "sources": {kind: {"kind": d["kind"], "root": d.get("root"), "fingerprint": sources.fingerprints[kind],
-                           "n_files": len(d["pairs"] if "pairs" in d else d.get("files", [])) or d.get("n")}
+                           "count": d["count"]}
                     for kind, d in (("objects", sources.description["objects"]),
                                     ("backgrounds", sources.description["backgrounds"]))},
         "object_pool": pool,
     }
     write_json_atomic(out / MANIFEST, manifest)
-    results, workers, render_seconds = _render_shards(out, todo, config, identity, sources.fingerprints, run, report)
+
+    results, workers, render_seconds, prepare_seconds = [], None, 0.0, 0.0
+    if todo:
+        client, backend = _parallel_backend(run)
+        try:
+            with backend:
+                ids = pool if pool is not None else list(range(len(objects)))
+                prepare_start = time.perf_counter()
+                usable, bad = prepare_objects(objects, ids, config.size, out, run.on_bad_input, run_in_workers)
+                prepare_seconds = time.perf_counter() - prepare_start
+                for item in bad:
+                    report(item)
+                if not usable and max(config.counts) > 0:
+                    raise UsageError(f"--objects {config.objects}: none of the {len(ids)} objects is usable "
+                                     "(each is listed above with the reason)")
+                write_json_atomic(out / SOURCES, {**sources.description, "pool": usable})
+                results, workers, render_seconds = _render_shards(out, todo, config, identity,
+                                                                  sources.fingerprints, run, report, client)
+        finally:
+            if client is not None:
+                client.close()
 
     paths = [shard_path(out, s) for s in range(config.n_shards)]
     labels = read_labels(paths, ("count", "target_area", "visible_area"))
@@ -275,7 +311,8 @@ def build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | No
     built = sum(r["n_images"] for r in results)
     summary.update({
         "images_built": built, "images_resumed": config.n - built,
-        "render_seconds": round(render_seconds, 3), "total_seconds": round(time.perf_counter() - started, 3),
+        "prepare_seconds": round(prepare_seconds, 3), "render_seconds": round(render_seconds, 3),
+        "total_seconds": round(time.perf_counter() - started, 3),
         "images_per_second": round(built / render_seconds, 1) if built else None,
         "workers": workers, "backend": run.backend,
         "ms_per_image": {stage: round(1e3 * sum(r["timings"][stage] for r in results) / built, 4)
@@ -289,32 +326,26 @@ def build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | No
                           for s, path in enumerate(paths)]
     manifest.update({"complete": True, "summary": summary})
     write_json_atomic(out / MANIFEST, manifest)
+    shutil.rmtree(out / PREPARED_DIR, ignore_errors=True)  # only an unfinished build needs the store
     return summary
 
 
 def _render_shards(out: Path, todo: list[int], config: BuildConfig, identity: str, fingerprints: dict,
-                   run: RunOptions, report) -> tuple[list[dict], int | None, float]:
+                   run: RunOptions, report, client) -> tuple[list[dict], int, float]:
     """Render and write the missing shards in parallel, with a progress bar over images."""
-    if not todo:
-        return [], None, 0.0
     started = time.perf_counter()
     results = []
     task_args = (config.to_json(), identity, fingerprints, run.cache_mb, run.on_bad_input)
     already = config.n - sum(config.shard_range(s)[1] for s in todo)
-    client, backend = _parallel_backend(run)
-    try:
-        with backend, tqdm(total=config.n, initial=already, unit="img", desc="synthgen build",
-                           disable=not run.progress, dynamic_ncols=True) as bar:
-            workers = joblib.effective_n_jobs(run.workers) if client is None else sum(client.nthreads().values())
-            tasks = (joblib.delayed(build_shard)(str(out), s, *task_args) for s in todo)
-            for result in joblib.Parallel(return_as="generator_unordered")(tasks):
-                results.append(result)
-                bar.update(result["n_images"])
-                for path, reason in result["skipped"]:
-                    report(Skipped(path, reason), bar.write)
-    finally:
-        if client is not None:
-            client.close()
+    workers = joblib.effective_n_jobs(run.workers) if client is None else sum(client.nthreads().values())
+    with tqdm(total=config.n, initial=already, unit="img", desc="synthgen build", disable=not run.progress,
+              dynamic_ncols=True) as bar:
+        tasks = (joblib.delayed(in_worker)(build_shard, str(out), s, *task_args) for s in todo)
+        for result in joblib.Parallel(return_as="generator_unordered")(tasks):
+            results.append(result)
+            bar.update(result["n_images"])
+            for path, reason in result["skipped"]:
+                report(Skipped(path, reason), bar.write)
     return results, workers, time.perf_counter() - started
 
 

@@ -83,7 +83,7 @@ def add_build_arguments(p: argparse.ArgumentParser) -> None:
                      "workers must see --out and the source folders")
     run.add_argument("--on-bad-input", choices=BAD_INPUT_POLICIES, default="skip",
                      help="skip each bad source file with one line saying why, or stop (default: %(default)s)")
-    run.add_argument("--cache-mb", type=int, default=512,
+    run.add_argument("--cache-mb", type=int, default=RunOptions.cache_mb,
                      help="memory per worker for decoded sources, in MB (default: %(default)s)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -184,6 +184,10 @@ def main(argv=None) -> int:
         return 2
     except SynthgenError as exc:
         print(f"synthgen: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a read or write the code did not expect to fail (disk, permissions...)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"synthgen: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("synthgen: interrupted; finished shards are kept. Run the same command again to resume.",

@@ -153,7 +153,7 @@ class RunOptions:
     scheduler: str | None = None
     overwrite: bool = False
     on_bad_input: str = "skip"
-    cache_mb: int = 512
+    cache_mb: int = 256
     progress: bool = True
 
     def __post_init__(self):

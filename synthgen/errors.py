@@ -28,3 +28,12 @@ class PlacementError(SynthgenError):
 
 class OutputError(SynthgenError):
     """A problem with the output folder (not ours, different build, disk full...)."""
+
+
+def write_failure(what: str, folder, exc: OSError) -> OutputError:
+    """A clear error for a failed write (full disk, quota, permissions): what, where, and why."""
+    import os
+
+    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    return OutputError(f"could not write {what} in {folder}: {reason}. Shards already finished are intact; "
+                       "free space (or fix the folder) and re-run the same command to resume")

@@ -1,7 +1,8 @@
 """The output folder: its manifest, resuming, and refusing to mix different builds.
 
 Files synthgen owns in an output folder: `manifest.json`, `sources.json`, `shard-NNNNN.h5`, hidden
-`.shard-NNNNN.h5.tmp-PID` files of an interrupted build, and the `inspect/` folder. Anything else
+`.shard-NNNNN.h5.tmp-PID` files of an interrupted build, the `prepared/` object store of an
+unfinished build, and the `inspect/` folder. Anything else
 there is the user's, and synthgen never deletes it.
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 import h5py
 
 from synthgen.errors import OutputError
+from synthgen.prepared import PREPARED_DIR
 from synthgen.shards import SHARD_RE, TEMP_RE, shard_path
 
 MANIFEST = "manifest.json"
@@ -23,7 +25,7 @@ MANIFEST_FORMAT = "synthgen-manifest"
 
 
 def is_own_entry(name: str) -> bool:
-    return (name in (MANIFEST, SOURCES, INSPECT_DIR) or bool(SHARD_RE.fullmatch(name))
+    return (name in (MANIFEST, SOURCES, INSPECT_DIR, PREPARED_DIR) or bool(SHARD_RE.fullmatch(name))
             or bool(TEMP_RE.fullmatch(name)) or name.startswith(f".{MANIFEST}.tmp") or name.startswith(f".{SOURCES}.tmp"))
 
 

@@ -283,25 +283,27 @@ def load_background(path, size: int) -> np.ndarray:
     """Decode a scene image as RGB with its shorter side resized to `size` (aspect kept)."""
     path = Path(path)
     data = _read_bytes(path)
-    reduce_flag = cv2.IMREAD_COLOR
+    flag = cv2.IMREAD_COLOR
     try:  # the header alone tells whether the JPEG decoder may shrink by 2, 4 or 8 (much faster)
         with Image.open(io.BytesIO(data.tobytes())) as header:
             short = min(header.size)
             if header.format == "JPEG":
-                for factor, flag in ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4),
-                                     (2, cv2.IMREAD_REDUCED_COLOR_2)):
-                    if short // factor >= size:
-                        reduce_flag = flag
+                for factor, reduced in ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4),
+                                        (2, cv2.IMREAD_REDUCED_COLOR_2)):
+                    if -(-short // factor) >= size:  # libjpeg rounds scaled sizes up
+                        flag = reduced
                         break
     except Exception:
         pass  # let the decoder below give the verdict
-    image = _decode(path, data, reduce_flag)
+    image = _decode(path, data, flag)
     h, w = image.shape[:2]
     if min(h, w) < MIN_BACKGROUND_SIDE:
         raise BadInputError(path, f"image is only {w}x{h} pixels (backgrounds need at least {MIN_BACKGROUND_SIDE})")
     scale = size / min(h, w)
-    new = (max(size, round(w * scale)), max(size, round(h * scale)))
-    image = cv2.resize(image, new, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    if scale != 1:
+        new = (max(size, round(w * scale)), max(size, round(h * scale)))
+        # after a DCT-domain reduction at most a 2x shrink remains, where bilinear is enough
+        image = cv2.resize(image, new, interpolation=cv2.INTER_AREA if scale <= 0.5 else cv2.INTER_LINEAR)
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 

@@ -180,26 +180,31 @@ def test_bad_inputs_are_skipped_with_reasons_or_stop_the_build(synthgen, tmp_pat
     assert not (tmp_path / "fail").exists()
 
 
-def test_a_full_disk_keeps_finished_shards_intact(synthgen, tmp_path):
+@pytest.mark.parametrize("limit, failing", [
+    (200_000, "shard-00001.h5"),  # the object store fits, the shard does not
+    (60_000, "the prepared object store (part-00000.bin)"),
+])
+def test_a_full_disk_keeps_finished_shards_intact(synthgen, tmp_path, limit, failing):
     out = tmp_path / "set"
-    args = ["build", "--n", 60, "--shard-size", 20, *FAST]
+    args = ["build", "--n", 60, "--shard-size", 20, "--source-objects", 8, *FAST]
     assert synthgen(*args, "--out", out).rc == 0
     kept = {name: (out / name).read_bytes() for name in ("shard-00000.h5", "shard-00002.h5")}
     (out / "shard-00001.h5").unlink()
-    # The file-size limit makes the kernel refuse the shard's writes, as a full disk would.
-    limit = "import resource, signal; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); " \
-            "resource.setrlimit(resource.RLIMIT_FSIZE, (60000, 60000)); "
-    code = limit + "import sys; from synthgen.cli import main; sys.exit(main(sys.argv[1:]))"
+    # The file-size limit makes the kernel refuse the writes, as a full disk would.
+    code = ("import resource, signal; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+            f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); "
+            "import sys; from synthgen.cli import main; sys.exit(main(sys.argv[1:]))")
     failed = subprocess.run([sys.executable, "-c", code, *map(str, args), "--out", str(out)],
                             capture_output=True, text=True)
-    assert failed.returncode == 1
-    assert "could not write shard-00001.h5" in failed.stderr and "File too large" in failed.stderr
-    assert "re-run the same command to resume" in failed.stderr
+    assert failed.returncode == 1, failed.stderr
+    assert f"could not write {failing}" in failed.stderr and "File too large" in failed.stderr
+    assert "re-run the same command to resume" in failed.stderr and "Traceback" not in failed.stderr
     assert {name: (out / name).read_bytes() for name in kept} == kept
-    assert not (out / "shard-00001.h5").exists() and not list(out.glob(".shard-*"))
+    assert not (out / "shard-00001.h5").exists() and not list(out.rglob("*.tmp*"))
     resumed = synthgen(*args, "--out", out)
     assert resumed.rc == 0 and "40 were already built" in resumed.out
     assert synthgen("verify", out, "--no-progress").rc == 0
+    assert not (out / "prepared").exists()
 
 
 def test_same_object_analysis_set(synthgen, tmp_path):
