@@ -2,6 +2,8 @@
 import json
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -151,7 +153,8 @@ def test_help_documents_every_option_with_its_default(capsys):
 
 
 def test_console_script_is_installed():
-    synthgen = shutil.which("synthgen")
-    assert synthgen, "the synthgen console script is not on PATH (pip install -e . installs it)"
-    result = subprocess.run([synthgen, "--version"], capture_output=True, text=True)
+    # pip puts console scripts beside the environment's interpreter (.venv/bin), on PATH or not.
+    synthgen = Path(sys.executable).parent / "synthgen"
+    assert synthgen.exists(), f"no {synthgen}: the package is not installed (pip install -e .)"
+    result = subprocess.run([str(synthgen), "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.startswith("synthgen ")
