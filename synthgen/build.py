@@ -128,9 +128,11 @@ def in_worker(function, *args):
     return function(*args)
 
 
-def run_in_workers(calls) -> list:
+def run_in_workers(calls, progress: bool = False, desc: str = "") -> list:
     """Run (function, args) calls under the active joblib backend, results in order."""
-    return joblib.Parallel()(joblib.delayed(in_worker)(function, *args) for function, args in calls)
+    results = joblib.Parallel(return_as="generator")(joblib.delayed(in_worker)(function, *args)
+                                                     for function, args in calls)
+    return list(tqdm(results, total=len(calls), desc=desc, unit="part", disable=not progress, dynamic_ncols=True))
 
 
 def _worker_compositor(out_dir: str, identity: str, config: BuildConfig, cache_mb: int, on_bad_input: str):
@@ -291,7 +293,9 @@ def build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | No
             with backend:
                 ids = pool if pool is not None else list(range(len(objects)))
                 prepare_start = time.perf_counter()
-                usable, bad = prepare_objects(objects, ids, config.size, out, run.on_bad_input, run_in_workers)
+                usable, bad = prepare_objects(
+                    objects, ids, config.size, out, run.on_bad_input,
+                    lambda calls: run_in_workers(calls, run.progress and len(calls) > 1, "synthgen decoding objects"))
                 prepare_seconds = time.perf_counter() - prepare_start
                 for item in bad:
                     report(item)

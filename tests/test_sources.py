@@ -174,6 +174,21 @@ def test_cutout_is_cropped_and_shrunk_to_max_side(tmp_path):
     assert [max(level.shape[:2]) for level in cutout.levels][:3] == [64, 32, 16]
 
 
+@pytest.mark.parametrize("name, data", [
+    ("gray.jpg", _encode(_rgb(120, 160), "JPEG", mode="L")),
+    ("cmyk.jpg", _encode(_rgb(120, 160), "JPEG", mode="CMYK")),
+    ("rgba.png", _encode(np.dstack([_rgb(120, 160), np.full((120, 160), 90, np.uint8)]), "PNG")),
+    ("deep.png", _encode(np.full((120, 160), 50000, np.uint16), "PNG")),
+    ("portrait.jpg", _encode(_rgb(160, 120), "JPEG")),
+])
+def test_background_modes_all_load_as_rgb(tmp_path, name, data):
+    (tmp_path / name).write_bytes(data)
+    image = load_background(tmp_path / name, 64)
+    assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3 and min(image.shape[:2]) == 64
+    assert max(image.shape[:2]) == round(64 * 160 / 120)
+    assert image.mean() > 20  # decoded content, not black
+
+
 def test_backgrounds_decode_to_short_side(tmp_path):
     make_scenes(tmp_path, n=2)
     files, _ = scan_backgrounds(tmp_path)
