@@ -8,12 +8,12 @@ there is the user's, and synthgen never deletes it.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import h5py
 
+from synthgen.atomic import write_atomic
 from synthgen.errors import OutputError
 from synthgen.prepared import PREPARED_DIR
 from synthgen.shards import SHARD_RE, TEMP_RE, shard_path
@@ -30,19 +30,7 @@ def is_own_entry(name: str) -> bool:
 
 
 def write_json_atomic(path, data) -> None:
-    """Write JSON to a temporary file, flush it, then rename it into place."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w") as handle:
-            json.dump(data, handle, indent=1)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomic(path, (json.dumps(data, indent=1) + "\n").encode())
 
 
 def read_manifest(out_dir) -> dict | None:

@@ -10,14 +10,16 @@ cluster see it wherever they see --out, and it is deleted when the build complet
 """
 from __future__ import annotations
 
+import io
 import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 
+from synthgen.atomic import write_atomic
 from synthgen.errors import BadInputError, write_failure
-from synthgen.sources import ByteLRU, Cutout, Skipped
+from synthgen.sources import CachedSource, Cutout, Skipped
 
 PREPARED_DIR = "prepared"
 PART_SIZE = 256  # objects per part file, and per parallel task
@@ -45,14 +47,9 @@ def prepare_part(objects, ids: list[int], size: int, path: Path, on_bad_input: s
         rows.append((k, offset, rgba.shape[0], rgba.shape[1]))
         chunks.append(rgba.reshape(-1))
         offset += rgba.size
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        with open(tmp, "wb") as handle:
-            for chunk in chunks:
-                handle.write(chunk.tobytes())
-        tmp.replace(path)
+        write_atomic(path, b"".join(chunk.tobytes() for chunk in chunks))
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise write_failure(f"the prepared object store ({path.name})", path.parent, exc) from None
     return {"rows": rows, "bad": bad}
 
@@ -76,47 +73,40 @@ def prepare_objects(objects, ids, size: int, out_dir, on_bad_input: str, run_tas
     rows = np.array([(k, p, offset, h, w) for p, result in enumerate(results) for k, offset, h, w in result["rows"]],
                     dtype=np.int64).reshape(-1, 5)
     bad = [Skipped(path, reason) for result in results for path, reason in result["bad"]]
-    tmp = folder / "index.tmp"
+    index = io.BytesIO()
+    np.savez(index, ids=rows[:, 0], part=rows[:, 1], offset=rows[:, 2], height=rows[:, 3], width=rows[:, 4])
     try:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, ids=rows[:, 0], part=rows[:, 1], offset=rows[:, 2], height=rows[:, 3], width=rows[:, 4])
-        tmp.replace(index_path)  # the index appears last: its presence marks a complete store
+        write_atomic(index_path, index.getvalue())  # the index comes last: it marks a complete store
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise write_failure("the prepared object store (index.npz)", folder, exc) from None
     return rows[:, 0].tolist(), bad
 
 
-class PreparedObjects:
+class PreparedObjects(CachedSource):
     """Objects read from a prepared store, one positioned read per object, cached per worker."""
 
     kind = "prepared"
 
     def __init__(self, folder, n_objects: int, cache_bytes: int = 128 << 20):
+        super().__init__(cache_bytes)
         self.folder = Path(folder)
         self.n_objects = n_objects
         with np.load(self.folder / "index.npz", allow_pickle=False) as index:
             self.rows = {int(k): (int(p), int(o), int(h), int(w)) for k, p, o, h, w in
                          zip(index["ids"], index["part"], index["offset"], index["height"], index["width"])}
         self.files: dict[int, int] = {}
-        self.cache = ByteLRU(cache_bytes)
 
     def __len__(self):
         return self.n_objects
 
-    def load(self, k: int, max_side: int) -> Cutout:
-        cutout = self.cache.get(k)
-        if cutout is None:
-            if k not in self.rows:
-                raise BadInputError(f"object {k}", "not in the prepared store (it was a bad input)")
-            part, offset, h, w = self.rows[k]
-            fd = self.files.get(part)
-            if fd is None:
-                fd = self.files[part] = os.open(self.folder / part_name(part), os.O_RDONLY)
-            data = os.pread(fd, h * w * 4, offset)
-            cutout = Cutout.from_rgba(np.frombuffer(data, np.uint8).reshape(h, w, 4))
-            self.cache.put(k, cutout, cutout.nbytes)
-        return cutout
+    def decode(self, k: int, size: int) -> Cutout:
+        if k not in self.rows:
+            raise BadInputError(f"object {k}", "not in the prepared store (it was a bad input)")
+        part, offset, h, w = self.rows[k]
+        fd = self.files.get(part)
+        if fd is None:
+            fd = self.files[part] = os.open(self.folder / part_name(part), os.O_RDONLY)
+        return Cutout.from_rgba(np.frombuffer(os.pread(fd, h * w * 4, offset), np.uint8).reshape(h, w, 4))
 
     def __del__(self):
         for fd in self.files.values():

@@ -12,7 +12,7 @@ import functools
 import cv2
 import numpy as np
 
-from synthgen.sources import ByteLRU, Cutout, cutout_from_arrays
+from synthgen.sources import CachedSource, Cutout, cutout_from_arrays
 
 N_OBJECTS = 240
 N_BACKGROUNDS = 600
@@ -196,52 +196,34 @@ def procedural_background(k: int, size: int) -> np.ndarray:
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-class ProceduralObjects:
+class ProceduralObjects(CachedSource):
     """The embedded default object source."""
 
     kind = "procedural"
 
     def __init__(self, n: int = N_OBJECTS, cache_bytes: int = 256 << 20):
+        super().__init__(cache_bytes)
         self.n = n
-        self.cache = ByteLRU(cache_bytes)
 
     def __len__(self):
         return self.n
 
-    def name(self, k: int) -> str:
-        return f"procedural-object-{k:04d}"
-
-    path = name
-
-    def load(self, k: int, max_side: int) -> Cutout:
-        cutout = self.cache.get((k, max_side))
-        if cutout is None:
-            rgb, alpha = procedural_object(k)
-            cutout = cutout_from_arrays(rgb, alpha, max_side, self.name(k))
-            self.cache.put((k, max_side), cutout, cutout.nbytes)
-        return cutout
+    def decode(self, k: int, size: int) -> Cutout:
+        rgb, alpha = procedural_object(k)
+        return cutout_from_arrays(rgb, alpha, size, f"procedural object {k}")
 
 
-class ProceduralBackgrounds:
+class ProceduralBackgrounds(CachedSource):
     """The embedded default background source."""
 
     kind = "procedural"
 
     def __init__(self, n: int = N_BACKGROUNDS, cache_bytes: int = 256 << 20):
+        super().__init__(cache_bytes)
         self.n = n
-        self.cache = ByteLRU(cache_bytes)
 
     def __len__(self):
         return self.n
 
-    def name(self, k: int) -> str:
-        return f"procedural-background-{k:04d}"
-
-    path = name
-
-    def load(self, k: int, size: int) -> np.ndarray:
-        image = self.cache.get((k, size))
-        if image is None:
-            image = procedural_background(k, size)
-            self.cache.put((k, size), image, image.nbytes)
-        return image
+    def decode(self, k: int, size: int) -> np.ndarray:
+        return procedural_background(k, size)

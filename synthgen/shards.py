@@ -1,20 +1,20 @@
 """HDF5 shards: the schema, the atomic writer, and the content checksum.
 
 The schema is documented in docs/SHARD_FORMAT.md. A shard appears only when complete: it is built in
-memory, written to a hidden temporary file, flushed to disk, then renamed into place. Its `content_sha256` covers
+memory, then written atomically (synthgen.atomic). Its `content_sha256` covers
 every dataset (name, dtype, shape, bytes) and every other attribute, so `synthgen verify` detects
 any change.
 """
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from synthgen.atomic import write_atomic
 from synthgen.config import canonical_json
 
 SCHEMA_VERSION = 1
@@ -81,16 +81,7 @@ def write_shard(path, arrays: dict[str, np.ndarray], attrs: dict, compression: s
         f.attrs["content_sha256"] = checksum
         f.flush()
         image = f.id.get_file_image()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(image)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomic(path, image)
     return checksum
 
 

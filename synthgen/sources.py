@@ -310,56 +310,54 @@ def load_background(path, size: int) -> np.ndarray:
 # --------------------------------------------------------------------------- source collections
 
 
-class FolderObjects:
-    """Objects from a THUS10000/MSRA10K-layout folder."""
+class CachedSource:
+    """A numbered collection of sources whose decoded items are kept in a byte-bounded cache."""
+
+    def __init__(self, cache_bytes: int):
+        self.cache = ByteLRU(cache_bytes)
+
+    def load(self, k: int, size: int):
+        """Item k decoded for images of `size` pixels (raises BadInputError for a bad file)."""
+        value = self.cache.get((k, size))
+        if value is None:
+            value = self.decode(k, size)
+            self.cache.put((k, size), value, value.nbytes)
+        return value
+
+    def decode(self, k: int, size: int):
+        raise NotImplementedError
+
+
+class FolderObjects(CachedSource):
+    """Objects from a THUS10000/MSRA10K-layout folder, as Cutouts at most `size` on a side."""
 
     kind = "folder"
 
     def __init__(self, root, pairs, cache_bytes: int = 256 << 20):
+        super().__init__(cache_bytes)
         self.root = Path(root)
         self.pairs = [tuple(p) for p in pairs]
-        self.cache = ByteLRU(cache_bytes)
 
     def __len__(self):
         return len(self.pairs)
 
-    def name(self, k: int) -> str:
-        return self.pairs[k][0]
-
-    def path(self, k: int) -> str:
-        return str(self.root / self.pairs[k][0])
-
-    def load(self, k: int, max_side: int) -> Cutout:
-        cutout = self.cache.get((k, max_side))
-        if cutout is None:
-            image, mask = self.pairs[k]
-            cutout = load_cutout(self.root / image, self.root / mask, max_side)
-            self.cache.put((k, max_side), cutout, cutout.nbytes)
-        return cutout
+    def decode(self, k: int, size: int) -> Cutout:
+        image, mask = self.pairs[k]
+        return load_cutout(self.root / image, self.root / mask, size)
 
 
-class FolderBackgrounds:
-    """Backgrounds from a folder tree of scene images (SUN397 layout)."""
+class FolderBackgrounds(CachedSource):
+    """Backgrounds from a folder tree of scene images (SUN397 layout), shorter side `size`."""
 
     kind = "folder"
 
     def __init__(self, root, files, cache_bytes: int = 256 << 20):
+        super().__init__(cache_bytes)
         self.root = Path(root)
         self.files = list(files)
-        self.cache = ByteLRU(cache_bytes)
 
     def __len__(self):
         return len(self.files)
 
-    def name(self, k: int) -> str:
-        return self.files[k]
-
-    def path(self, k: int) -> str:
-        return str(self.root / self.files[k])
-
-    def load(self, k: int, size: int) -> np.ndarray:
-        image = self.cache.get((k, size))
-        if image is None:
-            image = load_background(self.root / self.files[k], size)
-            self.cache.put((k, size), image, image.nbytes)
-        return image
+    def decode(self, k: int, size: int) -> np.ndarray:
+        return load_background(self.root / self.files[k], size)
