@@ -29,7 +29,7 @@ from synthgen.feasibility import check_feasible
 from synthgen.manifest import MANIFEST, MANIFEST_FORMAT, SOURCES, prepare_output, write_json_atomic
 from synthgen.plan import counts_for, object_pool_order
 from synthgen.prepared import PREPARED_DIR, PreparedObjects, prepare_objects, store_dir
-from synthgen.procedural import ProceduralBackgrounds, ProceduralObjects
+from synthgen.procedural import N_BACKGROUNDS, N_OBJECTS, ProceduralBackgrounds, ProceduralObjects
 from synthgen.reader import read_labels
 from synthgen.shards import SCHEMA_VERSION, SHARD_FORMAT, shard_path, write_shard
 from synthgen.sources import (FolderBackgrounds, FolderObjects, Skipped, list_fingerprint, scan_backgrounds,
@@ -56,8 +56,8 @@ def scan_sources(config: BuildConfig) -> Sources:
         fingerprints["objects"] = list_fingerprint(config.objects, pairs)
         skipped += bad
     else:
-        description["objects"] = {"kind": "procedural", "count": len(ProceduralObjects())}
-        fingerprints["objects"] = f"procedural-objects-v1:{len(ProceduralObjects())}"
+        description["objects"] = {"kind": "procedural", "count": N_OBJECTS}
+        fingerprints["objects"] = f"procedural-objects-v1:{N_OBJECTS}"
     if config.backgrounds:
         files, bad = scan_backgrounds(config.backgrounds)
         description["backgrounds"] = {"kind": "folder", "root": str(Path(config.backgrounds).resolve()),
@@ -65,8 +65,8 @@ def scan_sources(config: BuildConfig) -> Sources:
         fingerprints["backgrounds"] = list_fingerprint(config.backgrounds, files)
         skipped += bad
     else:
-        description["backgrounds"] = {"kind": "procedural", "count": len(ProceduralBackgrounds())}
-        fingerprints["backgrounds"] = f"procedural-backgrounds-v1:{len(ProceduralBackgrounds())}"
+        description["backgrounds"] = {"kind": "procedural", "count": N_BACKGROUNDS}
+        fingerprints["backgrounds"] = f"procedural-backgrounds-v1:{N_BACKGROUNDS}"
     return Sources(description, fingerprints, skipped)
 
 
@@ -163,61 +163,46 @@ def shard_attrs(config: BuildConfig, identity: str, fingerprints: dict, shard_in
     }
 
 
+def shard_arrays(scenes: list) -> dict[str, np.ndarray]:
+    """The datasets of a shard (docs/SHARD_FORMAT.md) from its rendered scenes."""
+    objects = [obj for scene in scenes for obj in scene.objects]
+    return {
+        "images": np.stack([scene.image for scene in scenes]),
+        "count": np.array([scene.count for scene in scenes], np.int16),
+        "index": np.array([scene.index for scene in scenes], np.int64),
+        "image_seed": np.array([scene.image_seed for scene in scenes], np.uint64),
+        "target_area": np.array([scene.target_area for scene in scenes], np.float32),
+        "full_area": np.array([scene.full_area for scene in scenes], np.float32),
+        "visible_area": np.array([scene.visible_area for scene in scenes], np.float32),
+        "background_id": np.array([scene.background_id for scene in scenes], np.int32),
+        "object_offset": np.concatenate([[0], np.cumsum([len(scene.objects) for scene in scenes])]).astype(np.int64),
+        "objects/source_id": np.array([obj.source_id for obj in objects], np.int32),
+        "objects/box": np.array([obj.box for obj in objects], np.int16).reshape(-1, 4),
+        "objects/full_area": np.array([obj.full_area for obj in objects], np.float32),
+        "objects/visible_area": np.array([obj.visible_area for obj in objects], np.float32),
+    }
+
+
 def build_shard(out_dir: str, shard_index: int, config_json: dict, identity: str, fingerprints: dict,
                 cache_mb: int, on_bad_input: str) -> dict:
     """Render and write one whole shard (runs in a worker). Returns what the summary needs."""
-    started = time.perf_counter()
     config = BuildConfig.from_json(config_json)
     compositor = _worker_compositor(out_dir, identity, config, cache_mb, on_bad_input)
     timings_before = dict(compositor.timings)
     skipped_before = len(compositor.skipped)
     first, n = config.shard_range(shard_index)
-    counts = counts_for(config, first, n)
-    size = config.size
-    images = np.empty((n, size, size, 3), np.uint8)
-    per_image = {name: [] for name in ("index", "image_seed", "target_area", "full_area", "visible_area",
-                                       "background_id")}
-    objects = {"source_id": [], "box": [], "full_area": [], "visible_area": []}
-    offsets = [0]
-    for row in range(n):
-        scene = compositor.render(first + row, int(counts[row]))
-        images[row] = scene.image
-        for name, value in (("index", scene.index), ("image_seed", scene.image_seed),
-                            ("target_area", scene.target_area), ("full_area", scene.full_area),
-                            ("visible_area", scene.visible_area), ("background_id", scene.background_id)):
-            per_image[name].append(value)
-        for obj in scene.objects:
-            objects["source_id"].append(obj.source_id)
-            objects["box"].append(obj.box)
-            objects["full_area"].append(obj.full_area)
-            objects["visible_area"].append(obj.visible_area)
-        offsets.append(offsets[-1] + len(scene.objects))
-    arrays = {
-        "images": images,
-        "count": counts.astype(np.int16),
-        "index": np.asarray(per_image["index"], np.int64),
-        "image_seed": np.asarray(per_image["image_seed"], np.uint64),
-        "target_area": np.asarray(per_image["target_area"], np.float32),
-        "full_area": np.asarray(per_image["full_area"], np.float32),
-        "visible_area": np.asarray(per_image["visible_area"], np.float32),
-        "background_id": np.asarray(per_image["background_id"], np.int32),
-        "object_offset": np.asarray(offsets, np.int64),
-        "objects/source_id": np.asarray(objects["source_id"], np.int32),
-        "objects/box": np.asarray(objects["box"], np.int16).reshape(-1, 4),
-        "objects/full_area": np.asarray(objects["full_area"], np.float32),
-        "objects/visible_area": np.asarray(objects["visible_area"], np.float32),
-    }
+    scenes = [compositor.render(first + row, int(count)) for row, count in enumerate(counts_for(config, first, n))]
     path = shard_path(out_dir, shard_index)
     write_start = time.perf_counter()
     try:
-        checksum = write_shard(path, arrays, shard_attrs(config, identity, fingerprints, shard_index),
+        checksum = write_shard(path, shard_arrays(scenes), shard_attrs(config, identity, fingerprints, shard_index),
                                config.compression)
     except OSError as exc:
         raise write_failure(path.name, out_dir, exc) from None
     timings = {stage: compositor.timings.get(stage, 0.0) - timings_before.get(stage, 0.0) for stage in STAGES}
     timings["write"] = time.perf_counter() - write_start
-    return {"shard": shard_index, "n_images": n, "checksum": checksum, "seconds": time.perf_counter() - started,
-            "timings": timings, "skipped": [(s.path, s.reason) for s in compositor.skipped[skipped_before:]]}
+    return {"shard": shard_index, "n_images": n, "checksum": checksum, "timings": timings,
+            "skipped": [(s.path, s.reason) for s in compositor.skipped[skipped_before:]]}
 
 
 # ------------------------------------------------------------------ main process
