@@ -111,7 +111,8 @@ class BuildConfig:
         lo, hi = self.area_range
         check(0 < lo <= hi <= 1, "--area-range", f"{lo}-{hi}",
               "needs 0 < LO <= HI <= 1 (fractions of the canvas covered by all objects together)")
-        check(self.area_dist in AREA_DISTRIBUTIONS, "--area-dist", self.area_dist, f"choose one of {AREA_DISTRIBUTIONS}")
+        check(self.area_dist in AREA_DISTRIBUTIONS, "--area-dist", self.area_dist,
+              f"choose one of {AREA_DISTRIBUTIONS}")
         check(0 <= self.size_jitter < 1, "--size-jitter", self.size_jitter, "must be in [0, 1)")
         check(0 <= self.max_occlusion < 1, "--max-occlusion", self.max_occlusion, "must be in [0, 1)")
         check(0 <= self.max_outside < 1, "--max-outside", self.max_outside, "must be in [0, 1)")

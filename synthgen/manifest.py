@@ -26,7 +26,7 @@ MANIFEST_FORMAT = "synthgen-manifest"
 
 def is_own_entry(name: str) -> bool:
     return (name in (MANIFEST, SOURCES, INSPECT_DIR, PREPARED_DIR) or bool(SHARD_RE.fullmatch(name))
-            or bool(TEMP_RE.fullmatch(name)) or name.startswith(f".{MANIFEST}.tmp") or name.startswith(f".{SOURCES}.tmp"))
+            or bool(TEMP_RE.fullmatch(name)) or name.startswith((f".{MANIFEST}.tmp", f".{SOURCES}.tmp")))
 
 
 def write_json_atomic(path, data) -> None:

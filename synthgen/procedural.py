@@ -68,7 +68,8 @@ def _shape_mask(rng, side: int) -> np.ndarray:
         cv2.ellipse(canvas, (round(c), round(c)), (round(r), round(r * aspect)), np.degrees(angle), 0, 360, 255, -1)
     elif shape == "polygon":
         k = int(rng.integers(3, 9))
-        cv2.fillPoly(canvas, [contour(lambda t: r * np.cos(np.pi / k) / np.cos((t % (2 * np.pi / k)) - np.pi / k))], 255)
+        sector = 2 * np.pi / k  # a regular k-gon: the distance from the centre to its edge at angle t
+        cv2.fillPoly(canvas, [contour(lambda t: r * np.cos(np.pi / k) / np.cos((t % sector) - np.pi / k))], 255)
     elif shape == "star":
         k = int(rng.integers(4, 8))
         inner = rng.uniform(0.4, 0.7)
@@ -89,7 +90,8 @@ def _shape_mask(rng, side: int) -> np.ndarray:
     elif shape == "ring":
         cv2.ellipse(canvas, (round(c), round(c)), (round(r), round(r * aspect)), np.degrees(angle), 0, 360, 255, -1)
         hole = rng.uniform(0.35, 0.6)
-        cv2.ellipse(canvas, (round(c), round(c)), (round(r * hole), round(r * aspect * hole)), np.degrees(angle), 0, 360, 0, -1)
+        cv2.ellipse(canvas, (round(c), round(c)), (round(r * hole), round(r * aspect * hole)), np.degrees(angle),
+                    0, 360, 0, -1)
     else:  # crescent
         cv2.circle(canvas, (round(c), round(c)), round(r), 255, -1)
         shift = r * rng.uniform(0.35, 0.6)

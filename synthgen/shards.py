@@ -43,7 +43,8 @@ OBJECT_DATASETS = {
 REQUIRED_ATTRS = ("format", "schema_version", "synthgen_version", "build_identity", "config_json",
                   "shard_index", "first_index", "n_images", "image_size", "content_sha256")
 IN_MEMORY_BLOCK = 16 << 20  # growth step of the in-memory HDF5 image
-COMPRESSION_OPTIONS = {"none": {}, "lzf": {"compression": "lzf"}, "gzip": {"compression": "gzip", "compression_opts": 4}}
+COMPRESSION_OPTIONS = {"none": {}, "lzf": {"compression": "lzf"},
+                       "gzip": {"compression": "gzip", "compression_opts": 4}}
 
 
 def shard_path(out_dir, shard_index: int) -> Path:

@@ -152,9 +152,11 @@ def scan_objects(root) -> tuple[list[tuple[str, str]], list[Skipped]]:
     pairs = []
     for stem in sorted(set(images) | set(masks)):
         if stem not in masks:
-            skipped.append(Skipped(str(root / images[stem]), f"image without a mask (expected {Path(stem).name}.png beside it)"))
+            skipped.append(Skipped(str(root / images[stem]),
+                                   f"image without a mask (expected {Path(stem).name}.png beside it)"))
         elif stem not in images:
-            skipped.append(Skipped(str(root / masks[stem]), f"mask without an image (expected {Path(stem).name}.jpg beside it)"))
+            skipped.append(Skipped(str(root / masks[stem]),
+                                   f"mask without an image (expected {Path(stem).name}.jpg beside it)"))
         elif (root / images[stem]).stat().st_size == 0 or (root / masks[stem]).stat().st_size == 0:
             empty = images[stem] if (root / images[stem]).stat().st_size == 0 else masks[stem]
             skipped.append(Skipped(str(root / empty), "empty file"))
@@ -256,7 +258,8 @@ def load_cutout(image_path, mask_path, max_side: int) -> Cutout:
         else:
             ih, iw = image.shape[:2]
             mh, mw = mask.shape
-            hint = " (rotated: width and height swapped, and no EXIF orientation resolves it)" if (ih, iw) == (mw, mh) else ""
+            rotated = (ih, iw) == (mw, mh)
+            hint = " (rotated: width and height swapped, and no EXIF orientation resolves it)" if rotated else ""
             raise BadInputError(image_path, f"image is {iw}x{ih} but its mask {mask_path.name} is {mw}x{mh}{hint}")
     return cutout_from_arrays(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), mask, max_side, mask_path)
 
