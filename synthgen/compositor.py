@@ -87,10 +87,10 @@ class Compositor:
         target = fraction * size * size if count > 0 else 0.0
         background_id, canvas = self._background(rng)
         self.transform.use_streams(rng, random.Random(int(rng.integers(2**63))))
-        layout, ids = None, []
         for _ in range(self.config.max_redraws):
-            layout, ids = self._attempt(rng, count, target)
-            if layout is not None:
+            attempt = self._attempt(rng, count, target)
+            if attempt is not None:
+                layout, ids = attempt
                 break
         else:
             raise PlacementError(
@@ -119,7 +119,7 @@ class Compositor:
         return k, crop.copy(order="C")  # always a copy: blending must never touch the cached background
 
     def _attempt(self, rng, count: int, target: float):
-        """One try at a scene: draw objects, transform and place them; (None, ids) on failure."""
+        """One try at a scene: draw objects, transform and place them; (layout, ids) or None."""
         size = self.config.size
         n_draws = min(count, 1) if self.config.same_object else count
         drawn = [self._draw_usable(rng, self.pool, self.bad_objects, lambda i: self.objects.load(i, size), "object")
@@ -138,7 +138,7 @@ class Compositor:
             ok = sprite is not None and layout.try_place(sprite, rng, self.config.placement_tries)
             self.timings["placement"] += time.perf_counter() - placed_at
             if not ok:
-                return None, ids
+                return None
         return layout, ids
 
     def _draw_usable(self, rng, candidates: np.ndarray, bad: set, load, what: str):
