@@ -11,6 +11,7 @@ cluster see it wherever they see --out, and it is deleted when the build complet
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 from pathlib import Path
@@ -60,10 +61,10 @@ def prepare_objects(objects, ids, size: int, out_dir, on_bad_input: str, run_tas
     `run_tasks` runs a list of (function, args) calls in parallel and returns their results.
     """
     folder = store_dir(out_dir, size)
-    index_path = folder / "index.npz"
-    if index_path.exists():
+    index_path, skipped_path = folder / "index.npz", folder / "skipped.json"
+    if index_path.exists():  # a resumed build: report the same bad inputs as the first run did
         with np.load(index_path, allow_pickle=False) as index:
-            return index["ids"].tolist(), []
+            return index["ids"].tolist(), [Skipped(*item) for item in json.loads(skipped_path.read_text())]
     if folder.exists():
         shutil.rmtree(folder)  # an interrupted preparation: start it again
     folder.mkdir(parents=True)
@@ -76,6 +77,7 @@ def prepare_objects(objects, ids, size: int, out_dir, on_bad_input: str, run_tas
     index = io.BytesIO()
     np.savez(index, ids=rows[:, 0], part=rows[:, 1], offset=rows[:, 2], height=rows[:, 3], width=rows[:, 4])
     try:
+        write_atomic(skipped_path, json.dumps([[item.path, item.reason] for item in bad]).encode())
         write_atomic(index_path, index.getvalue())  # the index comes last: it marks a complete store
     except OSError as exc:
         raise write_failure("the prepared object store (index.npz)", folder, exc) from None
