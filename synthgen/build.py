@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
-import h5py
 import joblib
 import numpy as np
 from tqdm import tqdm
@@ -31,7 +30,8 @@ from synthgen.plan import counts_for, object_pool_order
 from synthgen.prepared import PREPARED_DIR, PreparedObjects, prepare_objects, store_dir
 from synthgen.procedural import N_BACKGROUNDS, N_OBJECTS, ProceduralBackgrounds, ProceduralObjects
 from synthgen.reader import read_labels
-from synthgen.shards import SCHEMA_VERSION, SHARD_FORMAT, shard_path, write_shard
+from synthgen.parallel import parallel_backend, workers_of
+from synthgen.shards import SCHEMA_VERSION, SHARD_FORMAT, shard_path, stored_checksum, write_shard
 from synthgen.sources import (FolderBackgrounds, FolderObjects, Skipped, list_fingerprint, scan_backgrounds,
                               scan_objects)
 from synthgen.stats import label_summary
@@ -208,21 +208,6 @@ def build_shard(out_dir: str, shard_index: int, config_json: dict, identity: str
 # ------------------------------------------------------------------ main process
 
 
-def _parallel_backend(run: RunOptions):
-    """A joblib configuration for --backend (connecting to the dask scheduler if asked)."""
-    if run.backend != "dask":
-        return None, joblib.parallel_config(backend=run.backend, n_jobs=run.workers)
-    try:
-        from distributed import Client
-    except ImportError:
-        raise UsageError("--backend dask needs dask.distributed: pip install 'dask[distributed]'") from None
-    try:
-        client = Client(run.scheduler, timeout=30)
-    except (OSError, TimeoutError) as exc:
-        raise UsageError(f"--scheduler {run.scheduler}: cannot connect ({exc})") from None
-    return client, joblib.parallel_config(backend="dask", n_jobs=run.workers)
-
-
 def build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | None = None, log=print) -> dict:
     """Build (or resume) a set in `out_dir`. Returns the summary that also goes into manifest.json."""
     started = time.perf_counter()
@@ -273,26 +258,21 @@ def build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | No
 
     results, workers, render_seconds, prepare_seconds = [], None, 0.0, 0.0
     if todo:
-        client, backend = _parallel_backend(run)
-        try:
-            with backend:
-                ids = pool if pool is not None else list(range(len(objects)))
-                prepare_start = time.perf_counter()
-                usable, bad = prepare_objects(
-                    objects, ids, config.size, out, run.on_bad_input,
-                    lambda calls: run_in_workers(calls, run.progress and len(calls) > 1, "synthgen decoding objects"))
-                prepare_seconds = time.perf_counter() - prepare_start
-                for item in bad:
-                    report(item)
-                if not usable and max(config.counts) > 0:
-                    raise UsageError(f"--objects {config.objects}: none of the {len(ids)} objects is usable "
-                                     "(each is listed above with the reason)")
-                write_json_atomic(out / SOURCES, {**sources.description, "pool": usable})
-                results, workers, render_seconds = _render_shards(out, todo, config, identity,
-                                                                  sources.fingerprints, run, report, client)
-        finally:
-            if client is not None:
-                client.close()
+        with parallel_backend(run) as client:
+            workers = workers_of(client, run)
+            ids = pool if pool is not None else list(range(len(objects)))
+            prepare_start = time.perf_counter()
+            usable, bad = prepare_objects(
+                objects, ids, config.size, out, run.on_bad_input,
+                lambda calls: run_in_workers(calls, run.progress and len(calls) > 1, "synthgen decoding objects"))
+            prepare_seconds = time.perf_counter() - prepare_start
+            for item in bad:
+                report(item)
+            if not usable and max(config.counts) > 0:
+                raise UsageError(f"--objects {config.objects}: none of the {len(ids)} objects is usable "
+                                 "(each is listed above with the reason)")
+            write_json_atomic(out / SOURCES, {**sources.description, "pool": usable})
+            results, render_seconds = _render_shards(out, todo, config, identity, sources.fingerprints, run, report)
 
     paths = [shard_path(out, s) for s in range(config.n_shards)]
     labels = read_labels(paths, ("count", "target_area", "visible_area"))
@@ -311,7 +291,7 @@ def build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | No
     checksums = {r["shard"]: r["checksum"] for r in results}
     manifest["shards"] = [{"file": path.name, "first_index": config.shard_range(s)[0],
                            "n_images": config.shard_range(s)[1],
-                           "content_sha256": checksums.get(s) or _stored_checksum(path)}
+                           "content_sha256": checksums.get(s) or stored_checksum(path)}
                           for s, path in enumerate(paths)]
     manifest.update({"complete": True, "summary": summary})
     write_json_atomic(out / MANIFEST, manifest)
@@ -320,13 +300,12 @@ def build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | No
 
 
 def _render_shards(out: Path, todo: list[int], config: BuildConfig, identity: str, fingerprints: dict,
-                   run: RunOptions, report, client) -> tuple[list[dict], int, float]:
+                   run: RunOptions, report) -> tuple[list[dict], float]:
     """Render and write the missing shards in parallel, with a progress bar over images."""
     started = time.perf_counter()
     results = []
     task_args = (config.to_json(), identity, fingerprints, run.cache_mb, run.on_bad_input)
     already = config.n - sum(config.shard_range(s)[1] for s in todo)
-    workers = joblib.effective_n_jobs(run.workers) if client is None else sum(client.nthreads().values())
     with tqdm(total=config.n, initial=already, unit="img", desc="synthgen build", disable=not run.progress,
               dynamic_ncols=True) as bar:
         tasks = (joblib.delayed(in_worker)(build_shard, str(out), s, *task_args) for s in todo)
@@ -335,9 +314,4 @@ def _render_shards(out: Path, todo: list[int], config: BuildConfig, identity: st
             bar.update(result["n_images"])
             for path, reason in result["skipped"]:
                 report(Skipped(path, reason), bar.write)
-    return results, workers, time.perf_counter() - started
-
-
-def _stored_checksum(path: Path) -> str:
-    with h5py.File(path, "r") as f:
-        return str(f.attrs["content_sha256"])
+    return results, time.perf_counter() - started

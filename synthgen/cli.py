@@ -75,6 +75,10 @@ def add_build_arguments(p: argparse.ArgumentParser) -> None:
     out.add_argument("--overwrite", action="store_true",
                      help="replace a different build in --out (only synthgen's own files are removed)")
 
+    add_run_arguments(p, cache=True)
+
+
+def add_run_arguments(p: argparse.ArgumentParser, cache: bool) -> None:
     run = p.add_argument_group("how to run")
     run.add_argument("--workers", type=int, default=-1, help="worker processes; -1 = all cores (default: %(default)s)")
     run.add_argument("--backend", choices=BACKENDS, default="loky",
@@ -83,9 +87,16 @@ def add_build_arguments(p: argparse.ArgumentParser) -> None:
                      "workers must see --out and the source folders")
     run.add_argument("--on-bad-input", choices=BAD_INPUT_POLICIES, default="skip",
                      help="skip each bad source file with one line saying why, or stop (default: %(default)s)")
-    run.add_argument("--cache-mb", type=int, default=RunOptions.cache_mb,
-                     help="memory per worker for decoded sources, in MB (default: %(default)s)")
+    if cache:
+        run.add_argument("--cache-mb", type=int, default=RunOptions.cache_mb,
+                         help="memory per worker for decoded sources, in MB (default: %(default)s)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run_options(args) -> RunOptions:
+    return RunOptions(workers=args.workers, backend=args.backend, scheduler=args.scheduler,
+                      overwrite=args.overwrite, on_bad_input=args.on_bad_input,
+                      cache_mb=getattr(args, "cache_mb", RunOptions.cache_mb), progress=not args.no_progress)
 
 
 def config_from_args(args) -> tuple[BuildConfig, RunOptions]:
@@ -97,16 +108,14 @@ def config_from_args(args) -> tuple[BuildConfig, RunOptions]:
         flip_prob=args.flip_prob, color_shift=parse_color_shift(args.color_shift), seed=args.seed,
         shard_size=args.shard_size, compression=args.compression, placement_tries=args.placement_tries,
         max_redraws=args.max_redraws, objects=args.objects, backgrounds=args.backgrounds)
-    run = RunOptions(workers=args.workers, backend=args.backend, scheduler=args.scheduler, overwrite=args.overwrite,
-                     on_bad_input=args.on_bad_input, cache_mb=args.cache_mb, progress=not args.no_progress)
-    return config, run
+    return config, run_options(args)
 
 
 def cmd_build(args) -> int:
     from synthgen.build import build
 
     config, run = config_from_args(args)
-    summary = build(config, run, args.out, command=["synthgen", *sys.argv[1:]] if args.argv is None else args.argv)
+    summary = build(config, run, args.out, command=args.argv or ["synthgen", *sys.argv[1:]])
     built, resumed = summary["images_built"], summary["images_resumed"]
     if built:
         print(f"synthgen: built {built} images in {summary['render_seconds']:.1f} s "
@@ -121,6 +130,22 @@ def cmd_build(args) -> int:
     skipped = summary["skipped_inputs"]
     print(f"  skipped inputs    {len(skipped)}" + (" (each listed above, and in manifest.json)" if skipped else ""))
     print(f"  output            {args.out} (manifest.json + shards); next: synthgen inspect {args.out}")
+    return 0
+
+
+def cmd_pack(args) -> int:
+    from synthgen.pack import PackConfig, pack
+
+    config = PackConfig(root=args.root, size=args.size, fit=args.fit, split_file=args.split_file, split=args.split,
+                        shard_size=args.shard_size)
+    summary = pack(config, run_options(args), args.out, command=args.argv or ["synthgen", *sys.argv[1:]])
+    hist = "  ".join(f"{k}: {v}" for k, v in summary["count_histogram"].items())
+    print(f"synthgen: packed {summary['n_images']} images ({summary['images_packed']} in this run) "
+          f"in {summary['total_seconds']:.1f} s")
+    print(f"  count histogram   {hist}   (4 means 4 or more)")
+    skipped = summary["skipped_inputs"]
+    print(f"  skipped inputs    {len(skipped)}" + (" (each listed above, and in manifest.json)" if skipped else ""))
+    print(f"  output            {args.out}; next: synthgen inspect {args.out}")
     return 0
 
 
@@ -161,6 +186,23 @@ def make_parser() -> argparse.ArgumentParser:
                            description="Build a synthetic set; re-running the same command resumes it.")
     add_build_arguments(build)
     build.set_defaults(func=cmd_build)
+    pack = sub.add_parser("pack", help="pack natural labelled images (the SOS layout) into shards",
+                          description="Pack natural images labelled 0, 1, 2, 3, 4+ into shards of the synthgen "
+                          "schema, from count folders or an SOS split file.")
+    pack.add_argument("root", help="folder with subfolders 0, 1, 2, 3, 4+ of images (or the image root of "
+                      "--split-file's paths)")
+    pack.add_argument("--out", required=True, help="output folder (created; resumed if it holds this same pack)")
+    pack.add_argument("--split-file", default=None, help="SOS split file: lines 'path,label,split' (paths relative "
+                      "to ROOT); use with --split")
+    pack.add_argument("--split", choices=("train", "test"), default=None, help="which split of --split-file to pack")
+    pack.add_argument("--size", type=int, default=161, help="side of the square images (default: %(default)s)")
+    pack.add_argument("--fit", choices=("squash", "crop", "pad"), default="squash",
+                      help="squash to the square (every object stays in view), centre-crop, or pad "
+                      "(default: %(default)s)")
+    pack.add_argument("--shard-size", type=int, default=1000, help="images per shard (default: %(default)s)")
+    pack.add_argument("--overwrite", action="store_true", help="replace a different pack in --out")
+    add_run_arguments(pack, cache=False)
+    pack.set_defaults(func=cmd_pack)
     inspect = sub.add_parser("inspect", help="statistics and PNG figures of a set")
     inspect.add_argument("dir", help="a synthgen output folder")
     inspect.add_argument("--out", default=None, help="where to write the figures (default: DIR/inspect)")

@@ -12,7 +12,7 @@ from matplotlib.patches import Rectangle  # noqa: E402
 
 from synthgen.manifest import write_json_atomic  # noqa: E402
 from synthgen.reader import ShardSet  # noqa: E402
-from synthgen.stats import label_summary  # noqa: E402
+from synthgen.stats import count_histogram, label_summary  # noqa: E402
 
 
 def plot_count_vs_area(count: np.ndarray, target: np.ndarray, visible: np.ndarray, size: int, path,
@@ -21,9 +21,7 @@ def plot_count_vs_area(count: np.ndarray, target: np.ndarray, visible: np.ndarra
     canvas = size * size
     values = np.unique(count)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
-    freq = [int((count == v).sum()) for v in values]
-    axes[0].bar(values, freq, color="#4c72b0")
-    axes[0].set(xlabel="number of objects N", ylabel="images", title="count histogram", xticks=values)
+    _histogram(axes[0], count)
     with_objects = count > 0
     rng = np.random.default_rng(0)
     jitter = rng.uniform(-0.28, 0.28, with_objects.sum())
@@ -52,6 +50,20 @@ def plot_count_vs_area(count: np.ndarray, target: np.ndarray, visible: np.ndarra
     plt.close(fig)
 
 
+def _histogram(ax, count: np.ndarray) -> None:
+    values, freq = np.unique(count, return_counts=True)
+    ax.bar(values, freq, color="#4c72b0")
+    ax.set(xlabel="number of objects N", ylabel="images", title="count histogram", xticks=values)
+
+
+def plot_count_histogram(count: np.ndarray, path) -> None:
+    fig, ax = plt.subplots(figsize=(5, 4.2))
+    _histogram(ax, count)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def sample_indices(count: np.ndarray, n_samples: int, seed: int = 0) -> np.ndarray:
     """About n_samples images spread evenly over the count values, in count order."""
     rng = np.random.default_rng(seed)
@@ -75,7 +87,8 @@ def contact_sheet(shards: ShardSet, indices: np.ndarray, path, columns: int = 8)
         ax.imshow(image)
         for x0, y0, x1, y1 in shards.objects(int(index))["box"]:
             ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, lw=0.8, edgecolor="#ffe600"))
-        ax.set_title(f"#{index}  N={labels['count'][index]}  A={labels['visible_area'][index] / canvas:.1%}",
+        area = labels["visible_area"][index]
+        ax.set_title(f"#{index}  N={labels['count'][index]}" + ("" if np.isnan(area) else f"  A={area / canvas:.1%}"),
                      fontsize=7)
     fig.tight_layout(pad=0.3)
     fig.savefig(path, dpi=100)
@@ -83,17 +96,24 @@ def contact_sheet(shards: ShardSet, indices: np.ndarray, path, columns: int = 8)
 
 
 def inspect_set(root, out_dir=None, n_samples: int = 40) -> dict:
-    """Compute a set's statistics and write inspect.json, count_vs_area.png and contact_sheet.png."""
+    """Compute a set's statistics and write inspect.json and PNG figures (a contact sheet, and the count
+    against area figure for synthetic sets or the count histogram for natural ones)."""
     with ShardSet(root) as shards:
         out = Path(out_dir) if out_dir else shards.root / "inspect"
         out.mkdir(parents=True, exist_ok=True)
         labels = shards.labels
-        summary = label_summary(labels["count"], labels["target_area"], labels["visible_area"], shards.image_size)
-        figures = {"count_vs_area": str(out / "count_vs_area.png"), "contact_sheet": str(out / "contact_sheet.png")}
-        plot_count_vs_area(labels["count"], labels["target_area"], labels["visible_area"], shards.image_size,
-                           figures["count_vs_area"], summary["corr_log_count_log_area"]["visible"])
+        figures = {"contact_sheet": str(out / "contact_sheet.png")}
+        if shards.kind == "natural":
+            summary = {"n_images": len(shards), "count_histogram": count_histogram(labels["count"])}
+            figures["count_histogram"] = str(out / "count_histogram.png")
+            plot_count_histogram(labels["count"], figures["count_histogram"])
+        else:
+            summary = label_summary(labels["count"], labels["target_area"], labels["visible_area"], shards.image_size)
+            figures["count_vs_area"] = str(out / "count_vs_area.png")
+            plot_count_vs_area(labels["count"], labels["target_area"], labels["visible_area"], shards.image_size,
+                               figures["count_vs_area"], summary["corr_log_count_log_area"]["visible"])
         contact_sheet(shards, sample_indices(labels["count"], n_samples), figures["contact_sheet"])
-        report = {"set": str(shards.root), "summary": summary, "figures": figures,
+        report = {"set": str(shards.root), "kind": shards.kind, "summary": summary, "figures": figures,
                   "build": shards.manifest.get("config")}
         write_json_atomic(out / "inspect.json", report)
     return report

@@ -46,6 +46,7 @@ class ShardSet:
         sizes = np.array([shard["n_images"] for shard in manifest["shards"]], dtype=np.int64)
         self.starts = np.concatenate([[0], np.cumsum(sizes)])
         self.image_size = int(manifest["image_size"])
+        self.kind = manifest.get("kind", "synthetic")  # "natural" for `synthgen pack` sets: labels only
         self._files: dict[int, h5py.File] = {}
         self._pid = os.getpid()
 

@@ -24,7 +24,7 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 OBJECT_IMAGE_EXTENSIONS = IMAGE_EXTENSIONS - {".png"}  # NAME.png is the mask in the THUS10000 layout
 MIN_OBJECT_PIXELS = 16  # a mask with fewer foreground pixels has no usable object
 MAX_MASK_COVERAGE = 0.98  # a mask covering more of its image has no object to cut out
-MIN_BACKGROUND_SIDE = 16
+MIN_IMAGE_SIDE = 16
 
 
 @dataclass(frozen=True)
@@ -282,32 +282,69 @@ def cutout_from_arrays(rgb: np.ndarray, alpha: np.ndarray, max_side: int, origin
     return Cutout.from_rgba(rgba)
 
 
-def load_background(path, size: int) -> np.ndarray:
-    """Decode a scene image as RGB with its shorter side resized to `size` (aspect kept)."""
+def decode_resized(path, target) -> np.ndarray:
+    """Decode an image as RGB resized to `target(width, height)` -> (new width, new height).
+
+    JPEGs are decoded at 1/2, 1/4 or 1/8 scale in the DCT domain when the target allows it (much
+    faster than decoding in full and shrinking); what shrink remains is then under 2x.
+    """
     path = Path(path)
     data = _read_bytes(path)
     flag = cv2.IMREAD_COLOR
-    try:  # the header alone tells whether the JPEG decoder may shrink by 2, 4 or 8 (much faster)
-        with Image.open(io.BytesIO(data.tobytes())) as header:
-            short = min(header.size)
+    try:
+        with Image.open(io.BytesIO(data.tobytes())) as header:  # reads the header only
             if header.format == "JPEG":
+                small, large = sorted(header.size)
+                t_small, t_large = sorted(target(*header.size))  # sorted: EXIF may rotate the image
                 for factor, reduced in ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4),
                                         (2, cv2.IMREAD_REDUCED_COLOR_2)):
-                    if -(-short // factor) >= size:  # libjpeg rounds scaled sizes up
+                    if -(-small // factor) >= t_small and -(-large // factor) >= t_large:  # libjpeg rounds up
                         flag = reduced
                         break
     except Exception:
         pass  # let the decoder below give the verdict
     image = _decode(path, data, flag)
     h, w = image.shape[:2]
-    if min(h, w) < MIN_BACKGROUND_SIDE:
-        raise BadInputError(path, f"image is only {w}x{h} pixels (backgrounds need at least {MIN_BACKGROUND_SIDE})")
-    scale = size / min(h, w)
-    if scale != 1:
-        new = (max(size, round(w * scale)), max(size, round(h * scale)))
-        # after a DCT-domain reduction at most a 2x shrink remains, where bilinear is enough
-        image = cv2.resize(image, new, interpolation=cv2.INTER_AREA if scale <= 0.5 else cv2.INTER_LINEAR)
+    if min(h, w) < MIN_IMAGE_SIDE:
+        raise BadInputError(path, f"image is only {w}x{h} pixels (at least {MIN_IMAGE_SIDE} are needed)")
+    new_w, new_h = target(w, h)
+    if (new_w, new_h) != (w, h):
+        shrinking_much = new_w * 2 <= w or new_h * 2 <= h
+        image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA if shrinking_much else cv2.INTER_LINEAR)
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def load_background(path, size: int) -> np.ndarray:
+    """A scene image as RGB with its shorter side resized to `size` (aspect kept)."""
+
+    def short_side_to_size(w, h):
+        scale = size / min(w, h)
+        return max(size, round(w * scale)), max(size, round(h * scale))
+
+    return decode_resized(path, short_side_to_size)
+
+
+FITS = ("squash", "crop", "pad")
+
+
+def load_photo(path, size: int, fit: str) -> np.ndarray:
+    """A photo as a size x size RGB image: squashed to the square (every object stays in view, the
+    aspect changes), centre-cropped (aspect kept, edges lost), or padded with its mean colour."""
+    if fit == "squash":
+        return decode_resized(path, lambda w, h: (size, size))
+    if fit == "crop":
+        image = load_background(path, size)
+        h, w = image.shape[:2]
+        y, x = (h - size) // 2, (w - size) // 2
+        return np.ascontiguousarray(image[y:y + size, x:x + size])
+    image = decode_resized(path, lambda w, h: (max(1, round(w * size / max(w, h))),
+                                               max(1, round(h * size / max(w, h)))))
+    h, w = image.shape[:2]
+    out = np.empty((size, size, 3), np.uint8)
+    out[:] = image.reshape(-1, 3).mean(axis=0).round().astype(np.uint8)
+    y, x = (size - h) // 2, (size - w) // 2
+    out[y:y + h, x:x + w] = image
+    return out
 
 
 # --------------------------------------------------------------------------- source collections

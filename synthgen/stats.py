@@ -24,14 +24,18 @@ def _quantiles(values: np.ndarray) -> dict:
     return dict(zip(("min", "p05", "median", "p95", "max"), (round(float(v), 6) for v in q)))
 
 
+def count_histogram(count: np.ndarray) -> dict[str, int]:
+    values, freq = np.unique(count, return_counts=True)
+    return {str(int(v)): int(f) for v, f in zip(values, freq)}
+
+
 def label_summary(count: np.ndarray, target_area: np.ndarray, visible_area: np.ndarray, size: int) -> dict:
     """A JSON-ready summary of a set's labels; areas as fractions of the canvas."""
     canvas = float(size * size)
-    values, freq = np.unique(count, return_counts=True)
     with_objects = count > 0
     return {
         "n_images": int(count.size),
-        "count_histogram": {str(int(v)): int(f) for v, f in zip(values, freq)},
+        "count_histogram": count_histogram(count),
         "target_area_fraction": _quantiles(target_area[with_objects] / canvas),
         "visible_area_fraction": _quantiles(visible_area[with_objects] / canvas),
         "corr_log_count_log_area": {"target": corr_log(count, target_area), "visible": corr_log(count, visible_area)},
@@ -42,6 +46,8 @@ def summary_lines(summary: dict) -> list[str]:
     """The summary as a few human-readable lines."""
     hist = "  ".join(f"{k}: {v}" for k, v in summary["count_histogram"].items())
     lines = [f"count histogram   {hist}"]
+    if "corr_log_count_log_area" not in summary:  # a natural set: labels only
+        return lines
     for key, label in (("target_area_fraction", "target area"), ("visible_area_fraction", "visible area")):
         q = summary[key]
         if q:

@@ -220,6 +220,14 @@ def test_same_object_analysis_set(synthgen, tmp_path):
     assert np.allclose(data["visible_area"], data["full_area"], atol=1e-3)  # no overlap at all
 
 
+def test_a_set_of_empty_scenes(synthgen, tmp_path):
+    out = tmp_path / "empty"
+    assert synthgen("build", "--n", 12, "--count", "0", "--out", out, *FAST).rc == 0
+    data = read_set(out)
+    assert not data["count"].any() and data["objects/box"].shape == (0, 4)
+    assert synthgen("verify", out, "--no-progress").rc == 0
+
+
 def test_log_count_and_log_area_are_uncorrelated(synthgen, tmp_path):
     out = tmp_path / "corr"
     assert synthgen("build", "--n", 1000, "--out", out, *FAST).rc == 0

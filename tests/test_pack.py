@@ -1,0 +1,118 @@
+"""`synthgen pack`: natural labelled images into shards of the same schema."""
+import json
+
+import cv2
+import numpy as np
+
+from conftest import manifest_of, read_set
+from synthgen import ShardSet
+
+FAST = ["--size", "48", "--no-progress", "--workers", "1"]
+
+
+def make_sos_tree(root, per_label=4, seed=0):
+    """Count folders 0, 1, 2, 3, 4+ of real JPEGs of mixed sizes; returns {relative path: label}."""
+    rng = np.random.default_rng(seed)
+    labels = {}
+    for folder, label in (("0", 0), ("1", 1), ("2", 2), ("3", 3), ("4+", 4)):
+        (root / folder).mkdir(parents=True)
+        for k in range(per_label):
+            shape = (60 + 20 * k, 90, 3) if k % 2 else (90, 60 + 20 * k, 3)
+            image = (rng.random(shape) * 200 + 30).astype(np.uint8)
+            cv2.imwrite(str(root / folder / f"img{k}.jpg"), image)
+            labels[f"{folder}/img{k}.jpg"] = label
+    return labels
+
+
+def test_pack_count_folders(synthgen, tmp_path):
+    root = tmp_path / "sos"
+    labels = make_sos_tree(root)
+    (root / "2" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    (root / "stray.jpg").write_bytes(b"x")
+    (root / "4+" / "notes.txt").write_text("hi")
+    out = tmp_path / "packed"
+    result = synthgen("pack", root, "--out", out, "--shard-size", 7, *FAST)
+    assert result.rc == 0, result.err
+    assert "count histogram   0: 4  1: 4  2: 4  3: 4  4: 4" in result.out
+    for name, reason in (("broken.jpg", "cannot be decoded"), ("stray.jpg", "not inside a count folder"),
+                         ("notes.txt", "not an image file")):
+        assert any(name in line and reason in line for line in result.out.splitlines()), name
+    manifest = manifest_of(out)
+    assert manifest["kind"] == "natural" and manifest["n_images"] == 20
+    assert len(manifest["summary"]["skipped_inputs"]) == 3
+    data = read_set(out)
+    sources = json.loads((out / "sources.json").read_text())
+    assert data["images"].shape == (20, 48, 48, 3)
+    # index points into sources.json files; the label is the folder's
+    for index, count in zip(data["index"], data["count"]):
+        assert labels[sources["files"][index]] == count
+    assert np.isnan(data["visible_area"]).all() and not len(data["objects/box"])
+    assert synthgen("verify", out, "--no-progress").rc == 0
+    with ShardSet(out) as shards:
+        assert shards.kind == "natural" and len(shards) == 20
+    again = synthgen("pack", root, "--out", out, "--shard-size", 7, *FAST)
+    assert again.rc == 0 and "(0 in this run)" in again.out
+    assert {s["path"] for s in manifest_of(out)["summary"]["skipped_inputs"]} >= {str(root / "2" / "broken.jpg")}
+    refused = synthgen("pack", root, "--out", out, "--shard-size", 5, *FAST)
+    assert refused.rc == 1 and "different build" in refused.err
+
+
+def test_fit_modes(synthgen, tmp_path):
+    root = tmp_path / "sos"
+    (root / "1").mkdir(parents=True)
+    wide = np.full((50, 150, 3), 128, np.uint8)
+    wide[:, :20] = (0, 0, 255)  # a red band at the left edge (BGR)
+    cv2.imwrite(str(root / "1" / "wide.png"), wide)
+    images = {}
+    for fit in ("squash", "crop", "pad"):
+        assert synthgen("pack", root, "--out", tmp_path / fit, "--fit", fit, *FAST).rc == 0
+        images[fit] = read_set(tmp_path / fit)["images"][0].astype(int)
+    red = lambda image: (image[..., 0] > 200) & (image[..., 1] < 60)  # noqa: E731
+    assert red(images["squash"])[:, :4].all()  # the edge band survives the squash
+    assert not red(images["crop"]).any()  # and is cut off by the centre crop
+    assert red(images["pad"])[20:28, :4].all() and not red(images["pad"])[:8].any()  # padded above and below
+    mean = wide.reshape(-1, 3)[:, ::-1].mean(axis=0)
+    assert np.abs(images["pad"][0, 24] - mean).max() <= 2
+
+
+def test_pack_an_sos_split_file(synthgen, tmp_path):
+    root = tmp_path / "images"
+    labels = make_sos_tree(root, per_label=2)
+    rows = ["path,label,split"]
+    for k, (path, label) in enumerate(sorted(labels.items())):
+        rows.append(f"{path},{label},{'test' if k % 3 == 0 else 'train'}")
+    rows.append("0/missing.jpg,0,test")
+    split_file = tmp_path / "sos_split.csv"
+    split_file.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "test-set"
+    result = synthgen("pack", root, "--split-file", split_file, "--split", "test", "--out", out, *FAST)
+    assert result.rc == 0, result.err
+    assert "missing.jpg" in result.out and "not found" in result.out
+    expected = sorted(path for k, path in enumerate(sorted(labels)) if k % 3 == 0)
+    sources = json.loads((out / "sources.json").read_text())
+    assert sorted(sources["files"]) == expected
+    data = read_set(out)
+    assert sorted(data["count"].tolist()) == sorted(labels[p] for p in expected)
+    failed = synthgen("pack", root, "--split-file", split_file, "--out", tmp_path / "x", *FAST)
+    assert failed.rc == 2 and "--split-file and --split go together" in failed.err
+
+
+def test_inspect_a_natural_set(synthgen, tmp_path):
+    root = tmp_path / "sos"
+    make_sos_tree(root, per_label=2)
+    assert synthgen("pack", root, "--out", tmp_path / "p", *FAST).rc == 0
+    result = synthgen("inspect", tmp_path / "p", "--samples", 5)
+    assert result.rc == 0 and "count histogram   0: 2" in result.out and "corr" not in result.out
+    assert (tmp_path / "p" / "inspect" / "count_histogram.png").stat().st_size > 5000
+    assert (tmp_path / "p" / "inspect" / "contact_sheet.png").stat().st_size > 5000
+
+
+def test_pack_argument_errors(synthgen, tmp_path):
+    (tmp_path / "sos").mkdir()
+    result = synthgen("pack", tmp_path / "sos", "--out", tmp_path / "o", "--split", "train", *FAST)
+    assert result.rc == 2 and "--split-file and --split go together" in result.err
+    empty = synthgen("pack", tmp_path / "sos", "--out", tmp_path / "o", *FAST)
+    assert empty.rc == 2 and "no labelled images found" in empty.err
+    missing = synthgen("pack", tmp_path / "nowhere", "--out", tmp_path / "o", *FAST)
+    assert missing.rc == 2 and "does not exist" in missing.err
+    assert not (tmp_path / "o").exists()
