@@ -94,6 +94,23 @@ class ShardSet:
             out[where[order]] = block[inverse]
         return out
 
+    def union_boxes(self) -> np.ndarray:
+        """For every image, the box (x0, y0, x1, y1) around all of its objects; NaN where it has none.
+        Crops that contain it keep every object in view."""
+        out = np.full((len(self), 4), np.nan, np.float32)
+        for shard, path in enumerate(self.paths):
+            with h5py.File(path, "r") as f:
+                offsets, boxes = f["object_offset"][()], f["objects/box"][()].astype(np.float32)
+            has = np.flatnonzero(np.diff(offsets) > 0)
+            if has.size:
+                starts = offsets[has]
+                rows = self.starts[shard] + has
+                out[rows, 0] = np.minimum.reduceat(boxes[:, 0], starts)
+                out[rows, 1] = np.minimum.reduceat(boxes[:, 1], starts)
+                out[rows, 2] = np.maximum.reduceat(boxes[:, 2], starts)
+                out[rows, 3] = np.maximum.reduceat(boxes[:, 3], starts)
+        return out
+
     def objects(self, index: int) -> dict[str, np.ndarray]:
         """Per-object records of one image: source_id, box (x0, y0, x1, y1), full_area, visible_area."""
         shard, row = self.locate(index)

@@ -1,0 +1,110 @@
+"""Augmentation on the device (crops keep every object) and the training data plan."""
+import numpy as np
+import pytest
+import torch
+
+from conftest import FAST
+from synthgen.cli import main as synthgen_main
+from vae.augment import AugmentConfig, augment, to_float
+from vae.data import LoaderFeed, MemoryFeed, Pool, epoch_indices, natural_fraction, rank_batches, split_pool
+from test_pack import make_sos_tree
+
+NO_COLOUR = dict(brightness=0, contrast=0, saturation=0, hue=0)
+
+
+def squares_at_the_edges(n=64, side=64, seed=0):
+    """White squares on black, each touching an image edge, with their boxes."""
+    rng = np.random.default_rng(seed)
+    images = np.zeros((n, side, side, 3), np.uint8)
+    boxes = np.zeros((n, 4), np.float32)
+    for i in range(n):
+        w = int(rng.integers(8, 20))
+        x0 = 0 if i % 2 else side - w
+        y0 = int(rng.integers(0, side - w))
+        images[i, y0:y0 + w, x0:x0 + w] = 255
+        boxes[i] = (x0, y0, x0 + w, y0 + w)
+    return torch.from_numpy(images), torch.from_numpy(boxes)
+
+
+def test_crops_never_cut_an_object():
+    images, boxes = squares_at_the_edges()
+    config = AugmentConfig(flip_prob=0.5, crop_max=0.5, **NO_COLOUR)
+    before = (to_float(images) > 0.5).sum((1, 2, 3)).float()
+    for seed in range(5):
+        out = augment(images, boxes, config, torch.Generator().manual_seed(seed))
+        after = (out > 0.5).sum((1, 2, 3)).float()
+        # crops only zoom in (area grows by (side / crop)^2 >= 1); a cut object would lose area
+        assert torch.all(after >= before * 0.97), (after / before).min()
+    unconstrained = augment(images, torch.full_like(boxes, float("nan")), config, torch.Generator().manual_seed(0))
+    assert torch.any((unconstrained > 0.5).sum((1, 2, 3)) < before * 0.9)  # without boxes, crops do cut
+
+
+def test_augmentation_is_reproducible_and_in_range():
+    images, boxes = squares_at_the_edges(8)
+    config = AugmentConfig()
+    a = augment(images, boxes, config, torch.Generator().manual_seed(3))
+    b = augment(images, boxes, config, torch.Generator().manual_seed(3))
+    c = augment(images, boxes, config, torch.Generator().manual_seed(4))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert a.shape == (8, 3, 64, 64) and a.min() >= 0 and a.max() <= 1
+    assert a.is_contiguous(memory_format=torch.channels_last)
+    identity = AugmentConfig(flip_prob=0, crop_max=0, **NO_COLOUR)
+    assert torch.allclose(augment(images, boxes, identity, torch.Generator().manual_seed(0)), to_float(images),
+                          atol=1e-5)  # float rounding in the resampling
+    assert augment(images, boxes, config, torch.Generator().manual_seed(0), size=32).shape == (8, 3, 32, 32)
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("vae-data")
+    assert synthgen_main(["build", "--n", "60", "--out", str(root / "synth"), *FAST]) == 0
+    tree = root / "sos"
+    make_sos_tree(tree, per_label=10)
+    for extra in range(30):  # class 1 is the most frequent, as in SOS
+        (tree / "1" / f"img{extra + 10}.jpg").write_bytes((tree / "1" / "img0.jpg").read_bytes())
+    assert synthgen_main(["pack", str(tree), "--out", str(root / "natural"), "--size", "64", "--no-progress",
+                          "--workers", "1"]) == 0
+    return root
+
+
+def test_natural_images_join_gradually_after_the_synthetic_epochs(sets):
+    assert [natural_fraction(e, 20, 20) for e in (1, 20, 21, 30, 40, 41)] == [0, 0, 0.05, 0.5, 1, 1]
+    pool = Pool([str(sets / "synth")], [str(sets / "natural")])
+    split = split_pool(pool, seed=0, val_fraction=0.1, natural_drop=0.1)
+    seen = []
+    for epoch in range(1, 8):
+        indices, fraction, n_natural = epoch_indices(split, epoch, seed=0, start=2, ramp=4)
+        natural = indices[pool.is_natural[indices]]
+        assert len(natural) == n_natural == round(fraction * split.train_natural_order.size)
+        assert set(seen) <= set(natural)  # images join and stay
+        seen = natural.tolist()
+    assert fraction == 1 and len(seen) == split.train_natural_order.size
+    # the validation images are never trained on
+    assert not set(split.validation) & set(indices)
+
+
+def test_most_frequent_natural_classes_lose_ten_percent(sets):
+    pool = Pool([str(sets / "synth")], [str(sets / "natural")])
+    kept = split_pool(pool, seed=0, val_fraction=0.1, natural_drop=0.1)
+    full = split_pool(pool, seed=0, val_fraction=0.1, natural_drop=0.0)
+    counts = lambda s: np.bincount(pool.counts[s.train_natural_order], minlength=5)  # noqa: E731
+    assert kept.dropped == {1: int(round(0.1 * counts(full)[1]))}  # only class 1 is above the average
+    assert counts(full)[1] - counts(kept)[1] == kept.dropped[1]
+    assert np.array_equal(counts(full)[[0, 2, 3, 4]], counts(kept)[[0, 2, 3, 4]])
+
+
+def test_every_rank_gets_the_same_number_of_batches():
+    indices = np.arange(103)
+    batches = [rank_batches(indices, 8, rank, 3) for rank in range(3)]
+    assert len({len(b) for b in batches}) == 1
+    assert not set(np.concatenate(batches[0])) & set(np.concatenate(batches[1]))
+
+
+def test_worker_feed_matches_memory_feed(sets):
+    pool = Pool([str(sets / "synth")], [str(sets / "natural")])
+    pool.images([0])  # the parent opens HDF5 handles before the workers fork
+    batches = [np.array([3, 70, 1]), np.array([59, 0])]
+    memory = list(MemoryFeed(pool, torch.device("cpu")).batches(batches))
+    workers = list(LoaderFeed(pool, torch.device("cpu"), workers=2).batches(batches))
+    for (a, boxes_a), (b, boxes_b) in zip(memory, workers):
+        assert torch.equal(a, b) and torch.equal(torch.nan_to_num(boxes_a, -1), torch.nan_to_num(boxes_b, -1))

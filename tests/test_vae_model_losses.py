@@ -1,0 +1,131 @@
+"""The VAE's geometry and heads, the KL, the perceptual and pixel losses, and VGG weight loading."""
+import warnings
+
+import pytest
+import torch
+from torch.distributions import Normal, kl_divergence
+
+from conftest import SHARED
+from vae.losses import PerceptualLoss, PixelLoss, kl_per_dimension, vae_loss
+from vae.model import VAE, ModelConfig, decoder_start, describe, parameter_counts
+from vae.spec import LayerSpec, SpecError, parse_layers
+from vae.vgg import RANDOM, VGGWeightsError, load_vgg, truncated_vgg19
+
+VGG_WEIGHTS = SHARED / "weights" / "vgg19-features-relu3_1.pth"
+SMALL = dict(encoder="8@4x4-1, 16@4x4-2, 16@4x4-2, 32@4x4-2", decoder="32@3x3-1, 16@3x3-2, 16@3x3-2, 8@3x3-2",
+             latent=8)
+
+
+def test_paper_configuration_maps_161_to_161():
+    model = VAE()  # the paper's layers, latent 180
+    assert model.encoder_grid == 20 and model.start_shape == (768, 21, 21)
+    x = torch.rand(1, 3, 161, 161)
+    x_hat, mu, sigma = model.eval()(x)
+    assert x_hat.shape == (1, 3, 161, 161) and mu.shape == sigma.shape == (1, 180)
+    assert 0 <= x_hat.min() and x_hat.max() <= 1
+    counts = parameter_counts(model)
+    # heads: 2 x (768 * 20 * 20 + 1) * 180; decoder input: (180 + 1) * 768 * 21 * 21
+    assert counts["mu and sigma heads"] == 2 * (768 * 400 + 1) * 180
+    assert counts["decoder input layer"] == 181 * 768 * 441
+    assert counts["total"] == sum(p.numel() for p in model.parameters()) == 186_211_563
+    assert "186,211,563" in describe(model)
+
+
+@pytest.mark.parametrize("size", [32, 48, 64, 96, 161, 200])
+def test_decoder_reaches_every_input_size_exactly(size):
+    model = VAE(ModelConfig(image_size=size, **SMALL))
+    assert model(torch.rand(2, 3, size, size))[0].shape == (2, 3, size, size)
+    grid, paddings = decoder_start(size, parse_layers(SMALL["decoder"], "--decoder"), LayerSpec(3, 3, 1))
+    assert grid >= 1 and all(p in (0, 1) for p in paddings)
+
+
+@pytest.mark.parametrize("text", ["64@4x4", "64x4-1", "64@4x3-1", "0@4x4-1", ""])
+def test_bad_layer_strings_name_the_option(text):
+    with pytest.raises(SpecError, match="--encoder"):
+        parse_layers(text, "--encoder")
+
+
+def test_sigma_is_a_softplus_standard_deviation():
+    model = VAE(ModelConfig(image_size=32, **SMALL)).eval()
+    with torch.no_grad():
+        model.fc_sigma.bias.fill_(-12.0)
+        model.fc_sigma.weight.zero_()
+        _, sigma = model.encode(torch.rand(4, 3, 32, 32))
+    # softplus of a std can go well below 1 (the authors' softplus on a log-variance could not)
+    assert torch.all(sigma > 0) and torch.all(sigma < 1e-3)
+
+
+def test_kl_equals_torch_distributions():
+    mu, sigma = torch.randn(16, 180), torch.rand(16, 180) * 2 + 0.01
+    expected = kl_divergence(Normal(mu, sigma), Normal(torch.zeros_like(mu), torch.ones_like(sigma)))
+    assert torch.allclose(kl_per_dimension(mu, sigma), expected, atol=1e-5, rtol=1e-5)
+
+
+def _vgg():
+    if VGG_WEIGHTS.exists():
+        return load_vgg(str(VGG_WEIGHTS))[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return load_vgg(RANDOM)[0]
+
+
+def test_perceptual_loss_is_zero_for_identical_images_and_leaves_vgg_alone():
+    loss = PerceptualLoss(_vgg())
+    before = {k: v.clone() for k, v in loss.vgg.state_dict().items()}
+    model = VAE(ModelConfig(image_size=32, **SMALL))
+    x = torch.rand(4, 3, 32, 32)
+    assert torch.all(loss(x, x) == 0)
+    loss.train()  # the model around it goes to train mode; the VGG must not
+    model.train()
+    assert not loss.vgg.training and all(not m.training for m in loss.vgg.modules())
+    optimizer = torch.optim.Adam([*model.parameters(), *loss.parameters()], lr=0.1)
+    for _ in range(2):
+        x_hat, mu, sigma = model(x)
+        terms = vae_loss(x, x_hat, mu, sigma, loss, 1.0, 0.03)
+        optimizer.zero_grad()
+        terms["loss"].backward()
+        optimizer.step()
+    assert terms["rec"] > 0
+    assert all(p.grad is None and not p.requires_grad for p in loss.vgg.parameters())
+    assert all(torch.equal(before[k], v) for k, v in loss.vgg.state_dict().items())
+    assert not loss.vgg.training
+
+
+def test_reductions_and_pixel_loss():
+    vgg = _vgg()
+    x, y = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    total = PerceptualLoss(vgg, "sum")(x, y)
+    layer_means = PerceptualLoss(vgg, "mean")(x, y)
+    assert torch.all(total > layer_means)  # sums over 64*32*32, 128*16*16 and 256*8*8 elements
+    assert torch.allclose(PixelLoss("sum")(x, y), ((x - y) ** 2).sum((1, 2, 3)))
+    assert torch.allclose(PixelLoss("mean")(x, y), ((x - y) ** 2).mean((1, 2, 3)))
+
+
+def test_vgg_weights_found_refused_or_random(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    with pytest.raises(VGGWeightsError, match="--vgg-weights PATH.*vgg19-dcbb9e9d.pth"):
+        load_vgg(None)
+    with pytest.raises(VGGWeightsError, match="file not found"):
+        load_vgg(str(tmp_path / "nope.pth"))
+    reference = truncated_vgg19()
+    # torchvision's whole-model layout ("features.N.*") in the hub cache is found and loaded
+    hub = tmp_path / "torch-home" / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    torch.save({f"features.{k}": v for k, v in reference.state_dict().items()}, hub / "vgg19-dcbb9e9d.pth")
+    vgg, record = load_vgg(None)
+    assert record["source"].endswith("vgg19-dcbb9e9d.pth") and len(record["sha256"]) == 64
+    assert all(torch.equal(a, b) for a, b in zip(vgg.state_dict().values(), reference.state_dict().values()))
+    torch.save({"0.weight": reference[0].weight}, tmp_path / "partial.pth")
+    with pytest.raises(VGGWeightsError, match="missing 0.bias"):
+        load_vgg(str(tmp_path / "partial.pth"))
+    with pytest.warns(UserWarning, match="NOT perceptual"):
+        assert load_vgg(RANDOM)[1] == {"source": "random"}
+
+
+def test_real_vgg_weights_load():
+    if not VGG_WEIGHTS.exists():
+        pytest.skip(f"{VGG_WEIGHTS} is absent (it is only in ../shared beside the checkout)")
+    vgg, record = load_vgg(str(VGG_WEIGHTS))
+    assert record["sha256"] == "800be076141fdb77782d962275ab2e21bd491f7e53e620614f38c98d87f214e5"
+    features = PerceptualLoss(vgg).features(torch.rand(1, 3, 64, 64))
+    assert [f.shape[1] for f in features] == [64, 128, 256]

@@ -1,0 +1,171 @@
+"""vae-train end to end on CPU: run folder, checkpoints, overfitting, exact resume, NaN, DDP."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from synthgen.cli import main as synthgen_main
+from test_pack import make_sos_tree
+from vae.checkpoint import load_checkpoint, load_model, save_checkpoint
+from vae.train import main as train_main
+
+TINY = ["--encoder", "8@4x4-1,16@4x4-2,16@4x4-2,32@4x4-2", "--decoder", "32@3x3-1,16@3x3-2,16@3x3-2,8@3x3-2",
+        "--latent", "8", "--batch-size", "16", "--workers", "0", "--recon", "pixel"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("vae-train")
+    args = ["--size", "32", "--no-progress", "--workers", "1"]
+    assert synthgen_main(["build", "--n", "64", "--out", str(root / "synth"), *args]) == 0
+    # A handful of simple images (flat colour and one square), each 15 times: an epoch has many steps.
+    rng = np.random.default_rng(0)
+    (root / "handful" / "1").mkdir(parents=True)
+    for k in range(8):
+        image = np.empty((32, 32, 3), np.uint8)
+        image[:] = rng.integers(0, 256, 3)
+        x, y = rng.integers(0, 20, 2)
+        image[y:y + 12, x:x + 12] = rng.integers(0, 256, 3)
+        for copy in range(15):
+            Image.fromarray(image).save(root / "handful" / "1" / f"img{k}-{copy}.png")
+    assert synthgen_main(["pack", str(root / "handful"), "--out", str(root / "few"), *args]) == 0
+    make_sos_tree(root / "sos", per_label=4)
+    assert synthgen_main(["pack", str(root / "sos"), "--out", str(root / "natural"), *args]) == 0
+    return root
+
+
+def metrics(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def train_process(*args):
+    return [sys.executable, "-m", "vae.train", *map(str, args)]
+
+
+def test_run_folder_checkpoints_and_natural_mixing(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    rc = train_main(["--data", str(data / "synth"), "--natural", str(data / "natural"), "--out", str(run),
+                     "--epochs", "3", "--natural-start", "1", "--natural-ramp", "2", *TINY])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "parameters: " in out and "done:" in out
+    records = metrics(run)
+    assert [r["natural_fraction"] for r in records] == [0.0, 0.5, 1.0]
+    assert records[0]["natural_images"] == 0 and records[2]["natural_images"] > records[1]["natural_images"] > 0
+    assert all(len(r["kl_per_dim"]) == 8 and 0 <= r["active_dims"] <= 8 for r in records)
+    assert all(np.isfinite(r["train"]["loss"]) for r in records)
+    for name in ("config.json", "last.pt", "best.pt", "reconstruction.png", "loss_curves.png",
+                 "reconstructions/epoch-0001.png", "reconstructions/epoch-0003.png"):
+        assert (run / name).exists(), name
+    for png in ("reconstruction.png", "loss_curves.png"):
+        with Image.open(run / png) as image:
+            assert image.width > 500 and np.asarray(image.convert("L")).std() > 5
+    config = json.loads((run / "config.json").read_text())
+    assert config["train"]["beta"] == 0.03 and config["parameters"]["total"] > 0 and config["world_size"] == 1
+    assert config["data"]["natural_train"] > 0
+    state = torch.load(run / "last.pt", weights_only=True)  # plain tensors and values only
+    assert state["epoch"] == 3 and json.loads(state["model_config"])["latent"] == 8
+    model, meta = load_model(run / "best.pt")
+    assert model(torch.rand(2, 3, 32, 32))[0].shape == (2, 3, 32, 32)
+    best_epoch = min(records, key=lambda r: r["validation"]["loss"])["epoch"]
+    assert meta["epoch"] == best_epoch
+
+
+def test_a_short_run_overfits_a_handful_of_images(data, tmp_path, capsys):
+    run = tmp_path / "overfit"
+    still = ["--flip-prob", "0", "--crop-max", "0", "--brightness", "0", "--contrast", "0", "--saturation", "0",
+             "--hue", "0"]
+    # beta 1: reconstruction-driven, so that memorising the images pays off against the KL
+    rc = train_main(["--data", str(data / "few"), "--out", str(run), "--epochs", "24", "--lr", "0.003",
+                     "--val-fraction", "0.1", *TINY, "--batch-size", "12", "--beta", "1", *still])
+    assert rc == 0, capsys.readouterr().err
+    losses = [r["train"]["loss"] for r in metrics(run)]
+    assert min(losses[-3:]) < 0.3 * losses[0], losses
+
+
+def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(data, tmp_path):
+    common = ["--data", data / "synth", "--epochs", "4", *TINY]
+    whole = subprocess.run(train_process(*common, "--out", tmp_path / "whole"), env=ENV, capture_output=True,
+                           text=True)
+    assert whole.returncode == 0, whole.stderr
+    cut = tmp_path / "cut"
+    process = subprocess.Popen(train_process(*common, "--out", cut), env=ENV, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if (cut / "metrics.jsonl").exists() and len((cut / "metrics.jsonl").read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done = load_checkpoint(cut / "last.pt")["epoch"]
+    assert 2 <= done < 4, "the run should have been cut off part way"
+    resumed = subprocess.run(train_process("--out", cut, "--resume", "--workers", "0"), env=ENV,
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming after epoch {done}" in resumed.stdout
+    a, b = load_checkpoint(tmp_path / "whole" / "last.pt"), load_checkpoint(cut / "last.pt")
+    assert a["epoch"] == b["epoch"] == 4
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert [r["train"]["loss"] for r in metrics(tmp_path / "whole")] == [r["train"]["loss"] for r in metrics(cut)]
+
+
+def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train_main(["--data", str(data / "synth"), "--out", str(run), "--epochs", "1", *TINY]) == 0
+    state = load_checkpoint(run / "last.pt")
+    state["model"]["fc_mu.weight"][0, 0] = float("nan")  # as a diverged update would leave it
+    save_checkpoint(run / "last.pt", {k: v for k, v in state.items() if k not in ("format", "version")})
+    before = {name: (run / name).read_bytes() for name in ("last.pt", "best.pt")}
+    capsys.readouterr()
+    rc = train_main(["--out", str(run), "--resume", "--epochs", "3", "--workers", "0"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "non-finite loss" in err and "epoch 2" in err and "last.pt (epoch 1)" in err
+    assert {name: (run / name).read_bytes() for name in before} == before
+    assert len(metrics(run)) == 1
+
+
+def test_two_process_ddp_on_cpu(data, tmp_path):
+    run = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "vae.train", "--data", str(data / "synth"), "--out", str(run), "--epochs", "2", *TINY]
+    result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = json.loads((run / "config.json").read_text())
+    assert config["world_size"] == 2
+    records = metrics(run)
+    train_images = config["data"]["synthetic_train"]
+    assert len(records) == 2 and all(r["train"]["images"] == train_images // 2 * 2 for r in records)
+    assert records[1]["train"]["loss"] < records[0]["train"]["loss"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--encoder", "8@4x4"], "--encoder"),
+    (["--recon", "perceptual", "--vgg-weights", "/nonexistent.pth"], "file not found"),
+    (["--recon", "perceptual"], "vgg19-dcbb9e9d.pth"),
+])
+def test_configuration_errors_are_clear(data, tmp_path, capsys, monkeypatch, extra, message):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
+    rc = train_main(["--data", str(data / "synth"), "--out", str(tmp_path / "run"), "--epochs", "1", *TINY, *extra])
+    assert rc == 1 and message in capsys.readouterr().err
+
+
+def test_runs_are_not_overwritten_and_resume_keeps_its_settings(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train_main(["--data", str(data / "synth"), "--out", str(run), "--epochs", "1", *TINY]) == 0
+    capsys.readouterr()
+    assert train_main(["--data", str(data / "synth"), "--out", str(run), "--epochs", "1", *TINY]) == 1
+    assert "already holds a run; add --resume" in capsys.readouterr().err
+    assert train_main(["--out", str(run), "--resume", "--lr", "0.1"]) == 1
+    assert "drop --lr" in capsys.readouterr().err
+    assert train_main(["--out", str(tmp_path / "nothing"), "--resume"]) == 1
+    assert "no run with a checkpoint" in capsys.readouterr().err

@@ -1,0 +1,90 @@
+"""Batched data augmentation on the training device: horizontal flips, crops, colour shifts.
+
+Images arrive as uint8 (B, H, W, 3) wherever the model is (the GPU when training on one) and leave
+as float (B, 3, S, S) in [0, 1]. Crops never cut an object: each crop contains the box around all
+of an image's objects, since the count is the label (natural images, without boxes, are only
+trimmed by at most `crop_max` of a side). Flip and crop are one affine resampling
+(`grid_sample`); the colour shifts are per-image linear maps. Every draw comes from the generator
+passed in, which the trainer seeds from (seed, epoch, step), so a resumed run repeats them exactly.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+# RGB <-> YIQ: a hue shift is a rotation of the (I, Q) chroma plane.
+_RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_LUMA = _RGB_TO_YIQ[0]
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    flip_prob: float = 0.5
+    crop_max: float = 0.1  # a crop keeps at least 1 - crop_max of the side (and every object)
+    brightness: float = 0.1  # factors drawn from [1 - b, 1 + b]
+    contrast: float = 0.1
+    saturation: float = 0.1
+    hue: float = 0.02  # turns of the hue circle, either way
+
+
+def to_float(images: torch.Tensor, size: int | None = None) -> torch.Tensor:
+    """uint8 (B, H, W, 3) -> float (B, 3, size, size) in [0, 1], channels-last in memory."""
+    x = images.permute(0, 3, 1, 2).float().div_(255.0)  # a view: the NHWC bytes stay channels-last
+    if size is not None and size != x.shape[-1]:
+        x = F.interpolate(x, size=(size, size), mode="area")
+    return x
+
+
+def augment(images: torch.Tensor, boxes: torch.Tensor, config: AugmentConfig, generator: torch.Generator,
+            size: int | None = None) -> torch.Tensor:
+    """Augmented float images (B, 3, size, size); `boxes` are (x0, y0, x1, y1) pixels, NaN for none."""
+    x = to_float(images, size)
+    n, side = x.shape[0], x.shape[-1]
+    device = x.device
+    boxes = boxes.to(device=device, dtype=torch.float32) * (side / images.shape[2])
+    u = torch.rand(n, 8, generator=generator, device=device)
+
+    # Crop: a square of side c >= every object's extent, positioned so that it contains them all.
+    c = side * (1 - config.crop_max * u[:, 0])
+    has_box = ~torch.isnan(boxes[:, 0])
+    extent = torch.where(has_box, torch.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]), 0)
+    c = torch.minimum(torch.maximum(c, extent), torch.full_like(c, side))
+    lo_x = torch.where(has_box, (boxes[:, 2] - c).clamp(min=0), 0)
+    hi_x = torch.where(has_box, torch.minimum(boxes[:, 0], side - c), side - c)
+    lo_y = torch.where(has_box, (boxes[:, 3] - c).clamp(min=0), 0)
+    hi_y = torch.where(has_box, torch.minimum(boxes[:, 1], side - c), side - c)
+    x0 = lo_x + u[:, 1] * (hi_x - lo_x).clamp(min=0)
+    y0 = lo_y + u[:, 2] * (hi_y - lo_y).clamp(min=0)
+    flip = u[:, 3] < config.flip_prob
+    scale = c / side
+    theta = torch.zeros(n, 2, 3, device=device)
+    theta[:, 0, 0] = torch.where(flip, -scale, scale)
+    theta[:, 1, 1] = scale
+    theta[:, 0, 2] = (x0 + c / 2) / side * 2 - 1
+    theta[:, 1, 2] = (y0 + c / 2) / side * 2 - 1
+    grid = F.affine_grid(theta, [n, 3, side, side], align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+    # Colour: brightness, contrast, saturation, hue, each a per-image linear map.
+    def factor(column, amount):
+        return (1 + amount * (2 * u[:, column] - 1)).view(n, 1, 1, 1)
+
+    luma = _LUMA.to(device).view(1, 3, 1, 1)
+    x = x * factor(4, config.brightness)
+    grey = (x * luma).sum(1, keepdim=True)
+    x = grey.mean((2, 3), keepdim=True) + factor(5, config.contrast) * (x - grey.mean((2, 3), keepdim=True))
+    grey = (x * luma).sum(1, keepdim=True)
+    x = grey + factor(6, config.saturation) * (x - grey)
+    if config.hue:
+        angle = (2 * u[:, 7] - 1) * config.hue * 2 * math.pi
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        rotation = torch.zeros(n, 3, 3, device=device)
+        rotation[:, 0, 0] = 1
+        rotation[:, 1, 1], rotation[:, 1, 2], rotation[:, 2, 1], rotation[:, 2, 2] = cos, -sin, sin, cos
+        to_yiq = _RGB_TO_YIQ.to(device)
+        matrix = torch.linalg.inv(to_yiq) @ rotation @ to_yiq
+        x = torch.einsum("bij,bjhw->bihw", matrix, x)
+    return x.clamp_(0, 1).contiguous(memory_format=torch.channels_last)

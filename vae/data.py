@@ -1,0 +1,186 @@
+"""Training data: synthgen sets read through `synthgen.ShardSet`, the epoch plan, and batch feeding.
+
+* Pool: all images of the given sets, indexed 0..n-1 (synthetic sets first, then natural ones).
+* Validation: a fixed, seeded fraction of every set is held out for the learning-rate schedule
+  and model selection; the test split of natural data is never read by the trainer.
+* Class imbalance (section 4.2): 10% of the training examples of the most frequent classes of the
+  natural data are removed at random. "Most frequent" means more frequent than the average class.
+* Mixing (section 4.2): epochs 1..start are synthetic only; from then on a growing, seeded prefix of
+  the natural training images joins, `natural_fraction(epoch)`, computed in the main process.
+* Feeding: either the whole pool is loaded once as uint8 into the training device's memory and
+  batches are indexed there, or a DataLoader's workers read batches from the shards (each worker
+  opens its own HDF5 handles, never across a fork) into pinned memory for non-blocking copies.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from synthgen import ShardSet
+
+STREAM_VALIDATION, STREAM_DROP, STREAM_NATURAL_ORDER, STREAM_EPOCH = 11, 12, 13, 14
+
+
+def natural_fraction(epoch: int, start: int, ramp: int) -> float:
+    """Share of the natural training images used in (1-based) `epoch`: 0 up to `start`, then
+    rising linearly to all of them over `ramp` epochs."""
+    if epoch <= start:
+        return 0.0
+    return min(1.0, (epoch - start) / max(1, ramp))
+
+
+class Pool:
+    """The images of several synthgen sets under one index, with labels and object boxes."""
+
+    def __init__(self, synthetic: list[str], natural: list[str]):
+        self.sets = [ShardSet(path) for path in [*synthetic, *natural]]
+        self.natural_set = np.array([False] * len(synthetic) + [True] * len(natural))
+        sizes = {s.image_size for s in self.sets}
+        if len(sizes) != 1:
+            detail = ", ".join(f"{s.root} ({s.image_size} px)" for s in self.sets)
+            raise ValueError(f"the sets have different image sizes: {detail}; build or pack them at one --size")
+        self.image_size = sizes.pop()
+        for path, shards in zip(natural, self.sets[len(synthetic):]):
+            if shards.kind != "natural":
+                raise ValueError(f"--natural {path}: a synthetic set; give it with --data")
+        self.starts = np.concatenate([[0], np.cumsum([len(s) for s in self.sets])])
+        self.counts = np.concatenate([s.labels["count"] for s in self.sets]).astype(np.int64)
+        self.boxes = np.concatenate([s.union_boxes() for s in self.sets])
+        self.is_natural = np.repeat(self.natural_set, [len(s) for s in self.sets])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def images(self, indices) -> np.ndarray:
+        """uint8 (k, S, S, 3), in the order asked."""
+        indices = np.asarray(indices, dtype=np.int64)
+        out = np.empty((len(indices), self.image_size, self.image_size, 3), np.uint8)
+        which = np.searchsorted(self.starts, indices, side="right") - 1
+        for set_index in np.unique(which):
+            rows = np.flatnonzero(which == set_index)
+            out[rows] = self.sets[set_index].images(indices[rows] - self.starts[set_index])
+        return out
+
+
+@dataclass
+class Split:
+    train_synthetic: np.ndarray
+    train_natural_order: np.ndarray  # the order in which natural images join the training set
+    validation: np.ndarray
+    dropped: dict[int, int]  # class -> natural training examples removed for balance
+
+
+def split_pool(pool: Pool, seed: int, val_fraction: float, natural_drop: float) -> Split:
+    """Hold out a fixed fraction of every set, then balance the natural training images."""
+    train, validation = [], []
+    for set_index in range(len(pool.sets)):
+        indices = np.arange(pool.starts[set_index], pool.starts[set_index + 1])
+        order = np.random.default_rng([seed, STREAM_VALIDATION, set_index]).permutation(indices)
+        n_val = int(round(val_fraction * len(indices))) if len(indices) > 1 else 0
+        validation.append(np.sort(order[:n_val]))
+        train.append(np.sort(order[n_val:]))
+    train = np.concatenate(train)
+    natural = train[pool.is_natural[train]]
+    dropped = {}
+    if natural.size and natural_drop > 0:
+        classes, freq = np.unique(pool.counts[natural], return_counts=True)
+        rng = np.random.default_rng([seed, STREAM_DROP])
+        keep = np.ones(natural.size, bool)
+        for label, n in zip(classes, freq):
+            if n > freq.mean():
+                members = np.flatnonzero(pool.counts[natural] == label)
+                remove = rng.choice(members, int(round(natural_drop * n)), replace=False)
+                keep[remove] = False
+                dropped[int(label)] = int(remove.size)
+        natural = natural[keep]
+    natural_order = np.random.default_rng([seed, STREAM_NATURAL_ORDER]).permutation(natural)
+    return Split(train[~pool.is_natural[train]], natural_order, np.concatenate(validation), dropped)
+
+
+def epoch_indices(split: Split, epoch: int, seed: int, start: int, ramp: int) -> tuple[np.ndarray, float, int]:
+    """The shuffled training indices of an epoch, the natural fraction used, and the natural count."""
+    fraction = natural_fraction(epoch, start, ramp)
+    n_natural = int(round(fraction * split.train_natural_order.size))
+    indices = np.concatenate([split.train_synthetic, split.train_natural_order[:n_natural]])
+    return np.random.default_rng([seed, STREAM_EPOCH, epoch]).permutation(indices), fraction, n_natural
+
+
+def rank_batches(indices: np.ndarray, batch_size: int, rank: int, world: int) -> list[np.ndarray]:
+    """This process's batches: every rank gets the same number (collectives must pair up), so up to
+    world - 1 trailing images of the epoch are left out; a last partial batch is kept."""
+    per_rank = len(indices) // world
+    mine = indices[rank * per_rank:(rank + 1) * per_rank]
+    return [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
+
+
+class MemoryFeed:
+    """The whole pool loaded once as uint8 onto the training device; batches are indexed there."""
+
+    def __init__(self, pool: Pool, device: torch.device):
+        self.images = torch.from_numpy(pool.images(np.arange(len(pool)))).to(device)
+        self.boxes = torch.from_numpy(pool.boxes).to(device)
+
+    def batches(self, batches: list[np.ndarray]):
+        for batch in batches:
+            index = torch.from_numpy(batch).to(self.images.device)
+            yield self.images[index], self.boxes[index]
+
+
+class _PoolDataset(torch.utils.data.Dataset):
+    def __init__(self, pool: Pool):
+        self.pool = pool
+
+    def __len__(self):
+        return len(self.pool)
+
+    def __getitems__(self, indices):  # one sorted read per shard for the whole batch
+        indices = np.asarray(indices)
+        return torch.from_numpy(self.pool.images(indices)), torch.from_numpy(self.pool.boxes[indices])
+
+
+def _as_is(batch):
+    return batch  # __getitems__ already returns the batch's tensors
+
+
+class _Batches(torch.utils.data.Sampler):
+    """The current epoch's batches; set before each epoch (the sampler runs in the main process)."""
+
+    def __init__(self):
+        self.batches: list[np.ndarray] = []
+
+    def __iter__(self):
+        return iter([b.tolist() for b in self.batches])
+
+    def __len__(self):
+        return len(self.batches)
+
+
+class LoaderFeed:
+    """DataLoader workers read batches from the shards; pinned memory, non-blocking copies."""
+
+    def __init__(self, pool: Pool, device: torch.device, workers: int):
+        self.device = device
+        self.sampler = _Batches()
+        self.loader = torch.utils.data.DataLoader(
+            _PoolDataset(pool), batch_sampler=self.sampler, num_workers=workers, collate_fn=_as_is,
+            pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+
+    def batches(self, batches: list[np.ndarray]):
+        self.sampler.batches = batches
+        for images, boxes in self.loader:
+            yield images.to(self.device, non_blocking=True), boxes.to(self.device, non_blocking=True)
+
+
+def make_feed(pool: Pool, device: torch.device, mode: str, workers: int):
+    """MemoryFeed when asked, or (auto) when the pool takes under half the free device memory."""
+    if mode == "auto":
+        need = len(pool) * pool.image_size**2 * 3
+        if device.type == "cuda":
+            free = torch.cuda.mem_get_info(device)[0]
+        else:
+            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        mode = "yes" if need < free / 2 else "no"
+    return MemoryFeed(pool, device) if mode == "yes" else LoaderFeed(pool, device, workers)
