@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO ?= runs/demo
+VGG ?= ../shared/weights/vgg19-features-relu3_1.pth
+# A reduced VAE for a few minutes on 2 CPU cores (the paper's configuration is for GPUs; see README).
+DEMO_VAE := --image-size 48 --encoder "16@4x4-1,32@4x4-2,32@4x4-2,64@4x4-2" \
+	--decoder "64@3x3-1,32@3x3-2,32@3x3-2,16@3x3-2" --latent 16 --epochs 2 --batch-size 32 --workers 0
 PIP_INSTALL := $(BIN)/python -m pip install --disable-pip-version-check -c constraints.txt
 
 .PHONY: demo test clean
@@ -23,10 +27,18 @@ demo: $(VENV)/.installed
 	$(BIN)/synthgen build --n 3000 --out $(DEMO)/synth
 	$(BIN)/synthgen inspect $(DEMO)/synth
 	$(BIN)/synthgen verify $(DEMO)/synth --no-progress
+	@if [ -f $(DEMO)/vae/last.pt ]; then $(BIN)/vae-train --out $(DEMO)/vae --resume --workers 0; \
+	elif [ -f "$(VGG)" ]; then $(BIN)/vae-train --data $(DEMO)/synth --out $(DEMO)/vae $(DEMO_VAE) --vgg-weights $(VGG); \
+	elif $(BIN)/python -c "import sys; from vae.vgg import hub_cache_path; sys.exit(not hub_cache_path().exists())"; \
+	then $(BIN)/vae-train --data $(DEMO)/synth --out $(DEMO)/vae $(DEMO_VAE); \
+	else echo "No VGG-19 weights on this machine: the demo trains with the pixel loss (README: 'VGG-19 weights')."; \
+	$(BIN)/vae-train --data $(DEMO)/synth --out $(DEMO)/vae $(DEMO_VAE) --recon pixel; fi
 	@echo
 	@echo "Demo outputs:"
-	@echo "  synthetic set  $(DEMO)/synth  (manifest.json, HDF5 shards; format in docs/SHARD_FORMAT.md)"
-	@echo "  figures        $(DEMO)/synth/inspect/count_vs_area.png, $(DEMO)/synth/inspect/contact_sheet.png"
+	@echo "  synthetic set    $(DEMO)/synth  (manifest.json, HDF5 shards; format in docs/SHARD_FORMAT.md)"
+	@echo "  set figures      $(DEMO)/synth/inspect/count_vs_area.png, $(DEMO)/synth/inspect/contact_sheet.png"
+	@echo "  trained VAE      $(DEMO)/vae/best.pt, $(DEMO)/vae/last.pt (vae.load_model rebuilds the model from either)"
+	@echo "  training figures $(DEMO)/vae/reconstruction.png, $(DEMO)/vae/loss_curves.png; log: $(DEMO)/vae/metrics.jsonl"
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest

@@ -9,6 +9,7 @@ passed in, which the trainer seeds from (seed, epoch, step), so a resumed run re
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -17,7 +18,14 @@ import torch.nn.functional as F
 
 # RGB <-> YIQ: a hue shift is a rotation of the (I, Q) chroma plane.
 _RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
-_LUMA = _RGB_TO_YIQ[0]
+
+
+@functools.lru_cache(maxsize=None)
+def _colour_constants(device: torch.device):
+    """Luma weights and the YIQ matrices, on the device once (no host-to-device copy per step)."""
+    to_yiq = _RGB_TO_YIQ.to(torch.float64)
+    return (_RGB_TO_YIQ[0].view(1, 3, 1, 1).to(device), to_yiq.float().to(device),
+            torch.linalg.inv(to_yiq).float().to(device))
 
 
 @dataclass(frozen=True)
@@ -72,7 +80,7 @@ def augment(images: torch.Tensor, boxes: torch.Tensor, config: AugmentConfig, ge
     def factor(column, amount):
         return (1 + amount * (2 * u[:, column] - 1)).view(n, 1, 1, 1)
 
-    luma = _LUMA.to(device).view(1, 3, 1, 1)
+    luma, to_yiq, from_yiq = _colour_constants(device)
     x = x * factor(4, config.brightness)
     grey = (x * luma).sum(1, keepdim=True)
     x = grey.mean((2, 3), keepdim=True) + factor(5, config.contrast) * (x - grey.mean((2, 3), keepdim=True))
@@ -84,7 +92,6 @@ def augment(images: torch.Tensor, boxes: torch.Tensor, config: AugmentConfig, ge
         rotation = torch.zeros(n, 3, 3, device=device)
         rotation[:, 0, 0] = 1
         rotation[:, 1, 1], rotation[:, 1, 2], rotation[:, 2, 1], rotation[:, 2, 2] = cos, -sin, sin, cos
-        to_yiq = _RGB_TO_YIQ.to(device)
-        matrix = torch.linalg.inv(to_yiq) @ rotation @ to_yiq
+        matrix = from_yiq @ rotation @ to_yiq
         x = torch.einsum("bij,bjhw->bihw", matrix, x)
     return x.clamp_(0, 1).contiguous(memory_format=torch.channels_last)

@@ -124,8 +124,14 @@ class MemoryFeed:
         self.boxes = torch.from_numpy(pool.boxes).to(device)
 
     def batches(self, batches: list[np.ndarray]):
+        if not batches:
+            return
+        # the epoch's indices go to the device in one copy, then each batch is a slice of them
+        indices = torch.from_numpy(np.concatenate(batches)).to(self.images.device)
+        start = 0
         for batch in batches:
-            index = torch.from_numpy(batch).to(self.images.device)
+            index = indices[start:start + len(batch)]
+            start += len(batch)
             yield self.images[index], self.boxes[index]
 
 

@@ -238,8 +238,8 @@ class Run:
         batches = rank_batches(indices, config.batch_size, runtime.rank, runtime.world)
         self.net.train()
         self.reconstruction.train()
-        sums = torch.zeros(4, device=runtime.device)  # images, loss, kl, rec (sums over images)
-        kl_dims = torch.zeros(config.latent, device=runtime.device)
+        sums = torch.zeros(3, device=runtime.device)  # loss, kl, rec, summed over images (stays on the device)
+        images_seen = 0
         finite = torch.ones((), device=runtime.device)
         check_every = 1 if runtime.device.type == "cpu" else 25  # a check waits for the GPU: not every step
         started = time.perf_counter()
@@ -256,10 +256,9 @@ class Run:
             terms["loss"].backward()
             self.optimizer.step()
             n = x.shape[0]
+            images_seen += n
             finite *= torch.isfinite(terms["loss"].detach())
-            sums += torch.stack([torch.tensor(n, device=runtime.device, dtype=torch.float32),
-                                 terms["loss"].detach() * n, terms["kl"].detach() * n, terms["rec"].detach() * n])
-            kl_dims += terms["kl_per_dim"].detach() * n
+            sums += torch.stack([terms["loss"].detach(), terms["kl"].detach(), terms["rec"].detach()]) * n
             if step % check_every == 0 or step == len(batches) - 1:
                 if all_reduce(finite.clone(), runtime, dist.ReduceOp.MIN if runtime.world > 1 else None).item() == 0:
                     raise TrainingError(
@@ -268,12 +267,11 @@ class Run:
                         "Lower --lr, check the data, or resume from it.")
             bar.update()
         bar.close()
-        all_reduce(sums, runtime)
-        all_reduce(kl_dims, runtime)
+        totals = all_reduce(torch.cat([sums, torch.tensor([float(images_seen)], device=runtime.device)]), runtime)
         seconds = time.perf_counter() - started
-        images = max(sums[0].item(), 1)
-        return {"loss": sums[1].item() / images, "kl": sums[2].item() / images, "rec": sums[3].item() / images,
-                "images": int(sums[0].item()), "seconds": seconds, "images_per_second": sums[0].item() / seconds,
+        images = max(totals[3].item(), 1)
+        return {"loss": totals[0].item() / images, "kl": totals[1].item() / images, "rec": totals[2].item() / images,
+                "images": int(totals[3].item()), "seconds": seconds, "images_per_second": totals[3].item() / seconds,
                 "natural_fraction": fraction, "natural_images": n_natural}
 
     @torch.no_grad()
