@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 DEMO ?= runs/demo
 VGG ?= ../shared/weights/vgg19-features-relu3_1.pth
 # A reduced VAE for a few minutes on 2 CPU cores (the paper's configuration is for GPUs; see README).
+# Without VGG weights the demo uses the pixel loss with beta 1: the paper's beta 0.03 is scaled for the
+# perceptual loss, and with pixel errors it lets the KL win (posterior collapse).
 DEMO_VAE := --image-size 48 --encoder "16@4x4-1,32@4x4-2,32@4x4-2,64@4x4-2" \
 	--decoder "64@3x3-1,32@3x3-2,32@3x3-2,16@3x3-2" --latent 16 --epochs 2 --batch-size 32 --workers 0
 PIP_INSTALL := $(BIN)/python -m pip install --disable-pip-version-check -c constraints.txt
@@ -32,7 +34,7 @@ demo: $(VENV)/.installed
 	elif $(BIN)/python -c "import sys; from vae.vgg import hub_cache_path; sys.exit(not hub_cache_path().exists())"; \
 	then $(BIN)/vae-train --data $(DEMO)/synth --out $(DEMO)/vae $(DEMO_VAE); \
 	else echo "No VGG-19 weights on this machine: the demo trains with the pixel loss (README: 'VGG-19 weights')."; \
-	$(BIN)/vae-train --data $(DEMO)/synth --out $(DEMO)/vae $(DEMO_VAE) --recon pixel; fi
+	$(BIN)/vae-train --data $(DEMO)/synth --out $(DEMO)/vae $(DEMO_VAE) --recon pixel --beta 1; fi
 	@echo
 	@echo "Demo outputs:"
 	@echo "  synthetic set    $(DEMO)/synth  (manifest.json, HDF5 shards; format in docs/SHARD_FORMAT.md)"
