@@ -22,14 +22,16 @@ import torch
 from vae.augment import AugmentConfig, augment
 from vae.losses import PerceptualLoss, vae_loss
 from vae.model import VAE, ModelConfig, parameter_counts
+from vae.train import COMPILE_TOLERANCE, compiled_difference
 from vae.vgg import RANDOM, load_vgg
 
 SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights" / "vgg19-features-relu3_1.pth"
 RECIPE_IMAGES = 140 * (80_000 + 10_000)  # 140 epochs over ~80K synthetic plus ~10K natural images
 
 
-def measure(optimised: bool, device: torch.device, batch: int, steps: int, warmup: int, compile_model: bool) -> float:
-    """Images per second of training steps (after `warmup` untimed steps)."""
+def measure(optimised: bool, device: torch.device, batch: int, steps: int, warmup: int,
+            compile_model: bool) -> tuple[float, str]:
+    """Images per second of training steps (after `warmup` untimed steps), and a note on compiling."""
     torch.manual_seed(0)
     torch.backends.cudnn.benchmark = optimised
     model = VAE(ModelConfig()).to(device)
@@ -43,6 +45,11 @@ def measure(optimised: bool, device: torch.device, batch: int, steps: int, warmu
     images = torch.randint(0, 256, (batch, 161, 161, 3), dtype=torch.uint8, device=device)
     boxes = torch.tensor([[40.0, 40.0, 120.0, 120.0]], device=device).repeat(batch, 1)
     amp = optimised and device.type == "cuda"
+    note = ""
+    if net is not model:  # a fast wrong model is no speed-up: check it as the trainer does
+        x = augment(images, boxes, AugmentConfig(), torch.Generator(device=device).manual_seed(0))
+        mean, largest = compiled_difference(model, net, model, x, amp)
+        note = f" (compiled vs eager: mean difference {mean:.2g}, {'ok' if mean <= COMPILE_TOLERANCE else 'WRONG'})"
 
     def step(i: int) -> None:
         generator = torch.Generator(device=device).manual_seed(i)
@@ -66,7 +73,7 @@ def measure(optimised: bool, device: torch.device, batch: int, steps: int, warmu
         step(warmup + i)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return batch * steps / (time.perf_counter() - start)
+    return batch * steps / (time.perf_counter() - start), note
 
 
 def main() -> None:
@@ -87,12 +94,13 @@ def main() -> None:
     print(f"model: paper configuration, {parameter_counts(VAE())['total']:,} parameters; batch {batch}, "
           f"{warmup} warm-up + {steps} timed steps; VGG weights: "
           f"{'../shared' if SHARED_WEIGHTS.exists() else 'random (same speed)'}\n")
-    plain = measure(False, device, batch, steps, warmup, False)
-    optimised = measure(True, device, batch, steps, warmup, args.compile)
-    label = "channels_last" + (" + bf16 autocast + cudnn.benchmark" if cuda else "") + (" + compile" if args.compile else "")
+    plain, _ = measure(False, device, batch, steps, warmup, False)
+    optimised, note = measure(True, device, batch, steps, warmup, args.compile)
+    label = ("channels_last" + (" + bf16 autocast + cudnn.benchmark" if cuda else "")
+             + (" + compile" if args.compile else ""))
     print("| path | images/s | x plain | full recipe (140 epochs x 90K images) |")
     print("|---|---|---|---|")
-    for title, rate in (("plain fp32 eager (NCHW)", plain), (f"optimised ({label})", optimised)):
+    for title, rate in (("plain fp32 eager (NCHW)", plain), (f"optimised ({label}){note}", optimised)):
         hours = RECIPE_IMAGES / rate / 3600
         print(f"| {title} | {rate:.2f} | {rate / plain:.2f} | {hours:.1f} h |")
 

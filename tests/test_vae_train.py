@@ -169,3 +169,18 @@ def test_runs_are_not_overwritten_and_resume_keeps_its_settings(data, tmp_path, 
     assert "drop --lr" in capsys.readouterr().err
     assert train_main(["--out", str(tmp_path / "nothing"), "--resume"]) == 1
     assert "no run with a checkpoint" in capsys.readouterr().err
+
+
+def test_compiled_training_matches_eager(data, tmp_path, capsys):
+    common = ["--data", str(data / "synth"), "--epochs", "1", *TINY]
+    assert train_main([*common, "--out", str(tmp_path / "eager")]) == 0
+    assert train_main([*common, "--out", str(tmp_path / "compiled"), "--compile"]) == 0, capsys.readouterr().err
+    check = json.loads((tmp_path / "compiled" / "config.json").read_text())["compile"]
+    assert check["requested"] and check["used"] == (check["mean_difference"] <= check["tolerance"])
+    if not check["used"]:  # torch.compile got the model wrong: the run must say so and train eagerly
+        assert "differs from eager execution" in capsys.readouterr().out
+    eager, compiled = metrics(tmp_path / "eager")[0], metrics(tmp_path / "compiled")[0]
+    assert compiled["train"]["loss"] == pytest.approx(eager["train"]["loss"], rel=1e-3)
+    assert compiled["validation"]["loss"] == pytest.approx(eager["validation"]["loss"], rel=1e-3)
+    model, _ = load_model(tmp_path / "compiled" / "best.pt")  # plain keys, no torch.compile wrapper
+    assert not any(key.startswith("_orig_mod") for key in model.state_dict())
