@@ -221,22 +221,20 @@ class Run:
             self._compile()
 
     def _compile(self) -> None:
-        """torch.compile the model, but only keep it if it computes what eager execution computes.
-
-        Inductor has had silent correctness bugs around BatchNorm (torch 2.14.1 on CPU gets
-        conv -> LeakyReLU -> BatchNorm in train mode wrong), so a training-shaped batch is run both
-        ways first, with autograd on, so that the compiled training graph is the one checked.
-        """
-        compiled = torch.compile(self.net)
+        """torch.compile the model only if it computes what eager execution computes: Inductor has had
+        silent correctness bugs around BatchNorm (torch 2.14.1 on CPU gets conv -> LeakyReLU ->
+        BatchNorm wrong for some shapes). The check uses the bare model: a DDP wrapper expects a
+        backward pass after every forward pass."""
+        compiled = torch.compile(self.model)
         train = np.concatenate([self.split.train_synthetic, self.split.train_natural_order])
         images, _ = next(self.feed.batches([train[:self.config.batch_size]]))
         x = to_float(images, self.image_size).contiguous(memory_format=torch.channels_last)
-        mean, largest = compiled_difference(self.net, compiled, self.model, x, self.runtime.amp)
+        mean, largest = compiled_difference(self.model, compiled, self.model, x, self.runtime.amp)
         used = mean <= COMPILE_TOLERANCE
         self.compile_check = {"requested": True, "used": used, "mean_difference": mean,
                               "max_difference": largest, "tolerance": COMPILE_TOLERANCE}
         if used:
-            self.net = compiled
+            self.net = torch.compile(self.net) if self.runtime.world > 1 else compiled
         else:
             self.log(f"--compile: the compiled model differs from eager execution by {mean:.3g} on average on a "
                      f"training batch (tolerance {COMPILE_TOLERANCE}), a torch.compile correctness bug in torch "
@@ -446,7 +444,8 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--amp", choices=("auto", "bf16", "off"), default=d.amp,
                    help="bf16 autocast; auto: on CUDA only (default: %(default)s)")
     s.add_argument("--no-channels-last", dest="channels_last", action="store_false", help="keep NCHW memory layout")
-    s.add_argument("--compile", action="store_true", help="torch.compile the model and the loss")
+    s.add_argument("--compile", action="store_true", help="torch.compile the model (kept only if it matches eager "
+                   "execution on a training batch)")
     s.add_argument("--data-on-device", choices=("auto", "yes", "no"), default=d.data_on_device,
                    help="load the sets once into the device's memory; auto: when they take under half of the free "
                    "memory (default: %(default)s)")
