@@ -127,10 +127,15 @@ def cmd_build(args) -> int:
         print(f"synthgen: all {resumed} images were already built; nothing to do")
     for line in summary_lines(summary):
         print(f"  {line}")
+    print_outcome(summary, args.out)
+    return 0
+
+
+def print_outcome(summary: dict, out) -> None:
+    """The last lines of build and pack: skipped inputs and where the set is."""
     skipped = summary["skipped_inputs"]
     print(f"  skipped inputs    {len(skipped)}" + (" (each listed above, and in manifest.json)" if skipped else ""))
-    print(f"  output            {args.out} (manifest.json + shards); next: synthgen inspect {args.out}")
-    return 0
+    print(f"  output            {out} (manifest.json + shards); next: synthgen inspect {out}")
 
 
 def cmd_pack(args) -> int:
@@ -143,9 +148,7 @@ def cmd_pack(args) -> int:
     print(f"synthgen: packed {summary['n_images']} images ({summary['images_packed']} in this run) "
           f"in {summary['total_seconds']:.1f} s")
     print(f"  count histogram   {hist}   (4 means 4 or more)")
-    skipped = summary["skipped_inputs"]
-    print(f"  skipped inputs    {len(skipped)}" + (" (each listed above, and in manifest.json)" if skipped else ""))
-    print(f"  output            {args.out}; next: synthgen inspect {args.out}")
+    print_outcome(summary, args.out)
     return 0
 
 
