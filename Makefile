@@ -35,12 +35,20 @@ demo: $(VENV)/.installed
 	then $(BIN)/vae-train --data $(DEMO)/synth --out $(DEMO)/vae $(DEMO_VAE); \
 	else echo "No VGG-19 weights on this machine: the demo trains with the pixel loss (README: 'VGG-19 weights')."; \
 	$(BIN)/vae-train --data $(DEMO)/synth --out $(DEMO)/vae $(DEMO_VAE) --recon pixel --beta 1; fi
+	$(BIN)/synthgen build --n 1000 --same-object --source-objects 15 --max-occlusion 0 --seed 1 \
+		--out $(DEMO)/analysis-set --no-progress
+	$(BIN)/analyze-area-vs-number --checkpoint $(DEMO)/vae/best.pt --data $(DEMO)/analysis-set \
+		--out $(DEMO)/analysis --no-progress
+	$(BIN)/vae-subitize --checkpoint $(DEMO)/vae/best.pt --train $(DEMO)/synth --test $(DEMO)/analysis-set \
+		--out $(DEMO)/readout --no-progress
 	@echo
 	@echo "Demo outputs:"
 	@echo "  synthetic set    $(DEMO)/synth  (manifest.json, HDF5 shards; format in docs/SHARD_FORMAT.md)"
 	@echo "  set figures      $(DEMO)/synth/inspect/count_vs_area.png, $(DEMO)/synth/inspect/contact_sheet.png"
 	@echo "  trained VAE      $(DEMO)/vae/best.pt, $(DEMO)/vae/last.pt (vae.load_model rebuilds the model from either)"
 	@echo "  training figures $(DEMO)/vae/reconstruction.png, $(DEMO)/vae/loss_curves.png; log: $(DEMO)/vae/metrics.jsonl"
+	@echo "  area vs number   $(DEMO)/analysis/report.md (table dimensions.csv, figures *.png in the same folder)"
+	@echo "  readout          $(DEMO)/readout/table.md (Table 1 layout; readout.json, confusion.png)"
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest

@@ -1,0 +1,37 @@
+"""Posterior means of a shard set under a trained VAE: the input of both analyses."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from synthgen import ShardSet
+from vae.augment import to_float
+from vae.checkpoint import load_model
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def encode_set(model, shards: ShardSet, device: torch.device, batch_size: int = 256,
+               progress: bool = True) -> np.ndarray:
+    """The posterior mean of every image of a set, (n, latent) float64, in the set's order."""
+    model = model.to(device).eval()
+    size = model.config.image_size
+    means = []
+    with torch.no_grad():
+        for start in tqdm(range(0, len(shards), batch_size), desc=f"encoding {shards.root.name}", unit="batch",
+                          disable=not progress, dynamic_ncols=True):
+            images = torch.from_numpy(shards.images(np.arange(start, min(start + batch_size, len(shards)))))
+            x = to_float(images.to(device), size).contiguous(memory_format=torch.channels_last)
+            means.append(model.encode(x)[0].double().cpu().numpy())
+    return np.concatenate(means) if means else np.zeros((0, model.config.latent))
+
+
+def load_encoder(checkpoint, device: torch.device):
+    """The model of a vae-train checkpoint and its metadata."""
+    model, meta = load_model(checkpoint, map_location="cpu")
+    return model.to(device).eval(), meta

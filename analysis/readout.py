@@ -1,0 +1,234 @@
+"""vae-subitize: the paper's subitizing readout (section 4.3, Table 1) on frozen VAE latents.
+
+Encodes labelled sets (posterior means), trains an MLP with two hidden layers of 160 ReLU units and a
+softmax over the counts 0, 1, 2, 3, 4+ with class-weighted cross entropy, selects the epoch on a
+stratified validation part of the training data (never on the test set), and reports on the test
+set: per-class average precision (analysis.metrics states the variant), its mean, the chance row,
+accuracy and the confusion matrix, as a Table 1-style Markdown table with the published rows, JSON,
+and a PNG of the confusion matrix.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from analysis.encode import encode_set, load_encoder, pick_device
+from analysis.figures import confusion_matrix
+from analysis.metrics import CLASSES, classification_report, count_class
+from synthgen import ShardSet
+from synthgen.atomic import write_atomic
+
+# Table 1 of the paper: count AP (%) on the SOS test set, classes 0, 1, 2, 3, 4+ and the mean.
+PUBLISHED = {
+    "Chance (SOS test set)": (27.5, 46.5, 18.6, 11.7, 9.7, 22.8),
+    "GIST [Torralba et al.]": (67.4, 65.0, 32.3, 17.5, 24.7, 41.4),
+    "SIFT+IFV [Chatfield et al.]": (83.0, 68.1, 35.1, 26.6, 38.1, 50.1),
+    "CNN_FT [Zhang et al.]": (93.6, 93.8, 75.2, 58.6, 71.6, 78.6),
+    "VAE + softmax [Wever & Runia]": (76.0, 49.0, 40.0, 27.0, 30.0, 44.4),
+}
+
+
+@dataclass
+class ReadoutConfig:
+    checkpoint: str
+    train: list[str] = field(default_factory=list)
+    test: list[str] = field(default_factory=list)
+    out: str = ""
+    hidden: int = 160
+    val_fraction: float = 0.1
+    epochs: int = 300
+    patience: int = 30
+    lr: float = 1e-3
+    batch_size: int = 256
+    seed: int = 0
+    device: str = "auto"
+    progress: bool = True
+
+
+class Readout(nn.Module):
+    """Two hidden layers of `hidden` ReLU units, then logits over the 5 count classes."""
+
+    def __init__(self, latent: int, hidden: int = 160, classes: int = len(CLASSES)):
+        super().__init__()
+        self.layers = nn.Sequential(nn.Linear(latent, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                                    nn.Linear(hidden, classes))
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+def encode_sets(paths, model, device, config) -> tuple[np.ndarray, np.ndarray]:
+    means, labels = [], []
+    for path in paths:
+        shards = ShardSet(path)
+        means.append(encode_set(model, shards, device, config.batch_size, config.progress))
+        labels.append(count_class(shards.labels["count"]))
+    return np.concatenate(means), np.concatenate(labels)
+
+
+def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of a training part and a validation part with the same class proportions."""
+    rng = np.random.default_rng(seed)
+    train, validation = [], []
+    for c in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        n_val = int(round(fraction * members.size)) if members.size > 1 else 0
+        validation.append(members[:n_val])
+        train.append(members[n_val:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(validation))
+
+
+def class_weights(labels: np.ndarray) -> np.ndarray:
+    """n / (k * n_c) for the classes present (zero for absent ones): every class weighs the same."""
+    counts = np.bincount(labels, minlength=len(CLASSES)).astype(np.float64)
+    present = counts > 0
+    weights = np.zeros(len(CLASSES))
+    weights[present] = counts.sum() / (present.sum() * counts[present])
+    return weights
+
+
+def train_readout(x_train, y_train, x_val, y_val, config: ReadoutConfig, device) -> tuple[Readout, dict]:
+    """Adam on class-weighted cross entropy; keeps the epoch with the lowest weighted validation loss."""
+    torch.manual_seed(config.seed)
+    model = Readout(x_train.shape[1], config.hidden).to(device)
+    weights = torch.tensor(class_weights(y_train), dtype=torch.float32, device=device)
+    loss_fn = nn.CrossEntropyLoss(weight=weights)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    xt, yt = torch.tensor(x_train, dtype=torch.float32, device=device), torch.tensor(y_train, device=device)
+    xv, yv = torch.tensor(x_val, dtype=torch.float32, device=device), torch.tensor(y_val, device=device)
+    generator = torch.Generator().manual_seed(config.seed)
+    best, best_state, best_epoch, waited, history = float("inf"), None, 0, 0, []
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        for batch in torch.randperm(len(xt), generator=generator).split(config.batch_size):
+            optimizer.zero_grad()
+            loss_fn(model(xt[batch]), yt[batch]).backward()
+            optimizer.step()
+        model.eval()
+        with torch.no_grad():
+            val_loss = loss_fn(model(xv), yv).item()
+        history.append(val_loss)
+        if val_loss < best:
+            best, best_epoch, waited = val_loss, epoch, 0
+            best_state = {k: v.clone() for k, v in model.state_dict().items()}
+        else:
+            waited += 1
+            if waited > config.patience:
+                break
+    model.load_state_dict(best_state)
+    return model.eval(), {"best_epoch": best_epoch, "epochs_run": len(history), "best_validation_loss": best,
+                          "class_weights": class_weights(y_train).tolist()}
+
+
+def table(report: dict, name: str) -> str:
+    """Table 1 of the paper with this readout's row (AP in %)."""
+    head = "| method | " + " | ".join(CLASSES) + " | mean |\n|---|" + "---|" * (len(CLASSES) + 1)
+    rows = [f"| {method} | " + " | ".join(f"{v:.1f}" for v in values) + " |" for method, values in PUBLISHED.items()]
+    ours = [100 * a for a in report["ap"]] + [100 * report["mean_ap"]]
+    chance = [100 * c for c in report["chance"]] + [100 * report["mean_chance"]]
+    rows.append("| **Chance (this test set)** | " + " | ".join(f"{v:.1f}" for v in chance) + " |")
+    rows.append(f"| **{name}** | " + " | ".join("n/a" if np.isnan(v) else f"{v:.1f}" for v in ours) + " |")
+    return "\n".join([head, *rows])
+
+
+def run(config: ReadoutConfig, log=print) -> dict:
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = pick_device(config.device)
+    encoder, meta = load_encoder(config.checkpoint, device)
+    x_all, y_all = encode_sets(config.train, encoder, device, config)
+    x_test, y_test = encode_sets(config.test, encoder, device, config)
+    train_part, val_part = stratified_split(y_all, config.val_fraction, config.seed)
+    if val_part.size == 0:
+        raise ValueError(f"--val-fraction {config.val_fraction}: no validation images; raise it or add data")
+    mean, std = x_all[train_part].mean(axis=0), x_all[train_part].std(axis=0) + 1e-8  # from the training part only
+
+    def standardise(x):
+        return (x - mean) / std
+
+    model, training = train_readout(standardise(x_all[train_part]), y_all[train_part], standardise(x_all[val_part]),
+                                    y_all[val_part], config, device)
+    def probabilities(x):
+        with torch.no_grad():
+            logits = model(torch.tensor(standardise(x), dtype=torch.float32, device=device))
+            return torch.softmax(logits, dim=1).cpu().numpy()
+
+    test_report = classification_report(probabilities(x_test), y_test)
+    val_report = classification_report(probabilities(x_all[val_part]), y_all[val_part])
+    result = {"checkpoint": str(Path(config.checkpoint).resolve()), "model_epoch": meta.get("epoch"),
+              "settings": asdict(config), "images": {"train": int(train_part.size), "validation": int(val_part.size),
+                                                     "test": int(y_test.size)},
+              "training": training, "test": test_report, "validation": val_report,
+              "ap_variant": "non-interpolated average precision, one class against the rest, ranked by the class's "
+                            "softmax score (scikit-learn's average_precision_score)",
+              "published": {k: list(v) for k, v in PUBLISHED.items()}}
+    (out / "readout.json").write_text(json.dumps(result, indent=1) + "\n")
+    confusion_matrix(np.array(test_report["confusion"]), CLASSES, out / "confusion.png",
+                     f"test set: accuracy {test_report['accuracy']:.1%}, mean AP {test_report['mean_ap']:.1%}")
+    buffer = io.BytesIO()
+    torch.save({"readout": model.state_dict(), "mean": torch.tensor(mean), "std": torch.tensor(std),
+                "hidden": config.hidden, "checkpoint": result["checkpoint"]}, buffer)
+    write_atomic(out / "readout.pt", buffer.getvalue())
+    markdown = [
+        "# Subitizing readout", "",
+        f"Frozen VAE `{result['checkpoint']}` (epoch {result['model_epoch']}); posterior means of "
+        f"{', '.join(config.train)} for training ({train_part.size} images) and validation ({val_part.size} images, "
+        f"a stratified {config.val_fraction:.0%} used to choose the epoch: {training['best_epoch']}), and of "
+        f"{', '.join(config.test)} for the test ({y_test.size} images).", "",
+        f"Readout: MLP {x_all.shape[1]} -> {config.hidden} -> {config.hidden} -> 5 (ReLU), softmax over 0, 1, 2, "
+        f"3, 4+, cross entropy weighted by inverse class frequency, Adam (lr {config.lr}).", "",
+        "Count average precision (%) per class on the test set, in the layout of the paper's Table 1. AP: "
+        f"{result['ap_variant']}. Chance is the class's prevalence in the test set. The published rows are "
+        "on the SOS test set: compare with them only when the test set is SOS's.", "",
+        table(test_report, "VAE + softmax (this checkpoint)"), "",
+        f"Accuracy {test_report['accuracy']:.1%}; confusion matrix (rows: true count, columns: predicted) in "
+        "`confusion.png` and `readout.json`.",
+    ]
+    (out / "table.md").write_text("\n".join(markdown) + "\n")
+    log(f"vae-subitize: test mean AP {test_report['mean_ap']:.1%} (chance {test_report['mean_chance']:.1%}), "
+        f"accuracy {test_report['accuracy']:.1%} on {y_test.size} images")
+    log(f"  table {out / 'table.md'}; details {out / 'readout.json'}; figure {out / 'confusion.png'}")
+    return result
+
+
+def main(argv=None) -> int:
+    d = ReadoutConfig("")
+    p = argparse.ArgumentParser(prog="vae-subitize", description="Train and evaluate the paper's subitizing "
+                                "readout on frozen VAE latents (Table 1).")
+    p.add_argument("--checkpoint", required=True, help="a vae-train checkpoint")
+    p.add_argument("--train", nargs="+", required=True, help="labelled sets to train on (e.g. synthgen pack of the "
+                   "SOS training split, or synthgen build sets)")
+    p.add_argument("--test", nargs="+", required=True, help="labelled sets to report on (e.g. the SOS test split)")
+    p.add_argument("--out", required=True, help="output folder")
+    for name, help_text in (("hidden", "units per hidden layer"), ("val_fraction", "stratified share of the "
+                            "training data used to choose the epoch"), ("epochs", "most epochs"),
+                            ("patience", "epochs without a better validation loss before stopping"),
+                            ("lr", "Adam learning rate"), ("batch_size", "batch size (also for encoding)"),
+                            ("seed", "seed")):
+        default = getattr(d, name)
+        p.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default,
+                       help=f"{help_text} (default: %(default)s)")
+    p.add_argument("--device", default=d.device, help="auto, cpu or cuda (default: %(default)s)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    config = ReadoutConfig(args.checkpoint, args.train, args.test, args.out, args.hidden, args.val_fraction,
+                           args.epochs, args.patience, args.lr, args.batch_size, args.seed, args.device,
+                           not args.no_progress)
+    try:
+        run(config)
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        print(f"vae-subitize: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""The analyses checked against known answers: planted units, statsmodels, scikit-learn, end to end."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from analysis.area_vs_number import AnalysisConfig, find_units
+from analysis.area_vs_number import main as analyse_main
+from analysis.metrics import average_precision, classification_report, count_class
+from analysis.readout import class_weights, stratified_split
+from analysis.readout import main as readout_main
+from analysis.regression import bootstrap_betas, fit_eq3, make_predictors, standardise
+from synthgen.cli import main as synthgen_main
+from vae.train import main as train_main
+
+sm = pytest.importorskip("statsmodels.api", reason="statsmodels is a test dependency")
+sklearn_metrics = pytest.importorskip("sklearn.metrics", reason="scikit-learn is a test dependency")
+
+
+def design(n=4000, seed=0):
+    """N uniform in 0..4 and a cumulative area drawn independently of N, as synthgen makes them."""
+    rng = np.random.default_rng(seed)
+    count = rng.integers(0, 5, n)
+    area = np.where(count > 0, np.exp(rng.uniform(np.log(500), np.log(5000), n)), 0.0)
+    return rng, count, area
+
+
+def planted_latents(rng, count, area):
+    """Known units: z0, z1 numerosity (opposite signs), z2, z3 area (opposite signs), z4 both, z5-z9
+    noise, z10-z11 inactive (almost constant)."""
+    n = count.size
+    log_n = np.log(np.maximum(count, 1))
+    log_a = np.log(np.maximum(area, 1))
+    s_n = (log_n - log_n[count > 0].mean()) / log_n[count > 0].std()
+    s_a = (log_a - log_a[count > 0].mean()) / log_a[count > 0].std()
+    z = rng.normal(size=(n, 12))
+    z[:, 0] += 0.8 * s_n
+    z[:, 1] -= 0.8 * s_n
+    z[:, 2] += 0.8 * s_a
+    z[:, 3] -= 0.8 * s_a
+    z[:, 4] += 0.8 * s_n + 0.8 * s_a
+    z[:, 10:] = 1e-3 * rng.normal(size=(n, 2))
+    return z
+
+
+def test_planted_units_are_found_and_nothing_else():
+    rng, count, area = design()
+    z = planted_latents(rng, count, area)
+    found = find_units(z, count, area, AnalysisConfig("", "", "", bootstrap=200))
+    assert found["units"] == {"numerosity": [0, 1], "area": [2, 3]}
+    assert found["dims"].tolist() == list(range(10))  # z10 and z11 are inactive and left out
+    assert found["predictors"].excluded_zero == int((count == 0).sum())
+    fit, ci = found["fit"], found["ci"]
+    assert fit.beta_n[0] > 0 > fit.beta_n[1] and fit.beta_a[2] > 0 > fit.beta_a[3]
+    assert np.all(ci[0, 0, :2] < np.abs(fit.beta_n[:2]).max())  # the intervals bracket the estimates
+    assert np.all((ci[0] <= np.stack([fit.beta_n, fit.beta_a])) & (np.stack([fit.beta_n, fit.beta_a]) <= ci[1]))
+    strict = find_units(z, count, area, AnalysisConfig("", "", "", r2_min=0.9, bootstrap=0))
+    assert strict["units"] == {"numerosity": [], "area": []}
+
+
+@pytest.mark.parametrize("log1p", [False, True])
+def test_eq3_equals_statsmodels_ols(log1p):
+    rng, count, area = design(3000, seed=1)
+    z = planted_latents(rng, count, area)[:, :10]
+    predictors = make_predictors(count, area, log1p)
+    fit = fit_eq3(z[predictors.used], predictors.x)
+    y = standardise(z[predictors.used])
+    for i in range(z.shape[1]):
+        ols = sm.OLS(y[:, i], sm.add_constant(predictors.x)).fit()
+        np.testing.assert_allclose([fit.intercept[i], fit.beta_n[i], fit.beta_a[i]], ols.params, atol=1e-8, rtol=0)
+        np.testing.assert_allclose([fit.se_n[i], fit.se_a[i]], ols.bse[1:], atol=1e-8, rtol=0)
+        assert abs(fit.r2[i] - ols.rsquared) < 1e-8
+    assert predictors.x.shape[0] == (count.size if log1p else int((count > 0).sum()))
+
+
+def test_bootstrap_resamples_are_exact_refits():
+    rng, count, area = design(500, seed=2)
+    z = planted_latents(rng, count, area)[:, :6]
+    predictors = make_predictors(count, area)
+    zu = z[predictors.used]
+    boots = bootstrap_betas(zu, predictors.x, 3, seed=7)
+    draws = np.random.default_rng(7)
+    for b in range(3):
+        rows = draws.integers(0, zu.shape[0], zu.shape[0])
+        refit = fit_eq3(zu[rows], standardise(predictors.x[rows]))
+        np.testing.assert_allclose(boots[b], np.stack([refit.beta_n, refit.beta_a]), atol=1e-10)
+
+
+def test_average_precision_equals_scikit_learn():
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        n = int(rng.integers(2, 400))
+        positive = rng.random(n) < rng.uniform(0.05, 0.9)
+        positive[0] = True
+        scores = np.round(rng.random(n), int(rng.integers(1, 4)))  # many ties
+        assert average_precision(scores, positive) == pytest.approx(
+            sklearn_metrics.average_precision_score(positive, scores), abs=1e-12)
+    labels = count_class(rng.integers(0, 7, 300))  # counts above 4 are the class 4+
+    assert labels.max() == 4
+    probabilities = rng.dirichlet(np.ones(5), 300)
+    report = classification_report(probabilities, labels)
+    assert report["accuracy"] == pytest.approx(sklearn_metrics.accuracy_score(labels, probabilities.argmax(1)))
+    assert report["confusion"] == sklearn_metrics.confusion_matrix(labels, probabilities.argmax(1)).tolist()
+    assert report["chance"] == pytest.approx(np.bincount(labels, minlength=5) / 300)
+
+
+def test_readout_validation_is_stratified_and_classes_weigh_the_same():
+    labels = np.repeat(np.arange(5), [500, 300, 100, 60, 40])
+    train, validation = stratified_split(labels, 0.1, seed=0)
+    assert not set(train) & set(validation) and len(train) + len(validation) == labels.size
+    assert np.bincount(labels[validation]).tolist() == [50, 30, 10, 6, 4]
+    weights = class_weights(labels[train])
+    assert np.allclose(weights * np.bincount(labels[train]), weights[0] * np.bincount(labels[train])[0])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A small VAE trained on CPU on the embedded default, and an analysis set built for the purpose."""
+    root = tmp_path_factory.mktemp("analysis")
+    fast = ["--size", "32", "--no-progress", "--workers", "1"]
+    assert synthgen_main(["build", "--n", "300", "--out", str(root / "train"), *fast]) == 0
+    # the paper's analysis set: one object copied N times, no overlap (areas up to 20% fit a 32 px canvas)
+    assert synthgen_main(["build", "--n", "200", "--seed", "5", "--same-object", "--source-objects", "15",
+                          "--max-occlusion", "0", "--area-range", "0.04-0.2", "--out", str(root / "analysis-set"),
+                          *fast]) == 0
+    assert train_main(["--data", str(root / "train"), "--out", str(root / "run"), "--epochs", "4", "--encoder",
+                       "8@4x4-1,16@4x4-2,16@4x4-2,32@4x4-2", "--decoder", "32@3x3-1,16@3x3-2,16@3x3-2,8@3x3-2",
+                       "--latent", "8", "--batch-size", "16", "--workers", "0", "--recon", "pixel", "--beta", "1"]) == 0
+    return root
+
+
+def _valid_png(path):
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        return image.width > 200 and np.asarray(image.convert("L")).std() > 3
+
+
+def test_analyze_area_vs_number_end_to_end(trained, tmp_path):
+    out = tmp_path / "analysis"
+    assert analyse_main(["--checkpoint", str(trained / "run" / "best.pt"), "--data", str(trained / "analysis-set"),
+                         "--out", str(out), "--bootstrap", "200", "--no-progress"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["fit_images"] + summary["excluded_n0_images"] == 200 and summary["excluded_n0_images"] == 40
+    assert "left out (log 0 is undefined)" in (out / "report.md").read_text()
+    rows = (out / "dimensions.csv").read_text().splitlines()
+    assert len(rows) == 1 + 8 and rows[0].startswith("dim,active,variance,r2,beta_n")
+    for name in ("betas.png", "traversal.png", "reconstructions.png", *summary["figures"].values()):
+        assert _valid_png(out / name if "/" not in str(name) else name), name
+    assert any(name.startswith("profile_z") for name in summary["figures"])
+    with np.load(out / "latents.npz") as latents:
+        assert latents["means"].shape == (200, 8)
+    kept = tmp_path / "log1p"
+    assert analyse_main(["--checkpoint", str(trained / "run" / "best.pt"), "--data", str(trained / "analysis-set"),
+                         "--out", str(kept), "--log1p", "--bootstrap", "0", "--no-progress"]) == 0
+    assert json.loads((kept / "summary.json").read_text())["fit_images"] == 200
+
+
+def test_subitize_end_to_end(trained, tmp_path):
+    out = tmp_path / "readout"
+    assert readout_main(["--checkpoint", str(trained / "run" / "best.pt"), "--train", str(trained / "train"),
+                         "--test", str(trained / "analysis-set"), "--out", str(out), "--epochs", "40",
+                         "--no-progress"]) == 0
+    result = json.loads((out / "readout.json").read_text())
+    assert result["images"] == {"train": 270, "validation": 30, "test": 200}
+    assert len(result["test"]["ap"]) == 5 and 0 <= result["test"]["mean_ap"] <= 1
+    assert np.sum(result["test"]["confusion"]) == 200
+    assert 1 <= result["training"]["best_epoch"] <= result["training"]["epochs_run"] <= 40
+    table = (out / "table.md").read_text()
+    assert "| CNN_FT [Zhang et al.] | 93.6 | 93.8 | 75.2 | 58.6 | 71.6 | 78.6 |" in table
+    assert "VAE + softmax (this checkpoint)" in table and "scikit-learn's average_precision_score" in table
+    assert _valid_png(out / "confusion.png")
+
+
+def test_analysis_errors_are_clear(trained, tmp_path, capsys):
+    assert analyse_main(["--checkpoint", str(tmp_path / "missing.pt"), "--data", str(trained / "analysis-set"),
+                         "--out", str(tmp_path / "a"), "--no-progress"]) == 1
+    assert "no such checkpoint" in capsys.readouterr().err
+    assert analyse_main(["--checkpoint", str(trained / "run" / "best.pt"), "--data", str(trained / "analysis-set"),
+                         "--out", str(tmp_path / "b"), "--active-threshold", "1e9", "--no-progress"]) == 1
+    assert "no active latent dimension" in capsys.readouterr().err
