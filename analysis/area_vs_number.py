@@ -124,7 +124,7 @@ def analyse(config: AnalysisConfig, log=print) -> dict:
         "model_epoch": meta.get("epoch"),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
-    (out / "report.md").write_text(_report(summary, rows, dims, fit, labels, ci, config))
+    (out / "report.md").write_text(_report(summary, dims, fit, labels, ci, config))
     left_out = (f"; {predictors.excluded_zero} images with N = 0 left out of the fit" if not config.log1p
                 else "; log(1 + x) predictors")
     log(f"analyze-area-vs-number: {summary['active_dims']}/{summary['latent']} active dimensions; "
@@ -162,7 +162,7 @@ def _figures(out, model, shards, means, count, area, dims, fit, labels, variance
     return figures
 
 
-def _report(summary, rows, dims, fit, labels, ci, config) -> str:
+def _report(summary, dims, fit, labels, ci, config) -> str:
     def unit_row(k):
         return (f"| z{dims[k]} | {labels[k] or '-'} | {fit.r2[k]:.3f} | {fit.beta_n[k]:+.3f} ± {fit.se_n[k]:.3f} "
                 f"[{ci[0, 0, k]:+.3f}, {ci[1, 0, k]:+.3f}] | {fit.beta_a[k]:+.3f} ± {fit.se_a[k]:.3f} "
