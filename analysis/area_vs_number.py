@@ -150,14 +150,15 @@ def _figures(out, model, shards, means, count, area, dims, fit, labels, variance
     example = int(rng.choice(with_objects)) if with_objects.size else 0
     traversal_dims = [int(dims[k]) for k in selected[:6]]
     figures["traversal"] = str(out / "traversal.png")
-    traversal_grid(model, shards.image(example), traversal_dims, np.sqrt(variance), figures["traversal"],
-                   device=device)
+    # the posterior means are already known: the figures decode them rather than encode again
+    traversal_grid(model, shards.image(example), means[example], traversal_dims, np.sqrt(variance),
+                   figures["traversal"], device=device)
     chosen = np.sort(rng.choice(len(shards), min(8, len(shards)), replace=False))
-    x = to_float(torch.from_numpy(shards.images(chosen)).to(device), model.config.image_size)
+    x = to_float(torch.from_numpy(shards.images(chosen)), model.config.image_size)
     with torch.no_grad():
-        x_hat = model.decode(model.encode(x)[0])
+        x_hat = model.decode(torch.as_tensor(means[chosen], dtype=torch.float32, device=device)).cpu()
     figures["reconstructions"] = str(out / "reconstructions.png")
-    reconstruction_grid(x.permute(0, 2, 3, 1).cpu().numpy(), x_hat.permute(0, 2, 3, 1).cpu().numpy(),
+    reconstruction_grid(x.permute(0, 2, 3, 1).numpy(), x_hat.permute(0, 2, 3, 1).numpy(),
                         figures["reconstructions"], "posterior-mean reconstructions of the analysis set")
     return figures
 

@@ -76,17 +76,13 @@ def response_profile(dim: int, z: np.ndarray, count: np.ndarray, area: np.ndarra
     plt.close(fig)
 
 
-def traversal_grid(model, image: np.ndarray, dims: list[int], spread: np.ndarray, path,
+def traversal_grid(model, image: np.ndarray, code: np.ndarray, dims: list[int], spread: np.ndarray, path,
                    steps=(0, 1, 2, 3), device="cpu") -> None:
-    """Figure 3 style: the reconstruction of one image while single latent dimensions are increased
-    by 0..3 standard deviations of their posterior means over the set."""
+    """Figure 3 style: the reconstruction of one image (its posterior mean `code`) while single latent
+    dimensions are increased by 0..3 standard deviations of their posterior means over the set."""
     model = model.to(device).eval()
-    size = model.config.image_size
-    x = torch.from_numpy(image).to(device).permute(2, 0, 1)[None].float().div(255)
-    if x.shape[-1] != size:
-        x = torch.nn.functional.interpolate(x, size=(size, size), mode="area")
+    mu = torch.as_tensor(code, dtype=torch.float32, device=device)[None]
     with torch.no_grad():
-        mu, _ = model.encode(x)
         rows = []
         for dim in dims:
             codes = mu.repeat(len(steps), 1)

@@ -227,7 +227,7 @@ def build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | No
         report(item)
 
     # Checks, before anything is written.
-    identity = build_identity(config, sources.fingerprints, __version__, SCHEMA_VERSION)
+    identity = build_identity(config.to_json(), sources.fingerprints, __version__, SCHEMA_VERSION)
     done = prepare_output(out, identity, config.to_json(), config.n_shards, run.overwrite)
     todo = [s for s in range(config.n_shards) if s not in done]
     objects = open_objects(sources.description, (run.cache_mb << 20) // 2)

@@ -177,7 +177,8 @@ def canonical_json(data) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
-def build_identity(config: BuildConfig, fingerprints: dict, version: str, schema_version: int) -> str:
-    """A hash of everything that determines the content: same identity, same images and labels."""
-    payload = {"config": config.to_json(), "sources": fingerprints, "synthgen": version, "schema": schema_version}
+def build_identity(config_json: dict, fingerprints: dict, version: str, schema_version: int) -> str:
+    """A hash of everything that determines a set's content (the settings, the source lists, the
+    versions): same identity, same images and labels. Used by build and pack."""
+    payload = {"config": config_json, "sources": fingerprints, "synthgen": version, "schema": schema_version}
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()

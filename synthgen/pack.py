@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from synthgen import __version__
-from synthgen.config import RunOptions, canonical_json
+from synthgen.config import RunOptions, build_identity
 from synthgen.errors import BadInputError, UsageError, write_failure
 from synthgen.manifest import MANIFEST, MANIFEST_FORMAT, SOURCES, prepare_output, write_json_atomic
 from synthgen.parallel import parallel_backend, workers_of
@@ -106,12 +105,6 @@ def read_split_file(split_file: Path, root: Path, split: str) -> tuple[list[tupl
     return items, skipped
 
 
-def pack_identity(config: PackConfig, fingerprint: str) -> str:
-    payload = {"pack": config.to_json() | {"root": None}, "files": fingerprint, "synthgen": __version__,
-               "schema": SCHEMA_VERSION}
-    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
-
-
 def pack_shard(out_dir: str, shard_index: int, first: int, items: list, config_json: dict, identity: str,
                on_bad_input: str) -> dict:
     """Decode and write one shard of natural images (runs in a worker)."""
@@ -178,7 +171,8 @@ def pack(config: PackConfig, run: RunOptions, out_dir, command: list[str] | None
     for item in skipped:
         report(item.path, item.reason)
     fingerprint = list_fingerprint(root, [rel for rel, _ in items])
-    identity = pack_identity(config, fingerprint)
+    # the root is left out: a moved folder of the same files is the same pack
+    identity = build_identity(config.to_json() | {"root": None}, {"files": fingerprint}, __version__, SCHEMA_VERSION)
     n_shards = -(-len(items) // config.shard_size)
     config_json = config.to_json() | {"root": str(root.resolve())}
     done = prepare_output(out, identity, config_json, n_shards, run.overwrite)
