@@ -7,41 +7,26 @@ dimensions.csv, summary.json, report.md and the figures to the output folder.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
-import sys
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from analysis.encode import encode_set, load_encoder, pick_device
+from analysis.config import AnalysisConfig
+from analysis.encode import encode_set, load_encoder
 from analysis.figures import beta_scatter, response_profile, traversal_grid
 from analysis.regression import AREA, NUMEROSITY, bootstrap_betas, classify, fit_eq3, make_predictors
+from common.cli import resolve_device
+from common.errors import UserError
+from common.settings import to_dict
 from synthgen import ShardSet
 from vae.augment import to_float
 from vae.plots import reconstruction_grid
 
 PAPER_RESULT = ("one or two recurring dimensions responded to A or N with R^2 > 0.06 +- 0.02; when several area "
                 "units were found, their signs were opposite")
-
-
-@dataclass
-class AnalysisConfig:
-    checkpoint: str
-    data: str
-    out: str
-    r2_min: float = 0.05
-    beta_max: float = 0.1
-    active_threshold: float = 0.01
-    log1p: bool = False
-    bootstrap: int = 1000
-    seed: int = 0
-    device: str = "auto"
-    batch_size: int = 256
-    progress: bool = True
 
 
 def _set_notes(shards: ShardSet) -> list[str]:
@@ -61,7 +46,8 @@ def find_units(means: np.ndarray, count: np.ndarray, area: np.ndarray, config: A
     variance = means.var(axis=0)
     active = variance >= config.active_threshold
     if not active.any():
-        raise ValueError(f"no active latent dimension (posterior-mean variance >= {config.active_threshold})")
+        raise UserError(f"--checkpoint: no active latent dimension (variance of the posterior mean over the set >= "
+                        f"--active-threshold {config.active_threshold}): the model codes nothing that varies here")
     dims = np.flatnonzero(active)
     predictors = make_predictors(count, area, config.log1p)
     z = means[predictors.used][:, active]
@@ -78,15 +64,19 @@ def find_units(means: np.ndarray, count: np.ndarray, area: np.ndarray, config: A
 
 def analyse(config: AnalysisConfig, log=print) -> dict:
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    device = pick_device(config.device)
+    device = resolve_device(config.runtime.device)
     model, meta = load_encoder(config.checkpoint, device)
-    shards = ShardSet(config.data)
+    shards = ShardSet(config.data, verify=config.runtime.verify_shards, progress=config.runtime.progress,
+                      option="--data")
     if shards.kind == "natural":
-        raise ValueError(f"--data {config.data}: a natural set has no areas; give a synthgen build set")
+        raise UserError(f"--data {config.data}: a natural set has no areas; give a synthgen build set")
     count = shards.labels["count"].astype(np.int64)
     area = shards.labels["visible_area"].astype(np.float64)
-    means = encode_set(model, shards, device, config.batch_size, config.progress)
+    if np.count_nonzero(count > 0) < 4 or np.unique(count[count > 0]).size < 2:
+        raise UserError(f"--data {config.data}: Eq. 3 needs images with at least two different counts N >= 1; "
+                        f"this set has counts {sorted(set(count.tolist()))}")
+    means = encode_set(model, shards, device, config.batch_size, config.runtime.progress)
+    out.mkdir(parents=True, exist_ok=True)
     np.savez(out / "latents.npz", means=means, count=count, area=area)
 
     found = find_units(means, count, area, config)
@@ -113,7 +103,7 @@ def analyse(config: AnalysisConfig, log=print) -> dict:
     figures = _figures(out, model, shards, means, count, area, dims, fit, labels, variance, config, device)
     summary = {
         "checkpoint": str(Path(config.checkpoint).resolve()), "data": str(shards.root),
-        "settings": asdict(config), "n_images": len(shards), "latent": int(means.shape[1]),
+        "settings": to_dict(config), "n_images": len(shards), "latent": int(means.shape[1]),
         "active_dims": int(active.sum()), "inactive_dims": [int(d) for d in np.flatnonzero(~active)],
         "fit_images": int(predictors.used.sum()), "excluded_n0_images": predictors.excluded_zero,
         "predictors": "standardised log(1 + N), log(1 + A)" if config.log1p else "standardised log N, log A",
@@ -208,40 +198,3 @@ def _report(summary, dims, fit, labels, ci, config) -> str:
     lines += ["", "## Figures", ""] + [f"* {name}: `{Path(path).name}`" for name, path in summary["figures"].items()]
     lines += ["", "Every dimension, active or not, is in `dimensions.csv`; the posterior means in `latents.npz`."]
     return "\n".join(lines) + "\n"
-
-
-def main(argv=None) -> int:
-    d = AnalysisConfig("", "", "")
-    p = argparse.ArgumentParser(prog="analyze-area-vs-number", description="Find latent dimensions that code "
-                                "numerosity independently of cumulative area, and the reverse (Eq. 3 of the paper).")
-    p.add_argument("--checkpoint", required=True, help="a vae-train checkpoint (best.pt or last.pt)")
-    p.add_argument("--data", required=True, help="a synthgen set, ideally built with --same-object --max-occlusion 0")
-    p.add_argument("--out", required=True, help="output folder for the table, summary, report and figures")
-    p.add_argument("--r2-min", type=float, default=d.r2_min, help="R^2 threshold (default: %(default)s, the paper; "
-                   "Stoianov & Zorzi used 0.1)")
-    p.add_argument("--beta-max", type=float, default=d.beta_max, help="largest |beta| of the other property "
-                   "(default: %(default)s)")
-    p.add_argument("--active-threshold", type=float, default=d.active_threshold, help="variance of the posterior "
-                   "mean below which a dimension is inactive and left out (default: %(default)s)")
-    p.add_argument("--log1p", action="store_true", help="use log(1 + N) and log(1 + A), keeping the N = 0 images "
-                   "(default: leave them out, since log 0 is undefined)")
-    p.add_argument("--bootstrap", type=int, default=d.bootstrap, help="bootstrap resamples for the confidence "
-                   "intervals (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=d.seed, help="(default: %(default)s)")
-    p.add_argument("--device", default=d.device, help="auto, cpu or cuda (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size,
-                   help="images per encoding batch (default: %(default)s)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = p.parse_args(argv)
-    config = AnalysisConfig(args.checkpoint, args.data, args.out, args.r2_min, args.beta_max, args.active_threshold,
-                            args.log1p, args.bootstrap, args.seed, args.device, args.batch_size, not args.no_progress)
-    try:
-        analyse(config)
-    except (ValueError, FileNotFoundError, OSError) as exc:
-        print(f"analyze-area-vs-number: error: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -7,13 +7,7 @@ from tqdm import tqdm
 
 from synthgen import ShardSet
 from vae.augment import to_float
-from vae.checkpoint import load_model
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
+from vae.checkpoint import CheckpointError, load_model_and_metadata
 
 
 def encode_set(model, shards: ShardSet, device: torch.device, batch_size: int = 256,
@@ -33,5 +27,8 @@ def encode_set(model, shards: ShardSet, device: torch.device, batch_size: int = 
 
 def load_encoder(checkpoint, device: torch.device):
     """The model of a vae-train checkpoint and its metadata."""
-    model, meta = load_model(checkpoint, map_location="cpu")
+    try:
+        model, meta = load_model_and_metadata(checkpoint, map_location="cpu")
+    except CheckpointError as exc:
+        raise CheckpointError(f"--checkpoint {exc}") from None
     return model.to(device).eval(), meta

@@ -9,22 +9,23 @@ and a PNG of the confusion matrix.
 """
 from __future__ import annotations
 
-import argparse
 import io
 import json
-import sys
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from analysis.encode import encode_set, load_encoder, pick_device
+from analysis.config import ReadoutConfig
+from analysis.encode import encode_set, load_encoder
 from analysis.figures import confusion_matrix
 from analysis.metrics import CLASSES, classification_report, count_class
+from common.atomic import write_atomic
+from common.cli import resolve_device
+from common.errors import UserError
+from common.settings import to_dict
 from synthgen import ShardSet
-from synthgen.atomic import write_atomic
 
 # Table 1 of the paper: count AP (%) on the SOS test set, classes 0, 1, 2, 3, 4+ and the mean.
 PUBLISHED = {
@@ -34,23 +35,6 @@ PUBLISHED = {
     "CNN_FT [Zhang et al.]": (93.6, 93.8, 75.2, 58.6, 71.6, 78.6),
     "VAE + softmax [Wever & Runia]": (76.0, 49.0, 40.0, 27.0, 30.0, 44.4),
 }
-
-
-@dataclass
-class ReadoutConfig:
-    checkpoint: str
-    train: list[str] = field(default_factory=list)
-    test: list[str] = field(default_factory=list)
-    out: str = ""
-    hidden: int = 160
-    val_fraction: float = 0.1
-    epochs: int = 300
-    patience: int = 30
-    lr: float = 1e-3
-    batch_size: int = 256
-    seed: int = 0
-    device: str = "auto"
-    progress: bool = True
 
 
 class Readout(nn.Module):
@@ -65,12 +49,12 @@ class Readout(nn.Module):
         return self.layers(x)
 
 
-def encode_sets(paths, model, device, config) -> tuple[np.ndarray, np.ndarray]:
+def encode_sets(paths, model, device, config, option: str) -> tuple[np.ndarray, np.ndarray]:
     means, labels = [], []
     for path in paths:
-        shards = ShardSet(path)
-        means.append(encode_set(model, shards, device, config.batch_size, config.progress))
+        shards = ShardSet(path, verify=config.runtime.verify_shards, progress=config.runtime.progress, option=option)
         labels.append(count_class(shards.labels["count"]))
+        means.append(encode_set(model, shards, device, config.batch_size, config.runtime.progress))
     return np.concatenate(means), np.concatenate(labels)
 
 
@@ -141,14 +125,18 @@ def table(report: dict, name: str) -> str:
 
 def run(config: ReadoutConfig, log=print) -> dict:
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    device = pick_device(config.device)
+    device = resolve_device(config.runtime.device)
     encoder, meta = load_encoder(config.checkpoint, device)
-    x_all, y_all = encode_sets(config.train, encoder, device, config)
-    x_test, y_test = encode_sets(config.test, encoder, device, config)
+    x_all, y_all = encode_sets(config.train, encoder, device, config, "--train")
+    present = np.unique(y_all)
+    if present.size < 2:
+        raise UserError(f"--train {' '.join(config.train)}: all {y_all.size} images are of class "
+                        f"{CLASSES[int(present[0])]}; a readout needs training images of at least two count classes")
+    x_test, y_test = encode_sets(config.test, encoder, device, config, "--test")
     train_part, val_part = stratified_split(y_all, config.val_fraction, config.seed)
     if val_part.size == 0:
-        raise ValueError(f"--val-fraction {config.val_fraction}: no validation images; raise it or add data")
+        raise UserError(f"--val-fraction {config.val_fraction}: no validation images; raise it or add data")
+    out.mkdir(parents=True, exist_ok=True)
     mean, std = x_all[train_part].mean(axis=0), x_all[train_part].std(axis=0) + 1e-8  # from the training part only
 
     def standardise(x):
@@ -164,7 +152,7 @@ def run(config: ReadoutConfig, log=print) -> dict:
     test_report = classification_report(probabilities(x_test), y_test)
     val_report = classification_report(probabilities(x_all[val_part]), y_all[val_part])
     result = {"checkpoint": str(Path(config.checkpoint).resolve()), "model_epoch": meta.get("epoch"),
-              "settings": asdict(config), "images": {"train": int(train_part.size), "validation": int(val_part.size),
+              "settings": to_dict(config), "images": {"train": int(train_part.size), "validation": int(val_part.size),
                                                      "test": int(y_test.size)},
               "training": training, "test": test_report, "validation": val_report,
               "ap_variant": "non-interpolated average precision, one class against the rest, ranked by the class's "
@@ -197,38 +185,3 @@ def run(config: ReadoutConfig, log=print) -> dict:
         f"accuracy {test_report['accuracy']:.1%} on {y_test.size} images")
     log(f"  table {out / 'table.md'}; details {out / 'readout.json'}; figure {out / 'confusion.png'}")
     return result
-
-
-def main(argv=None) -> int:
-    d = ReadoutConfig("")
-    p = argparse.ArgumentParser(prog="vae-subitize", description="Train and evaluate the paper's subitizing "
-                                "readout on frozen VAE latents (Table 1).")
-    p.add_argument("--checkpoint", required=True, help="a vae-train checkpoint")
-    p.add_argument("--train", nargs="+", required=True, help="labelled sets to train on (e.g. synthgen pack of the "
-                   "SOS training split, or synthgen build sets)")
-    p.add_argument("--test", nargs="+", required=True, help="labelled sets to report on (e.g. the SOS test split)")
-    p.add_argument("--out", required=True, help="output folder")
-    for name, help_text in (("hidden", "units per hidden layer"), ("val_fraction", "stratified share of the "
-                            "training data used to choose the epoch"), ("epochs", "most epochs"),
-                            ("patience", "epochs without a better validation loss before stopping"),
-                            ("lr", "Adam learning rate"), ("batch_size", "batch size (also for encoding)"),
-                            ("seed", "seed")):
-        default = getattr(d, name)
-        p.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default,
-                       help=f"{help_text} (default: %(default)s)")
-    p.add_argument("--device", default=d.device, help="auto, cpu or cuda (default: %(default)s)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = p.parse_args(argv)
-    config = ReadoutConfig(args.checkpoint, args.train, args.test, args.out, args.hidden, args.val_fraction,
-                           args.epochs, args.patience, args.lr, args.batch_size, args.seed, args.device,
-                           not args.no_progress)
-    try:
-        run(config)
-    except (ValueError, FileNotFoundError, OSError) as exc:
-        print(f"vae-subitize: error: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

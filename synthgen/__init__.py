@@ -5,11 +5,11 @@ sources -> plan (scene plan) -> transforms + placement (compositor) -> shards (w
 """
 import os
 
-# albumentations phones home for updates on import; these machines (and many clusters) have no
-# network, so the check would only stall. Set before any module imports albumentations.
+# albumentations looks for updates on import; many clusters have no network, so the check would
+# only stall. Set before any module imports albumentations.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-__version__ = "0.1.0"
+from common import __version__  # noqa: E402
 
 from synthgen.reader import ShardSet  # noqa: E402  (the entry point for downstream code)
 

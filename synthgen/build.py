@@ -1,10 +1,14 @@
 """`synthgen build`: check everything up front, then render and write shards in parallel.
 
-Order of work: scan the sources -> check the output folder (resume / refuse) -> probe feasibility ->
-check disk space -> write a provisional manifest -> decode every object once into the shared
-prepared store -> write sources.json -> render shards with joblib (each task renders and writes one
-whole shard) -> read the labels back for the summary -> write the final manifest and drop the store.
-Nothing is written before the checks pass, and a shard appears only when complete.
+Order of work: scan the sources -> check the output folder (resume, extend or refuse) -> probe
+feasibility -> check disk space -> write a provisional manifest -> decode every object once into the
+shared prepared store -> write sources.json -> render shards with joblib (each task renders and
+writes one whole shard) -> read the labels back for the summary -> write the final manifest and drop
+the store. Nothing is written before the checks pass, and a shard appears only when complete.
+
+A set's identity (`build_identity`) covers what shapes its images: the settings but --n, the source
+file lists, the versions. Image i depends only on (seed, i), so a set is extended by re-running with
+a larger --n: the full shards are kept, the last partial one is rebuilt, the rest is added.
 """
 from __future__ import annotations
 
@@ -20,21 +24,24 @@ import joblib
 import numpy as np
 from tqdm import tqdm
 
+from common.settings import changed_values
 from synthgen import __version__
 from synthgen.compositor import STAGES, Compositor
 from synthgen.config import BuildConfig, RunOptions, build_identity
-from synthgen.errors import BadInputError, OutputError, UsageError, write_failure
+from synthgen.errors import BadInputError, OutputError, PlacementError, UsageError, write_failure
 from synthgen.feasibility import check_feasible
-from synthgen.manifest import MANIFEST, MANIFEST_FORMAT, SOURCES, prepare_output, write_json_atomic
+from synthgen.manifest import MANIFEST_FORMAT, SOURCES, write_json_atomic
+from synthgen.masks import MaskRule
+from synthgen.parallel import parallel_backend, workers_of
 from synthgen.plan import counts_for, object_pool_order
 from synthgen.prepared import PREPARED_DIR, PreparedObjects, prepare_objects, store_dir
 from synthgen.procedural import N_BACKGROUNDS, N_OBJECTS, ProceduralBackgrounds, ProceduralObjects
 from synthgen.reader import read_labels
-from synthgen.parallel import parallel_backend, workers_of
-from synthgen.shards import SCHEMA_VERSION, SHARD_FORMAT, shard_path, stored_checksum, write_shard
+from synthgen.shards import SCHEMA_VERSION, SHARD_FORMAT, ShardArrays, shard_path, write_shard
 from synthgen.sources import (FolderBackgrounds, FolderObjects, Skipped, list_fingerprint, scan_backgrounds,
                               scan_objects)
-from synthgen.stats import label_summary
+from synthgen.stats import label_summary, mask_summary
+from synthgen.writer import SetWriter
 
 
 @dataclass
@@ -49,14 +56,15 @@ class Sources:
 def scan_sources(config: BuildConfig) -> Sources:
     """Scan --objects and --backgrounds (or take the procedural default) and fingerprint the lists."""
     description, fingerprints, skipped = {}, {}, []
+    rule = {"mask_threshold": config.mask_threshold, "mask_parts": config.mask_parts}
     if config.objects:
         pairs, bad = scan_objects(config.objects)
         description["objects"] = {"kind": "folder", "root": str(Path(config.objects).resolve()), "pairs": pairs,
-                                  "count": len(pairs)}
+                                  "count": len(pairs), **rule}
         fingerprints["objects"] = list_fingerprint(config.objects, pairs)
         skipped += bad
     else:
-        description["objects"] = {"kind": "procedural", "count": N_OBJECTS}
+        description["objects"] = {"kind": "procedural", "count": N_OBJECTS, **rule}
         fingerprints["objects"] = f"procedural-objects-v1:{N_OBJECTS}"
     if config.backgrounds:
         files, bad = scan_backgrounds(config.backgrounds)
@@ -73,9 +81,10 @@ def scan_sources(config: BuildConfig) -> Sources:
 def open_objects(description: dict, cache_bytes: int):
     """The object source described in sources.json (decoding directly, with a cache)."""
     objects = description["objects"]
+    rule = MaskRule(objects["mask_threshold"], objects["mask_parts"])
     if objects["kind"] == "folder":
-        return FolderObjects(objects["root"], objects["pairs"], cache_bytes)
-    return ProceduralObjects(objects["count"], cache_bytes)
+        return FolderObjects(objects["root"], objects["pairs"], cache_bytes, rule)
+    return ProceduralObjects(objects["count"], cache_bytes, rule)
 
 
 def open_backgrounds(description: dict, cache_bytes: int):
@@ -152,35 +161,27 @@ def _worker_compositor(out_dir: str, identity: str, config: BuildConfig, cache_m
 
 
 def shard_attrs(config: BuildConfig, identity: str, fingerprints: dict, shard_index: int) -> dict:
-    """A shard's provenance: only what determines its content, so checksums match across runs."""
+    """A shard's provenance: only what determines its content (not --n, not how a path was spelled),
+    so checksums match across runs, resumes and extensions."""
     first, n = config.shard_range(shard_index)
     return {
         "format": SHARD_FORMAT, "schema_version": SCHEMA_VERSION, "synthgen_version": __version__,
-        "build_identity": identity, "config_json": json.dumps(config.to_json(), sort_keys=True),
+        "build_identity": identity, "config_json": json.dumps(config.content_json(), sort_keys=True),
         "seed": config.seed, "shard_index": shard_index, "first_index": first, "n_images": n,
         "image_size": config.size, "objects_fingerprint": fingerprints["objects"],
         "backgrounds_fingerprint": fingerprints["backgrounds"],
     }
 
 
-def shard_arrays(scenes: list) -> dict[str, np.ndarray]:
+def shard_arrays(scenes: list, size: int) -> dict[str, np.ndarray]:
     """The datasets of a shard (docs/SHARD_FORMAT.md) from its rendered scenes."""
-    objects = [obj for scene in scenes for obj in scene.objects]
-    return {
-        "images": np.stack([scene.image for scene in scenes]),
-        "count": np.array([scene.count for scene in scenes], np.int16),
-        "index": np.array([scene.index for scene in scenes], np.int64),
-        "image_seed": np.array([scene.image_seed for scene in scenes], np.uint64),
-        "target_area": np.array([scene.target_area for scene in scenes], np.float32),
-        "full_area": np.array([scene.full_area for scene in scenes], np.float32),
-        "visible_area": np.array([scene.visible_area for scene in scenes], np.float32),
-        "background_id": np.array([scene.background_id for scene in scenes], np.int32),
-        "object_offset": np.concatenate([[0], np.cumsum([len(scene.objects) for scene in scenes])]).astype(np.int64),
-        "objects/source_id": np.array([obj.source_id for obj in objects], np.int32),
-        "objects/box": np.array([obj.box for obj in objects], np.int16).reshape(-1, 4),
-        "objects/full_area": np.array([obj.full_area for obj in objects], np.float32),
-        "objects/visible_area": np.array([obj.visible_area for obj in objects], np.float32),
-    }
+    shard = ShardArrays(size)
+    for scene in scenes:
+        shard.add(scene.image, count=scene.count, index=scene.index, image_seed=scene.image_seed,
+                  target_area=scene.target_area, full_area=scene.full_area, visible_area=scene.visible_area,
+                  background_id=scene.background_id,
+                  objects=[(o.source_id, o.box, o.full_area, o.visible_area) for o in scene.objects])
+    return shard.arrays()
 
 
 def build_shard(out_dir: str, shard_index: int, config_json: dict, identity: str, fingerprints: dict,
@@ -195,8 +196,8 @@ def build_shard(out_dir: str, shard_index: int, config_json: dict, identity: str
     path = shard_path(out_dir, shard_index)
     write_start = time.perf_counter()
     try:
-        checksum = write_shard(path, shard_arrays(scenes), shard_attrs(config, identity, fingerprints, shard_index),
-                               config.compression)
+        checksum = write_shard(path, shard_arrays(scenes, config.size),
+                               shard_attrs(config, identity, fingerprints, shard_index), config.compression)
     except OSError as exc:
         raise write_failure(path.name, out_dir, exc) from None
     timings = {stage: compositor.timings.get(stage, 0.0) - timings_before.get(stage, 0.0) for stage in STAGES}
@@ -208,27 +209,65 @@ def build_shard(out_dir: str, shard_index: int, config_json: dict, identity: str
 # ------------------------------------------------------------------ main process
 
 
+def identity_of(config: BuildConfig, sources: Sources) -> str:
+    return build_identity(config.content_json(), sources.fingerprints, __version__, SCHEMA_VERSION)
+
+
+def differences(old: dict, config: BuildConfig, sources: Sources) -> str:
+    """What differs between the set in the folder and the one asked for, under the real flag names."""
+    old_config = {**old.get("config", {}), "n": config.n, "objects": config.objects,
+                  "backgrounds": config.backgrounds}
+    changed = changed_values(BuildConfig, old_config, config)
+    for kind in ("objects", "backgrounds"):
+        before = old.get("sources", {}).get(kind, {})
+        if before.get("fingerprint") != sources.fingerprints[kind]:
+            changed.append(f"the --{kind} files differ ({before.get('root') or 'procedural'} -> "
+                           f"{sources.description[kind].get('root') or 'procedural'})")
+    if old.get("synthgen_version") != __version__:
+        changed.append(f"synthgen {old.get('synthgen_version')} -> {__version__}")
+    return "; ".join(changed) or "the build settings differ"
+
+
+def _check_resume(old: dict, writer: SetWriter, config: BuildConfig) -> None:
+    """Refuse what a resumed run cannot do: shrink the set, or run into the failure that stopped it."""
+    if old.get("build_identity") != writer.identity:
+        return
+    if old.get("n_images", 0) > config.n:
+        raise UsageError(f"--n {config.n}: {writer.out} holds a set of {old['n_images']} images; a smaller --n "
+                         f"would drop built images. Give --n {old['n_images']} or more to resume or extend it, "
+                         "or --overwrite to replace it")
+    failure = old.get("failure")
+    if failure and failure.get("image", -1) < config.n:
+        raise UsageError(f"{writer.out} stopped at image {failure['image']} and would stop there again: "
+                         f"{failure['message']}")
+
+
 def build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | None = None, log=print) -> dict:
-    """Build (or resume) a set in `out_dir`. Returns the summary that also goes into manifest.json."""
+    """Build (or resume, or extend) a set in `out_dir`. Returns the summary that also goes into manifest.json."""
     started = time.perf_counter()
     out = Path(out_dir).resolve()
     sources = scan_sources(config)
-    skipped: dict[str, str] = {}  # every bad input met anywhere in the build, reported once
-
-    def report(item: Skipped, write=log):
-        if item.path not in skipped:
-            skipped[item.path] = item.reason
-            write(item.line())
-
     if run.on_bad_input == "fail" and sources.skipped:
         first = sources.skipped[0]
         raise BadInputError(first.path, first.reason + " (--on-bad-input fail)")
+    writer = SetWriter(out, {
+        "format": MANIFEST_FORMAT, "schema_version": SCHEMA_VERSION, "synthgen_version": __version__,
+        "build_identity": identity_of(config, sources), "command": command, "config": config.to_json(),
+        "n_images": config.n, "image_size": config.size, "n_shards": config.n_shards,
+        "sources": {kind: {"kind": d["kind"], "root": d.get("root"), "fingerprint": sources.fingerprints[kind],
+                           "count": d["count"]}
+                    for kind, d in (("objects", sources.description["objects"]),
+                                    ("backgrounds", sources.description["backgrounds"]))},
+    }, log)
     for item in sources.skipped:
-        report(item)
+        writer.report(item)
+    previous = writer.existing() or {}
 
     # Checks, before anything is written.
-    identity = build_identity(config.to_json(), sources.fingerprints, __version__, SCHEMA_VERSION)
-    done = prepare_output(out, identity, config.to_json(), config.n_shards, run.overwrite)
+    if not run.overwrite:
+        _check_resume(previous, writer, config)
+    done = writer.check(config.n_shards, run.overwrite, lambda old: differences(old, config, sources),
+                        keep=lambda s, attrs: (attrs["first_index"], attrs["n_images"]) == config.shard_range(s))
     todo = [s for s in range(config.n_shards) if s not in done]
     objects = open_objects(sources.description, (run.cache_mb << 20) // 2)
     backgrounds = open_backgrounds(sources.description, (run.cache_mb << 20) // 2)
@@ -241,41 +280,36 @@ def build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | No
         pool_skipped += probe.skipped
         check_disk_space(out, config, sum(config.shard_range(s)[1] for s in todo))
     for item in pool_skipped:
-        report(item)
+        writer.report(item)
 
-    out.mkdir(parents=True, exist_ok=True)
-    manifest = {
-        "format": MANIFEST_FORMAT, "schema_version": SCHEMA_VERSION, "synthgen_version": __version__,
-        "complete": False, "build_identity": identity, "command": command, "config": config.to_json(),
-        "n_images": config.n, "image_size": config.size, "n_shards": config.n_shards,
-        "sources": {kind: {"kind": d["kind"], "root": d.get("root"), "fingerprint": sources.fingerprints[kind],
-                           "count": d["count"]}
-                    for kind, d in (("objects", sources.description["objects"]),
-                                    ("backgrounds", sources.description["backgrounds"]))},
-        "object_pool": pool,
-    }
-    write_json_atomic(out / MANIFEST, manifest)
-
-    results, workers, render_seconds, prepare_seconds = [], None, 0.0, 0.0
+    writer.manifest["object_pool"] = pool
+    writer.begin()
+    results, workers, render_seconds, prepare_seconds, masks = [], None, 0.0, 0.0, []
     if todo:
         with parallel_backend(run) as client:
             workers = workers_of(client, run)
             ids = pool if pool is not None else list(range(len(objects)))
             prepare_start = time.perf_counter()
-            usable, bad = prepare_objects(
+            store = prepare_objects(
                 objects, ids, config.size, out, run.on_bad_input,
                 lambda calls: run_in_workers(calls, run.progress and len(calls) > 1, "synthgen decoding objects"))
             prepare_seconds = time.perf_counter() - prepare_start
-            for item in bad:
-                report(item)
-            if not usable and max(config.counts) > 0:
+            masks = store.masks
+            for item in store.bad:
+                writer.report(item)
+            if not store.ids and max(config.counts) > 0:
                 raise UsageError(f"--objects {config.objects}: none of the {len(ids)} objects is usable "
                                  "(each is listed above with the reason)")
-            write_json_atomic(out / SOURCES, {**sources.description, "pool": usable})
-            results, render_seconds = _render_shards(out, todo, config, identity, sources.fingerprints, run, report)
+            write_json_atomic(out / SOURCES, {**sources.description, "pool": store.ids})
+            try:
+                results, render_seconds = _render_shards(out, todo, config, writer.identity, sources.fingerprints,
+                                                         run, writer.report)
+            except PlacementError as exc:
+                writer.fail({"image": exc.index, "message": str(exc)})
+                raise
 
-    paths = [shard_path(out, s) for s in range(config.n_shards)]
-    labels = read_labels(paths, ("count", "target_area", "visible_area"))
+    labels = read_labels([shard_path(out, s) for s in range(config.n_shards)],
+                         ("count", "target_area", "visible_area"))
     summary = label_summary(labels["count"], labels["target_area"], labels["visible_area"], config.size)
     built = sum(r["n_images"] for r in results)
     summary.update({
@@ -286,15 +320,12 @@ def build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | No
         "workers": workers, "backend": run.backend,
         "ms_per_image": {stage: round(1e3 * sum(r["timings"][stage] for r in results) / built, 4)
                          for stage in STAGES} if built else None,
-        "skipped_inputs": [{"path": path, "reason": reason} for path, reason in skipped.items()],
     })
-    checksums = {r["shard"]: r["checksum"] for r in results}
-    manifest["shards"] = [{"file": path.name, "first_index": config.shard_range(s)[0],
-                           "n_images": config.shard_range(s)[1],
-                           "content_sha256": checksums.get(s) or stored_checksum(path)}
-                          for s, path in enumerate(paths)]
-    manifest.update({"complete": True, "summary": summary})
-    write_json_atomic(out / MANIFEST, manifest)
+    if masks:
+        summary["masks"], writer.manifest["mask_notes"] = mask_summary(masks, config.mask_threshold)
+    elif "masks" in previous.get("summary", {}):  # nothing decoded in this run: keep what the last one found
+        summary["masks"], writer.manifest["mask_notes"] = previous["summary"]["masks"], previous.get("mask_notes", [])
+    writer.finish(config.n_shards, summary)
     shutil.rmtree(out / PREPARED_DIR, ignore_errors=True)  # only an unfinished build needs the store
     return summary
 

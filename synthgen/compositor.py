@@ -94,10 +94,14 @@ class Compositor:
                 break
         else:
             raise PlacementError(
-                f"image {index}: could not place {count} objects covering {fraction:.1%} of the canvas "
-                f"(--max-occlusion {self.config.max_occlusion}, --max-outside {self.config.max_outside}) in "
-                f"{self.config.max_redraws} redraws of {self.config.placement_tries} positions each; lower the top "
-                "of --area-range, allow more overlap, or raise --max-redraws/--placement-tries")
+                f"image {index}: could not place {count} object{'s' if count != 1 else ''} covering {fraction:.1%} "
+                f"of the {size}x{size} canvas: tried {self.config.max_redraws} draws of the objects "
+                f"(--max-redraws), {self.config.placement_tries} positions per object each (--placement-tries), "
+                f"under --max-occlusion {self.config.max_occlusion:g} and --max-outside {self.config.max_outside:g}. "
+                "The upfront probe passed, but this image's objects are harder to pack; image i depends only on "
+                "(seed, i), so the same command would stop here again. Lower the top of --area-range, allow more "
+                "overlap (--max-occlusion) or edge crossing (--max-outside), or raise --max-redraws, then build "
+                "into a new --out (or add --overwrite)", index)
         start = time.perf_counter()
         layout.composite(canvas)
         self.timings["blend"] += time.perf_counter() - start

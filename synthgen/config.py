@@ -1,24 +1,28 @@
-"""The build configuration: every argument that shapes the images, validated in one place.
+"""The settings of every synthgen command, with their flags, help texts and valid ranges (common.settings).
 
 A `BuildConfig` is saved with every output (manifest and shard attributes), so any set can be traced
-back to the command that made it. Arguments that only change how the work is run (workers, backend,
-cache size) live in `RunOptions` and do not change the images.
+back to the command that made it. Settings that only change how the work is run (workers, backend,
+cache size) live in `RunOptions` and never change the images.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import re
 from dataclasses import dataclass
 
-from synthgen.errors import UsageError
+from common.errors import UsageError
+from common.settings import (SEED_RANGE, Settings, at_least, between, from_dict, option, progress_option,
+                             to_dict, verify_option)
 
 MAX_COUNT = 64
 AREA_DISTRIBUTIONS = ("loguniform", "uniform")
 COMPRESSIONS = ("none", "lzf", "gzip")
 BACKENDS = ("loky", "multiprocessing", "threading", "dask")
 BAD_INPUT_POLICIES = ("skip", "fail")
+MASK_PARTS = ("skip", "largest")
+FITS = ("squash", "crop", "pad")
+SPLITS = ("train", "test")
 
 
 def parse_counts(text: str) -> tuple[int, ...]:
@@ -46,7 +50,19 @@ def parse_counts(text: str) -> tuple[int, ...]:
     return tuple(sorted(counts))
 
 
-def parse_range(text: str, option: str) -> tuple[float, float]:
+def format_counts(counts) -> str:
+    """Counts as the shortest --count text: runs as ranges, e.g. (0, 1, 2, 3, 4, 7) -> '0-4,7'."""
+    parts, run = [], [counts[0]]
+    for value in list(counts[1:]) + [None]:
+        if value is not None and value == run[-1] + 1:
+            run.append(value)
+            continue
+        parts.append(f"{run[0]}-{run[-1]}" if len(run) > 2 else ",".join(map(str, run)))
+        run = [value]
+    return ",".join(parts)
+
+
+def parse_range(text: str, option: str = "--area-range") -> tuple[float, float]:
     """Parse 'LO-HI' or 'LO,HI' (or one number for a fixed value) into a pair of floats."""
     parts = re.split(r"\s*[,:]\s*|(?<=\d)\s*-\s*(?=[\d.])", str(text).strip())
     try:
@@ -69,62 +85,89 @@ def parse_color_shift(text: str) -> tuple[float, float, float]:
         values = ()
     if values == (0.0,):
         values = (0.0, 0.0, 0.0)
-    if len(values) != 3 or any(v < 0 for v in values) or values[0] >= 1 or values[1] >= 1 or values[2] > 0.5:
-        raise UsageError(f"--color-shift {text!r}: give BRIGHTNESS,SATURATION,HUE limits, e.g. 0.2,0.2,0.05 "
-                         "(brightness and saturation in [0, 1), hue in [0, 0.5] of a turn), or 0 for none")
+    if len(values) != 3:
+        raise UsageError(f"--color-shift {text!r}: give BRIGHTNESS,SATURATION,HUE limits, e.g. 0.2,0.2,0.05, "
+                         "or 0 for none")
     return values  # type: ignore[return-value]
 
 
+def _color_shift_problem(values) -> str | None:
+    if len(values) != 3 or any(v < 0 for v in values) or values[0] >= 1 or values[1] >= 1 or values[2] > 0.5:
+        return "brightness and saturation must be in [0, 1), hue in [0, 0.5] of a turn (0 for none)"
+    return None
+
+
+def _area_range_problem(pair) -> str | None:
+    lo, hi = pair
+    if not 0 < lo <= hi <= 1:
+        return "needs 0 < LO <= HI <= 1 (fractions of the canvas covered by all objects together)"
+    return None
+
+
+def _show_pair(pair) -> str:
+    return f"{pair[0]:g}-{pair[1]:g}"
+
+
+def _show_floats(values) -> str:
+    return ",".join(f"{v:g}" for v in values)
+
+
+WHAT, AREA, OBJECTS, MASKS, OUTPUT, RUN = ("what to build", "area and placement", "objects and their transforms",
+                                           "object masks", "output", "how to run")
+
+
 @dataclass(frozen=True)
-class BuildConfig:
+class BuildConfig(Settings):
     """Everything that determines the content of a synthetic set."""
 
-    n: int
-    counts: tuple[int, ...] = (0, 1, 2, 3, 4)
-    size: int = 161
-    area_range: tuple[float, float] = (0.04, 0.36)
-    area_dist: str = "loguniform"
-    size_jitter: float = 0.15
-    max_occlusion: float = 0.2
-    max_outside: float = 0.0
-    same_object: bool = False
-    source_objects: int | None = None
-    rotation: float = 10.0
-    flip_prob: float = 0.5
-    color_shift: tuple[float, float, float] = (0.2, 0.2, 0.05)
-    seed: int = 0
-    shard_size: int = 1000
-    compression: str = "none"
-    placement_tries: int = 100
-    max_redraws: int = 50
-    objects: str | None = None
-    backgrounds: str | None = None
+    n: int = option(help="number of images; a smaller --n is a prefix of a larger one, so a set can be "
+                    "extended by re-running with a larger --n", valid=at_least(1), group=WHAT)
+    counts: tuple[int, ...] = option((0, 1, 2, 3, 4), "objects per image: a range or list, e.g. 0-4, 1,2,4, 1-9; "
+                                     "balanced exactly over the set", flag="--count", parse=parse_counts,
+                                     show=format_counts, group=WHAT)
+    objects: str | None = option(None, "THUS10000/MSRA10K-layout folder of NAME.jpg + NAME.png (mask) pairs",
+                                 default_help="the embedded procedural objects", group=WHAT)
+    backgrounds: str | None = option(None, "folder tree of scene images, e.g. SUN397",
+                                     default_help="the embedded procedural backgrounds", group=WHAT)
+    size: int = option(161, "side of the square RGB images in pixels", valid=between(16, 2048), group=WHAT)
+    seed: int = option(0, "image i depends only on (seed, i)", valid=SEED_RANGE, group=WHAT)
 
-    def __post_init__(self):
-        def check(ok, option, value, what):
-            if not ok:
-                raise UsageError(f"{option} {value!r}: {what}")
+    area_range: tuple[float, float] = option(
+        (0.04, 0.36), "target cumulative object area LO-HI as fractions of the canvas, drawn per image "
+        "independently of N", parse=parse_range, show=_show_pair, check=_area_range_problem, group=AREA)
+    area_dist: str = option("loguniform", "distribution of the target area", choices=AREA_DISTRIBUTIONS, group=AREA)
+    size_jitter: float = option(0.15, "per-object variation of the area share around target/N, as a fraction; "
+                                "shares are renormalised to add up to the target",
+                                valid=between(0, 1, high_open=True), group=AREA)
+    max_occlusion: float = option(0.2, "largest fraction of any object that later objects may hide; 0 = no overlap",
+                                  valid=between(0, 1, high_open=True), group=AREA)
+    max_outside: float = option(0.0, "largest fraction of an object that may fall outside the canvas; 0 keeps "
+                                "objects inside", valid=between(0, 1, high_open=True), group=AREA)
+    placement_tries: int = option(100, "random positions tried per object", valid=at_least(1), group=AREA)
+    max_redraws: int = option(50, "times an unplaceable scene is redrawn (same N and area) before the build stops",
+                              valid=at_least(1), group=AREA)
 
-        check(isinstance(self.n, int) and self.n >= 1, "--n", self.n, "must be a whole number of images >= 1")
-        check(len(self.counts) >= 1, "--count", self.counts, "needs at least one count")
-        check(16 <= self.size <= 2048, "--size", self.size, "must be between 16 and 2048 pixels")
-        lo, hi = self.area_range
-        check(0 < lo <= hi <= 1, "--area-range", f"{lo}-{hi}",
-              "needs 0 < LO <= HI <= 1 (fractions of the canvas covered by all objects together)")
-        check(self.area_dist in AREA_DISTRIBUTIONS, "--area-dist", self.area_dist,
-              f"choose one of {AREA_DISTRIBUTIONS}")
-        check(0 <= self.size_jitter < 1, "--size-jitter", self.size_jitter, "must be in [0, 1)")
-        check(0 <= self.max_occlusion < 1, "--max-occlusion", self.max_occlusion, "must be in [0, 1)")
-        check(0 <= self.max_outside < 1, "--max-outside", self.max_outside, "must be in [0, 1)")
-        check(self.source_objects is None or self.source_objects >= 1, "--source-objects",
-              self.source_objects, "must be >= 1")
-        check(0 <= self.rotation <= 180, "--rotation", self.rotation, "must be in [0, 180] degrees")
-        check(0 <= self.flip_prob <= 1, "--flip-prob", self.flip_prob, "must be a probability in [0, 1]")
-        check(0 <= self.seed < 2**63, "--seed", self.seed, "must be a non-negative integer")
-        check(self.shard_size >= 1, "--shard-size", self.shard_size, "must be >= 1")
-        check(self.compression in COMPRESSIONS, "--compression", self.compression, f"choose one of {COMPRESSIONS}")
-        check(self.placement_tries >= 1, "--placement-tries", self.placement_tries, "must be >= 1")
-        check(self.max_redraws >= 1, "--max-redraws", self.max_redraws, "must be >= 1")
+    same_object: bool = option(False, "all N objects of an image are copies of one source object (the paper's "
+                               "section 4.4)", group=OBJECTS)
+    source_objects: int | None = option(None, "use only K source objects, chosen from the seed (the paper used 15)",
+                                        default_help="all", valid=at_least(1), metavar="K", group=OBJECTS)
+    rotation: float = option(10.0, "largest rotation in degrees, either way", valid=between(0, 180), group=OBJECTS)
+    flip_prob: float = option(0.5, "probability of a horizontal flip", valid=between(0, 1), group=OBJECTS)
+    color_shift: tuple[float, float, float] = option(
+        (0.2, 0.2, 0.05), "colour jitter limits BRIGHTNESS,SATURATION,HUE (albumentations ColorJitter; hue in "
+        "turns), or 0 for none", parse=parse_color_shift, show=_show_floats, check=_color_shift_problem,
+        group=OBJECTS)
+
+    mask_threshold: float = option(0.5, "share of a mask's maximum at and above which a pixel is object: graded "
+                                   "masks (regions at several grey levels) are cut there, and every mask's parts "
+                                   "are counted there (README: 'Masks')", valid=between(0, 1, low_open=True),
+                                   group=MASKS)
+    mask_parts: str = option("skip", "a mask showing several separate objects: skip it (reported), or keep its "
+                             "largest part; never pasted whole, since it would put several objects under one count",
+                             choices=MASK_PARTS, group=MASKS)
+
+    shard_size: int = option(1000, "images per HDF5 shard", valid=at_least(1), group=OUTPUT)
+    compression: str = option("none", "compression of the image datasets", choices=COMPRESSIONS, group=OUTPUT)
 
     @property
     def n_shards(self) -> int:
@@ -136,49 +179,112 @@ class BuildConfig:
         return first, min(self.shard_size, self.n - first)
 
     def to_json(self) -> dict:
-        return dataclasses.asdict(self)
+        return to_dict(self)
+
+    def content_json(self) -> dict:
+        """The values that shape the images, without --n (image i never depends on it) and without the
+        source folders' paths (the sources enter the identity by their file lists): what shards record."""
+        return {k: v for k, v in self.to_json().items() if k not in ("n", "objects", "backgrounds")}
 
     @classmethod
     def from_json(cls, data: dict) -> "BuildConfig":
-        fields = {f.name for f in dataclasses.fields(cls)}
-        data = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in fields}
-        return cls(**data)
+        return from_dict(cls, data)
+
+
+def _workers_problem(value: int) -> str | None:
+    return None if value == -1 or value >= 1 else "give a number of processes >= 1, or -1 for all cores"
 
 
 @dataclass(frozen=True)
-class RunOptions:
-    """How the build is executed; never changes the images."""
+class RunOptions(Settings):
+    """How the work is executed; never changes the images."""
 
-    workers: int = -1
-    backend: str = "loky"
-    scheduler: str | None = None
-    overwrite: bool = False
-    on_bad_input: str = "skip"
-    cache_mb: int = 256
-    progress: bool = True
+    TITLE = RUN
 
-    def __post_init__(self):
-        if self.backend not in BACKENDS:
-            raise UsageError(f"--backend {self.backend!r}: choose one of {BACKENDS}")
+    workers: int = option(-1, "worker processes; -1 = all cores", check=_workers_problem)
+    backend: str = option("loky", "joblib backend; dask needs --scheduler", choices=BACKENDS)
+    scheduler: str | None = option(None, "dask.distributed scheduler address, e.g. tcp://host:8786; workers must "
+                                   "see --out and the source folders")
+    on_bad_input: str = option("skip", "skip each bad source file with one line saying why, or stop",
+                               choices=BAD_INPUT_POLICIES)
+    cache_mb: int = option(256, "memory per worker for decoded sources, in MB", valid=at_least(0))
+    overwrite: bool = option(False, "replace a different set in --out (only synthgen's own files are removed)")
+    progress: bool = progress_option()
+
+    def check(self) -> None:
         if self.backend == "dask" and not self.scheduler:
             raise UsageError("--backend dask needs --scheduler ADDRESS (e.g. tcp://10.0.0.1:8786, "
                              "from `dask scheduler` or a LocalCluster)")
         if self.scheduler and self.backend != "dask":
             raise UsageError("--scheduler is only used with --backend dask")
-        if self.workers == 0 or self.workers < -1:
-            raise UsageError(f"--workers {self.workers}: give a number of processes >= 1, or -1 for all cores")
-        if self.on_bad_input not in BAD_INPUT_POLICIES:
-            raise UsageError(f"--on-bad-input {self.on_bad_input!r}: choose one of {BAD_INPUT_POLICIES}")
-        if self.cache_mb < 0:
-            raise UsageError(f"--cache-mb {self.cache_mb}: must be >= 0")
+
+
+@dataclass(frozen=True)
+class BuildCommand(Settings):
+    """`synthgen build`."""
+
+    out: str = option(help="output folder (created; resumed, or extended to a larger --n, if it holds this same "
+                      "build)", group=WHAT)
+    config: BuildConfig = None  # type: ignore[assignment]
+    run: RunOptions = None  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class PackConfig(Settings):
+    """Everything that determines the content of a packed set."""
+
+    root: str = option(help="folder with subfolders 0, 1, 2, 3, 4+ of images (folders 5, 6, ... are 4+ as well), "
+                       "or the image root of --split-file's paths", positional=True)
+    size: int = option(161, "side of the square images", valid=between(16, 2048))
+    fit: str = option("squash", "squash to the square (every object stays in view), centre-crop, or pad",
+                      choices=FITS)
+    split_file: str | None = option(None, "SOS split file: lines 'path,label,split' (paths relative to ROOT; "
+                                    "README: 'synthgen pack'); use with --split")
+    split: str | None = option(None, "which split of --split-file to pack", choices=SPLITS)
+    shard_size: int = option(1000, "images per shard", valid=at_least(1))
+
+    def check(self) -> None:
+        if (self.split_file is None) != (self.split is None):
+            raise UsageError("--split-file and --split go together: --split-file FILE --split train|test")
+
+    def to_json(self) -> dict:
+        return to_dict(self)
+
+
+@dataclass(frozen=True)
+class PackCommand(Settings):
+    """`synthgen pack`."""
+
+    out: str = option(help="output folder (created; resumed if it holds this same pack)")
+    config: PackConfig = None  # type: ignore[assignment]
+    run: RunOptions = None  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class InspectCommand(Settings):
+    """`synthgen inspect`."""
+
+    dir: str = option(help="a synthgen output folder", positional=True)
+    out: str | None = option(None, "where to write the figures", default_help="DIR/inspect")
+    samples: int = option(40, "images on the contact sheet", valid=between(1, 1000))
+    progress: bool = progress_option()
+    verify_shards: bool = verify_option()
+
+
+@dataclass(frozen=True)
+class VerifyCommand(Settings):
+    """`synthgen verify`."""
+
+    dir: str = option(help="a synthgen output folder", positional=True)
+    progress: bool = progress_option()
 
 
 def canonical_json(data) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
-def build_identity(config_json: dict, fingerprints: dict, version: str, schema_version: int) -> str:
-    """A hash of everything that determines a set's content (the settings, the source lists, the
-    versions): same identity, same images and labels. Used by build and pack."""
-    payload = {"config": config_json, "sources": fingerprints, "synthgen": version, "schema": schema_version}
+def build_identity(content: dict, fingerprints: dict, version: str, schema_version: int) -> str:
+    """A hash of everything that determines a set's content (the settings that shape the images, the
+    source lists, the versions): same identity, same images and labels. Used by build and pack."""
+    payload = {"config": content, "sources": fingerprints, "synthgen": version, "schema": schema_version}
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()

@@ -1,12 +1,11 @@
 """Exceptions that the command line turns into clear one-line messages."""
+from common.errors import UsageError, UserError
+
+__all__ = ["SynthgenError", "UsageError", "BadInputError", "PlacementError", "OutputError", "write_failure"]
 
 
-class SynthgenError(Exception):
+class SynthgenError(UserError):
     """An error the user can fix; its message says what went wrong and what to do."""
-
-
-class UsageError(SynthgenError):
-    """An invalid command-line argument or combination of arguments."""
 
 
 class BadInputError(SynthgenError):
@@ -24,6 +23,13 @@ class BadInputError(SynthgenError):
 
 class PlacementError(SynthgenError):
     """A scene whose objects cannot be placed under the requested constraints."""
+
+    def __init__(self, message, index: int = -1):
+        super().__init__(message)
+        self.index = index
+
+    def __reduce__(self):
+        return (PlacementError, (str(self), self.index))
 
 
 class OutputError(SynthgenError):

@@ -7,11 +7,9 @@ streams, so they never change the images of the set.
 """
 from __future__ import annotations
 
-import numpy as np
-
+from common import streams
 from synthgen.compositor import Compositor
 from synthgen.errors import PlacementError, UsageError
-from synthgen.plan import STREAM_PROBE
 
 PROBES_PER_CELL = 8
 
@@ -24,7 +22,7 @@ def check_feasible(config, compositor: Compositor) -> None:
     hi = config.area_range[1]
     for count in sorted({max(counts), min(counts)}, reverse=True):
         for probe in range(PROBES_PER_CELL):
-            rng = np.random.default_rng([config.seed, STREAM_PROBE, count, probe])
+            rng = streams.rng(config.seed, streams.PROBE, count, probe)
             try:
                 compositor.compose(rng, count, area_fraction=hi)
             except PlacementError:

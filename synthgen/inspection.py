@@ -95,10 +95,10 @@ def contact_sheet(shards: ShardSet, indices: np.ndarray, path, columns: int = 8)
     plt.close(fig)
 
 
-def inspect_set(root, out_dir=None, n_samples: int = 40) -> dict:
+def inspect_set(root, out_dir=None, n_samples: int = 40, verify: bool = True, progress: bool = False) -> dict:
     """Compute a set's statistics and write inspect.json and PNG figures (a contact sheet, and the count
     against area figure for synthetic sets or the count histogram for natural ones)."""
-    with ShardSet(root) as shards:
+    with ShardSet(root, verify=verify, progress=progress) as shards:
         out = Path(out_dir) if out_dir else shards.root / "inspect"
         out.mkdir(parents=True, exist_ok=True)
         labels = shards.labels

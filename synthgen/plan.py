@@ -13,17 +13,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from common import streams
 from synthgen.config import BuildConfig
-
-STREAM_IMAGE = 0
-STREAM_COUNTS = 1
-STREAM_OBJECT_POOL = 2
-STREAM_PROBE = 3
 
 
 def image_seed(seed: int, index: int) -> int:
     """The 64-bit seed of image `index`; with the build config it reproduces the image alone."""
-    return int(np.random.SeedSequence([seed, STREAM_IMAGE, index]).generate_state(1, np.uint64)[0])
+    return streams.seed64(seed, streams.IMAGE, index)
 
 
 def image_rng(seed_of_image: int) -> np.random.Generator:
@@ -36,7 +32,7 @@ def counts_for(config: BuildConfig, first: int, n: int) -> np.ndarray:
     k = len(values)
     out = np.empty(n, dtype=np.int64)
     for block in range(first // k, (first + n - 1) // k + 1):
-        order = np.random.default_rng([config.seed, STREAM_COUNTS, block]).permutation(k)
+        order = streams.rng(config.seed, streams.COUNTS, block).permutation(k)
         lo, hi = max(first, block * k), min(first + n, (block + 1) * k)
         out[lo - first:hi - first] = values[order[lo - block * k:hi - block * k]]
     return out
@@ -58,4 +54,4 @@ def draw_area_shares(rng: np.random.Generator, count: int, jitter: float) -> np.
 
 def object_pool_order(n_objects: int, seed: int) -> np.ndarray:
     """The order in which objects are tried when --source-objects restricts the set to K of them."""
-    return np.random.default_rng([seed, STREAM_OBJECT_POOL]).permutation(n_objects)
+    return streams.rng(seed, streams.OBJECT_POOL).permutation(n_objects)

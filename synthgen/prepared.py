@@ -10,6 +10,7 @@ cluster see it wherever they see --out, and it is deleted when the build complet
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from synthgen.atomic import write_atomic
+from common.atomic import write_atomic
 from synthgen.errors import BadInputError, write_failure
 from synthgen.sources import CachedSource, Cutout, Skipped
 
@@ -35,16 +36,21 @@ def part_name(part: int) -> str:
 
 
 def prepare_part(objects, ids: list[int], size: int, path: Path, on_bad_input: str) -> dict:
-    """Decode some objects into one raw part file; returns their index rows and the bad ones."""
-    rows, bad, chunks, offset = [], [], [], 0
+    """Decode some objects into one raw part file; returns their index rows, what their masks were
+    (synthgen.masks) and the bad ones."""
+    rows, masks, bad, chunks, offset = [], [], [], [], 0
     for k in ids:
         try:
-            rgba = objects.load(k, size).levels[0]
+            cutout = objects.load(k, size)
         except BadInputError as error:
             if on_bad_input == "fail":
                 raise
             bad.append((error.path, error.reason))
             continue
+        rgba = cutout.levels[0]
+        if cutout.mask is not None:
+            info = {**dataclasses.asdict(cutout.mask), "levels": list(cutout.mask.levels)}
+            masks.append((objects.mask_path(k), info))
         rows.append((k, offset, rgba.shape[0], rgba.shape[1]))
         chunks.append(rgba.reshape(-1))
         offset += rgba.size
@@ -52,19 +58,30 @@ def prepare_part(objects, ids: list[int], size: int, path: Path, on_bad_input: s
         write_atomic(path, b"".join(chunk.tobytes() for chunk in chunks))
     except OSError as exc:
         raise write_failure(f"the prepared object store ({path.name})", path.parent, exc) from None
-    return {"rows": rows, "bad": bad}
+    return {"rows": rows, "bad": bad, "masks": masks}
 
 
-def prepare_objects(objects, ids, size: int, out_dir, on_bad_input: str, run_tasks) -> tuple[list[int], list]:
-    """Write the store for `ids` (reusing a complete one); returns the usable ids and the bad inputs.
+@dataclasses.dataclass
+class PreparedStore:
+    """What preparing the objects found: the usable ids, the bad inputs, and what each mask was."""
+
+    ids: list[int]
+    bad: list[Skipped]
+    masks: list[tuple[str, dict]]  # (mask path, synthgen.masks.MaskInfo as a dict) per usable object
+
+
+def prepare_objects(objects, ids, size: int, out_dir, on_bad_input: str, run_tasks) -> PreparedStore:
+    """Write the store for `ids` (reusing a complete one); returns what it found.
 
     `run_tasks` runs a list of (function, args) calls in parallel and returns their results.
     """
     folder = store_dir(out_dir, size)
-    index_path, skipped_path = folder / "index.npz", folder / "skipped.json"
+    index_path, report_path = folder / "index.npz", folder / "report.json"
     if index_path.exists():  # a resumed build: report the same bad inputs as the first run did
+        report = json.loads(report_path.read_text())
         with np.load(index_path, allow_pickle=False) as index:
-            return index["ids"].tolist(), [Skipped(*item) for item in json.loads(skipped_path.read_text())]
+            return PreparedStore(index["ids"].tolist(), [Skipped(*item) for item in report["bad"]],
+                                 [tuple(item) for item in report["masks"]])
     if folder.exists():
         shutil.rmtree(folder)  # an interrupted preparation: start it again
     folder.mkdir(parents=True)
@@ -73,15 +90,17 @@ def prepare_objects(objects, ids, size: int, out_dir, on_bad_input: str, run_tas
                          for p, part in enumerate(parts)])
     rows = np.array([(k, p, offset, h, w) for p, result in enumerate(results) for k, offset, h, w in result["rows"]],
                     dtype=np.int64).reshape(-1, 5)
-    bad = [Skipped(path, reason) for result in results for path, reason in result["bad"]]
+    store = PreparedStore(rows[:, 0].tolist(), [Skipped(path, reason) for r in results for path, reason in r["bad"]],
+                          [tuple(item) for r in results for item in r["masks"]])
     index = io.BytesIO()
     np.savez(index, ids=rows[:, 0], part=rows[:, 1], offset=rows[:, 2], height=rows[:, 3], width=rows[:, 4])
+    report = {"bad": [[item.path, item.reason] for item in store.bad], "masks": store.masks}
     try:
-        write_atomic(skipped_path, json.dumps([[item.path, item.reason] for item in bad]).encode())
+        write_atomic(report_path, json.dumps(report).encode())
         write_atomic(index_path, index.getvalue())  # the index comes last: it marks a complete store
     except OSError as exc:
         raise write_failure("the prepared object store (index.npz)", folder, exc) from None
-    return rows[:, 0].tolist(), bad
+    return store
 
 
 class PreparedObjects(CachedSource):

@@ -12,12 +12,13 @@ import functools
 import cv2
 import numpy as np
 
+from common.streams import PROCEDURAL
+from synthgen.masks import MaskRule
 from synthgen.sources import CachedSource, Cutout, cutout_from_arrays
 
 N_OBJECTS = 240
 N_BACKGROUNDS = 600
 GENERATION_SIDE = 192  # objects are drawn at this size, then shrunk to the build's needs
-_STREAM = 0x5EED_0B1E  # keeps procedural streams apart from build seeds
 SHAPES = ("ellipse", "polygon", "star", "blob", "rounded_rect", "ring", "crescent")
 PATTERNS = ("solid", "stripes", "checker", "dots", "noise", "gradient")
 SCENES = ("landscape", "noise", "tiles", "bokeh", "grain")
@@ -134,7 +135,7 @@ def _texture(rng, side: int) -> np.ndarray:
 @functools.lru_cache(maxsize=N_OBJECTS)
 def procedural_object(k: int, side: int = GENERATION_SIDE) -> tuple[np.ndarray, np.ndarray]:
     """Object k as (RGB uint8, alpha uint8), both side x side; read-only (memoised per process)."""
-    rng = np.random.default_rng([_STREAM, 1, k])
+    rng = np.random.default_rng([PROCEDURAL, 1, k])
     alpha = _shape_mask(rng, side)
     rgb = _texture(rng, side).astype(np.uint8)
     rgb.flags.writeable = alpha.flags.writeable = False
@@ -143,7 +144,7 @@ def procedural_object(k: int, side: int = GENERATION_SIDE) -> tuple[np.ndarray, 
 
 def procedural_background(k: int, size: int) -> np.ndarray:
     """Background k as RGB uint8 with shorter side `size` and a wider aspect (up to 3:2)."""
-    rng = np.random.default_rng([_STREAM, 2, k])
+    rng = np.random.default_rng([PROCEDURAL, 2, k])
     h = size
     w = round(size * rng.uniform(1.0, 1.5))
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -174,7 +175,8 @@ def procedural_background(k: int, size: int) -> np.ndarray:
         rows = np.floor(yy * h / (tile * 0.5))
         offset = (rows % 2) * tile * 0.5
         cols = np.floor((xx * w + offset) / tile)
-        jitter = np.random.default_rng([_STREAM, 3, k]).uniform(0.75, 1.2, (int(rows.max()) + 2, int(cols.max()) + 2))
+        jitter = np.random.default_rng([PROCEDURAL, 3, k]).uniform(0.75, 1.2,
+                                                                   (int(rows.max()) + 2, int(cols.max()) + 2))
         shade = jitter[rows.astype(int), cols.astype(int)]
         mortar = ((yy * h % (tile * 0.5)) < 1.5) | (((xx * w + offset) % tile) < 1.5)
         image = base * shade[..., None]
@@ -203,16 +205,20 @@ class ProceduralObjects(CachedSource):
 
     kind = "procedural"
 
-    def __init__(self, n: int = N_OBJECTS, cache_bytes: int = 256 << 20):
+    def __init__(self, n: int = N_OBJECTS, cache_bytes: int = 256 << 20, rule: MaskRule = MaskRule()):
         super().__init__(cache_bytes)
         self.n = n
+        self.rule = rule
 
     def __len__(self):
         return self.n
 
     def decode(self, k: int, size: int) -> Cutout:
         rgb, alpha = procedural_object(k)
-        return cutout_from_arrays(rgb, alpha, size, f"procedural object {k}")
+        return cutout_from_arrays(rgb, alpha, size, self.mask_path(k), self.rule)
+
+    def mask_path(self, k: int) -> str:
+        return f"procedural object {k}"
 
 
 class ProceduralBackgrounds(CachedSource):

@@ -2,18 +2,65 @@
 
 HDF5 handles are opened lazily, per process: a `ShardSet` can be handed to DataLoader workers
 (forked or spawned) and each worker opens its own files on first use; a handle never crosses a fork.
+
+Integrity: before a shard's first use, its header is checked against manifest.json (same set, same
+range, same checksum) and its contents are hashed and compared with the `content_sha256` it records
+(synthgen.shards), so a damaged shard stops the reader with a message naming the file instead of
+feeding a model silently. A shard is hashed once per process (several sets or readers of the same
+file share the check), several shards at once on several threads; `verify=False` skips the hashing
+for sets already checked with `synthgen verify`.
 """
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from pathlib import Path
 
 import h5py
 import numpy as np
+from tqdm import tqdm
 
 from synthgen.errors import OutputError
 from synthgen.manifest import read_manifest
+from synthgen.shards import content_checksum, read_arrays, read_attrs
+
+_VERIFIED: set[tuple] = set()  # (path, inode, size, mtime) of the shards this process has hashed and found intact
+VERIFY_THREADS = 4  # hashing releases the GIL: several shards are hashed at once
+
+
+def _signature(path: Path) -> tuple:
+    stat = path.stat()
+    return (str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+def check_shard(path: Path, entry: dict, identity: str, root: Path, verify: bool = True) -> None:
+    """Raise OutputError, naming the file and what to do, unless the shard is the one manifest.json
+    lists and (with `verify`) its contents match its checksum."""
+    rebuild = (f"`synthgen verify {root}` lists every damaged shard; delete them and re-run the command that "
+               "made the set (manifest.json: command) to rebuild them")
+    try:
+        signature = _signature(path)
+    except OSError:
+        raise OutputError(f"{path}: listed in manifest.json but missing, so the set is incomplete; {rebuild}") from None
+    if verify and signature in _VERIFIED:
+        return
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = read_attrs(f)
+            arrays = read_arrays(f) if verify else None
+    except (OSError, KeyError, ValueError) as exc:
+        raise OutputError(f"{path}: not a readable HDF5 shard ({exc}); {rebuild}") from None
+    recorded = attrs.get("content_sha256")
+    if (attrs.get("build_identity") != identity or recorded != entry.get("content_sha256")
+            or attrs.get("first_index") != entry.get("first_index") or attrs.get("n_images") != entry.get("n_images")):
+        raise OutputError(f"{path}: not the shard manifest.json lists (another set's shard, or a different "
+                          f"version of it); {rebuild}")
+    if verify:
+        if content_checksum(arrays, attrs) != recorded:
+            raise OutputError(f"{path}: corrupted: its contents no longer match the checksum it records; {rebuild}")
+        _VERIFIED.add(signature)
+
 
 LABELS = ("count", "index", "image_seed", "target_area", "full_area", "visible_area", "background_id")
 OBJECT_FIELDS = ("source_id", "box", "full_area", "visible_area")
@@ -29,33 +76,75 @@ def read_labels(paths, names=LABELS) -> dict[str, np.ndarray]:
     return {name: np.concatenate(chunks) for name, chunks in parts.items()}
 
 
-class ShardSet:
-    """A complete synthgen output folder, indexed 0 .. len-1 across its shards."""
+def incomplete_reason(manifest: dict) -> str:
+    """Why a set is not complete, and what to do: resume, unless the same command would fail again."""
+    failure = manifest.get("failure")
+    if failure:
+        return (f"the set is incomplete: its build stopped at image {failure['image']}, and would stop there again "
+                f"if resumed: {failure['message']}")
+    return "the set is not complete; run the command that made it (manifest.json: command) again to resume it"
 
-    def __init__(self, root):
+
+class ShardSet:
+    """A complete synthgen output folder, indexed 0 .. len-1 across its shards.
+
+    `verify`: hash each shard before its first use and refuse a damaged one (see the module's notes);
+    `progress`: show a progress bar while several shards are checked at once;
+    `option`: the command-line option that named the set, for error messages (e.g. "--data").
+    """
+
+    def __init__(self, root, verify: bool = True, progress: bool = False, option: str | None = None):
         self.root = Path(root)
+        named = f"{option} {self.root}" if option else str(self.root)
+        if not self.root.is_dir():
+            what = "not a folder" if self.root.exists() else "no such folder"
+            raise OutputError(f"{named}: {what}; give the --out folder of a `synthgen build` or `synthgen pack`")
         manifest = read_manifest(self.root)
         if manifest is None:
-            raise OutputError(f"{self.root}: no synthgen manifest.json here; give the --out folder of a "
-                              "`synthgen build`")
+            raise OutputError(f"{named}: no synthgen manifest.json here; give the --out folder of a "
+                              "`synthgen build` or `synthgen pack`")
         if not manifest.get("complete"):
-            raise OutputError(f"{self.root}: the build is not complete; run the same `synthgen build` command "
-                              "again to resume it")
-        self.manifest = manifest
-        self.paths = [self.root / shard["file"] for shard in manifest["shards"]]
-        sizes = np.array([shard["n_images"] for shard in manifest["shards"]], dtype=np.int64)
+            raise OutputError(f"{named}: {incomplete_reason(manifest)}")
+        try:
+            self.manifest = manifest
+            self.paths = [self.root / shard["file"] for shard in manifest["shards"]]
+            sizes = np.array([shard["n_images"] for shard in manifest["shards"]], dtype=np.int64)
+            self.image_size = int(manifest["image_size"])
+            self.identity = manifest["build_identity"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise OutputError(f"{self.root / 'manifest.json'}: damaged manifest ({exc!r} is missing or wrong); "
+                              "re-run the command that made the set") from None
         self.starts = np.concatenate([[0], np.cumsum(sizes)])
-        self.image_size = int(manifest["image_size"])
         self.kind = manifest.get("kind", "synthetic")  # "natural" for `synthgen pack` sets: labels only
+        self.verify = verify
+        self.progress = progress
+        self._checked: set[int] = set()  # shards checked in this process (or in the parent that handed us over)
         self._files: dict[int, h5py.File] = {}
         self._pid = os.getpid()
 
     def __len__(self) -> int:
         return int(self.starts[-1])
 
+    def _check(self, shard: int) -> None:
+        if shard not in self._checked:
+            check_shard(self.paths[shard], self.manifest["shards"][shard], self.identity, self.root, self.verify)
+            self._checked.add(shard)
+
+    def check(self) -> None:
+        """Check every shard not checked yet (several at once); raises OutputError at the first damaged one."""
+        todo = [s for s in range(len(self.paths)) if s not in self._checked]
+        if not todo:
+            return
+        with ThreadPoolExecutor(min(VERIFY_THREADS, len(todo))) as pool:
+            results = pool.map(self._check, todo)
+            for _ in tqdm(results, total=len(todo), desc=f"checking {self.root.name}", unit="shard", leave=False,
+                          disable=not (self.progress and self.verify and len(todo) > 1), dynamic_ncols=True):
+                pass
+
     @cached_property
     def labels(self) -> dict[str, np.ndarray]:
         """Per-image labels for the whole set (count, areas in pixels, ids, seeds), as arrays."""
+        self.check()
         return read_labels(self.paths)
 
     def locate(self, index: int) -> tuple[int, int]:
@@ -71,6 +160,7 @@ class ShardSet:
             self._pid = os.getpid()
         f = self._files.get(shard)
         if f is None:
+            self._check(shard)
             f = self._files[shard] = h5py.File(self.paths[shard], "r")
         return f
 
@@ -98,6 +188,7 @@ class ShardSet:
         """For every image, the box (x0, y0, x1, y1) around all of its objects; NaN where it has none.
         Crops that contain it keep every object in view."""
         out = np.full((len(self), 4), np.nan, np.float32)
+        self.check()
         for shard, path in enumerate(self.paths):
             with h5py.File(path, "r") as f:
                 offsets, boxes = f["object_offset"][()], f["objects/box"][()].astype(np.float32)

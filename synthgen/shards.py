@@ -1,7 +1,7 @@
 """HDF5 shards: the schema, the atomic writer, and the content checksum.
 
 The schema is documented in docs/SHARD_FORMAT.md. A shard appears only when complete: it is built in
-memory, then written atomically (synthgen.atomic). Its `content_sha256` covers
+memory, then written atomically (common.atomic). Its `content_sha256` covers
 every dataset (name, dtype, shape, bytes) and every other attribute, so `synthgen verify` detects
 any change.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from synthgen.atomic import write_atomic
+from common.atomic import write_atomic
 from synthgen.config import canonical_json
 
 SCHEMA_VERSION = 1
@@ -45,6 +45,46 @@ REQUIRED_ATTRS = ("format", "schema_version", "synthgen_version", "build_identit
 IN_MEMORY_BLOCK = 16 << 20  # growth step of the in-memory HDF5 image
 COMPRESSION_OPTIONS = {"none": {}, "lzf": {"compression": "lzf"},
                        "gzip": {"compression": "gzip", "compression_opts": 4}}
+
+
+class ShardArrays:
+    """The datasets of one shard, assembled image by image and typed by the schema above.
+
+    Every producer (`synthgen build`'s scenes, `synthgen pack`'s photos) adds its images here, so the
+    datasets, their dtypes and the object table are written in one place. Labels a producer does not
+    have keep their neutral value: NaN areas, seed 0, background -1, no objects.
+    """
+
+    def __init__(self, size: int):
+        self.size = size
+        self.rows: dict[str, list] = {name: [] for name in IMAGE_DATASETS}
+        self.objects: dict[str, list] = {name: [] for name in OBJECT_DATASETS}
+        self.offsets = [0]
+
+    def __len__(self) -> int:
+        return len(self.rows["images"])
+
+    def add(self, image: np.ndarray, *, count: int, index: int, image_seed: int = 0, target_area: float = np.nan,
+            full_area: float = np.nan, visible_area: float = np.nan, background_id: int = -1,
+            objects: list[tuple] = ()) -> None:
+        """One image and its labels; `objects` holds (source_id, box, full_area, visible_area) per object."""
+        values = {"images": image, "count": count, "index": index, "image_seed": image_seed,
+                  "target_area": target_area, "full_area": full_area, "visible_area": visible_area,
+                  "background_id": background_id}
+        for name, value in values.items():
+            self.rows[name].append(value)
+        for record in objects:
+            for name, value in zip(OBJECT_DATASETS, record):
+                self.objects[name].append(value)
+        self.offsets.append(self.offsets[-1] + len(objects))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        out = {name: np.array(values, dtype).reshape((len(values),) + shape(self.size))
+               for (name, values), (dtype, shape) in zip(self.rows.items(), IMAGE_DATASETS.values())}
+        out["object_offset"] = np.array(self.offsets, np.int64)
+        for (name, values), (dtype, shape) in zip(self.objects.items(), OBJECT_DATASETS.values()):
+            out[name] = np.array(values, dtype).reshape((len(values),) + shape)
+        return out
 
 
 def shard_path(out_dir, shard_index: int) -> Path:
@@ -85,12 +125,6 @@ def write_shard(path, arrays: dict[str, np.ndarray], attrs: dict, compression: s
         image = f.id.get_file_image()
     write_atomic(path, image)
     return checksum
-
-
-def stored_checksum(path) -> str:
-    """The content checksum a shard records about itself."""
-    with h5py.File(path, "r") as f:
-        return str(f.attrs["content_sha256"])
 
 
 def read_arrays(f: h5py.File) -> dict[str, np.ndarray]:

@@ -10,6 +10,10 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
+import sys
+import tempfile
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +23,10 @@ import numpy as np
 from PIL import Image
 
 from synthgen.errors import BadInputError, UsageError
+from synthgen.masks import MaskInfo, MaskRule, read_mask
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 OBJECT_IMAGE_EXTENSIONS = IMAGE_EXTENSIONS - {".png"}  # NAME.png is the mask in the THUS10000 layout
-MIN_OBJECT_PIXELS = 16  # a mask with fewer foreground pixels has no usable object
 MAX_MASK_COVERAGE = 0.98  # a mask covering more of its image has no object to cut out
 MIN_IMAGE_SIDE = 16
 
@@ -51,17 +55,18 @@ class Cutout:
     """
 
     levels: list
+    mask: MaskInfo | None = None  # what the source mask was (binary, soft, graded; parts)
 
     def __post_init__(self):
         self.area = float(self.levels[0][..., 3].sum(dtype=np.float64) / 255.0)  # alpha-weighted pixels
 
     @classmethod
-    def from_rgba(cls, rgba: np.ndarray) -> "Cutout":
+    def from_rgba(cls, rgba: np.ndarray, mask: MaskInfo | None = None) -> "Cutout":
         levels = [np.ascontiguousarray(rgba)]
         while min(levels[-1].shape[:2]) >= 2 * MIN_LEVEL_SIDE:
             h, w = levels[-1].shape[:2]
             levels.append(resize_rgba(levels[-1], round(w / 2), round(h / 2)))
-        return cls(levels)
+        return cls(levels, mask)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -122,12 +127,13 @@ def _walk_files(root: Path):
 
 
 def _check_folder(root: Path, option: str) -> Path:
-    root = Path(root)
-    if not root.exists():
-        raise UsageError(f"{option} {root}: folder does not exist")
-    if not root.is_dir():
-        raise UsageError(f"{option} {root}: not a folder")
-    return root
+    """The folder, resolved: every path in skip lines and manifests is absolute, whatever the spelling."""
+    given = Path(root)
+    if not given.exists():
+        raise UsageError(f"{option} {given}: folder does not exist")
+    if not given.is_dir():
+        raise UsageError(f"{option} {given}: not a folder")
+    return given.resolve()
 
 
 def scan_objects(root) -> tuple[list[tuple[str, str]], list[Skipped]]:
@@ -207,26 +213,77 @@ def _read_bytes(path: Path) -> np.ndarray:
     return np.frombuffer(data, np.uint8)
 
 
+# What the image libraries under OpenCV (libjpeg, libpng...) print about damaged data. They print to
+# the process's stderr themselves, past Python; decoding captures that text instead, and these
+# messages make the file a bad input (a JPEG with corrupt data still decodes, with grey or garbled
+# parts). Anything else they print (a PNG's colour profile warning...) is dropped.
+DAMAGE_RE = re.compile(r"corrupt|premature end|truncat|incomplete|crc error|read error|bad huffman|invalid",
+                       re.IGNORECASE)
+
+
+class _NativeStderr:
+    """Captures what native code writes to file descriptor 2 during a call (one capture at a time)."""
+
+    def __init__(self):
+        self.pid = None
+
+    def _setup(self):
+        if self.pid != os.getpid():  # a forked child gets its own file and lock
+            self.pid, self.lock, self.file = os.getpid(), threading.Lock(), tempfile.TemporaryFile()
+
+    def __enter__(self):
+        self._setup()
+        self.lock.acquire()
+        sys.stderr.flush()
+        self.saved = os.dup(2)
+        os.dup2(self.file.fileno(), 2)
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            os.dup2(self.saved, 2)
+            os.close(self.saved)
+            size = self.file.tell()
+            self.text = ""
+            if size:
+                self.file.seek(0)
+                self.text = self.file.read(size).decode(errors="replace").strip()
+                self.file.seek(0)
+                self.file.truncate()
+        finally:
+            self.lock.release()
+
+
+_NATIVE_STDERR = _NativeStderr()
+
+
+OPENCV_LOG_PREFIX = re.compile(r"\[\s*\w+:\d+@[\d.]+\]\s*global\s+\S+\s+\S+\s+")  # "[ WARN:0@0.3] global x.cpp:9 fn "
+
+
 def _decode(path: Path, data: np.ndarray, flags: int) -> np.ndarray:
-    image = cv2.imdecode(data, flags)
+    with _NATIVE_STDERR as captured:
+        image = cv2.imdecode(data, flags)
+    said = " ".join(OPENCV_LOG_PREFIX.sub("", captured.text).split())
     if image is None:
-        raise BadInputError(path, "cannot be decoded (corrupt, truncated, or not an image)")
+        raise BadInputError(path, "cannot be decoded (corrupt, truncated, or not an image"
+                            + (f": {said}" if said else "") + ")")
+    if DAMAGE_RE.search(said):
+        raise BadInputError(path, f"damaged image data ({said})")
     return image
 
 
-def _mask_to_alpha(mask: np.ndarray) -> np.ndarray:
-    """Any mask encoding (8/16-bit, 1-bit, 0/1, gray+alpha, RGB) as 8-bit alpha, soft edges kept."""
+def _mask_to_grey(mask: np.ndarray) -> np.ndarray:
+    """Any mask encoding (8/16-bit, 1-bit, 0/1, gray+alpha, RGB) as one 8-bit channel, scaled so that
+    its maximum is 255 (masks.read_mask then tells what kind of mask it is)."""
     if mask.ndim == 3:
         colour = mask[..., :3]
         if mask.shape[2] == 4 and colour.max() == colour.min():
             mask = mask[..., 3]  # an RGBA mask whose colour is flat carries the mask in alpha
         else:
             mask = colour.max(axis=2) if colour.dtype != np.uint8 else cv2.cvtColor(colour, cv2.COLOR_BGR2GRAY)
-    if mask.dtype == np.uint16:
-        mask = (mask.astype(np.uint32) * 255 + 32767) // 65535
-    mask = mask.astype(np.uint8)
-    if mask.max() == 1:  # binary masks saved as 0/1 instead of 0/255
-        mask = mask * np.uint8(255)
+    peak = float(mask.max())
+    if mask.dtype != np.uint8 or 0 < peak < 255:
+        mask = (mask.astype(np.float32) * (255.0 / max(peak, 1.0)) + 0.5).astype(np.uint8)
     return mask
 
 
@@ -244,11 +301,11 @@ def resize_rgba(rgba: np.ndarray, width: int, height: int) -> np.ndarray:
     return out.reshape(height, width, 4)  # cv2 drops singleton axes for 1-pixel outputs
 
 
-def load_cutout(image_path, mask_path, max_side: int) -> Cutout:
+def load_cutout(image_path, mask_path, max_side: int, rule: MaskRule = MaskRule()) -> Cutout:
     """Decode an image + mask pair, check it, crop to the mask, shrink to at most max_side."""
     image_path, mask_path = Path(image_path), Path(mask_path)
     image_data = _read_bytes(image_path)
-    mask = _mask_to_alpha(_decode(mask_path, _read_bytes(mask_path), cv2.IMREAD_UNCHANGED))
+    mask = _mask_to_grey(_decode(mask_path, _read_bytes(mask_path), cv2.IMREAD_UNCHANGED))
     image = _decode(image_path, image_data, cv2.IMREAD_COLOR)
     if image.shape[:2] != mask.shape:
         # Masks are usually drawn on the stored pixels; retry without the EXIF rotation.
@@ -261,14 +318,15 @@ def load_cutout(image_path, mask_path, max_side: int) -> Cutout:
             rotated = (ih, iw) == (mw, mh)
             hint = " (rotated: width and height swapped, and no EXIF orientation resolves it)" if rotated else ""
             raise BadInputError(image_path, f"image is {iw}x{ih} but its mask {mask_path.name} is {mw}x{mh}{hint}")
-    return cutout_from_arrays(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), mask, max_side, mask_path)
+    return cutout_from_arrays(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), mask, max_side, mask_path, rule)
 
 
-def cutout_from_arrays(rgb: np.ndarray, alpha: np.ndarray, max_side: int, origin="object") -> Cutout:
-    """Check a mask, crop RGB + alpha to it, and shrink so the longer side is at most max_side."""
-    n_fg = int(np.count_nonzero(alpha >= 128))
-    if n_fg < MIN_OBJECT_PIXELS:
-        raise BadInputError(origin, f"mask is empty ({n_fg} foreground pixels)")
+def cutout_from_arrays(rgb: np.ndarray, mask: np.ndarray, max_side: int, origin="object",
+                       rule: MaskRule = MaskRule()) -> Cutout:
+    """Read a mask (synthgen.masks), crop RGB + alpha to its object, and shrink so the longer side is at
+    most max_side."""
+    alpha, info = read_mask(mask, rule, origin)
+    n_fg = int(np.count_nonzero(alpha >= rule.threshold * 255))
     if n_fg >= MAX_MASK_COVERAGE * alpha.size:
         raise BadInputError(origin, f"mask covers {n_fg / alpha.size:.0%} of the image (no object to cut out)")
     ys = np.flatnonzero(alpha.any(axis=1))
@@ -279,7 +337,7 @@ def cutout_from_arrays(rgb: np.ndarray, alpha: np.ndarray, max_side: int, origin
     scale = max_side / max(h, w)
     if scale < 1:
         rgba = resize_rgba(rgba, max(1, round(w * scale)), max(1, round(h * scale)))
-    return Cutout.from_rgba(rgba)
+    return Cutout.from_rgba(rgba, info)
 
 
 def decode_resized(path, target) -> np.ndarray:
@@ -373,17 +431,21 @@ class FolderObjects(CachedSource):
 
     kind = "folder"
 
-    def __init__(self, root, pairs, cache_bytes: int = 256 << 20):
+    def __init__(self, root, pairs, cache_bytes: int = 256 << 20, rule: MaskRule = MaskRule()):
         super().__init__(cache_bytes)
         self.root = Path(root)
         self.pairs = [tuple(p) for p in pairs]
+        self.rule = rule
 
     def __len__(self):
         return len(self.pairs)
 
     def decode(self, k: int, size: int) -> Cutout:
         image, mask = self.pairs[k]
-        return load_cutout(self.root / image, self.root / mask, size)
+        return load_cutout(self.root / image, self.root / mask, size, self.rule)
+
+    def mask_path(self, k: int) -> str:
+        return str(self.root / self.pairs[k][1])
 
 
 class FolderBackgrounds(CachedSource):

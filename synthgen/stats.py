@@ -56,4 +56,31 @@ def summary_lines(summary: dict) -> list[str]:
     r = summary["corr_log_count_log_area"]
     lines.append(f"corr(log N, log A) {r['visible']:+.3f} visible, {r['target']:+.3f} target (N >= 1; near 0 means "
                  "area and number are independent)")
+    masks = summary.get("masks")
+    if masks:
+        lines.append(f"object masks      {masks['binary']} binary, {masks['soft']} soft-edged, {masks['graded']} "
+                     f"graded; {masks['several_objects_largest_kept']} with several objects (largest kept), "
+                     f"{masks['specks_removed']} with specks removed")
     return lines
+
+
+def mask_summary(masks: list[tuple[str, dict]], threshold: float) -> tuple[dict, list[dict]]:
+    """How many object masks were binary, soft-edged or graded, how many showed several objects (and
+    kept their largest part) or had specks removed; and a note per mask that was changed."""
+    summary = {"binary": 0, "soft": 0, "graded": 0, "several_objects_largest_kept": 0, "specks_removed": 0}
+    notes = []
+    for path, info in masks:
+        summary[info["kind"]] += 1
+        changed = []
+        if info["kind"] == "graded":
+            changed.append(f"graded mask (grey levels {', '.join(map(str, info['levels'][:8]))}), cut at "
+                           f"{threshold:g} of its maximum")
+        if info["parts"] > 1:
+            summary["several_objects_largest_kept"] += 1
+            changed.append(f"shows {info['parts']} separate objects: the largest is kept")
+        if info["specks"]:
+            summary["specks_removed"] += 1
+            changed.append(f"{info['specks']} speck(s) of noise removed")
+        if changed:
+            notes.append({"path": path, "note": "; ".join(changed)})
+    return summary, notes

@@ -7,6 +7,7 @@ import h5py
 from tqdm import tqdm
 
 from synthgen.manifest import read_manifest
+from synthgen.reader import incomplete_reason
 from synthgen.shards import SHARD_RE, content_checksum, read_arrays, read_attrs, schema_problems
 
 
@@ -42,7 +43,7 @@ def verify_set(root, progress: bool = True) -> dict[str, list[str]]:
     if manifest is None:
         return {"manifest.json": ["missing or not a synthgen manifest"]}
     if not manifest.get("complete"):
-        return {"manifest.json": ["the build is not complete; run the same synthgen build command to resume"]}
+        return {"manifest.json": [incomplete_reason(manifest)]}
     problems: dict[str, list[str]] = {}
     listed = set()
     for entry in tqdm(manifest["shards"], desc="synthgen verify", unit="shard", disable=not progress):

@@ -5,14 +5,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from analysis.area_vs_number import AnalysisConfig, find_units
-from analysis.area_vs_number import main as analyse_main
+from analysis.area_vs_number import find_units
+from analysis.cli import analyze_main as analyse_main
+from analysis.cli import subitize_main as readout_main
+from analysis.config import AnalysisConfig
 from analysis.metrics import average_precision, classification_report, count_class
 from analysis.readout import class_weights, stratified_split
-from analysis.readout import main as readout_main
 from analysis.regression import bootstrap_betas, fit_eq3, make_predictors, standardise
 from synthgen.cli import main as synthgen_main
-from vae.train import main as train_main
+from vae.cli import main as train_main
 
 sm = pytest.importorskip("statsmodels.api", reason="statsmodels is a test dependency")
 sklearn_metrics = pytest.importorskip("sklearn.metrics", reason="scikit-learn is a test dependency")

@@ -1,6 +1,7 @@
 """`synthgen build` end to end, through the real command line, on real HDF5 files."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -29,7 +30,9 @@ def test_schema_labels_and_provenance(synthgen, tmp_path):
         images = f["images"]
         assert images.dtype == np.uint8 and images.shape == (25, 64, 64, 3) and images.chunks == (1, 64, 64, 3)
         attrs = read_attrs(f)
-        assert json.loads(attrs["config_json"])["n"] == 60 and attrs["first_index"] == 25
+        recorded = json.loads(attrs["config_json"])
+        assert recorded["seed"] == 5 and recorded["size"] == 64 and attrs["first_index"] == 25
+        assert not {"n", "objects", "backgrounds"} & set(recorded)  # what shapes images, not --n or path spellings
         assert attrs["content_sha256"] == manifest["shards"][1]["content_sha256"]
         assert attrs["content_sha256"] == content_checksum(read_arrays(f), attrs)
         # No pickled objects anywhere: plain numeric datasets, plain scalar or string attributes.
@@ -111,7 +114,8 @@ def test_a_different_build_is_refused_unless_overwrite(synthgen, tmp_path):
     checksum = manifest_of(out)["shards"][0]["content_sha256"]
     refused = synthgen("build", "--n", 30, "--count", "1-3", "--out", out, *FAST)
     assert refused.rc == 1
-    assert "different build" in refused.err and "--n 20 -> 30" in refused.err and "--overwrite" in refused.err
+    assert "different set" in refused.err and "--overwrite" in refused.err
+    assert "(--count 0-4 -> 1-3)" in refused.err  # only what changed: --n may grow, a set can be extended
     assert manifest_of(out)["shards"][0]["content_sha256"] == checksum and manifest_of(out)["n_images"] == 20
     replaced = synthgen("build", "--n", 30, "--count", "1-3", "--out", out, "--overwrite", *FAST)
     assert replaced.rc == 0 and manifest_of(out)["n_images"] == 30
@@ -134,6 +138,67 @@ def test_impossible_requests_are_refused_before_any_work(synthgen, tmp_path):
     assert result.rc == 2
     assert "cannot place 4 objects covering 90%" in result.err and "--max-occlusion" in result.err
     assert not out.exists()
+
+
+def test_a_failure_past_the_probe_names_the_image_and_is_not_resumed_into(synthgen, tmp_path):
+    # Placement so tight that some images fail though the upfront probe passes (found by search, seed 1).
+    out = tmp_path / "tight"
+    args = ["build", "--n", 120, "--size", 48, "--count", "1-4", "--area-range", "0.05-0.15", "--max-occlusion", 0,
+            "--placement-tries", 8, "--max-redraws", 1, "--seed", 1, "--shard-size", 20, "--workers", 1,
+            "--no-progress", "--out", out]
+    result = synthgen(*args)
+    assert result.rc == 1 and result.err.count("\n") == 1
+    image = re.search(r"image (\d+): could not place", result.err)
+    assert image and "The upfront probe passed" in result.err and "--max-redraws" in result.err
+    assert "stop here again" in result.err
+    manifest = manifest_of(out)
+    assert not manifest["complete"] and manifest["failure"]["image"] == int(image.group(1))
+    # Neither inspect nor a re-run advises (or tries) a resume that would fail the same way.
+    for command in ("inspect", "verify"):
+        said = synthgen(command, out, "--no-progress")
+        assert said.rc == 1 and f"stopped at image {image.group(1)}" in said.err, command
+        assert "would stop there again" in said.err and "resume it" not in said.err
+    again = synthgen(*args)
+    assert again.rc == 2 and f"stopped at image {image.group(1)} and would stop there again" in again.err
+    fixed = synthgen(*args[:-1], out, "--max-redraws", 50, "--overwrite")
+    assert fixed.rc == 0 and manifest_of(out)["complete"] and "failure" not in manifest_of(out)
+
+
+def test_the_identity_does_not_depend_on_how_a_path_is_spelled(synthgen, tmp_path, monkeypatch):
+    objects = make_objects(tmp_path / "data" / "objects")
+    (tmp_path / "link").symlink_to(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "set"
+    assert synthgen("build", "--n", 20, "--objects", "data/objects/", "--out", out, *FAST).rc == 0
+    first = manifest_of(out)
+    for spelling in ("data/objects", str(objects), "link/objects", "./data/../data/objects"):
+        result = synthgen("build", "--n", 20, "--objects", spelling, "--out", out, *FAST)
+        assert result.rc == 0 and "nothing to do" in result.out, (spelling, result.err)
+        assert manifest_of(out)["build_identity"] == first["build_identity"]
+    elsewhere = tmp_path / "elsewhere"
+    assert synthgen("build", "--n", 20, "--objects", "link/objects", "--out", elsewhere, *FAST).rc == 0
+    assert [s["content_sha256"] for s in manifest_of(elsewhere)["shards"]] == \
+           [s["content_sha256"] for s in first["shards"]]
+    skipped = synthgen("build", "--n", 20, "--objects", "data/objects", "--count", "1-2", "--out", out, *FAST)
+    assert skipped.rc == 1 and "(--count 0-4 -> 1,2)" in skipped.err  # only what changed, by its real flag
+
+
+def test_a_larger_n_extends_a_set(synthgen, tmp_path):
+    out = tmp_path / "growing"
+    assert synthgen("build", "--n", 25, "--shard-size", 10, "--out", out, *FAST).rc == 0
+    kept = {name: (out / name).stat().st_mtime_ns for name in ("shard-00000.h5", "shard-00001.h5")}
+    result = synthgen("build", "--n", 45, "--shard-size", 10, "--out", out, *FAST)
+    assert result.rc == 0 and "built 25 images" in result.out and "20 were already built" in result.out
+    assert {name: (out / name).stat().st_mtime_ns for name in kept} == kept  # full shards are kept as they are
+    direct = tmp_path / "direct"
+    assert synthgen("build", "--n", 45, "--shard-size", 10, "--out", direct, *FAST).rc == 0
+    assert manifest_of(out)["build_identity"] == manifest_of(direct)["build_identity"]
+    assert [s["content_sha256"] for s in manifest_of(out)["shards"]] == \
+           [s["content_sha256"] for s in manifest_of(direct)["shards"]]
+    assert synthgen("verify", out, "--no-progress").rc == 0
+    shrink = synthgen("build", "--n", 30, "--shard-size", 10, "--out", out, *FAST)
+    assert shrink.rc == 2 and "holds a set of 45 images; a smaller --n would drop built images" in shrink.err
+    assert manifest_of(out)["n_images"] == 45
 
 
 @pytest.mark.parametrize("args, message", [

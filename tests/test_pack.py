@@ -54,7 +54,7 @@ def test_pack_count_folders(synthgen, tmp_path):
     assert again.rc == 0 and "(0 in this run)" in again.out
     assert {s["path"] for s in manifest_of(out)["summary"]["skipped_inputs"]} >= {str(root / "2" / "broken.jpg")}
     refused = synthgen("pack", root, "--out", out, "--shard-size", 5, *FAST)
-    assert refused.rc == 1 and "different build" in refused.err
+    assert refused.rc == 1 and "different set" in refused.err
 
 
 def test_fit_modes(synthgen, tmp_path):
@@ -115,4 +115,29 @@ def test_pack_argument_errors(synthgen, tmp_path):
     assert empty.rc == 2 and "no labelled images found" in empty.err
     missing = synthgen("pack", tmp_path / "nowhere", "--out", tmp_path / "o", *FAST)
     assert missing.rc == 2 and "does not exist" in missing.err
+    assert not (tmp_path / "o").exists()
+
+
+def test_counts_above_four_are_4_plus_in_folders_and_split_files_alike(synthgen, tmp_path):
+    root = tmp_path / "images"
+    make_sos_tree(root, per_label=1)
+    (root / "7").mkdir()
+    cv2.imwrite(str(root / "7" / "crowd.jpg"), np.full((50, 70, 3), 90, np.uint8))
+    folders = synthgen("pack", root, "--out", tmp_path / "by-folder", *FAST)
+    assert folders.rc == 0 and "count histogram   0: 1  1: 1  2: 1  3: 1  4: 2" in folders.out
+    split_file = tmp_path / "split.csv"
+    split_file.write_text("path,label,split\n7/crowd.jpg,7,train\n4+/img0.jpg,4+,train\n1/img0.jpg,1,train\n")
+    listed = synthgen("pack", root, "--split-file", split_file, "--split", "train", "--out", tmp_path / "by-file",
+                      *FAST)
+    assert listed.rc == 0 and "count histogram   1: 1  4: 2" in listed.out
+
+
+def test_an_image_listed_twice_is_an_error_naming_both_lines(synthgen, tmp_path):
+    root = tmp_path / "images"
+    make_sos_tree(root, per_label=1)
+    split_file = tmp_path / "split.csv"
+    # in both splits: the test images would leak into training
+    split_file.write_text("path,label,split\n1/img0.jpg,1,train\n2/img0.jpg,2,train\n1/img0.jpg,1,test\n")
+    result = synthgen("pack", root, "--split-file", split_file, "--split", "train", "--out", tmp_path / "o", *FAST)
+    assert result.rc == 2 and "1/img0.jpg is listed twice, on lines 2 and 4" in result.err
     assert not (tmp_path / "o").exists()

@@ -17,8 +17,10 @@ def test_store_round_trip_reuse_and_bad_inputs(tmp_path):
     (folder / "obj001.jpg").write_bytes(b"\xff\xd8 corrupt")
     objects = FolderObjects(folder, scan_objects(folder)[0])
     out = tmp_path / "out"
-    usable, bad = prepare_objects(objects, list(range(5)), 64, out, "skip", run_here)
+    first = prepare_objects(objects, list(range(5)), 64, out, "skip", run_here)
+    usable, bad = first.ids, first.bad
     assert usable == [0, 2, 3, 4]
+    assert [info["kind"] for _, info in first.masks] == ["binary"] * 4 and first.masks[0][0].endswith("obj000.png")
     assert [(b.path.rsplit("/", 1)[1], b.reason.split(" (")[0]) for b in bad] == [("obj001.jpg", "cannot be decoded")]
 
     store = PreparedObjects(store_dir(out, 64), len(objects))
@@ -30,12 +32,13 @@ def test_store_round_trip_reuse_and_bad_inputs(tmp_path):
     # A resumed build finds the complete store: nothing is decoded again, the same inputs are reported.
     calls = []
     again = prepare_objects(objects, list(range(5)), 64, out, "skip", lambda c: calls.extend(c) or run_here(c))
-    assert calls == [] and again[0] == usable and [b.path for b in again[1]] == [b.path for b in bad]
+    assert calls == [] and again.ids == usable and [b.path for b in again.bad] == [b.path for b in bad]
+    assert again.masks == first.masks
 
     # An interrupted preparation (no index yet) is redone from scratch.
     (store_dir(out, 64) / "index.npz").unlink()
     redone = prepare_objects(objects, list(range(5)), 64, out, "skip", lambda c: calls.extend(c) or run_here(c))
-    assert len(calls) == 1 and redone[0] == usable
+    assert len(calls) == 1 and redone.ids == usable
 
 
 def test_fail_mode_stops_on_the_first_bad_object(tmp_path):

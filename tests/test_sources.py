@@ -91,6 +91,33 @@ def test_truncated_mask_is_a_bad_input(tmp_path):
     assert error.value.path == str(mask)
 
 
+def test_damaged_images_are_bad_inputs_and_the_image_libraries_print_nothing(tmp_path, capfd):
+    # libpng and libjpeg write to the process's stderr themselves; their words belong in the skip reason
+    image, mask = _pair(tmp_path, _encode(_rgb()))
+    mask.write_bytes(mask.read_bytes()[:60])
+    with pytest.raises(BadInputError, match=r"cannot be decoded \(.*: .*PNG") as error:
+        load_cutout(image, mask, 64)
+    assert error.value.path == str(mask)
+    noise = (np.random.default_rng(0).random((120, 160, 3)) * 255).astype(np.uint8)
+    data = bytearray(_encode(noise))
+    data[len(data) // 2:len(data) // 2 + 50] = b"\x07" * 50  # garbled data: it still decodes, partly garbage
+    damaged, mask = _pair(tmp_path, bytes(data), _mask(120, 160), name="damaged")
+    with pytest.raises(BadInputError, match=r"damaged image data \(Corrupt JPEG data") as error:
+        load_cutout(damaged, mask, 64)
+    assert error.value.path == str(damaged)
+    assert capfd.readouterr().err == ""
+    assert load_cutout(*_pair(tmp_path, _encode(noise), _mask(120, 160), name="intact"), 64).area > 0
+
+
+def test_skip_lines_name_absolute_paths_however_the_folder_was_given(tmp_path, monkeypatch):
+    make_objects(tmp_path / "objects", n=2)
+    (tmp_path / "objects" / "lonely.jpg").write_bytes(_encode(_rgb()))
+    monkeypatch.chdir(tmp_path)
+    for spelling in ("objects", "objects/", "./objects"):
+        _, skipped = scan_objects(spelling)
+        assert [s.path for s in skipped] == [str(tmp_path / "objects" / "lonely.jpg")]
+
+
 def test_size_mismatch_names_both_sizes_and_spots_rotation(tmp_path):
     image, mask = _pair(tmp_path, _encode(_rgb(60, 80)), _mask(40, 50))
     with pytest.raises(BadInputError, match="image is 80x60 but its mask x.png is 50x40"):
@@ -155,7 +182,7 @@ def test_mask_encodings_give_the_same_alpha(tmp_path):
     assert set(areas.values()) == {40.0 * 40.0}, areas
 
 
-def test_graded_mask_keeps_soft_edges_as_alpha(tmp_path):
+def test_soft_edged_mask_keeps_its_edges_as_alpha(tmp_path):
     soft = cv2.GaussianBlur(_mask(), (0, 0), 3)
     image, mask = _pair(tmp_path, _encode(_rgb()), soft)
     alpha = load_cutout(image, mask, 200).levels[0][..., 3]

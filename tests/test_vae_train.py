@@ -1,6 +1,7 @@
 """vae-train end to end on CPU: run folder, checkpoints, overfitting, exact resume, NaN, DDP."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,8 +14,8 @@ from PIL import Image
 
 from synthgen.cli import main as synthgen_main
 from test_pack import make_sos_tree
-from vae.checkpoint import load_checkpoint, load_model, save_checkpoint
-from vae.train import main as train_main
+from vae.checkpoint import load_checkpoint, load_model_and_metadata, save_checkpoint
+from vae.cli import main as train_main
 
 TINY = ["--encoder", "8@4x4-1,16@4x4-2,16@4x4-2,32@4x4-2", "--decoder", "32@3x3-1,16@3x3-2,16@3x3-2,8@3x3-2",
         "--latent", "8", "--batch-size", "16", "--workers", "0", "--recon", "pixel"]
@@ -69,11 +70,11 @@ def test_run_folder_checkpoints_and_natural_mixing(data, tmp_path, capsys):
         with Image.open(run / png) as image:
             assert image.width > 500 and np.asarray(image.convert("L")).std() > 5
     config = json.loads((run / "config.json").read_text())
-    assert config["train"]["beta"] == 0.03 and config["parameters"]["total"] > 0 and config["world_size"] == 1
+    assert config["train"]["loss"]["beta"] == 0.03 and config["parameters"]["total"] > 0 and config["world_size"] == 1
     assert config["data"]["natural_train"] > 0
     state = torch.load(run / "last.pt", weights_only=True)  # plain tensors and values only
     assert state["epoch"] == 3 and json.loads(state["model_config"])["latent"] == 8
-    model, meta = load_model(run / "best.pt")
+    model, meta = load_model_and_metadata(run / "best.pt")
     assert model(torch.rand(2, 3, 32, 32))[0].shape == (2, 3, 32, 32)
     best_epoch = min(records, key=lambda r: r["validation"]["loss"])["epoch"]
     assert meta["epoch"] == best_epoch
@@ -148,27 +149,52 @@ def test_two_process_ddp_on_cpu(data, tmp_path):
     assert records[1]["train"]["loss"] < records[0]["train"]["loss"]
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--encoder", "8@4x4"], "--encoder"),
-    (["--recon", "perceptual", "--vgg-weights", "/nonexistent.pth"], "file not found"),
-    (["--recon", "perceptual"], "vgg19-dcbb9e9d.pth"),
+@pytest.mark.parametrize("extra, code, message", [
+    (["--encoder", "8@4x4"], 2, "--encoder"),
+    (["--recon", "perceptual", "--vgg-weights", "/nonexistent.pth"], 1, "file not found"),
+    (["--recon", "perceptual"], 1, "vgg19-dcbb9e9d.pth"),
 ])
-def test_configuration_errors_are_clear(data, tmp_path, capsys, monkeypatch, extra, message):
+def test_configuration_errors_are_clear(data, tmp_path, capsys, monkeypatch, extra, code, message):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
     rc = train_main(["--data", str(data / "synth"), "--out", str(tmp_path / "run"), "--epochs", "1", *TINY, *extra])
-    assert rc == 1 and message in capsys.readouterr().err
+    assert rc == code and message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # a run that fails to start leaves no folder behind
 
 
 def test_runs_are_not_overwritten_and_resume_keeps_its_settings(data, tmp_path, capsys):
     run = tmp_path / "run"
     assert train_main(["--data", str(data / "synth"), "--out", str(run), "--epochs", "1", *TINY]) == 0
     capsys.readouterr()
-    assert train_main(["--data", str(data / "synth"), "--out", str(run), "--epochs", "1", *TINY]) == 1
+    assert train_main(["--data", str(data / "synth"), "--out", str(run), "--epochs", "1", *TINY]) == 2
     assert "already holds a run; add --resume" in capsys.readouterr().err
-    assert train_main(["--out", str(run), "--resume", "--lr", "0.1"]) == 1
-    assert "drop --lr" in capsys.readouterr().err
-    assert train_main(["--out", str(tmp_path / "nothing"), "--resume"]) == 1
-    assert "no run with a checkpoint" in capsys.readouterr().err
+    assert train_main(["--out", str(run), "--resume", "--lr", "0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "drop --lr 0.1 (the run has 0.0015)" in err and err.count("\n") == 1
+    assert train_main(["--out", str(tmp_path / "nothing"), "--resume"]) == 2
+    assert "no run with a checkpoint" in capsys.readouterr().err and not (tmp_path / "nothing").exists()
+
+
+def _files(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_copied_or_moved_run_resumes_in_place(data, tmp_path, capsys):
+    original = tmp_path / "a"
+    assert train_main(["--data", str(data / "synth"), "--out", str(original), "--epochs", "1", *TINY]) == 0
+    before = _files(original)
+    copy = tmp_path / "b"
+    shutil.copytree(original, copy)
+    # the same value as the run's own is no change, so it may be given
+    assert train_main(["--out", str(copy), "--resume", "--epochs", "2", "--workers", "0", "--lr", "0.0015"]) == 0
+    assert _files(original) == before  # the original run is untouched, byte for byte
+    assert load_checkpoint(copy / "last.pt")["epoch"] == 2 and len(metrics(copy)) == 2
+    assert json.loads((copy / "config.json").read_text())["train"]["out"] == str(copy)
+    moved = tmp_path / "moved"
+    shutil.move(copy, moved)
+    assert train_main(["--out", str(moved), "--resume", "--epochs", "3", "--workers", "0"]) == 0
+    assert not copy.exists()  # nothing is written where the run used to be
+    assert load_checkpoint(moved / "last.pt")["epoch"] == 3 and len(metrics(moved)) == 3
+    assert _files(original) == before
 
 
 def test_compiled_training_matches_eager(data, tmp_path, capsys):
@@ -182,5 +208,5 @@ def test_compiled_training_matches_eager(data, tmp_path, capsys):
     eager, compiled = metrics(tmp_path / "eager")[0], metrics(tmp_path / "compiled")[0]
     assert compiled["train"]["loss"] == pytest.approx(eager["train"]["loss"], rel=1e-3)
     assert compiled["validation"]["loss"] == pytest.approx(eager["validation"]["loss"], rel=1e-3)
-    model, _ = load_model(tmp_path / "compiled" / "best.pt")  # plain keys, no torch.compile wrapper
+    model, _ = load_model_and_metadata(tmp_path / "compiled" / "best.pt")  # plain keys, no torch.compile wrapper
     assert not any(key.startswith("_orig_mod") for key in model.state_dict())

@@ -13,6 +13,7 @@ from PIL import Image
 from conftest import FAST, manifest_of, read_set
 from synthgen import ShardSet
 from synthgen.errors import OutputError
+from synthgen.shards import content_checksum
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +80,55 @@ def test_verify_and_reader_refuse_an_incomplete_build(synthgen, copy_of):
     assert result.rc == 1 and "not complete" in result.err
     with pytest.raises(OutputError, match="not complete.*resume"):
         ShardSet(copy_of)
-    with pytest.raises(OutputError, match="no synthgen manifest"):
+    with pytest.raises(OutputError, match="not a folder"):
         ShardSet(copy_of / "shard-00000.h5").__len__()
+
+
+def flip_image_bytes(path, image=7, count=64):
+    """Flip bytes of one image's pixels in the file itself, as a failing disk or a bad copy would."""
+    with h5py.File(path, "r") as f:
+        offset = f["images"].id.get_chunk_info(image).byte_offset
+    data = bytearray(path.read_bytes())
+    for k in range(count):
+        data[offset + 100 + k] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_the_reader_refuses_a_corrupted_shard_before_its_first_use(synthgen, copy_of, monkeypatch):
+    import synthgen.reader as reader
+
+    hashed = []
+    monkeypatch.setattr(reader, "content_checksum", lambda *a: hashed.append(1) or content_checksum(*a))
+    with ShardSet(copy_of) as shards:  # intact: each shard is hashed once in this process, however often read
+        shards.images([0, 1, 45])
+        assert np.array_equal(ShardSet(copy_of).labels["count"], shards.labels["count"])
+        ShardSet(copy_of).union_boxes()
+    assert len(hashed) == 3
+    flip_image_bytes(copy_of / "shard-00001.h5")
+    for read in (lambda s: s.images([25]), lambda s: s.labels, lambda s: s.union_boxes(), lambda s: s[21]):
+        with pytest.raises(OutputError, match=r"shard-00001.h5: corrupted.*`synthgen verify .*copy`"):
+            read(ShardSet(copy_of))
+    assert ShardSet(copy_of).images([0]).shape == (1, 64, 64, 3)  # the intact shards stay readable
+    assert ShardSet(copy_of, verify=False).images([25]).shape == (1, 64, 64, 3)  # the opt-out, for checked sets
+    result = synthgen("inspect", copy_of)
+    assert result.rc == 1 and "shard-00001.h5: corrupted" in result.err and result.err.count("\n") == 1
+    assert synthgen("inspect", copy_of, "--no-verify-shards", "--samples", 4).rc == 0
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: (d / "shard-00001.h5").write_bytes((d / "shard-00001.h5").read_bytes()[:5000]),
+     "not a readable HDF5 shard"),
+    (lambda d: (d / "shard-00001.h5").write_bytes(b"\0" * 8 + (d / "shard-00001.h5").read_bytes()[8:]),
+     "not a readable HDF5 shard"),
+    (lambda d: shutil.copy(d / "shard-00000.h5", d / "shard-00001.h5"), "not the shard manifest.json lists"),
+    (lambda d: (d / "shard-00001.h5").unlink(), "listed in manifest.json but missing"),
+    (lambda d: (d / "manifest.json").write_text('{"format": "synthgen-manifest", "complete": true}'),
+     "damaged manifest"),
+])
+def test_the_reader_names_unreadable_foreign_and_missing_shards(copy_of, damage, message):
+    damage(copy_of)
+    with pytest.raises(OutputError, match=message):
+        ShardSet(copy_of, verify=False).labels
 
 
 def test_inspect_writes_valid_pngs_and_true_statistics(synthgen, built_set, tmp_path):

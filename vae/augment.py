@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from vae.config import AugmentConfig
 
 # RGB <-> YIQ: a hue shift is a rotation of the (I, Q) chroma plane.
 _RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
@@ -26,16 +27,6 @@ def _colour_constants(device: torch.device):
     to_yiq = _RGB_TO_YIQ.to(torch.float64)
     return (_RGB_TO_YIQ[0].view(1, 3, 1, 1).to(device), to_yiq.float().to(device),
             torch.linalg.inv(to_yiq).float().to(device))
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    flip_prob: float = 0.5
-    crop_max: float = 0.1  # a crop keeps at least 1 - crop_max of the side (and every object)
-    brightness: float = 0.1  # factors drawn from [1 - b, 1 + b]
-    contrast: float = 0.1
-    saturation: float = 0.1
-    hue: float = 0.02  # turns of the hue circle, either way
 
 
 def to_float(images: torch.Tensor, size: int | None = None) -> torch.Tensor:

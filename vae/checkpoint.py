@@ -10,11 +10,17 @@ from pathlib import Path
 
 import torch
 
-from synthgen.atomic import write_atomic
+from common.atomic import write_atomic
+from common.errors import UserError
 from vae.model import VAE, ModelConfig
 
 FORMAT = "vae-train-checkpoint"
 VERSION = 1
+REQUIRED = ("model_config", "model", "epoch")
+
+
+class CheckpointError(UserError):
+    """A checkpoint that cannot be used; the message names the file."""
 
 
 def save_checkpoint(path, state: dict) -> None:
@@ -25,19 +31,38 @@ def save_checkpoint(path, state: dict) -> None:
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:
-    """Load a checkpoint with weights_only=True (tensors, numbers, strings, lists and dicts only)."""
+    """Load a checkpoint with weights_only=True (tensors, numbers, strings, lists and dicts only).
+    Raises CheckpointError, naming the file, for anything that is not a whole vae-train checkpoint."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint")
-    state = torch.load(path, map_location=map_location, weights_only=True)
+        raise CheckpointError(f"{path}: no such checkpoint (give best.pt or last.pt of a vae-train run)")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001  (whatever torch.load raises, the file is not a checkpoint)
+        text = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+        detail = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable vae-train checkpoint: truncated, damaged, or a file that holds "
+                              f"more than tensors and plain values ({detail})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a vae-train checkpoint")
+        raise CheckpointError(f"{path}: not a vae-train checkpoint (a torch file of another kind); give best.pt or "
+                              "last.pt of a vae-train run")
+    missing = [key for key in REQUIRED if key not in state]
+    if missing:
+        raise CheckpointError(f"{path}: an incomplete vae-train checkpoint (no {', '.join(missing)})")
     return state
 
 
-def load_model(path, map_location="cpu") -> tuple[VAE, dict]:
-    """The trained model (in eval mode) and the checkpoint's metadata, from the checkpoint alone."""
+def load_model_and_metadata(path, map_location="cpu") -> tuple[VAE, dict]:
+    """The trained model (in eval mode) and the checkpoint's other entries (epoch, settings...)."""
     state = load_checkpoint(path, map_location)
-    model = VAE(ModelConfig.from_json(state["model_config"]))
-    model.load_state_dict(state["model"])
+    try:
+        model = VAE(ModelConfig.from_json(state["model_config"]))
+        model.load_state_dict(state["model"])
+    except (RuntimeError, TypeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"{path}: its weights do not fit the model it describes ({str(exc)[:160]})") from None
     return model.eval(), {k: v for k, v in state.items() if k not in ("model", "optimizer", "scheduler")}
+
+
+def load_model(path, map_location="cpu") -> VAE:
+    """The trained model, in eval mode, rebuilt from the checkpoint alone."""
+    return load_model_and_metadata(path, map_location)[0]

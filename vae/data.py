@@ -19,9 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from common import streams
+from common.errors import UsageError
 from synthgen import ShardSet
 
-STREAM_VALIDATION, STREAM_DROP, STREAM_NATURAL_ORDER, STREAM_EPOCH = 11, 12, 13, 14
 
 
 def natural_fraction(epoch: int, start: int, ramp: int) -> float:
@@ -35,17 +36,19 @@ def natural_fraction(epoch: int, start: int, ramp: int) -> float:
 class Pool:
     """The images of several synthgen sets under one index, with labels and object boxes."""
 
-    def __init__(self, synthetic: list[str], natural: list[str]):
-        self.sets = [ShardSet(path) for path in [*synthetic, *natural]]
+    def __init__(self, synthetic: list[str], natural: list[str], verify: bool = True, progress: bool = False):
+        self.sets = [ShardSet(path, verify=verify, progress=progress, option=option)
+                     for option, paths in (("--data", synthetic), ("--natural", natural)) for path in paths]
         self.natural_set = np.array([False] * len(synthetic) + [True] * len(natural))
         sizes = {s.image_size for s in self.sets}
         if len(sizes) != 1:
             detail = ", ".join(f"{s.root} ({s.image_size} px)" for s in self.sets)
-            raise ValueError(f"the sets have different image sizes: {detail}; build or pack them at one --size")
+            raise UsageError(f"--data/--natural: the sets have different image sizes: {detail}; build or pack them "
+                             "at one --size")
         self.image_size = sizes.pop()
         for path, shards in zip(natural, self.sets[len(synthetic):]):
             if shards.kind != "natural":
-                raise ValueError(f"--natural {path}: a synthetic set; give it with --data")
+                raise UsageError(f"--natural {path}: a synthetic set; give it with --data")
         self.starts = np.concatenate([[0], np.cumsum([len(s) for s in self.sets])])
         self.counts = np.concatenate([s.labels["count"] for s in self.sets]).astype(np.int64)
         self.boxes = np.concatenate([s.union_boxes() for s in self.sets])
@@ -78,7 +81,7 @@ def split_pool(pool: Pool, seed: int, val_fraction: float, natural_drop: float) 
     train, validation = [], []
     for set_index in range(len(pool.sets)):
         indices = np.arange(pool.starts[set_index], pool.starts[set_index + 1])
-        order = np.random.default_rng([seed, STREAM_VALIDATION, set_index]).permutation(indices)
+        order = streams.rng(seed, streams.VALIDATION, set_index).permutation(indices)
         n_val = int(round(val_fraction * len(indices))) if len(indices) > 1 else 0
         validation.append(np.sort(order[:n_val]))
         train.append(np.sort(order[n_val:]))
@@ -87,7 +90,7 @@ def split_pool(pool: Pool, seed: int, val_fraction: float, natural_drop: float) 
     dropped = {}
     if natural.size and natural_drop > 0:
         classes, freq = np.unique(pool.counts[natural], return_counts=True)
-        rng = np.random.default_rng([seed, STREAM_DROP])
+        rng = streams.rng(seed, streams.NATURAL_DROP)
         keep = np.ones(natural.size, bool)
         for label, n in zip(classes, freq):
             if n > freq.mean():
@@ -96,7 +99,7 @@ def split_pool(pool: Pool, seed: int, val_fraction: float, natural_drop: float) 
                 keep[remove] = False
                 dropped[int(label)] = int(remove.size)
         natural = natural[keep]
-    natural_order = np.random.default_rng([seed, STREAM_NATURAL_ORDER]).permutation(natural)
+    natural_order = streams.rng(seed, streams.NATURAL_ORDER).permutation(natural)
     return Split(train[~pool.is_natural[train]], natural_order, np.concatenate(validation), dropped)
 
 
@@ -105,7 +108,7 @@ def epoch_indices(split: Split, epoch: int, seed: int, start: int, ramp: int) ->
     fraction = natural_fraction(epoch, start, ramp)
     n_natural = int(round(fraction * split.train_natural_order.size))
     indices = np.concatenate([split.train_synthetic, split.train_natural_order[:n_natural]])
-    return np.random.default_rng([seed, STREAM_EPOCH, epoch]).permutation(indices), fraction, n_natural
+    return streams.rng(seed, streams.EPOCH, epoch).permutation(indices), fraction, n_natural
 
 
 def rank_batches(indices: np.ndarray, batch_size: int, rank: int, world: int) -> list[np.ndarray]:

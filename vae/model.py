@@ -9,10 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vae.spec import LayerSpec, SpecError, format_layers, parse_layers
-
-PAPER_ENCODER = "64@4x4-1, 64@4x4-2, 128@4x4-2, 768@4x4-2"
-PAPER_DECODER = "768@3x3-1, 768@3x3-2, 256@3x3-2, 64@3x3-2"
+from vae.spec import PAPER_DECODER, PAPER_ENCODER, LayerSpec, SpecError, format_layers, parse_layers
 SIGMA_FLOOR = 1e-5  # keeps log(sigma) in the KL finite
 
 

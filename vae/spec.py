@@ -4,8 +4,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from common.errors import UsageError
 
-class SpecError(ValueError):
+PAPER_ENCODER = "64@4x4-1, 64@4x4-2, 128@4x4-2, 768@4x4-2"
+PAPER_DECODER = "768@3x3-1, 768@3x3-2, 256@3x3-2, 64@3x3-2"
+
+
+class SpecError(UsageError, ValueError):
     """A layer string that does not follow the N@KxK-S notation."""
 
 
@@ -25,22 +30,33 @@ class LayerSpec:
         return f"{self.channels}@{self.kernel}x{self.kernel}-{self.stride}"
 
 
-def parse_layers(text: str, option: str) -> tuple[LayerSpec, ...]:
-    """Parse '64@4x4-1, 64@4x4-2, ...' into layer specs; errors name the option."""
+def _parse(text: str) -> tuple[tuple[LayerSpec, ...], str | None]:
+    """The layers of a spec string, or what is wrong with it."""
     layers = []
     for part in (p.strip() for p in str(text).split(",")):
         match = re.fullmatch(r"(\d+)\s*@\s*(\d+)\s*x\s*(\d+)\s*-\s*(\d+)", part)
         if not match:
-            raise SpecError(f"{option} {text!r}: {part!r} is not in the N@KxK-S notation (e.g. 64@4x4-2)")
+            return (), f"{part!r} is not in the N@KxK-S notation (e.g. 64@4x4-2)"
         channels, kh, kw, stride = map(int, match.groups())
         if kh != kw:
-            raise SpecError(f"{option} {text!r}: {part!r} has a non-square kernel; only KxK kernels are supported")
+            return (), f"{part!r} has a non-square kernel; only KxK kernels are supported"
         if channels < 1 or kh < 1 or stride < 1:
-            raise SpecError(f"{option} {text!r}: {part!r} needs at least 1 channel, kernel 1 and stride 1")
+            return (), f"{part!r} needs at least 1 channel, kernel 1 and stride 1"
         layers.append(LayerSpec(channels, kh, stride))
-    if not layers:
-        raise SpecError(f"{option}: no layers given")
-    return tuple(layers)
+    return tuple(layers), None
+
+
+def layers_problem(text: str) -> str | None:
+    """What is wrong with a layer string (None when it parses)."""
+    return _parse(text)[1]
+
+
+def parse_layers(text: str, option: str) -> tuple[LayerSpec, ...]:
+    """Parse '64@4x4-1, 64@4x4-2, ...' into layer specs; errors name the option."""
+    layers, problem = _parse(text)
+    if problem:
+        raise SpecError(f"{option} {text!r}: {problem}")
+    return layers
 
 
 def format_layers(layers) -> str:

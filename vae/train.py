@@ -1,8 +1,9 @@
 """vae-train: train the paper's VAE on synthgen shards (synthetic first, natural images mixed in).
 
-Read top to bottom: configuration -> setup (devices, processes) -> data -> model, loss, optimiser ->
-the epoch loop (train, validate, log, checkpoint) -> main. One process per GPU under `torchrun`
-(DistributedDataParallel); one process on CPU or a single GPU otherwise.
+Read top to bottom: setup (devices, processes) -> the run (data, model, loss, optimiser) -> the epoch
+loop (train, validate, log, checkpoint) -> `train`, which the command line (vae.cli) calls with
+checked settings (vae.config). One process per GPU under `torchrun` (DistributedDataParallel); one
+process on CPU or a single GPU otherwise.
 
 Reproducibility: the initial weights come from the seed; every random draw of a training step
 (augmentation, the reparameterisation noise) from a generator seeded by (seed, epoch, step, rank);
@@ -11,9 +12,7 @@ repeats exactly what an uninterrupted run would have done.
 """
 from __future__ import annotations
 
-import argparse
 import copy
-import dataclasses
 import json
 import math
 import os
@@ -21,7 +20,7 @@ import shutil
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,82 +28,26 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from synthgen.atomic import write_atomic
-from vae.augment import AugmentConfig, augment, to_float
-from vae.checkpoint import load_checkpoint, save_checkpoint
+from common import streams
+from common.atomic import write_atomic
+from common.cli import resolve_device
+from common.errors import UsageError, UserError
+from common.settings import to_dict
+from vae.augment import augment, to_float
+from vae.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from vae.config import RuntimeSettings, TrainConfig
 from vae.data import Pool, epoch_indices, make_feed, rank_batches, split_pool
 from vae.losses import PerceptualLoss, PixelLoss, vae_loss
-from vae.model import PAPER_DECODER, PAPER_ENCODER, VAE, ModelConfig, describe, parameter_counts
+from vae.model import VAE, ModelConfig, describe, parameter_counts
 from vae.plots import loss_curves, reconstruction_grid
-from vae.spec import SpecError
-from vae.vgg import VGGWeightsError, load_vgg
+from vae.vgg import load_vgg
 
-STREAM_STEP, STREAM_VALIDATION_NOISE, STREAM_INIT = 21, 22, 23
 # Mean absolute difference of outputs in [0, 1] between compiled and eager: bf16 rounding gives about
 # 0.0015, the torch 2.14.1 CPU miscompilation about 0.07.
 COMPILE_TOLERANCE = 0.01
 
 
-# ---------------------------------------------------------------------------------------------- config
-
-
-@dataclass
-class TrainConfig:
-    """Every setting of a run; saved as config.json in the run folder."""
-
-    data: list[str] = field(default_factory=list)  # synthgen build sets
-    natural: list[str] = field(default_factory=list)  # synthgen pack sets (training split only)
-    out: str = ""
-    # model (defaults: the paper)
-    image_size: int | None = None  # None: the sets' own size
-    encoder: str = PAPER_ENCODER
-    decoder: str = PAPER_DECODER
-    output_layer: str = "3@3x3-1"
-    latent: int = 180
-    # loss
-    alpha: float = 1.0
-    beta: float = 0.03
-    recon: str = "perceptual"
-    rec_reduction: str = "sum"
-    vgg_weights: str | None = None
-    # optimisation and the recipe of section 4.2
-    epochs: int = 140
-    batch_size: int = 64
-    lr: float = 0.0015
-    lr_factor: float = 0.2
-    lr_patience: int = 4
-    val_fraction: float = 0.05
-    natural_start: int = 20
-    natural_ramp: int = 20
-    natural_drop: float = 0.1
-    flip_prob: float = 0.5
-    crop_max: float = 0.1
-    brightness: float = 0.1
-    contrast: float = 0.1
-    saturation: float = 0.1
-    hue: float = 0.02
-    seed: int = 0
-    active_threshold: float = 0.01
-    # speed (these may change between a run and its --resume)
-    device: str = "auto"
-    amp: str = "auto"
-    channels_last: bool = True
-    compile: bool = False
-    data_on_device: str = "auto"
-    workers: int = 4
-    sync_bn: bool = False
-
-    RUNTIME = ("device", "amp", "channels_last", "compile", "data_on_device", "workers", "sync_bn")
-
-    def model_config(self, image_size: int) -> ModelConfig:
-        return ModelConfig(image_size=image_size, encoder=self.encoder, decoder=self.decoder,
-                           output_layer=self.output_layer, latent=self.latent)
-
-    def augment_config(self) -> AugmentConfig:
-        return AugmentConfig(self.flip_prob, self.crop_max, self.brightness, self.contrast, self.saturation, self.hue)
-
-
-class TrainingError(RuntimeError):
+class TrainingError(UserError):
     """A problem the user can fix; the message says what and how."""
 
 
@@ -123,13 +66,15 @@ class Runtime:
         return self.rank == 0
 
 
-def setup_runtime(config: TrainConfig) -> Runtime:
+def setup_runtime(settings: RuntimeSettings) -> Runtime:
     """Devices and processes: one process per GPU under torchrun, else a single process."""
     distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
-    use_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
-    if use_cuda and not torch.cuda.is_available():
-        raise TrainingError("--device cuda: no CUDA device is available here")
-    rank, world, local = 0, 1, 0
+    chosen = resolve_device(settings.device)
+    if distributed and chosen.index is not None:
+        raise UsageError(f"--device {settings.device}: under torchrun every process uses the GPU of its LOCAL_RANK; "
+                         "give --device cuda (or auto)")
+    use_cuda = chosen.type == "cuda"
+    rank, world, local = 0, 1, chosen.index or 0
     if distributed:
         dist.init_process_group("nccl" if use_cuda else "gloo")
         rank, world, local = dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
@@ -141,14 +86,13 @@ def setup_runtime(config: TrainConfig) -> Runtime:
         torch.backends.cudnn.allow_tf32 = True
     else:
         device = torch.device("cpu")
-    amp = config.amp == "bf16" or (config.amp == "auto" and use_cuda)
+    amp = settings.amp == "bf16" or (settings.amp == "auto" and use_cuda)
     return Runtime(device, rank, world, amp)
 
 
 def step_generator(seed: int, epoch: int, step: int, rank: int, device: torch.device) -> torch.Generator:
     """The generator of one training step's random draws."""
-    state = np.random.SeedSequence([seed, STREAM_STEP, epoch, step, rank]).generate_state(1, np.uint64)[0]
-    return torch.Generator(device=device).manual_seed(int(state))
+    return torch.Generator(device=device).manual_seed(streams.seed64(seed, streams.STEP, epoch, step, rank))
 
 
 def all_reduce(tensor: torch.Tensor, runtime: Runtime, op=None) -> torch.Tensor:
@@ -180,45 +124,52 @@ class Run:
     def __init__(self, config: TrainConfig, runtime: Runtime, resume: bool, log):
         self.config, self.runtime, self.log = config, runtime, log
         self.out = Path(config.out)
-        self.pool = Pool(config.data, config.natural)
-        self.split = split_pool(self.pool, config.seed, config.val_fraction, config.natural_drop)
+        data, model, loss = config.data, config.model, config.loss
+        self.pool = Pool(data.data, data.natural, verify=config.runtime.verify_shards,
+                         progress=config.runtime.progress and runtime.main)
+        self.split = split_pool(self.pool, config.training.seed, data.val_fraction, data.natural_drop)
         if self.split.validation.size == 0:
-            raise TrainingError(f"--val-fraction {config.val_fraction}: no validation images; raise it or add data")
-        self.image_size = config.image_size or self.pool.image_size
-        self.feed = make_feed(self.pool, runtime.device, config.data_on_device, config.workers)
+            raise TrainingError(f"--val-fraction {data.val_fraction}: no validation images; raise it or add data")
+        self.image_size = model.image_size or self.pool.image_size
+        self.feed = make_feed(self.pool, runtime.device, config.runtime.data_on_device, config.runtime.workers)
 
+        model_config = ModelConfig(image_size=self.image_size, encoder=model.encoder, decoder=model.decoder,
+                                   output_layer=model.output_layer, latent=model.latent)
         with torch.random.fork_rng(devices=[]):  # the initial weights come from the seed too
-            torch.manual_seed(int(np.random.SeedSequence([config.seed, STREAM_INIT]).generate_state(1)[0]))
-            self.model = VAE(config.model_config(self.image_size)).to(runtime.device)
-        if config.sync_bn and runtime.world > 1:
+            torch.manual_seed(int(np.random.SeedSequence([config.training.seed, streams.INIT]).generate_state(1)[0]))
+            self.model = VAE(model_config).to(runtime.device)
+        if config.runtime.sync_bn and runtime.world > 1:
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-        if config.recon == "perceptual":
-            vgg, self.vgg_record = load_vgg(config.vgg_weights)
-            self.reconstruction = PerceptualLoss(vgg, config.rec_reduction).to(runtime.device)
+        if loss.recon == "perceptual":
+            vgg, self.vgg_record = load_vgg(loss.vgg_weights)
+            self.reconstruction = PerceptualLoss(vgg, loss.rec_reduction).to(runtime.device)
         else:
             self.vgg_record = None
-            self.reconstruction = PixelLoss(config.rec_reduction)
-        if config.channels_last:
+            self.reconstruction = PixelLoss(loss.rec_reduction)
+        if config.runtime.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
             self.reconstruction = self.reconstruction.to(memory_format=torch.channels_last)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        training = config.training
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=training.lr)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode="min",
-                                                                    factor=config.lr_factor,
-                                                                    patience=config.lr_patience)
+                                                                    factor=training.lr_factor,
+                                                                    patience=training.lr_patience)
         self.history: list[dict] = []
         self.best = math.inf
         self.epoch = 0
         if resume:
             self._restore(load_checkpoint(self.out / "last.pt", map_location=runtime.device))
-            if runtime.main:
-                self.write_metrics()  # drop lines of an epoch that was cut off before its checkpoint
         self.net = self.model
         if runtime.world > 1:
             ids = [runtime.device.index] if runtime.device.type == "cuda" else None
             self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.compile_check = None
-        if config.compile:
+        if config.runtime.compile:
             self._compile()
+
+    def data_identities(self) -> dict[str, str]:
+        """The identity of every set the run reads (synthgen's build_identity), by path."""
+        return {str(s.root): s.identity for s in self.pool.sets}
 
     def _compile(self) -> None:
         """torch.compile the model only if it computes what eager execution computes: Inductor has had
@@ -227,7 +178,7 @@ class Run:
         backward pass after every forward pass."""
         compiled = torch.compile(self.model)
         train = np.concatenate([self.split.train_synthetic, self.split.train_natural_order])
-        images, _ = next(self.feed.batches([train[:self.config.batch_size]]))
+        images, _ = next(self.feed.batches([train[:self.config.training.batch_size]]))
         x = to_float(images, self.image_size).contiguous(memory_format=torch.channels_last)
         mean, largest = compiled_difference(self.model, compiled, self.model, x, self.runtime.amp)
         used = mean <= COMPILE_TOLERANCE
@@ -243,17 +194,27 @@ class Run:
     # -- checkpoints
 
     def _state(self) -> dict:
-        return {"model_config": self.model.config.to_json(),
-                "train_config": json.dumps(dataclasses.asdict(self.config)),
+        return {"model_config": self.model.config.to_json(), "train_config": json.dumps(to_dict(self.config)),
+                "data_identities": json.dumps(self.data_identities()),
                 "model": self.model.state_dict(), "epoch": self.epoch, "best_validation_loss": self.best}
 
     def _restore(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.epoch, self.best = state["epoch"], state["best_validation_loss"]
-        self.history = json.loads(state["history"])
-        torch.set_rng_state(state["torch_rng"].cpu())
+        path = self.out / "last.pt"
+        saved = json.loads(state.get("data_identities", "{}"))
+        changed = [p for p, identity in self.data_identities().items() if saved.get(p, identity) != identity]
+        if changed:
+            raise TrainingError(f"--resume: {', '.join(changed)} changed since the run started (a different set is "
+                                "there now); resume with the same data, or start a new run in another --out")
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.epoch, self.best = state["epoch"], state["best_validation_loss"]
+            self.history = json.loads(state["history"])
+            torch.set_rng_state(state["torch_rng"].cpu())
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            raise CheckpointError(f"{path}: cannot continue from it: not the last.pt of this run's settings "
+                                  f"({str(exc)[:160]})") from None
 
     def write_metrics(self) -> None:
         write_atomic(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.history).encode())
@@ -270,10 +231,10 @@ class Run:
     # -- one epoch
 
     def train_epoch(self) -> dict:
-        config, runtime = self.config, self.runtime
-        indices, fraction, n_natural = epoch_indices(self.split, self.epoch, config.seed, config.natural_start,
-                                                     config.natural_ramp)
-        batches = rank_batches(indices, config.batch_size, runtime.rank, runtime.world)
+        config, runtime, training = self.config, self.runtime, self.config.training
+        indices, fraction, n_natural = epoch_indices(self.split, self.epoch, training.seed, config.data.natural_start,
+                                                     config.data.natural_ramp)
+        batches = rank_batches(indices, training.batch_size, runtime.rank, runtime.world)
         self.net.train()
         self.reconstruction.train()
         sums = torch.zeros(3, device=runtime.device)  # loss, kl, rec, summed over images (stays on the device)
@@ -281,15 +242,16 @@ class Run:
         finite = torch.ones((), device=runtime.device)
         check_every = 1 if runtime.device.type == "cpu" else 25  # a check waits for the GPU: not every step
         started = time.perf_counter()
-        bar = tqdm(total=len(batches), desc=f"epoch {self.epoch}/{config.epochs}", unit="batch",
-                   disable=not runtime.main, dynamic_ncols=True, leave=False)
+        bar = tqdm(total=len(batches), desc=f"epoch {self.epoch}/{training.epochs}", unit="batch",
+                   disable=not (runtime.main and config.runtime.progress), dynamic_ncols=True, leave=False)
         for step, (images, boxes) in enumerate(self.feed.batches(batches)):
-            generator = step_generator(config.seed, self.epoch, step, runtime.rank, runtime.device)
-            x = augment(images, boxes, config.augment_config(), generator, self.image_size)
-            noise = torch.randn(x.shape[0], config.latent, generator=generator, device=runtime.device)
+            generator = step_generator(training.seed, self.epoch, step, runtime.rank, runtime.device)
+            x = augment(images, boxes, config.augment, generator, self.image_size)
+            noise = torch.randn(x.shape[0], config.model.latent, generator=generator, device=runtime.device)
             with torch.autocast(runtime.device.type, dtype=torch.bfloat16) if runtime.amp else nullcontext():
                 x_hat, mu, sigma = self.net(x, noise)
-                terms = vae_loss(x, x_hat.float(), mu, sigma, self.reconstruction, config.alpha, config.beta)
+                terms = vae_loss(x, x_hat.float(), mu, sigma, self.reconstruction, config.loss.alpha,
+                                 config.loss.beta)
             self.optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
             self.optimizer.step()
@@ -317,18 +279,20 @@ class Run:
         """The objective on the held-out images (fixed noise), per-dimension KL and active units."""
         config, runtime = self.config, self.runtime
         self.net.eval()
-        batches = rank_batches(self.split.validation, config.batch_size, runtime.rank, runtime.world)
+        batches = rank_batches(self.split.validation, config.training.batch_size, runtime.rank, runtime.world)
         sums = torch.zeros(4, device=runtime.device, dtype=torch.float64)
-        kl_dims = torch.zeros(config.latent, device=runtime.device, dtype=torch.float64)
+        kl_dims = torch.zeros(config.model.latent, device=runtime.device, dtype=torch.float64)
         mu_sum = torch.zeros_like(kl_dims)
         mu_square = torch.zeros_like(kl_dims)
         for step, (images, _) in enumerate(self.feed.batches(batches)):
-            generator = step_generator(config.seed, STREAM_VALIDATION_NOISE, step, runtime.rank, runtime.device)
+            generator = step_generator(config.training.seed, streams.VALIDATION_NOISE, step, runtime.rank,
+                                       runtime.device)
             x = to_float(images, self.image_size).contiguous(memory_format=torch.channels_last)
-            noise = torch.randn(x.shape[0], config.latent, generator=generator, device=runtime.device)
+            noise = torch.randn(x.shape[0], config.model.latent, generator=generator, device=runtime.device)
             with torch.autocast(runtime.device.type, dtype=torch.bfloat16) if runtime.amp else nullcontext():
                 x_hat, mu, sigma = self.net(x, noise)
-                terms = vae_loss(x, x_hat.float(), mu, sigma, self.reconstruction, config.alpha, config.beta)
+                terms = vae_loss(x, x_hat.float(), mu, sigma, self.reconstruction, config.loss.alpha,
+                                 config.loss.beta)
             n = x.shape[0]
             sums += torch.stack([torch.tensor(float(n), device=runtime.device, dtype=torch.float64),
                                  terms["loss"].double() * n, terms["kl"].double() * n, terms["rec"].double() * n])
@@ -341,7 +305,7 @@ class Run:
         variance = (mu_square / n - (mu_sum / n).square()).clamp(min=0)
         return {"loss": sums[1].item() / n, "kl": sums[2].item() / n, "rec": sums[3].item() / n,
                 "kl_per_dim": (kl_dims / n).tolist(), "mu_variance": variance.tolist(),
-                "active_dims": int((variance > config.active_threshold).sum().item())}
+                "active_dims": int((variance > config.training.active_threshold).sum().item())}
 
     def figures(self) -> None:
         """Inputs against their posterior-mean reconstructions, and the loss curves (main process)."""
@@ -366,7 +330,7 @@ class Run:
 
     def fit(self) -> None:
         config, runtime = self.config, self.runtime
-        while self.epoch < config.epochs:
+        while self.epoch < config.training.epochs:
             self.epoch += 1
             train = self.train_epoch()
             validation = self.validate()
@@ -386,135 +350,45 @@ class Run:
                 self.figures()
                 natural = (f"natural {record['natural_fraction']:.0%} ({record['natural_images']})  "
                            if self.split.train_natural_order.size else "")
-                self.log(f"epoch {self.epoch:>3}/{config.epochs}  train {train['loss']:.4g} (KL {train['kl']:.4g}, "
-                         f"rec {train['rec']:.4g})  validation {validation['loss']:.4g}  lr {record['lr']:.3g}  "
-                         f"{natural}active dims {validation['active_dims']}/{config.latent}  "
+                self.log(f"epoch {self.epoch:>3}/{config.training.epochs}  train {train['loss']:.4g} (KL "
+                         f"{train['kl']:.4g}, rec {train['rec']:.4g})  validation {validation['loss']:.4g}  lr "
+                         f"{record['lr']:.3g}  {natural}active dims {validation['active_dims']}/{config.model.latent}  "
                          f"{train['images_per_second'] * runtime.world:.0f} img/s" + ("  *best" if improved else ""))
 
 
-# ---------------------------------------------------------------------------------------------- command line
+# ---------------------------------------------------------------------------------------------- the command
 
 
-def make_parser() -> argparse.ArgumentParser:
-    d = TrainConfig()
-    p = argparse.ArgumentParser(prog="vae-train", description="Train the paper's convolutional VAE with a VGG-19 "
-                                "feature perceptual loss on synthgen shards. Defaults are the paper's recipe.")
-    p.add_argument("--data", nargs="+", default=[], help="synthetic sets (synthgen build output folders)")
-    p.add_argument("--natural", nargs="*", default=[], help="natural sets (synthgen pack of the training split); "
-                   "mixed in after --natural-start epochs")
-    p.add_argument("--out", required=True, help="run folder: config, metrics, figures, checkpoints")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint "
-                   "(its saved settings are used; only speed options and --epochs may be given)")
-    m = p.add_argument_group("model (N@KxK-S notation; defaults: the paper)")
-    m.add_argument("--encoder", default=d.encoder, help="encoder convolutions (default: %(default)s)")
-    m.add_argument("--decoder", default=d.decoder, help="decoder transposed convolutions (default: %(default)s)")
-    m.add_argument("--output-layer", default=d.output_layer, help="last layer to RGB (default: %(default)s)")
-    m.add_argument("--latent", type=int, default=d.latent, help="latent dimensions (default: %(default)s)")
-    m.add_argument("--image-size", type=int, default=None, help="train at this size, resizing the sets' images "
-                   "(default: the sets' own size)")
-    loss = p.add_argument_group("loss: alpha * KL + beta * L_rec")
-    loss.add_argument("--alpha", type=float, default=d.alpha, help="KL weight (default: %(default)s)")
-    loss.add_argument("--beta", type=float, default=d.beta, help="reconstruction weight (default: %(default)s)")
-    loss.add_argument("--recon", choices=("perceptual", "pixel"), default=d.recon,
-                      help="VGG-19 feature perceptual loss, or the plain pixel loss (default: %(default)s)")
-    loss.add_argument("--rec-reduction", choices=("sum", "mean"), default=d.rec_reduction,
-                      help="per image: sum or mean over each layer's elements; always the mean over the batch, "
-                      "KL summed over latent dimensions (default: %(default)s)")
-    loss.add_argument("--vgg-weights", default=None, help="state dict of torchvision vgg19().features (full or up "
-                      "to relu3_1); default: torchvision's file in the torch hub cache; 'random' for tests only")
-    o = p.add_argument_group("optimisation and data recipe (section 4.2)")
-    for name, help_text in (("epochs", "epochs"), ("batch_size", "images per step and process"),
-                            ("lr", "Adam learning rate"), ("lr_factor", "learning-rate factor on a plateau"),
-                            ("lr_patience", "epochs without improvement of the validation loss before the factor"),
-                            ("val_fraction", "share of every set held out for validation"),
-                            ("natural_start", "synthetic-only epochs before natural images join"),
-                            ("natural_ramp", "epochs over which all natural training images join"),
-                            ("natural_drop", "share of the most frequent natural classes removed"),
-                            ("flip_prob", "horizontal flip probability"),
-                            ("crop_max", "largest share of the side a crop trims (crops keep every object)"),
-                            ("brightness", "brightness jitter"), ("contrast", "contrast jitter"),
-                            ("saturation", "saturation jitter"), ("hue", "hue jitter in turns"),
-                            ("seed", "seed of every random draw"),
-                            ("active_threshold", "variance of the posterior mean above which a dimension is active")):
-        default = getattr(d, name)
-        o.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default,
-                       help=f"{help_text} (default: %(default)s)")
-    s = p.add_argument_group("speed (may change on --resume)")
-    s.add_argument("--device", choices=("auto", "cuda", "cpu"), default=d.device, help="(default: %(default)s)")
-    s.add_argument("--amp", choices=("auto", "bf16", "off"), default=d.amp,
-                   help="bf16 autocast; auto: on CUDA only (default: %(default)s)")
-    s.add_argument("--no-channels-last", dest="channels_last", action="store_false", help="keep NCHW memory layout")
-    s.add_argument("--compile", action="store_true", help="torch.compile the model (kept only if it matches eager "
-                   "execution on a training batch)")
-    s.add_argument("--data-on-device", choices=("auto", "yes", "no"), default=d.data_on_device,
-                   help="load the sets once into the device's memory; auto: when they take under half of the free "
-                   "memory (default: %(default)s)")
-    s.add_argument("--workers", type=int, default=d.workers, help="DataLoader workers reading shards when the data "
-                   "stays on disk (default: %(default)s)")
-    s.add_argument("--sync-bn", action="store_true", help="synchronise BatchNorm statistics across GPUs")
-    return p
-
-
-def config_from_args(args, parser) -> tuple[TrainConfig, bool]:
-    """A new run's config from the arguments, or a resumed run's saved config (with speed options)."""
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    given = {k: v for k, v in vars(args).items() if k in names}
-    if not args.resume:
-        if not args.data:
-            parser.error("--data is required (one or more synthgen build folders)")
-        config = TrainConfig(**given)
-        out = Path(config.out)
-        if (out / "last.pt").exists() or (out / "metrics.jsonl").exists():
-            raise TrainingError(f"--out {out}: already holds a run; add --resume to continue it, or choose another "
-                                "--out")
-        return config, False
-    saved_path = Path(args.out) / "config.json"
-    if not saved_path.exists() or not (Path(args.out) / "last.pt").exists():
-        raise TrainingError(f"--resume: {args.out} holds no run with a checkpoint to continue (config.json and "
-                            "last.pt are needed)")
-    saved = json.loads(saved_path.read_text())["train"]
-    defaults = vars(parser.parse_args(["--out", args.out]))
-    changed = sorted(k for k in names - set(TrainConfig.RUNTIME) - {"out", "epochs"} if given[k] != defaults[k])
-    if changed:
-        options = ", ".join("--" + k.replace("_", "-") for k in changed)
-        raise TrainingError(f"--resume continues with the run's saved settings; drop {options}")
-    saved.update({k: given[k] for k in TrainConfig.RUNTIME})
-    if given["epochs"] != defaults["epochs"]:  # extending (or shortening) a run is allowed
-        saved["epochs"] = given["epochs"]
-    return TrainConfig(**saved), True
-
-
-def main(argv=None) -> int:
-    parser = make_parser()
-    args = parser.parse_args(argv)
+def train(config: TrainConfig, resume: bool, command: list[str]) -> int:
+    """Train (or continue) the run in config.out. The run folder appears only once everything is set up:
+    a run that fails to start leaves nothing behind."""
     runtime = None
     try:
-        config, resume = config_from_args(args, parser)
-        runtime = setup_runtime(config)
+        runtime = setup_runtime(config.runtime)
         log = print if runtime.main else (lambda *a, **k: None)
         out = Path(config.out)
-        if runtime.main:
-            out.mkdir(parents=True, exist_ok=True)
         run = Run(config, runtime, resume, log)
         if runtime.main:
+            out.mkdir(parents=True, exist_ok=True)
+            if resume:
+                run.write_metrics()  # drop lines of an epoch that was cut off before its checkpoint
             counts = parameter_counts(run.model)
-            record = {"train": dataclasses.asdict(config), "model": json.loads(run.model.config.to_json()),
+            record = {"train": to_dict(config), "model": json.loads(run.model.config.to_json()),
                       "parameters": counts, "vgg": run.vgg_record, "world_size": runtime.world,
-                      "compile": run.compile_check,
-                      "device": str(runtime.device), "amp": "bf16" if runtime.amp else "off",
-                      "torch": torch.__version__,
-                      "command": ["vae-train", *(argv if argv is not None else sys.argv[1:])],
+                      "compile": run.compile_check, "device": str(runtime.device),
+                      "amp": "bf16" if runtime.amp else "off", "torch": torch.__version__, "command": command,
                       "data": {"synthetic_train": int(run.split.train_synthetic.size),
                                "natural_train": int(run.split.train_natural_order.size),
                                "validation": int(run.split.validation.size),
-                               "natural_dropped_per_class": run.split.dropped}}
-            (out / "config.json").write_text(json.dumps(record, indent=1) + "\n")
+                               "natural_dropped_per_class": run.split.dropped,
+                               "identities": run.data_identities()}}
+            write_atomic(out / "config.json", (json.dumps(record, indent=1) + "\n").encode())
             log(describe(run.model))
             log(f"data: {record['data']['synthetic_train']} synthetic and {record['data']['natural_train']} natural "
                 f"training images, {record['data']['validation']} held out; natural examples removed for class "
                 f"balance: {run.split.dropped or 'none'}")
-            log(f"loss: {config.alpha} * KL + {config.beta} * {config.recon} reconstruction "
-                f"({config.rec_reduction} over elements per image, mean over the batch); VGG weights: "
+            log(f"loss: {config.loss.alpha} * KL + {config.loss.beta} * {config.loss.recon} reconstruction "
+                f"({config.loss.rec_reduction} over elements per image, mean over the batch); VGG weights: "
                 f"{(run.vgg_record or {}).get('source', 'not used')}")
             log(f"device {runtime.device} x {runtime.world} process(es), amp {'bf16' if runtime.amp else 'off'}, "
                 f"data {'in device memory' if type(run.feed).__name__ == 'MemoryFeed' else 'read by workers'}"
@@ -524,16 +398,12 @@ def main(argv=None) -> int:
             log(f"done: {out / 'last.pt'}, {out / 'best.pt'} (best validation loss {run.best:.4g}), "
                 f"{out / 'reconstruction.png'}, {out / 'loss_curves.png'}, {out / 'metrics.jsonl'}")
         return 0
-    except (TrainingError, VGGWeightsError, SpecError, ValueError, FileNotFoundError) as exc:
-        print(f"vae-train: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("vae-train: interrupted; continue with --resume (from the last finished epoch)", file=sys.stderr)
-        return 130
     finally:
         if runtime is not None and runtime.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # `python -m vae.train ...`, as torchrun starts it
+    from vae.cli import main
+
     sys.exit(main())

@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torchvision.models.vgg import make_layers
 
+from common.errors import UserError
+
 TAPS = {"relu1_1": 1, "relu2_1": 6, "relu3_1": 11}  # indices in vgg19().features
 TRUNCATED_CONFIG = [64, 64, "M", 128, 128, "M", 256]  # vgg19().features[:12], same indices
 CONV_INDICES = (0, 2, 5, 7, 10)
@@ -21,7 +23,7 @@ TORCHVISION_FILE = "vgg19-dcbb9e9d.pth"
 RANDOM = "random"
 
 
-class VGGWeightsError(RuntimeError):
+class VGGWeightsError(UserError, RuntimeError):
     """No usable VGG-19 weights; the message says where to put them."""
 
 

@@ -1,0 +1,56 @@
+"""The settings of `analyze-area-vs-number` and `vae-subitize` (common.settings); no torch here."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from common.settings import (SEED_RANGE, Settings, above, at_least, between, device_option, option,
+                             progress_option, verify_option)
+
+
+@dataclass(frozen=True)
+class EncodeRuntime(Settings):
+    TITLE = "runtime"
+
+    device: str = device_option()
+    progress: bool = progress_option()
+    verify_shards: bool = verify_option()
+
+
+@dataclass(frozen=True)
+class AnalysisConfig(Settings):
+    """`analyze-area-vs-number`: Eq. 3 for every active dimension, and the unit criteria."""
+
+    checkpoint: str = option(help="a vae-train checkpoint (best.pt or last.pt)")
+    data: str = option(help="a synthgen set, ideally built with --same-object --max-occlusion 0")
+    out: str = option(help="output folder for the table, summary, report and figures")
+    r2_min: float = option(0.05, "R^2 threshold of a unit (0.05 is the paper's; Stoianov & Zorzi used 0.1)",
+                           valid=between(0, 1))
+    beta_max: float = option(0.1, "largest |beta| of the other property", valid=above(0))
+    active_threshold: float = option(0.01, "variance of the posterior mean below which a dimension is inactive and "
+                                     "left out", valid=at_least(0))
+    log1p: bool = option(False, "use log(1 + N) and log(1 + A), keeping the N = 0 images (default: leave them out, "
+                         "since log 0 is undefined)")
+    bootstrap: int = option(1000, "bootstrap resamples for the confidence intervals (0: none)", valid=at_least(0))
+    seed: int = option(0, "seed of the bootstrap and of the figures' choice of images", valid=SEED_RANGE)
+    batch_size: int = option(256, "images per encoding batch", valid=at_least(1))
+    runtime: EncodeRuntime = EncodeRuntime()
+
+
+@dataclass(frozen=True)
+class ReadoutConfig(Settings):
+    """`vae-subitize`: the paper's MLP readout on frozen posterior means (Table 1)."""
+
+    checkpoint: str = option(help="a vae-train checkpoint")
+    train: list[str] = option(help="labelled sets to train on (e.g. synthgen pack of the SOS training split, or "
+                              "synthgen build sets)")
+    test: list[str] = option(help="labelled sets to report on (e.g. the SOS test split)")
+    out: str = option(help="output folder")
+    hidden: int = option(160, "units per hidden layer", valid=at_least(1))
+    val_fraction: float = option(0.1, "stratified share of the training data used to choose the epoch",
+                                 valid=between(0, 1, low_open=True, high_open=True))
+    epochs: int = option(300, "most epochs", valid=at_least(1))
+    patience: int = option(30, "epochs without a better validation loss before stopping", valid=at_least(0))
+    lr: float = option(1e-3, "Adam learning rate", valid=above(0))
+    batch_size: int = option(256, "batch size (also for encoding)", valid=at_least(1))
+    seed: int = option(0, "seed of the split, the initial weights and the batch order", valid=SEED_RANGE)
+    runtime: EncodeRuntime = EncodeRuntime()

@@ -1,0 +1,62 @@
+"""What every command does around its work: --version, one-line errors, exit codes, and the device.
+
+Exit codes: 0 done; 1 a problem with the input or the environment (the message says which file and
+what to do); 2 an invalid command-line value; 130 interrupted; 70 a bug in this toolkit (no user input
+should ever lead there: the line asks for a report, SUBITIZING_TRACEBACK=1 shows the traceback).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable
+
+from common import __version__
+from common.errors import UsageError, UserError
+
+EXIT_INTERNAL = 70
+
+
+def add_version(parser, prog: str) -> None:
+    parser.add_argument("--version", action="version", version=f"{prog} {__version__} (subitizing-vae)")
+
+
+def run(prog: str, body: Callable[[], int | None], interrupted: str = "interrupted") -> int:
+    """Run a command's body and turn every error a user can cause into one line on stderr."""
+    try:
+        return body() or 0
+    except UsageError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except UserError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a read or write the code did not expect to fail (disk, permissions...)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"{prog}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: {interrupted}", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001  (a bug: say so in one line, and how to see more)
+        if os.environ.get("SUBITIZING_TRACEBACK"):
+            raise
+        print(f"{prog}: internal error: {type(exc).__name__}: {exc}. This is a bug in the toolkit, not in your "
+              "input: please report it with the command line (SUBITIZING_TRACEBACK=1 shows where it happened)",
+              file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+def resolve_device(name: str, option: str = "--device"):
+    """The torch device that --device names (auto: a CUDA GPU when there is one, else the CPU)."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"{option} {name}: no CUDA device is available here; use --device cpu (or auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"{option} {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                             f"numbered from 0")
+    return device

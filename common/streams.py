@@ -1,0 +1,35 @@
+"""Every random stream of the toolkit, derived from (seed, stream id, keys...) with numpy's SeedSequence.
+
+The stream ids are listed here, in one place, so that no two uses ever share a stream. A draw that
+depends on an item (an image, a block, an epoch, a step) puts the item's index in the keys, so it
+never depends on which process or in which order the items are produced.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+# synthgen
+IMAGE = 0  # everything drawn for image i of a build
+COUNTS = 1  # the order of the count values in each block of the count plan
+OBJECT_POOL = 2  # the order in which objects are tried for --source-objects
+PROBE = 3  # the feasibility probes (never the images of the set)
+PROCEDURAL = 0x5EED_0B1E  # the embedded procedural source, apart from every build seed
+# vae-train: the data plan
+VALIDATION = 11
+NATURAL_DROP = 12
+NATURAL_ORDER = 13
+EPOCH = 14
+# vae-train: the steps
+STEP = 21
+VALIDATION_NOISE = 22
+INIT = 23
+
+
+def rng(*keys: int) -> np.random.Generator:
+    """A generator seeded by the key sequence, e.g. rng(seed, EPOCH, epoch)."""
+    return np.random.default_rng([int(k) for k in keys])
+
+
+def seed64(*keys: int) -> int:
+    """A 64-bit seed derived from the key sequence (the first word of its SeedSequence state)."""
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, np.uint64)[0])

@@ -1,0 +1,127 @@
+"""Writing a set into an output folder: the one writer that `synthgen build` and `synthgen pack` share.
+
+Its life cycle, in order:
+1. `check`: before any work, refuse a folder holding someone else's files or a different set (unless
+   --overwrite), and find the shards a resumed (or extended) run can keep;
+2. `begin`: the provisional manifest (`"complete": false`), so an interrupted run is recognised;
+3. `report`: one line per bad input, however often the input is met, in every process's results;
+4. `fail`: what stopped the run, kept in the manifest so that nobody is told to resume into the same
+   failure;
+5. `finish`: the final manifest, with every shard's checksum read back from the shard itself.
+Shards themselves are written by the workers (synthgen.shards.write_shard), each atomically.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import h5py
+
+from synthgen.errors import OutputError
+from synthgen.manifest import MANIFEST, is_own_entry, read_manifest, write_json_atomic
+from synthgen.shards import TEMP_RE, read_attrs, shard_path
+from synthgen.sources import Skipped
+
+
+class SetWriter:
+    """One output folder being written (main process)."""
+
+    def __init__(self, out, manifest: dict, log=print):
+        self.out = Path(out)
+        self.manifest = {**manifest, "complete": False}
+        self.log = log
+        self.skipped: dict[str, str] = {}  # every bad input met anywhere in the run, reported once
+
+    @property
+    def identity(self) -> str:
+        return self.manifest["build_identity"]
+
+    def existing(self) -> dict | None:
+        """The manifest already in the folder, if any (synthgen's own)."""
+        return read_manifest(self.out)
+
+    def check(self, n_shards: int, overwrite: bool, differences: Callable[[dict], str],
+              keep: Callable[[int, dict], bool] = lambda index, attrs: True) -> set[int]:
+        """Check the folder before any work; return the shards a resumed run keeps.
+
+        A shard is kept when it belongs to this set (same identity) and `keep(index, attrs)` agrees.
+        Raises OutputError, changing nothing, for a folder holding files synthgen did not write, or a
+        different set without --overwrite (`differences(old manifest)` says what differs).
+        """
+        out = self.out
+        if out.exists() and not out.is_dir():
+            raise OutputError(f"--out {out}: exists and is not a folder")
+        entries = sorted(p.name for p in out.iterdir()) if out.exists() else []
+        if not entries:
+            return set()
+        foreign = [name for name in entries if not is_own_entry(name)]
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
+            raise OutputError(f"--out {out}: the folder holds files synthgen did not write ({shown}); "
+                              "choose an empty or new folder")
+        manifest = read_manifest(out)
+        if not overwrite:
+            if manifest is not None and manifest.get("build_identity") == self.identity:
+                for name in entries:
+                    if TEMP_RE.fullmatch(name):  # left by an interrupted run
+                        (out / name).unlink(missing_ok=True)
+                return self._kept_shards(n_shards, keep)
+            what = differences(manifest) if manifest else "an unknown set"
+            raise OutputError(f"--out {out}: the folder holds a different set ({what}); re-run with --overwrite "
+                              "to replace it, or choose another --out")
+        for name in entries:
+            path = out / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        return set()
+
+    def _kept_shards(self, n_shards: int, keep) -> set[int]:
+        done = set()
+        for index in range(n_shards):
+            path = shard_path(self.out, index)
+            if not path.exists():
+                continue
+            try:
+                with h5py.File(path, "r") as f:
+                    attrs = read_attrs(f)
+            except OSError:
+                continue  # unreadable: it is written again (and replaced atomically)
+            if attrs.get("build_identity") == self.identity and keep(index, attrs):
+                done.add(index)
+        return done
+
+    def begin(self) -> None:
+        """Create the folder and write the provisional manifest."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.manifest.pop("failure", None)
+        write_json_atomic(self.out / MANIFEST, self.manifest)
+
+    def report(self, item: Skipped, write=None) -> None:
+        """One line per bad input, the first time it is met."""
+        if item.path not in self.skipped:
+            self.skipped[item.path] = item.reason
+            (write or self.log)(item.line())
+
+    def fail(self, failure: dict) -> None:
+        """Record what stopped the run (the finished shards stay)."""
+        self.manifest["failure"] = failure
+        write_json_atomic(self.out / MANIFEST, self.manifest)
+
+    def finish(self, n_shards: int, summary: dict) -> dict:
+        """The final manifest: every shard's range and checksum (read from the shard), the summary and
+        every skipped input. Returns the manifest."""
+        entries = []
+        for index in range(n_shards):
+            path = shard_path(self.out, index)
+            with h5py.File(path, "r") as f:
+                attrs = read_attrs(f)
+            entries.append({"file": path.name, "first_index": int(attrs["first_index"]),
+                            "n_images": int(attrs["n_images"]), "content_sha256": str(attrs["content_sha256"])})
+        summary["skipped_inputs"] = [{"path": path, "reason": reason} for path, reason in self.skipped.items()]
+        self.manifest.update({"complete": True, "shards": entries, "summary": summary})
+        self.manifest.pop("failure", None)
+        write_json_atomic(self.out / MANIFEST, self.manifest)
+        return self.manifest

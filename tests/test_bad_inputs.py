@@ -1,0 +1,156 @@
+"""The bad-input matrix, through the installed console scripts: every input a user can get wrong ends in
+one line on stderr that names the flag or file, a non-zero exit code, and never a Python traceback."""
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from synthgen.cli import main as synthgen_main
+from test_verify_inspect_reader import flip_image_bytes
+from vae.checkpoint import load_model
+from vae.cli import main as train_main
+
+BIN = Path(sys.executable).parent
+TINY = ["--encoder", "8@4x4-2,8@4x4-2", "--decoder", "8@3x3-2,8@3x3-2", "--latent", "4", "--batch-size", "16",
+        "--workers", "0", "--recon", "pixel", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad-inputs")
+    fast = ["--size", "32", "--no-progress", "--workers", "1"]
+    assert synthgen_main(["build", "--n", "40", "--shard-size", "20", "--out", str(root / "set"), *fast]) == 0
+    shutil.copytree(root / "set", root / "corrupt")
+    flip_image_bytes(root / "corrupt" / "shard-00001.h5")
+    (root / "photos" / "2").mkdir(parents=True)
+    for k in range(4):
+        cv2.imwrite(str(root / "photos" / "2" / f"p{k}.jpg"), np.full((40, 50, 3), 40 * k, np.uint8))
+    assert synthgen_main(["pack", str(root / "photos"), "--out", str(root / "one-class"), *fast]) == 0
+    assert train_main(["--data", str(root / "set"), "--out", str(root / "run"), "--epochs", "1", *TINY]) == 0
+    good = (root / "run" / "last.pt").read_bytes()
+    for name, data in (("truncated", good[:len(good) // 3]), ("text", b"not a checkpoint at all\n")):
+        (root / name).mkdir()
+        (root / name / "last.pt").write_bytes(data)
+    (root / "foreign").mkdir()
+    torch.save({"weight": torch.zeros(3)}, root / "foreign" / "last.pt")  # a plain state dict, not ours
+    torch.save({"model": torch.nn.Linear(2, 2)}, root / "pickled.pt")  # a pickled module: never loaded
+    (root / "file.txt").write_text("a file, not a folder\n")
+    return root
+
+
+def cases(r: Path):
+    """(command, arguments, exit code, text the one line must hold)."""
+    ckpt, a = str(r / "run" / "best.pt"), str(r / "out-a")
+    analyse = ["--checkpoint", ckpt, "--data", str(r / "set"), "--out", a, "--no-progress"]
+    subitize = ["--checkpoint", ckpt, "--train", str(r / "set"), "--test", str(r / "set"), "--out", a,
+                "--no-progress"]
+    train = ["--data", str(r / "set"), "--out", str(r / "new-run"), *TINY]
+    return [
+        ("synthgen", ["build", "--n", "0", "--out", a], 2, "--n 0: must be >= 1"),
+        ("synthgen", ["build", "--n", "abc", "--out", a], 2, "argument --n: invalid int value: 'abc'"),
+        ("synthgen", ["build", "--out", a], 2, "the following arguments are required: --n"),
+        ("synthgen", ["build", "--n", "5", "--count", "4-1", "--out", a], 2, "--count '4-1'"),
+        ("synthgen", ["build", "--n", "5", "--mask-threshold", "1.5", "--out", a], 2,
+         "--mask-threshold 1.5: must be in (0, 1]"),
+        ("synthgen", ["build", "--n", "5", "--objects", str(r / "nowhere"), "--out", a], 2, "folder does not exist"),
+        ("synthgen", ["build", "--n", "5", "--out", str(r / "file.txt")], 1, "exists and is not a folder"),
+        ("synthgen", ["build", "--n", "5", "--workers", "0", "--out", a], 2, "--workers 0"),
+        ("synthgen", ["pack", str(r / "nowhere"), "--out", a], 2, "folder does not exist"),
+        ("synthgen", ["inspect", str(r / "corrupt"), "--no-progress"], 1, "shard-00001.h5: corrupted"),
+        ("synthgen", ["inspect", str(r / "file.txt"), "--no-progress"], 1, "not a folder"),
+        ("synthgen", ["inspect", str(r / "set"), "--samples", "0"], 2, "--samples 0: must be in [1, 1000]"),
+        ("vae-train", [*train, "--val-fraction", "1.5"], 2, "--val-fraction 1.5: must be in (0, 1)"),
+        ("vae-train", [*train, "--latent", "0"], 2, "--latent 0: must be >= 1"),
+        ("vae-train", [*train, "--epochs", "0"], 2, "--epochs 0: must be >= 1"),
+        ("vae-train", [*train, "--batch-size", "0"], 2, "--batch-size 0: must be >= 1"),
+        ("vae-train", [*train, "--lr", "-1"], 2, "--lr -1.0: must be > 0"),
+        ("vae-train", [*train, "--encoder", "8@4x4"], 2, "--encoder 8@4x4: '8@4x4' is not in the N@KxK-S notation"),
+        ("vae-train", [*train, "--device", "gpu"], 2, "--device gpu: give auto, cpu, cuda or cuda:N"),
+        ("vae-train", ["--out", str(r / "new-run")], 2, "--data: give one or more synthgen build folders"),
+        ("vae-train", ["--data", str(r / "corrupt"), "--out", str(r / "new-run"), *TINY], 1,
+         "shard-00001.h5: corrupted"),
+        ("vae-train", ["--data", str(r / "nowhere"), "--out", str(r / "new-run"), *TINY], 1,
+         "--data " + str(r / "nowhere") + ": no such folder"),
+        ("vae-train", ["--out", str(r / "truncated"), "--resume"], 1, "not a readable vae-train checkpoint"),
+        ("vae-train", ["--out", str(r / "text"), "--resume"], 1, "not a readable vae-train checkpoint"),
+        ("vae-train", ["--out", str(r / "foreign"), "--resume"], 1, "not a vae-train checkpoint"),
+        ("analyze-area-vs-number", [*analyse, "--bootstrap", "-5"], 2, "--bootstrap -5: must be >= 0"),
+        ("analyze-area-vs-number", [*analyse, "--r2-min", "-1"], 2, "--r2-min -1.0: must be in [0, 1]"),
+        ("analyze-area-vs-number", [*analyse[2:], "--checkpoint", str(r / "truncated" / "last.pt")], 1,
+         "not a readable vae-train checkpoint"),
+        ("analyze-area-vs-number", [*analyse[2:], "--checkpoint", str(r / "pickled.pt")], 1,
+         "not a readable vae-train checkpoint"),
+        ("analyze-area-vs-number", [*analyse[:2], "--data", str(r / "corrupt"), "--out", a, "--no-progress"], 1,
+         "shard-00001.h5: corrupted"),
+        ("analyze-area-vs-number", [*analyse[:2], "--data", str(r / "one-class"), "--out", a, "--no-progress"], 1,
+         "a natural set has no areas"),
+        ("vae-subitize", [*subitize, "--epochs", "0"], 2, "--epochs 0: must be >= 1"),
+        ("vae-subitize", [*subitize[:2], "--train", str(r / "one-class"), "--test", str(r / "set"), "--out", a,
+                          "--no-progress"], 1,
+         "a readout needs training images of at least two count classes"),
+        ("vae-subitize", [*subitize[2:], "--checkpoint", str(r / "missing.pt")], 1, "no such checkpoint"),
+    ]
+
+
+def run_script(case):
+    command, args, _, _ = case
+    return subprocess.run([str(BIN / command), *args], capture_output=True, text=True, timeout=300)
+
+
+def test_every_bad_input_gets_one_clear_line_and_no_traceback(files):
+    matrix = cases(files)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(run_script, matrix))
+    for (command, args, code, text), result in zip(matrix, results):
+        where = f"{command} {' '.join(args)}"
+        assert "Traceback" not in result.stderr, where
+        assert result.returncode == code, (where, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"{command}") and text in lines[0], (where, result.stderr)
+    assert not (files / "out-a").exists() and not (files / "new-run").exists()  # nothing half-made is left
+
+
+@pytest.mark.parametrize("command", ["synthgen", "vae-train", "analyze-area-vs-number", "vae-subitize"])
+def test_every_command_has_version_and_no_progress(command):
+    version = subprocess.run([str(BIN / command), "--version"], capture_output=True, text=True)
+    assert version.returncode == 0 and version.stdout.startswith(f"{command} 0.")
+    helped = subprocess.run([str(BIN / command), *(["inspect"] if command == "synthgen" else []), "--help"],
+                            capture_output=True, text=True)
+    assert helped.returncode == 0 and "--no-progress" in helped.stdout
+
+
+def test_load_model_returns_the_model_as_the_readme_says(files):
+    import vae
+
+    model = vae.load_model(files / "run" / "best.pt")
+    assert isinstance(model, torch.nn.Module) and not model.training
+    assert model(torch.rand(2, 3, 32, 32))[0].shape == (2, 3, 32, 32)
+    assert vae.load_model is load_model
+
+
+def test_every_flag_the_readme_names_exists(capsys):
+    """README and --help agree: no documented option is missing from the commands (and none misspelt)."""
+    import re
+
+    from analysis.cli import analyze_main, subitize_main
+    from synthgen.cli import main as synthgen_cli
+    from vae.cli import main as train_cli
+
+    helps = []
+    for main, args in ((synthgen_cli, ["build"]), (synthgen_cli, ["pack"]), (synthgen_cli, ["inspect"]),
+                       (synthgen_cli, ["verify"]), (synthgen_cli, []), (train_cli, []), (analyze_main, []),
+                       (subitize_main, [])):
+        with pytest.raises(SystemExit):
+            main([*args, "--help"])
+        helps.append(capsys.readouterr().out)
+    known = set(re.findall(r"--[a-z0-9][a-z0-9-]*", " ".join(helps)))
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    others = {"--standalone", "--nproc", "--help"}  # torchrun's own (--nproc_per_node), and argparse's
+    named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*[a-z0-9]", readme)) - others
+    assert named - known == set()

@@ -1,0 +1,91 @@
+"""The `vae-train` command line: settings from vae.config, checked before torch is imported.
+
+A new run needs --data and an --out that holds no run yet. `--resume` continues the run in --out,
+wherever it is now (a copied or moved run resumes in place, and nothing is written elsewhere): its
+saved settings are read from its last.pt, and only --out, the runtime options and --epochs may be
+given; any other option that differs from the saved value is refused.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from common.cli import add_version, run
+from common.errors import UsageError
+from common.settings import (Parser, add_options, all_fields, flag_of, from_args, from_dict, given_names, show_value,
+                             value_of)
+from vae.config import RESUMABLE, TrainConfig
+
+
+def make_parser() -> Parser:
+    parser = Parser(prog="vae-train", description="Train the paper's convolutional VAE with a VGG-19 feature "
+                    "perceptual loss on synthgen shards. Defaults are the paper's recipe.")
+    add_version(parser, "vae-train")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint, "
+                        "with its saved settings (only --out, the runtime options and --epochs may be given)")
+    add_options(parser, TrainConfig)
+    return parser
+
+
+def _absolute(path: str | None) -> str | None:
+    return str(Path(path).resolve()) if path else path
+
+
+def with_absolute_paths(config: TrainConfig) -> TrainConfig:
+    """Data and weight paths made absolute, so the saved settings work from any folder (and in a copy)."""
+    data = dataclasses.replace(config.data, data=[_absolute(p) for p in config.data.data],
+                               natural=[_absolute(p) for p in config.data.natural])
+    weights = config.loss.vgg_weights
+    loss = dataclasses.replace(config.loss, vgg_weights=weights if weights in (None, "random") else _absolute(weights))
+    return dataclasses.replace(config, data=data, loss=loss)
+
+
+def new_run(given: dict) -> TrainConfig:
+    config = with_absolute_paths(from_args(TrainConfig, given))
+    out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a folder")
+    if (out / "last.pt").exists() or (out / "metrics.jsonl").exists():
+        raise UsageError(f"--out {out}: already holds a run; add --resume to continue it, or choose another --out")
+    return config
+
+
+def resumed_run(given: dict) -> TrainConfig:
+    """The saved settings of the run in --out, with --out, the runtime options and --epochs replaced."""
+    from vae.checkpoint import load_checkpoint  # torch: only now that the arguments are known to be sound
+
+    out = Path(given["out"])
+    if not (out / "last.pt").is_file():
+        raise UsageError(f"--resume: {out} holds no run with a checkpoint to continue (no last.pt there)")
+    state = load_checkpoint(out / "last.pt")
+    saved = from_dict(TrainConfig, json.loads(state.get("train_config", "{}")) | {"out": str(out)})
+    fields = all_fields(TrainConfig)
+    asked = with_absolute_paths(from_args(TrainConfig, given, base=saved))
+    refused = [f"{flag_of(fields[name])} {show_value(fields[name], value_of(asked, name))} (the run has "
+               f"{show_value(fields[name], value_of(saved, name))})"
+               for name in given_names(TrainConfig, given)
+               if name not in RESUMABLE and value_of(asked, name) != value_of(saved, name)]
+    if refused:
+        raise UsageError(f"--resume continues the run with its saved settings; drop {'; '.join(refused)}, or start "
+                         "a new run in another --out")
+    return asked
+
+
+def main(argv=None) -> int:
+    given = vars(make_parser().parse_args(argv))
+    command = ["vae-train", *(sys.argv[1:] if argv is None else argv)]
+
+    def body() -> int:
+        resume = given.pop("resume")
+        config = resumed_run(given) if resume else new_run(given)
+        from vae.train import train
+
+        return train(config, resume, command)
+
+    return run("vae-train", body, interrupted="interrupted; continue with --resume (from the last finished epoch)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""The settings of `vae-train`, one group per concern, with flags, help texts and valid ranges
+(common.settings). No torch here: the command line is parsed and checked before torch is imported.
+
+`TrainConfig` is saved with every run (config.json) and in every checkpoint. A resumed run takes the
+saved settings and replaces only --out (the run folder is wherever the user points) and the runtime
+group (devices, speed, progress), plus --epochs to extend or shorten the run.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from common.errors import UsageError
+from common.settings import (SEED_RANGE, Settings, above, at_least, between, device_option, option,
+                             progress_option, verify_option)
+from vae.spec import PAPER_DECODER, PAPER_ENCODER, layers_problem
+
+RECONSTRUCTIONS = ("perceptual", "pixel")
+REDUCTIONS = ("sum", "mean")
+AMP_MODES = ("auto", "bf16", "off")
+ON_DEVICE = ("auto", "yes", "no")
+
+
+@dataclass(frozen=True)
+class DataSettings(Settings):
+    TITLE = "data (synthgen sets) and the mixing recipe of section 4.2"
+
+    data: list[str] = option([], "synthetic sets (synthgen build output folders); required for a new run")
+    natural: list[str] = option([], "natural sets (synthgen pack of the training split); mixed in after "
+                                "--natural-start epochs", nargs="*")
+    val_fraction: float = option(0.05, "share of every set held out for validation",
+                                 valid=between(0, 1, low_open=True, high_open=True))
+    natural_start: int = option(20, "synthetic-only epochs before natural images join", valid=at_least(0))
+    natural_ramp: int = option(20, "epochs over which all natural training images join", valid=at_least(1))
+    natural_drop: float = option(0.1, "share of the most frequent natural classes removed",
+                                 valid=between(0, 1, high_open=True))
+
+
+@dataclass(frozen=True)
+class ModelSettings(Settings):
+    TITLE = "model (N@KxK-S notation; defaults: the paper)"
+
+    encoder: str = option(PAPER_ENCODER, "encoder convolutions", check=layers_problem)
+    decoder: str = option(PAPER_DECODER, "decoder transposed convolutions", check=layers_problem)
+    output_layer: str = option("3@3x3-1", "last layer to RGB", check=layers_problem)
+    latent: int = option(180, "latent dimensions", valid=at_least(1))
+    image_size: int | None = option(None, "train at this size, resizing the sets' images",
+                                    default_help="the sets' own size", valid=between(16, 2048))
+
+
+@dataclass(frozen=True)
+class LossSettings(Settings):
+    TITLE = "loss: alpha * KL + beta * L_rec"
+
+    alpha: float = option(1.0, "KL weight", valid=at_least(0))
+    beta: float = option(0.03, "reconstruction weight", valid=above(0))
+    recon: str = option("perceptual", "VGG-19 feature perceptual loss, or the plain pixel loss",
+                        choices=RECONSTRUCTIONS)
+    rec_reduction: str = option("sum", "per image: sum or mean over each layer's elements; always the mean over "
+                                "the batch, KL summed over latent dimensions", choices=REDUCTIONS)
+    vgg_weights: str | None = option(None, "state dict of torchvision vgg19().features (full or up to relu3_1); "
+                                     "'random' for tests only",
+                                     default_help="torchvision's file in the torch hub cache")
+
+
+@dataclass(frozen=True)
+class TrainingSettings(Settings):
+    TITLE = "training (section 4.2)"
+
+    epochs: int = option(140, "epochs (may change on --resume, to extend a run)", valid=at_least(1))
+    batch_size: int = option(64, "images per step and process", valid=at_least(1))
+    lr: float = option(0.0015, "Adam learning rate", valid=above(0))
+    lr_factor: float = option(0.2, "learning-rate factor on a plateau", valid=between(0, 1, low_open=True,
+                                                                                      high_open=True))
+    lr_patience: int = option(4, "epochs without improvement of the validation loss before the factor",
+                              valid=at_least(0))
+    seed: int = option(0, "seed of every random draw (weights, data order, augmentation, noise)", valid=SEED_RANGE)
+    active_threshold: float = option(0.01, "variance of the posterior mean above which a dimension is active",
+                                     valid=at_least(0))
+
+
+@dataclass(frozen=True)
+class AugmentConfig(Settings):
+    """Augmentation on the training device (vae.augment)."""
+
+    TITLE = "augmentation"
+
+    flip_prob: float = option(0.5, "horizontal flip probability", valid=between(0, 1))
+    crop_max: float = option(0.1, "largest share of the side a crop trims (crops keep every object)",
+                             valid=between(0, 1, high_open=True))
+    brightness: float = option(0.1, "brightness jitter: factors in [1 - b, 1 + b]",
+                               valid=between(0, 1, high_open=True))
+    contrast: float = option(0.1, "contrast jitter", valid=between(0, 1, high_open=True))
+    saturation: float = option(0.1, "saturation jitter", valid=between(0, 1, high_open=True))
+    hue: float = option(0.02, "hue jitter in turns, either way", valid=between(0, 0.5))
+
+
+@dataclass(frozen=True)
+class RuntimeSettings(Settings):
+    TITLE = "runtime: how the run executes (may change on --resume)"
+
+    device: str = device_option()
+    amp: str = option("auto", "bf16 autocast; auto: on CUDA only", choices=AMP_MODES)
+    channels_last: bool = option(True, "keep NCHW memory layout", flag="--no-channels-last")
+    compile: bool = option(False, "torch.compile the model (kept only if it matches eager execution on a training "
+                           "batch)")
+    data_on_device: str = option("auto", "load the sets once into the device's memory; auto: when they take under "
+                                 "half of the free memory", choices=ON_DEVICE)
+    workers: int = option(4, "DataLoader workers reading shards when the data stays on disk", valid=at_least(0))
+    sync_bn: bool = option(False, "synchronise BatchNorm statistics across GPUs")
+    progress: bool = progress_option()
+    verify_shards: bool = verify_option()
+
+
+@dataclass(frozen=True)
+class TrainConfig(Settings):
+    """Every setting of a run; saved as config.json in the run folder and in every checkpoint."""
+
+    out: str = option(help="run folder: config, metrics, figures, checkpoints; with --resume, the run to continue "
+                      "(wherever it was copied or moved)")
+    data: DataSettings = DataSettings()
+    model: ModelSettings = ModelSettings()
+    loss: LossSettings = LossSettings()
+    training: TrainingSettings = TrainingSettings()
+    augment: AugmentConfig = AugmentConfig()
+    runtime: RuntimeSettings = RuntimeSettings()
+
+    def check(self) -> None:
+        if not self.data.data:
+            raise UsageError("--data: give one or more synthgen build folders (the synthetic training sets)")
+
+
+# What --resume may replace: where the run is, how it runs, and how long.
+RESUMABLE = {"out", "epochs"} | set(RuntimeSettings.__dataclass_fields__)
