@@ -12,6 +12,7 @@ listed twice in a split file (in the same split or in both) is an error.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import re
 import time
@@ -111,7 +112,7 @@ def pack_shard(out_dir: str, shard_index: int, first: int, items: list, config_j
         shard.add(image, count=label, index=position)
     attrs = {"format": SHARD_FORMAT, "schema_version": SCHEMA_VERSION, "synthgen_version": __version__,
              "kind": "natural", "build_identity": identity,
-             "config_json": json.dumps(config_json | {"root": None}, sort_keys=True),
+             "config_json": json.dumps(config_json | {"root": None, "split_file": None}, sort_keys=True),
              "shard_index": shard_index, "first_index": first, "n_images": len(shard), "image_size": config.size,
              # which files are bad depends only on the files, so a resumed pack can still report them
              "skipped_json": json.dumps(skipped)}
@@ -123,10 +124,11 @@ def pack_shard(out_dir: str, shard_index: int, first: int, items: list, config_j
     return {"shard": shard_index, "n_images": len(shard), "first_index": first, "skipped": skipped}
 
 
-def differences(old: dict, config: PackConfig, fingerprint: str) -> str:
-    changed = changed_values(PackConfig, {**old.get("config", {}), "root": config.root}, config)
-    if old.get("sources", {}).get("fingerprint") != fingerprint:
-        changed.append(f"the listed image files differ ({old.get('sources', {}).get('root')} -> "
+def differences(old: dict, config: PackConfig, fingerprint: str, labels: str) -> str:
+    changed = changed_values(PackConfig, {**old.get("config", {}), "root": config.root,
+                                          "split_file": config.split_file}, config)
+    if old.get("sources", {}).get("fingerprint") != fingerprint or old.get("sources", {}).get("labels") != labels:
+        changed.append(f"the listed image files or labels differ ({old.get('sources', {}).get('root')} -> "
                        f"{Path(config.root).resolve()})")
     if old.get("synthgen_version") != __version__:
         changed.append(f"synthgen {old.get('synthgen_version')} -> {__version__}")
@@ -149,18 +151,23 @@ def pack(config: PackConfig, run: RunOptions, out_dir, command: list[str] | None
     if run.on_bad_input == "fail" and skipped:
         raise BadInputError(skipped[0].path, skipped[0].reason + " (--on-bad-input fail)")
     fingerprint = list_fingerprint(root, [rel for rel, _ in items])
-    # the root is left out: a moved folder of the same files is the same pack
-    identity = build_identity(config.to_json() | {"root": None}, {"files": fingerprint}, __version__, SCHEMA_VERSION)
+    labels = hashlib.sha256(json.dumps(items).encode()).hexdigest()
+    # The folder and split file paths are left out (a moved folder of the same files is the same pack);
+    # the files and their labels are in.
+    identity = build_identity(config.to_json() | {"root": None, "split_file": None},
+                              {"files": fingerprint, "labels": labels}, __version__, SCHEMA_VERSION)
     n_shards = -(-len(items) // config.shard_size)
-    config_json = config.to_json() | {"root": str(root)}
+    split_file = str(Path(config.split_file).resolve()) if config.split_file else None
+    config_json = config.to_json() | {"root": str(root), "split_file": split_file}
     writer = SetWriter(out, {"format": MANIFEST_FORMAT, "schema_version": SCHEMA_VERSION,
                              "synthgen_version": __version__, "kind": "natural", "build_identity": identity,
                              "command": command, "config": config_json, "n_listed": len(items),
                              "image_size": config.size, "n_shards": n_shards,
-                             "sources": {"root": str(root), "fingerprint": fingerprint, "count": len(items)}}, log)
+                             "sources": {"root": str(root), "fingerprint": fingerprint, "labels": labels,
+                                         "count": len(items)}}, log)
     for item in skipped:
         writer.report(item)
-    done = writer.check(n_shards, run.overwrite, lambda old: differences(old, config, fingerprint))
+    done = writer.check(n_shards, run.overwrite, lambda old: differences(old, config, fingerprint, labels))
     writer.begin()
     write_json_atomic(out / SOURCES, {"kind": "natural", "root": str(root), "files": [rel for rel, _ in items],
                                       "labels": [label for _, label in items]})

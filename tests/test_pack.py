@@ -141,3 +141,19 @@ def test_an_image_listed_twice_is_an_error_naming_both_lines(synthgen, tmp_path)
     result = synthgen("pack", root, "--split-file", split_file, "--split", "train", "--out", tmp_path / "o", *FAST)
     assert result.rc == 2 and "1/img0.jpg is listed twice, on lines 2 and 4" in result.err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_pack_is_the_same_pack_however_its_paths_are_spelled_but_not_with_other_labels(synthgen, tmp_path,
+                                                                                       monkeypatch):
+    root = tmp_path / "images"
+    labels = make_sos_tree(root, per_label=1)
+    split_file = tmp_path / "split.csv"
+    split_file.write_text("".join(f"{path},{label},train\n" for path, label in sorted(labels.items())))
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "packed"
+    assert synthgen("pack", "images/", "--split-file", "split.csv", "--split", "train", "--out", out, *FAST).rc == 0
+    again = synthgen("pack", root, "--split-file", split_file, "--split", "train", "--out", out, *FAST)
+    assert again.rc == 0 and "(0 in this run)" in again.out
+    split_file.write_text(split_file.read_text().replace("1/img0.jpg,1,", "1/img0.jpg,2,"))  # a relabelled image
+    relabelled = synthgen("pack", "images", "--split-file", "split.csv", "--split", "train", "--out", out, *FAST)
+    assert relabelled.rc == 1 and "the listed image files or labels differ" in relabelled.err

@@ -197,6 +197,18 @@ def test_a_copied_or_moved_run_resumes_in_place(data, tmp_path, capsys):
     assert _files(original) == before
 
 
+def test_resume_refuses_a_set_rebuilt_differently_under_the_same_path(tmp_path, capsys):
+    args = ["--size", "32", "--no-progress", "--workers", "1", "--out", str(tmp_path / "set")]
+    assert synthgen_main(["build", "--n", "40", *args]) == 0
+    run = tmp_path / "run"
+    assert train_main(["--data", str(tmp_path / "set"), "--out", str(run), "--epochs", "1", *TINY]) == 0
+    assert synthgen_main(["build", "--n", "40", "--seed", "3", "--overwrite", *args]) == 0
+    capsys.readouterr()
+    assert train_main(["--out", str(run), "--resume", "--epochs", "2", "--workers", "0"]) == 1
+    assert "changed since the run started" in capsys.readouterr().err
+    assert load_checkpoint(run / "last.pt")["epoch"] == 1
+
+
 def test_compiled_training_matches_eager(data, tmp_path, capsys):
     common = ["--data", str(data / "synth"), "--epochs", "1", *TINY]
     assert train_main([*common, "--out", str(tmp_path / "eager")]) == 0

@@ -94,7 +94,7 @@ def flip_image_bytes(path, image=7, count=64):
     path.write_bytes(bytes(data))
 
 
-def test_the_reader_refuses_a_corrupted_shard_before_its_first_use(synthgen, copy_of, monkeypatch):
+def test_the_reader_refuses_a_corrupted_shard_before_its_first_use(synthgen, built_set, copy_of, monkeypatch):
     import synthgen.reader as reader
 
     hashed = []
@@ -113,6 +113,11 @@ def test_the_reader_refuses_a_corrupted_shard_before_its_first_use(synthgen, cop
     result = synthgen("inspect", copy_of)
     assert result.rc == 1 and "shard-00001.h5: corrupted" in result.err and result.err.count("\n") == 1
     assert synthgen("inspect", copy_of, "--no-verify-shards", "--samples", 4).rc == 0
+    # what the message advises: delete the damaged shard, re-run the command that made the set
+    (copy_of / "shard-00001.h5").unlink()
+    rebuilt = synthgen("build", "--n", "50", "--shard-size", "20", "--out", copy_of, *FAST)
+    assert rebuilt.rc == 0 and "built 20 images" in rebuilt.out and "30 were already built" in rebuilt.out
+    assert np.array_equal(ShardSet(copy_of).images(np.arange(50)), read_set(built_set)["images"])
 
 
 @pytest.mark.parametrize("damage, message", [
