@@ -11,7 +11,13 @@ DEMO_VAE := --image-size 48 --encoder "16@4x4-1,32@4x4-2,32@4x4-2,64@4x4-2" \
 	--decoder "64@3x3-1,32@3x3-2,32@3x3-2,16@3x3-2" --latent 16 --epochs 2 --batch-size 32 --workers 0
 PIP_INSTALL := $(BIN)/python -m pip install --disable-pip-version-check -c constraints.txt
 
-.PHONY: demo test clean
+# The positive control (README: "The positive control"): Stoianov & Zorzi's dot stimuli, a small VAE with the
+# Bernoulli loss, two seeds, and the analysis with its controls; about 20 minutes on 2 CPU cores.
+DOTS ?= runs/dots
+DOTS_VAE := --epochs 16 --latent 16 --encoder "32@4x4-2,64@4x4-2,128@4x4-2" --decoder "128@3x3-2,64@3x3-2,32@3x3-2" \
+	--recon bce --beta 1 --batch-size 128 --crop-max 0 --brightness 0 --contrast 0 --saturation 0 --hue 0 --workers 0
+
+.PHONY: demo dots test clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed (set PYTHON=...)")'
@@ -49,6 +55,22 @@ demo: $(VENV)/.installed
 	@echo "  training figures $(DEMO)/vae/reconstruction.png, $(DEMO)/vae/loss_curves.png; log: $(DEMO)/vae/metrics.jsonl"
 	@echo "  area vs number   $(DEMO)/analysis/report.md (table dimensions.csv, figures *.png in the same folder)"
 	@echo "  readout          $(DEMO)/readout/table.md (Table 1 layout; readout.json, confusion.png)"
+
+dots: $(VENV)/.installed
+	$(BIN)/synthgen dots --n 25600 --out $(DOTS)/train
+	$(BIN)/synthgen dots --n 5120 --seed 1 --out $(DOTS)/test --no-progress
+	$(BIN)/synthgen inspect $(DOTS)/train --no-progress
+	for seed in 0 1; do \
+		if [ -f $(DOTS)/vae-seed$$seed/last.pt ]; then $(BIN)/vae-train --out $(DOTS)/vae-seed$$seed --resume --workers 0; \
+		else $(BIN)/vae-train --data $(DOTS)/train --out $(DOTS)/vae-seed$$seed --seed $$seed $(DOTS_VAE); fi || exit 1; \
+	done
+	$(BIN)/analyze-area-vs-number --checkpoint $(DOTS)/vae-seed0/best.pt $(DOTS)/vae-seed1/best.pt \
+		--data $(DOTS)/test --out $(DOTS)/analysis --no-progress
+	@echo
+	@echo "Positive control outputs:"
+	@echo "  dot stimuli      $(DOTS)/train, $(DOTS)/test (figures in $(DOTS)/train/inspect/)"
+	@echo "  two VAEs         $(DOTS)/vae-seed0, $(DOTS)/vae-seed1"
+	@echo "  analysis         $(DOTS)/analysis/report.md (over both runs; each run's report in its own folder)"
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest

@@ -18,11 +18,13 @@ class EncodeRuntime(Settings):
 
 @dataclass(frozen=True)
 class AnalysisConfig(Settings):
-    """`analyze-area-vs-number`: Eq. 3 for every active dimension, and the unit criteria."""
+    """`analyze-area-vs-number`: Eq. 3 and the unit criteria, their chance level, population decoding and
+    number selectivity, for one run or several."""
 
-    checkpoint: str = option(help="a vae-train checkpoint (best.pt or last.pt)")
-    data: str = option(help="a synthgen set, ideally built with --same-object --max-occlusion 0")
-    out: str = option(help="output folder for the table, summary, report and figures")
+    checkpoint: list[str] = option(help="vae-train checkpoints (best.pt or last.pt); several (seeds, betas) give "
+                                   "one analysis each and a summary over them")
+    data: str = option(help="a synthgen set, ideally built with --same-object --max-occlusion 0, or `synthgen dots`")
+    out: str = option(help="output folder for the tables, summaries, reports and figures")
     r2_min: float = option(0.05, "R^2 threshold of a unit (0.05 is the paper's; Stoianov & Zorzi used 0.1)",
                            valid=between(0, 1))
     beta_max: float = option(0.1, "largest |beta| of the other property", valid=above(0))
@@ -30,8 +32,17 @@ class AnalysisConfig(Settings):
                                      "left out", valid=at_least(0))
     log1p: bool = option(False, "use log(1 + N) and log(1 + A), keeping the N = 0 images (default: leave them out, "
                          "since log 0 is undefined)")
-    bootstrap: int = option(1000, "bootstrap resamples for the confidence intervals (0: none)", valid=at_least(0))
-    seed: int = option(0, "seed of the bootstrap and of the figures' choice of images", valid=SEED_RANGE)
+    bootstrap: int = option(1000, "bootstrap resamples for the confidence intervals of the betas and of the "
+                            "decoding R^2 (0: none)", valid=at_least(0))
+    null_rotations: int = option(200, "random rotations of the latent space in the chance-level null (0: none)",
+                                 valid=at_least(0))
+    folds: int = option(5, "cross-validation folds of the population decoding", valid=between(2, 100))
+    area_bins: int = option(4, "quantile bins of a continuous cumulative area in the two-way ANOVA (a set with a "
+                            "few area levels, such as the dot stimuli, is binned by its levels)", valid=between(2, 50))
+    anova_p: float = option(0.01, "significance level of the number-selectivity ANOVA",
+                            valid=between(0, 1, low_open=True, high_open=True))
+    seed: int = option(0, "seed of the bootstrap, the rotations, the folds and the figures' choice of images",
+                       valid=SEED_RANGE)
     batch_size: int = option(256, "images per encoding batch", valid=at_least(1))
     runtime: EncodeRuntime = EncodeRuntime()
 

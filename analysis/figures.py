@@ -121,3 +121,87 @@ def confusion_matrix(confusion: np.ndarray, classes, path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def null_figure(null, decoding, path) -> None:
+    """The observed statistics against their random-rotation null distributions, and the decoding R^2."""
+    keys = [k for k in ("best_numerosity_unit_r2", "best_area_unit_r2", "best_r2", "selective_units")
+            if k in null.observed]
+    titles = {"best_numerosity_unit_r2": "R^2 of the best numerosity unit", "best_area_unit_r2": "R^2 of the best "
+              "area unit", "best_r2": "best R^2 of Eq. 3", "selective_units": "number-selective units (ANOVA)"}
+    fig, axes = plt.subplots(1, len(keys) + 1, figsize=(3.6 * (len(keys) + 1), 3.6))
+    for ax, key in zip(axes, keys):
+        values = null.null[key]
+        if key.endswith("r2"):
+            ax.hist(values, bins=30, color="#bbbbbb")
+        else:
+            ax.hist(values, bins=np.arange(values.min(), max(values.max(), null.observed[key]) + 2) - 0.5,
+                    color="#bbbbbb")
+        ax.axvline(null.observed[key], color="#c44e52", lw=2, label="observed")
+        ax.set(title=f"{titles[key]}\np = {null.p[key]:.3f}", xlabel="value", ylabel="rotations")
+        ax.legend(fontsize=7)
+    ax = axes[-1]
+    names = [f"{d.target}\n{'all' if d.features.startswith('all') else 'units'}" for d in decoding]
+    r2 = [d.r2 for d in decoding]
+    errors = np.array([[d.r2 - d.ci[0] for d in decoding], [d.ci[1] - d.r2 for d in decoding]])
+    ax.bar(range(len(decoding)), r2, yerr=errors, color="#4c72b0", capsize=3)
+    ax.set(xticks=range(len(decoding)), xticklabels=names, ylim=(min(0, min(r2, default=0)), 1),
+           title="population decoding (ridge)", ylabel="cross-validated R^2")
+    fig.suptitle(f"observed against {null.rotations} random rotations of the latent space")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def tuning_figure(selectivity, path) -> None:
+    """Average tuning curves of the number-selective units per preferred numerosity, on linear and log2 axes."""
+    levels = selectivity.levels.astype(float)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    cmap = plt.get_cmap("viridis")
+    top = max(selectivity.average, default=1)
+    for value, curve in sorted(selectivity.average.items()):
+        units = int(np.sum(selectivity.selective & (selectivity.preferred == value)))
+        for ax in axes:
+            ax.plot(levels, curve, "o-", color=cmap(np.log(value) / max(np.log(top), 1e-9)) if top > 1 else "#4c72b0",
+                    label=f"preferred {value} ({units})")
+    axes[0].set(xlabel="numerosity N", ylabel="normalised mean response", title="linear axis")
+    axes[1].set(xscale="log", xlabel="numerosity N (log axis)", title="log axis")
+    ticks = levels if levels.size <= 10 else [v for v in levels if np.log2(v).is_integer()] or levels
+    axes[1].set_xticks(ticks, [f"{v:g}" for v in ticks], fontsize=7)
+    axes[1].minorticks_off()
+    for ax in axes:
+        ax.set_ylim(-0.05, 1.05)
+    if selectivity.average:
+        axes[0].legend(fontsize=7)
+    else:
+        axes[0].text(0.5, 0.5, "no number-selective unit", ha="center", transform=axes[0].transAxes)
+    fig.suptitle(f"tuning of the {int(selectivity.selective.sum())} number-selective units "
+                 f"(two-way ANOVA, p < {selectivity.p_max})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def runs_figure(rows: list[dict], null_95th: list[float | None], path) -> None:
+    """Best R^2 of each run against the 95th percentile of its null, and the decoding R^2 of log N."""
+    labels = [r["label"] for r in rows]
+    x = np.arange(len(rows))
+    fig, axes = plt.subplots(1, 2, figsize=(max(7, 1.2 * len(rows) + 4), 4))
+    axes[0].bar(x, [r["best_r2"] for r in rows], color="#c44e52", label="observed best R^2")
+    if any(v is not None for v in null_95th):
+        axes[0].scatter(x, [np.nan if v is None else v for v in null_95th], marker="_", s=600, color="black",
+                        label="null 95th percentile")
+    axes[0].set(xticks=x, title="best R^2 of Eq. 3 per run", ylabel="R^2",
+                ylim=(0, 1.25 * max([r["best_r2"] for r in rows] + [v or 0 for v in null_95th])))
+    axes[0].set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
+    axes[0].legend(fontsize=7, loc="upper right", ncol=2)
+    for key, colour, offset, name in (("decoding_r2_log_n", "#c44e52", -0.2, "log N"),
+                                      ("decoding_r2_log_a", "#4c72b0", 0.2, "log A")):
+        axes[1].bar(x + offset, [np.nan if r[key] is None else r[key] for r in rows], width=0.4, color=colour,
+                    label=name)
+    axes[1].set(xticks=x, title="population decoding R^2 per run", ylabel="R^2", ylim=(0, 1.15))
+    axes[1].set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
+    axes[1].legend(fontsize=7, loc="upper right", ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,4 +1,4 @@
-"""Count classification metrics: per-class average precision, accuracy, confusion matrix.
+"""Count classification metrics: per-class average precision and recall, accuracy, confusion matrix.
 
 AP variant: non-interpolated average precision, one class against the rest, ranked by that
 class's softmax score: AP = sum_k (R_k - R_{k-1}) P_k over the distinct score thresholds (tied
@@ -41,5 +41,8 @@ def classification_report(probabilities: np.ndarray, labels: np.ndarray) -> dict
     predicted = probabilities.argmax(axis=1)
     confusion = np.zeros((k, k), dtype=np.int64)
     np.add.at(confusion, (labels, predicted), 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = np.diag(confusion) / confusion.sum(axis=1)  # NaN for a class absent from the test set
     return {"ap": ap, "mean_ap": float(np.nanmean(ap)), "chance": prevalence, "mean_chance": float(np.mean(prevalence)),
+            "recall": recall.tolist(), "mean_recall": float(np.nanmean(recall)),
             "accuracy": float(np.mean(predicted == labels)), "confusion": confusion.tolist(), "n": int(labels.size)}

@@ -131,11 +131,17 @@ def bootstrap_betas(z: np.ndarray, x: np.ndarray, n_boot: int, seed: int, chunk:
     return out
 
 
-def classify(fit: Fit, r2_min: float, beta_max: float = 0.1) -> np.ndarray:
+def unit_labels(r2: np.ndarray, beta_n: np.ndarray, beta_a: np.ndarray, r2_min: float,
+                beta_max: float = 0.1) -> np.ndarray:
     """Stoianov & Zorzi: a numerosity unit has R^2 >= r2_min and |beta_A| < beta_max; an area unit
     has R^2 >= r2_min and |beta_N| < beta_max."""
-    labels = np.full(fit.r2.shape, NEITHER, dtype=object)
-    fits_well = fit.r2 >= r2_min
-    labels[fits_well & (np.abs(fit.beta_a) < beta_max)] = NUMEROSITY
-    labels[fits_well & (np.abs(fit.beta_n) < beta_max)] = AREA
+    labels = np.full(np.shape(r2), NEITHER, dtype=object)
+    fits_well = r2 >= r2_min
+    labels[fits_well & (np.abs(beta_a) < beta_max)] = NUMEROSITY
+    labels[fits_well & (np.abs(beta_n) < beta_max)] = AREA
     return labels
+
+
+def classify(fit: Fit, r2_min: float, beta_max: float = 0.1) -> np.ndarray:
+    """The unit label of every fitted dimension (see unit_labels)."""
+    return unit_labels(fit.r2, fit.beta_n, fit.beta_a, r2_min, beta_max)

@@ -1,6 +1,7 @@
-"""Benchmark the Eq. 3 fit: 35,000 images x 180 latent dimensions, closed form for all dimensions at
-once against a statsmodels OLS loop over the dimensions, in the same run (statsmodels is a test
-dependency: pip install -e '.[test]').
+"""Benchmark the area-versus-number statistics on 35,000 images x 180 latent dimensions: the Eq. 3 fit
+(closed form for all dimensions at once against a statsmodels OLS loop over the dimensions, in the
+same run; statsmodels is a test dependency: pip install -e '.[test]'), the bootstrap, and the controls:
+the random-rotation null (with and without the ANOVA), population decoding, the two-way ANOVA.
 
     python benchmarks/bench_analysis.py
 """
@@ -13,7 +14,9 @@ import time
 import numpy as np
 import statsmodels.api as sm
 
+from analysis.controls import population_decoding, rotation_null
 from analysis.regression import bootstrap_betas, fit_eq3, make_predictors, standardise
+from analysis.selectivity import anova_moments, make_design, number_selectivity
 
 
 def _timed(function) -> float:
@@ -27,6 +30,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=35_000)
     parser.add_argument("--dims", type=int, default=180)
     parser.add_argument("--bootstrap", type=int, default=1000)
+    parser.add_argument("--rotations", type=int, default=200)
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     count = rng.integers(0, 5, args.images)
@@ -58,6 +62,19 @@ def main() -> None:
           f"{loop / (prepare + closed):.0f}x |")
     print(f"| statsmodels OLS, one dimension at a time | {loop:.3f} | 1x |")
     print(f"| {args.bootstrap} bootstrap resamples (closed form) | {boot:.3f} | |")
+    design = make_design(count, area)
+    z_design = means[design.used]
+    anova = _timed(lambda: number_selectivity(z_design, design))
+    moments = anova_moments(z_design, design)
+    null = _timed(lambda: rotation_null(z, predictors.x, 0.05, 0.1, args.rotations, 0))
+    null_anova = _timed(lambda: rotation_null(z, predictors.x, 0.05, 0.1, args.rotations, 0, anova=moments))
+    decoding = _timed(lambda: population_decoding(z, predictors.x[:, 0], predictors.x[:, 1], {},
+                                                  bootstrap=args.bootstrap))
+    print(f"| two-way ANOVA of every dimension (number selectivity, tuning) | {anova:.3f} | |")
+    print(f"| random-rotation null, {args.rotations} rotations, Eq. 3 criteria | {null:.3f} | |")
+    print(f"| the same with the ANOVA's selective count (moments given) | {null_anova:.3f} | |")
+    print(f"| population decoding of log N and log A (5 folds, {args.bootstrap} bootstraps each) | "
+          f"{decoding:.3f} | |")
     print(f"\nlargest difference from statsmodels (beta, SE, R^2): {worst:.1e}")
 
 

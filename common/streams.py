@@ -13,6 +13,7 @@ IMAGE = 0  # everything drawn for image i of a build
 COUNTS = 1  # the order of the count values in each block of the count plan
 OBJECT_POOL = 2  # the order in which objects are tried for --source-objects
 PROBE = 3  # the feasibility probes (never the images of the set)
+PROBE_OBJECT = 4  # the packing probe of one object (which objects can appear at every area and count)
 PROCEDURAL = 0x5EED_0B1E  # the embedded procedural source, apart from every build seed
 # vae-train: the data plan
 VALIDATION = 11
@@ -23,6 +24,12 @@ EPOCH = 14
 STEP = 21
 VALIDATION_NOISE = 22
 INIT = 23
+# analyses
+NULL_ROTATION = 31  # the random rotations of the null
+DECODING_FOLDS = 32  # the cross-validation folds of population decoding
+DECODING_BOOTSTRAP = 33  # the bootstrap of the decoding R^2
+# synthgen dots
+DOTS = 41  # everything drawn for dot image i
 
 
 def rng(*keys: int) -> np.random.Generator:

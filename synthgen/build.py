@@ -19,10 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
-import joblib
 import numpy as np
-from tqdm import tqdm
 
 from common.settings import changed_values
 from synthgen import __version__
@@ -32,8 +29,8 @@ from synthgen.errors import BadInputError, OutputError, PlacementError, UsageErr
 from synthgen.feasibility import check_feasible
 from synthgen.manifest import MANIFEST_FORMAT, SOURCES, write_json_atomic
 from synthgen.masks import MaskRule
-from synthgen.parallel import parallel_backend, workers_of
-from synthgen.plan import counts_for, object_pool_order
+from synthgen.parallel import parallel_backend, run_shards, run_tasks, workers_of
+from synthgen.plan import counts_for, largest_object_share, object_pool_order
 from synthgen.prepared import PREPARED_DIR, PreparedObjects, prepare_objects, store_dir
 from synthgen.procedural import N_BACKGROUNDS, N_OBJECTS, ProceduralBackgrounds, ProceduralObjects
 from synthgen.reader import read_labels
@@ -95,23 +92,29 @@ def open_backgrounds(description: dict, cache_bytes: int):
     return ProceduralBackgrounds(backgrounds["count"], cache_bytes)
 
 
-def select_object_pool(config: BuildConfig, objects, on_bad_input: str, skipped: list) -> list[int] | None:
-    """With --source-objects K: K usable objects, tried in an order drawn from the seed (None: all)."""
+def select_object_pool(config: BuildConfig, objects, sizer: Compositor, on_bad_input: str, skipped: list,
+                       too_large: set) -> list[int] | None:
+    """With --source-objects K: K usable objects that fit the canvas, tried in an order drawn from the seed
+    (None: all)."""
     if config.source_objects is None:
         return None
     pool = []
     for k in object_pool_order(len(objects), config.seed).tolist():
         try:
-            objects.load(k, config.size)
+            cutout = objects.load(k, config.size)
         except BadInputError as error:
             if on_bad_input == "fail":
                 raise
             skipped.append(Skipped(error.path, error.reason))
             continue
+        if not sizer.eligible(k, cutout):
+            too_large.add(k)
+            continue
         pool.append(k)
         if len(pool) == config.source_objects:
             return sorted(pool)
-    raise UsageError(f"--source-objects {config.source_objects}: only {len(pool)} usable objects are available")
+    larger = f" ({len(too_large)} more are too large to fit at the top of --area-range)" if too_large else ""
+    raise UsageError(f"--source-objects {config.source_objects}: only {len(pool)} usable objects are available{larger}")
 
 
 def check_disk_space(out: Path, config: BuildConfig, n_images: int) -> None:
@@ -126,22 +129,7 @@ def check_disk_space(out: Path, config: BuildConfig, n_images: int) -> None:
 # ------------------------------------------------------------------ worker side
 
 _COMPOSITORS: dict = {}
-
-
-def in_worker(function, *args):
-    """Every parallel task runs through here. This module imports albumentations (and with it
-    torch) when a worker unpickles the task, so the worker's first task already holds every heavy
-    module: loky measures a worker's memory after its first task and restarts workers that grow by
-    300 MB, which a later import of torch would otherwise trigger."""
-    cv2.setNumThreads(1)  # workers are the parallelism; OpenCV's own threads only contend
-    return function(*args)
-
-
-def run_in_workers(calls, progress: bool = False, desc: str = "") -> list:
-    """Run (function, args) calls under the active joblib backend, results in order."""
-    results = joblib.Parallel(return_as="generator")(joblib.delayed(in_worker)(function, *args)
-                                                     for function, args in calls)
-    return list(tqdm(results, total=len(calls), desc=desc, unit="part", disable=not progress, dynamic_ncols=True))
+WORKER_MODULES = ("synthgen.build",)  # albumentations and torch: in every worker's first task (parallel.in_worker)
 
 
 def _worker_compositor(out_dir: str, identity: str, config: BuildConfig, cache_mb: int, on_bad_input: str):
@@ -157,6 +145,7 @@ def _worker_compositor(out_dir: str, identity: str, config: BuildConfig, cache_m
         if len(_COMPOSITORS) > 8:
             _COMPOSITORS.clear()
         compositor = _COMPOSITORS[key] = Compositor(config, objects, backgrounds, description["pool"], on_bad_input)
+        compositor.eligible.known.update(objects.eligible)  # found once, while preparing the store
     return compositor
 
 
@@ -203,7 +192,8 @@ def build_shard(out_dir: str, shard_index: int, config_json: dict, identity: str
     timings = {stage: compositor.timings.get(stage, 0.0) - timings_before.get(stage, 0.0) for stage in STAGES}
     timings["write"] = time.perf_counter() - write_start
     return {"shard": shard_index, "n_images": n, "checksum": checksum, "timings": timings,
-            "skipped": [(s.path, s.reason) for s in compositor.skipped[skipped_before:]]}
+            "skipped": [(s.path, s.reason) for s in compositor.skipped[skipped_before:]],
+            "too_large": sorted(compositor.too_large)}
 
 
 # ------------------------------------------------------------------ main process
@@ -272,12 +262,16 @@ def build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | No
     objects = open_objects(sources.description, (run.cache_mb << 20) // 2)
     backgrounds = open_backgrounds(sources.description, (run.cache_mb << 20) // 2)
     pool_skipped: list[Skipped] = []
-    pool = select_object_pool(config, objects, run.on_bad_input, pool_skipped)
+    too_large: set[int] = set()
+    sizer = Compositor(config, objects, backgrounds, range(len(objects)), run.on_bad_input)
+    pool = select_object_pool(config, objects, sizer, run.on_bad_input, pool_skipped, too_large)
     if todo:
         probe = Compositor(config, objects, backgrounds, pool if pool is not None else range(len(objects)),
                            run.on_bad_input)
+        probe.eligible = sizer.eligible
         check_feasible(config, probe)
         pool_skipped += probe.skipped
+        too_large |= probe.too_large
         check_disk_space(out, config, sum(config.shard_range(s)[1] for s in todo))
     for item in pool_skipped:
         writer.report(item)
@@ -291,16 +285,24 @@ def build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | No
             ids = pool if pool is not None else list(range(len(objects)))
             prepare_start = time.perf_counter()
             store = prepare_objects(
-                objects, ids, config.size, out, run.on_bad_input,
-                lambda calls: run_in_workers(calls, run.progress and len(calls) > 1, "synthgen decoding objects"))
+                objects, ids, config.size, out, run.on_bad_input, sizer.eligible,
+                lambda calls: run_tasks(calls, run.progress and len(calls) > 1, "synthgen decoding objects",
+                                        preload=WORKER_MODULES))
             prepare_seconds = time.perf_counter() - prepare_start
             masks = store.masks
             for item in store.bad:
                 writer.report(item)
+            too_large |= {k for k, fits in store.eligible.items() if not fits}
+            usable = [k for k in store.ids if store.eligible[k]]
             if not store.ids and max(config.counts) > 0:
                 raise UsageError(f"--objects {config.objects}: none of the {len(ids)} objects is usable "
                                  "(each is listed above with the reason)")
-            write_json_atomic(out / SOURCES, {**sources.description, "pool": store.ids})
+            if not usable and max(config.counts) > 0:
+                raise UsageError(f"--objects: none of the {len(store.ids)} usable objects can appear at every area "
+                                 f"and count: each is too large for the top of --area-range ({config.area_range[1]:.0%}"
+                                 "), or its most crowded scene cannot be placed. Lower the top of --area-range, allow "
+                                 "more overlap (--max-occlusion), or use fewer objects (--count)")
+            write_json_atomic(out / SOURCES, {**sources.description, "pool": usable})
             try:
                 results, render_seconds = _render_shards(out, todo, config, writer.identity, sources.fingerprints,
                                                          run, writer.report)
@@ -321,6 +323,14 @@ def build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | No
         "ms_per_image": {stage: round(1e3 * sum(r["timings"][stage] for r in results) / built, 4)
                          for stage in STAGES} if built else None,
     })
+    too_large |= {k for r in results for k in r["too_large"]}
+    if too_large or not results:
+        reason = (f"too large to fit the {config.size}x{config.size} canvas at {largest_object_share(config):.0%} of "
+                  f"it (the largest area an object can be given), or {max(config.counts)} copies of it at "
+                  f"{config.area_range[1]:.0%} cannot be placed: left out so that which objects appear does not "
+                  "depend on the area")
+        excluded = [{"path": objects.mask_path(k), "reason": reason} for k in sorted(too_large)]
+        summary["excluded_objects"] = excluded or previous.get("summary", {}).get("excluded_objects", [])
     if masks:
         summary["masks"], writer.manifest["mask_notes"] = mask_summary(masks, config.mask_threshold)
     elif "masks" in previous.get("summary", {}):  # nothing decoded in this run: keep what the last one found
@@ -334,15 +344,13 @@ def _render_shards(out: Path, todo: list[int], config: BuildConfig, identity: st
                    run: RunOptions, report) -> tuple[list[dict], float]:
     """Render and write the missing shards in parallel, with a progress bar over images."""
     started = time.perf_counter()
-    results = []
     task_args = (config.to_json(), identity, fingerprints, run.cache_mb, run.on_bad_input)
-    already = config.n - sum(config.shard_range(s)[1] for s in todo)
-    with tqdm(total=config.n, initial=already, unit="img", desc="synthgen build", disable=not run.progress,
-              dynamic_ncols=True) as bar:
-        tasks = (joblib.delayed(in_worker)(build_shard, str(out), s, *task_args) for s in todo)
-        for result in joblib.Parallel(return_as="generator_unordered")(tasks):
-            results.append(result)
-            bar.update(result["n_images"])
-            for path, reason in result["skipped"]:
-                report(Skipped(path, reason), bar.write)
+
+    def report_skipped(result, write):
+        for path, reason in result["skipped"]:
+            report(Skipped(path, reason), write)
+
+    results = run_shards(build_shard, {s: (str(out), s, *task_args) for s in todo},
+                         {s: config.shard_range(s)[1] for s in todo}, config.n, run.progress, "synthgen build",
+                         report_skipped, preload=WORKER_MODULES)
     return results, time.perf_counter() - started

@@ -5,7 +5,7 @@ import sys
 
 from common.cli import add_version, run
 from common.settings import Parser, add_options, from_args
-from synthgen.config import BuildCommand, InspectCommand, PackCommand, VerifyCommand
+from synthgen.config import BuildCommand, DotsCommand, InspectCommand, PackCommand, VerifyCommand
 from synthgen.stats import summary_lines
 
 
@@ -49,6 +49,21 @@ def cmd_pack(given: dict, command: list[str]) -> int:
     return 0
 
 
+def cmd_dots(given: dict, command: list[str]) -> int:
+    from synthgen.dots import dots
+
+    settings = from_args(DotsCommand, given)
+    summary = dots(settings.config, settings.run, settings.out, command=command)
+    built, resumed = summary["images_built"], summary["images_resumed"]
+    print(f"synthgen: built {built} dot arrays in {summary['render_seconds']:.1f} s"
+          + (f"; {resumed} were already built" if resumed else "") if built else
+          f"synthgen: all {resumed} dot arrays were already built; nothing to do")
+    for line in summary_lines(summary):
+        print(f"  {line}")
+    print_outcome(summary, settings.out)
+    return 0
+
+
 def cmd_inspect(given: dict, command: list[str]) -> int:
     from synthgen.inspection import inspect_set
 
@@ -80,7 +95,7 @@ def cmd_verify(given: dict, command: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"build": cmd_build, "pack": cmd_pack, "inspect": cmd_inspect, "verify": cmd_verify}
+COMMANDS = {"build": cmd_build, "dots": cmd_dots, "pack": cmd_pack, "inspect": cmd_inspect, "verify": cmd_verify}
 
 
 def make_parser() -> Parser:
@@ -92,6 +107,10 @@ def make_parser() -> Parser:
                            description="Build a synthetic set; re-running the same command resumes it, and a larger "
                            "--n extends it.")
     add_options(build, BuildCommand)
+    dots = sub.add_parser("dots", help="build binary dot arrays (Stoianov & Zorzi 2012): the positive control",
+                          description="White dots on black, numerosity crossed with levels of cumulative area (or of "
+                          "item size), in a field of controlled area; the synthgen shard schema.")
+    add_options(dots, DotsCommand, exclude=("cache_mb", "on_bad_input"))
     pack = sub.add_parser("pack", help="pack natural labelled images (the SOS layout) into shards",
                           description="Pack natural images labelled 0, 1, 2, 3, 4+ into shards of the synthgen "
                           "schema, from count folders or an SOS split file.")

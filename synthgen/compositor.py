@@ -4,10 +4,12 @@ Order of draws from the image's generator (fixed, so the stream is reproducible)
 1. the target cumulative area fraction (drawn even when N = 0, so later draws do not shift);
 2. the background: id, crop offset, horizontal flip;
 3. a seed for albumentations' Python-side draws;
-4. per attempt: the object ids, their area shares, then per object its colour and geometric
-   transform and candidate positions.
-A scene that cannot be placed is redrawn (step 4 again, same N and same target area) up to
---max-redraws times; it is never shrunk, since shrinking would couple area and number.
+4. the object ids and their area shares;
+5. per attempt: per object its colour and geometric transform and candidate positions.
+A scene that cannot be placed is redrawn (step 5 again: same N, same target area, same objects) up
+to --max-redraws times. It is never shrunk, since shrinking would couple area and number, and its
+objects are kept, since drawing others would couple which objects appear with the area. Objects that
+can never fit at the top of the area range are left out of the build instead (plan.fits_canvas).
 """
 from __future__ import annotations
 
@@ -18,14 +20,83 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from common import streams
 from synthgen.config import BuildConfig
-from synthgen.errors import BadInputError, PlacementError, SynthgenError
+from synthgen.errors import BadInputError, PlacementError, SynthgenError, UsageError
 from synthgen.placement import Layout
-from synthgen.plan import draw_area_fraction, draw_area_shares, image_rng, image_seed
+from synthgen.plan import draw_area_fraction, draw_area_shares, fits_canvas, image_rng, image_seed, rotated_extent
 from synthgen.sources import Skipped
 from synthgen.transforms import ObjectTransform
 
 STAGES = ("decode", "transform", "placement", "blend", "write")
+# The most crowded scene of an object is tried only when copies of its worst-case bounding box would
+# cover more of the canvas than this: sparser scenes are always placed by random positions.
+LOOSE_PACKING = 0.3
+# A crowded scene of the object must come out in at least 4 of 16 tries (or in the first 2): an object
+# placed in fewer would make the scenes that draw it fail now and then (at 1 in 4, all 50 redraws fail
+# once in 10^6 scenes).
+PACKING_PROBE_TRIES, PACKING_PROBE_SUCCESSES = 16, 4
+
+
+class _TooLarge(Exception):
+    """An object that cannot fit the canvas at the largest area it can be given: left out of the build."""
+
+
+def place_scene(config: BuildConfig, rng, cutouts, shares, target: float, transform: ObjectTransform,
+                timings: dict | None = None) -> Layout | None:
+    """One try at placing a scene's objects: transform and place each, in order; the layout, or None."""
+    size = config.size
+    layout = Layout(size, config.max_occlusion, config.max_outside)
+    max_side = size if config.max_outside == 0 else 2 * size
+    for cutout, share in zip(cutouts, shares):
+        start = time.perf_counter()
+        sprite = transform(cutout, target * share, max_side)
+        placed_at = time.perf_counter()
+        ok = sprite is not None and layout.try_place(sprite, rng, config.placement_tries)
+        if timings is not None:
+            timings["transform"] += placed_at - start
+            timings["placement"] += time.perf_counter() - placed_at
+        if not ok:
+            return None
+    return layout
+
+
+class Eligibility:
+    """Whether an object can appear at every area and count of a build (plan.py says why it matters):
+    it fits the canvas at the largest share it can be given (plan.fits_canvas), and the most crowded
+    scene of its copies (the largest count at the top of the area range) comes out often enough. The
+    probe draws from the object's own stream, so every process finds the same; results are cached."""
+
+    def __init__(self, config: BuildConfig):
+        self.config = config
+        self.known: dict[int, bool] = {}
+        # colour never changes where an object fits: the probe skips it
+        self.transform = ObjectTransform(config.rotation, config.flip_prob, (0.0, 0.0, 0.0))
+
+    def __call__(self, k: int, cutout) -> bool:
+        if k not in self.known:
+            extent, box = rotated_extent(cutout.levels[0][..., 3], self.config.rotation)
+            self.known[k] = (fits_canvas(cutout.levels[0][..., 3], cutout.area, self.config, extent)
+                             and self._packs(k, cutout, box))
+        return self.known[k]
+
+    def _packs(self, k: int, cutout, box: float) -> bool:
+        config = self.config
+        most = max(config.counts)
+        target = config.area_range[1] * config.size**2
+        if most <= 1 or box * target / cutout.area <= LOOSE_PACKING * config.size**2:
+            return True
+        rng = streams.rng(config.seed, streams.PROBE_OBJECT, k)
+        self.transform.use_streams(rng, random.Random(int(rng.integers(2**63))))
+        shares = draw_area_shares(rng, most, config.size_jitter)
+        successes = 0
+        for tries in range(1, PACKING_PROBE_TRIES + 1):
+            successes += place_scene(config, rng, [cutout] * most, shares, target, self.transform) is not None
+            if successes >= PACKING_PROBE_SUCCESSES or successes == tries == 2:  # 2 of 2: surely often enough
+                return True
+            if successes + PACKING_PROBE_TRIES - tries < PACKING_PROBE_SUCCESSES:
+                return False
+        return False
 
 
 @dataclass
@@ -66,9 +137,11 @@ class Compositor:
         self.background_ids = np.arange(len(backgrounds))
         self.on_bad_input = on_bad_input
         self.transform = ObjectTransform(config.rotation, config.flip_prob, config.color_shift)
-        self.bad_objects: set[int] = set()
+        self.eligible = Eligibility(config)  # shared between compositors, prefilled from the prepared store
+        self.bad_objects: set[int] = set()  # bad inputs, and objects too large to ever fit (in self.too_large)
         self.bad_backgrounds: set[int] = set()
         self.skipped: list[Skipped] = []
+        self.too_large: set[int] = set()
         self.timings: dict[str, float] = defaultdict(float)
 
     # ------------------------------------------------------------------ public
@@ -87,16 +160,17 @@ class Compositor:
         target = fraction * size * size if count > 0 else 0.0
         background_id, canvas = self._background(rng)
         self.transform.use_streams(rng, random.Random(int(rng.integers(2**63))))
+        ids, cutouts, shares = self._draw_objects(rng, count)
         for _ in range(self.config.max_redraws):
-            attempt = self._attempt(rng, count, target)
-            if attempt is not None:
-                layout, ids = attempt
+            layout = self._place(rng, cutouts, shares, target)
+            if layout is not None:
                 break
         else:
             raise PlacementError(
                 f"image {index}: could not place {count} object{'s' if count != 1 else ''} covering {fraction:.1%} "
-                f"of the {size}x{size} canvas: tried {self.config.max_redraws} draws of the objects "
-                f"(--max-redraws), {self.config.placement_tries} positions per object each (--placement-tries), "
+                f"of the {size}x{size} canvas: tried {self.config.max_redraws} draws of the objects' transforms and "
+                f"positions (--max-redraws), {self.config.placement_tries} positions per object each "
+                "(--placement-tries), "
                 f"under --max-occlusion {self.config.max_occlusion:g} and --max-outside {self.config.max_outside:g}. "
                 "The upfront probe passed, but this image's objects are harder to pack; image i depends only on "
                 "(seed, i), so the same command would stop here again. Lower the top of --area-range, allow more "
@@ -122,33 +196,41 @@ class Compositor:
             crop = crop[:, ::-1]
         return k, crop.copy(order="C")  # always a copy: blending must never touch the cached background
 
-    def _attempt(self, rng, count: int, target: float):
-        """One try at a scene: draw objects, transform and place them; (layout, ids) or None."""
+    def _draw_objects(self, rng, count: int):
+        """The scene's objects (ids and decoded cut-outs) and their shares of the target area."""
         size = self.config.size
         n_draws = min(count, 1) if self.config.same_object else count
-        drawn = [self._draw_usable(rng, self.pool, self.bad_objects, lambda i: self.objects.load(i, size), "object")
+        drawn = [self._draw_usable(rng, self.pool, self.bad_objects, lambda i: self._load_object(i, size), "object")
                  for _ in range(n_draws)]
         if self.config.same_object:
             drawn = drawn * count
-        ids = [k for k, _ in drawn]
-        shares = draw_area_shares(rng, count, self.config.size_jitter)
-        layout = Layout(size, self.config.max_occlusion, self.config.max_outside)
-        max_side = size if self.config.max_outside == 0 else 2 * size
-        for (_, cutout), share in zip(drawn, shares):
-            start = time.perf_counter()
-            sprite = self.transform(cutout, target * share, max_side)
-            placed_at = time.perf_counter()
-            self.timings["transform"] += placed_at - start
-            ok = sprite is not None and layout.try_place(sprite, rng, self.config.placement_tries)
-            self.timings["placement"] += time.perf_counter() - placed_at
-            if not ok:
-                return None
-        return layout, ids
+        return [k for k, _ in drawn], [cutout for _, cutout in drawn], draw_area_shares(rng, count,
+                                                                                        self.config.size_jitter)
+
+    def _load_object(self, k: int, size: int):
+        cutout = self.objects.load(k, size)
+        if not self.eligible(k, cutout):
+            raise _TooLarge(k)
+        return cutout
+
+    def _place(self, rng, cutouts, shares, target: float) -> Layout | None:
+        return place_scene(self.config, rng, cutouts, shares, target, self.transform, self.timings)
 
     def _draw_usable(self, rng, candidates: np.ndarray, bad: set, load, what: str):
-        """Draw ids from `candidates` until one loads; bad files are reported once and redrawn."""
+        """Draw ids from `candidates` until one loads; bad files are reported once and redrawn, objects
+        too large to ever fit are set aside and redrawn (the same draws whichever worker knows it)."""
         while True:
             if len(bad) >= len(candidates):  # bad ids always come from the candidates
+                if what == "object" and self.too_large:
+                    config = self.config
+                    raise UsageError(
+                        f"no object can appear at every area and count: {len(self.too_large)} of the "
+                        f"{len(candidates)} objects are too large for the {config.size}x{config.size} canvas at the "
+                        f"top of --area-range ({config.area_range[1]:.0%}), or {max(config.counts)} copies of them "
+                        f"cannot be placed there (--max-occlusion {config.max_occlusion:g}, --max-outside "
+                        f"{config.max_outside:g})" + (", the rest are bad inputs" if len(bad) > len(self.too_large)
+                                                      else "") + ". Lower the top of --area-range, allow more overlap "
+                        "(--max-occlusion), or use fewer objects (--count)")
                 raise SynthgenError(f"no usable {what} left: all {len(candidates)} candidates are bad inputs "
                                     "(see the skipped lines above)")
             k = int(candidates[rng.integers(len(candidates))])
@@ -162,5 +244,8 @@ class Compositor:
                     raise
                 bad.add(k)
                 self.skipped.append(Skipped(error.path, error.reason))
+            except _TooLarge:
+                bad.add(k)
+                self.too_large.add(k)
             finally:
                 self.timings["decode"] += time.perf_counter() - start

@@ -97,11 +97,15 @@ def _color_shift_problem(values) -> str | None:
     return None
 
 
-def _area_range_problem(pair) -> str | None:
-    lo, hi = pair
-    if not 0 < lo <= hi <= 1:
-        return "needs 0 < LO <= HI <= 1 (fractions of the canvas covered by all objects together)"
-    return None
+def _fractions(what: str):
+    def problem(pair) -> str | None:
+        lo, hi = pair
+        return None if 0 < lo <= hi <= 1 else f"needs 0 < LO <= HI <= 1 (fractions of the canvas {what})"
+
+    return problem
+
+
+_area_range_problem = _fractions("covered by all objects together")
 
 
 def _show_pair(pair) -> str:
@@ -112,12 +116,31 @@ def _show_floats(values) -> str:
     return ",".join(f"{v:g}" for v in values)
 
 
+class ShardedSet:
+    """What a set's settings say about its shards (n images, shard_size each)."""
+
+    n: int
+    shard_size: int
+
+    @property
+    def n_shards(self) -> int:
+        return -(-self.n // self.shard_size)
+
+    def shard_range(self, shard_index: int) -> tuple[int, int]:
+        """First image index and number of images of one shard."""
+        first = shard_index * self.shard_size
+        return first, min(self.shard_size, self.n - first)
+
+    def to_json(self) -> dict:
+        return to_dict(self)
+
+
 WHAT, AREA, OBJECTS, MASKS, OUTPUT, RUN = ("what to build", "area and placement", "objects and their transforms",
                                            "object masks", "output", "how to run")
 
 
 @dataclass(frozen=True)
-class BuildConfig(Settings):
+class BuildConfig(ShardedSet, Settings):
     """Everything that determines the content of a synthetic set."""
 
     n: int = option(help="number of images; a smaller --n is a prefix of a larger one, so a set can be "
@@ -169,18 +192,6 @@ class BuildConfig(Settings):
     shard_size: int = option(1000, "images per HDF5 shard", valid=at_least(1), group=OUTPUT)
     compression: str = option("none", "compression of the image datasets", choices=COMPRESSIONS, group=OUTPUT)
 
-    @property
-    def n_shards(self) -> int:
-        return -(-self.n // self.shard_size)
-
-    def shard_range(self, shard_index: int) -> tuple[int, int]:
-        """First image index and number of images of one shard."""
-        first = shard_index * self.shard_size
-        return first, min(self.shard_size, self.n - first)
-
-    def to_json(self) -> dict:
-        return to_dict(self)
-
     def content_json(self) -> dict:
         """The values that shape the images, without --n (image i never depends on it) and without the
         source folders' paths (the sources enter the identity by their file lists): what shards record."""
@@ -226,6 +237,71 @@ class BuildCommand(Settings):
     out: str = option(help="output folder (created; resumed, or extended to a larger --n, if it holds this same "
                       "build)", group=WHAT)
     config: BuildConfig = None  # type: ignore[assignment]
+    run: RunOptions = None  # type: ignore[assignment]
+
+
+DOT_CONTROLS = ("total-area", "item-size")
+
+
+def _positive_counts(counts) -> str | None:
+    return None if min(counts) >= 1 else "a dot array has at least one dot: counts start at 1"
+
+
+def _pixels_range_problem(pair) -> str | None:
+    lo, hi = pair
+    return None if 0 < lo <= hi else "needs 0 < LO <= HI (pixels)"
+
+
+@dataclass(frozen=True)
+class DotConfig(ShardedSet, Settings):
+    """Everything that determines a set of dot arrays (Stoianov & Zorzi 2012)."""
+
+    n: int = option(help="number of images; a smaller --n is a prefix of a larger one", valid=at_least(1),
+                    group=WHAT)
+    counts: tuple[int, ...] = option(tuple(range(1, 33)), "dots per image, crossed with the area levels and "
+                                     "balanced exactly", flag="--count", parse=parse_counts, show=format_counts,
+                                     check=_positive_counts, group=WHAT)
+    size: int = option(32, "side of the square images in pixels", valid=between(16, 2048), group=WHAT)
+    seed: int = option(0, "image i depends only on (seed, i)", valid=SEED_RANGE, group=WHAT)
+    control: str = option("total-area", "the property crossed with N: the cumulative area of the dots (Stoianov & "
+                          "Zorzi; the item size then falls as N grows) or the mean item size (the cumulative area "
+                          "then grows with N)", choices=DOT_CONTROLS, group="the design")
+    area_levels: int = option(8, "levels of the crossed property (Stoianov & Zorzi used 8), log-spaced",
+                              valid=between(1, 64), group="the design")
+    area_range: tuple[float, float] = option(
+        (0.03, 0.16), "with --control total-area: the cumulative dot area LO-HI, fractions of the canvas",
+        parse=parse_range, show=_show_pair, check=_fractions("covered by all dots together"), group="the design")
+    item_range: tuple[float, float] = option(
+        (1.5, 8.0), "with --control item-size: the mean dot area LO-HI, in pixels", parse=parse_range,
+        show=_show_pair, check=_pixels_range_problem, group="the design")
+    item_jitter: float = option(0.3, "dot sizes vary within an image by up to this share around their mean "
+                                "(renormalised to the image's cumulative area)", valid=between(0, 1, high_open=True),
+                                group="the design")
+    field_range: tuple[float, float] = option(
+        (0.8, 0.8), "area of the disc the dots are scattered in, LO-HI as fractions of the canvas, drawn per image "
+        "independently of N and area (LO = HI holds the field fixed); the convex hull of each array is recorded",
+        parse=lambda text: parse_range(text, "--field-range"), show=_show_pair,
+        check=_fractions("taken by the field"), group="the design")
+    min_gap: int = option(1, "pixels of background between any two dots, so that every dot is seen (and counted) "
+                          "apart", valid=between(1, 16), group="the design")
+    placement_tries: int = option(200, "random positions tried per dot", valid=at_least(1), group="the design")
+    max_redraws: int = option(50, "times an unplaceable array is redrawn (same N and sizes) before the build stops",
+                              valid=at_least(1), group="the design")
+    shard_size: int = option(1000, "images per HDF5 shard", valid=at_least(1), group=OUTPUT)
+    compression: str = option("none", "compression of the image datasets", choices=COMPRESSIONS, group=OUTPUT)
+
+    def content_json(self) -> dict:
+        """The values that shape the images: all but --n (image i never depends on it)."""
+        return {k: v for k, v in self.to_json().items() if k != "n"}
+
+
+@dataclass(frozen=True)
+class DotsCommand(Settings):
+    """`synthgen dots`."""
+
+    out: str = option(help="output folder (created; resumed, or extended to a larger --n, if it holds this same set)",
+                      group=WHAT)
+    config: DotConfig = None  # type: ignore[assignment]
     run: RunOptions = None  # type: ignore[assignment]
 
 

@@ -14,6 +14,7 @@ from synthgen.errors import PlacementError, UsageError
 PROBES_PER_CELL = 8
 
 
+
 def check_feasible(config, compositor: Compositor) -> None:
     """Raise UsageError, with the reason, when the requested scenes cannot be composed."""
     counts = [c for c in config.counts if c > 0]

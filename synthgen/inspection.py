@@ -12,7 +12,7 @@ from matplotlib.patches import Rectangle  # noqa: E402
 
 from synthgen.manifest import write_json_atomic  # noqa: E402
 from synthgen.reader import ShardSet  # noqa: E402
-from synthgen.stats import count_histogram, label_summary  # noqa: E402
+from synthgen.stats import count_histogram, label_summary, source_area_association  # noqa: E402
 
 
 def plot_count_vs_area(count: np.ndarray, target: np.ndarray, visible: np.ndarray, size: int, path,
@@ -109,6 +109,10 @@ def inspect_set(root, out_dir=None, n_samples: int = 40, verify: bool = True, pr
             plot_count_histogram(labels["count"], figures["count_histogram"])
         else:
             summary = label_summary(labels["count"], labels["target_area"], labels["visible_area"], shards.image_size)
+            if shards.kind != "dots":  # dots have no source objects
+                offsets, objects = shards.object_table()
+                summary["source_area_association"] = source_area_association(offsets, objects["source_id"],
+                                                                              labels["visible_area"])
             figures["count_vs_area"] = str(out / "count_vs_area.png")
             plot_count_vs_area(labels["count"], labels["target_area"], labels["visible_area"], shards.image_size,
                                figures["count_vs_area"], summary["corr_log_count_log_area"]["visible"])

@@ -19,15 +19,13 @@ import time
 from pathlib import Path
 
 import h5py
-import joblib
-from tqdm import tqdm
 
 from common.settings import changed_values
 from synthgen import __version__
 from synthgen.config import SPLITS, PackConfig, RunOptions, build_identity
 from synthgen.errors import BadInputError, UsageError, write_failure
 from synthgen.manifest import MANIFEST_FORMAT, SOURCES, write_json_atomic
-from synthgen.parallel import parallel_backend, workers_of
+from synthgen.parallel import parallel_backend, run_shards, workers_of
 from synthgen.reader import read_labels
 from synthgen.shards import SCHEMA_VERSION, SHARD_FORMAT, ShardArrays, shard_path, write_shard
 from synthgen.sources import IMAGE_EXTENSIONS, Skipped, _check_folder, _walk_files, list_fingerprint, load_photo
@@ -173,20 +171,20 @@ def pack(config: PackConfig, run: RunOptions, out_dir, command: list[str] | None
                                       "labels": [label for _, label in items]})
 
     todo = [s for s in range(n_shards) if s not in done]
-    results = []
+
+    def chunk(s):
+        return items[s * config.shard_size:(s + 1) * config.shard_size]
+
+    def report_skipped(result, write):
+        for path, reason in result["skipped"]:
+            writer.report(Skipped(path, reason), write)
+
     with parallel_backend(run) as client:
         workers = workers_of(client, run)
-        tasks = (joblib.delayed(pack_shard)(str(out), s, s * config.shard_size,
-                                            items[s * config.shard_size:(s + 1) * config.shard_size],
-                                            config_json, identity, run.on_bad_input) for s in todo)
-        already = len(items) - sum(len(items[s * config.shard_size:(s + 1) * config.shard_size]) for s in todo)
-        with tqdm(total=len(items), initial=already, unit="img", desc="synthgen pack", disable=not run.progress,
-                  dynamic_ncols=True) as bar:
-            for result in joblib.Parallel(return_as="generator_unordered")(tasks):
-                results.append(result)
-                bar.update(min(config.shard_size, len(items) - result["first_index"]))
-                for path, reason in result["skipped"]:
-                    writer.report(Skipped(path, reason), bar.write)
+        results = run_shards(pack_shard, {s: (str(out), s, s * config.shard_size, chunk(s), config_json, identity,
+                                              run.on_bad_input) for s in todo},
+                             {s: len(chunk(s)) for s in todo}, len(items), run.progress, "synthgen pack",
+                             report_skipped)
     paths = [shard_path(out, s) for s in range(n_shards)]
     for path in paths:  # a resumed pack reports the bad files of the shards it kept, too
         with h5py.File(path, "r") as f:

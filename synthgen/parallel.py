@@ -1,9 +1,13 @@
-"""The joblib backend a command runs its tasks on: local processes, or a dask.distributed cluster."""
+"""The joblib backend a command runs its tasks on (local processes, or a dask.distributed cluster), and the
+one loop that runs a set's shard tasks with a progress bar (build, pack and dots alike)."""
 from __future__ import annotations
 
 import contextlib
+import importlib
 
+import cv2
 import joblib
+from tqdm import tqdm
 
 from synthgen.config import RunOptions
 from synthgen.errors import UsageError
@@ -38,3 +42,38 @@ def parallel_backend(run: RunOptions):
 def workers_of(client, run: RunOptions) -> int:
     """How many tasks run at once."""
     return joblib.effective_n_jobs(run.workers) if client is None else sum(client.nthreads().values())
+
+
+def in_worker(preload: tuple[str, ...], function, *args):
+    """Every parallel task runs through here. `preload` names the modules the whole job will need (for a
+    build, albumentations and with it torch): they are imported in the worker's first task, whatever that
+    task is, because loky measures a worker's memory after its first task and restarts workers that grow
+    by 300 MB, which a later import of torch would otherwise trigger."""
+    for module in preload:
+        importlib.import_module(module)
+    cv2.setNumThreads(1)  # workers are the parallelism; OpenCV's own threads only contend
+    return function(*args)
+
+
+def run_tasks(calls, progress: bool = False, desc: str = "", preload: tuple[str, ...] = ()) -> list:
+    """Run (function, args) calls under the active joblib backend, results in order."""
+    results = joblib.Parallel(return_as="generator")(joblib.delayed(in_worker)(preload, function, *args)
+                                                     for function, args in calls)
+    return list(tqdm(results, total=len(calls), desc=desc, unit="part", disable=not progress, dynamic_ncols=True))
+
+
+def run_shards(function, tasks: dict[int, tuple], sizes: dict[int, int], total: int, progress: bool, desc: str,
+               on_result=None, preload: tuple[str, ...] = ()) -> list[dict]:
+    """Run `function(*tasks[shard])` for every shard under the active joblib backend, as they finish, with a
+    progress bar over the set's `total` images (`sizes[shard]` each). Each result names its "shard";
+    `on_result(result, write)` sees every result as it comes (`write` prints above the bar)."""
+    results = []
+    with tqdm(total=total, initial=total - sum(sizes.values()), unit="img", desc=desc, disable=not progress,
+              dynamic_ncols=True) as bar:
+        calls = (joblib.delayed(in_worker)(preload, function, *args) for args in tasks.values())
+        for result in joblib.Parallel(return_as="generator_unordered")(calls):
+            results.append(result)
+            bar.update(sizes[result["shard"]])
+            if on_result is not None:
+                on_result(result, bar.write)
+    return results

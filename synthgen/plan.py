@@ -8,9 +8,19 @@
 * The target cumulative area is drawn independently of the count, so log N and log A are
   uncorrelated by construction; each object's share of it is jittered, then renormalised so the
   shares add up to the target exactly.
+* Which objects appear is independent of the area too. An object too large to fit the canvas at the
+  largest area any object can be given (an elongated one, at the top of a wide --area-range) is left
+  out of the build altogether (`fits_canvas`), and so is one of which the most crowded scene (the
+  largest count at the top of the range, copies of the object) cannot be placed (the compositor's
+  packing probe). Were they only redrawn when their scene came out large, which objects appear would
+  depend on the area, a confound in every area-versus-number analysis. A scene that cannot be placed
+  keeps its objects and redraws their transforms and positions.
 """
 from __future__ import annotations
 
+import math
+
+import cv2
 import numpy as np
 
 from common import streams
@@ -26,16 +36,21 @@ def image_rng(seed_of_image: int) -> np.random.Generator:
     return np.random.default_rng(seed_of_image)
 
 
+def stratified_cells(seed: int, k: int, first: int, n: int) -> np.ndarray:
+    """Cells 0..k-1 of images first .. first+n-1: every block of k consecutive images holds each cell
+    once, in an order drawn from (seed, block). Balanced exactly, and image i never depends on n."""
+    out = np.empty(n, dtype=np.int64)
+    for block in range(first // k, (first + n - 1) // k + 1):
+        order = streams.rng(seed, streams.COUNTS, block).permutation(k)
+        lo, hi = max(first, block * k), min(first + n, (block + 1) * k)
+        out[lo - first:hi - first] = order[lo - block * k:hi - block * k]
+    return out
+
+
 def counts_for(config: BuildConfig, first: int, n: int) -> np.ndarray:
     """Object counts of images first .. first+n-1 under the block-stratified plan."""
     values = np.asarray(config.counts, dtype=np.int64)
-    k = len(values)
-    out = np.empty(n, dtype=np.int64)
-    for block in range(first // k, (first + n - 1) // k + 1):
-        order = streams.rng(config.seed, streams.COUNTS, block).permutation(k)
-        lo, hi = max(first, block * k), min(first + n, (block + 1) * k)
-        out[lo - first:hi - first] = values[order[lo - block * k:hi - block * k]]
-    return out
+    return values[stratified_cells(config.seed, len(values), first, n)]
 
 
 def draw_area_fraction(rng: np.random.Generator, config: BuildConfig) -> float:
@@ -55,3 +70,34 @@ def draw_area_shares(rng: np.random.Generator, count: int, jitter: float) -> np.
 def object_pool_order(n_objects: int, seed: int) -> np.ndarray:
     """The order in which objects are tried when --source-objects restricts the set to K of them."""
     return streams.rng(seed, streams.OBJECT_POOL).permutation(n_objects)
+
+
+def largest_object_share(config) -> float:
+    """The largest area (a fraction of the canvas) any one object can be given: the top of --area-range,
+    in the scenes with the fewest objects, with the most favourable size jitter."""
+    fewest = min((c for c in config.counts if c > 0), default=1)
+    j = config.size_jitter
+    return config.area_range[1] * (1 + j) / ((1 + j) + (fewest - 1) * (1 - j))
+
+
+def rotated_extent(alpha: np.ndarray, rotation: float) -> tuple[float, float]:
+    """The largest side and the largest bounding-box area of an object's outline (pixels of its cut-out)
+    over the rotations in [-rotation, rotation] degrees."""
+    contours, _ = cv2.findContours((alpha > 0).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    centres = np.concatenate([c.reshape(-1, 2) for c in contours])  # the outline's pixels: enough for the hull
+    corners = np.concatenate([centres + (dx, dy) for dx in (0, 1) for dy in (0, 1)])
+    hull = cv2.convexHull(corners.astype(np.float32)).reshape(-1, 2).astype(np.float64)
+    angles = np.radians(np.linspace(-rotation, rotation, 33))
+    cos, sin = np.cos(angles), np.sin(angles)
+    width = np.ptp(hull[:, :1] * cos + hull[:, 1:] * sin, axis=0)
+    height = np.ptp(-hull[:, :1] * sin + hull[:, 1:] * cos, axis=0)
+    return float(max(width.max(), height.max())), float((width * height).max())
+
+
+def fits_canvas(alpha: np.ndarray, area: float, config, extent: float | None = None) -> bool:
+    """Whether an object (its alpha map and alpha area in pixels) fits the canvas at the largest share of
+    it the object can be given, under the worst rotation allowed (`extent`: its rotated_extent, if known)."""
+    extent = rotated_extent(alpha, config.rotation)[0] if extent is None else extent
+    scale = math.sqrt(largest_object_share(config) * config.size**2 / max(area, 1e-9))
+    # crossing the edges, an object must keep (1 - max_outside) of itself inside along its longer side
+    return extent * scale <= min(2 * config.size, config.size / (1 - config.max_outside))

@@ -35,9 +35,9 @@ def part_name(part: int) -> str:
     return f"part-{part:05d}.bin"
 
 
-def prepare_part(objects, ids: list[int], size: int, path: Path, on_bad_input: str) -> dict:
-    """Decode some objects into one raw part file; returns their index rows, what their masks were
-    (synthgen.masks) and the bad ones."""
+def prepare_part(objects, ids: list[int], size: int, path: Path, on_bad_input: str, eligible) -> dict:
+    """Decode some objects into one raw part file; returns their index rows (with whether each can appear
+    at every area and count: `eligible(k, cutout)`), what their masks were (synthgen.masks) and the bad ones."""
     rows, masks, bad, chunks, offset = [], [], [], [], 0
     for k in ids:
         try:
@@ -51,7 +51,7 @@ def prepare_part(objects, ids: list[int], size: int, path: Path, on_bad_input: s
         if cutout.mask is not None:
             info = {**dataclasses.asdict(cutout.mask), "levels": list(cutout.mask.levels)}
             masks.append((objects.mask_path(k), info))
-        rows.append((k, offset, rgba.shape[0], rgba.shape[1]))
+        rows.append((k, offset, rgba.shape[0], rgba.shape[1], int(eligible(k, cutout))))
         chunks.append(rgba.reshape(-1))
         offset += rgba.size
     try:
@@ -68,9 +68,10 @@ class PreparedStore:
     ids: list[int]
     bad: list[Skipped]
     masks: list[tuple[str, dict]]  # (mask path, synthgen.masks.MaskInfo as a dict) per usable object
+    eligible: dict[int, bool] = dataclasses.field(default_factory=dict)  # can appear at every area and count
 
 
-def prepare_objects(objects, ids, size: int, out_dir, on_bad_input: str, run_tasks) -> PreparedStore:
+def prepare_objects(objects, ids, size: int, out_dir, on_bad_input: str, eligible, run_tasks) -> PreparedStore:
     """Write the store for `ids` (reusing a complete one); returns what it found.
 
     `run_tasks` runs a list of (function, args) calls in parallel and returns their results.
@@ -81,19 +82,22 @@ def prepare_objects(objects, ids, size: int, out_dir, on_bad_input: str, run_tas
         report = json.loads(report_path.read_text())
         with np.load(index_path, allow_pickle=False) as index:
             return PreparedStore(index["ids"].tolist(), [Skipped(*item) for item in report["bad"]],
-                                 [tuple(item) for item in report["masks"]])
+                                 [tuple(item) for item in report["masks"]],
+                                 {int(k): bool(e) for k, e in zip(index["ids"], index["eligible"])})
     if folder.exists():
         shutil.rmtree(folder)  # an interrupted preparation: start it again
     folder.mkdir(parents=True)
     parts = [list(ids[i:i + PART_SIZE]) for i in range(0, len(ids), PART_SIZE)]
-    results = run_tasks([(prepare_part, (objects, part, size, folder / part_name(p), on_bad_input))
+    results = run_tasks([(prepare_part, (objects, part, size, folder / part_name(p), on_bad_input, eligible))
                          for p, part in enumerate(parts)])
-    rows = np.array([(k, p, offset, h, w) for p, result in enumerate(results) for k, offset, h, w in result["rows"]],
-                    dtype=np.int64).reshape(-1, 5)
+    rows = np.array([(k, p, offset, h, w, fits) for p, result in enumerate(results)
+                     for k, offset, h, w, fits in result["rows"]], dtype=np.int64).reshape(-1, 6)
     store = PreparedStore(rows[:, 0].tolist(), [Skipped(path, reason) for r in results for path, reason in r["bad"]],
-                          [tuple(item) for r in results for item in r["masks"]])
+                          [tuple(item) for r in results for item in r["masks"]],
+                          {int(k): bool(e) for k, e in zip(rows[:, 0], rows[:, 5])})
     index = io.BytesIO()
-    np.savez(index, ids=rows[:, 0], part=rows[:, 1], offset=rows[:, 2], height=rows[:, 3], width=rows[:, 4])
+    np.savez(index, ids=rows[:, 0], part=rows[:, 1], offset=rows[:, 2], height=rows[:, 3], width=rows[:, 4],
+             eligible=rows[:, 5])
     report = {"bad": [[item.path, item.reason] for item in store.bad], "masks": store.masks}
     try:
         write_atomic(report_path, json.dumps(report).encode())
@@ -115,6 +119,7 @@ class PreparedObjects(CachedSource):
         with np.load(self.folder / "index.npz", allow_pickle=False) as index:
             self.rows = {int(k): (int(p), int(o), int(h), int(w)) for k, p, o, h, w in
                          zip(index["ids"], index["part"], index["offset"], index["height"], index["width"])}
+            self.eligible = {int(k): bool(e) for k, e in zip(index["ids"], index["eligible"])}
         self.files: dict[int, int] = {}
 
     def __len__(self):

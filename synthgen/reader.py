@@ -143,9 +143,10 @@ class ShardSet:
 
     @cached_property
     def labels(self) -> dict[str, np.ndarray]:
-        """Per-image labels for the whole set (count, areas in pixels, ids, seeds), as arrays."""
+        """Per-image labels for the whole set (count, areas in pixels, ids, seeds, and the further labels of
+        a kind of set, such as the dot arrays' field_area), as arrays."""
         self.check()
-        return read_labels(self.paths)
+        return read_labels(self.paths, LABELS + tuple(self.manifest.get("extra_labels", ())))
 
     def locate(self, index: int) -> tuple[int, int]:
         """(shard number, row within the shard) of a global image index."""
@@ -201,6 +202,18 @@ class ShardSet:
                 out[rows, 2] = np.maximum.reduceat(boxes[:, 2], starts)
                 out[rows, 3] = np.maximum.reduceat(boxes[:, 3], starts)
         return out
+
+    def object_table(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Every object of the set: global offsets (image i's objects are rows offsets[i]:offsets[i+1])
+        and each per-object field, concatenated over the shards."""
+        self.check()
+        offsets, fields = [np.zeros(1, np.int64)], {name: [] for name in OBJECT_FIELDS}
+        for path in self.paths:
+            with h5py.File(path, "r") as f:
+                offsets.append(f["object_offset"][1:] + offsets[-1][-1])
+                for name in OBJECT_FIELDS:
+                    fields[name].append(f[f"objects/{name}"][()])
+        return np.concatenate(offsets), {name: np.concatenate(parts) for name, parts in fields.items()}
 
     def objects(self, index: int) -> dict[str, np.ndarray]:
         """Per-object records of one image: source_id, box (x0, y0, x1, y1), full_area, visible_area."""

@@ -59,6 +59,7 @@ class ShardArrays:
         self.size = size
         self.rows: dict[str, list] = {name: [] for name in IMAGE_DATASETS}
         self.objects: dict[str, list] = {name: [] for name in OBJECT_DATASETS}
+        self.extra: dict[str, list] = {}  # further per-image labels of a kind of set (float32), e.g. field_area
         self.offsets = [0]
 
     def __len__(self) -> int:
@@ -66,8 +67,9 @@ class ShardArrays:
 
     def add(self, image: np.ndarray, *, count: int, index: int, image_seed: int = 0, target_area: float = np.nan,
             full_area: float = np.nan, visible_area: float = np.nan, background_id: int = -1,
-            objects: list[tuple] = ()) -> None:
-        """One image and its labels; `objects` holds (source_id, box, full_area, visible_area) per object."""
+            objects: list[tuple] = (), extra: dict[str, float] | None = None) -> None:
+        """One image and its labels; `objects` holds (source_id, box, full_area, visible_area) per object;
+        `extra` further per-image labels (every image of a shard gives the same names)."""
         values = {"images": image, "count": count, "index": index, "image_seed": image_seed,
                   "target_area": target_area, "full_area": full_area, "visible_area": visible_area,
                   "background_id": background_id}
@@ -77,6 +79,8 @@ class ShardArrays:
             for name, value in zip(OBJECT_DATASETS, record):
                 self.objects[name].append(value)
         self.offsets.append(self.offsets[-1] + len(objects))
+        for name, value in (extra or {}).items():
+            self.extra.setdefault(name, []).append(value)
 
     def arrays(self) -> dict[str, np.ndarray]:
         out = {name: np.array(values, dtype).reshape((len(values),) + shape(self.size))
@@ -84,6 +88,8 @@ class ShardArrays:
         out["object_offset"] = np.array(self.offsets, np.int64)
         for (name, values), (dtype, shape) in zip(self.objects.items(), OBJECT_DATASETS.values()):
             out[name] = np.array(values, dtype).reshape((len(values),) + shape)
+        for name, values in self.extra.items():
+            out[name] = np.array(values, np.float32)
         return out
 
 

@@ -56,12 +56,54 @@ def summary_lines(summary: dict) -> list[str]:
     r = summary["corr_log_count_log_area"]
     lines.append(f"corr(log N, log A) {r['visible']:+.3f} visible, {r['target']:+.3f} target (N >= 1; near 0 means "
                  "area and number are independent)")
+    association = summary.get("source_area_association")
+    if association:
+        lines.append(f"objects vs area   Cramer's V {association['cramers_v']:.3f}, chi-square p "
+                     f"{association['chi2_p']:.2g} ({association['sources']} source objects x area quintiles"
+                     + ("; sparse table, p approximate" if association.get("sparse") else "")
+                     + "; V near 0: which objects appear does not depend on the area)")
+    excluded = summary.get("excluded_objects")
+    if excluded:
+        lines.append(f"excluded objects  {len(excluded)}, too large (or too hard to pack) at the top of --area-range "
+                     "(manifest.json: summary.excluded_objects)")
     masks = summary.get("masks")
     if masks:
         lines.append(f"object masks      {masks['binary']} binary, {masks['soft']} soft-edged, {masks['graded']} "
                      f"graded; {masks['several_objects_largest_kept']} with several objects (largest kept), "
                      f"{masks['specks_removed']} with specks removed")
     return lines
+
+
+def source_area_association(offsets: np.ndarray, source_ids: np.ndarray, area: np.ndarray, bins: int = 5) -> dict:
+    """How much which source objects appear depends on the cumulative area: a contingency table of
+    (source object, area quintile) over the images with objects (each image counts each of its distinct
+    sources once), its chi-square test, and Cramer's V with Bergsma's (2013) bias correction, which
+    stays near 0 for independent variables even when the table is sparse (thousands of sources)."""
+    from scipy.stats import chi2_contingency
+
+    counts = np.diff(offsets)
+    images = np.flatnonzero((counts > 0) & (area > 0))
+    if images.size < 2 * bins:
+        return {}
+    edges = np.quantile(np.log(area[images]), np.linspace(0, 1, bins + 1)[1:-1])
+    rows, cols = [], []
+    for i, b in zip(images, np.searchsorted(edges, np.log(area[images]), side="right")):
+        for source in np.unique(source_ids[offsets[i]:offsets[i + 1]]):
+            rows.append(source)
+            cols.append(b)
+    sources, row = np.unique(rows, return_inverse=True)
+    table = np.zeros((sources.size, bins))
+    np.add.at(table, (row, np.asarray(cols)), 1)
+    table = table[:, table.sum(axis=0) > 0]
+    if min(table.shape) < 2:
+        return {"sources": int(sources.size), "cramers_v": 0.0, "chi2_p": 1.0}
+    chi2, p, dof, expected = chi2_contingency(table)
+    n, (r, k) = table.sum(), table.shape
+    phi2 = max(0.0, chi2 / n - (k - 1) * (r - 1) / (n - 1))
+    r_corrected, k_corrected = r - (r - 1) ** 2 / (n - 1), k - (k - 1) ** 2 / (n - 1)
+    v = math.sqrt(phi2 / max(min(k_corrected - 1, r_corrected - 1), 1e-12))
+    return {"sources": int(r), "area_bins": int(k), "cramers_v": float(v), "chi2": float(chi2), "dof": int(dof),
+            "chi2_p": float(p), "sparse": bool(np.mean(expected < 5) > 0.2)}
 
 
 def mask_summary(masks: list[tuple[str, dict]], threshold: float) -> tuple[dict, list[dict]]:

@@ -5,13 +5,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from analysis.area_vs_number import find_units
 from analysis.cli import analyze_main as analyse_main
 from analysis.cli import subitize_main as readout_main
-from analysis.config import AnalysisConfig
 from analysis.metrics import average_precision, classification_report, count_class
 from analysis.readout import class_weights, stratified_split
 from analysis.regression import bootstrap_betas, fit_eq3, make_predictors, standardise
+from analysis.units import Criteria, find_units
 from synthgen.cli import main as synthgen_main
 from vae.cli import main as train_main
 
@@ -48,16 +47,16 @@ def planted_latents(rng, count, area):
 def test_planted_units_are_found_and_nothing_else():
     rng, count, area = design()
     z = planted_latents(rng, count, area)
-    found = find_units(z, count, area, AnalysisConfig("", "", "", bootstrap=200))
-    assert found["units"] == {"numerosity": [0, 1], "area": [2, 3]}
-    assert found["dims"].tolist() == list(range(10))  # z10 and z11 are inactive and left out
-    assert found["predictors"].excluded_zero == int((count == 0).sum())
-    fit, ci = found["fit"], found["ci"]
+    found = find_units(z, count, area, Criteria(), bootstrap=200)
+    assert found.units == {"numerosity": [0, 1], "area": [2, 3]}
+    assert found.dims.tolist() == list(range(10))  # z10 and z11 are inactive and left out
+    assert found.predictors.excluded_zero == int((count == 0).sum())
+    fit, ci = found.fit, found.ci
     assert fit.beta_n[0] > 0 > fit.beta_n[1] and fit.beta_a[2] > 0 > fit.beta_a[3]
     assert np.all(ci[0, 0, :2] < np.abs(fit.beta_n[:2]).max())  # the intervals bracket the estimates
     assert np.all((ci[0] <= np.stack([fit.beta_n, fit.beta_a])) & (np.stack([fit.beta_n, fit.beta_a]) <= ci[1]))
-    strict = find_units(z, count, area, AnalysisConfig("", "", "", r2_min=0.9, bootstrap=0))
-    assert strict["units"] == {"numerosity": [], "area": []}
+    strict = find_units(z, count, area, Criteria(r2_min=0.9))
+    assert strict.units == {"numerosity": [], "area": []}
 
 
 @pytest.mark.parametrize("log1p", [False, True])
@@ -104,6 +103,8 @@ def test_average_precision_equals_scikit_learn():
     assert report["accuracy"] == pytest.approx(sklearn_metrics.accuracy_score(labels, probabilities.argmax(1)))
     assert report["confusion"] == sklearn_metrics.confusion_matrix(labels, probabilities.argmax(1)).tolist()
     assert report["chance"] == pytest.approx(np.bincount(labels, minlength=5) / 300)
+    recall = sklearn_metrics.recall_score(labels, probabilities.argmax(1), average=None)
+    assert report["recall"] == pytest.approx(recall)
 
 
 def test_readout_validation_is_stratified_and_classes_weigh_the_same():
@@ -144,10 +145,21 @@ def test_analyze_area_vs_number_end_to_end(trained, tmp_path):
                          "--out", str(out), "--bootstrap", "200", "--no-progress"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["fit_images"] + summary["excluded_n0_images"] == 200 and summary["excluded_n0_images"] == 40
-    assert "left out (log 0 is undefined)" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "left out (log 0 is undefined)" in report
+    for section in ("## Against chance: the random-rotation null", "## Population decoding",
+                    "## Number-selective units (two-way ANOVA"):
+        assert section in report
+    null = summary["null"]
+    assert null["rotations"] == 200 and all(1 / 201 <= p <= 1 for p in null["p"].values())
+    assert {d["target"] for d in summary["decoding"]} == {"log N", "log A"}
+    assert all(d["ci95"][0] <= d["r2"] <= d["ci95"][1] for d in summary["decoding"])
+    assert summary["selectivity"]["numerosities"] == [1, 2, 3, 4]
     rows = (out / "dimensions.csv").read_text().splitlines()
     assert len(rows) == 1 + 8 and rows[0].startswith("dim,active,variance,r2,beta_n")
-    for name in ("betas.png", "traversal.png", "reconstructions.png", *summary["figures"].values()):
+    assert "anova_p_numerosity" in rows[0] and "number_selective" in rows[0]
+    for name in ("betas.png", "traversal.png", "reconstructions.png", "controls.png", "tuning.png",
+                 *summary["figures"].values()):
         assert _valid_png(out / name if "/" not in str(name) else name), name
     assert any(name.startswith("profile_z") for name in summary["figures"])
     with np.load(out / "latents.npz") as latents:
@@ -156,6 +168,23 @@ def test_analyze_area_vs_number_end_to_end(trained, tmp_path):
     assert analyse_main(["--checkpoint", str(trained / "run" / "best.pt"), "--data", str(trained / "analysis-set"),
                          "--out", str(kept), "--log1p", "--bootstrap", "0", "--no-progress"]) == 0
     assert json.loads((kept / "summary.json").read_text())["fit_images"] == 200
+
+
+def test_several_runs_get_a_folder_each_and_a_summary_over_them(trained, tmp_path):
+    out = tmp_path / "runs"
+    checkpoints = [str(trained / "run" / "best.pt"), str(trained / "run" / "last.pt")]
+    assert analyse_main(["--checkpoint", *checkpoints, "--data", str(trained / "analysis-set"), "--out", str(out),
+                         "--bootstrap", "50", "--null-rotations", "50", "--no-progress"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert [row["label"] for row in summary["runs"]] == ["run-best", "run-last"]
+    for row in summary["runs"]:
+        run = json.loads((out / row["label"] / "summary.json").read_text())
+        assert row["best_r2"] == run["best_dimension"]["r2"] and row["p_best_r2"] == run["null"]["p"]["best_r2"]
+    values = [row["best_r2"] for row in summary["runs"]]
+    assert summary["over_runs"]["best_r2"]["mean"] == pytest.approx(np.mean(values))
+    assert summary["over_runs"]["best_r2"]["sd"] == pytest.approx(np.std(values, ddof=1))
+    assert "mean ± sd" in (out / "report.md").read_text() and len((out / "runs.csv").read_text().splitlines()) == 3
+    assert _valid_png(out / "runs.png")
 
 
 def test_subitize_end_to_end(trained, tmp_path):
@@ -169,7 +198,9 @@ def test_subitize_end_to_end(trained, tmp_path):
     assert np.sum(result["test"]["confusion"]) == 200
     assert 1 <= result["training"]["best_epoch"] <= result["training"]["epochs_run"] <= 40
     table = (out / "table.md").read_text()
-    assert "| CNN_FT [Zhang et al.] | 93.6 | 93.8 | 75.2 | 58.6 | 71.6 | 78.6 |" in table
+    assert "| CNN_FT [Zhang et al.] | AP | 93.6 | 93.8 | 75.2 | 58.6 | 71.6 | 78.6 |" in table
+    assert "| VAE + softmax [Wever & Runia] | reported as AP; most likely per-class recall (accuracy) |" in table
+    assert "| **VAE + softmax (this checkpoint)** | per-class recall |" in table
     assert "VAE + softmax (this checkpoint)" in table and "scikit-learn's average_precision_score" in table
     assert _valid_png(out / "confusion.png")
 

@@ -143,7 +143,8 @@ def test_every_flag_the_readme_names_exists(capsys):
     from vae.cli import main as train_cli
 
     helps = []
-    for main, args in ((synthgen_cli, ["build"]), (synthgen_cli, ["pack"]), (synthgen_cli, ["inspect"]),
+    for main, args in ((synthgen_cli, ["build"]), (synthgen_cli, ["dots"]), (synthgen_cli, ["pack"]),
+                       (synthgen_cli, ["inspect"]),
                        (synthgen_cli, ["verify"]), (synthgen_cli, []), (train_cli, []), (analyze_main, []),
                        (subitize_main, [])):
         with pytest.raises(SystemExit):

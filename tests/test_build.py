@@ -136,8 +136,9 @@ def test_impossible_requests_are_refused_before_any_work(synthgen, tmp_path):
     result = synthgen("build", "--n", 10, "--count", "4", "--area-range", "0.85-0.9", "--max-occlusion", 0,
                       "--out", out, "--max-redraws", 5, *FAST)
     assert result.rc == 2
-    assert "cannot place 4 objects covering 90%" in result.err and "--max-occlusion" in result.err
+    assert "4 copies of them cannot be placed there" in result.err and "--max-occlusion" in result.err
     assert not out.exists()
+
 
 
 def test_a_failure_past_the_probe_names_the_image_and_is_not_resumed_into(synthgen, tmp_path):
@@ -283,6 +284,25 @@ def test_same_object_analysis_set(synthgen, tmp_path):
     for i in np.flatnonzero(data["count"] > 1):
         assert len(set(data["objects/source_id"][starts[i]:starts[i + 1]])) == 1
     assert np.allclose(data["visible_area"], data["full_area"], atol=1e-3)  # no overlap at all
+
+
+def test_which_objects_appear_does_not_depend_on_the_area(synthgen, tmp_path):
+    # The section 4.4 design at a small size, where the largest scenes are hard to fit: before objects
+    # were kept across redraws (and too large ones left out), this gave chi-square p = 8e-6.
+    out = tmp_path / "analysis-set"
+    result = synthgen("build", "--n", 3000, "--size", 48, "--count", "1-4", "--area-range", "0.05-0.3",
+                      "--same-object", "--source-objects", 15, "--max-occlusion", 0, "--workers", 2, "--no-progress",
+                      "--out", out)
+    assert result.rc == 0, result.err
+    excluded = manifest_of(out)["summary"]["excluded_objects"]
+    assert excluded and all("too large to fit the 48x48 canvas" in e["reason"] for e in excluded)
+    inspected = synthgen("inspect", out, "--no-progress")
+    association = json.loads((out / "inspect" / "inspect.json").read_text())["summary"]["source_area_association"]
+    assert association["sources"] == 15 and association["chi2_p"] > 0.01 and association["cramers_v"] < 0.05
+    assert "objects vs area   Cramer's V" in inspected.out
+    data = read_set(out)
+    used = set(data["objects/source_id"].tolist())
+    assert len(used) == 15 and not used & {int(e["path"].split()[-1]) for e in excluded}
 
 
 def test_a_set_of_empty_scenes(synthgen, tmp_path):

@@ -50,7 +50,7 @@ def test_objects_stay_inside_unless_allowed_out():
 
 
 def test_same_object_and_pool_restriction():
-    config = BuildConfig(n=1, size=96, same_object=True)
+    config = BuildConfig(n=1, size=96, same_object=True, area_range=(0.04, 0.15))  # all three fit
     comp = Compositor(config, ProceduralObjects(), ProceduralBackgrounds(), [3, 17, 42])
     used = set()
     for scene in scenes(comp, 60):

@@ -6,7 +6,7 @@ import torch
 from torch.distributions import Normal, kl_divergence
 
 from conftest import SHARED
-from vae.losses import PerceptualLoss, PixelLoss, kl_per_dimension, vae_loss
+from vae.losses import BernoulliLoss, PerceptualLoss, PixelLoss, kl_per_dimension, vae_loss
 from vae.model import VAE, ModelConfig, decoder_start, describe, parameter_counts
 from vae.spec import LayerSpec, SpecError, parse_layers
 from vae.vgg import RANDOM, VGGWeightsError, load_vgg, truncated_vgg19
@@ -99,6 +99,31 @@ def test_reductions_and_pixel_loss():
     assert torch.all(total > layer_means)  # sums over 64*32*32, 128*16*16 and 256*8*8 elements
     assert torch.allclose(PixelLoss("sum")(x, y), ((x - y) ** 2).sum((1, 2, 3)))
     assert torch.allclose(PixelLoss("mean")(x, y), ((x - y) ** 2).mean((1, 2, 3)))
+
+
+def test_the_reparameterisation_stays_in_fp32_under_bf16_autocast():
+    model = VAE(ModelConfig(image_size=32, **SMALL)).eval()
+    seen = {}
+    model.fc_decode.register_forward_hook(lambda module, inputs, output: seen.update(z=inputs[0], h=output))
+    x = torch.rand(4, 3, 32, 32)
+    noise = torch.randn(4, 8, generator=torch.Generator().manual_seed(0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        x_hat, mu, sigma = model(x, noise)
+    assert mu.dtype == sigma.dtype == torch.float32 and seen["z"].dtype == seen["h"].dtype == torch.float32
+    assert torch.equal(seen["z"], mu + sigma * noise)  # z itself, not z rounded to bf16's 2^-7 steps
+    assert not torch.equal(seen["z"], seen["z"].bfloat16().float())
+    assert x_hat.shape == (4, 3, 32, 32)  # the convolutions still run under autocast
+
+
+def test_bernoulli_loss_is_the_binary_cross_entropy_of_binary_images():
+    x = (torch.rand(3, 3, 8, 8) > 0.7).float()
+    x_hat = torch.rand(3, 3, 8, 8).clamp(0.01, 0.99)
+    expected = -(x * x_hat.log() + (1 - x) * (1 - x_hat).log()).flatten(1)
+    torch.testing.assert_close(BernoulliLoss("sum")(x, x_hat), expected.sum(1))
+    torch.testing.assert_close(BernoulliLoss("mean")(x, x_hat), expected.mean(1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the trainer computes its loss inside autocast
+        torch.testing.assert_close(BernoulliLoss()(x, x_hat.bfloat16()), expected.sum(1), atol=0.5, rtol=0.01)
+    assert BernoulliLoss()(x, x).max() == 0  # a perfect reconstruction costs nothing
 
 
 def test_vgg_weights_found_refused_or_random(tmp_path, monkeypatch):

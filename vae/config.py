@@ -14,7 +14,7 @@ from common.settings import (SEED_RANGE, Settings, above, at_least, between, dev
                              progress_option, verify_option)
 from vae.spec import PAPER_DECODER, PAPER_ENCODER, layers_problem
 
-RECONSTRUCTIONS = ("perceptual", "pixel")
+RECONSTRUCTIONS = ("perceptual", "pixel", "bce")
 REDUCTIONS = ("sum", "mean")
 AMP_MODES = ("auto", "bf16", "off")
 ON_DEVICE = ("auto", "yes", "no")
@@ -53,10 +53,12 @@ class LossSettings(Settings):
 
     alpha: float = option(1.0, "KL weight", valid=at_least(0))
     beta: float = option(0.03, "reconstruction weight", valid=above(0))
-    recon: str = option("perceptual", "VGG-19 feature perceptual loss, or the plain pixel loss",
+    recon: str = option("perceptual", "VGG-19 feature perceptual loss, the plain pixel loss (squared error), or "
+                        "the Bernoulli loss of binary images (binary cross-entropy; the dot stimuli)",
                         choices=RECONSTRUCTIONS)
-    rec_reduction: str = option("sum", "per image: sum or mean over each layer's elements; always the mean over "
-                                "the batch, KL summed over latent dimensions", choices=REDUCTIONS)
+    rec_reduction: str = option("sum", "per image: sum or mean over each layer's elements (pixels for pixel and "
+                                "bce); always the mean over the batch, KL summed over latent dimensions",
+                                choices=REDUCTIONS)
     vgg_weights: str | None = option(None, "state dict of torchvision vgg19().features (full or up to relu3_1); "
                                      "'random' for tests only",
                                      default_help="torchvision's file in the torch hub cache")

@@ -3,13 +3,22 @@
 Reductions, stated because beta = 0.03 only means something under one: every term is computed per
 image and then averaged over the batch. The KL is summed over the latent dimensions. L_rec is, per
 image, the sum over relu1_1, relu2_1 and relu3_1 of the squared feature differences, summed over all
-elements of each layer (`rec_reduction="sum"`, the default: the ratio of the two terms is then the
-one of the authors' code, which summed both over batch and elements), or averaged over each layer's
-elements (`"mean"`, the literal MSE of Eq. 2).
+elements of each layer (`rec_reduction="sum"`, the default), or averaged over each layer's elements
+(`"mean"`, the literal MSE of Eq. 2). `"bce"` is the Bernoulli reconstruction loss of binary images
+(the dot stimuli): the binary cross-entropy summed over pixels and channels.
+
+What is known of the scale: the authors' code summed both terms over the batch and the elements,
+as the default here sums over the elements (the batch mean scales both alike). That does not make
+beta = 0.03 weigh the terms as it did there: their VGG weights and input preprocessing (Caffe, BGR
+0-255) and their log-variance parameterisation differ from ours, and the loss network's feature
+scale moves L_rec by orders of magnitude (NOTES). So beta is a value to check, not to copy: the
+trainer logs the KL in nats per active dimension every epoch, which shows the regime (collapse near
+0; a few nats per dimension is a code that carries information).
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vae.vgg import TAPS
@@ -74,8 +83,8 @@ class PerceptualLoss(nn.Module):
         return sum(_reduce(a - b, self.reduction) for a, b in zip(self.features(x_hat), target))
 
 
-class PixelLoss(nn.Module):
-    """The plain pixel loss the paper compares against (its Figure 2): squared error on [0, 1] pixels."""
+class _PerImageLoss(nn.Module):
+    """A loss of each element (pixel and channel), summed or averaged per image."""
 
     def __init__(self, reduction: str = "sum"):
         super().__init__()
@@ -83,8 +92,28 @@ class PixelLoss(nn.Module):
             raise ValueError(f"--rec-reduction {reduction!r}: choose one of {REDUCTIONS}")
         self.reduction = reduction
 
+    def elements(self, x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
     def forward(self, x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
-        return _reduce(x - x_hat, self.reduction)
+        loss = self.elements(x, x_hat).float().flatten(1)
+        return loss.sum(1) if self.reduction == "sum" else loss.mean(1)
+
+
+class PixelLoss(_PerImageLoss):
+    """The plain pixel loss the paper compares against (its Figure 2): squared error on [0, 1] pixels."""
+
+    def elements(self, x, x_hat):
+        return (x - x_hat).float().square()
+
+
+class BernoulliLoss(_PerImageLoss):
+    """The Bernoulli reconstruction loss of binary images (white dots on black): binary cross-entropy of
+    the decoder's output probabilities, per image summed (or averaged) over pixels and channels."""
+
+    def elements(self, x, x_hat):
+        with torch.autocast(x.device.type, enabled=False):  # cross-entropy needs fp32 logs
+            return F.binary_cross_entropy(x_hat.float(), x.float(), reduction="none")
 
 
 def vae_loss(x, x_hat, mu, sigma, reconstruction: nn.Module, alpha: float, beta: float) -> dict[str, torch.Tensor]:

@@ -76,6 +76,11 @@ class VAE(nn.Module):
     * The output layer is a convolution to 3 channels in the decoder's own style (3@3x3-1 by default,
       stride 1), then a sigmoid, since images are in [0, 1]. It has no BatchNorm.
     * LeakyReLU slope 0.2, as in DFC-VAE (Hou et al.), whose perceptual loss the paper uses.
+
+    Precision: under bf16 autocast the convolutions run in bf16, but the mu and Sigma heads, the
+    reparameterisation z = mu + Sigma * eps and the decoder's input layer always run in fp32. In bf16,
+    z would be rounded in steps of 2^-7 (0.0078 for |z| in [1, 2)), about the size of the posterior
+    standard deviation of a dimension that carries ~5 nats: the sampling noise would drown in rounding.
     """
 
     def __init__(self, config: ModelConfig = ModelConfig()):
@@ -111,12 +116,15 @@ class VAE(nn.Module):
             channels = layer.channels
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior mean and standard deviation for images in [0, 1], shape (B, 3, S, S)."""
+        """Posterior mean and standard deviation (fp32) for images in [0, 1], shape (B, 3, S, S)."""
         h = self.encoder(x).flatten(1)
-        return self.fc_mu(h), F.softplus(self.fc_sigma(h)) + SIGMA_FLOOR
+        with torch.autocast(h.device.type, enabled=False):
+            h = h.float()
+            return self.fc_mu(h), F.softplus(self.fc_sigma(h)) + SIGMA_FLOOR
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.fc_decode(z).view(-1, *self.start_shape)
+        with torch.autocast(z.device.type, enabled=False):
+            h = self.fc_decode(z.float()).view(-1, *self.start_shape)
         return torch.sigmoid(self.output(self.decoder(h)))
 
     def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None):
@@ -124,7 +132,9 @@ class VAE(nn.Module):
         mu, sigma = self.encode(x)
         if noise is None:
             noise = torch.randn_like(mu)
-        return self.decode(mu + sigma * noise.to(mu.dtype)), mu, sigma
+        with torch.autocast(mu.device.type, enabled=False):
+            z = mu + sigma * noise.float()
+        return self.decode(z), mu, sigma
 
 
 def parameter_counts(model: VAE) -> dict[str, int]:

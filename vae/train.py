@@ -37,7 +37,7 @@ from vae.augment import augment, to_float
 from vae.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from vae.config import RuntimeSettings, TrainConfig
 from vae.data import Pool, epoch_indices, make_feed, rank_batches, split_pool
-from vae.losses import PerceptualLoss, PixelLoss, vae_loss
+from vae.losses import BernoulliLoss, PerceptualLoss, PixelLoss, vae_loss
 from vae.model import VAE, ModelConfig, describe, parameter_counts
 from vae.plots import loss_curves, reconstruction_grid
 from vae.vgg import load_vgg
@@ -140,11 +140,13 @@ class Run:
             self.model = VAE(model_config).to(runtime.device)
         if config.runtime.sync_bn and runtime.world > 1:
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.vgg_record = None
         if loss.recon == "perceptual":
             vgg, self.vgg_record = load_vgg(loss.vgg_weights)
             self.reconstruction = PerceptualLoss(vgg, loss.rec_reduction).to(runtime.device)
+        elif loss.recon == "bce":
+            self.reconstruction = BernoulliLoss(loss.rec_reduction)
         else:
-            self.vgg_record = None
             self.reconstruction = PixelLoss(loss.rec_reduction)
         if config.runtime.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -303,9 +305,12 @@ class Run:
             all_reduce(tensor, runtime)
         n = max(sums[0].item(), 1)
         variance = (mu_square / n - (mu_sum / n).square()).clamp(min=0)
+        active = variance > config.training.active_threshold
+        kl_dims = kl_dims / n
         return {"loss": sums[1].item() / n, "kl": sums[2].item() / n, "rec": sums[3].item() / n,
-                "kl_per_dim": (kl_dims / n).tolist(), "mu_variance": variance.tolist(),
-                "active_dims": int((variance > config.training.active_threshold).sum().item())}
+                "kl_per_dim": kl_dims.tolist(), "mu_variance": variance.tolist(),
+                "active_dims": int(active.sum().item()),
+                "kl_per_active_dim": kl_dims[active].mean().item() if active.any() else 0.0}
 
     def figures(self) -> None:
         """Inputs against their posterior-mean reconstructions, and the loss curves (main process)."""
@@ -341,7 +346,8 @@ class Run:
                       "natural_fraction": train.pop("natural_fraction"), "natural_images": train.pop("natural_images"),
                       "synthetic_images": int(self.split.train_synthetic.size), "train": train,
                       "validation": {k: validation[k] for k in ("loss", "kl", "rec")},
-                      "active_dims": validation["active_dims"], "kl_per_dim": validation["kl_per_dim"],
+                      "active_dims": validation["active_dims"], "kl_per_active_dim": validation["kl_per_active_dim"],
+                      "kl_per_dim": validation["kl_per_dim"],
                       "mu_variance": validation["mu_variance"], "best": improved}
             self.history.append(record)
             if runtime.main:
@@ -352,7 +358,8 @@ class Run:
                            if self.split.train_natural_order.size else "")
                 self.log(f"epoch {self.epoch:>3}/{config.training.epochs}  train {train['loss']:.4g} (KL "
                          f"{train['kl']:.4g}, rec {train['rec']:.4g})  validation {validation['loss']:.4g}  lr "
-                         f"{record['lr']:.3g}  {natural}active dims {validation['active_dims']}/{config.model.latent}  "
+                         f"{record['lr']:.3g}  {natural}active dims {validation['active_dims']}/{config.model.latent} "
+                         f"({validation['kl_per_active_dim']:.2f} nats each)  "
                          f"{train['images_per_second'] * runtime.world:.0f} img/s" + ("  *best" if improved else ""))
 
 

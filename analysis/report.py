@@ -1,0 +1,258 @@
+"""What `analyze-area-vs-number` writes: summary.json values, report.md and dimensions.csv of one run, and the
+summary over several runs. The statistics are computed elsewhere (analysis.units, analysis.controls,
+analysis.selectivity); here they are only laid out.
+"""
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from analysis.regression import AREA, NUMEROSITY
+from analysis.selectivity import TERMS
+
+if TYPE_CHECKING:
+    from analysis.area_vs_number import RunAnalysis
+
+PAPER_RESULT = ("one or two recurring dimensions responded to A or N with R^2 > 0.06 +- 0.02; when several area "
+                "units were found, their signs were opposite")
+NULL_STATISTICS = {"numerosity_units": "numerosity units (Eq. 3 criteria)", "area_units": "area units (Eq. 3 criteria)",
+                   "best_numerosity_unit_r2": "R^2 of the best numerosity unit (0: none)",
+                   "best_area_unit_r2": "R^2 of the best area unit (0: none)",
+                   "best_r2": "best R^2 of Eq. 3 over the dimensions",
+                   "selective_units": "number-selective units (two-way ANOVA)"}
+VERDICT_STATISTICS = ("best_numerosity_unit_r2", "best_area_unit_r2", "best_r2")
+
+
+def _number(value):
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
+def run_summary(run: "RunAnalysis", settings: dict) -> dict:
+    """Every result of one run as plain values (summary.json)."""
+    units, fit = run.units, run.units.fit
+    area_signs = {f"z{units.dims[k]}": ("+" if fit.beta_a[k] > 0 else "-")
+                  for k in np.flatnonzero(units.labels == AREA)}
+    best = units.best
+    summary = {
+        "label": run.label, "checkpoint": run.checkpoint, "model_epoch": run.epoch, "data": run.data,
+        "settings": settings, "n_images": run.n_images, "latent": int(units.active.size),
+        "active_dims": int(units.active.sum()), "inactive_dims": [int(d) for d in np.flatnonzero(~units.active)],
+        "fit_images": int(units.predictors.used.sum()), "excluded_n0_images": units.predictors.excluded_zero,
+        "predictors": ("standardised log(1 + N), log(1 + A)" if units.predictors.transform == "log1p"
+                       else "standardised log N, log A"),
+        "numerosity_units": units.units[NUMEROSITY], "area_units": units.units[AREA], "area_unit_signs": area_signs,
+        "area_units_of_opposite_sign": len(set(area_signs.values())) > 1,
+        "best_r2": {f"z{units.dims[k]}": float(fit.r2[k]) for k in best[:10]},
+        "best_dimension": {"dim": int(units.dims[best[0]]), "r2": float(fit.r2[best[0]]),
+                           "beta_n": float(fit.beta_n[best[0]]), "beta_a": float(fit.beta_a[best[0]])},
+        "null": run.null.summary() if run.null else None,
+        "decoding": [d.summary() for d in run.decoding],
+        "set_notes": run.set_notes, "figures": run.figures, "paper": PAPER_RESULT,
+    }
+    if run.selectivity is not None:
+        sel = run.selectivity
+        chosen = np.flatnonzero(sel.selective)
+        summary["selectivity"] = {
+            "test": f"two-way ANOVA per dimension, numerosity x area bin with interaction, Type II sums of squares; "
+                    f"selective: numerosity p < {sel.p_max}, area and interaction p >= {sel.p_max}",
+            "numerosities": sel.levels.tolist(), "area_bins": sel.area_bins,
+            "selective_units": [int(units.dims[k]) for k in chosen],
+            "preferred": {f"z{units.dims[k]}": int(sel.preferred[k]) for k in chosen},
+            "preferred_histogram": {str(int(v)): int(np.sum(sel.preferred[chosen] == v)) for v in sel.levels},
+            "tuning_widths": {str(k): v for k, v in sel.widths.items()}}
+    return summary
+
+
+def write_dimensions(path: Path, run: "RunAnalysis") -> None:
+    """One row per latent dimension, active or not: variance, Eq. 3, CIs, the ANOVA, the unit labels."""
+    units, fit, ci, sel = run.units, run.units.fit, run.units.ci, run.selectivity
+    position = {int(dim): k for k, dim in enumerate(units.dims)}
+    rows = []
+    for dim in range(units.active.size):
+        row = {"dim": dim, "active": bool(units.active[dim]), "variance": float(units.variance[dim])}
+        if dim in position:
+            k = position[dim]
+            row.update({"r2": fit.r2[k], "beta_n": fit.beta_n[k], "se_n": fit.se_n[k], "ci_n_low": ci[0, 0, k],
+                        "ci_n_high": ci[1, 0, k], "beta_a": fit.beta_a[k], "se_a": fit.se_a[k],
+                        "ci_a_low": ci[0, 1, k], "ci_a_high": ci[1, 1, k], "unit": units.labels[k]})
+            if sel is not None:
+                row.update({f"anova_p_{term}": sel.p[t, k] for t, term in enumerate(TERMS)})
+                row.update({"number_selective": bool(sel.selective[k]), "preferred_numerosity": int(sel.preferred[k])})
+        rows.append(row)
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[int(units.dims[0])].keys()))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _unit_row(run: "RunAnalysis", k: int) -> str:
+    fit, ci, dims, labels = run.units.fit, run.units.ci, run.units.dims, run.units.labels
+    return (f"| z{dims[k]} | {labels[k] or '-'} | {fit.r2[k]:.3f} | {fit.beta_n[k]:+.3f} ± {fit.se_n[k]:.3f} "
+            f"[{ci[0, 0, k]:+.3f}, {ci[1, 0, k]:+.3f}] | {fit.beta_a[k]:+.3f} ± {fit.se_a[k]:.3f} "
+            f"[{ci[0, 1, k]:+.3f}, {ci[1, 1, k]:+.3f}] |")
+
+
+def _null_section(run: "RunAnalysis") -> list[str]:
+    null = run.null
+    if null is None:
+        return ["", "## Against chance", "", "No null was run (--null-rotations 0)."]
+    lines = ["", "## Against chance: the random-rotation null", "",
+             f"The same analysis on {null.rotations} random orthogonal rotations of the centred active latents: "
+             "the information the code holds is kept, its axes are not. p is the share of rotations (plus one) "
+             "that reach the observed value or more.", "",
+             "| statistic | observed | null mean | null 95th percentile | p |", "|---|---|---|---|---|"]
+    for key, label in NULL_STATISTICS.items():
+        if key in null.observed:
+            values = null.null[key]
+            shown = "{:.3f}" if key.endswith("r2") else "{:.0f}"
+            lines.append(f"| {label} | {shown.format(null.observed[key])} | {values.mean():.3g} | "
+                         f"{np.percentile(values, 95):.3g} | {null.p[key]:.3f} |")
+    beyond = [NULL_STATISTICS[k] for k in VERDICT_STATISTICS if null.p[k] < 0.05]
+    lines += ["", "Verdict: " + (f"beyond chance (p < 0.05): {'; '.join(beyond)}." if beyond else
+                                 "no Eq. 3 statistic is beyond chance (every p >= 0.05): the units found, if any, are "
+                                 "what randomly oriented axes of this code would also show.")]
+    return lines
+
+
+def _decoding_section(run: "RunAnalysis") -> list[str]:
+    lines = ["", "## Population decoding", "",
+             "Cross-validated ridge regression (features standardised per training fold, penalty by leave-one-out "
+             "on the training fold); R^2 over the out-of-fold predictions, 95% bootstrap interval over images.", "",
+             "| target | from | dimensions | R^2 [95% CI] | folds |", "|---|---|---|---|---|"]
+    for d in run.decoding:
+        lines.append(f"| {d.target} | {d.features} | {d.n_features} | {d.r2:.3f} [{d.ci[0]:.3f}, {d.ci[1]:.3f}] | "
+                     f"{d.folds} |")
+    return lines
+
+
+def _selectivity_section(run: "RunAnalysis") -> list[str]:
+    sel = run.selectivity
+    if sel is None:
+        return []
+    chosen = np.flatnonzero(sel.selective)
+    dims = run.units.dims
+    lines = ["", "## Number-selective units (two-way ANOVA, as Nasr et al. 2019)", "",
+             f"Per active dimension, a two-way ANOVA of the response on numerosity ({sel.levels.size} levels: "
+             f"{', '.join(map(str, sel.levels))}) and cumulative area ({sel.area_bins} bins) with their interaction "
+             f"(Type II sums of squares; images with N = 0 left out). Selective: numerosity p < {sel.p_max}, area and "
+             f"interaction p >= {sel.p_max}. This is a different criterion from Eq. 3's, named apart: with many "
+             "images, small effects are significant, so compare the count with its null above.", "",
+             f"Number-selective units: {', '.join(f'z{dims[k]}' for k in chosen) or 'none'} ({chosen.size} of "
+             f"{dims.size})."]
+    if chosen.size:
+        histogram = ", ".join(f"N = {int(v)}: {int(np.sum(sel.preferred[chosen] == v))}" for v in sel.levels)
+        lines += [f"Preferred numerosities: {histogram}."]
+    if sel.widths:
+        lines += ["", "Gaussian fits of the average tuning curve per preferred numerosity (widths in N, and in "
+                  "log2 N):", "", "| preferred N | units | sigma (linear) | R^2 (linear) | sigma (log2) | R^2 (log2) |",
+                  "|---|---|---|---|---|---|"]
+        for value, fits in sorted(sel.widths.items()):
+            lines.append(f"| {value} | {fits['units']} | {fits['linear']['sigma']:.2f} | {fits['linear']['r2']:.2f} | "
+                         f"{fits['log2']['sigma']:.2f} | {fits['log2']['r2']:.2f} |")
+    return lines
+
+
+def report_markdown(run: "RunAnalysis", summary: dict, criteria, bootstrap: int, seed: int) -> str:
+    units = run.units
+    header = ("| dimension | unit | R^2 | beta_N ± SE [95% bootstrap CI] | beta_A ± SE [95% bootstrap CI] |\n"
+              "|---|---|---|---|---|")
+    found = [k for k in units.best if units.labels[k]]
+    lines = [
+        "# Area versus number", "",
+        f"Checkpoint `{summary['checkpoint']}` (epoch {summary['model_epoch']}), set `{summary['data']}` "
+        f"({summary['n_images']} images).", "",
+        "## Method",
+        f"* Posterior means of {summary['latent']} latent dimensions; {summary['active_dims']} are active (variance "
+        f"of the posterior mean over the set >= {criteria.active_threshold}); inactive and left out: "
+        f"{', '.join(f'z{d}' for d in summary['inactive_dims']) or 'none'}.",
+        f"* Eq. 3 fitted by OLS with an intercept for every active dimension: standardised z_i on "
+        f"{summary['predictors']}, over {summary['fit_images']} images"
+        + (f"; the {summary['excluded_n0_images']} images with N = 0 are left out (log 0 is undefined)."
+           if not criteria.log1p else "; log(1 + x) keeps the N = 0 images."),
+        f"* Standard errors: classical OLS (n - 3 degrees of freedom). Confidence intervals: 2.5 and 97.5 "
+        f"percentiles of {bootstrap} row bootstraps (seed {seed})." if bootstrap
+        else "* No bootstrap was run (--bootstrap 0).",
+        f"* Criteria (Stoianov & Zorzi 2012): numerosity unit R^2 >= {criteria.r2_min} and |beta_A| < "
+        f"{criteria.beta_max}; area unit R^2 >= {criteria.r2_min} and |beta_N| < {criteria.beta_max}"
+        + (" (the paper's loosened threshold; --r2-min 0.1 gives Stoianov & Zorzi's)." if criteria.r2_min == 0.05
+           else "."), "",
+        "## Units found (Stoianov & Zorzi regression, Eq. 3)", "",
+        f"Numerosity units: {', '.join(f'z{d}' for d in summary['numerosity_units']) or 'none'}. "
+        f"Area units: {', '.join(f'z{d}' for d in summary['area_units']) or 'none'}.",
+    ]
+    if len(summary["area_units"]) > 1:
+        signs = ", ".join(f"{dim} {sign}" for dim, sign in summary["area_unit_signs"].items())
+        lines.append(f"Signs of beta_A of the area units: {signs} ("
+                     + ("opposite signs, as the paper reports" if summary["area_units_of_opposite_sign"]
+                        else "all the same sign") + ").")
+    lines += ["", header] + [_unit_row(run, k) for k in found] if found else ["", "No dimension met either criterion."]
+    lines += _null_section(run) + _decoding_section(run) + _selectivity_section(run)
+    lines += ["", "## Best-fitting dimensions (Eq. 3)", "", header] + [_unit_row(run, k) for k in units.best[:10]]
+    lines += ["", f"For reference, the paper (section 4.4): {PAPER_RESULT}."]
+    if summary["set_notes"]:
+        lines += ["", "## About the set", ""] + [f"* {note}." for note in summary["set_notes"]]
+    lines += ["", "## Figures", ""] + [f"* {name}: `{Path(path).name}`" for name, path in summary["figures"].items()]
+    lines += ["", "Every dimension, active or not, is in `dimensions.csv`; the posterior means in `latents.npz`."]
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------------ several runs
+
+RUN_COLUMNS = ("active_dims", "numerosity_units", "area_units", "best_r2", "p_best_numerosity_unit_r2",
+               "p_best_area_unit_r2", "p_best_r2", "selective_units", "p_selective_units", "decoding_r2_log_n",
+               "decoding_r2_log_a")
+
+
+def run_row(summary: dict) -> dict:
+    """One run's key figures, as a row of the multi-run summary."""
+    null = summary.get("null") or {}
+    decoding = {(d["target"], d["features"]): d["r2"] for d in summary["decoding"]}
+    row = {"label": summary["label"], "checkpoint": summary["checkpoint"], "model_epoch": summary["model_epoch"],
+           "active_dims": summary["active_dims"], "numerosity_units": len(summary["numerosity_units"]),
+           "area_units": len(summary["area_units"]), "best_r2": summary["best_dimension"]["r2"],
+           "selective_units": len((summary.get("selectivity") or {}).get("selective_units", [])),
+           "decoding_r2_log_n": decoding.get(("log N", "all active dimensions")),
+           "decoding_r2_log_a": decoding.get(("log A", "all active dimensions"))}
+    for key in ("best_numerosity_unit_r2", "best_area_unit_r2", "best_r2", "selective_units"):
+        row[f"p_{key}"] = (null.get("p") or {}).get(key)
+    return row
+
+
+def runs_summary(rows: list[dict]) -> dict:
+    """Mean and standard deviation (ddof 1) over runs of every numeric column."""
+    stats = {}
+    for column in RUN_COLUMNS:
+        values = np.array([r[column] for r in rows if _number(r[column]) is not None], dtype=np.float64)
+        if values.size:
+            stats[column] = {"mean": float(values.mean()), "sd": float(values.std(ddof=1)) if values.size > 1 else 0.0,
+                             "runs": int(values.size)}
+    return stats
+
+
+def runs_markdown(rows: list[dict], stats: dict, data: str) -> str:
+    def cell(value, column):
+        if _number(value) is None:
+            return "-"
+        return f"{value:.3f}" if column.startswith(("best", "p_", "decoding")) else f"{value:g}"
+
+    lines = ["# Area versus number over several runs", "", f"Set `{data}`; {len(rows)} runs, each analysed in its "
+             "own folder (report.md there). p: random-rotation null; decoding: cross-validated ridge R^2 from all "
+             "active dimensions.", "",
+             "| run | " + " | ".join(RUN_COLUMNS) + " |", "|---|" + "---|" * len(RUN_COLUMNS)]
+    for row in rows:
+        lines.append(f"| {row['label']} | " + " | ".join(cell(row[c], c) for c in RUN_COLUMNS) + " |")
+    lines.append("| **mean ± sd** | " + " | ".join(
+        f"{stats[c]['mean']:.3g} ± {stats[c]['sd']:.3g}" if c in stats else "-" for c in RUN_COLUMNS) + " |")
+    lines += ["", f"For reference, the paper (section 4.4): {PAPER_RESULT}.", "", "Figure: `runs.png`."]
+    return "\n".join(lines) + "\n"
+
+
+def write_runs_csv(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0].keys()))
+        writer.writeheader()
+        writer.writerows(rows)

@@ -1,0 +1,72 @@
+"""Numerosity and area units by Stoianov & Zorzi's criteria: the statistics alone, as a typed result.
+
+From posterior means and labels to units: drop inactive dimensions, fit Eq. 3 to the rest
+(analysis.regression), bootstrap the betas, apply the criteria. No paths, no files: the report and
+the figures are written elsewhere (analysis.report, analysis.figures).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from analysis.regression import AREA, NUMEROSITY, Fit, Predictors, bootstrap_betas, classify, fit_eq3, make_predictors
+from common.errors import UserError
+
+
+@dataclass(frozen=True)
+class Criteria:
+    """What makes a unit (Stoianov & Zorzi 2012; the paper loosened R^2 to 0.05), and which data enter."""
+
+    r2_min: float = 0.05
+    beta_max: float = 0.1
+    active_threshold: float = 0.01
+    log1p: bool = False
+
+
+@dataclass
+class UnitResult:
+    """Eq. 3 and the criteria for every active dimension (arrays over the active dimensions unless named)."""
+
+    variance: np.ndarray  # variance of the posterior mean, every dimension
+    active: np.ndarray  # bool, every dimension
+    dims: np.ndarray  # the active dimensions' indices
+    predictors: Predictors  # the rows used and their standardised log N, log A
+    fit: Fit
+    labels: np.ndarray  # NUMEROSITY, AREA or "" per active dimension
+    ci: np.ndarray  # (2 low/high, 2 beta_N/beta_A, active): bootstrap 95% intervals (NaN without bootstrap)
+
+    @property
+    def units(self) -> dict[str, list[int]]:
+        return {kind: [int(self.dims[k]) for k in np.flatnonzero(self.labels == kind)] for kind in (NUMEROSITY, AREA)}
+
+    @property
+    def best(self) -> np.ndarray:
+        """Positions (in the active dimensions) from the highest R^2 down."""
+        return np.argsort(-self.fit.r2)
+
+    def latents(self, means: np.ndarray) -> np.ndarray:
+        """The fitted block of the posterior means: used images x active dimensions."""
+        return means[self.predictors.used][:, self.active]
+
+
+def find_units(means: np.ndarray, count: np.ndarray, area: np.ndarray, criteria: Criteria, bootstrap: int = 0,
+               seed: int = 0) -> UnitResult:
+    """Drop inactive dimensions, fit Eq. 3 to the rest, bootstrap the betas, apply the criteria."""
+    variance = means.var(axis=0)
+    active = variance >= criteria.active_threshold
+    if not active.any():
+        raise UserError(f"--checkpoint: no active latent dimension (variance of the posterior mean over the set >= "
+                        f"--active-threshold {criteria.active_threshold}): the model codes nothing that varies here")
+    try:
+        predictors = make_predictors(count, area, criteria.log1p)
+    except ValueError as exc:
+        raise UserError(f"--data: {exc}") from None
+    z = means[predictors.used][:, active]
+    fit = fit_eq3(z, predictors.x)
+    labels = classify(fit, criteria.r2_min, criteria.beta_max)
+    if bootstrap > 0:
+        ci = np.percentile(bootstrap_betas(z, predictors.x, bootstrap, seed), [2.5, 97.5], axis=0)
+    else:
+        ci = np.full((2, 2, int(active.sum())), np.nan)
+    return UnitResult(variance, active, np.flatnonzero(active), predictors, fit, labels, ci)

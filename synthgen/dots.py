@@ -1,0 +1,221 @@
+"""`synthgen dots`: binary dot arrays (Stoianov & Zorzi 2012), the positive control of the area analyses.
+
+White dots on black, numerosity N crossed with levels of a continuous property, in the synthgen shard
+schema (count, areas, one box per dot), so every tool reads the set unchanged. The design:
+
+* **Cells.** N (`--count`, 1-32 by default) crossed with `--area-levels` log-spaced levels of the
+  controlled property, block-stratified like `synthgen build`: every block of N x levels images holds
+  each cell once, so the set is balanced exactly and image i never depends on --n.
+* **What is held fixed.** `--control total-area` (Stoianov & Zorzi): the cumulative dot area takes the
+  level, independently of N, and the mean dot size falls as N grows. `--control item-size`: the mean
+  dot area takes the level and the cumulative area grows with N. Either way the dot sizes of an image
+  vary around their mean by up to `--item-jitter`, renormalised to the image's cumulative area.
+* **Field.** The dots are scattered in a disc at the canvas centre whose area is drawn per image from
+  `--field-range` (log-uniform), independently of N and area; LO = HI holds it fixed. What a viewer
+  sees, the convex hull of the dots, is recorded per image (`field_area`).
+* **Rendering.** Binary: a dot is every pixel whose centre lies within its radius (at least one pixel).
+  No two dots come closer than `--min-gap` pixels (8-neighbourhood), so each is seen and counted apart:
+  an image's dots are exactly its 8-connected white components, and its visible area is its white
+  pixel count. target_area holds the designed cumulative area; full_area = visible_area the drawn one.
+* **Determinism.** Every draw of image i comes from a stream seeded by (--seed, i).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from common import streams
+from synthgen import __version__
+from synthgen.config import DotConfig, RunOptions, build_identity
+from synthgen.errors import PlacementError, UsageError, write_failure
+from synthgen.manifest import MANIFEST_FORMAT
+from synthgen.parallel import parallel_backend, run_shards, workers_of
+from synthgen.plan import draw_area_shares, stratified_cells
+from synthgen.reader import read_labels
+from synthgen.shards import SCHEMA_VERSION, SHARD_FORMAT, ShardArrays, shard_path, write_shard
+from synthgen.stats import label_summary
+from synthgen.writer import SetWriter
+
+KIND = "dots"
+EXTRA_LABELS = ("field_area",)
+
+
+def levels_of(config: DotConfig) -> np.ndarray:
+    """The levels of the controlled property: cumulative area or mean dot area, in pixels."""
+    lo, hi = config.area_range if config.control == "total-area" else config.item_range
+    scale = config.size**2 if config.control == "total-area" else 1.0
+    return np.exp(np.linspace(math.log(lo), math.log(hi), config.area_levels)) * scale
+
+
+def cell_of(config: DotConfig, first: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """N and the level index of images first .. first+n-1."""
+    cells = stratified_cells(config.seed, len(config.counts) * config.area_levels, first, n)
+    return np.asarray(config.counts)[cells // config.area_levels], cells % config.area_levels
+
+
+def disc_pixels(cx: float, cy: float, area: float, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The pixels (rows, columns) of a dot of `area` pixels centred at (cx, cy): every pixel whose centre is
+    within its radius, at least the nearest one."""
+    r = math.sqrt(area / math.pi)
+    y0, y1 = max(0, int(cy - r - 1)), min(size, int(cy + r + 2))
+    x0, x1 = max(0, int(cx - r - 1)), min(size, int(cx + r + 2))
+    ys, xs = np.mgrid[y0:y1, x0:x1]
+    inside = (xs + 0.5 - cx) ** 2 + (ys + 0.5 - cy) ** 2 <= r * r
+    if not inside.any():
+        return np.array([min(size - 1, int(cy))]), np.array([min(size - 1, int(cx))])
+    return ys[inside], xs[inside]
+
+
+def convex_hull_area(image: np.ndarray) -> float:
+    """Area in pixels of the convex hull of the white pixels (their square outlines)."""
+    ys, xs = np.nonzero(image)
+    if ys.size == 0:
+        return 0.0
+    corners = np.concatenate([np.stack([xs + dx, ys + dy], axis=1) for dx in (0, 1) for dy in (0, 1)])
+    return float(cv2.contourArea(cv2.convexHull(corners.astype(np.float32))))
+
+
+def place_dots(rng, areas: np.ndarray, field_area: float, config: DotConfig):
+    """One try at an array: the dots (largest first) at random positions in the field; (image, dots) or None.
+    Each dot is (rows, cols)."""
+    size, gap = config.size, config.min_gap
+    image = np.zeros((size, size), bool)
+    blocked = np.zeros((size, size), np.uint8)  # the dots grown by the gap: no new pixel may land there
+    radius = math.sqrt(field_area / math.pi)
+    kernel = np.ones((2 * gap + 1, 2 * gap + 1), np.uint8)
+    dots = []
+    for area in sorted(areas, reverse=True):
+        r = math.sqrt(area / math.pi)
+        reach = max(radius - r, 0.0)
+        for _ in range(config.placement_tries):
+            angle, distance = rng.uniform(0, 2 * math.pi), reach * math.sqrt(rng.uniform())
+            cx, cy = size / 2 + distance * math.cos(angle), size / 2 + distance * math.sin(angle)
+            if not (r <= cx <= size - r and r <= cy <= size - r):
+                continue
+            rows, cols = disc_pixels(cx, cy, area, size)
+            if not blocked[rows, cols].any():
+                break
+        else:
+            return None
+        image[rows, cols] = True
+        dot = np.zeros((size, size), np.uint8)
+        dot[rows, cols] = 1
+        blocked |= cv2.dilate(dot, kernel)
+        dots.append((rows, cols))
+    return image, dots
+
+
+def render(index: int, count: int, level: float, config: DotConfig) -> dict:
+    """Image `index`: N dots at the level of the controlled property, as arrays and labels."""
+    rng = streams.rng(config.seed, streams.DOTS, index)
+    lo, hi = config.field_range
+    field_area = math.exp(rng.uniform(math.log(lo), math.log(hi))) * config.size**2
+    total = level if config.control == "total-area" else level * count
+    areas = total * draw_area_shares(rng, count, config.item_jitter)
+    for _ in range(config.max_redraws):
+        placed = place_dots(rng, areas, field_area, config)
+        if placed is not None:
+            break
+    else:
+        raise PlacementError(
+            f"image {index}: could not place {count} dots covering {total:.0f} pixels in a field of "
+            f"{field_area:.0f} pixels with {config.min_gap} pixel(s) between dots: tried {config.max_redraws} "
+            f"redraws of {config.placement_tries} positions per dot. Lower the top of --area-range (or --item-range), "
+            "widen --field-range, or lower --min-gap, then build into a new --out (or add --overwrite)", index)
+    image, dots = placed
+    objects = [(0, (int(c.min()), int(r.min()), int(c.max()) + 1, int(r.max()) + 1), float(r.size), float(r.size))
+               for r, c in dots]
+    drawn = float(image.sum())
+    return {"image": np.repeat((image * np.uint8(255))[..., None], 3, axis=2), "count": count, "target_area": total,
+            "full_area": drawn, "visible_area": drawn, "objects": objects, "field_area": convex_hull_area(image)}
+
+
+def dot_shard(out_dir: str, shard_index: int, config_json: dict, identity: str) -> dict:
+    """Render and write one shard of dot arrays (runs in a worker)."""
+    config = DotConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config_json.items()})
+    first, n = config.shard_range(shard_index)
+    counts, level_index = cell_of(config, first, n)
+    levels = levels_of(config)
+    shard = ShardArrays(config.size)
+    started = time.perf_counter()
+    for row in range(n):
+        dots = render(first + row, int(counts[row]), float(levels[level_index[row]]), config)
+        shard.add(dots["image"], count=dots["count"], index=first + row,
+                  image_seed=streams.seed64(config.seed, streams.DOTS, first + row), target_area=dots["target_area"],
+                  full_area=dots["full_area"], visible_area=dots["visible_area"], objects=dots["objects"],
+                  extra={"field_area": dots["field_area"]})
+    attrs = {"format": SHARD_FORMAT, "schema_version": SCHEMA_VERSION, "synthgen_version": __version__, "kind": KIND,
+             "build_identity": identity, "config_json": json.dumps(config.content_json(), sort_keys=True),
+             "seed": config.seed, "shard_index": shard_index, "first_index": first, "n_images": n,
+             "image_size": config.size}
+    path = shard_path(out_dir, shard_index)
+    try:
+        write_shard(path, shard.arrays(), attrs, config.compression)
+    except OSError as exc:
+        raise write_failure(path.name, out_dir, exc) from None
+    return {"shard": shard_index, "n_images": n, "seconds": time.perf_counter() - started}
+
+
+def check_feasible(config: DotConfig) -> None:
+    """Refuse, before any work, a design whose most crowded arrays cannot be placed."""
+    levels = levels_of(config)
+    field = config.field_range[0] * config.size**2
+    for count in sorted({max(config.counts), min(config.counts)}, reverse=True):
+        total = levels[-1] if config.control == "total-area" else levels[-1] * count
+        for probe in range(4):
+            rng = streams.rng(config.seed, streams.PROBE, count, probe)
+            areas = total * draw_area_shares(rng, count, config.item_jitter)
+            if not any(place_dots(rng, areas, field, config) is not None for _ in range(config.max_redraws)):
+                raise UsageError(
+                    f"cannot place {count} dots covering {total:.0f} pixels in a field of {field:.0f} pixels (the "
+                    f"smallest of --field-range) with {config.min_gap} pixel(s) between dots: a trial array failed "
+                    f"after {config.max_redraws} redraws. Lower the top of --area-range (or --item-range), widen "
+                    "--field-range, lower --min-gap, or use fewer dots (--count)")
+
+
+def dots(config: DotConfig, run: RunOptions, out_dir, command: list[str] | None = None, log=print) -> dict:
+    """Build (or resume, or extend) a set of dot arrays in `out_dir`; returns the summary."""
+    started = time.perf_counter()
+    out = Path(out_dir).resolve()
+    identity = build_identity(config.content_json(), {"source": f"{KIND}-v1"}, __version__, SCHEMA_VERSION)
+    writer = SetWriter(out, {"format": MANIFEST_FORMAT, "schema_version": SCHEMA_VERSION,
+                             "synthgen_version": __version__, "kind": KIND, "build_identity": identity,
+                             "command": command, "config": config.to_json(), "n_images": config.n,
+                             "image_size": config.size, "n_shards": config.n_shards,
+                             "extra_labels": list(EXTRA_LABELS), "levels": levels_of(config).tolist()}, log)
+    previous = writer.existing() or {}
+    if previous.get("build_identity") == identity and previous.get("n_images", 0) > config.n and not run.overwrite:
+        raise UsageError(f"--n {config.n}: {out} holds a set of {previous['n_images']} images; a smaller --n would "
+                         f"drop built images. Give --n {previous['n_images']} or more, or --overwrite to replace it")
+    done = writer.check(config.n_shards, run.overwrite,
+                        lambda old: f"the dot design differs (was {old.get('command')})",
+                        keep=lambda s, attrs: (attrs["first_index"], attrs["n_images"]) == config.shard_range(s))
+    todo = [s for s in range(config.n_shards) if s not in done]
+    if todo:
+        check_feasible(config)
+    writer.begin()
+    results, workers = [], None
+    if todo:
+        with parallel_backend(run) as client:
+            workers = workers_of(client, run)
+            try:
+                results = run_shards(dot_shard, {s: (str(out), s, config.to_json(), identity) for s in todo},
+                                     {s: config.shard_range(s)[1] for s in todo}, config.n, run.progress,
+                                     "synthgen dots")
+            except PlacementError as exc:
+                writer.fail({"image": exc.index, "message": str(exc)})
+                raise
+    labels = read_labels([shard_path(out, s) for s in range(config.n_shards)], ("count", "target_area", "visible_area"))
+    summary = label_summary(labels["count"], labels["target_area"], labels["visible_area"], config.size)
+    built = sum(r["n_images"] for r in results)
+    seconds = time.perf_counter() - started
+    summary.update({"images_built": built, "images_resumed": config.n - built, "workers": workers,
+                    "render_seconds": round(seconds, 3), "total_seconds": round(seconds, 3),
+                    "images_per_second": round(built / seconds, 1) if built else None})
+    writer.finish(config.n_shards, summary)
+    return summary

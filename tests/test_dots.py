@@ -1,0 +1,89 @@
+"""`synthgen dots`: Stoianov & Zorzi's dot arrays; counts, areas and separation hold exactly."""
+import cv2
+import numpy as np
+import pytest
+
+from conftest import manifest_of, read_set
+from synthgen import ShardSet
+from synthgen.dots import convex_hull_area, levels_of
+from synthgen.config import DotConfig
+
+FAST = ["--no-progress", "--workers", "1"]
+
+
+@pytest.fixture(scope="module")
+def dot_set(tmp_path_factory):
+    from synthgen.cli import main
+
+    out = tmp_path_factory.mktemp("dots") / "set"
+    assert main(["dots", "--n", "1024", "--count", "1-32", "--area-levels", "4", "--shard-size", "300",
+                 "--out", str(out), *FAST]) == 0
+    return out
+
+
+def test_counts_areas_and_separation_hold_exactly(dot_set):
+    data = read_set(dot_set)
+    offsets = np.concatenate([[0], np.cumsum(data["count"])])
+    for i in range(len(data["count"])):
+        image = data["images"][i]
+        assert set(np.unique(image)) <= {0, 255} and np.array_equal(image[..., 0], image[..., 2])
+        white = (image[..., 0] > 0).astype(np.uint8)
+        # every dot is its own 8-connected component: at least one pixel of background between any two
+        assert cv2.connectedComponents(white, connectivity=8)[0] - 1 == data["count"][i]
+        assert white.sum() == data["visible_area"][i] == data["full_area"][i]
+        rows = slice(offsets[i], offsets[i + 1])
+        assert data["objects/visible_area"][rows].sum() == white.sum()
+        for (x0, y0, x1, y1), area in zip(data["objects/box"][rows], data["objects/visible_area"][rows]):
+            assert white[y0:y1, x0:x1].sum() >= area  # each box holds its whole dot
+        assert data["field_area"][i] == pytest.approx(convex_hull_area(white))
+
+
+def test_numerosity_is_crossed_with_the_area_levels(dot_set):
+    data = read_set(dot_set)
+    config = DotConfig(n=1024, counts=tuple(range(1, 33)), area_levels=4)
+    levels = levels_of(config)
+    level = np.searchsorted(levels, data["target_area"] - 1e-3)
+    assert np.allclose(levels[level], data["target_area"], rtol=1e-5)
+    cells = np.zeros((32, 4), int)
+    np.add.at(cells, (data["count"] - 1, level), 1)
+    assert (cells == 8).all()  # 1024 images = 8 of each of the 32 x 4 cells
+    log_n, log_a = np.log(data["count"]), np.log(data["target_area"])
+    assert abs(np.corrcoef(log_n, log_a)[0, 1]) < 1e-9  # the design's area is independent of N
+    assert abs(np.corrcoef(log_n, np.log(data["visible_area"]))[0, 1]) < 0.05  # and so is the drawn one
+    # the field is one fixed disc: every dot lies in it, and the hull is never larger
+    assert data["field_area"].max() <= 0.8 * 32 * 32 * 1.1
+    with ShardSet(dot_set) as shards:
+        assert shards.kind == "dots" and shards.labels["field_area"].shape == (1024,)
+    assert manifest_of(dot_set)["levels"] == pytest.approx(levels.tolist())
+
+
+def test_item_size_control_and_a_varied_field(synthgen, tmp_path):
+    out = tmp_path / "items"
+    result = synthgen("dots", "--n", 256, "--count", "1-16", "--area-levels", 4, "--control", "item-size",
+                      "--field-range", "0.4-0.9", "--out", out, *FAST)
+    assert result.rc == 0, result.err
+    data = read_set(out)
+    mean_item = data["target_area"] / data["count"]
+    assert np.unique(np.round(mean_item, 6)).size == 4  # the mean dot size takes the levels, whatever N
+    assert np.corrcoef(np.log(data["count"]), np.log(data["target_area"]))[0, 1] > 0.7  # area grows with N
+    assert data["field_area"].std() > 0
+
+
+def test_dots_are_deterministic_extendable_and_verified(synthgen, dot_set, tmp_path):
+    two = tmp_path / "two"
+    assert synthgen("dots", "--n", 1024, "--count", "1-32", "--area-levels", 4, "--shard-size", 300, "--out", two,
+                    "--no-progress", "--workers", 2).rc == 0
+    assert [s["content_sha256"] for s in manifest_of(two)["shards"]] == \
+           [s["content_sha256"] for s in manifest_of(dot_set)["shards"]]
+    small = tmp_path / "small"
+    assert synthgen("dots", "--n", 100, "--count", "1-32", "--area-levels", 4, "--out", small, *FAST).rc == 0
+    assert np.array_equal(read_set(small)["images"], read_set(dot_set)["images"][:100])
+    assert synthgen("verify", dot_set, "--no-progress").rc == 0
+
+
+def test_an_impossible_dot_design_is_refused_before_any_work(synthgen, tmp_path):
+    out = tmp_path / "never"
+    result = synthgen("dots", "--n", 10, "--count", "32", "--area-range", "0.5-0.6", "--out", out, *FAST)
+    assert result.rc == 2 and "cannot place 32 dots" in result.err and not out.exists()
+    counts = synthgen("dots", "--n", 10, "--count", "0-4", "--out", out, *FAST)
+    assert counts.rc == 2 and "counts start at 1" in counts.err
