@@ -1,79 +1,141 @@
-"""Benchmark `vae-train` steps: images/s for the paper configuration (161x161, latent 180, VGG-19
-perceptual loss), the optimised path against a plain fp32 eager loop of the same model, in one run.
+"""Benchmark `vae-train`: what a user gets, and where the time goes, for the paper configuration (161x161,
+latent 180, VGG-19 perceptual loss).
 
-    python benchmarks/bench_vae.py                         # CPU here: small batch, few steps
-    python benchmarks/bench_vae.py --device cuda --batch 128 --steps 50 --compile
+    python benchmarks/bench_vae.py                                  # CPU here: small batch, few steps
+    python benchmarks/bench_vae.py --device cuda --batch 128 --steps 50 --compile --profile
 
-A step is what the trainer does per batch: uint8 images already in device memory -> augmentation on
-the device -> forward -> alpha*KL + beta*perceptual loss -> backward -> Adam. "optimised" is the
-trainer's default path (channels_last, bf16 autocast and cudnn autotuning on CUDA, optional
-torch.compile); "plain" is NCHW fp32 eager with the same data and augmentation.
+It reports, in one run on one machine:
+* the step, as the trainer takes it (`vae.train.Run.step`: the objective of vae.losses under the
+  trainer's autocast, backward, Adam) on uint8 images already in device memory, augmented there:
+  plain fp32 eager NCHW; the trainer's default path (channels_last, and on CUDA bf16 autocast and cudnn
+  autotuning); and with --compile, the whole objective compiled (model, perceptual loss, loss arithmetic),
+  checked against eager as the trainer does;
+* the trainer's real epoch throughput: `vae.train.Run.train_epoch` on a synthgen set built for the
+  purpose (data feeding, augmentation, per-step bookkeeping included), the second epoch timed;
+* FLOPs per image of a step (torch.utils.flop_counter) and the achieved TFLOP/s against the card's peak
+  (bf16 dense; --peak-tflops for a card not in the table);
+* with --profile, a kernel-time breakdown of a few steps (torch.profiler), by operator.
 """
 from __future__ import annotations
 
 import argparse
 import platform
+import tempfile
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-from vae.augment import AugmentConfig, augment
-from vae.losses import PerceptualLoss, vae_loss
+from vae.augment import augment
+from vae.config import (COMPILE_MODES, AugmentConfig, DataSettings, LossSettings, RuntimeSettings, TrainConfig,
+                        TrainingSettings)
+from vae.losses import Objective, PerceptualLoss
 from vae.model import VAE, ModelConfig, parameter_counts
-from vae.train import COMPILE_TOLERANCE, compiled_difference
+from vae.runtime import Runtime, compile_checked
 from vae.vgg import RANDOM, load_vgg
 
 SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights" / "vgg19-features-relu3_1.pth"
 RECIPE_IMAGES = 140 * (80_000 + 10_000)  # 140 epochs over ~80K synthetic plus ~10K natural images
+PEAK_BF16_TFLOPS = {"H100 80GB HBM3": 989.0, "H100 PCIe": 756.0, "H200": 989.0, "A100": 312.0, "L4": 121.0}
 
 
-def measure(optimised: bool, device: torch.device, batch: int, steps: int, warmup: int,
-            compile_model: bool) -> tuple[float, str]:
-    """Images per second of training steps (after `warmup` untimed steps), and a note on compiling."""
-    torch.manual_seed(0)
-    torch.backends.cudnn.benchmark = optimised
-    model = VAE(ModelConfig()).to(device)
-    vgg = load_vgg(str(SHARED_WEIGHTS) if SHARED_WEIGHTS.exists() else RANDOM)[0]
-    loss = PerceptualLoss(vgg).to(device)
-    if optimised:
-        model = model.to(memory_format=torch.channels_last)
-        loss = loss.to(memory_format=torch.channels_last)
-    net = torch.compile(model) if (optimised and compile_model) else model
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.0015)
-    images = torch.randint(0, 256, (batch, 161, 161, 3), dtype=torch.uint8, device=device)
-    boxes = torch.tensor([[40.0, 40.0, 120.0, 120.0]], device=device).repeat(batch, 1)
-    amp = optimised and device.type == "cuda"
-    note = ""
-    if net is not model:  # a fast wrong model is no speed-up: check it as the trainer does
-        x = augment(images, boxes, AugmentConfig(), torch.Generator(device=device).manual_seed(0))
-        mean, largest = compiled_difference(model, net, model, x, amp)
-        note = f" (compiled vs eager: mean difference {mean:.2g}, {'ok' if mean <= COMPILE_TOLERANCE else 'WRONG'})"
+def weights() -> str:
+    return str(SHARED_WEIGHTS) if SHARED_WEIGHTS.exists() else RANDOM
 
-    def step(i: int) -> None:
-        generator = torch.Generator(device=device).manual_seed(i)
-        x = augment(images, boxes, AugmentConfig(), generator)
-        if not optimised:
+
+class Stepper:
+    """The trainer's step (vae.train.Run.step) on a fixed batch of uint8 images, for one path."""
+
+    def __init__(self, device: torch.device, batch: int, optimised: bool, compile_mode: str | None):
+        torch.manual_seed(0)
+        torch.backends.cudnn.benchmark = optimised
+        self.device, self.batch = device, batch
+        self.model = VAE(ModelConfig()).to(device)
+        loss = PerceptualLoss(load_vgg(weights())[0]).to(device)
+        if optimised:
+            self.model = self.model.to(memory_format=torch.channels_last)
+            loss = loss.to(memory_format=torch.channels_last)
+        self.runtime = Runtime(device, 0, 1, optimised and device.type == "cuda")
+        self.objective = Objective(self.model, loss, 1.0, 0.03)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=0.0015)
+        self.images = torch.randint(0, 256, (batch, 161, 161, 3), dtype=torch.uint8, device=device)
+        self.boxes = torch.tensor([[40.0, 40.0, 120.0, 120.0]], device=device).repeat(batch, 1)
+        self.optimised, self.note = optimised, ""
+        if compile_mode:
+            x, noise = self.inputs(0)
+            compiled, check = compile_checked(self.objective, self.model, x, noise, self.runtime, compile_mode)
+            self.note = (f" (compiled vs eager: mean difference {check['mean_difference']:.2g}, "
+                         f"{'ok' if check['used'] else 'WRONG: eager used'})")
+            self.objective = self.objective if compiled is None else compiled
+
+    def inputs(self, i: int):
+        generator = torch.Generator(device=self.device).manual_seed(i)
+        x = augment(self.images, self.boxes, AugmentConfig(), generator)
+        if not self.optimised:
             x = x.contiguous()  # NCHW
-        noise = torch.randn(batch, 180, generator=generator, device=device)
-        with torch.autocast(device.type, dtype=torch.bfloat16) if amp else nullcontext():
-            x_hat, mu, sigma = net(x, noise)
-            terms = vae_loss(x, x_hat.float(), mu, sigma, loss, 1.0, 0.03)
-        optimizer.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        optimizer.step()
+        return x, torch.randn(self.batch, 180, generator=generator, device=self.device)
 
-    for i in range(warmup):
-        step(i)
+    def step(self, i: int) -> None:
+        x, noise = self.inputs(i)
+        with self.runtime.autocast():
+            terms = self.objective(x, noise)
+        self.optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        self.optimizer.step()
+
+    def rate(self, steps: int, warmup: int) -> float:
+        for i in range(warmup):
+            self.step(i)
+        synchronize(self.device)
+        start = time.perf_counter()
+        for i in range(steps):
+            self.step(warmup + i)
+        synchronize(self.device)
+        return self.batch * steps / (time.perf_counter() - start)
+
+    def flops_per_image(self) -> float:
+        with FlopCounterMode(display=False) as counter:
+            self.step(0)
+        return counter.get_total_flops() / self.batch
+
+
+def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
-    start = time.perf_counter()
-    for i in range(steps):
-        step(warmup + i)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return batch * steps / (time.perf_counter() - start), note
+
+
+def epoch_rate(device: torch.device, batch: int, images: int, compile_model: bool, compile_mode: str) -> float:
+    """images/s of the trainer's own epoch (the second one: the first pays for compiling and autotuning)."""
+    from synthgen.build import build
+    from synthgen.config import BuildConfig, RunOptions
+    from vae.train import Run
+
+    with tempfile.TemporaryDirectory() as tmp:
+        build(BuildConfig(n=images, size=161), RunOptions(progress=False), Path(tmp) / "set", log=lambda *a: None)
+        config = TrainConfig(out=str(Path(tmp) / "run"), data=DataSettings(data=[str(Path(tmp) / "set")]),
+                             loss=LossSettings(vgg_weights=weights()),
+                             training=TrainingSettings(epochs=2, batch_size=batch),
+                             runtime=RuntimeSettings(device=str(device), compile=compile_model,
+                                                     compile_mode=compile_mode, progress=False))
+        runtime = Runtime(device, 0, 1, device.type == "cuda")
+        run = Run(config, runtime, resume=False, log=lambda *a: None)
+        for epoch in (1, 2):
+            run.epoch = epoch
+            result = run.train_epoch()
+        return result["images_per_second"]
+
+
+def profile(stepper: Stepper, steps: int) -> str:
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if stepper.device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as profiler:
+        for i in range(steps):
+            stepper.step(i)
+        synchronize(stepper.device)
+    key = "self_cuda_time_total" if stepper.device.type == "cuda" else "self_cpu_time_total"
+    return profiler.key_averages().table(sort_by=key, row_limit=20, max_name_column_width=60)
 
 
 def main() -> None:
@@ -82,7 +144,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=None, help="default: 128 on CUDA, 4 on CPU")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default: 50 on CUDA, 3 on CPU)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 10 on CUDA, 1 on CPU)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the optimised path")
+    parser.add_argument("--compile", action="store_true", help="also time the whole objective compiled")
+    parser.add_argument("--compile-mode", default="default", choices=COMPILE_MODES)
+    parser.add_argument("--epoch-images", type=int, default=None,
+                        help="images of the set the trainer's epoch runs on (default: 4096 on CUDA, 48 on CPU)")
+    parser.add_argument("--profile", action="store_true", help="print a kernel-time breakdown of the optimised step")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="the card's bf16 dense peak (default: table)")
     args = parser.parse_args()
     device = torch.device(args.device)
     cuda = device.type == "cuda"
@@ -94,15 +161,32 @@ def main() -> None:
     print(f"model: paper configuration, {parameter_counts(VAE())['total']:,} parameters; batch {batch}, "
           f"{warmup} warm-up + {steps} timed steps; VGG weights: "
           f"{'../shared' if SHARED_WEIGHTS.exists() else 'random (same speed)'}\n")
-    plain, _ = measure(False, device, batch, steps, warmup, False)
-    optimised, note = measure(True, device, batch, steps, warmup, args.compile)
-    label = ("channels_last" + (" + bf16 autocast + cudnn.benchmark" if cuda else "")
-             + (" + compile" if args.compile else ""))
-    print("| path | images/s | x plain | full recipe (140 epochs x 90K images) |")
-    print("|---|---|---|---|")
-    for title, rate in (("plain fp32 eager (NCHW)", plain), (f"optimised ({label}){note}", optimised)):
-        hours = RECIPE_IMAGES / rate / 3600
-        print(f"| {title} | {rate:.2f} | {rate / plain:.2f} | {hours:.1f} h |")
+    plain = Stepper(device, batch, False, None).rate(steps, warmup)
+    default = Stepper(device, batch, True, None)
+    rows = [("plain fp32 eager (NCHW)", plain, ""),
+            ("trainer's default path (channels_last" + (", bf16, cudnn autotuning" if cuda else "") + ")",
+             default.rate(steps, warmup), "")]
+    if args.compile:
+        compiled = Stepper(device, batch, True, args.compile_mode)
+        rows.append((f"the same, whole objective compiled (mode {args.compile_mode})", compiled.rate(steps, warmup),
+                     compiled.note))
+    epoch = epoch_rate(device, batch, args.epoch_images or (4096 if cuda else 48), args.compile, args.compile_mode)
+    rows.append(("the trainer's epoch (vae.train.Run.train_epoch), second epoch"
+                 + (", compiled" if args.compile else ""), epoch, ""))
+    flops = default.flops_per_image()
+    peak = args.peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+    print("| path | images/s | x plain | TFLOP/s | of peak | full recipe (140 epochs x 90K images) |")
+    print("|---|---|---|---|---|---|")
+    for title, rate, note in rows:
+        tflops = flops * rate / 1e12
+        share = f"{tflops / peak:.0%}" if peak else "-"
+        print(f"| {title}{note} | {rate:.2f} | {rate / plain:.2f} | {tflops:.2f} | {share} | "
+              f"{RECIPE_IMAGES / rate / 3600:.1f} h |")
+    print(f"\nA step costs {flops / 1e9:.1f} GFLOP per image (forward and backward, torch.utils.flop_counter); "
+          f"peak used: {f'{peak:g} TFLOP/s bf16 dense' if peak else 'unknown (--peak-tflops)'}.")
+    if args.profile:
+        print("\nKernel time of the trainer's default step, by operator:\n")
+        print(profile(default, min(steps, 5)))
 
 
 if __name__ == "__main__":

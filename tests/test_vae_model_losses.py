@@ -154,3 +154,31 @@ def test_real_vgg_weights_load():
     assert record["sha256"] == "800be076141fdb77782d962275ab2e21bd491f7e53e620614f38c98d87f214e5"
     features = PerceptualLoss(vgg).features(torch.rand(1, 3, 64, 64))
     assert [f.shape[1] for f in features] == [64, 128, 256]
+
+
+def test_the_whole_objective_compiles_to_what_eager_computes():
+    """--compile compiles the model, the perceptual loss and the loss arithmetic together: the compiled
+    objective must give the eager loss and gradients (the trainer checks the reconstructions too)."""
+    from vae.losses import Objective
+    from vae.runtime import Runtime, compile_checked
+
+    torch.manual_seed(0)
+    model = VAE(ModelConfig(image_size=32, encoder="16@4x4-2, 32@4x4-2", decoder="32@3x3-2, 16@3x3-2", latent=8))
+    model = model.to(memory_format=torch.channels_last)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loss = PerceptualLoss(load_vgg(RANDOM)[0]).to(memory_format=torch.channels_last)
+    objective = Objective(model, loss, 1.0, 0.03)
+    x = torch.rand(8, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    noise = torch.randn(8, 8, generator=torch.Generator().manual_seed(1))
+    compiled, check = compile_checked(objective, model, x, noise, Runtime(torch.device("cpu"), 0, 1, False))
+    assert check["used"] and check["mean_difference"] < 1e-4 and check["what"] == "model, loss and loss arithmetic"
+    gradients = []
+    for run in (objective, compiled):
+        model.zero_grad(set_to_none=True)
+        terms = run(x, noise)
+        terms["loss"].backward()
+        gradients.append((terms["loss"].detach(), [p.grad.clone() for p in model.parameters()]))
+    torch.testing.assert_close(gradients[0][0], gradients[1][0], rtol=1e-5, atol=1e-3)
+    for eager, compiled_grad in zip(gradients[0][1], gradients[1][1]):  # equal up to summation order
+        assert (eager - compiled_grad).norm() <= 1e-3 * eager.norm() + 1e-8

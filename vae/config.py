@@ -18,6 +18,7 @@ RECONSTRUCTIONS = ("perceptual", "pixel", "bce")
 REDUCTIONS = ("sum", "mean")
 AMP_MODES = ("auto", "bf16", "off")
 ON_DEVICE = ("auto", "yes", "no")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")
 
 
 @dataclass(frozen=True)
@@ -103,8 +104,11 @@ class RuntimeSettings(Settings):
     device: str = device_option()
     amp: str = option("auto", "bf16 autocast; auto: on CUDA only", choices=AMP_MODES)
     channels_last: bool = option(True, "keep NCHW memory layout", flag="--no-channels-last")
-    compile: bool = option(False, "torch.compile the model (kept only if it matches eager execution on a training "
-                           "batch)")
+    compile: bool = option(False, "torch.compile the whole objective: model, reconstruction loss and loss arithmetic "
+                           "(kept only if it matches eager execution on a training batch)")
+    compile_mode: str = option("default", "torch.compile mode with --compile: reduce-overhead adds CUDA graphs (a "
+                               "step not bound by launching kernels), max-autotune tries kernel variants (minutes "
+                               "of compiling)", choices=COMPILE_MODES)
     data_on_device: str = option("auto", "load the sets once into the device's memory; auto: when they take under "
                                  "half of the free memory", choices=ON_DEVICE)
     workers: int = option(4, "DataLoader workers reading shards when the data stays on disk", valid=at_least(0))

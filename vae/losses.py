@@ -123,3 +123,18 @@ def vae_loss(x, x_hat, mu, sigma, reconstruction: nn.Module, alpha: float, beta:
     kl_image = kl.sum(1)
     total = alpha * kl_image + beta * rec
     return {"loss": total.mean(), "kl": kl_image.mean(), "rec": rec.mean(), "kl_per_dim": kl.mean(0)}
+
+
+class Objective(nn.Module):
+    """One forward pass and its loss: what a training step and a validation step both compute, and what
+    --compile compiles (the model, the reconstruction loss with its VGG-19, and the loss arithmetic)."""
+
+    def __init__(self, net: nn.Module, reconstruction: nn.Module, alpha: float, beta: float):
+        super().__init__()
+        self.net, self.reconstruction = net, reconstruction
+        self.alpha, self.beta = alpha, beta
+
+    def forward(self, x: torch.Tensor, noise: torch.Tensor) -> dict[str, torch.Tensor]:
+        x_hat, mu, sigma = self.net(x, noise)
+        terms = vae_loss(x, x_hat.float(), mu, sigma, self.reconstruction, self.alpha, self.beta)
+        return {**terms, "x_hat": x_hat, "mu": mu}
