@@ -236,18 +236,18 @@ def from_args(cls, given: dict, base=None):
 
 def given_names(cls, given: dict) -> list[str]:
     """The fields of `cls` (nested groups included) that the command line gave."""
-    names = []
+    names, hints = [], _hints(cls)
     for f in dataclasses.fields(cls):
-        kind = _hints(cls)[f.name]
+        kind = hints[f.name]
         names += given_names(kind, given) if is_settings(kind) else [f.name] * (f.name in given)
     return names
 
 
 def all_fields(cls) -> dict[str, dataclasses.Field]:
     """Every leaf field of a settings class by name, nested groups included."""
-    out = {}
+    out, hints = {}, _hints(cls)
     for f in dataclasses.fields(cls):
-        kind = _hints(cls)[f.name]
+        kind = hints[f.name]
         out.update(all_fields(kind) if is_settings(kind) else {f.name: f})
     return out
 

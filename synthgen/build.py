@@ -218,20 +218,6 @@ def differences(old: dict, config: BuildConfig, sources: Sources) -> str:
     return "; ".join(changed) or "the build settings differ"
 
 
-def _check_resume(old: dict, writer: SetWriter, config: BuildConfig) -> None:
-    """Refuse what a resumed run cannot do: shrink the set, or run into the failure that stopped it."""
-    if old.get("build_identity") != writer.identity:
-        return
-    if old.get("n_images", 0) > config.n:
-        raise UsageError(f"--n {config.n}: {writer.out} holds a set of {old['n_images']} images; a smaller --n "
-                         f"would drop built images. Give --n {old['n_images']} or more to resume or extend it, "
-                         "or --overwrite to replace it")
-    failure = old.get("failure")
-    if failure and failure.get("image", -1) < config.n:
-        raise UsageError(f"{writer.out} stopped at image {failure['image']} and would stop there again: "
-                         f"{failure['message']}")
-
-
 def build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | None = None, log=print) -> dict:
     """Build (or resume, or extend) a set in `out_dir`. Returns the summary that also goes into manifest.json."""
     started = time.perf_counter()
@@ -254,10 +240,9 @@ def build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | No
     previous = writer.existing() or {}
 
     # Checks, before anything is written.
-    if not run.overwrite:
-        _check_resume(previous, writer, config)
     done = writer.check(config.n_shards, run.overwrite, lambda old: differences(old, config, sources),
-                        keep=lambda s, attrs: (attrs["first_index"], attrs["n_images"]) == config.shard_range(s))
+                        keep=lambda s, attrs: (attrs["first_index"], attrs["n_images"]) == config.shard_range(s),
+                        n_images=config.n)
     todo = [s for s in range(config.n_shards) if s not in done]
     objects = open_objects(sources.description, (run.cache_mb << 20) // 2)
     backgrounds = open_backgrounds(sources.description, (run.cache_mb << 20) // 2)

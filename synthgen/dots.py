@@ -188,13 +188,10 @@ def dots(config: DotConfig, run: RunOptions, out_dir, command: list[str] | None 
                              "command": command, "config": config.to_json(), "n_images": config.n,
                              "image_size": config.size, "n_shards": config.n_shards,
                              "extra_labels": list(EXTRA_LABELS), "levels": levels_of(config).tolist()}, log)
-    previous = writer.existing() or {}
-    if previous.get("build_identity") == identity and previous.get("n_images", 0) > config.n and not run.overwrite:
-        raise UsageError(f"--n {config.n}: {out} holds a set of {previous['n_images']} images; a smaller --n would "
-                         f"drop built images. Give --n {previous['n_images']} or more, or --overwrite to replace it")
     done = writer.check(config.n_shards, run.overwrite,
                         lambda old: f"the dot design differs (was {old.get('command')})",
-                        keep=lambda s, attrs: (attrs["first_index"], attrs["n_images"]) == config.shard_range(s))
+                        keep=lambda s, attrs: (attrs["first_index"], attrs["n_images"]) == config.shard_range(s),
+                        n_images=config.n)
     todo = [s for s in range(config.n_shards) if s not in done]
     if todo:
         check_feasible(config)

@@ -18,7 +18,7 @@ from typing import Callable
 
 import h5py
 
-from synthgen.errors import OutputError
+from synthgen.errors import OutputError, UsageError
 from synthgen.manifest import MANIFEST, is_own_entry, read_manifest, write_json_atomic
 from synthgen.shards import TEMP_RE, read_attrs, shard_path
 from synthgen.sources import Skipped
@@ -42,12 +42,15 @@ class SetWriter:
         return read_manifest(self.out)
 
     def check(self, n_shards: int, overwrite: bool, differences: Callable[[dict], str],
-              keep: Callable[[int, dict], bool] = lambda index, attrs: True) -> set[int]:
+              keep: Callable[[int, dict], bool] = lambda index, attrs: True,
+              n_images: int | None = None) -> set[int]:
         """Check the folder before any work; return the shards a resumed run keeps.
 
         A shard is kept when it belongs to this set (same identity) and `keep(index, attrs)` agrees.
         Raises OutputError, changing nothing, for a folder holding files synthgen did not write, or a
-        different set without --overwrite (`differences(old manifest)` says what differs).
+        different set without --overwrite (`differences(old manifest)` says what differs); UsageError for
+        what resuming the same set cannot do (with `n_images`, the --n asked for): shrink it, or run again
+        into the failure that stopped it.
         """
         out = self.out
         if out.exists() and not out.is_dir():
@@ -63,6 +66,8 @@ class SetWriter:
         manifest = read_manifest(out)
         if not overwrite:
             if manifest is not None and manifest.get("build_identity") == self.identity:
+                if n_images is not None:
+                    self._refuse_unresumable(manifest, n_images)
                 for name in entries:
                     if TEMP_RE.fullmatch(name):  # left by an interrupted run
                         (out / name).unlink(missing_ok=True)
@@ -77,6 +82,16 @@ class SetWriter:
             else:
                 path.unlink()
         return set()
+
+    def _refuse_unresumable(self, old: dict, n_images: int) -> None:
+        if old.get("n_images", 0) > n_images:
+            raise UsageError(f"--n {n_images}: {self.out} holds a set of {old['n_images']} images; a smaller --n "
+                             f"would drop built images. Give --n {old['n_images']} or more to resume or extend it, "
+                             "or --overwrite to replace it")
+        failure = old.get("failure")
+        if failure and failure.get("image", -1) < n_images:
+            raise UsageError(f"{self.out} stopped at image {failure['image']} and would stop there again: "
+                             f"{failure['message']}")
 
     def _kept_shards(self, n_shards: int, keep) -> set[int]:
         done = set()
