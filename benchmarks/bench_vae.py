@@ -119,7 +119,7 @@ def epoch_rate(device: torch.device, batch: int, images: int, compile_model: boo
                              runtime=RuntimeSettings(device=str(device), compile=compile_model,
                                                      compile_mode=compile_mode, progress=False))
         runtime = Runtime(device, 0, 1, device.type == "cuda")
-        run = Run(config, runtime, resume=False, log=lambda *a: None)
+        run = Run(config, runtime, None, log=lambda *a: None)
         for epoch in (1, 2):
             run.epoch = epoch
             result = run.train_epoch()

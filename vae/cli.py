@@ -52,8 +52,9 @@ def new_run(given: dict) -> TrainConfig:
     return config
 
 
-def resumed_run(given: dict) -> TrainConfig:
-    """The saved settings of the run in --out, with --out, the runtime options and --epochs replaced."""
+def resumed_run(given: dict) -> tuple[TrainConfig, dict]:
+    """The saved settings of the run in --out, with --out, the runtime options and --epochs replaced, and the
+    run's last checkpoint (read once: the trainer continues from it)."""
     from vae.checkpoint import load_checkpoint  # torch: only now that the arguments are known to be sound
 
     out = Path(given["out"])
@@ -70,7 +71,7 @@ def resumed_run(given: dict) -> TrainConfig:
     if refused:
         raise UsageError(f"--resume continues the run with its saved settings; drop {'; '.join(refused)}, or start "
                          "a new run in another --out")
-    return asked
+    return asked, state
 
 
 def main(argv=None) -> int:
@@ -78,11 +79,10 @@ def main(argv=None) -> int:
     command = ["vae-train", *(sys.argv[1:] if argv is None else argv)]
 
     def body() -> int:
-        resume = given.pop("resume")
-        config = resumed_run(given) if resume else new_run(given)
+        config, state = resumed_run(given) if given.pop("resume") else (new_run(given), None)
         from vae.train import train
 
-        return train(config, resume, command)
+        return train(config, state, command)
 
     return run("vae-train", body, interrupted="interrupted; continue with --resume (from the last finished epoch)")
 

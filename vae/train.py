@@ -31,7 +31,7 @@ from common.atomic import write_atomic
 from common.errors import UserError
 from common.settings import to_dict
 from vae.augment import augment, to_float
-from vae.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from vae.checkpoint import CheckpointError, save_checkpoint
 from vae.config import TrainConfig
 from vae.data import Pool, Split, epoch_indices, make_feed, rank_batches, split_pool
 from vae.losses import BernoulliLoss, Objective, PerceptualLoss, PixelLoss
@@ -99,7 +99,8 @@ def build_reconstruction(config: TrainConfig, runtime: Runtime) -> tuple[torch.n
 class Run:
     """One training run: its data, model, objective, optimiser, run folder and history."""
 
-    def __init__(self, config: TrainConfig, runtime: Runtime, resume: bool, log):
+    def __init__(self, config: TrainConfig, runtime: Runtime, last: dict | None, log):
+        """`last`: the run's last checkpoint, to continue from (None: a new run)."""
         self.config, self.runtime, self.log = config, runtime, log
         self.out = Path(config.out)
         self.data = load_data(config, runtime)
@@ -113,8 +114,8 @@ class Run:
         self.history: list[dict] = []
         self.best = math.inf
         self.epoch = 0
-        if resume:
-            self.restore(load_checkpoint(self.out / "last.pt", map_location=runtime.device))
+        if last is not None:
+            self.restore(last)
         net = self.model
         if runtime.world > 1:
             ids = [runtime.device.index] if runtime.device.type == "cuda" else None
@@ -346,14 +347,15 @@ def describe_run(run: Run, config: TrainConfig, runtime: Runtime, resume: bool, 
     return record
 
 
-def train(config: TrainConfig, resume: bool, command: list[str]) -> int:
-    """Train (or continue) the run in config.out. The run folder appears only once everything is set up:
-    a run that fails to start leaves nothing behind."""
+def train(config: TrainConfig, last: dict | None, command: list[str]) -> int:
+    """Train the run in config.out, or continue it from `last`, its last checkpoint. The run folder appears
+    only once everything is set up: a run that fails to start leaves nothing behind."""
     runtime = setup_runtime(config.runtime)
+    resume = last is not None
     try:
         log = print if runtime.main else (lambda *a, **k: None)
         out = Path(config.out)
-        run = Run(config, runtime, resume, log)
+        run = Run(config, runtime, last, log)
         if runtime.main:
             out.mkdir(parents=True, exist_ok=True)
             if resume:
