@@ -40,12 +40,15 @@ class Range:
         return not (self.high is not None and (value > self.high or (self.high_open and value == self.high)))
 
     def __str__(self) -> str:
+        def number(value) -> str:  # whole numbers in full (seeds reach 2^63 - 1), others as %g
+            return str(value) if isinstance(value, int) else f"{value:g}"
+
         if self.low is not None and self.high is not None:
-            return (f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}"
+            return (f"in {'(' if self.low_open else '['}{number(self.low)}, {number(self.high)}"
                     f"{')' if self.high_open else ']'}")
         if self.low is not None:
-            return f"{'>' if self.low_open else '>='} {self.low:g}"
-        return f"{'<' if self.high_open else '<='} {self.high:g}"
+            return f"{'>' if self.low_open else '>='} {number(self.low)}"
+        return f"{'<' if self.high_open else '<='} {number(self.high)}"
 
 
 def at_least(low: float) -> Range:

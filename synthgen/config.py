@@ -272,7 +272,8 @@ class DotConfig(ShardedSet, Settings):
         (0.03, 0.16), "with --control total-area: the cumulative dot area LO-HI, fractions of the canvas",
         parse=parse_range, show=_show_pair, check=_fractions("covered by all dots together"), group="the design")
     item_range: tuple[float, float] = option(
-        (1.5, 8.0), "with --control item-size: the mean dot area LO-HI, in pixels", parse=parse_range,
+        (1.5, 8.0), "with --control item-size: the mean dot area LO-HI, in pixels",
+        parse=lambda text: parse_range(text, "--item-range"),
         show=_show_pair, check=_pixels_range_problem, group="the design")
     item_jitter: float = option(0.3, "dot sizes vary within an image by up to this share around their mean "
                                 "(renormalised to the image's cumulative area)", valid=between(0, 1, high_open=True),
