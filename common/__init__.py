@@ -4,4 +4,4 @@ Light on purpose (no torch, no h5py): a command parses and checks its arguments 
 anything heavy, so a bad value is refused at once.
 """
 
-__version__ = "0.2.0"  # of the whole toolkit: synthgen, vae-train and the analyses
+__version__ = "0.3.0"  # of the whole toolkit: synthgen, vae-train and the analyses

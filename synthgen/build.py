@@ -129,7 +129,7 @@ def check_disk_space(out: Path, config: BuildConfig, n_images: int) -> None:
 # ------------------------------------------------------------------ worker side
 
 _COMPOSITORS: dict = {}
-WORKER_MODULES = ("synthgen.build",)  # albumentations and torch: in every worker's first task (parallel.in_worker)
+WORKER_MODULES = ("synthgen.build",)  # imported in every worker's first task (parallel.in_worker)
 
 
 def _worker_compositor(out_dir: str, identity: str, config: BuildConfig, cache_mb: int, on_bad_input: str):

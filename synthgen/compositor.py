@@ -3,17 +3,16 @@
 Order of draws from the image's generator (fixed, so the stream is reproducible):
 1. the target cumulative area fraction (drawn even when N = 0, so later draws do not shift);
 2. the background: id, crop offset, horizontal flip;
-3. a seed for albumentations' Python-side draws;
-4. the object ids and their area shares;
-5. per attempt: per object its colour and geometric transform and candidate positions.
-A scene that cannot be placed is redrawn (step 5 again: same N, same target area, same objects) up
+3. the object ids and their area shares;
+4. per attempt: per object its transform's parameters (transforms.ObjectTransform.sample), then its
+   candidate positions.
+A scene that cannot be placed is redrawn (step 4 again: same N, same target area, same objects) up
 to --max-redraws times. It is never shrunk, since shrinking would couple area and number, and its
 objects are kept, since drawing others would couple which objects appear with the area. Objects that
 can never fit at the top of the area range are left out of the build instead (plan.fits_canvas).
 """
 from __future__ import annotations
 
-import random
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -50,7 +49,7 @@ def place_scene(config: BuildConfig, rng, cutouts, shares, target: float, transf
     max_side = size if config.max_outside == 0 else 2 * size
     for cutout, share in zip(cutouts, shares):
         start = time.perf_counter()
-        sprite = transform(cutout, target * share, max_side)
+        sprite = transform(cutout, target * share, max_side, rng)
         placed_at = time.perf_counter()
         ok = sprite is not None and layout.try_place(sprite, rng, config.placement_tries)
         if timings is not None:
@@ -87,7 +86,6 @@ class Eligibility:
         if most <= 1 or box * target / cutout.area <= LOOSE_PACKING * config.size**2:
             return True
         rng = streams.rng(config.seed, streams.PROBE_OBJECT, k)
-        self.transform.use_streams(rng, random.Random(int(rng.integers(2**63))))
         shares = draw_area_shares(rng, most, config.size_jitter)
         successes = 0
         for tries in range(1, PACKING_PROBE_TRIES + 1):
@@ -159,7 +157,6 @@ class Compositor:
         fraction = drawn if area_fraction is None else area_fraction
         target = fraction * size * size if count > 0 else 0.0
         background_id, canvas = self._background(rng)
-        self.transform.use_streams(rng, random.Random(int(rng.integers(2**63))))
         ids, cutouts, shares = self._draw_objects(rng, count)
         for _ in range(self.config.max_redraws):
             layout = self._place(rng, cutouts, shares, target)

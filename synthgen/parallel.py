@@ -45,10 +45,11 @@ def workers_of(client, run: RunOptions) -> int:
 
 
 def in_worker(preload: tuple[str, ...], function, *args):
-    """Every parallel task runs through here. `preload` names the modules the whole job will need (for a
-    build, albumentations and with it torch): they are imported in the worker's first task, whatever that
-    task is, because loky measures a worker's memory after its first task and restarts workers that grow
-    by 300 MB, which a later import of torch would otherwise trigger."""
+    """Every parallel task runs through here. `preload` names the modules the whole job will need: they are
+    imported in the worker's first task, whatever that task is, because loky measures a worker's memory
+    after its first task and restarts workers that grow by 300 MB, which a large later import would
+    otherwise trigger. (Build workers import neither torch nor albumentations: they start in well under a
+    second.)"""
     for module in preload:
         importlib.import_module(module)
     cv2.setNumThreads(1)  # workers are the parallelism; OpenCV's own threads only contend

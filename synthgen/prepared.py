@@ -3,7 +3,8 @@
 A build uses each THUS10000 object about 16 times (80K images, 10K objects). Decoding in every
 worker would repeat that work (2-3 ms per object) in every process; instead the objects are decoded
 once, in parallel, into flat uint8 files of premultiplied RGBA cut-outs (cropped, shrunk to the
-canvas). Workers read an object with one positioned read (from the page cache, shared by all
+canvas), each with its mip levels (sources.Cutout), so that reading one back costs no resampling.
+Workers read an object with one positioned read (from the page cache, shared by all
 processes) and keep it in their byte-bounded cache. Bad objects are found and reported here, before
 any image is rendered. The store lives in the output folder (`prepared/`), so workers on a dask
 cluster see it wherever they see --out, and it is deleted when the build completes.
@@ -28,7 +29,7 @@ PART_SIZE = 256  # objects per part file, and per parallel task
 
 
 def store_dir(out_dir, size: int) -> Path:
-    return Path(out_dir) / PREPARED_DIR / f"objects-{size}"
+    return Path(out_dir) / PREPARED_DIR / f"objects-{size}-mip"  # the layout with mip levels
 
 
 def part_name(part: int) -> str:
@@ -47,15 +48,15 @@ def prepare_part(objects, ids: list[int], size: int, path: Path, on_bad_input: s
                 raise
             bad.append((error.path, error.reason))
             continue
-        rgba = cutout.levels[0]
+        h, w = cutout.shape
         if cutout.mask is not None:
             info = {**dataclasses.asdict(cutout.mask), "levels": list(cutout.mask.levels)}
             masks.append((objects.mask_path(k), info))
-        rows.append((k, offset, rgba.shape[0], rgba.shape[1], int(eligible(k, cutout))))
-        chunks.append(rgba.reshape(-1))
-        offset += rgba.size
+        rows.append((k, offset, h, w, int(eligible(k, cutout))))
+        chunks.append(cutout.tobytes())
+        offset += len(chunks[-1])
     try:
-        write_atomic(path, b"".join(chunk.tobytes() for chunk in chunks))
+        write_atomic(path, b"".join(chunks))
     except OSError as exc:
         raise write_failure(f"the prepared object store ({path.name})", path.parent, exc) from None
     return {"rows": rows, "bad": bad, "masks": masks}
@@ -132,7 +133,8 @@ class PreparedObjects(CachedSource):
         fd = self.files.get(part)
         if fd is None:
             fd = self.files[part] = os.open(self.folder / part_name(part), os.O_RDONLY)
-        return Cutout.from_rgba(np.frombuffer(os.pread(fd, h * w * 4, offset), np.uint8).reshape(h, w, 4))
+        size = sum(level_h * level_w * 4 for level_h, level_w in Cutout.level_shapes(h, w))
+        return Cutout.from_bytes(os.pread(fd, size, offset), h, w)
 
     def __del__(self):
         for fd in self.files.values():

@@ -63,10 +63,30 @@ class Cutout:
     @classmethod
     def from_rgba(cls, rgba: np.ndarray, mask: MaskInfo | None = None) -> "Cutout":
         levels = [np.ascontiguousarray(rgba)]
-        while min(levels[-1].shape[:2]) >= 2 * MIN_LEVEL_SIDE:
-            h, w = levels[-1].shape[:2]
-            levels.append(resize_rgba(levels[-1], round(w / 2), round(h / 2)))
+        for h, w in cls.level_shapes(*rgba.shape[:2])[1:]:
+            levels.append(resize_rgba(levels[-1], w, h))
         return cls(levels, mask)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, height: int, width: int) -> "Cutout":
+        """The levels laid end to end in `data` (as `tobytes` writes them), as views without copies."""
+        levels, offset = [], 0
+        for h, w in cls.level_shapes(height, width):
+            levels.append(np.frombuffer(data, np.uint8, h * w * 4, offset).reshape(h, w, 4))
+            offset += h * w * 4
+        return cls(levels)
+
+    @staticmethod
+    def level_shapes(height: int, width: int) -> list[tuple[int, int]]:
+        """(height, width) of every level of a cut-out whose level 0 is height x width."""
+        shapes = [(height, width)]
+        while min(shapes[-1]) >= 2 * MIN_LEVEL_SIDE:
+            h, w = shapes[-1]
+            shapes.append((round(h / 2), round(w / 2)))
+        return shapes
+
+    def tobytes(self) -> bytes:
+        return b"".join(level.tobytes() for level in self.levels)
 
     @property
     def shape(self) -> tuple[int, int]:
