@@ -3,6 +3,12 @@
 HDF5 handles are opened lazily, per process: a `ShardSet` can be handed to DataLoader workers
 (forked or spawned) and each worker opens its own files on first use; a handle never crosses a fork.
 
+Random access: images stored raw, one per HDF5 chunk (the layout synthgen writes without
+compression), are read straight from the file into the output array, one positioned read per run of
+consecutive images, at the file offsets HDF5's chunk index gives. HDF5's own selection by a list of
+rows is some 300x slower than that (benchmarks/bench_read.py). Compressed shards are read through
+h5py, a slice per run of consecutive images, since decompressing is what they cost anyway.
+
 Integrity: before a shard's first use, its header is checked against manifest.json (same set, same
 range, same checksum) and its contents are hashed and compared with the `content_sha256` it records
 (synthgen.shards), so a damaged shard stops the reader with a message naming the file instead of
@@ -25,6 +31,7 @@ from synthgen.errors import OutputError
 from synthgen.manifest import read_manifest
 from synthgen.shards import content_checksum, read_arrays, read_attrs
 
+IOV_MAX = 1024  # buffers one preadv may fill (POSIX's minimum guarantee, Linux's value)
 _VERIFIED: set[tuple] = set()  # (path, inode, size, mtime) of the shards this process has hashed and found intact
 VERIFY_THREADS = 4  # hashing releases the GIL: several shards are hashed at once
 
@@ -60,6 +67,29 @@ def check_shard(path: Path, entry: dict, identity: str, root: Path, verify: bool
         if content_checksum(arrays, attrs) != recorded:
             raise OutputError(f"{path}: corrupted: its contents no longer match the checksum it records; {rebuild}")
         _VERIFIED.add(signature)
+
+
+def raw_image_offsets(images: h5py.Dataset) -> np.ndarray | None:
+    """The file offset of every image of an images dataset stored raw (uncompressed and unfiltered, one
+    image per chunk, or contiguous), or None for any other layout."""
+    n = images.shape[0]
+    image_bytes = int(np.prod(images.shape[1:], dtype=np.int64)) * images.dtype.itemsize
+    plist = images.id.get_create_plist()
+    if plist.get_nfilters() or n == 0:
+        return None
+    if plist.get_layout() == h5py.h5d.CONTIGUOUS:
+        start = images.id.get_offset()
+        return None if start is None else start + image_bytes * np.arange(n, dtype=np.int64)
+    if plist.get_layout() != h5py.h5d.CHUNKED or images.chunks != (1,) + images.shape[1:]:
+        return None
+    offsets = np.full(n, -1, np.int64)
+
+    def visit(chunk):
+        if chunk.size == image_bytes and chunk.filter_mask == 0:
+            offsets[chunk.chunk_offset[0]] = chunk.byte_offset
+
+    images.id.chunk_iter(visit)
+    return offsets if (offsets >= 0).all() else None  # an image never written has no chunk: let HDF5 fill it
 
 
 LABELS = ("count", "index", "image_seed", "target_area", "full_area", "visible_area", "background_id")
@@ -120,6 +150,7 @@ class ShardSet:
         self.progress = progress
         self._checked: set[int] = set()  # shards checked in this process (or in the parent that handed us over)
         self._files: dict[int, h5py.File] = {}
+        self._raw: dict[int, tuple[int, np.ndarray] | None] = {}  # shard -> (file descriptor, image offsets)
         self._pid = os.getpid()
 
     def __len__(self) -> int:
@@ -157,7 +188,7 @@ class ShardSet:
 
     def _file(self, shard: int) -> h5py.File:
         if os.getpid() != self._pid:  # forked: the parent's handles must not be used here
-            self._files = {}
+            self._files, self._raw = {}, {}
             self._pid = os.getpid()
         f = self._files.get(shard)
         if f is None:
@@ -166,24 +197,55 @@ class ShardSet:
         return f
 
     def image(self, index: int) -> np.ndarray:
-        shard, row = self.locate(index)
-        return self._file(shard)["images"][row]
+        self.locate(index)  # the range check, with its message
+        return self.images([index])[0]
+
+    def _raw_layout(self, shard: int) -> tuple[int, np.ndarray] | None:
+        """(file descriptor, image offsets) when the shard's images can be read straight from the file."""
+        if shard not in self._raw:
+            offsets = raw_image_offsets(self._file(shard)["images"])
+            self._raw[shard] = None if offsets is None else (os.open(self.paths[shard], os.O_RDONLY), offsets)
+        return self._raw[shard]
 
     def images(self, indices) -> np.ndarray:
-        """Several images as (k, size, size, 3) uint8, in the order asked; read shard by shard, sorted."""
-        indices = np.asarray(indices, dtype=np.int64)
+        """Several images as (k, size, size, 3) uint8, in the order asked (repeats allowed)."""
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
         out = np.empty((len(indices), self.image_size, self.image_size, 3), np.uint8)
         if len(indices) and (indices.min() < 0 or indices.max() >= len(self)):
             raise IndexError(f"image indices must be in 0..{len(self) - 1}")
         shards = np.searchsorted(self.starts, indices, side="right") - 1
-        for shard in np.unique(shards):
+        for shard in np.unique(shards).tolist():
             where = np.flatnonzero(shards == shard)
             rows = indices[where] - self.starts[shard]
             order = np.argsort(rows, kind="stable")
-            unique_rows, inverse = np.unique(rows[order], return_inverse=True)
-            block = self._file(int(shard))["images"][unique_rows.tolist()]
-            out[where[order]] = block[inverse]
+            rows, where = rows[order], where[order]
+            raw = self._raw_layout(shard)
+            if raw is None:  # compressed: HDF5 reads (and decompresses) each run of consecutive images
+                images = self._file(shard)["images"]
+                breaks = np.flatnonzero((np.diff(rows) != 1) | (np.diff(where) != 1)) + 1
+                for run in np.split(np.arange(len(rows)), breaks):
+                    first, last = int(run[0]), int(run[-1]) + 1
+                    images.read_direct(out, np.s_[int(rows[first]):int(rows[first]) + last - first],
+                                       np.s_[int(where[first]):int(where[first]) + last - first])
+            else:
+                self._read_raw(shard, *raw, rows, where, out)
         return out
+
+    def _read_raw(self, shard: int, fd: int, offsets: np.ndarray, rows: np.ndarray, where: np.ndarray,
+                  out: np.ndarray) -> None:
+        """Read sorted `rows` into out[where]: one preadv per run of images that lie end to end in the file."""
+        image_bytes = out[0].nbytes
+        starts = offsets[rows]
+        breaks = np.flatnonzero((np.diff(starts) != image_bytes) | (np.diff(rows) != 1)) + 1
+        for run in np.split(np.arange(len(rows)), breaks):
+            for first in range(0, len(run), IOV_MAX):
+                part = run[first:first + IOV_MAX]
+                want = image_bytes * len(part)
+                got = os.preadv(fd, [out[slot] for slot in where[part].tolist()], int(starts[part[0]]))
+                if got != want:
+                    raise OutputError(f"{self.paths[shard]}: shorter than its index says (read {got} of {want} "
+                                      f"bytes at image {int(rows[part[0]])}); it changed after it was checked: "
+                                      f"`synthgen verify {self.root}`")
 
     def union_boxes(self) -> np.ndarray:
         """For every image, the box (x0, y0, x1, y1) around all of its objects; NaN where it has none.
@@ -227,13 +289,17 @@ class ShardSet:
         return self.image(index), labels
 
     def close(self) -> None:
-        for f in self._files.values():
-            f.close()
-        self._files = {}
+        if os.getpid() == self._pid:  # descriptors inherited over a fork belong to the parent
+            for f in self._files.values():
+                f.close()
+            for raw in self._raw.values():
+                if raw is not None:
+                    os.close(raw[0])
+        self._files, self._raw = {}, {}
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_files"] = {}
+        state["_files"], state["_raw"] = {}, {}
         return state
 
     def __enter__(self):

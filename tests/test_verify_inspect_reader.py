@@ -211,3 +211,34 @@ def test_console_script_is_installed():
     assert synthgen.exists(), f"no {synthgen}: the package is not installed (pip install -e .)"
     result = subprocess.run([str(synthgen), "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.startswith("synthgen ")
+
+
+@pytest.mark.parametrize("compression", ["none", "lzf", "gzip"])
+def test_random_batches_read_the_right_images_for_every_compression(compression, tmp_path):
+    from synthgen.cli import main
+    from synthgen.reader import raw_image_offsets
+
+    out = tmp_path / compression
+    assert main(["build", "--n", "45", "--shard-size", "20", "--size", "32", "--compression", compression,
+                 "--out", str(out), "--no-progress", "--workers", "1"]) == 0
+    expected = read_set(out)["images"]
+    with h5py.File(out / "shard-00000.h5", "r") as f:
+        offsets = raw_image_offsets(f["images"])
+    # uncompressed images are read straight from the file, compressed ones through HDF5
+    assert (offsets is not None) == (compression == "none")
+    rng = np.random.default_rng(1)
+    with ShardSet(out) as shards:
+        for indices in ([44, 0, 21, 21, 19, 20, 1, 2, 3], rng.integers(0, 45, 200), np.arange(45), [],
+                        np.arange(45)[::-1]):
+            assert np.array_equal(shards.images(indices), expected[np.asarray(indices, dtype=np.int64)])
+        assert all(np.array_equal(shards.image(i), expected[i]) for i in (0, 19, 20, 44))
+
+
+def test_a_shard_cut_short_after_its_check_is_named_not_read_as_zeros(built_set, copy_of):
+    with ShardSet(copy_of) as shards:
+        shards.images([0])  # checked, and its offsets known
+        path = copy_of / "shard-00000.h5"
+        with open(path, "r+b") as handle:
+            handle.truncate(path.stat().st_size - 64 * 64 * 3 * 3)
+        with pytest.raises(OutputError, match="shard-00000.h5: shorter than its index says"):
+            shards.images([19, 18])

@@ -183,13 +183,36 @@ class LoaderFeed:
             yield images.to(self.device, non_blocking=True), boxes.to(self.device, non_blocking=True)
 
 
-def make_feed(pool: Pool, device: torch.device, mode: str, workers: int):
-    """MemoryFeed when asked, or (auto) when the pool takes under half the free device memory."""
-    if mode == "auto":
-        need = len(pool) * pool.image_size**2 * 3
-        if device.type == "cuda":
-            free = torch.cuda.mem_get_info(device)[0]
-        else:
-            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        mode = "yes" if need < free / 2 else "no"
-    return MemoryFeed(pool, device) if mode == "yes" else LoaderFeed(pool, device, workers)
+@dataclass
+class FeedChoice:
+    """Which feed a run uses and why; recorded in config.json and the log."""
+
+    feed: str  # "memory": the whole pool on the device; "stream": workers read batches from the shards
+    reason: str
+    pool_bytes: int
+    free_bytes: int | None  # free memory of the device when `auto` decided, else None
+
+    def line(self) -> str:
+        return ("data in device memory" if self.feed == "memory" else "data streamed from the shards") + \
+            f" ({self.reason})"
+
+
+def choose_feed(pool: Pool, device: torch.device, mode: str) -> FeedChoice:
+    """--data-on-device: yes or no as asked; auto: memory when the pool takes under half the free memory of
+    the device (of the host, for CPU training)."""
+    need = len(pool) * pool.image_size**2 * 3
+    if mode != "auto":
+        return FeedChoice("memory" if mode == "yes" else "stream", f"--data-on-device {mode}", need, None)
+    if device.type == "cuda":
+        free, where = torch.cuda.mem_get_info(device)[0], f"free on {device}"
+    else:
+        free, where = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "of free host memory"
+    fits = need < free / 2
+    return FeedChoice("memory" if fits else "stream",
+                      f"--data-on-device auto: the pool's {need / 2**30:.2f} GiB is {'under' if fits else 'over'} half "
+                      f"the {free / 2**30:.2f} GiB {where}", need, int(free))
+
+
+def make_feed(pool: Pool, device: torch.device, choice: FeedChoice, workers: int):
+    """The feed `choice` names: MemoryFeed or LoaderFeed (which gives the same batches in the same order)."""
+    return MemoryFeed(pool, device) if choice.feed == "memory" else LoaderFeed(pool, device, workers)

@@ -18,7 +18,7 @@ import shutil
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,8 @@ from common.settings import to_dict
 from vae.augment import augment, to_float
 from vae.checkpoint import CheckpointError, save_checkpoint
 from vae.config import TrainConfig
-from vae.data import Pool, Split, epoch_indices, make_feed, rank_batches, split_pool
+from vae.data import (FeedChoice, Pool, Split, choose_feed, epoch_indices, make_feed, rank_batches,
+                      split_pool)
 from vae.losses import BernoulliLoss, Objective, PerceptualLoss, PixelLoss
 from vae.model import VAE, ModelConfig, describe, parameter_counts
 from vae.plots import loss_curves, reconstruction_grid
@@ -54,6 +55,7 @@ class Data:
     split: Split
     feed: object  # vae.data.MemoryFeed or LoaderFeed
     image_size: int
+    feed_choice: FeedChoice
 
     def identities(self) -> dict[str, str]:
         """The identity of every set the run reads (synthgen's build_identity), by path."""
@@ -67,8 +69,9 @@ def load_data(config: TrainConfig, runtime: Runtime) -> Data:
     split = split_pool(pool, config.training.seed, data.val_fraction, data.natural_drop)
     if split.validation.size == 0:
         raise TrainingError(f"--val-fraction {data.val_fraction}: no validation images; raise it or add data")
-    feed = make_feed(pool, runtime.device, config.runtime.data_on_device, config.runtime.workers)
-    return Data(pool, split, feed, config.model.image_size or pool.image_size)
+    choice = choose_feed(pool, runtime.device, config.runtime.data_on_device)
+    feed = make_feed(pool, runtime.device, choice, config.runtime.workers)
+    return Data(pool, split, feed, config.model.image_size or pool.image_size, choice)
 
 
 def build_model(config: TrainConfig, image_size: int, runtime: Runtime) -> VAE:
@@ -333,7 +336,8 @@ def describe_run(run: Run, config: TrainConfig, runtime: Runtime, resume: bool, 
               "torch": torch.__version__, "command": command,
               "data": {"synthetic_train": int(split.train_synthetic.size),
                        "natural_train": int(split.train_natural_order.size), "validation": int(split.validation.size),
-                       "natural_dropped_per_class": split.dropped, "identities": run.data.identities()}}
+                       "natural_dropped_per_class": split.dropped, "identities": run.data.identities(),
+                       "feed": asdict(run.data.feed_choice)}}
     run.log(describe(run.model))
     run.log(f"data: {record['data']['synthetic_train']} synthetic and {record['data']['natural_train']} natural "
             f"training images, {record['data']['validation']} held out; natural examples removed for class balance: "
@@ -342,7 +346,7 @@ def describe_run(run: Run, config: TrainConfig, runtime: Runtime, resume: bool, 
             f"({config.loss.rec_reduction} over elements per image, mean over the batch); VGG weights: "
             f"{(run.vgg_record or {}).get('source', 'not used')}")
     run.log(f"device {runtime.device} x {runtime.world} process(es), amp {'bf16' if runtime.amp else 'off'}, "
-            f"data {'in device memory' if type(run.data.feed).__name__ == 'MemoryFeed' else 'read by workers'}"
+            f"{run.data.feed_choice.line()}"
             + (f", resuming after epoch {run.epoch}" if resume else ""))
     return record
 
