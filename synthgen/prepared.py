@@ -133,8 +133,7 @@ class PreparedObjects(CachedSource):
         fd = self.files.get(part)
         if fd is None:
             fd = self.files[part] = os.open(self.folder / part_name(part), os.O_RDONLY)
-        size = sum(level_h * level_w * 4 for level_h, level_w in Cutout.level_shapes(h, w))
-        return Cutout.from_bytes(os.pread(fd, size, offset), h, w)
+        return Cutout.from_bytes(os.pread(fd, Cutout.stored_bytes(h, w), offset), h, w)
 
     def __del__(self):
         for fd in self.files.values():

@@ -85,6 +85,11 @@ class Cutout:
             shapes.append((round(h / 2), round(w / 2)))
         return shapes
 
+    @classmethod
+    def stored_bytes(cls, height: int, width: int) -> int:
+        """Bytes `tobytes` writes for a cut-out whose level 0 is height x width."""
+        return sum(h * w * 4 for h, w in cls.level_shapes(height, width))
+
     def tobytes(self) -> bytes:
         return b"".join(level.tobytes() for level in self.levels)
 

@@ -127,7 +127,9 @@ def test_a_transformed_object_keeps_its_area_and_the_cached_cutout_is_untouched(
 
 def test_cutout_levels_round_trip_through_bytes():
     cutout = Cutout.from_rgba(blob(81, 121))
-    again = Cutout.from_bytes(cutout.tobytes(), *cutout.shape)
+    data = cutout.tobytes()
+    assert len(data) == Cutout.stored_bytes(*cutout.shape)
+    again = Cutout.from_bytes(data, *cutout.shape)
     assert [level.shape for level in again.levels] == [level.shape for level in cutout.levels]
     assert len(cutout.levels) > 2
     assert all(np.array_equal(a, b) for a, b in zip(again.levels, cutout.levels))
