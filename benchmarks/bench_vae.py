@@ -6,9 +6,10 @@ latent 180, VGG-19 perceptual loss).
 
 It reports, in one run on one machine:
 * the step, as the trainer takes it (`vae.train.Run.step`: the objective of vae.losses under the
-  trainer's autocast, backward, Adam) on uint8 images already in device memory, augmented there:
-  plain fp32 eager NCHW; the trainer's default path (channels_last, and on CUDA bf16 autocast and cudnn
-  autotuning); and with --compile, the whole objective compiled (model, perceptual loss, loss arithmetic),
+  trainer's autocast, backward, the trainer's fused Adam) on uint8 images already in device memory,
+  augmented there: plain fp32 eager NCHW with torch's default multi-tensor Adam; the trainer's default
+  path (channels_last, fused Adam, and on CUDA bf16 autocast and cudnn autotuning); and with --compile,
+  the whole objective compiled (model, perceptual loss, loss arithmetic),
   checked against eager as the trainer does;
 * the trainer's real epoch throughput: `vae.train.Run.train_epoch` on a synthgen set built for the
   purpose (data feeding, augmentation, per-step bookkeeping included), the second epoch timed;
@@ -33,6 +34,7 @@ from vae.config import (COMPILE_MODES, AugmentConfig, DataSettings, LossSettings
 from vae.losses import Objective, PerceptualLoss
 from vae.model import VAE, ModelConfig, parameter_counts
 from vae.runtime import Runtime, compile_checked
+from vae.train import build_optimizer
 from vae.vgg import RANDOM, load_vgg
 
 SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights" / "vgg19-features-relu3_1.pth"
@@ -58,7 +60,9 @@ class Stepper:
             loss = loss.to(memory_format=torch.channels_last)
         self.runtime = Runtime(device, 0, 1, optimised and device.type == "cuda")
         self.objective = Objective(self.model, loss, 1.0, 0.03)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=0.0015)
+        # the plain loop keeps torch's default (multi-tensor) Adam; the trainer's paths use the trainer's own
+        self.optimizer = (build_optimizer(self.model, 0.0015) if optimised
+                          else torch.optim.Adam(self.model.parameters(), lr=0.0015))
         self.images = torch.randint(0, 256, (batch, 161, 161, 3), dtype=torch.uint8, device=device)
         self.boxes = torch.tensor([[40.0, 40.0, 120.0, 120.0]], device=device).repeat(batch, 1)
         self.optimised, self.note = optimised, ""
@@ -164,7 +168,7 @@ def main() -> None:
     plain = Stepper(device, batch, False, None).rate(steps, warmup)
     default = Stepper(device, batch, True, None)
     rows = [("plain fp32 eager (NCHW)", plain, ""),
-            ("trainer's default path (channels_last" + (", bf16, cudnn autotuning" if cuda else "") + ")",
+            ("trainer's default path (channels_last, fused Adam" + (", bf16, cudnn autotuning" if cuda else "") + ")",
              default.rate(steps, warmup), "")]
     if args.compile:
         compiled = Stepper(device, batch, True, args.compile_mode)

@@ -72,12 +72,42 @@ def test_run_folder_checkpoints_and_natural_mixing(data, tmp_path, capsys):
     config = json.loads((run / "config.json").read_text())
     assert config["train"]["loss"]["beta"] == 0.03 and config["parameters"]["total"] > 0 and config["world_size"] == 1
     assert config["data"]["natural_train"] > 0
+    assert config["optimizer"] == {"name": "Adam", "fused": True}  # torch 2.4+ has the fused kernel on CPU
     state = torch.load(run / "last.pt", weights_only=True)  # plain tensors and values only
     assert state["epoch"] == 3 and json.loads(state["model_config"])["latent"] == 8
     model, meta = load_model_and_metadata(run / "best.pt")
     assert model(torch.rand(2, 3, 32, 32))[0].shape == (2, 3, 32, 32)
     best_epoch = min(records, key=lambda r: r["validation"]["loss"])["epoch"]
     assert meta["epoch"] == best_epoch
+
+
+def test_the_fused_optimizer_takes_the_steps_of_torchs_default_adam():
+    """The trainer's fused Adam (one kernel over the parameters) against torch's multi-tensor Adam: the same
+    updates to rounding over steps where the moments build up, and a state that resumes in either."""
+    from vae.model import VAE, ModelConfig
+    from vae.train import build_optimizer
+
+    config = ModelConfig(image_size=32, encoder="8@4x4-2,16@4x4-2", decoder="16@3x3-2,8@3x3-2", latent=8)
+    torch.manual_seed(0)
+    fused_model = VAE(config)
+    reference_model = VAE(config)
+    reference_model.load_state_dict(fused_model.state_dict())
+    initial = [p.detach().clone() for p in fused_model.parameters()]
+    fused = build_optimizer(fused_model, 0.01)
+    reference = torch.optim.Adam(reference_model.parameters(), lr=0.01)
+    assert fused.defaults["fused"] and not reference.defaults.get("fused")
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        x, noise = torch.rand(4, 3, 32, 32, generator=generator), torch.randn(4, 8, generator=generator)
+        for model, optimizer in ((fused_model, fused), (reference_model, reference)):
+            x_hat, mu, sigma = model(x, noise)
+            optimizer.zero_grad()
+            ((x_hat - x).square().sum() + mu.square().sum() + sigma.sum()).backward()
+            optimizer.step()
+    moved = [(a - b).abs().max().item() for a, b in zip(fused_model.parameters(), reference_model.parameters())]
+    assert max(moved) < 1e-5, max(moved)
+    assert max((a - b).abs().max().item() for a, b in zip(fused_model.parameters(), initial)) > 0.03  # 5 steps of 0.01
+    build_optimizer(reference_model, 0.01).load_state_dict(reference.state_dict())  # a multi-tensor run resumes
 
 
 def test_a_short_run_overfits_a_handful_of_images(data, tmp_path, capsys):

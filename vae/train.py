@@ -96,6 +96,16 @@ def build_reconstruction(config: TrainConfig, runtime: Runtime) -> tuple[torch.n
     return (BernoulliLoss if loss.recon == "bce" else PixelLoss)(loss.rec_reduction), None
 
 
+def build_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Adam:
+    """Adam, fused (one kernel and one pass over parameters, gradients and moments) where torch has it for
+    the parameters' device: the multi-tensor update of the paper model's 186M parameters makes about 16
+    passes over memory (1.2 s a step on a 2-core CPU against 0.18 s fused). The two agree to rounding."""
+    try:
+        return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
+    except RuntimeError:  # a device without the fused kernel
+        return torch.optim.Adam(model.parameters(), lr=lr)
+
+
 # ---------------------------------------------------------------------------------------------- the run
 
 
@@ -110,7 +120,7 @@ class Run:
         self.model = build_model(config, self.data.image_size, runtime)
         self.reconstruction, self.vgg_record = build_reconstruction(config, runtime)
         training = config.training
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=training.lr)
+        self.optimizer = build_optimizer(self.model, training.lr)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode="min",
                                                                     factor=training.lr_factor,
                                                                     patience=training.lr_patience)
@@ -332,6 +342,7 @@ def describe_run(run: Run, config: TrainConfig, runtime: Runtime, resume: bool, 
     split = run.data.split
     record = {"train": to_dict(config), "model": json.loads(run.model.config.to_json()),
               "parameters": parameter_counts(run.model), "vgg": run.vgg_record, "world_size": runtime.world,
+              "optimizer": {"name": "Adam", "fused": bool(run.optimizer.defaults.get("fused"))},
               "compile": run.compile_check, "device": str(runtime.device), "amp": "bf16" if runtime.amp else "off",
               "torch": torch.__version__, "command": command,
               "data": {"synthetic_train": int(split.train_synthetic.size),
