@@ -6,16 +6,30 @@ import os
 from pathlib import Path
 
 
-def write_atomic(path, data: bytes) -> None:
-    """Write `data` to `path` atomically; on any failure the temporary file is removed."""
+def write_atomic(path, data: bytes, sync: bool = True) -> None:
+    """Write `data` to `path` atomically; on any failure the temporary file is removed.
+
+    `sync=False` leaves flushing to disk to the caller (`fsync_path` on the file): the file still appears
+    whole to every process at once, and is durable across a power cut only once synced. Parallel writers
+    use it so that no worker sits waiting on the disk."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as handle:
             handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+            if sync:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def fsync_path(path) -> None:
+    """Flush a file, or a folder's entries (renames into it), to disk, whichever process wrote them."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -174,8 +174,9 @@ def shard_arrays(scenes: list, size: int) -> dict[str, np.ndarray]:
 
 
 def build_shard(out_dir: str, shard_index: int, config_json: dict, identity: str, fingerprints: dict,
-                cache_mb: int, on_bad_input: str) -> dict:
-    """Render and write one whole shard (runs in a worker). Returns what the summary needs."""
+                cache_mb: int, on_bad_input: str, sync: bool) -> dict:
+    """Render and write one whole shard (runs in a worker; `sync`: flush it to disk here, else the main
+    process does). Returns what the summary needs."""
     config = BuildConfig.from_json(config_json)
     compositor = _worker_compositor(out_dir, identity, config, cache_mb, on_bad_input)
     timings_before = dict(compositor.timings)
@@ -186,7 +187,7 @@ def build_shard(out_dir: str, shard_index: int, config_json: dict, identity: str
     write_start = time.perf_counter()
     try:
         checksum = write_shard(path, shard_arrays(scenes, config.size),
-                               shard_attrs(config, identity, fingerprints, shard_index), config.compression)
+                               shard_attrs(config, identity, fingerprints, shard_index), config.compression, sync)
     except OSError as exc:
         raise write_failure(path.name, out_dir, exc) from None
     timings = {stage: compositor.timings.get(stage, 0.0) - timings_before.get(stage, 0.0) for stage in STAGES}
@@ -234,7 +235,7 @@ def build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | No
                            "count": d["count"]}
                     for kind, d in (("objects", sources.description["objects"]),
                                     ("backgrounds", sources.description["backgrounds"]))},
-    }, log)
+    }, log, sync_shards=not run.workers_sync)
     for item in sources.skipped:
         writer.report(item)
     previous = writer.existing() or {}
@@ -242,7 +243,7 @@ def build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | No
     # Checks, before anything is written.
     done = writer.check(config.n_shards, run.overwrite, lambda old: differences(old, config, sources),
                         keep=lambda s, attrs: (attrs["first_index"], attrs["n_images"]) == config.shard_range(s),
-                        n_images=config.n)
+                        n_images=config.n, progress=run.progress)
     todo = [s for s in range(config.n_shards) if s not in done]
     objects = open_objects(sources.description, (run.cache_mb << 20) // 2)
     backgrounds = open_backgrounds(sources.description, (run.cache_mb << 20) // 2)
@@ -289,8 +290,7 @@ def build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | No
                                  "more overlap (--max-occlusion), or use fewer objects (--count)")
             write_json_atomic(out / SOURCES, {**sources.description, "pool": usable})
             try:
-                results, render_seconds = _render_shards(out, todo, config, writer.identity, sources.fingerprints,
-                                                         run, writer.report)
+                results, render_seconds = _render_shards(out, todo, config, writer, sources.fingerprints, run)
             except PlacementError as exc:
                 writer.fail({"image": exc.index, "message": str(exc)})
                 raise
@@ -325,17 +325,14 @@ def build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | No
     return summary
 
 
-def _render_shards(out: Path, todo: list[int], config: BuildConfig, identity: str, fingerprints: dict,
-                   run: RunOptions, report) -> tuple[list[dict], float]:
-    """Render and write the missing shards in parallel, with a progress bar over images."""
+def _render_shards(out: Path, todo: list[int], config: BuildConfig, writer: SetWriter, fingerprints: dict,
+                   run: RunOptions) -> tuple[list[dict], float]:
+    """Render and write the missing shards in parallel, with a progress bar over images; the seconds it
+    took, until the last shard was on disk."""
     started = time.perf_counter()
-    task_args = (config.to_json(), identity, fingerprints, run.cache_mb, run.on_bad_input)
-
-    def report_skipped(result, write):
-        for path, reason in result["skipped"]:
-            report(Skipped(path, reason), write)
-
+    task_args = (config.to_json(), writer.identity, fingerprints, run.cache_mb, run.on_bad_input, run.workers_sync)
     results = run_shards(build_shard, {s: (str(out), s, *task_args) for s in todo},
                          {s: config.shard_range(s)[1] for s in todo}, config.n, run.progress, "synthgen build",
-                         report_skipped, preload=WORKER_MODULES)
+                         writer.shard_done, preload=WORKER_MODULES)
+    writer.settle()
     return results, time.perf_counter() - started

@@ -222,6 +222,14 @@ class RunOptions(Settings):
     overwrite: bool = option(False, "replace a different set in --out (only synthgen's own files are removed)")
     progress: bool = progress_option()
 
+    @property
+    def workers_sync(self) -> bool:
+        """Whether workers flush their shards to disk themselves: dask workers may run on other machines,
+        whose writes the main process cannot flush. Local workers share this machine's page cache, so the
+        main process flushes their shards in the background (synthgen.writer) and no worker waits on the
+        disk."""
+        return self.backend == "dask"
+
     def check(self) -> None:
         if self.backend == "dask" and not self.scheduler:
             raise UsageError("--backend dask needs --scheduler ADDRESS (e.g. tcp://10.0.0.1:8786, "

@@ -135,8 +135,8 @@ def render(index: int, count: int, level: float, config: DotConfig) -> dict:
             "full_area": drawn, "visible_area": drawn, "objects": objects, "field_area": convex_hull_area(image)}
 
 
-def dot_shard(out_dir: str, shard_index: int, config_json: dict, identity: str) -> dict:
-    """Render and write one shard of dot arrays (runs in a worker)."""
+def dot_shard(out_dir: str, shard_index: int, config_json: dict, identity: str, sync: bool) -> dict:
+    """Render and write one shard of dot arrays (runs in a worker; `sync` as in build.build_shard)."""
     config = DotConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config_json.items()})
     first, n = config.shard_range(shard_index)
     counts, level_index = cell_of(config, first, n)
@@ -155,7 +155,7 @@ def dot_shard(out_dir: str, shard_index: int, config_json: dict, identity: str) 
              "image_size": config.size}
     path = shard_path(out_dir, shard_index)
     try:
-        write_shard(path, shard.arrays(), attrs, config.compression)
+        write_shard(path, shard.arrays(), attrs, config.compression, sync)
     except OSError as exc:
         raise write_failure(path.name, out_dir, exc) from None
     return {"shard": shard_index, "n_images": n, "seconds": time.perf_counter() - started}
@@ -187,11 +187,12 @@ def dots(config: DotConfig, run: RunOptions, out_dir, command: list[str] | None 
                              "synthgen_version": __version__, "kind": KIND, "build_identity": identity,
                              "command": command, "config": config.to_json(), "n_images": config.n,
                              "image_size": config.size, "n_shards": config.n_shards,
-                             "extra_labels": list(EXTRA_LABELS), "levels": levels_of(config).tolist()}, log)
+                             "extra_labels": list(EXTRA_LABELS), "levels": levels_of(config).tolist()}, log,
+                       sync_shards=not run.workers_sync)
     done = writer.check(config.n_shards, run.overwrite,
                         lambda old: f"the dot design differs (was {old.get('command')})",
                         keep=lambda s, attrs: (attrs["first_index"], attrs["n_images"]) == config.shard_range(s),
-                        n_images=config.n)
+                        n_images=config.n, progress=run.progress)
     todo = [s for s in range(config.n_shards) if s not in done]
     if todo:
         check_feasible(config)
@@ -201,9 +202,11 @@ def dots(config: DotConfig, run: RunOptions, out_dir, command: list[str] | None 
         with parallel_backend(run) as client:
             workers = workers_of(client, run)
             try:
-                results = run_shards(dot_shard, {s: (str(out), s, config.to_json(), identity) for s in todo},
+                results = run_shards(dot_shard, {s: (str(out), s, config.to_json(), identity, run.workers_sync)
+                                                 for s in todo},
                                      {s: config.shard_range(s)[1] for s in todo}, config.n, run.progress,
-                                     "synthgen dots")
+                                     "synthgen dots", writer.shard_done)
+                writer.settle()
             except PlacementError as exc:
                 writer.fail({"image": exc.index, "message": str(exc)})
                 raise

@@ -94,8 +94,8 @@ def read_split_file(split_file: Path, root: Path, split: str) -> tuple[list[tupl
 
 
 def pack_shard(out_dir: str, shard_index: int, first: int, items: list, config_json: dict, identity: str,
-               on_bad_input: str) -> dict:
-    """Decode and write one shard of natural images (runs in a worker)."""
+               on_bad_input: str, sync: bool) -> dict:
+    """Decode and write one shard of natural images (runs in a worker; `sync` as in build.build_shard)."""
     config = PackConfig(**config_json)
     root = Path(config.root)
     shard, skipped = ShardArrays(config.size), []
@@ -116,7 +116,7 @@ def pack_shard(out_dir: str, shard_index: int, first: int, items: list, config_j
              "skipped_json": json.dumps(skipped)}
     path = shard_path(out_dir, shard_index)
     try:
-        write_shard(path, shard.arrays(), attrs)
+        write_shard(path, shard.arrays(), attrs, sync=sync)
     except OSError as exc:
         raise write_failure(path.name, out_dir, exc) from None
     return {"shard": shard_index, "n_images": len(shard), "first_index": first, "skipped": skipped}
@@ -162,10 +162,11 @@ def pack(config: PackConfig, run: RunOptions, out_dir, command: list[str] | None
                              "command": command, "config": config_json, "n_listed": len(items),
                              "image_size": config.size, "n_shards": n_shards,
                              "sources": {"root": str(root), "fingerprint": fingerprint, "labels": labels,
-                                         "count": len(items)}}, log)
+                                         "count": len(items)}}, log, sync_shards=not run.workers_sync)
     for item in skipped:
         writer.report(item)
-    done = writer.check(n_shards, run.overwrite, lambda old: differences(old, config, fingerprint, labels))
+    done = writer.check(n_shards, run.overwrite, lambda old: differences(old, config, fingerprint, labels),
+                        progress=run.progress)
     writer.begin()
     write_json_atomic(out / SOURCES, {"kind": "natural", "root": str(root), "files": [rel for rel, _ in items],
                                       "labels": [label for _, label in items]})
@@ -175,16 +176,12 @@ def pack(config: PackConfig, run: RunOptions, out_dir, command: list[str] | None
     def chunk(s):
         return items[s * config.shard_size:(s + 1) * config.shard_size]
 
-    def report_skipped(result, write):
-        for path, reason in result["skipped"]:
-            writer.report(Skipped(path, reason), write)
-
     with parallel_backend(run) as client:
         workers = workers_of(client, run)
         results = run_shards(pack_shard, {s: (str(out), s, s * config.shard_size, chunk(s), config_json, identity,
-                                              run.on_bad_input) for s in todo},
+                                              run.on_bad_input, run.workers_sync) for s in todo},
                              {s: len(chunk(s)) for s in todo}, len(items), run.progress, "synthgen pack",
-                             report_skipped)
+                             writer.shard_done)
     paths = [shard_path(out, s) for s in range(n_shards)]
     for path in paths:  # a resumed pack reports the bad files of the shards it kept, too
         with h5py.File(path, "r") as f:

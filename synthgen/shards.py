@@ -110,8 +110,9 @@ def content_checksum(arrays: dict[str, np.ndarray], attrs: dict) -> str:
     return digest.hexdigest()
 
 
-def write_shard(path, arrays: dict[str, np.ndarray], attrs: dict, compression: str = "none") -> str:
-    """Write a shard atomically and return its content checksum; on any failure nothing appears.
+def write_shard(path, arrays: dict[str, np.ndarray], attrs: dict, compression: str = "none", sync: bool = True) -> str:
+    """Write a shard atomically and return its content checksum; on any failure nothing appears. With
+    `sync=False` the caller flushes it to disk (common.atomic.write_atomic).
 
     The HDF5 file is assembled in memory and written with plain file I/O: a failed write (a full
     disk) then raises a clean OSError, where HDF5 writing to disk itself can crash on closing.
@@ -129,7 +130,7 @@ def write_shard(path, arrays: dict[str, np.ndarray], attrs: dict, compression: s
         f.attrs["content_sha256"] = checksum
         f.flush()
         image = f.id.get_file_image()
-    write_atomic(path, image)
+    write_atomic(path, image, sync)
     return checksum
 
 

@@ -4,34 +4,48 @@ Its life cycle, in order:
 1. `check`: before any work, refuse a folder holding someone else's files or a different set (unless
    --overwrite), and find the shards a resumed (or extended) run can keep;
 2. `begin`: the provisional manifest (`"complete": false`), so an interrupted run is recognised;
-3. `report`: one line per bad input, however often the input is met, in every process's results;
+3. `shard_done`: per finished shard, its bad inputs reported (one line per input, however often it is
+   met) and, when workers leave it to this process, the shard flushed to disk in the background;
 4. `fail`: what stopped the run, kept in the manifest so that nobody is told to resume into the same
    failure;
-5. `finish`: the final manifest, with every shard's checksum read back from the shard itself.
+5. `settle`, then `finish`: every shard on disk, then the final manifest, with every shard's checksum
+   read back from the shard itself.
 Shards themselves are written by the workers (synthgen.shards.write_shard), each atomically.
+
+Durability: a complete manifest is written only after every shard and the folder's entries are flushed
+to disk. A shard is renamed into place before it is flushed, so after a power cut an unfinished set may
+hold a shard whose data never reached the disk: a resumed run keeps a shard of an unfinished set only
+if its contents match its checksum.
 """
 from __future__ import annotations
 
 import shutil
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
 import h5py
+from tqdm import tqdm
 
+from common.atomic import fsync_path
 from synthgen.errors import OutputError, UsageError
 from synthgen.manifest import MANIFEST, is_own_entry, read_manifest, write_json_atomic
-from synthgen.shards import TEMP_RE, read_attrs, shard_path
+from synthgen.shards import TEMP_RE, content_checksum, read_arrays, read_attrs, shard_path
 from synthgen.sources import Skipped
 
 
 class SetWriter:
     """One output folder being written (main process)."""
 
-    def __init__(self, out, manifest: dict, log=print):
+    def __init__(self, out, manifest: dict, log=print, sync_shards: bool = True):
+        """`sync_shards`: flush each finished shard to disk here (the workers wrote it without)."""
         self.out = Path(out)
         self.manifest = {**manifest, "complete": False}
         self.log = log
         self.skipped: dict[str, str] = {}  # every bad input met anywhere in the run, reported once
+        self.sync_shards = sync_shards
+        self._syncs: dict[Path, Future] = {}
+        self._syncer: ThreadPoolExecutor | None = None
 
     @property
     def identity(self) -> str:
@@ -43,10 +57,11 @@ class SetWriter:
 
     def check(self, n_shards: int, overwrite: bool, differences: Callable[[dict], str],
               keep: Callable[[int, dict], bool] = lambda index, attrs: True,
-              n_images: int | None = None) -> set[int]:
+              n_images: int | None = None, progress: bool = False) -> set[int]:
         """Check the folder before any work; return the shards a resumed run keeps.
 
-        A shard is kept when it belongs to this set (same identity) and `keep(index, attrs)` agrees.
+        A shard is kept when it belongs to this set (same identity), `keep(index, attrs)` agrees and, in a
+        set that was never finished, its contents match its checksum (see Durability above).
         Raises OutputError, changing nothing, for a folder holding files synthgen did not write, or a
         different set without --overwrite (`differences(old manifest)` says what differs); UsageError for
         what resuming the same set cannot do (with `n_images`, the --n asked for): shrink it, or run again
@@ -71,7 +86,7 @@ class SetWriter:
                 for name in entries:
                     if TEMP_RE.fullmatch(name):  # left by an interrupted run
                         (out / name).unlink(missing_ok=True)
-                return self._kept_shards(n_shards, keep)
+                return self._kept_shards(n_shards, keep, verify=not manifest.get("complete"), progress=progress)
             what = differences(manifest) if manifest else "an unknown set"
             raise OutputError(f"--out {out}: the folder holds a different set ({what}); re-run with --overwrite "
                               "to replace it, or choose another --out")
@@ -93,19 +108,21 @@ class SetWriter:
             raise UsageError(f"{self.out} stopped at image {failure['image']} and would stop there again: "
                              f"{failure['message']}")
 
-    def _kept_shards(self, n_shards: int, keep) -> set[int]:
+    def _kept_shards(self, n_shards: int, keep, verify: bool, progress: bool) -> set[int]:
         done = set()
-        for index in range(n_shards):
-            path = shard_path(self.out, index)
-            if not path.exists():
-                continue
+        present = [index for index in range(n_shards) if shard_path(self.out, index).exists()]
+        for index in tqdm(present, desc="synthgen: checking the shards of the unfinished set", unit="shard",
+                          disable=not (verify and progress and len(present) > 1), dynamic_ncols=True):
             try:
-                with h5py.File(path, "r") as f:
+                with h5py.File(shard_path(self.out, index), "r") as f:
                     attrs = read_attrs(f)
-            except OSError:
+                    intact = not verify or content_checksum(read_arrays(f), attrs) == attrs.get("content_sha256")
+            except (OSError, KeyError, ValueError):
                 continue  # unreadable: it is written again (and replaced atomically)
-            if attrs.get("build_identity") == self.identity and keep(index, attrs):
+            if attrs.get("build_identity") == self.identity and keep(index, attrs) and intact:
                 done.add(index)
+                if verify:  # its writer may have stopped before flushing it; the complete manifest will vouch for it
+                    fsync_path(shard_path(self.out, index))
         return done
 
     def begin(self) -> None:
@@ -120,6 +137,34 @@ class SetWriter:
             self.skipped[item.path] = item.reason
             (write or self.log)(item.line())
 
+    def shard_done(self, result: dict, write=None) -> None:
+        """A worker's finished shard (its result names "shard" and may list "skipped" (path, reason)
+        pairs): report its bad inputs and, with `sync_shards`, start flushing it to disk."""
+        for path, reason in result.get("skipped", ()):
+            self.report(Skipped(path, reason), write)
+        if self.sync_shards:
+            if self._syncer is None:
+                self._syncer = ThreadPoolExecutor(1, thread_name_prefix="synthgen-fsync")
+            path = shard_path(self.out, result["shard"])
+            self._syncs[path] = self._syncer.submit(fsync_path, path)
+
+    def settle(self) -> None:
+        """Wait until every shard given to `shard_done` is on disk, and the folder's entries too."""
+        syncs, self._syncs = self._syncs, {}
+        try:
+            for path, sync in syncs.items():
+                try:
+                    sync.result()
+                except OSError as exc:
+                    raise OutputError(f"{path}: cannot be flushed to disk ({exc.strerror or exc}); the set is not "
+                                      "finished: check the disk, then re-run the same command to resume") from None
+            if syncs:
+                fsync_path(self.out)
+        finally:
+            if self._syncer is not None:
+                self._syncer.shutdown(wait=False)
+                self._syncer = None
+
     def fail(self, failure: dict) -> None:
         """Record what stopped the run (the finished shards stay)."""
         self.manifest["failure"] = failure
@@ -128,6 +173,7 @@ class SetWriter:
     def finish(self, n_shards: int, summary: dict) -> dict:
         """The final manifest: every shard's range and checksum (read from the shard), the summary and
         every skipped input. Returns the manifest."""
+        self.settle()
         entries = []
         for index in range(n_shards):
             path = shard_path(self.out, index)

@@ -184,6 +184,32 @@ def test_the_identity_does_not_depend_on_how_a_path_is_spelled(synthgen, tmp_pat
     assert skipped.rc == 1 and "(--count 0-4 -> 1,2)" in skipped.err  # only what changed, by its real flag
 
 
+def test_a_shard_of_an_unfinished_set_that_never_reached_the_disk_is_rebuilt(synthgen, tmp_path):
+    """Workers leave flushing to the main process, which writes the complete manifest only once every shard is
+    on disk; a power cut before that can leave a shard in place whose data is gone (zeros). Resuming an
+    unfinished set therefore keeps only shards whose contents match their checksum."""
+    from synthgen.reader import raw_image_offsets
+
+    out = tmp_path / "set"
+    args = ["build", "--n", 60, "--shard-size", 20, *FAST]
+    assert synthgen(*args, "--out", out).rc == 0
+    original = read_set(out)
+    manifest = manifest_of(out)
+    provisional = {k: v for k, v in manifest.items() if k not in ("shards", "summary")} | {"complete": False}
+    (out / "manifest.json").write_text(json.dumps(provisional))
+    with h5py.File(out / "shard-00001.h5", "r") as f:
+        offset = int(raw_image_offsets(f["images"])[3])
+    with open(out / "shard-00001.h5", "r+b") as f:  # image 3 of the shard lost, its labels intact
+        f.seek(offset)
+        f.write(bytes(64 * 64 * 3))
+    kept = {name: (out / name).stat().st_mtime_ns for name in ("shard-00000.h5", "shard-00002.h5")}
+    resumed = synthgen(*args, "--out", out)
+    assert resumed.rc == 0 and "built 20 images" in resumed.out and "40 were already built" in resumed.out
+    assert {name: (out / name).stat().st_mtime_ns for name in kept} == kept
+    assert synthgen("verify", out, "--no-progress").rc == 0
+    assert all(np.array_equal(original[name], array) for name, array in read_set(out).items())
+
+
 def test_a_larger_n_extends_a_set(synthgen, tmp_path):
     out = tmp_path / "growing"
     assert synthgen("build", "--n", 25, "--shard-size", 10, "--out", out, *FAST).rc == 0
