@@ -101,6 +101,28 @@ def test_reductions_and_pixel_loss():
     assert torch.allclose(PixelLoss("mean")(x, y), ((x - y) ** 2).mean((1, 2, 3)))
 
 
+def test_the_perceptual_loss_sums_squared_feature_differences_in_any_layout_and_precision():
+    """Per image, the sum over relu1_1, relu2_1 and relu3_1 of the squared differences, against a float64
+    reference: in fp32, in channels_last, and under bf16 autocast, where the squares of the bf16 maps are
+    summed in fp32 without an fp32 copy of the maps."""
+    loss = PerceptualLoss(_vgg())
+    x, y = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+
+    def reference(features_y, features_x):
+        return sum((a - b).double().square().sum((1, 2, 3)) for a, b in zip(features_y, features_x))
+
+    exact = reference(loss.features(y), loss.features(x))
+    assert torch.allclose(loss(x, y).double(), exact, rtol=1e-5)
+    channels_last = PerceptualLoss(_vgg()).to(memory_format=torch.channels_last)
+    x_cl, y_cl = (t.contiguous(memory_format=torch.channels_last) for t in (x, y))
+    assert torch.allclose(channels_last(x_cl, y_cl).double(), exact, rtol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        features_y, features_x = loss.features(y), loss.features(x)
+        mixed = loss(x, y)
+    assert features_y[0].dtype == torch.bfloat16 and mixed.dtype == torch.float32
+    assert torch.allclose(mixed.double(), reference(features_y, features_x), rtol=1e-3)
+
+
 def test_the_reparameterisation_stays_in_fp32_under_bf16_autocast():
     model = VAE(ModelConfig(image_size=32, **SMALL)).eval()
     seen = {}

