@@ -46,6 +46,7 @@ class SetWriter:
         self.sync_shards = sync_shards
         self._syncs: dict[Path, Future] = {}
         self._syncer: ThreadPoolExecutor | None = None
+        self._renamed = False  # shards were renamed into the folder since its entries were last flushed
 
     @property
     def identity(self) -> str:
@@ -123,6 +124,7 @@ class SetWriter:
                 done.add(index)
                 if verify:  # its writer may have stopped before flushing it; the complete manifest will vouch for it
                     fsync_path(shard_path(self.out, index))
+                    self._renamed = True
         return done
 
     def begin(self) -> None:
@@ -142,6 +144,7 @@ class SetWriter:
         pairs): report its bad inputs and, with `sync_shards`, start flushing it to disk."""
         for path, reason in result.get("skipped", ()):
             self.report(Skipped(path, reason), write)
+        self._renamed = True
         if self.sync_shards:
             if self._syncer is None:
                 self._syncer = ThreadPoolExecutor(1, thread_name_prefix="synthgen-fsync")
@@ -158,8 +161,9 @@ class SetWriter:
                 except OSError as exc:
                     raise OutputError(f"{path}: cannot be flushed to disk ({exc.strerror or exc}); the set is not "
                                       "finished: check the disk, then re-run the same command to resume") from None
-            if syncs:
+            if self._renamed:
                 fsync_path(self.out)
+                self._renamed = False
         finally:
             if self._syncer is not None:
                 self._syncer.shutdown(wait=False)
