@@ -8,7 +8,6 @@ problem becomes a `BadInputError` that names the file and the reason.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import re
 import sys
@@ -20,9 +19,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
 
 from synthgen.errors import BadInputError, UsageError
+from synthgen.jpeg import jpeg_size
 from synthgen.masks import MaskInfo, MaskRule, read_mask
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
@@ -375,18 +374,15 @@ def decode_resized(path, target) -> np.ndarray:
     path = Path(path)
     data = _read_bytes(path)
     flag = cv2.IMREAD_COLOR
-    try:
-        with Image.open(io.BytesIO(data.tobytes())) as header:  # reads the header only
-            if header.format == "JPEG":
-                small, large = sorted(header.size)
-                t_small, t_large = sorted(target(*header.size))  # sorted: EXIF may rotate the image
-                for factor, reduced in ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4),
-                                        (2, cv2.IMREAD_REDUCED_COLOR_2)):
-                    if -(-small // factor) >= t_small and -(-large // factor) >= t_large:  # libjpeg rounds up
-                        flag = reduced
-                        break
-    except Exception:
-        pass  # let the decoder below give the verdict
+    stored = jpeg_size(data)
+    if stored is not None:
+        small, large = sorted(stored)
+        t_small, t_large = sorted(target(*stored))  # sorted: EXIF may rotate the image
+        for factor, reduced in ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4),
+                                (2, cv2.IMREAD_REDUCED_COLOR_2)):
+            if -(-small // factor) >= t_small and -(-large // factor) >= t_large:  # libjpeg rounds up
+                flag = reduced
+                break
     image = _decode(path, data, flag)
     h, w = image.shape[:2]
     if min(h, w) < MIN_IMAGE_SIDE:

@@ -8,6 +8,7 @@ from PIL import Image
 
 from conftest import make_objects, make_scenes, write_object_pair
 from synthgen.errors import BadInputError, UsageError
+from synthgen.jpeg import jpeg_size
 from synthgen.sources import load_background, load_cutout, scan_backgrounds, scan_objects
 
 
@@ -228,6 +229,52 @@ def test_backgrounds_decode_to_short_side(tmp_path):
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
     with pytest.raises(BadInputError, match="cannot be decoded"):
         load_background(tmp_path / "broken.jpg", 64)
+
+
+def _gradient(h, w):
+    y, x = np.mgrid[:h, :w]
+    return np.dstack([x * 255 // w, y * 255 // h, (x + y) * 255 // (w + h)]).astype(np.uint8)
+
+
+def _exif(orientation):
+    exif = Image.new("RGB", (1, 1)).getexif()
+    exif[0x0112] = orientation
+    exif[0x010E] = "x" * 30000  # a long description: the frame header lies past a large APP1 segment
+    return exif.tobytes()
+
+
+@pytest.mark.parametrize("data", [
+    _encode(_rgb(61, 83)),
+    _encode(_rgb(61, 83), progressive=True),
+    _encode(_rgb(61, 83), optimize=True, quality=40),
+    _encode(_rgb(61, 83), "JPEG", mode="L"),
+    _encode(_rgb(61, 83), "JPEG", mode="CMYK"),
+    _encode(_rgb(61, 83), exif=_exif(6)),
+    _encode(_rgb(61, 83), icc_profile=b"\0" * 70000),  # a profile split over two APP2 segments
+])
+def test_the_jpeg_frame_header_gives_the_size_pillow_reads(data):
+    assert jpeg_size(data) == Image.open(io.BytesIO(data)).size == (83, 61)
+    assert jpeg_size(np.frombuffer(data, np.uint8)) == (83, 61)  # as the decoder's buffer, too
+
+
+@pytest.mark.parametrize("data", [
+    b"", b"\xff\xd8", b"\xff\xd8\xff garbage", _encode(_rgb(61, 83))[:40], _encode(_rgb(61, 83), "PNG"),
+    b"\xff\xd8\xff\xda\x00\x02",  # a scan before any frame header
+])
+def test_bytes_without_a_readable_jpeg_frame_header_have_no_size(data):
+    assert jpeg_size(data) is None
+
+
+def test_an_exif_rotated_background_is_decoded_scaled_and_upright(tmp_path):
+    # Stored 640x480, shown 480x640 (orientation 6): the short side goes to 64 at 1/4 scale in the DCT
+    # domain, and the result must be the upright photo, as a full decode shrinks it.
+    stored = _gradient(480, 640)
+    (tmp_path / "turned.jpg").write_bytes(_encode(stored, quality=95, exif=_exif(6)))
+    image = load_background(tmp_path / "turned.jpg", 64)
+    upright = cv2.cvtColor(cv2.imread(str(tmp_path / "turned.jpg")), cv2.COLOR_BGR2RGB)
+    assert upright.shape[:2] == (640, 480) and image.shape == (85, 64, 3)
+    expected = cv2.resize(upright, (64, 85), interpolation=cv2.INTER_AREA)
+    assert np.abs(image.astype(int) - expected).mean() < 3
 
 
 def test_real_thus10000_pairs_all_load(real_objects):
