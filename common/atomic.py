@@ -6,8 +6,8 @@ import os
 from pathlib import Path
 
 
-def write_atomic(path, data: bytes, sync: bool = True) -> None:
-    """Write `data` to `path` atomically; on any failure the temporary file is removed.
+def write_atomic(path, data, sync: bool = True) -> None:
+    """Write `data` (bytes or a buffer) to `path` atomically; on any failure the temporary file is removed.
 
     `sync=False` leaves flushing to disk to the caller (`fsync_path` on the file): the file still appears
     whole to every process at once, and is durable across a power cut only once synced. Parallel writers
