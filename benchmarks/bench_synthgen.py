@@ -10,11 +10,17 @@ Rows:
 * cold (--cache-mb 0): every background decoded at every use, and every object read back from the
   prepared store at every use. SUN397 backgrounds are used about once each in an 80K build, so this
   row is the realistic one for the paper's full data.
-images/s is wall-clock over the render phase, until the last shard is on disk (worker start-up
-included); "of linear" is images/s against the number of workers times 1 worker's (the scaling target
-is 80% from 1 to 16 workers: `--workers 1,2,4,8,16 --n 80000` on a 16-core machine); "prepare" is the
-one-off decoding of all objects into the shared store; the stage columns are per-image times summed
-over workers (time spent in each stage).
+images/s is wall-clock over the render phase, until the last shard is on disk; "with start-up" is over
+the whole build as a command runs it (scanning the sources, the checks and probes, the prepare phase,
+where the worker processes start and import, the render phase, the summary; 1 worker runs in the main
+process: no worker starts). "of linear" is images/s with start-up against the number of workers times 1 worker's (the
+scaling target is 80% from 1 to 16 workers: `--workers 1,2,4,8,16 --n 80000` on a 16-core machine).
+Where scaling is lost, the render phase's timeline (synthgen.parallel.timeline) says: "busy" is the
+workers' share of the phase spent in their tasks, "tail" the seconds at the end with workers idle for
+want of shards, "flush" the seconds waited after the last shard for the disk; stage times per image
+that grow with the number of workers point at contention instead. "prepare" is the one-off decoding of
+all objects into the shared store; the stage columns are per-image times summed over workers (time
+spent in each stage).
 """
 from __future__ import annotations
 
@@ -24,6 +30,8 @@ import platform
 import shutil
 import tempfile
 from pathlib import Path
+
+from joblib.externals.loky import get_reusable_executor
 
 from synthgen.build import build
 from synthgen.compositor import STAGES
@@ -42,6 +50,9 @@ def machine() -> str:
 
 
 def run(n: int, workers: int, cache_mb: int, objects: Path, backgrounds: Path) -> dict:
+    # Every build starts its own workers, as a command does: loky would otherwise hand the next build
+    # the workers of the last one, already started and warm.
+    get_reusable_executor().shutdown(wait=True)
     out = Path(tempfile.mkdtemp(prefix="synthgen-bench-"))
     try:
         config = BuildConfig(n=n, size=161, objects=str(objects), backgrounds=str(backgrounds))
@@ -63,8 +74,8 @@ def main() -> None:
             raise SystemExit(f"{folder} not found: pass --objects/--backgrounds (the sample data is in ../shared)")
     print(f"machine: {machine()}")
     print(f"build: {args.n} images, 161x161, counts 0-4, default options\n")
-    header = ("| workers | cache | images/s | of linear | 80K images (s) | prepare (s) | " + " | ".join(STAGES)
-              + " | total ms/img |")
+    header = ("| workers | cache | images/s | with start-up | of linear | busy | tail (s) | flush (s) | "
+              "80K images (s) | prepare (s) | " + " | ".join(STAGES) + " | total ms/img |")
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     one_worker: dict[str, float] = {}  # images/s of 1 worker, per cache
@@ -73,14 +84,15 @@ def main() -> None:
             summary = run(args.n, workers, cache_mb, args.objects, args.backgrounds)
             stages = summary["ms_per_image"]
             rate = summary["images_per_second"]
+            with_start = summary["images_built"] / summary["total_seconds"]
             if workers == 1:
-                one_worker[label] = rate
-            # scaling: images/s against `workers` times one worker's, start-up included
-            linear = f"{rate / (workers * one_worker[label]):.0%}" if label in one_worker else "-"
-            print(f"| {workers} | {label} | {rate:.0f} | {linear} | {80000 / rate:.0f} | "
-                  f"{summary['prepare_seconds']:.2f} | " + " | ".join(f"{stages[s]:.3f}" for s in STAGES)
-                  + f" | {sum(stages.values()):.3f} |", flush=True)
-
+                one_worker[label] = with_start
+            linear = f"{with_start / (workers * one_worker[label]):.0%}" if label in one_worker else "-"
+            spent = summary["render_timeline"]
+            print(f"| {workers} | {label} | {rate:.0f} | {with_start:.0f} | {linear} | {spent['workers_busy']:.0%} | "
+                  f"{spent['tail_seconds']:.2f} | {spent['after_last_result_seconds']:.2f} | "
+                  f"{80000 / with_start:.0f} | {summary['prepare_seconds']:.2f} | "
+                  + " | ".join(f"{stages[s]:.3f}" for s in STAGES) + f" | {sum(stages.values()):.3f} |", flush=True)
 
 if __name__ == "__main__":
     main()

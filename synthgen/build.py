@@ -29,7 +29,7 @@ from synthgen.errors import BadInputError, OutputError, PlacementError, UsageErr
 from synthgen.feasibility import check_feasible
 from synthgen.manifest import MANIFEST_FORMAT, SOURCES, write_json_atomic
 from synthgen.masks import MaskRule
-from synthgen.parallel import parallel_backend, run_shards, run_tasks, workers_of
+from synthgen.parallel import parallel_backend, run_shards, run_tasks, timeline, workers_of
 from synthgen.plan import counts_for, largest_object_share, object_pool_order
 from synthgen.prepared import PREPARED_DIR, PreparedObjects, prepare_objects, store_dir
 from synthgen.procedural import N_BACKGROUNDS, N_OBJECTS, ProceduralBackgrounds, ProceduralObjects
@@ -177,6 +177,7 @@ def build_shard(out_dir: str, shard_index: int, config_json: dict, identity: str
                 cache_mb: int, on_bad_input: str, sync: bool) -> dict:
     """Render and write one whole shard (runs in a worker; `sync`: flush it to disk here, else the main
     process does). Returns what the summary needs."""
+    started = time.perf_counter()
     config = BuildConfig.from_json(config_json)
     compositor = _worker_compositor(out_dir, identity, config, cache_mb, on_bad_input)
     timings_before = dict(compositor.timings)
@@ -193,6 +194,7 @@ def build_shard(out_dir: str, shard_index: int, config_json: dict, identity: str
     timings = {stage: compositor.timings.get(stage, 0.0) - timings_before.get(stage, 0.0) for stage in STAGES}
     timings["write"] = time.perf_counter() - write_start
     return {"shard": shard_index, "n_images": n, "checksum": checksum, "timings": timings,
+            "seconds": time.perf_counter() - started,
             "skipped": [(s.path, s.reason) for s in compositor.skipped[skipped_before:]],
             "too_large": sorted(compositor.too_large)}
 
@@ -264,7 +266,7 @@ def build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | No
 
     writer.manifest["object_pool"] = pool
     writer.begin()
-    results, workers, render_seconds, prepare_seconds, masks = [], None, 0.0, 0.0, []
+    results, workers, render_seconds, prepare_seconds, masks, render_timeline = [], None, 0.0, 0.0, [], None
     if todo:
         with parallel_backend(run) as client:
             workers = workers_of(client, run)
@@ -290,7 +292,8 @@ def build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | No
                                  "more overlap (--max-occlusion), or use fewer objects (--count)")
             write_json_atomic(out / SOURCES, {**sources.description, "pool": usable})
             try:
-                results, render_seconds = _render_shards(out, todo, config, writer, sources.fingerprints, run)
+                results, render_seconds, render_timeline = _render_shards(out, todo, config, writer,
+                                                                          sources.fingerprints, run, workers)
             except PlacementError as exc:
                 writer.fail({"image": exc.index, "message": str(exc)})
                 raise
@@ -304,6 +307,7 @@ def build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | No
         "prepare_seconds": round(prepare_seconds, 3), "render_seconds": round(render_seconds, 3),
         "total_seconds": round(time.perf_counter() - started, 3),
         "images_per_second": round(built / render_seconds, 1) if built else None,
+        "render_timeline": render_timeline,
         "workers": workers, "backend": run.backend,
         "ms_per_image": {stage: round(1e3 * sum(r["timings"][stage] for r in results) / built, 4)
                          for stage in STAGES} if built else None,
@@ -326,13 +330,14 @@ def build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | No
 
 
 def _render_shards(out: Path, todo: list[int], config: BuildConfig, writer: SetWriter, fingerprints: dict,
-                   run: RunOptions) -> tuple[list[dict], float]:
+                   run: RunOptions, workers: int) -> tuple[list[dict], float, dict]:
     """Render and write the missing shards in parallel, with a progress bar over images; the seconds it
-    took, until the last shard was on disk."""
+    took, until the last shard was on disk, and where they went (parallel.timeline)."""
     started = time.perf_counter()
     task_args = (config.to_json(), writer.identity, fingerprints, run.cache_mb, run.on_bad_input, run.workers_sync)
     results = run_shards(build_shard, {s: (str(out), s, *task_args) for s in todo},
                          {s: config.shard_range(s)[1] for s in todo}, config.n, run.progress, "synthgen build",
                          writer.shard_done, preload=WORKER_MODULES)
     writer.settle()
-    return results, time.perf_counter() - started
+    ended = time.perf_counter()
+    return results, ended - started, timeline(results, started, ended, workers)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import time
 
 import cv2
 import joblib
@@ -67,14 +68,33 @@ def run_shards(function, tasks: dict[int, tuple], sizes: dict[int, int], total: 
                on_result=None, preload: tuple[str, ...] = ()) -> list[dict]:
     """Run `function(*tasks[shard])` for every shard under the active joblib backend, as they finish, with a
     progress bar over the set's `total` images (`sizes[shard]` each). Each result names its "shard";
-    `on_result(result, write)` sees every result as it comes (`write` prints above the bar)."""
+    `on_result(result, write)` sees every result as it comes (`write` prints above the bar). Each result
+    gets the moment it arrived, "arrived" (time.perf_counter of this process), for `timeline`."""
     results = []
     with tqdm(total=total, initial=total - sum(sizes.values()), unit="img", desc=desc, disable=not progress,
               dynamic_ncols=True) as bar:
         calls = (joblib.delayed(in_worker)(preload, function, *args) for args in tasks.values())
         for result in joblib.Parallel(return_as="generator_unordered")(calls):
+            result["arrived"] = time.perf_counter()
             results.append(result)
             bar.update(sizes[result["shard"]])
             if on_result is not None:
                 on_result(result, bar.write)
     return results
+
+
+def timeline(results: list[dict], started: float, ended: float, workers: int) -> dict:
+    """Where the wall time of a parallel phase (`started` .. `ended`) went, from its task results (each with
+    its own "seconds" of work and the moment it "arrived"): how busy the workers were (their tasks' seconds
+    over workers x wall time); how long some of them sat idle at the end for want of tasks (from the result
+    that left fewer tasks than workers to the last result); and how long the phase waited after its last
+    result (the flush of shards to disk). Scaling that falls short of linear shows up here, or else as
+    stage times per image that grow with the number of workers (contention)."""
+    wall = ended - started
+    arrivals = sorted(r["arrived"] for r in results)
+    if not arrivals or wall <= 0:
+        return {"workers_busy": None, "tail_seconds": 0.0, "after_last_result_seconds": 0.0}
+    idle_from = arrivals[len(arrivals) - workers] if len(arrivals) >= workers else started
+    return {"workers_busy": round(sum(r["seconds"] for r in results) / (workers * wall), 3),
+            "tail_seconds": round(arrivals[-1] - idle_from, 3),
+            "after_last_result_seconds": round(ended - arrivals[-1], 3)}

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import FAST, make_objects, make_scenes, manifest_of, read_set
+from synthgen.parallel import timeline
 from synthgen.shards import content_checksum, read_arrays, read_attrs
 
 
@@ -63,6 +64,23 @@ def test_one_and_two_workers_give_identical_sets(synthgen, tmp_path):
             assert np.array_equal(one[name], two[name]), name
     assert [s["content_sha256"] for s in manifest_of(tmp_path / "one")["shards"]] == \
            [s["content_sha256"] for s in manifest_of(tmp_path / "two")["shards"]]
+    summary = manifest_of(tmp_path / "two")["summary"]
+    spent = summary["render_timeline"]
+    assert summary["workers"] == 2 and 0 < spent["workers_busy"] <= 1
+    assert 0 <= spent["tail_seconds"] and 0 <= spent["after_last_result_seconds"]
+    assert spent["tail_seconds"] + spent["after_last_result_seconds"] <= summary["render_seconds"]
+
+
+def test_the_render_timeline_says_where_the_wall_time_went():
+    # Two workers over 10 s: A renders shards of 3 and 4 s (done at 3 and 7), B of 6 and 3 s (done at 6
+    # and 9); the flush of the last shard ends at 10. A has nothing left to take from 7 s on.
+    results = [{"seconds": 3, "arrived": 3}, {"seconds": 6, "arrived": 6}, {"seconds": 4, "arrived": 7},
+               {"seconds": 3, "arrived": 9}]
+    assert timeline(results, 0.0, 10.0, workers=2) == {"workers_busy": 0.8, "tail_seconds": 2.0,
+                                                       "after_last_result_seconds": 1.0}
+    # fewer shards than workers: some sit idle from the start
+    assert timeline(results[:1], 0.0, 4.0, workers=2) == {"workers_busy": 0.375, "tail_seconds": 3.0,
+                                                          "after_last_result_seconds": 1.0}
 
 
 def test_image_i_depends_only_on_seed_and_i(synthgen, tmp_path):
