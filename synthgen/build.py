@@ -35,8 +35,7 @@ from synthgen.prepared import PREPARED_DIR, PreparedObjects, prepare_objects, st
 from synthgen.procedural import N_BACKGROUNDS, N_OBJECTS, ProceduralBackgrounds, ProceduralObjects
 from synthgen.reader import read_labels
 from synthgen.shards import SCHEMA_VERSION, SHARD_FORMAT, ShardArrays, shard_path, write_shard
-from synthgen.sources import (FolderBackgrounds, FolderObjects, Skipped, list_fingerprint, scan_backgrounds,
-                              scan_objects)
+from synthgen.sources import FolderBackgrounds, FolderObjects, Skipped, scan_backgrounds, scan_objects
 from synthgen.stats import label_summary, mask_summary
 from synthgen.writer import SetWriter
 
@@ -55,19 +54,17 @@ def scan_sources(config: BuildConfig) -> Sources:
     description, fingerprints, skipped = {}, {}, []
     rule = {"mask_threshold": config.mask_threshold, "mask_parts": config.mask_parts}
     if config.objects:
-        pairs, bad = scan_objects(config.objects)
+        pairs, bad, fingerprints["objects"] = scan_objects(config.objects)
         description["objects"] = {"kind": "folder", "root": str(Path(config.objects).resolve()), "pairs": pairs,
                                   "count": len(pairs), **rule}
-        fingerprints["objects"] = list_fingerprint(config.objects, pairs)
         skipped += bad
     else:
         description["objects"] = {"kind": "procedural", "count": N_OBJECTS, **rule}
         fingerprints["objects"] = f"procedural-objects-v1:{N_OBJECTS}"
     if config.backgrounds:
-        files, bad = scan_backgrounds(config.backgrounds)
+        files, bad, fingerprints["backgrounds"] = scan_backgrounds(config.backgrounds)
         description["backgrounds"] = {"kind": "folder", "root": str(Path(config.backgrounds).resolve()),
                                       "files": files, "count": len(files)}
-        fingerprints["backgrounds"] = list_fingerprint(config.backgrounds, files)
         skipped += bad
     else:
         description["backgrounds"] = {"kind": "procedural", "count": N_BACKGROUNDS}

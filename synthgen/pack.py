@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -28,7 +29,7 @@ from synthgen.manifest import MANIFEST_FORMAT, SOURCES, write_json_atomic
 from synthgen.parallel import parallel_backend, run_shards, workers_of
 from synthgen.reader import read_labels
 from synthgen.shards import SCHEMA_VERSION, SHARD_FORMAT, ShardArrays, shard_path, write_shard
-from synthgen.sources import IMAGE_EXTENSIONS, Skipped, _check_folder, _walk_files, list_fingerprint, load_photo
+from synthgen.sources import IMAGE_EXTENSIONS, Skipped, _check_folder, list_fingerprint, walk_files, load_photo
 from synthgen.stats import count_histogram
 from synthgen.writer import SetWriter
 
@@ -45,15 +46,14 @@ def parse_label(text: str) -> int | None:
 def scan_label_folders(root: Path) -> tuple[list[tuple[str, int]], list[Skipped]]:
     """Images under count folders `0/` ... `4+/` (or `5/`, `6/`... also 4+; nested folders allowed)."""
     items, skipped = [], []
-    for path in _walk_files(root):
-        rel = path.relative_to(root)
-        label = parse_label(rel.parts[0]) if len(rel.parts) > 1 else None
+    for rel, _ in walk_files(root):
+        label = parse_label(rel.split("/", 1)[0]) if "/" in rel else None
         if label is None:
-            skipped.append(Skipped(str(path), "not inside a count folder (0, 1, 2, 3, 4+ or any larger count)"))
-        elif path.suffix.lower() not in IMAGE_EXTENSIONS:
-            skipped.append(Skipped(str(path), "not an image file"))
+            skipped.append(Skipped(f"{root}/{rel}", "not inside a count folder (0, 1, 2, 3, 4+ or any larger count)"))
+        elif os.path.splitext(rel)[1].lower() not in IMAGE_EXTENSIONS:
+            skipped.append(Skipped(f"{root}/{rel}", "not an image file"))
         else:
-            items.append((rel.as_posix(), label))
+            items.append((rel, label))
     return items, skipped
 
 

@@ -72,7 +72,7 @@ def test_rendering_is_a_pure_function_of_seed_and_index():
 def test_bad_objects_are_redrawn_and_reported_once(tmp_path):
     make_objects(tmp_path, n=4)
     (tmp_path / "obj001.jpg").write_bytes(b"\xff\xd8 corrupt")
-    pairs, _ = scan_objects(tmp_path)
+    pairs, _, _ = scan_objects(tmp_path)
     config = BuildConfig(n=1, size=96)
     comp = Compositor(config, FolderObjects(tmp_path, pairs), ProceduralBackgrounds(), range(4))
     rendered = scenes(comp, 40)

@@ -1,5 +1,8 @@
 """Source discovery and decoding on real files, including every kind of bad input."""
+import hashlib
 import io
+import os
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -9,7 +12,7 @@ from PIL import Image
 from conftest import make_objects, make_scenes, write_object_pair
 from synthgen.errors import BadInputError, UsageError
 from synthgen.jpeg import jpeg_size
-from synthgen.sources import load_background, load_cutout, scan_backgrounds, scan_objects
+from synthgen.sources import load_background, load_cutout, list_fingerprint, scan_backgrounds, scan_objects
 
 
 def _mask(h=60, w=80):
@@ -30,7 +33,7 @@ def test_scan_pairs_and_reports_unpaired_and_stray_files(tmp_path):
     (tmp_path / "empty.jpg").write_bytes(b"")
     (tmp_path / "empty.png").write_bytes(b"")
     (tmp_path / ".DS_Store").write_bytes(b"\0")
-    pairs, skipped = scan_objects(tmp_path)
+    pairs, skipped, _ = scan_objects(tmp_path)
     assert pairs == [("obj000.jpg", "obj000.png"), ("obj001.jpg", "obj001.png"), ("obj002.jpg", "obj002.png")]
     reasons = {p.split("/")[-1]: r for p, r in ((s.path, s.reason) for s in skipped)}
     assert reasons["lonely.jpg"].startswith("image without a mask")
@@ -52,9 +55,47 @@ def test_empty_or_missing_folders_are_refused_with_the_option_name(tmp_path):
 def test_backgrounds_are_found_in_nested_category_folders(tmp_path):
     make_scenes(tmp_path, n=6)
     (tmp_path / "a" / "readme.txt").write_text("x")
-    files, skipped = scan_backgrounds(tmp_path)
+    files, skipped, _ = scan_backgrounds(tmp_path)
     assert len(files) == 6 and all(f.count("/") == 2 for f in files)
     assert [s.reason for s in skipped] == ["not an image file"]
+
+
+def _walk_reference(root):
+    """The walk and fingerprint that sets were built with before the scan went through os.scandir: their
+    build identities (and so whether they resume) depend on both staying the same."""
+    files = []
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        files += [(Path(folder) / n).relative_to(root).as_posix() for n in sorted(names) if not n.startswith(".")]
+    digest = hashlib.sha256()
+    for rel in files:
+        digest.update(f"{rel}\t{(root / rel).stat().st_size}\n".encode())
+    return files, digest.hexdigest()
+
+
+def test_the_scan_keeps_the_order_and_fingerprint_sets_were_built_with(tmp_path):
+    scenes = tmp_path / "scenes"
+    for rel in ("b/beach/2.jpg", "b/beach/10.jpg", "a/abbey/x.JPG", "a/abbey/sub/y.png", "a/z.jpg", "top.jpg",
+                "B/upper.jpg", "a/abbey/.hidden.jpg", ".git/c.jpg", "a b/space d.jpg"):
+        (scenes / rel).parent.mkdir(parents=True, exist_ok=True)
+        (scenes / rel).write_bytes(b"\xff\xd8" + bytes(len(rel)))
+    (scenes / "linked").symlink_to(scenes / "b")  # a linked folder is not walked into, as os.walk does not
+    files, skipped, print_ = scan_backgrounds(scenes)
+    assert (files, print_) == _walk_reference(scenes) and not skipped
+    assert files[:2] == ["top.jpg", "B/upper.jpg"] and "b/beach/10.jpg" in files
+    assert print_ == list_fingerprint(scenes, files)
+    (scenes / "a" / "gone.jpg").symlink_to(scenes / "missing.jpg")
+    (scenes / "a" / "empty.jpg").write_bytes(b"")
+    files_now, skipped, _ = scan_backgrounds(scenes)
+    assert files_now == files
+    assert {Path(s.path).name: s.reason for s in skipped} == {"gone.jpg": "cannot read file",
+                                                              "empty.jpg": "empty file"}
+    objects = tmp_path / "objects"
+    make_objects(objects / "set1", n=2)
+    make_objects(objects / "set0", n=2)
+    pairs, skipped, print_ = scan_objects(objects)
+    assert [p[0] for p in pairs] == [f for f in _walk_reference(objects)[0] if f.endswith(".jpg")]
+    assert print_ == list_fingerprint(objects, pairs) and not skipped
 
 
 def _pair(tmp_path, image_bytes, mask_array=None, name="x", ext=".jpg"):
@@ -115,7 +156,7 @@ def test_skip_lines_name_absolute_paths_however_the_folder_was_given(tmp_path, m
     (tmp_path / "objects" / "lonely.jpg").write_bytes(_encode(_rgb()))
     monkeypatch.chdir(tmp_path)
     for spelling in ("objects", "objects/", "./objects"):
-        _, skipped = scan_objects(spelling)
+        _, skipped, _ = scan_objects(spelling)
         assert [s.path for s in skipped] == [str(tmp_path / "objects" / "lonely.jpg")]
 
 
@@ -219,7 +260,7 @@ def test_background_modes_all_load_as_rgb(tmp_path, name, data):
 
 def test_backgrounds_decode_to_short_side(tmp_path):
     make_scenes(tmp_path, n=2)
-    files, _ = scan_backgrounds(tmp_path)
+    files, _, _ = scan_backgrounds(tmp_path)
     for rel in files:
         image = load_background(tmp_path / rel, 64)
         assert min(image.shape[:2]) == 64 and image.shape[2] == 3
@@ -278,7 +319,7 @@ def test_an_exif_rotated_background_is_decoded_scaled_and_upright(tmp_path):
 
 
 def test_real_thus10000_pairs_all_load(real_objects):
-    pairs, skipped = scan_objects(real_objects)
+    pairs, skipped, _ = scan_objects(real_objects)
     assert len(pairs) == 18 and not skipped
     for image, mask in pairs:
         cutout = load_cutout(real_objects / image, real_objects / mask, 161)
