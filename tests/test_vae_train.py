@@ -239,12 +239,15 @@ def test_resume_refuses_a_set_rebuilt_differently_under_the_same_path(tmp_path, 
     assert load_checkpoint(run / "last.pt")["epoch"] == 1
 
 
-def test_compiled_training_matches_eager(data, tmp_path, capsys):
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])  # the second adds CUDA graphs on a GPU
+def test_compiled_training_matches_eager(data, tmp_path, capsys, mode):
     common = ["--data", str(data / "synth"), "--epochs", "1", *TINY]
     assert train_main([*common, "--out", str(tmp_path / "eager")]) == 0
-    assert train_main([*common, "--out", str(tmp_path / "compiled"), "--compile"]) == 0, capsys.readouterr().err
+    assert train_main([*common, "--out", str(tmp_path / "compiled"), "--compile", "--compile-mode", mode]) == 0, \
+        capsys.readouterr().err
     check = json.loads((tmp_path / "compiled" / "config.json").read_text())["compile"]
-    assert check["requested"] and check["used"] == (check["mean_difference"] <= check["tolerance"])
+    assert check["requested"] and check["mode"] == mode
+    assert check["used"] == (check["mean_difference"] <= check["tolerance"])
     if not check["used"]:  # torch.compile got the model wrong: the run must say so and train eagerly
         assert "differs from eager execution" in capsys.readouterr().out
     eager, compiled = metrics(tmp_path / "eager")[0], metrics(tmp_path / "compiled")[0]
