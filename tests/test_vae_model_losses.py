@@ -205,3 +205,21 @@ def test_the_whole_objective_compiles_to_what_eager_computes():
     torch.testing.assert_close(gradients[0][0], gradients[1][0], rtol=1e-5, atol=1e-3)
     for eager, compiled_grad in zip(gradients[0][1], gradients[1][1]):  # equal up to summation order
         assert (eager - compiled_grad).norm() <= 1e-3 * eager.norm() + 1e-8
+
+
+def test_the_objective_traces_as_one_graph_without_breaks():
+    """A graph break (a .item(), a Python branch on a tensor's value) would split the compiled step in
+    pieces with Python between them and, under --compile-mode reduce-overhead, split its CUDA graph too:
+    the launches that mode exists to save."""
+    import torch._dynamo
+
+    from vae.losses import Objective
+
+    model = VAE(ModelConfig(image_size=32, encoder="16@4x4-2, 32@4x4-2", decoder="32@3x3-2, 16@3x3-2", latent=8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loss = PerceptualLoss(load_vgg(RANDOM)[0])
+    objective = Objective(model, loss, 1.0, 0.03).train()
+    explained = torch._dynamo.explain(objective)(torch.rand(4, 3, 32, 32), torch.randn(4, 8))
+    assert explained.graph_break_count == 0, explained.break_reasons
+    assert explained.graph_count == 1
