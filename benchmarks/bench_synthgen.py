@@ -38,6 +38,7 @@ from synthgen.compositor import STAGES
 from synthgen.config import BuildConfig, RunOptions
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+CACHE_MB = {"warm": 512, "cold": 0}
 
 
 def machine() -> str:
@@ -66,9 +67,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=16000, help="images per build (default: %(default)s)")
     parser.add_argument("--workers", default="1,2", help="worker counts to run (default: %(default)s)")
+    parser.add_argument("--caches", default="warm,cold", help="rows to run per worker count (default: %(default)s)")
     parser.add_argument("--objects", type=Path, default=SHARED / "thus10000-sample")
     parser.add_argument("--backgrounds", type=Path, default=SHARED / "scenes-bsds500")
     args = parser.parse_args()
+    try:
+        worker_counts = [int(w) for w in args.workers.split(",")]
+    except ValueError:
+        worker_counts = []
+    if not worker_counts or min(worker_counts) < 1:
+        parser.error(f"--workers {args.workers}: give worker counts of 1 or more, separated by commas (1,8,16)")
+    if args.n < 1:
+        parser.error(f"--n {args.n}: give 1 image or more")
+    caches = [c.strip() for c in args.caches.split(",")]
+    if not caches or any(c not in CACHE_MB for c in caches):
+        parser.error(f"--caches {args.caches}: give warm, cold or both, separated by a comma")
     for folder in (args.objects, args.backgrounds):
         if not folder.is_dir():
             raise SystemExit(f"{folder} not found: pass --objects/--backgrounds (the sample data is in ../shared)")
@@ -79,8 +92,9 @@ def main() -> None:
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     one_worker: dict[str, float] = {}  # images/s of 1 worker, per cache
-    for workers in (int(w) for w in args.workers.split(",")):
-        for label, cache_mb in (("warm", 512), ("cold", 0)):
+    for workers in worker_counts:
+        for label in caches:
+            cache_mb = CACHE_MB[label]
             summary = run(args.n, workers, cache_mb, args.objects, args.backgrounds)
             stages = summary["ms_per_image"]
             rate = summary["images_per_second"]
