@@ -272,7 +272,7 @@ def build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | No
             store = prepare_objects(
                 objects, ids, config.size, out, run.on_bad_input, sizer.eligible,
                 lambda calls: run_tasks(calls, run.progress and len(calls) > 1, "synthgen decoding objects",
-                                        preload=WORKER_MODULES))
+                                        preload=WORKER_MODULES), workers)
             prepare_seconds = time.perf_counter() - prepare_start
             masks = store.masks
             for item in store.bad:

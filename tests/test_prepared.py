@@ -6,7 +6,7 @@ from conftest import make_objects
 from synthgen.errors import BadInputError
 from synthgen.compositor import Eligibility
 from synthgen.config import BuildConfig
-from synthgen.prepared import PreparedObjects, prepare_objects, store_dir
+from synthgen.prepared import PreparedObjects, part_size, prepare_objects, store_dir
 from synthgen.sources import FolderObjects, scan_objects
 
 
@@ -68,3 +68,18 @@ def test_the_store_records_which_objects_can_appear_everywhere(tmp_path):
     roomy = BuildConfig(n=1, size=64, counts=(1,), area_range=(0.05, 0.2))
     assert all(prepare_objects(objects, list(range(4)), 64, tmp_path / "roomy", "skip", Eligibility(roomy),
                                run_here).eligible.values())
+
+
+def test_objects_are_split_in_parts_for_every_worker_and_read_back_the_same(tmp_path):
+    assert [part_size(n, w) for n, w in ((10_000, 16), (10_000, 1), (240, 2), (18, 2))] == [157, 256, 30, 16]
+    folder = make_objects(tmp_path / "objects", n=40)
+    objects = FolderObjects(folder, scan_objects(folder)[0])
+    calls = []
+    split = prepare_objects(objects, list(range(40)), 64, tmp_path / "split", "skip", everywhere,
+                            lambda c: calls.extend(c) or run_here(c), workers=2)
+    whole = prepare_objects(objects, list(range(40)), 64, tmp_path / "whole", "skip", everywhere, run_here)
+    assert len(calls) == 3 and split.ids == whole.ids == list(range(40))  # parts of 16, 16 and 8
+    split_store, whole_store = (PreparedObjects(store_dir(tmp_path / name, 64), 40) for name in ("split", "whole"))
+    for k in range(40):
+        a, b = split_store.load(k, 64), whole_store.load(k, 64)
+        assert all(np.array_equal(x, y) for x, y in zip(a.levels, b.levels)) and a.area == b.area
