@@ -29,7 +29,7 @@ from synthgen.manifest import MANIFEST_FORMAT, SOURCES, write_json_atomic
 from synthgen.parallel import parallel_backend, run_shards, workers_of
 from synthgen.reader import read_labels
 from synthgen.shards import SCHEMA_VERSION, SHARD_FORMAT, ShardArrays, shard_path, write_shard
-from synthgen.sources import IMAGE_EXTENSIONS, Skipped, _check_folder, list_fingerprint, walk_files, load_photo
+from synthgen.sources import IMAGE_EXTENSIONS, Skipped, _check_folder, list_fingerprint, load_photo, walk_files
 from synthgen.stats import count_histogram
 from synthgen.writer import SetWriter
 

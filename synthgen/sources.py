@@ -217,11 +217,13 @@ def scan_objects(root) -> tuple[list[tuple[str, str]], list[Skipped], str]:
         elif stem not in images:
             skipped.append(Skipped(f"{root}/{masks[stem]}",
                                    f"mask without an image (expected {os.path.basename(stem)}.jpg beside it)"))
-        elif _unusable(sizes[images[stem]]) or _unusable(sizes[masks[stem]]):
-            bad = images[stem] if _unusable(sizes[images[stem]]) else masks[stem]
-            skipped.append(Skipped(f"{root}/{bad}", _unusable(sizes[bad])))
         else:
-            pairs.append((images[stem], masks[stem]))
+            pair = (images[stem], masks[stem])
+            problems = [(rel, why) for rel in pair if (why := _unusable(sizes[rel]))]
+            if problems:
+                skipped.append(Skipped(f"{root}/{problems[0][0]}", problems[0][1]))
+            else:
+                pairs.append(pair)
     if not pairs:
         raise UsageError(f"--objects {root}: no usable NAME.jpg + NAME.png (mask) pairs found"
                          + (f" ({len(skipped)} files skipped, e.g. {skipped[0].line()})" if skipped else ""))
