@@ -244,7 +244,8 @@ def scan_backgrounds(root) -> tuple[list[str], list[Skipped], str]:
             found.append(rel)
             sizes.append(size)
     if not found:
-        raise UsageError(f"--backgrounds {root}: no image files found")
+        raise UsageError(f"--backgrounds {root}: no image files found"
+                         + (f" ({len(skipped)} files skipped, e.g. {skipped[0].line()})" if skipped else ""))
     return found, skipped, fingerprint(zip(found, sizes))
 
 

@@ -90,6 +90,11 @@ def test_the_scan_keeps_the_order_and_fingerprint_sets_were_built_with(tmp_path)
     assert files_now == files
     assert {Path(s.path).name: s.reason for s in skipped} == {"gone.jpg": "cannot read file",
                                                               "empty.jpg": "empty file"}
+    lonely = tmp_path / "only-a-broken-link"
+    lonely.mkdir()
+    (lonely / "a.jpg").symlink_to(tmp_path / "missing.jpg")
+    with pytest.raises(UsageError, match=r"no image files found \(1 files skipped, e\.g\. .*a\.jpg: cannot read file"):
+        scan_backgrounds(lonely)
     objects = tmp_path / "objects"
     make_objects(objects / "set1", n=2)
     make_objects(objects / "set0", n=2)
