@@ -50,6 +50,14 @@ class Runtime:
             dist.destroy_process_group()
 
 
+def use_cuda_settings() -> None:
+    """What every CUDA run uses: cuDNN's autotuning (fixed shapes) and TF32 for fp32 matrix products and
+    convolutions (the few that bf16 autocast leaves in fp32)."""
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+
+
 def setup_runtime(settings: RuntimeSettings) -> Runtime:
     """Devices and processes: one process per GPU under torchrun, else a single process."""
     distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
@@ -65,9 +73,7 @@ def setup_runtime(settings: RuntimeSettings) -> Runtime:
     if use_cuda:
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        use_cuda_settings()
     else:
         device = torch.device("cpu")
     amp = settings.amp == "bf16" or (settings.amp == "auto" and use_cuda)
