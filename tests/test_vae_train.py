@@ -257,6 +257,22 @@ def test_compiled_training_matches_eager(data, tmp_path, capsys, mode):
     assert not any(key.startswith("_orig_mod") for key in model.state_dict())
 
 
+def test_compiled_objective_only_sees_the_checked_shape(data, tmp_path):
+    """Epochs end with a partial batch, and validation runs without gradients: neither may reach the
+    compiled objective, or torch.compile would build graphs the check never saw (a dynamic-shape one,
+    which would then serve every full batch too). Any recompilation fails this run."""
+    import torch._dynamo
+
+    out = tmp_path / "run"
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        assert train_main(["--data", str(data / "synth"), "--out", str(out), "--epochs", "2", "--compile", *TINY]) == 0
+    check = json.loads((out / "config.json").read_text())["compile"]
+    if not check["used"]:
+        pytest.skip(f"torch {torch.__version__} miscompiles the tiny model here: nothing compiled to check")
+    train_images = metrics(out)[0]["train"]["images"]
+    assert train_images % 16, "the set must leave a partial batch for this test to mean anything"
+
+
 def test_streaming_and_memory_feeds_train_identical_weights_and_resume_exactly(data, tmp_path, capsys):
     """The same batches in the same order, whichever feed: a run fed from memory and one streamed from the
     shards by DataLoader workers end with identical weights, and a streamed run cut after 2 epochs and

@@ -107,7 +107,8 @@ def compile_checked(objective: torch.nn.Module, model: torch.nn.Module, x: torch
     it only if it computes what eager execution computes: Inductor has had silent correctness bugs around
     BatchNorm (torch 2.14.1 on CPU gets conv -> LeakyReLU -> BatchNorm wrong for some shapes). Returns the
     compiled objective (None when it differs) and the check's record for config.json."""
-    compiled = torch.compile(objective, mode=None if mode == "default" else mode)
+    # static shapes: the trainer feeds the compiled objective full batches only (vae.train.Run.step)
+    compiled = torch.compile(objective, mode=None if mode == "default" else mode, dynamic=False)
     mean, largest = compiled_difference(objective, compiled, [model], x, noise, runtime)
     used = mean <= COMPILE_TOLERANCE
     return (compiled if used else None), {"requested": True, "used": used, "what": "model, loss and loss arithmetic",

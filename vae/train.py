@@ -134,6 +134,7 @@ class Run:
             ids = [runtime.device.index] if runtime.device.type == "cuda" else None
             net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.objective = Objective(net, self.reconstruction, config.loss.alpha, config.loss.beta)
+        self.eager_objective, self.compiled_batch = self.objective, None
         self.compile_check = self.compile() if config.runtime.compile else None
 
     def compile(self) -> dict:
@@ -154,16 +155,24 @@ class Run:
                      f"{check['mean_difference']:.3g} on average on a training batch (tolerance {check['tolerance']}), "
                      f"a torch.compile correctness bug in torch {torch.__version__}; training without compiling")
         else:
-            self.objective = (torch.compile(self.objective, mode=None if mode == "default" else mode)
+            self.objective = (torch.compile(self.objective, mode=None if mode == "default" else mode, dynamic=False)
                               if runtime.world > 1 else compiled)
+            self.compiled_batch = x.shape[0]
         return check
 
     # -- one step, the same for training and validation
 
     def step(self, x: torch.Tensor, noise: torch.Tensor, learn: bool) -> dict[str, torch.Tensor]:
-        """The objective on a batch; with `learn`, its gradient and an optimiser step too."""
+        """The objective on a batch; with `learn`, its gradient and an optimiser step too.
+
+        Only training batches of the checked shape (full batches) go through the compiled objective, the
+        graph checked against eager execution. Another batch shape would make torch.compile build a
+        dynamic-shape graph, which nobody checked and which then serves every later batch (dynamo tries the
+        newest graph first); validation (no gradient, eval mode) would get a graph of its own. Those batches,
+        a few per epoch, run eagerly."""
+        objective = self.objective if learn and x.shape[0] == self.compiled_batch else self.eager_objective
         with nullcontext() if learn else torch.no_grad(), self.runtime.autocast():
-            terms = self.objective(x, noise)
+            terms = objective(x, noise)
         if learn:
             self.optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
