@@ -181,6 +181,19 @@ def profile(stepper: Stepper, steps: int) -> str:
     return "\n".join(lines)
 
 
+def at_least(low: int):
+    """An argparse type: an integer >= low."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value}: give {low} or more")
+        return value
+    return parse
+
+
 def compile_modes(text: str) -> list[str]:
     """--compile-mode: one mode or several, comma-separated."""
     modes = [mode.strip() for mode in text.split(",")]
@@ -193,16 +206,18 @@ def compile_modes(text: str) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--batch", type=int, default=None, help="default: 128 on CUDA, 4 on CPU")
-    parser.add_argument("--steps", type=int, default=None, help="timed steps (default: 50 on CUDA, 3 on CPU)")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 10 on CUDA, 1 on CPU)")
+    parser.add_argument("--batch", type=at_least(1), default=None, help="default: 128 on CUDA, 4 on CPU")
+    parser.add_argument("--steps", type=at_least(1), default=None, help="timed steps (default: 50 on CUDA, 3 on CPU)")
+    parser.add_argument("--warmup", type=at_least(0), default=None,
+                        help="untimed steps first (default: 10 on CUDA, 1 on CPU)")
     parser.add_argument("--compile", action="store_true", help="also time the whole objective compiled")
     parser.add_argument("--compile-mode", type=compile_modes, default=["default"],
                         help="torch.compile mode(s) for --compile, comma-separated: a row each "
                              f"({', '.join(COMPILE_MODES)}; default: default)")
-    parser.add_argument("--epoch-images", type=int, default=None,
-                        help="images of the set the trainer's epoch runs on (default: 4096 on CUDA, 48 on CPU)")
-    parser.add_argument("--profile", action="store_true", help="print a kernel-time breakdown of the optimised step")
+    parser.add_argument("--epoch-images", type=at_least(1), default=None,
+                        help="images of the set the trainer's epoch runs on (default: 16384 on CUDA, 48 on CPU; "
+                             "a short epoch weighs its fixed costs more)")
+    parser.add_argument("--profile", action="store_true", help="print a kernel-time breakdown of the fastest step")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the card's bf16 dense peak (default: table)")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -229,7 +244,7 @@ def main() -> None:
             fastest, fastest_rate, fastest_mode = compiled, rate, mode
         else:
             del compiled  # its model, optimiser state and graphs
-    epoch = epoch_rate(device, batch, args.epoch_images or (4096 if cuda else 48), args.compile, fastest_mode)
+    epoch = epoch_rate(device, batch, args.epoch_images or (16384 if cuda else 48), args.compile, fastest_mode)
     rows.append(("the trainer's epoch (vae.train.Run.train_epoch), second epoch"
                  + (f", compiled (mode {fastest_mode})" if args.compile else ""), epoch, ""))
     flops = default.flops_per_image()
