@@ -10,6 +10,8 @@ Rows:
 * cold (--cache-mb 0): every background decoded at every use, and every object read back from the
   prepared store at every use. SUN397 backgrounds are used about once each in an 80K build, so this
   row is the realistic one for the paper's full data.
+* a number: that cache in MB per worker (`--caches warm,64,cold`), to see what the memory each worker
+  keeps hot costs when many workers share the processor's cache.
 images/s is wall-clock over the render phase, until the last shard is on disk; "with start-up" is over
 the whole build as a command runs it (scanning the sources, the checks and probes, the prepare phase,
 where the worker processes start and import, the render phase, the summary; 1 worker runs in the main
@@ -63,11 +65,26 @@ def run(n: int, workers: int, cache_mb: int, objects: Path, backgrounds: Path) -
         shutil.rmtree(out, ignore_errors=True)
 
 
+def cache_rows(text: str) -> list[tuple[str, int]]:
+    """--caches: (label, MB per worker) per row; [] for a value that is neither a name nor a size."""
+    rows = []
+    for item in (part.strip() for part in text.split(",")):
+        if item in CACHE_MB:
+            rows.append((item, CACHE_MB[item]))
+        elif item.isdigit():
+            rows.append((f"{int(item)} MB", int(item)))
+        else:
+            return []
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=16000, help="images per build (default: %(default)s)")
     parser.add_argument("--workers", default="1,2", help="worker counts to run (default: %(default)s)")
-    parser.add_argument("--caches", default="warm,cold", help="rows to run per worker count (default: %(default)s)")
+    parser.add_argument("--caches", default="warm,cold",
+                        help="rows to run per worker count: warm (512 MB), cold (0) or a per-worker cache in MB, "
+                             "e.g. warm,64,cold (default: %(default)s)")
     parser.add_argument("--objects", type=Path, default=SHARED / "thus10000-sample")
     parser.add_argument("--backgrounds", type=Path, default=SHARED / "scenes-bsds500")
     args = parser.parse_args()
@@ -79,9 +96,9 @@ def main() -> None:
         parser.error(f"--workers {args.workers}: give worker counts of 1 or more, separated by commas (1,8,16)")
     if args.n < 1:
         parser.error(f"--n {args.n}: give 1 image or more")
-    caches = [c.strip() for c in args.caches.split(",")]
-    if not caches or any(c not in CACHE_MB for c in caches):
-        parser.error(f"--caches {args.caches}: give warm, cold or both, separated by a comma")
+    caches = cache_rows(args.caches)
+    if not caches:
+        parser.error(f"--caches {args.caches}: give warm, cold or cache sizes in MB (0 or more), separated by commas")
     for folder in (args.objects, args.backgrounds):
         if not folder.is_dir():
             raise SystemExit(f"{folder} not found: pass --objects/--backgrounds (the sample data is in ../shared)")
@@ -93,8 +110,7 @@ def main() -> None:
     print("|" + "---|" * (header.count("|") - 1))
     one_worker: dict[str, float] = {}  # images/s of 1 worker, per cache
     for workers in worker_counts:
-        for label in caches:
-            cache_mb = CACHE_MB[label]
+        for label, cache_mb in caches:
             summary = run(args.n, workers, cache_mb, args.objects, args.backgrounds)
             stages = summary["ms_per_image"]
             rate = summary["images_per_second"]
