@@ -165,10 +165,12 @@ def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_pa
     assert len(metrics(run)) == 1
 
 
-def test_two_process_ddp_on_cpu(data, tmp_path):
+@pytest.mark.parametrize("compile_args", [[], ["--compile"]])  # compiled: full batches only, the last one eager
+def test_two_process_ddp_on_cpu(data, tmp_path, compile_args):
     run = tmp_path / "ddp"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "vae.train", "--data", str(data / "synth"), "--out", str(run), "--epochs", "2", *TINY]
+               "-m", "vae.train", "--data", str(data / "synth"), "--out", str(run), "--epochs", "2", *TINY,
+               *compile_args]
     result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     config = json.loads((run / "config.json").read_text())
@@ -177,6 +179,7 @@ def test_two_process_ddp_on_cpu(data, tmp_path):
     train_images = config["data"]["synthetic_train"]
     assert len(records) == 2 and all(r["train"]["images"] == train_images // 2 * 2 for r in records)
     assert records[1]["train"]["loss"] < records[0]["train"]["loss"]
+    assert (config["compile"] is not None) == bool(compile_args)  # None: not asked for
 
 
 @pytest.mark.parametrize("extra, code, message", [
