@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib
 
 from analysis.config import AnalysisConfig, ReadoutConfig
-from common.cli import add_version, run
+from common.cli import add_version, out_folder_problem, run
+from common.errors import UsageError
 from common.settings import Parser, add_options, from_args
 
 
@@ -18,6 +19,9 @@ def _main(prog: str, description: str, settings, work: str, argv) -> int:
 
     def body():
         config = from_args(settings, given)
+        problem = out_folder_problem(config.out)
+        if problem:
+            raise UsageError(problem)
         module, function = work.split(":")
         getattr(importlib.import_module(module), function)(config)
 

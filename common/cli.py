@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Callable
 
 from common import __version__
@@ -47,6 +48,22 @@ def run(prog: str, body: Callable[[], int | None], interrupted: str = "interrupt
               "input: please report it with the command line (SUBITIZING_TRACEBACK=1 shows where it happened)",
               file=sys.stderr)
         return EXIT_INTERNAL
+
+
+def out_folder_problem(out, option: str = "--out") -> str | None:
+    """Why `out` cannot be (or become) an output folder, as one line naming the option; None when it can.
+    Checked before any work, so that a long job does not fail at its first write."""
+    out = Path(out)
+    if out.exists():
+        return None if out.is_dir() else f"{option} {out}: exists and is not a folder; choose another {option}"
+    existing = out.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{option} {out}: {existing} is not a folder; choose another {option}"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{option} {out}: no permission to create folders in {existing}; choose another {option}"
+    return None
 
 
 def resolve_device(name: str, option: str = "--device"):

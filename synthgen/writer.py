@@ -28,6 +28,7 @@ import h5py
 from tqdm import tqdm
 
 from common.atomic import fsync_path
+from common.cli import out_folder_problem
 from synthgen.errors import OutputError, UsageError
 from synthgen.manifest import MANIFEST, is_own_entry, read_manifest, write_json_atomic
 from synthgen.shards import TEMP_RE, content_checksum, read_arrays, read_attrs, shard_path
@@ -69,8 +70,9 @@ class SetWriter:
         into the failure that stopped it.
         """
         out = self.out
-        if out.exists() and not out.is_dir():
-            raise OutputError(f"--out {out}: exists and is not a folder")
+        problem = out_folder_problem(out)
+        if problem:
+            raise OutputError(problem)
         entries = sorted(p.name for p in out.iterdir()) if out.exists() else []
         if not entries:
             return set()

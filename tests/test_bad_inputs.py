@@ -51,6 +51,8 @@ def cases(r: Path):
     subitize = ["--checkpoint", ckpt, "--train", str(r / "set"), "--test", str(r / "set"), "--out", a,
                 "--no-progress"]
     train = ["--data", str(r / "set"), "--out", str(r / "new-run"), *TINY]
+    file = str(r / "file.txt")
+    under_file = str(r / "file.txt" / "out")
     return [
         ("synthgen", ["build", "--n", "0", "--out", a], 2, "--n 0: must be >= 1"),
         ("synthgen", ["build", "--n", "abc", "--out", a], 2, "argument --n: invalid int value: 'abc'"),
@@ -95,6 +97,13 @@ def cases(r: Path):
                           "--no-progress"], 1,
          "a readout needs training images of at least two count classes"),
         ("vae-subitize", [*subitize[2:], "--checkpoint", str(r / "missing.pt")], 1, "no such checkpoint"),
+        # an --out that cannot be a folder is refused before any work, naming the option
+        ("synthgen", ["build", "--n", "5", "--out", under_file], 1, f"--out {under_file}: {file} is not a folder"),
+        ("vae-train", [*train[:2], "--out", under_file, *TINY], 2, f"--out {under_file}: {file} is not a folder"),
+        ("vae-train", [*train[:2], "--out", file, *TINY], 2, f"--out {file}: exists and is not a folder"),
+        ("analyze-area-vs-number", [*analyse[:4], "--out", under_file], 2,
+         f"--out {under_file}: {file} is not a folder"),
+        ("vae-subitize", [*subitize[:6], "--out", under_file], 2, f"--out {under_file}: {file} is not a folder"),
     ]
 
 

@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from common.cli import add_version, run
+from common.cli import add_version, out_folder_problem, run
 from common.errors import UsageError
 from common.settings import (Parser, add_options, all_fields, flag_of, from_args, from_dict, given_names, show_value,
                              value_of)
@@ -45,8 +45,9 @@ def with_absolute_paths(config: TrainConfig) -> TrainConfig:
 def new_run(given: dict) -> TrainConfig:
     config = with_absolute_paths(from_args(TrainConfig, given))
     out = Path(config.out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out}: exists and is not a folder")
+    problem = out_folder_problem(out)
+    if problem:
+        raise UsageError(problem)
     if (out / "last.pt").exists() or (out / "metrics.jsonl").exists():
         raise UsageError(f"--out {out}: already holds a run; add --resume to continue it, or choose another --out")
     return config
