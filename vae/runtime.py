@@ -101,14 +101,19 @@ def compiled_difference(eager, compiled, modules: list[torch.nn.Module], x: torc
     return difference.mean().item(), difference.max().item()
 
 
+def compile_objective(objective: torch.nn.Module, mode: str = "default") -> torch.nn.Module:
+    """torch.compile in one of COMPILE_MODES, for static shapes: the trainer feeds the compiled objective
+    full batches only (vae.train.Run.step)."""
+    return torch.compile(objective, mode=None if mode == "default" else mode, dynamic=False)
+
+
 def compile_checked(objective: torch.nn.Module, model: torch.nn.Module, x: torch.Tensor, noise: torch.Tensor,
                     runtime: Runtime, mode: str = "default") -> tuple[torch.nn.Module | None, dict]:
     """torch.compile the whole training objective (model, reconstruction loss, loss arithmetic), and keep
     it only if it computes what eager execution computes: Inductor has had silent correctness bugs around
     BatchNorm (torch 2.14.1 on CPU gets conv -> LeakyReLU -> BatchNorm wrong for some shapes). Returns the
     compiled objective (None when it differs) and the check's record for config.json."""
-    # static shapes: the trainer feeds the compiled objective full batches only (vae.train.Run.step)
-    compiled = torch.compile(objective, mode=None if mode == "default" else mode, dynamic=False)
+    compiled = compile_objective(objective, mode)
     mean, largest = compiled_difference(objective, compiled, [model], x, noise, runtime)
     used = mean <= COMPILE_TOLERANCE
     return (compiled if used else None), {"requested": True, "used": used, "what": "model, loss and loss arithmetic",

@@ -38,7 +38,7 @@ from vae.data import (FeedChoice, Pool, Split, choose_feed, epoch_indices, make_
 from vae.losses import BernoulliLoss, Objective, PerceptualLoss, PixelLoss
 from vae.model import VAE, ModelConfig, describe, parameter_counts
 from vae.plots import loss_curves, reconstruction_grid
-from vae.runtime import Runtime, compile_checked, setup_runtime, step_generator
+from vae.runtime import Runtime, compile_checked, compile_objective, setup_runtime, step_generator
 from vae.vgg import load_vgg
 
 
@@ -155,8 +155,7 @@ class Run:
                      f"{check['mean_difference']:.3g} on average on a training batch (tolerance {check['tolerance']}), "
                      f"a torch.compile correctness bug in torch {torch.__version__}; training without compiling")
         else:
-            self.objective = (torch.compile(self.objective, mode=None if mode == "default" else mode, dynamic=False)
-                              if runtime.world > 1 else compiled)
+            self.objective = compile_objective(self.objective, mode) if runtime.world > 1 else compiled
             self.compiled_batch = x.shape[0]
         return check
 
