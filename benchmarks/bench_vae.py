@@ -41,6 +41,7 @@ from vae.vgg import RANDOM, load_vgg
 
 SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights" / "vgg19-features-relu3_1.pth"
 RECIPE_IMAGES = 140 * (80_000 + 10_000)  # 140 epochs over ~80K synthetic plus ~10K natural images
+TOP_KERNELS = 25
 PEAK_BF16_TFLOPS = {"H100 80GB HBM3": 989.0, "H100 PCIe": 756.0, "H200": 989.0, "A100": 312.0, "L4": 121.0}
 
 
@@ -74,9 +75,11 @@ class Stepper:
         self.optimised, self.note = optimised, ""
         if compile_mode:
             x, noise = self.inputs(0)
+            start = time.perf_counter()
             compiled, check = compile_checked(self.objective, self.model, x, noise, self.runtime, compile_mode)
             self.note = (f" (compiled vs eager: mean difference {check['mean_difference']:.2g}, "
-                         f"{'ok' if check['used'] else 'WRONG: eager used'})")
+                         f"{'ok' if check['used'] else 'WRONG: eager used'}; first compiled call and check "
+                         f"{time.perf_counter() - start:.0f} s)")
             self.objective = self.objective if compiled is None else compiled
 
     def inputs(self, i: int):
@@ -165,16 +168,21 @@ def profile(stepper: Stepper, steps: int) -> str:
     lines = []
     if cuda:
         classes: dict[str, float] = {}
+        kernels: dict[str, float] = {}
         for event in events:  # kernels only: not the CPU operators that launched them, nor annotated regions
             if event.device_type == torch.autograd.DeviceType.CUDA and not event.is_user_annotation:
                 label = kernel_class(event.key)
                 classes[label] = classes.get(label, 0.0) + event.self_device_time_total / 1e3  # ms
+                kernels[event.key] = kernels.get(event.key, 0.0) + event.self_device_time_total / 1e3
         busy = sum(classes.values())
         lines += [f"GPU kernel time {busy / steps:.1f} ms per step against {wall * 1e3 / steps:.1f} ms of wall time "
                   f"under the profiler (GPU busy {busy / (wall * 1e3):.0%})\n", "| kernels | ms per step | share |",
                   "|---|---|---|"]
         lines += [f"| {label} | {ms / steps:.2f} | {ms / busy:.0%} |"
                   for label, ms in sorted(classes.items(), key=lambda item: -item[1])]
+        lines += ["", f"The {TOP_KERNELS} longest kernels:\n", "| kernel | ms per step | share |", "|---|---|---|"]
+        lines += [f"| {name[:100]} | {ms / steps:.3f} | {ms / busy:.1%} |"
+                  for name, ms in sorted(kernels.items(), key=lambda item: -item[1])[:TOP_KERNELS]]
         lines.append("")
     key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
     lines.append(events.table(sort_by=key, row_limit=20, max_name_column_width=60))
@@ -230,34 +238,36 @@ def main() -> None:
     print(f"model: paper configuration, {parameter_counts(VAE())['total']:,} parameters; batch {batch}, "
           f"{warmup} warm-up + {steps} timed steps; VGG weights: "
           f"{'../shared' if SHARED_WEIGHTS.exists() else 'random (same speed)'}\n")
-    plain = Stepper(device, batch, False, None).rate(steps, warmup)
-    default = Stepper(device, batch, True, None)
-    rows = [("plain fp32 eager (NCHW)", plain, ""),
-            ("trainer's default path (channels_last, fused Adam" + (", bf16, cudnn autotuning" if cuda else "") + ")",
-             default.rate(steps, warmup), "")]
-    fastest, fastest_rate, fastest_mode = default, rows[-1][1], "default"
+    plain = Stepper(device, batch, False, None).rate(steps, warmup)  # first: the next Stepper sets the trainer's
+    default = Stepper(device, batch, True, None)                      # CUDA settings, which this one clears
+    flops = default.flops_per_image()
+    peak = args.peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+    print(f"A step costs {flops / 1e9:.1f} GFLOP per image (forward and backward, torch.utils.flop_counter); "
+          f"peak used: {f'{peak:g} TFLOP/s bf16 dense' if peak else 'unknown (--peak-tflops)'}.\n")
+    print("| path | images/s | x plain | TFLOP/s | of peak | full recipe (140 epochs x 90K images) |")
+    print("|---|---|---|---|---|---|", flush=True)
+
+    def row(title: str, rate: float, plain: float) -> None:  # printed as measured: a long run shows what it has
+        tflops = flops * rate / 1e12
+        share = f"{tflops / peak:.0%}" if peak else "-"
+        print(f"| {title} | {rate:.2f} | {rate / plain:.2f} | {tflops:.2f} | {share} | "
+              f"{RECIPE_IMAGES / rate / 3600:.1f} h |", flush=True)
+
+    row("plain fp32 eager (NCHW)", plain, plain)
+    fastest, fastest_rate, fastest_mode = default, default.rate(steps, warmup), "default"
+    row("trainer's default path (channels_last, fused Adam" + (", bf16, cudnn autotuning" if cuda else "") + ")",
+        fastest_rate, plain)
     for mode in args.compile_mode if args.compile else []:
         compiled = Stepper(device, batch, True, mode)
         rate = compiled.rate(steps, warmup)
-        rows.append((f"the same, whole objective compiled (mode {mode})", rate, compiled.note))
+        row(f"the same, whole objective compiled (mode {mode}){compiled.note}", rate, plain)
         if rate > fastest_rate:
             fastest, fastest_rate, fastest_mode = compiled, rate, mode
         else:
             del compiled  # its model, optimiser state and graphs
     epoch = epoch_rate(device, batch, args.epoch_images or (16384 if cuda else 48), args.compile, fastest_mode)
-    rows.append(("the trainer's epoch (vae.train.Run.train_epoch), second epoch"
-                 + (f", compiled (mode {fastest_mode})" if args.compile else ""), epoch, ""))
-    flops = default.flops_per_image()
-    peak = args.peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
-    print("| path | images/s | x plain | TFLOP/s | of peak | full recipe (140 epochs x 90K images) |")
-    print("|---|---|---|---|---|---|")
-    for title, rate, note in rows:
-        tflops = flops * rate / 1e12
-        share = f"{tflops / peak:.0%}" if peak else "-"
-        print(f"| {title}{note} | {rate:.2f} | {rate / plain:.2f} | {tflops:.2f} | {share} | "
-              f"{RECIPE_IMAGES / rate / 3600:.1f} h |")
-    print(f"\nA step costs {flops / 1e9:.1f} GFLOP per image (forward and backward, torch.utils.flop_counter); "
-          f"peak used: {f'{peak:g} TFLOP/s bf16 dense' if peak else 'unknown (--peak-tflops)'}.")
+    row("the trainer's epoch (vae.train.Run.train_epoch), second epoch"
+        + (f", compiled (mode {fastest_mode})" if args.compile else ""), epoch, plain)
     if args.profile:
         which = f"compiled, mode {fastest_mode}" if fastest is not default else "the default path"
         print(f"\nKernel time of the fastest step ({which}), by operator:\n")

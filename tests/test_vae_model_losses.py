@@ -6,7 +6,7 @@ import torch
 from torch.distributions import Normal, kl_divergence
 
 from conftest import SHARED
-from vae.losses import BernoulliLoss, PerceptualLoss, PixelLoss, kl_per_dimension, vae_loss
+from vae.losses import BernoulliLoss, PerceptualLoss, PixelLoss, kl_per_dimension, per_image, vae_loss
 from vae.model import VAE, ModelConfig, decoder_start, describe, parameter_counts
 from vae.spec import LayerSpec, SpecError, parse_layers
 from vae.vgg import RANDOM, VGGWeightsError, load_vgg, truncated_vgg19
@@ -99,6 +99,23 @@ def test_reductions_and_pixel_loss():
     assert torch.all(total > layer_means)  # sums over 64*32*32, 128*16*16 and 256*8*8 elements
     assert torch.allclose(PixelLoss("sum")(x, y), ((x - y) ** 2).sum((1, 2, 3)))
     assert torch.allclose(PixelLoss("mean")(x, y), ((x - y) ** 2).mean((1, 2, 3)))
+
+
+def test_per_image_sums_in_two_stages_to_the_float64_total_in_any_layout():
+    """The per-image reduction (spatial axes first, then channels, for the GPU's sake) gives the float64 sum
+    of every element of an image, and its mean divides by all of them, not by the channels."""
+    generator = torch.Generator().manual_seed(0)
+    maps = torch.rand(3, 64, 9, 7, generator=generator)
+    exact = maps.double().sum((1, 2, 3))
+    for layout in (maps, maps.contiguous(memory_format=torch.channels_last), maps.bfloat16()):
+        total = per_image(layout, "sum")
+        assert total.dtype == torch.float32 and total.shape == (3,)
+        assert torch.allclose(total.double(), layout.double().sum((1, 2, 3)), rtol=1e-6)
+        assert torch.allclose(per_image(layout, "mean").double(), layout.double().sum((1, 2, 3)) / (64 * 9 * 7),
+                              rtol=1e-6)
+    flat = maps.flatten(1)
+    assert torch.allclose(per_image(flat, "sum").double(), exact, rtol=1e-6)
+    assert torch.allclose(per_image(flat, "mean").double(), exact / flat.shape[1], rtol=1e-6)
 
 
 def test_the_perceptual_loss_sums_squared_feature_differences_in_any_layout_and_precision():

