@@ -3,6 +3,7 @@ latent 180, VGG-19 perceptual loss).
 
     python benchmarks/bench_vae.py                                  # CPU here: small batch, few steps
     python benchmarks/bench_vae.py --device cuda --batch 128 --steps 50 --compile --profile
+    python benchmarks/bench_vae.py --device cuda --batch 128 --compile --recon pixel   # what the VGG costs
 
 It reports, in one run on one machine:
 * the step, as the trainer takes it (`vae.train.Run.step`: the objective of vae.losses under the
@@ -33,7 +34,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from vae.augment import augment
 from vae.config import (COMPILE_MODES, AugmentConfig, DataSettings, LossSettings, RuntimeSettings, TrainConfig,
                         TrainingSettings)
-from vae.losses import Objective, PerceptualLoss
+from vae.losses import Objective, PerceptualLoss, PixelLoss
 from vae.model import VAE, ModelConfig, parameter_counts
 from vae.runtime import Runtime, compile_checked, use_cuda_settings
 from vae.train import build_optimizer
@@ -52,7 +53,8 @@ def weights() -> str:
 class Stepper:
     """The trainer's step (vae.train.Run.step) on a fixed batch of uint8 images, for one path."""
 
-    def __init__(self, device: torch.device, batch: int, optimised: bool, compile_mode: str | None):
+    def __init__(self, device: torch.device, batch: int, optimised: bool, compile_mode: str | None,
+                 recon: str = "perceptual"):
         torch.manual_seed(0)
         if optimised and device.type == "cuda":
             use_cuda_settings()  # as the trainer's runtime does
@@ -61,7 +63,7 @@ class Stepper:
             torch.backends.cuda.matmul.allow_tf32 = False
         self.device, self.batch = device, batch
         self.model = VAE(ModelConfig()).to(device)
-        loss = PerceptualLoss(load_vgg(weights())[0]).to(device)
+        loss = PerceptualLoss(load_vgg(weights())[0]).to(device) if recon == "perceptual" else PixelLoss()
         if optimised:
             self.model = self.model.to(memory_format=torch.channels_last)
             loss = loss.to(memory_format=torch.channels_last)
@@ -118,7 +120,8 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def epoch_rate(device: torch.device, batch: int, images: int, compile_model: bool, compile_mode: str) -> float:
+def epoch_rate(device: torch.device, batch: int, images: int, compile_model: bool, compile_mode: str,
+               recon: str = "perceptual") -> float:
     """images/s of the trainer's own epoch (the second one: the first pays for compiling and autotuning)."""
     from synthgen.build import build
     from synthgen.config import BuildConfig, RunOptions
@@ -127,7 +130,7 @@ def epoch_rate(device: torch.device, batch: int, images: int, compile_model: boo
     with tempfile.TemporaryDirectory() as tmp:
         build(BuildConfig(n=images, size=161), RunOptions(progress=False), Path(tmp) / "set", log=lambda *a: None)
         config = TrainConfig(out=str(Path(tmp) / "run"), data=DataSettings(data=[str(Path(tmp) / "set")]),
-                             loss=LossSettings(vgg_weights=weights()),
+                             loss=LossSettings(recon=recon, vgg_weights=weights()),
                              training=TrainingSettings(epochs=2, batch_size=batch),
                              runtime=RuntimeSettings(device=str(device), compile=compile_model,
                                                      compile_mode=compile_mode, progress=False))
@@ -225,6 +228,9 @@ def main() -> None:
     parser.add_argument("--epoch-images", type=at_least(1), default=None,
                         help="images of the set the trainer's epoch runs on (default: 16384 on CUDA, 48 on CPU; "
                              "a short epoch weighs its fixed costs more)")
+    parser.add_argument("--recon", choices=("perceptual", "pixel"), default="perceptual",
+                        help="the reconstruction loss: the paper's VGG-19 perceptual loss, or the pixel loss, "
+                             "whose step shows what the VGG costs (default: perceptual)")
     parser.add_argument("--profile", action="store_true", help="print a kernel-time breakdown of the fastest step")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the card's bf16 dense peak (default: table)")
     args = parser.parse_args()
@@ -236,10 +242,11 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if cuda else platform.processor() or platform.machine()
     print(f"device: {name} ({device}); torch {torch.__version__}; {torch.get_num_threads()} CPU threads")
     print(f"model: paper configuration, {parameter_counts(VAE())['total']:,} parameters; batch {batch}, "
-          f"{warmup} warm-up + {steps} timed steps; VGG weights: "
-          f"{'../shared' if SHARED_WEIGHTS.exists() else 'random (same speed)'}\n")
-    plain = Stepper(device, batch, False, None).rate(steps, warmup)  # first: the next Stepper sets the trainer's
-    default = Stepper(device, batch, True, None)                      # CUDA settings, which this one clears
+          f"{warmup} warm-up + {steps} timed steps; " + (
+              f"perceptual loss, VGG weights: {'../shared' if SHARED_WEIGHTS.exists() else 'random (same speed)'}\n"
+              if args.recon == "perceptual" else "pixel loss (no VGG-19)\n"))
+    plain = Stepper(device, batch, False, None, args.recon).rate(steps, warmup)  # first: the next Stepper sets
+    default = Stepper(device, batch, True, None, args.recon)  # the trainer's CUDA settings, which this one clears
     flops = default.flops_per_image()
     peak = args.peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
     print(f"A step costs {flops / 1e9:.1f} GFLOP per image (forward and backward, torch.utils.flop_counter); "
@@ -258,14 +265,15 @@ def main() -> None:
     row("trainer's default path (channels_last, fused Adam" + (", bf16, cudnn autotuning" if cuda else "") + ")",
         fastest_rate, plain)
     for mode in args.compile_mode if args.compile else []:
-        compiled = Stepper(device, batch, True, mode)
+        compiled = Stepper(device, batch, True, mode, args.recon)
         rate = compiled.rate(steps, warmup)
         row(f"the same, whole objective compiled (mode {mode}){compiled.note}", rate, plain)
         if rate > fastest_rate:
             fastest, fastest_rate, fastest_mode = compiled, rate, mode
         else:
             del compiled  # its model, optimiser state and graphs
-    epoch = epoch_rate(device, batch, args.epoch_images or (16384 if cuda else 48), args.compile, fastest_mode)
+    epoch = epoch_rate(device, batch, args.epoch_images or (16384 if cuda else 48), args.compile, fastest_mode,
+                       args.recon)
     row("the trainer's epoch (vae.train.Run.train_epoch), second epoch"
         + (f", compiled (mode {fastest_mode})" if args.compile else ""), epoch, plain)
     if args.profile:
