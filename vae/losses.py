@@ -53,7 +53,8 @@ def _reduce(difference: torch.Tensor, reduction: str) -> torch.Tensor:
     """Per-image squared feature difference. The squares stay in the maps' own precision (bf16 under
     autocast: each rounded by at most 2^-9, to nearest) and only the sum is fp32, so no fp32 copy of a
     full-resolution map is made; on 2 CPU cores this halves the time of the loss's reductions and their
-    backward, and changes the loss by about 3e-5 of itself."""
+    backward, and changes the loss by about 3e-5 of itself (eager, real features; 2.2e-4 on an H100 for
+    synthetic maps whose differences are small). Compiled, Inductor keeps the squares in fp32: 1e-7."""
     return per_image(difference.square(), reduction)
 
 
