@@ -17,6 +17,8 @@ trainer logs the KL in nats per active dimension every epoch, which shows the re
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -42,7 +44,7 @@ def per_image(elements: torch.Tensor, reduction: str) -> torch.Tensor:
     H100 at batch 128, the relu1_1 term's forward and backward took 4.5 ms compiled in one stage and 1.7
     in two, and the whole compiled step ran 7% faster). Both stages reduce over axes in place: flattening
     a channels_last map would copy it first."""
-    count = elements[0].numel()
+    count = math.prod(elements.shape[1:])
     if elements.dim() > 2:
         elements = elements.sum(tuple(range(2, elements.dim())), dtype=torch.float32)
     total = elements.sum(1, dtype=torch.float32)
