@@ -170,14 +170,15 @@ def profile(stepper: Stepper, steps: int) -> str:
     events = profiler.key_averages()
     lines = []
     if cuda:
-        classes: dict[str, float] = {}
-        kernels: dict[str, float] = {}
+        kernels: dict[str, float] = {}  # ms by kernel name
         for event in events:  # kernels only: not the CPU operators that launched them, nor annotated regions
             if event.device_type == torch.autograd.DeviceType.CUDA and not event.is_user_annotation:
-                label = kernel_class(event.key)
-                classes[label] = classes.get(label, 0.0) + event.self_device_time_total / 1e3  # ms
                 kernels[event.key] = kernels.get(event.key, 0.0) + event.self_device_time_total / 1e3
-        busy = sum(classes.values())
+        classes: dict[str, float] = {}
+        for name, ms in kernels.items():
+            label = kernel_class(name)
+            classes[label] = classes.get(label, 0.0) + ms
+        busy = sum(kernels.values())
         lines += [f"GPU kernel time {busy / steps:.1f} ms per step against {wall * 1e3 / steps:.1f} ms of wall time "
                   f"under the profiler (GPU busy {busy / (wall * 1e3):.0%})\n", "| kernels | ms per step | share |",
                   "|---|---|---|"]
