@@ -7,7 +7,8 @@ from pathlib import Path
 
 
 def write_atomic(path, data, sync: bool = True) -> None:
-    """Write `data` (bytes or a buffer) to `path` atomically; on any failure the temporary file is removed.
+    """Write `data` to `path` atomically; on any failure the temporary file is removed. `data` is bytes, a
+    buffer, or a function that writes to the open binary file it is given (for data in several pieces).
 
     `sync=False` leaves flushing to disk to the caller (`fsync_path` on the file): the file still appears
     whole to every process at once, and is durable across a power cut only once synced. Parallel writers
@@ -16,7 +17,10 @@ def write_atomic(path, data, sync: bool = True) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as handle:
-            handle.write(data)
+            if callable(data):
+                data(handle)
+            else:
+                handle.write(data)
             if sync:
                 handle.flush()
                 os.fsync(handle.fileno())

@@ -3,8 +3,9 @@
 Order of work: scan the sources -> check the output folder (resume, extend or refuse) -> probe
 feasibility -> check disk space -> write a provisional manifest -> decode every object once into the
 shared prepared store -> write sources.json -> render shards with joblib (each task renders and
-writes one whole shard) -> read the labels back for the summary -> write the final manifest and drop
-the store. Nothing is written before the checks pass, and a shard appears only when complete.
+writes one whole shard; a partial last round goes in parts, synthgen.parts) -> read the labels back for
+the summary -> write the final manifest and drop the store. Nothing is written before the checks pass,
+and a shard appears only when complete.
 
 A set's identity (`build_identity`) covers what shapes its images: the settings but --n, the source
 file lists, the versions. Image i depends only on (seed, i), so a set is extended by re-running with
@@ -30,6 +31,7 @@ from synthgen.feasibility import check_feasible
 from synthgen.manifest import MANIFEST_FORMAT, SOURCES, write_json_atomic
 from synthgen.masks import MaskRule
 from synthgen.parallel import parallel_backend, run_shards, run_tasks, timeline, workers_of
+from synthgen.parts import Part, claim_if_complete, clear_parts, load_parts, plan_parts, remove_parts, save_part
 from synthgen.plan import counts_for, largest_object_share, object_pool_order
 from synthgen.prepared import PREPARED_DIR, PreparedObjects, prepare_objects, store_dir
 from synthgen.procedural import N_BACKGROUNDS, N_OBJECTS, ProceduralBackgrounds, ProceduralObjects
@@ -170,30 +172,88 @@ def shard_arrays(scenes: list, size: int) -> dict[str, np.ndarray]:
     return shard.arrays()
 
 
+def _render_rows(out_dir: str, config: BuildConfig, identity: str, cache_mb: int, on_bad_input: str, first: int,
+                 n: int) -> tuple[dict[str, np.ndarray], dict]:
+    """Render images first .. first+n-1 in this worker: their shard arrays, and what the task's result
+    reports of them (stage times, bad inputs met, objects found too large)."""
+    compositor = _worker_compositor(out_dir, identity, config, cache_mb, on_bad_input)
+    timings_before = dict(compositor.timings)
+    skipped_before = len(compositor.skipped)
+    scenes = [compositor.render(first + row, int(count)) for row, count in enumerate(counts_for(config, first, n))]
+    arrays_start = time.perf_counter()
+    arrays = shard_arrays(scenes, config.size)
+    timings = {stage: compositor.timings.get(stage, 0.0) - timings_before.get(stage, 0.0) for stage in STAGES}
+    timings["write"] = time.perf_counter() - arrays_start  # assembling the arrays is part of writing them
+    return arrays, {"n_images": n, "timings": timings,
+                    "skipped": [(s.path, s.reason) for s in compositor.skipped[skipped_before:]],
+                    "too_large": sorted(compositor.too_large)}
+
+
+def _write(out_dir: str, shard_index: int, arrays: dict, config: BuildConfig, identity: str, fingerprints: dict,
+           sync: bool) -> str:
+    path = shard_path(out_dir, shard_index)
+    try:
+        return write_shard(path, arrays, shard_attrs(config, identity, fingerprints, shard_index), config.compression,
+                           sync)
+    except OSError as exc:
+        raise write_failure(path.name, out_dir, exc) from None
+
+
 def build_shard(out_dir: str, shard_index: int, config_json: dict, identity: str, fingerprints: dict,
                 cache_mb: int, on_bad_input: str, sync: bool) -> dict:
     """Render and write one whole shard (runs in a worker; `sync`: flush it to disk here, else the main
     process does). Returns what the summary needs."""
     started = time.perf_counter()
     config = BuildConfig.from_json(config_json)
-    compositor = _worker_compositor(out_dir, identity, config, cache_mb, on_bad_input)
-    timings_before = dict(compositor.timings)
-    skipped_before = len(compositor.skipped)
     first, n = config.shard_range(shard_index)
-    scenes = [compositor.render(first + row, int(count)) for row, count in enumerate(counts_for(config, first, n))]
-    path = shard_path(out_dir, shard_index)
+    arrays, result = _render_rows(out_dir, config, identity, cache_mb, on_bad_input, first, n)
+    write_start = time.perf_counter()
+    checksum = _write(out_dir, shard_index, arrays, config, identity, fingerprints, sync)
+    result["timings"]["write"] += time.perf_counter() - write_start
+    return {"shard": shard_index, "checksum": checksum, "seconds": time.perf_counter() - started, **result}
+
+
+def render_part(out_dir: str, parts: list[Part], index: int, config_json: dict, identity: str, fingerprints: dict,
+                cache_mb: int, on_bad_input: str, sync: bool) -> dict:
+    """Render part `index` of a shard's `parts` into its part file (synthgen.parts); if that completes the
+    shard, write the shard too (its result then has a "checksum"). Runs in a worker."""
+    started = time.perf_counter()
+    config = BuildConfig.from_json(config_json)
+    part = parts[index]
+    first = config.shard_range(part.shard)[0] + part.first_row
+    arrays, result = _render_rows(out_dir, config, identity, cache_mb, on_bad_input, first, part.n_rows)
     write_start = time.perf_counter()
     try:
-        checksum = write_shard(path, shard_arrays(scenes, config.size),
-                               shard_attrs(config, identity, fingerprints, shard_index), config.compression, sync)
+        save_part(out_dir, part, arrays)
     except OSError as exc:
-        raise write_failure(path.name, out_dir, exc) from None
-    timings = {stage: compositor.timings.get(stage, 0.0) - timings_before.get(stage, 0.0) for stage in STAGES}
-    timings["write"] = time.perf_counter() - write_start
-    return {"shard": shard_index, "n_images": n, "checksum": checksum, "timings": timings,
-            "seconds": time.perf_counter() - started,
-            "skipped": [(s.path, s.reason) for s in compositor.skipped[skipped_before:]],
-            "too_large": sorted(compositor.too_large)}
+        raise write_failure(f"a part of {shard_path(out_dir, part.shard).name}", out_dir, exc) from None
+    if claim_if_complete(out_dir, parts):
+        result["checksum"] = _assemble(out_dir, parts, config, identity, fingerprints, sync)
+    result["timings"]["write"] += time.perf_counter() - write_start
+    return {"shard": part.shard, "part": part.index, "seconds": time.perf_counter() - started, **result}
+
+
+def _assemble(out_dir: str, parts: list[Part], config: BuildConfig, identity: str, fingerprints: dict,
+              sync: bool) -> str:
+    try:
+        arrays = load_parts(out_dir, parts)
+    except OSError as exc:
+        raise write_failure(f"the parts of {shard_path(out_dir, parts[0].shard).name}", out_dir, exc) from None
+    checksum = _write(out_dir, parts[0].shard, arrays, config, identity, fingerprints, sync)
+    remove_parts(out_dir, parts)
+    return checksum
+
+
+def assemble_shard(out_dir: str, parts: list[Part], config_json: dict, identity: str, fingerprints: dict,
+                   sync: bool) -> dict:
+    """Write a shard from its rendered parts when no part's worker did (runs in a worker). Its images were
+    counted with the parts: the result has none of its own."""
+    started = time.perf_counter()
+    checksum = _assemble(out_dir, parts, BuildConfig.from_json(config_json), identity, fingerprints, sync)
+    seconds = time.perf_counter() - started
+    return {"shard": parts[0].shard, "checksum": checksum, "n_images": 0,
+            "timings": {**dict.fromkeys(STAGES, 0.0), "write": seconds}, "seconds": seconds, "skipped": [],
+            "too_large": []}
 
 
 # ------------------------------------------------------------------ main process
@@ -328,13 +388,33 @@ def build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | No
 
 def _render_shards(out: Path, todo: list[int], config: BuildConfig, writer: SetWriter, fingerprints: dict,
                    run: RunOptions, workers: int) -> tuple[list[dict], float, dict]:
-    """Render and write the missing shards in parallel, with a progress bar over images; the seconds it
-    took, until the last shard was on disk, and where they went (parallel.timeline)."""
+    """Render and write the missing shards in parallel, the last round in parts (synthgen.parts), with a
+    progress bar over images; the seconds it took, until the last shard was on disk, and where they went
+    (parallel.timeline)."""
     started = time.perf_counter()
-    task_args = (config.to_json(), writer.identity, fingerprints, run.cache_mb, run.on_bad_input, run.workers_sync)
-    results = run_shards(build_shard, {s: (str(out), s, *task_args) for s in todo},
-                         {s: config.shard_range(s)[1] for s in todo}, config.n, run.progress, "synthgen build",
-                         writer.shard_done, preload=WORKER_MODULES)
+    clear_parts(out)
+    sizes = {s: config.shard_range(s)[1] for s in todo}
+    whole, split = plan_parts(todo, sizes, workers)
+    common = (config.to_json(), writer.identity, fingerprints)
+    calls = [(build_shard, (str(out), s, *common, run.cache_mb, run.on_bad_input, run.workers_sync)) for s in whole]
+    calls += [(render_part, (str(out), parts, i, *common, run.cache_mb, run.on_bad_input, run.workers_sync))
+              for parts in split.values() for i in range(len(parts))]
+
+    def done(result: dict, write) -> None:
+        if "checksum" in result:
+            writer.shard_done(result, write)
+        else:  # a part whose shard is not complete yet: only its bad inputs to report now
+            for path, reason in result["skipped"]:
+                writer.report(Skipped(path, reason), write)
+
+    results = run_shards(calls, config.n, run.progress, "synthgen build", done, preload=WORKER_MODULES,
+                         done=config.n - sum(sizes.values()))
+    written = {r["shard"] for r in results if "checksum" in r}
+    unclaimed = [(assemble_shard, (str(out), parts, *common, run.workers_sync))
+                 for shard, parts in split.items() if shard not in written]
+    if unclaimed:
+        results += run_shards(unclaimed, len(unclaimed), run.progress, "synthgen build: writing shards",
+                              writer.shard_done, preload=WORKER_MODULES, unit="shard")
     writer.settle()
     ended = time.perf_counter()
-    return results, ended - started, timeline(results, started, ended, workers)
+    return results, ended - started, {**timeline(results, started, ended, workers), "shards_in_parts": len(split)}

@@ -202,10 +202,9 @@ def dots(config: DotConfig, run: RunOptions, out_dir, command: list[str] | None 
         with parallel_backend(run) as client:
             workers = workers_of(client, run)
             try:
-                results = run_shards(dot_shard, {s: (str(out), s, config.to_json(), identity, run.workers_sync)
-                                                 for s in todo},
-                                     {s: config.shard_range(s)[1] for s in todo}, config.n, run.progress,
-                                     "synthgen dots", writer.shard_done)
+                results = run_shards([(dot_shard, (str(out), s, config.to_json(), identity, run.workers_sync))
+                                      for s in todo], config.n, run.progress, "synthgen dots", writer.shard_done,
+                                     done=config.n - sum(config.shard_range(s)[1] for s in todo))
                 writer.settle()
             except PlacementError as exc:
                 writer.fail({"image": exc.index, "message": str(exc)})

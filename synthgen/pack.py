@@ -178,10 +178,10 @@ def pack(config: PackConfig, run: RunOptions, out_dir, command: list[str] | None
 
     with parallel_backend(run) as client:
         workers = workers_of(client, run)
-        results = run_shards(pack_shard, {s: (str(out), s, s * config.shard_size, chunk(s), config_json, identity,
-                                              run.on_bad_input, run.workers_sync) for s in todo},
-                             {s: len(chunk(s)) for s in todo}, len(items), run.progress, "synthgen pack",
-                             writer.shard_done)
+        results = run_shards([(pack_shard, (str(out), s, s * config.shard_size, chunk(s), config_json, identity,
+                                            run.on_bad_input, run.workers_sync)) for s in todo],
+                             len(items), run.progress, "synthgen pack", writer.shard_done,
+                             done=len(items) - sum(len(chunk(s)) for s in todo))
     paths = [shard_path(out, s) for s in range(n_shards)]
     for path in paths:  # a resumed pack reports the bad files of the shards it kept, too
         with h5py.File(path, "r") as f:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import time
+from typing import Callable
 
 import cv2
 import joblib
@@ -64,20 +65,22 @@ def run_tasks(calls, progress: bool = False, desc: str = "", preload: tuple[str,
     return list(tqdm(results, total=len(calls), desc=desc, unit="part", disable=not progress, dynamic_ncols=True))
 
 
-def run_shards(function, tasks: dict[int, tuple], sizes: dict[int, int], total: int, progress: bool, desc: str,
-               on_result=None, preload: tuple[str, ...] = ()) -> list[dict]:
-    """Run `function(*tasks[shard])` for every shard under the active joblib backend, as they finish, with a
-    progress bar over the set's `total` images (`sizes[shard]` each). Each result names its "shard";
-    `on_result(result, write)` sees every result as it comes (`write` prints above the bar). Each result
-    gets the moment it arrived, "arrived" (time.perf_counter of this process), for `timeline`."""
+def run_shards(calls: list[tuple[Callable, tuple]], total: int, progress: bool, desc: str, on_result=None,
+               preload: tuple[str, ...] = (), done: int = 0, unit: str = "img") -> list[dict]:
+    """Run a set's shard tasks, (function, args) calls, under the active joblib backend, as they finish,
+    with a progress bar: over the set's `total` images (`done` of them already there), as each result's
+    "n_images" come in, or with `unit` "shard", one step per call. `on_result(result, write)` sees every
+    result as it comes (`write` prints above the bar). Each result gets the moment it arrived, "arrived"
+    (time.perf_counter of this process), for `timeline`."""
     results = []
-    with tqdm(total=total, initial=total - sum(sizes.values()), unit="img", desc=desc, disable=not progress,
-              dynamic_ncols=True) as bar:
-        calls = (joblib.delayed(in_worker)(preload, function, *args) for args in tasks.values())
-        for result in joblib.Parallel(return_as="generator_unordered")(calls):
+    if unit != "img":
+        total, done = len(calls), 0
+    with tqdm(total=total, initial=done, unit=unit, desc=desc, disable=not progress, dynamic_ncols=True) as bar:
+        tasks = (joblib.delayed(in_worker)(preload, function, *args) for function, args in calls)
+        for result in joblib.Parallel(return_as="generator_unordered")(tasks):
             result["arrived"] = time.perf_counter()
             results.append(result)
-            bar.update(sizes[result["shard"]])
+            bar.update(result["n_images"] if unit == "img" else 1)
             if on_result is not None:
                 on_result(result, bar.write)
     return results
