@@ -30,7 +30,7 @@ from synthgen.errors import BadInputError, OutputError, PlacementError, UsageErr
 from synthgen.feasibility import check_feasible
 from synthgen.manifest import MANIFEST_FORMAT, SOURCES, write_json_atomic
 from synthgen.masks import MaskRule
-from synthgen.parallel import parallel_backend, run_shards, run_tasks, timeline, workers_of
+from synthgen.parallel import parallel_backend, run_shards, run_tasks, start_workers, timeline, workers_of
 from synthgen.parts import Part, claim_if_complete, clear_parts, load_parts, plan_parts, remove_parts, save_part
 from synthgen.plan import counts_for, largest_object_share, object_pool_order
 from synthgen.prepared import PREPARED_DIR, PreparedObjects, prepare_objects, store_dir
@@ -281,6 +281,15 @@ def differences(old: dict, config: BuildConfig, sources: Sources) -> str:
 def build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | None = None, log=print) -> dict:
     """Build (or resume, or extend) a set in `out_dir`. Returns the summary that also goes into manifest.json."""
     started = time.perf_counter()
+    workers_started = start_workers(run, WORKER_MODULES)  # they start while this process checks
+    try:
+        return _build(config, run, out_dir, command, log, started, workers_started)
+    finally:
+        workers_started()
+
+
+def _build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | None, log, started: float,
+           workers_started) -> dict:
     out = Path(out_dir).resolve()
     sources = scan_sources(config)
     if run.on_bad_input == "fail" and sources.skipped:
@@ -325,6 +334,7 @@ def build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | No
     writer.begin()
     results, workers, render_seconds, prepare_seconds, masks, render_timeline = [], None, 0.0, 0.0, [], None
     if todo:
+        workers_started()
         with parallel_backend(run) as client:
             workers = workers_of(client, run)
             ids = pool if pool is not None else list(range(len(objects)))

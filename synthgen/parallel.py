@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import threading
 import time
 from typing import Callable
 
@@ -56,6 +57,32 @@ def in_worker(preload: tuple[str, ...], function, *args):
         importlib.import_module(module)
     cv2.setNumThreads(1)  # workers are the parallelism; OpenCV's own threads only contend
     return function(*args)
+
+
+def _nothing() -> None:
+    return None
+
+
+def start_workers(run: RunOptions, preload: tuple[str, ...] = ()) -> Callable[[], None]:
+    """Start the local worker processes now, in a thread, so that they start and import (`preload`) while
+    this process does its serial work (scanning the sources, the checks, the probes); returns the function
+    that waits for them, to call before the first parallel task (joblib keeps loky's workers from one call
+    to the next). Other backends keep nothing, or run elsewhere: for them, as for one worker, this does
+    nothing."""
+    if run.backend != "loky" or joblib.effective_n_jobs(run.workers) <= 1:
+        return lambda: None
+
+    def start() -> None:
+        try:
+            with joblib.parallel_config(backend="loky", n_jobs=run.workers):
+                workers = joblib.effective_n_jobs(run.workers)
+                joblib.Parallel()(joblib.delayed(in_worker)(preload, _nothing) for _ in range(workers))
+        except Exception:  # noqa: BLE001 -- the real tasks meet the same problem, and report it
+            pass
+
+    thread = threading.Thread(target=start, name="synthgen-start-workers")
+    thread.start()
+    return thread.join
 
 
 def run_tasks(calls, progress: bool = False, desc: str = "", preload: tuple[str, ...] = ()) -> list:
