@@ -14,6 +14,7 @@ a larger --n: the full shards are kept, the last partial one is rebuilt, the res
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
 import time
@@ -30,7 +31,7 @@ from synthgen.errors import BadInputError, OutputError, PlacementError, UsageErr
 from synthgen.feasibility import check_feasible
 from synthgen.manifest import MANIFEST_FORMAT, SOURCES, write_json_atomic
 from synthgen.masks import MaskRule
-from synthgen.parallel import parallel_backend, run_shards, run_tasks, start_workers, timeline, workers_of
+from synthgen.parallel import allow_growth, parallel_backend, run_shards, run_tasks, start_workers, timeline, workers_of
 from synthgen.parts import Part, claim_if_complete, clear_parts, load_parts, plan_parts, remove_parts, save_part
 from synthgen.plan import counts_for, largest_object_share, object_pool_order
 from synthgen.prepared import PREPARED_DIR, PreparedObjects, prepare_objects, store_dir
@@ -139,6 +140,7 @@ def _worker_compositor(out_dir: str, identity: str, config: BuildConfig, cache_m
         description = json.loads((Path(out_dir) / SOURCES).read_text())
         # Objects are reused across images, backgrounds (in large sets) hardly: objects get most memory.
         cache = cache_mb << 20
+        allow_growth(cache)
         objects = PreparedObjects(store_dir(out_dir, config.size), description["objects"]["count"], cache * 3 // 4)
         backgrounds = open_backgrounds(description, cache // 4)
         if len(_COMPOSITORS) > 8:
@@ -184,7 +186,7 @@ def _render_rows(out_dir: str, config: BuildConfig, identity: str, cache_mb: int
     arrays = shard_arrays(scenes, config.size)
     timings = {stage: compositor.timings.get(stage, 0.0) - timings_before.get(stage, 0.0) for stage in STAGES}
     timings["write"] = time.perf_counter() - arrays_start  # assembling the arrays is part of writing them
-    return arrays, {"n_images": n, "timings": timings,
+    return arrays, {"n_images": n, "timings": timings, "pid": os.getpid(),
                     "skipped": [(s.path, s.reason) for s in compositor.skipped[skipped_before:]],
                     "too_large": sorted(compositor.too_large)}
 
@@ -427,4 +429,5 @@ def _render_shards(out: Path, todo: list[int], config: BuildConfig, writer: SetW
                               writer.shard_done, preload=WORKER_MODULES, unit="shard")
     writer.settle()
     ended = time.perf_counter()
-    return results, ended - started, {**timeline(results, started, ended, workers), "shards_in_parts": len(split)}
+    return results, ended - started, {**timeline(results, started, ended, workers), "shards_in_parts": len(split),
+                                      "worker_processes": len({r["pid"] for r in results if "pid" in r})}

@@ -15,6 +15,8 @@ from tqdm import tqdm
 from synthgen.config import RunOptions
 from synthgen.errors import UsageError
 
+LEAK_MARGIN = 300 << 20  # loky's own allowance, kept on top of a worker's caches
+
 
 @contextlib.contextmanager
 def parallel_backend(run: RunOptions):
@@ -57,6 +59,19 @@ def in_worker(preload: tuple[str, ...], function, *args):
         importlib.import_module(module)
     cv2.setNumThreads(1)  # workers are the parallelism; OpenCV's own threads only contend
     return function(*args)
+
+
+def allow_growth(nbytes: int) -> None:
+    """Let this worker process grow by `nbytes` (the caches it is meant to fill) without loky taking it for a
+    leak. Where psutil is installed, loky measures each worker's memory after its first task and replaces a
+    worker that has grown by 300 MB since: build workers filling a --cache-mb of more than that were
+    replaced mid-build (and started again cold), with joblib's "A worker stopped while some jobs were given
+    to the executor". The limit is a module value that the worker's own loop reads at each check."""
+    from joblib.externals.loky import process_executor
+
+    limit = LEAK_MARGIN + nbytes
+    if getattr(process_executor, "_MAX_MEMORY_LEAK_SIZE", limit) < limit:
+        process_executor._MAX_MEMORY_LEAK_SIZE = limit
 
 
 def _nothing() -> None:

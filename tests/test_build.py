@@ -66,7 +66,7 @@ def test_one_and_two_workers_give_identical_sets(synthgen, tmp_path):
            [s["content_sha256"] for s in manifest_of(tmp_path / "two")["shards"]]
     summary = manifest_of(tmp_path / "two")["summary"]
     spent = summary["render_timeline"]
-    assert summary["workers"] == 2 and 0 < spent["workers_busy"] <= 1
+    assert summary["workers"] == 2 and 0 < spent["workers_busy"] <= 1 and spent["worker_processes"] == 2
     assert 0 <= spent["tail_seconds"] and 0 <= spent["after_last_result_seconds"]
     assert spent["tail_seconds"] + spent["after_last_result_seconds"] <= summary["render_seconds"]
 

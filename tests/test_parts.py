@@ -1,17 +1,11 @@
 """A partial last round of shards rendered in parts (synthgen.parts): the plan, the part files, the claim,
-and whole builds through the real command line that use them; and workers started ahead of the render."""
+and whole builds through the real command line that use them."""
 import json
-import os
 
-import joblib
 import numpy as np
-from joblib.externals.loky import get_reusable_executor, reusable_executor
 
 from conftest import manifest_of, read_set
 from synthgen import build as build_module
-from synthgen.build import WORKER_MODULES
-from synthgen.config import RunOptions
-from synthgen.parallel import parallel_backend, start_workers
 from synthgen.parts import MIN_PART_IMAGES, PARTS_PER_SHARD, Part, claim_if_complete, load_parts, part_path, \
     plan_parts, save_part
 from synthgen.shards import ShardArrays
@@ -133,19 +127,3 @@ def test_parts_left_by_an_interrupted_run_are_not_used(synthgen, tmp_path):
     _same_sets(tmp_path / "one", out)
     assert synthgen("verify", out, "--no-progress").rc == 0
 
-
-def _worker_pid() -> int:
-    return os.getpid()
-
-
-def test_workers_started_ahead_are_the_ones_the_build_then_uses():
-    # The build starts its workers while it scans and checks; they are only worth it if the parallel
-    # phases that follow take them over instead of replacing them with new ones.
-    run = RunOptions(workers=2)
-    get_reusable_executor().shutdown(wait=True)
-    start_workers(run, WORKER_MODULES)()
-    started = reusable_executor._executor
-    assert started is not None and len(started._processes) == 2
-    with parallel_backend(run):
-        pids = joblib.Parallel()(joblib.delayed(_worker_pid)() for _ in range(8))
-    assert reusable_executor._executor is started and set(pids) <= set(started._processes)

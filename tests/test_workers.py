@@ -1,0 +1,60 @@
+"""The build's worker processes, on a real loky executor: started ahead of the render and taken over by
+it, and kept while they fill their caches."""
+import os
+import time
+
+import joblib
+import numpy as np
+import pytest
+from joblib.externals.loky import get_reusable_executor, reusable_executor
+
+from synthgen.build import WORKER_MODULES
+from synthgen.config import RunOptions
+from synthgen.parallel import allow_growth, parallel_backend, start_workers
+
+KEPT: list = []  # what a worker's caches hold, in the worker
+
+
+def _worker_pid() -> int:
+    return os.getpid()
+
+
+def _fill_cache(nbytes: int, allow: bool) -> int:
+    if allow:
+        allow_growth(1 << 30)
+    KEPT.append(np.ones(nbytes, np.uint8))  # touched, so it counts in the worker's memory
+    return os.getpid()
+
+
+def _pid_after(seconds: float) -> int:
+    time.sleep(seconds)  # loky checks a worker's memory at most once a second
+    return os.getpid()
+
+
+def test_workers_started_ahead_are_the_ones_the_build_then_uses():
+    # The build starts its workers while it scans and checks; they are only worth it if the parallel
+    # phases that follow take them over instead of replacing them with new ones.
+    run = RunOptions(workers=2)
+    get_reusable_executor().shutdown(wait=True)
+    start_workers(run, WORKER_MODULES)()
+    started = reusable_executor._executor
+    assert started is not None and len(started._processes) == 2
+    with parallel_backend(run):
+        pids = joblib.Parallel()(joblib.delayed(_worker_pid)() for _ in range(8))
+    assert reusable_executor._executor is started and set(pids) <= set(started._processes)
+
+
+@pytest.mark.filterwarnings("ignore:A worker stopped while some jobs")  # loky's word for the replacement
+@pytest.mark.parametrize("allow", [False, True])
+def test_a_worker_that_grows_by_its_caches_is_kept(allow):
+    pytest.importorskip("psutil", reason="loky replaces growing workers only where psutil is installed")
+    get_reusable_executor().shutdown(wait=True)
+    with joblib.parallel_config(backend="loky", n_jobs=2):
+        before = set(joblib.Parallel()(joblib.delayed(_worker_pid)() for _ in range(4)))  # loky's baseline
+        filled = set(joblib.Parallel()(joblib.delayed(_fill_cache)(350 << 20, allow) for _ in range(2)))
+        joblib.Parallel()(joblib.delayed(_pid_after)(1.1) for _ in range(4))
+        after = set(joblib.Parallel()(joblib.delayed(_pid_after)(0.0) for _ in range(4)))
+    get_reusable_executor().shutdown(wait=True)
+    assert filled <= before
+    # Without the allowance loky takes 350 MB of cache for a leak and replaces the worker (its cache lost).
+    assert (after <= before) == allow
