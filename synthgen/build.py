@@ -400,9 +400,9 @@ def _build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | N
 
 def _render_shards(out: Path, todo: list[int], config: BuildConfig, writer: SetWriter, fingerprints: dict,
                    run: RunOptions, workers: int) -> tuple[list[dict], float, dict]:
-    """Render and write the missing shards in parallel, the last round in parts (synthgen.parts), with a
-    progress bar over images; the seconds it took, until the last shard was on disk, and where they went
-    (parallel.timeline)."""
+    """Render and write the missing shards in parallel, a partial last round in parts (synthgen.parts),
+    with a progress bar over images; the seconds it took, until the last shard was on disk, and where they
+    went (parallel.timeline)."""
     started = time.perf_counter()
     clear_parts(out)
     sizes = {s: config.shard_range(s)[1] for s in todo}
