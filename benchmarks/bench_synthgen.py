@@ -20,7 +20,9 @@ scaling target is 80% from 1 to 16 workers: `--workers 1,2,4,8,16 --n 80000` on 
 Where scaling is lost, the render phase's timeline (synthgen.parallel.timeline) says: "busy" is the
 workers' share of the phase spent in their tasks, "tail" the seconds at the end with workers idle for
 want of shards, "flush" the seconds waited after the last shard for the disk; stage times per image
-that grow with the number of workers point at contention instead. "prepare" is the one-off decoding of
+that grow with the number of workers point at contention instead; "shards in parts" counts the shards of
+a partial last round rendered in parts (synthgen.parts), "worker processes" the processes that ran them
+(more than the workers: some were replaced mid-build). "prepare" is the one-off decoding of
 all objects into the shared store; the stage columns are per-image times summed over workers (time
 spent in each stage).
 """
@@ -105,7 +107,8 @@ def main() -> None:
     print(f"machine: {machine()}")
     print(f"build: {args.n} images, 161x161, counts 0-4, default options\n")
     header = ("| workers | cache | images/s | with start-up | of linear | busy | tail (s) | flush (s) | "
-              "80K images (s) | prepare (s) | " + " | ".join(STAGES) + " | total ms/img |")
+              "shards in parts | worker processes | 80K images (s) | prepare (s) | " + " | ".join(STAGES)
+              + " | total ms/img |")
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     one_worker: dict[str, float] = {}  # images/s of 1 worker, per cache
@@ -121,6 +124,7 @@ def main() -> None:
             spent = summary["render_timeline"]
             print(f"| {workers} | {label} | {rate:.0f} | {with_start:.0f} | {linear} | {spent['workers_busy']:.0%} | "
                   f"{spent['tail_seconds']:.2f} | {spent['after_last_result_seconds']:.2f} | "
+                  f"{spent['shards_in_parts']} | {spent['worker_processes']} | "
                   f"{80000 / with_start:.0f} | {summary['prepare_seconds']:.2f} | "
                   + " | ".join(f"{stages[s]:.3f}" for s in STAGES) + f" | {sum(stages.values()):.3f} |", flush=True)
 
