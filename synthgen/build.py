@@ -31,7 +31,8 @@ from synthgen.errors import BadInputError, OutputError, PlacementError, UsageErr
 from synthgen.feasibility import check_feasible
 from synthgen.manifest import MANIFEST_FORMAT, SOURCES, write_json_atomic
 from synthgen.masks import MaskRule
-from synthgen.parallel import allow_growth, parallel_backend, run_shards, run_tasks, start_workers, timeline, workers_of
+from synthgen.parallel import (allow_growth, local_workers, parallel_backend, run_shards, run_tasks, start_workers,
+                               timeline, workers_of)
 from synthgen.parts import Part, claim_if_complete, clear_parts, load_parts, plan_parts, remove_parts, save_part
 from synthgen.plan import counts_for, largest_object_share, object_pool_order
 from synthgen.prepared import PREPARED_DIR, PreparedObjects, prepare_objects, store_dir
@@ -117,8 +118,13 @@ def select_object_pool(config: BuildConfig, objects, sizer: Compositor, on_bad_i
     raise UsageError(f"--source-objects {config.source_objects}: only {len(pool)} usable objects are available{larger}")
 
 
-def check_disk_space(out: Path, config: BuildConfig, n_images: int) -> None:
-    need = n_images * config.size * config.size * 3
+def check_disk_space(out: Path, config: BuildConfig, todo: list[int], workers: int | None) -> None:
+    """Refuse, before any work, uncompressed shards that cannot fit where --out is, counting the parts that
+    a partial last round holds for a moment besides (synthgen.parts; `workers`: None where a dask cluster
+    has not said yet)."""
+    sizes = {s: config.shard_range(s)[1] for s in todo}
+    in_parts = sum(sizes[s] for s in plan_parts(todo, sizes, workers or 1)[1])
+    need = (sum(sizes.values()) + in_parts) * config.size * config.size * 3
     existing = next(p for p in [out, *out.parents] if p.exists())
     free = shutil.disk_usage(existing).free
     if config.compression == "none" and need > free:
@@ -328,7 +334,7 @@ def _build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | N
         check_feasible(config, probe)
         pool_skipped += probe.skipped
         too_large |= probe.too_large
-        check_disk_space(out, config, sum(config.shard_range(s)[1] for s in todo))
+        check_disk_space(out, config, todo, local_workers(run))
     for item in pool_skipped:
         writer.report(item)
 

@@ -74,6 +74,11 @@ def allow_growth(nbytes: int) -> None:
         process_executor._MAX_MEMORY_LEAK_SIZE = limit
 
 
+def local_workers(run: RunOptions) -> int | None:
+    """How many workers a local backend runs (None for dask, whose cluster says once connected)."""
+    return None if run.backend == "dask" else joblib.effective_n_jobs(run.workers)
+
+
 def _nothing() -> None:
     return None
 
@@ -84,7 +89,7 @@ def start_workers(run: RunOptions, preload: tuple[str, ...] = ()) -> Callable[[]
     that waits for them, to call before the first parallel task (joblib keeps loky's workers from one call
     to the next). Other backends keep nothing, or run elsewhere: for them, as for one worker, this does
     nothing."""
-    if run.backend != "loky" or joblib.effective_n_jobs(run.workers) <= 1:
+    if run.backend != "loky" or local_workers(run) <= 1:
         return lambda: None
 
     def start() -> None:

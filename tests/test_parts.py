@@ -1,11 +1,16 @@
 """A partial last round of shards rendered in parts (synthgen.parts): the plan, the part files, the claim,
 and whole builds through the real command line that use them."""
 import json
+import shutil
 
 import numpy as np
+import pytest
 
 from conftest import manifest_of, read_set
 from synthgen import build as build_module
+from synthgen.build import check_disk_space
+from synthgen.config import BuildConfig
+from synthgen.errors import OutputError
 from synthgen.parts import MIN_PART_IMAGES, PARTS_PER_SHARD, Part, claim_if_complete, load_parts, part_path, \
     plan_parts, save_part
 from synthgen.shards import ShardArrays
@@ -127,3 +132,18 @@ def test_parts_left_by_an_interrupted_run_are_not_used(synthgen, tmp_path):
     _same_sets(tmp_path / "one", out)
     assert synthgen("verify", out, "--no-progress").rc == 0
 
+
+def test_the_disk_check_counts_the_parts_of_a_partial_last_round(synthgen, tmp_path):
+    free = shutil.disk_usage(tmp_path).free
+    image = 64 * 64 * 3
+    shards = 2 * free // (128 * image)  # twice what the disk holds: refused before any work
+    result = synthgen("build", "--n", shards * 128, "--shard-size", 128, "--size", 64, "--no-progress",
+                      "--workers", 2, "--out", tmp_path / "big")
+    assert result.rc != 0 and "the images need about" in result.err and not (tmp_path / "big").exists()
+    # The parts of the last round are counted besides: 3 shards on 2 workers need 4 shards of room.
+    check_disk_space(tmp_path, BuildConfig(n=384, shard_size=128, size=64), [0, 1, 2], workers=2)
+    quarter = int(free / image / 4 * 1.1)  # 4 such shards are 10% over what is free, 3 fit with 17% to spare
+    three = BuildConfig(n=3 * quarter, shard_size=quarter, size=64)
+    with pytest.raises(OutputError, match="need about"):
+        check_disk_space(tmp_path, three, [0, 1, 2], workers=2)
+    check_disk_space(tmp_path, three, [0, 1, 2], workers=3)  # a full round: no parts, 3 shards fit
