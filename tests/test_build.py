@@ -368,7 +368,8 @@ def test_log_count_and_log_area_are_uncorrelated(synthgen, tmp_path):
 
 def test_dask_cluster_build_matches_the_local_build(synthgen, tmp_path):
     distributed = pytest.importorskip("distributed", reason="dask.distributed is a test dependency")
-    args = ["build", "--n", 40, "--shard-size", 10, "--seed", 3, "--size", "64", "--no-progress"]
+    # 3 shards on 2 dask workers: the last one rendered in parts (synthgen.parts) on the cluster
+    args = ["build", "--n", 384, "--shard-size", 128, "--seed", 3, "--size", "64", "--no-progress"]
     assert synthgen(*args, "--out", tmp_path / "local", "--workers", 1).rc == 0
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=None) as cluster:
@@ -376,6 +377,7 @@ def test_dask_cluster_build_matches_the_local_build(synthgen, tmp_path):
                           cluster.scheduler_address)
     assert result.rc == 0, result.err
     assert "2 workers, dask" in result.out
+    assert manifest_of(tmp_path / "dask")["summary"]["render_timeline"]["shards_in_parts"] == 1
     local, remote = read_set(tmp_path / "local"), read_set(tmp_path / "dask")
     for name in local:
         if name != "object_offset":
