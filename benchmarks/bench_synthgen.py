@@ -22,7 +22,8 @@ workers' share of the phase spent in their tasks, "tail" the seconds at the end 
 want of shards, "flush" the seconds waited after the last shard for the disk; stage times per image
 that grow with the number of workers point at contention instead; "shards in parts" counts the shards of
 a partial last round rendered in parts (synthgen.parts), "worker processes" the processes that ran them
-(more than the workers: some were replaced mid-build). "prepare" is the one-off decoding of
+(more than the workers: some were replaced mid-build); `--split-full-rounds` renders a full last round in
+parts too, to see whether that pays on many cores. "prepare" is the one-off decoding of
 all objects into the shared store; the stage columns are per-image times summed over workers (time
 spent in each stage).
 """
@@ -37,9 +38,11 @@ from pathlib import Path
 
 from joblib.externals.loky import get_reusable_executor
 
+import synthgen.build
 from synthgen.build import build
 from synthgen.compositor import STAGES
 from synthgen.config import BuildConfig, RunOptions
+from synthgen.parts import plan_parts
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 CACHE_MB = {"warm": 512, "cold": 0}
@@ -67,6 +70,16 @@ def run(n: int, workers: int, cache_mb: int, objects: Path, backgrounds: Path) -
         shutil.rmtree(out, ignore_errors=True)
 
 
+def plan_with_full_rounds(todo: list[int], sizes: dict[int, int], workers: int):
+    """synthgen.parts.plan_parts, but a full last round is rendered in parts too (--split-full-rounds): the
+    experiment that decides whether synthgen should (a loss at 2 workers, not measured on 16)."""
+    whole, split = plan_parts(todo, sizes, workers)
+    if split or workers <= 1 or len(todo) < workers:
+        return whole, split
+    _, split = plan_parts(todo[-workers:], sizes, workers + 1)  # the last round as a partial one of `workers`
+    return [s for s in todo if s not in split], split
+
+
 def cache_rows(text: str) -> list[tuple[str, int]]:
     """--caches: (label, MB per worker) per row; [] for a value that is neither a name nor a size."""
     rows = []
@@ -87,6 +100,9 @@ def main() -> None:
     parser.add_argument("--caches", default="warm,cold",
                         help="rows to run per worker count: warm (512 MB), cold (0) or a per-worker cache in MB, "
                              "e.g. warm,64,cold (default: %(default)s)")
+    parser.add_argument("--split-full-rounds", action="store_true",
+                        help="an experiment: render a full last round of shards in parts too (synthgen splits only "
+                             "a partial one)")
     parser.add_argument("--objects", type=Path, default=SHARED / "thus10000-sample")
     parser.add_argument("--backgrounds", type=Path, default=SHARED / "scenes-bsds500")
     args = parser.parse_args()
@@ -104,8 +120,11 @@ def main() -> None:
     for folder in (args.objects, args.backgrounds):
         if not folder.is_dir():
             raise SystemExit(f"{folder} not found: pass --objects/--backgrounds (the sample data is in ../shared)")
+    if args.split_full_rounds:
+        synthgen.build.plan_parts = plan_with_full_rounds  # the plan is made in this process
     print(f"machine: {machine()}")
-    print(f"build: {args.n} images, 161x161, counts 0-4, default options\n")
+    print(f"build: {args.n} images, 161x161, counts 0-4, default options"
+          + (", full last rounds in parts too" if args.split_full_rounds else "") + "\n")
     header = ("| workers | cache | images/s | with start-up | of linear | busy | tail (s) | flush (s) | "
               "shards in parts | worker processes | 80K images (s) | prepare (s) | " + " | ".join(STAGES)
               + " | total ms/img |")
