@@ -31,9 +31,9 @@ from synthgen.errors import BadInputError, OutputError, PlacementError, UsageErr
 from synthgen.feasibility import check_feasible
 from synthgen.manifest import MANIFEST_FORMAT, SOURCES, write_json_atomic
 from synthgen.masks import MaskRule
-from synthgen.parallel import (allow_growth, local_workers, parallel_backend, run_shards, run_tasks, start_workers,
-                               timeline, workers_of)
-from synthgen.parts import Part, claim_if_complete, clear_parts, load_parts, plan_parts, remove_parts, save_part
+from synthgen.parallel import (allow_growth, local_workers, parallel_backend, run_tasks, start_workers, timeline,
+                               workers_of)
+from synthgen.parts import Part, finish_part, plan_parts, run_set, write_from_parts
 from synthgen.plan import counts_for, largest_object_share, object_pool_order
 from synthgen.prepared import PREPARED_DIR, PreparedObjects, prepare_objects, store_dir
 from synthgen.procedural import N_BACKGROUNDS, N_OBJECTS, ProceduralBackgrounds, ProceduralObjects
@@ -223,8 +223,8 @@ def build_shard(out_dir: str, shard_index: int, config_json: dict, identity: str
 
 def render_part(out_dir: str, parts: list[Part], index: int, config_json: dict, identity: str, fingerprints: dict,
                 cache_mb: int, on_bad_input: str, sync: bool) -> dict:
-    """Render part `index` of a shard's `parts` into its part file (synthgen.parts); if that completes the
-    shard, write the shard too (its result then has a "checksum"). Runs in a worker."""
+    """Render part `index` of a shard's `parts` (synthgen.parts); if that completes the shard, write the
+    shard too (its result then has a "checksum"). Runs in a worker."""
     started = time.perf_counter()
     config = BuildConfig.from_json(config_json)
     part = parts[index]
@@ -232,34 +232,29 @@ def render_part(out_dir: str, parts: list[Part], index: int, config_json: dict, 
     arrays, result = _render_rows(out_dir, config, identity, cache_mb, on_bad_input, first, part.n_rows)
     write_start = time.perf_counter()
     try:
-        save_part(out_dir, part, arrays)
+        checksum = finish_part(out_dir, parts, index, arrays,
+                               lambda joined: _write(out_dir, part.shard, joined, config, identity, fingerprints, sync))
     except OSError as exc:
-        raise write_failure(f"a part of {shard_path(out_dir, part.shard).name}", out_dir, exc) from None
-    if claim_if_complete(out_dir, parts):
-        result["checksum"] = _assemble(out_dir, parts, config, identity, fingerprints, sync)
+        raise write_failure(f"the parts of {shard_path(out_dir, part.shard).name}", out_dir, exc) from None
+    if checksum is not None:
+        result["checksum"] = checksum
     result["timings"]["write"] += time.perf_counter() - write_start
     return {"shard": part.shard, "part": part.index, "seconds": time.perf_counter() - started, **result}
 
 
-def _assemble(out_dir: str, parts: list[Part], config: BuildConfig, identity: str, fingerprints: dict,
-              sync: bool) -> str:
-    try:
-        arrays = load_parts(out_dir, parts)
-    except OSError as exc:
-        raise write_failure(f"the parts of {shard_path(out_dir, parts[0].shard).name}", out_dir, exc) from None
-    checksum = _write(out_dir, parts[0].shard, arrays, config, identity, fingerprints, sync)
-    remove_parts(out_dir, parts)
-    return checksum
-
-
 def assemble_shard(out_dir: str, parts: list[Part], config_json: dict, identity: str, fingerprints: dict,
                    sync: bool) -> dict:
-    """Write a shard from its rendered parts when no part's worker did (runs in a worker). Its images were
+    """Write a shard from its rendered parts where no part's worker did (runs in a worker). Its images were
     counted with the parts: the result has none of its own."""
     started = time.perf_counter()
-    checksum = _assemble(out_dir, parts, BuildConfig.from_json(config_json), identity, fingerprints, sync)
+    config, shard = BuildConfig.from_json(config_json), parts[0].shard
+    try:
+        checksum = write_from_parts(out_dir, parts,
+                                    lambda joined: _write(out_dir, shard, joined, config, identity, fingerprints, sync))
+    except OSError as exc:
+        raise write_failure(f"the parts of {shard_path(out_dir, shard).name}", out_dir, exc) from None
     seconds = time.perf_counter() - started
-    return {"shard": parts[0].shard, "checksum": checksum, "n_images": 0,
+    return {"shard": shard, "checksum": checksum, "n_images": 0,
             "timings": {**dict.fromkeys(STAGES, 0.0), "write": seconds}, "seconds": seconds, "skipped": [],
             "too_large": []}
 
@@ -410,30 +405,15 @@ def _render_shards(out: Path, todo: list[int], config: BuildConfig, writer: SetW
     with a progress bar over images; the seconds it took, until the last shard was on disk, and where they
     went (parallel.timeline)."""
     started = time.perf_counter()
-    clear_parts(out)
-    sizes = {s: config.shard_range(s)[1] for s in todo}
-    whole, split = plan_parts(todo, sizes, workers)
     common = (config.to_json(), writer.identity, fingerprints)
-    calls = [(build_shard, (str(out), s, *common, run.cache_mb, run.on_bad_input, run.workers_sync)) for s in whole]
-    calls += [(render_part, (str(out), parts, i, *common, run.cache_mb, run.on_bad_input, run.workers_sync))
-              for parts in split.values() for i in range(len(parts))]
-
-    def done(result: dict, write) -> None:
-        if "checksum" in result:
-            writer.shard_done(result, write)
-        else:  # a part whose shard is not complete yet: only its bad inputs to report now
-            for path, reason in result["skipped"]:
-                writer.report(Skipped(path, reason), write)
-
-    results = run_shards(calls, config.n, run.progress, "synthgen build", done, preload=WORKER_MODULES,
-                         done=config.n - sum(sizes.values()))
-    written = {r["shard"] for r in results if "checksum" in r}
-    unclaimed = [(assemble_shard, (str(out), parts, *common, run.workers_sync))
-                 for shard, parts in split.items() if shard not in written]
-    if unclaimed:
-        results += run_shards(unclaimed, len(unclaimed), run.progress, "synthgen build: writing shards",
-                              writer.shard_done, preload=WORKER_MODULES, unit="shard")
+    rendering = (run.cache_mb, run.on_bad_input, run.workers_sync)
+    results, in_parts = run_set(
+        out, todo, {s: config.shard_range(s)[1] for s in todo}, workers,
+        whole=lambda shard: (build_shard, (str(out), shard, *common, *rendering)),
+        part=lambda parts, index: (render_part, (str(out), parts, index, *common, *rendering)),
+        assemble=lambda parts: (assemble_shard, (str(out), parts, *common, run.workers_sync)),
+        writer=writer, total=config.n, progress=run.progress, desc="synthgen build", preload=WORKER_MODULES)
     writer.settle()
     ended = time.perf_counter()
-    return results, ended - started, {**timeline(results, started, ended, workers), "shards_in_parts": len(split),
+    return results, ended - started, {**timeline(results, started, ended, workers), "shards_in_parts": in_parts,
                                       "worker_processes": len({r["pid"] for r in results if "pid" in r})}

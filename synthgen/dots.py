@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -34,8 +35,10 @@ from synthgen import __version__
 from synthgen.config import DotConfig, RunOptions, build_identity
 from synthgen.errors import PlacementError, UsageError, write_failure
 from synthgen.manifest import MANIFEST_FORMAT
-from synthgen.parallel import parallel_backend, run_shards, workers_of
+from synthgen.parallel import parallel_backend, workers_of
+from synthgen.parts import Part, finish_part, run_set, write_from_parts
 from synthgen.plan import draw_area_shares, stratified_cells
+from synthgen.prepared import PREPARED_DIR
 from synthgen.reader import read_labels
 from synthgen.shards import SCHEMA_VERSION, SHARD_FORMAT, ShardArrays, shard_path, write_shard
 from synthgen.stats import label_summary
@@ -135,30 +138,70 @@ def render(index: int, count: int, level: float, config: DotConfig) -> dict:
             "full_area": drawn, "visible_area": drawn, "objects": objects, "field_area": convex_hull_area(image)}
 
 
-def dot_shard(out_dir: str, shard_index: int, config_json: dict, identity: str, sync: bool) -> dict:
-    """Render and write one shard of dot arrays (runs in a worker; `sync` as in build.build_shard)."""
-    config = DotConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config_json.items()})
-    first, n = config.shard_range(shard_index)
+def _config(config_json: dict) -> DotConfig:
+    return DotConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config_json.items()})
+
+
+def _dot_rows(config: DotConfig, first: int, n: int) -> dict[str, np.ndarray]:
+    """The shard arrays of dot images first .. first+n-1."""
     counts, level_index = cell_of(config, first, n)
     levels = levels_of(config)
     shard = ShardArrays(config.size)
-    started = time.perf_counter()
     for row in range(n):
         dots = render(first + row, int(counts[row]), float(levels[level_index[row]]), config)
         shard.add(dots["image"], count=dots["count"], index=first + row,
                   image_seed=streams.seed64(config.seed, streams.DOTS, first + row), target_area=dots["target_area"],
                   full_area=dots["full_area"], visible_area=dots["visible_area"], objects=dots["objects"],
                   extra={"field_area": dots["field_area"]})
+    return shard.arrays()
+
+
+def _write(out_dir: str, shard_index: int, arrays: dict, config: DotConfig, identity: str, sync: bool) -> str:
+    first, n = config.shard_range(shard_index)
     attrs = {"format": SHARD_FORMAT, "schema_version": SCHEMA_VERSION, "synthgen_version": __version__, "kind": KIND,
              "build_identity": identity, "config_json": json.dumps(config.content_json(), sort_keys=True),
              "seed": config.seed, "shard_index": shard_index, "first_index": first, "n_images": n,
              "image_size": config.size}
     path = shard_path(out_dir, shard_index)
     try:
-        write_shard(path, shard.arrays(), attrs, config.compression, sync)
+        return write_shard(path, arrays, attrs, config.compression, sync)
     except OSError as exc:
         raise write_failure(path.name, out_dir, exc) from None
-    return {"shard": shard_index, "n_images": n, "seconds": time.perf_counter() - started}
+
+
+def dot_shard(out_dir: str, shard_index: int, config_json: dict, identity: str, sync: bool) -> dict:
+    """Render and write one shard of dot arrays (runs in a worker; `sync` as in build.build_shard)."""
+    started = time.perf_counter()
+    config = _config(config_json)
+    first, n = config.shard_range(shard_index)
+    checksum = _write(out_dir, shard_index, _dot_rows(config, first, n), config, identity, sync)
+    return {"shard": shard_index, "n_images": n, "checksum": checksum, "seconds": time.perf_counter() - started}
+
+
+def dot_part(out_dir: str, parts: list[Part], index: int, config_json: dict, identity: str, sync: bool) -> dict:
+    """Render part `index` of a shard's `parts` (synthgen.parts), and the shard if that completes it."""
+    started = time.perf_counter()
+    config, part = _config(config_json), parts[index]
+    arrays = _dot_rows(config, config.shard_range(part.shard)[0] + part.first_row, part.n_rows)
+    try:
+        checksum = finish_part(out_dir, parts, index, arrays,
+                               lambda joined: _write(out_dir, part.shard, joined, config, identity, sync))
+    except OSError as exc:
+        raise write_failure(f"the parts of {shard_path(out_dir, part.shard).name}", out_dir, exc) from None
+    result = {"shard": part.shard, "part": part.index, "n_images": part.n_rows}
+    return {**result, **({"checksum": checksum} if checksum else {}), "seconds": time.perf_counter() - started}
+
+
+def dot_assemble(out_dir: str, parts: list[Part], config_json: dict, identity: str, sync: bool) -> dict:
+    """Write a shard from its parts where no part's worker did (runs in a worker)."""
+    started = time.perf_counter()
+    config, shard = _config(config_json), parts[0].shard
+    try:
+        checksum = write_from_parts(out_dir, parts,
+                                    lambda joined: _write(out_dir, shard, joined, config, identity, sync))
+    except OSError as exc:
+        raise write_failure(f"the parts of {shard_path(out_dir, shard).name}", out_dir, exc) from None
+    return {"shard": shard, "n_images": 0, "checksum": checksum, "seconds": time.perf_counter() - started}
 
 
 def check_feasible(config: DotConfig) -> None:
@@ -197,14 +240,18 @@ def dots(config: DotConfig, run: RunOptions, out_dir, command: list[str] | None 
     if todo:
         check_feasible(config)
     writer.begin()
-    results, workers = [], None
+    results, workers, in_parts = [], None, 0
     if todo:
         with parallel_backend(run) as client:
             workers = workers_of(client, run)
+            args = (config.to_json(), identity, run.workers_sync)
             try:
-                results = run_shards([(dot_shard, (str(out), s, config.to_json(), identity, run.workers_sync))
-                                      for s in todo], config.n, run.progress, "synthgen dots", writer.shard_done,
-                                     done=config.n - sum(config.shard_range(s)[1] for s in todo))
+                results, in_parts = run_set(
+                    out, todo, {s: config.shard_range(s)[1] for s in todo}, workers,
+                    whole=lambda shard: (dot_shard, (str(out), shard, *args)),
+                    part=lambda parts, index: (dot_part, (str(out), parts, index, *args)),
+                    assemble=lambda parts: (dot_assemble, (str(out), parts, *args)),
+                    writer=writer, total=config.n, progress=run.progress, desc="synthgen dots")
                 writer.settle()
             except PlacementError as exc:
                 writer.fail({"image": exc.index, "message": str(exc)})
@@ -215,6 +262,7 @@ def dots(config: DotConfig, run: RunOptions, out_dir, command: list[str] | None 
     seconds = time.perf_counter() - started
     summary.update({"images_built": built, "images_resumed": config.n - built, "workers": workers,
                     "render_seconds": round(seconds, 3), "total_seconds": round(seconds, 3),
-                    "images_per_second": round(built / seconds, 1) if built else None})
+                    "images_per_second": round(built / seconds, 1) if built else None, "shards_in_parts": in_parts})
     writer.finish(config.n_shards, summary)
+    shutil.rmtree(out / PREPARED_DIR, ignore_errors=True)  # the parts folder of an unfinished run
     return summary

@@ -1,5 +1,5 @@
-"""The last round of a build's shards, when it is a partial one, rendered in parts so that no worker
-sits idle through it.
+"""The last round of a set's shards, when it is a partial one, rendered in parts so that no worker sits
+idle through it (`synthgen build` and `synthgen dots`).
 
 A shard is rendered and written by one worker. When the shards do not divide evenly over the workers,
 the last round leaves workers idle for the whole of a shard's render: a 1-shard build used one worker
@@ -11,8 +11,9 @@ other, while the others render on. An image depends only on (seed, index), so th
 byte for byte, whichever way it was rendered.
 
 A full last round is left whole: there every worker is busy to the end but for the spread of their
-finishing times, and parts would add the writing of the last shard after its last part, with the other
-workers idle (on 2 cores, 2 shards on 2 workers ran 10% slower in parts).
+finishing times, and parts add the writing of the last shard after its last part, with the other
+workers idle (on 2 cores, 2 shards on 2 workers ran 5-8% slower in parts; `bench_synthgen.py
+--split-full-rounds` measures it).
 """
 from __future__ import annotations
 
@@ -26,7 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from common.atomic import write_atomic
+from synthgen.parallel import run_shards
 from synthgen.prepared import PREPARED_DIR
+from synthgen.sources import Skipped
 
 PARTS_PER_SHARD = 4  # the tail becomes about a quarter of a shard's render
 MIN_PART_IMAGES = 32  # below this a part's own costs (its task, its file) are no longer small
@@ -75,7 +78,7 @@ def claim_if_complete(out_dir, parts: list[Part]) -> bool:
     """Whether this process is to write the shard of `parts` (all of it): every part file is in, and it took
     the shard's claim first. The claim is a file created only if absent, so of the workers that see the
     last parts land at once exactly one writes the shard. Where a shared file system shows other hosts'
-    files late, nobody may claim a shard: the build then writes it after the render (synthgen.build)."""
+    files late, nobody may claim a shard: `run_set` then writes it after the render."""
     if not all(part_path(out_dir, part).exists() for part in parts):
         return False
     try:
@@ -156,3 +159,52 @@ def join_offsets(offsets: list[np.ndarray]) -> np.ndarray:
 def remove_parts(out_dir, parts: list[Part]) -> None:
     for part in parts:
         part_path(out_dir, part).unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- in a worker
+
+
+def write_from_parts(out_dir, parts: list[Part], write) -> str:
+    """Join a shard's parts, write the shard with `write(arrays) -> checksum`, drop the parts."""
+    checksum = write(load_parts(out_dir, parts))
+    remove_parts(out_dir, parts)
+    return checksum
+
+
+def finish_part(out_dir, parts: list[Part], index: int, arrays: dict[str, np.ndarray], write) -> str | None:
+    """Save part `index` of `parts`; if that completes the shard and this worker claims it, write the shard
+    (`write_from_parts`) and return its checksum."""
+    save_part(out_dir, parts[index], arrays)
+    return write_from_parts(out_dir, parts, write) if claim_if_complete(out_dir, parts) else None
+
+
+# --------------------------------------------------------------------------- in the main process
+
+
+def run_set(out_dir, todo: list[int], sizes: dict[int, int], workers: int, whole, part, assemble, writer, *,
+            total: int, progress: bool, desc: str, preload: tuple[str, ...] = ()) -> tuple[list[dict], int]:
+    """Render and write a set's missing shards `todo` (`sizes`: images each) on `workers`, a partial last
+    round in parts. `whole(shard)`, `part(parts, index)` and `assemble(parts)` give the (function, args)
+    calls that render and write a whole shard, render one part (its worker writes the shard when its part
+    completes it: its result then has a "checksum", as a whole shard's), and write a shard from its parts
+    where no part's worker did. `writer` (synthgen.writer.SetWriter) hears of every shard written and every
+    bad input met. Returns every task's result and the number of shards rendered in parts."""
+    clear_parts(out_dir)
+    whole_shards, split = plan_parts(todo, sizes, workers)
+    calls = [whole(shard) for shard in whole_shards]
+    calls += [part(parts, index) for parts in split.values() for index in range(len(parts))]
+
+    def done(result: dict, write) -> None:
+        if "checksum" in result:
+            writer.shard_done(result, write)
+        else:  # a part whose shard is not complete yet: only its bad inputs to report now
+            for path, reason in result.get("skipped", ()):
+                writer.report(Skipped(path, reason), write)
+
+    results = run_shards(calls, total, progress, desc, done, preload, done=total - sum(sizes.values()))
+    written = {r["shard"] for r in results if "checksum" in r}
+    unclaimed = [assemble(parts) for shard, parts in split.items() if shard not in written]
+    if unclaimed:
+        results += run_shards(unclaimed, len(unclaimed), progress, f"{desc}: writing shards", writer.shard_done,
+                              preload, unit="shard")
+    return results, len(split)

@@ -16,7 +16,7 @@ def dot_set(tmp_path_factory):
     from synthgen.cli import main
 
     out = tmp_path_factory.mktemp("dots") / "set"
-    assert main(["dots", "--n", "1024", "--count", "1-32", "--area-levels", "4", "--shard-size", "300",
+    assert main(["dots", "--n", "1024", "--count", "1-32", "--area-levels", "4", "--shard-size", "400",
                  "--out", str(out), *FAST]) == 0
     return out
 
@@ -71,10 +71,12 @@ def test_item_size_control_and_a_varied_field(synthgen, tmp_path):
 
 def test_dots_are_deterministic_extendable_and_verified(synthgen, dot_set, tmp_path):
     two = tmp_path / "two"
-    assert synthgen("dots", "--n", 1024, "--count", "1-32", "--area-levels", 4, "--shard-size", 300, "--out", two,
+    # 3 shards on 2 workers: the last one rendered in parts (synthgen.parts), the same shards
+    assert synthgen("dots", "--n", 1024, "--count", "1-32", "--area-levels", 4, "--shard-size", 400, "--out", two,
                     "--no-progress", "--workers", 2).rc == 0
     assert [s["content_sha256"] for s in manifest_of(two)["shards"]] == \
            [s["content_sha256"] for s in manifest_of(dot_set)["shards"]]
+    assert manifest_of(two)["summary"]["shards_in_parts"] == 1 and not (two / "prepared").exists()
     small = tmp_path / "small"
     assert synthgen("dots", "--n", 100, "--count", "1-32", "--area-levels", 4, "--out", small, *FAST).rc == 0
     assert np.array_equal(read_set(small)["images"], read_set(dot_set)["images"][:100])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import manifest_of, read_set
-from synthgen import build as build_module
+from synthgen import parts as parts_module
 from synthgen.build import check_disk_space
 from synthgen.config import BuildConfig
 from synthgen.errors import OutputError
@@ -104,12 +104,14 @@ def test_a_partial_last_round_in_parts_gives_the_same_set(synthgen, tmp_path):
 def test_a_shard_no_worker_claimed_is_written_after_the_render(synthgen, tmp_path, monkeypatch):
     # A shared file system that shows a worker the other workers' part files late: no worker sees its
     # shard complete. Threads, so that the workers run the code patched here.
-    monkeypatch.setattr(build_module, "claim_if_complete", lambda out_dir, parts: False)
+    asked = []
+    monkeypatch.setattr(parts_module, "claim_if_complete", lambda out_dir, parts: asked.append(parts) and False)
     assert synthgen("build", *PARTIAL_ROUND, "--out", tmp_path / "one", "--workers", 1).rc == 0
     result = synthgen("build", *PARTIAL_ROUND, "--out", tmp_path / "two", "--workers", 2, "--backend", "threading")
     assert result.rc == 0, result.err
     _same_sets(tmp_path / "one", tmp_path / "two")
     assert manifest_of(tmp_path / "two")["summary"]["render_timeline"]["shards_in_parts"] == 1
+    assert len(asked) == 4  # every part's worker asked, none claimed: the shard was written after the render
 
 
 def test_parts_left_by_an_interrupted_run_are_not_used(synthgen, tmp_path):
