@@ -189,7 +189,9 @@ def dot_part(out_dir: str, parts: list[Part], index: int, config_json: dict, ide
     except OSError as exc:
         raise write_failure(f"the parts of {shard_path(out_dir, part.shard).name}", out_dir, exc) from None
     result = {"shard": part.shard, "part": part.index, "n_images": part.n_rows}
-    return {**result, **({"checksum": checksum} if checksum else {}), "seconds": time.perf_counter() - started}
+    if checksum is not None:
+        result["checksum"] = checksum
+    return {**result, "seconds": time.perf_counter() - started}
 
 
 def dot_assemble(out_dir: str, parts: list[Part], config_json: dict, identity: str, sync: bool) -> dict:
