@@ -231,11 +231,8 @@ def render_part(out_dir: str, parts: list[Part], index: int, config_json: dict, 
     first = config.shard_range(part.shard)[0] + part.first_row
     arrays, result = _render_rows(out_dir, config, identity, cache_mb, on_bad_input, first, part.n_rows)
     write_start = time.perf_counter()
-    try:
-        checksum = finish_part(out_dir, parts, index, arrays,
-                               lambda joined: _write(out_dir, part.shard, joined, config, identity, fingerprints, sync))
-    except OSError as exc:
-        raise write_failure(f"the parts of {shard_path(out_dir, part.shard).name}", out_dir, exc) from None
+    checksum = finish_part(out_dir, parts, index, arrays,
+                           lambda joined: _write(out_dir, part.shard, joined, config, identity, fingerprints, sync))
     if checksum is not None:
         result["checksum"] = checksum
     result["timings"]["write"] += time.perf_counter() - write_start
@@ -248,11 +245,8 @@ def assemble_shard(out_dir: str, parts: list[Part], config_json: dict, identity:
     counted with the parts: the result has none of its own."""
     started = time.perf_counter()
     config, shard = BuildConfig.from_json(config_json), parts[0].shard
-    try:
-        checksum = write_from_parts(out_dir, parts,
-                                    lambda joined: _write(out_dir, shard, joined, config, identity, fingerprints, sync))
-    except OSError as exc:
-        raise write_failure(f"the parts of {shard_path(out_dir, shard).name}", out_dir, exc) from None
+    checksum = write_from_parts(out_dir, parts,
+                                lambda joined: _write(out_dir, shard, joined, config, identity, fingerprints, sync))
     seconds = time.perf_counter() - started
     return {"shard": shard, "checksum": checksum, "n_images": 0,
             "timings": {**dict.fromkeys(STAGES, 0.0), "write": seconds}, "seconds": seconds, "skipped": [],

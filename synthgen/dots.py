@@ -183,11 +183,8 @@ def dot_part(out_dir: str, parts: list[Part], index: int, config_json: dict, ide
     started = time.perf_counter()
     config, part = _config(config_json), parts[index]
     arrays = _dot_rows(config, config.shard_range(part.shard)[0] + part.first_row, part.n_rows)
-    try:
-        checksum = finish_part(out_dir, parts, index, arrays,
-                               lambda joined: _write(out_dir, part.shard, joined, config, identity, sync))
-    except OSError as exc:
-        raise write_failure(f"the parts of {shard_path(out_dir, part.shard).name}", out_dir, exc) from None
+    checksum = finish_part(out_dir, parts, index, arrays,
+                           lambda joined: _write(out_dir, part.shard, joined, config, identity, sync))
     result = {"shard": part.shard, "part": part.index, "n_images": part.n_rows}
     if checksum is not None:
         result["checksum"] = checksum
@@ -198,11 +195,8 @@ def dot_assemble(out_dir: str, parts: list[Part], config_json: dict, identity: s
     """Write a shard from its parts where no part's worker did (runs in a worker)."""
     started = time.perf_counter()
     config, shard = _config(config_json), parts[0].shard
-    try:
-        checksum = write_from_parts(out_dir, parts,
-                                    lambda joined: _write(out_dir, shard, joined, config, identity, sync))
-    except OSError as exc:
-        raise write_failure(f"the parts of {shard_path(out_dir, shard).name}", out_dir, exc) from None
+    checksum = write_from_parts(out_dir, parts,
+                                lambda joined: _write(out_dir, shard, joined, config, identity, sync))
     return {"shard": shard, "n_images": 0, "checksum": checksum, "seconds": time.perf_counter() - started}
 
 

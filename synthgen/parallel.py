@@ -89,13 +89,13 @@ def start_workers(run: RunOptions, preload: tuple[str, ...] = ()) -> Callable[[]
     that waits for them, to call before the first parallel task (joblib keeps loky's workers from one call
     to the next). Other backends keep nothing, or run elsewhere: for them, as for one worker, this does
     nothing."""
-    if run.backend != "loky" or local_workers(run) <= 1:
+    workers = local_workers(run)
+    if run.backend != "loky" or workers <= 1:
         return lambda: None
 
     def start() -> None:
         try:
             with joblib.parallel_config(backend="loky", n_jobs=run.workers):
-                workers = joblib.effective_n_jobs(run.workers)
                 joblib.Parallel()(joblib.delayed(in_worker)(preload, _nothing) for _ in range(workers))
         except Exception:  # noqa: BLE001 -- the real tasks meet the same problem, and report it
             pass

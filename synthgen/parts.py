@@ -27,8 +27,10 @@ from pathlib import Path
 import numpy as np
 
 from common.atomic import write_atomic
+from synthgen.errors import write_failure
 from synthgen.parallel import run_shards
 from synthgen.prepared import PREPARED_DIR
+from synthgen.shards import SHARD_NAME
 from synthgen.sources import Skipped
 
 PARTS_PER_SHARD = 4  # the tail becomes about a quarter of a shard's render
@@ -165,17 +167,29 @@ def remove_parts(out_dir, parts: list[Part]) -> None:
 
 
 def write_from_parts(out_dir, parts: list[Part], write) -> str:
-    """Join a shard's parts, write the shard with `write(arrays) -> checksum`, drop the parts."""
-    checksum = write(load_parts(out_dir, parts))
-    remove_parts(out_dir, parts)
+    """Join a shard's parts, write the shard with `write(arrays) -> checksum`, drop the parts. Part files
+    that cannot be read or removed are an OutputError naming the shard."""
+    try:
+        checksum = write(load_parts(out_dir, parts))
+        remove_parts(out_dir, parts)
+    except OSError as exc:  # `write` reports its own failures (OutputError)
+        raise write_failure(f"the parts of {_shard_name(parts[0])}", out_dir, exc) from None
     return checksum
 
 
 def finish_part(out_dir, parts: list[Part], index: int, arrays: dict[str, np.ndarray], write) -> str | None:
     """Save part `index` of `parts`; if that completes the shard and this worker claims it, write the shard
-    (`write_from_parts`) and return its checksum."""
-    save_part(out_dir, parts[index], arrays)
-    return write_from_parts(out_dir, parts, write) if claim_if_complete(out_dir, parts) else None
+    (`write_from_parts`) and return its checksum. A part that cannot be saved is an OutputError too."""
+    try:
+        save_part(out_dir, parts[index], arrays)
+        claimed = claim_if_complete(out_dir, parts)
+    except OSError as exc:
+        raise write_failure(f"a part of {_shard_name(parts[index])}", out_dir, exc) from None
+    return write_from_parts(out_dir, parts, write) if claimed else None
+
+
+def _shard_name(part: Part) -> str:
+    return SHARD_NAME.format(part.shard)
 
 
 # --------------------------------------------------------------------------- in the main process
