@@ -1,0 +1,59 @@
+"""benchmarks/bench_train.py: `vae-train` run as a command, its rows read back from each run's own files."""
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import cv2
+import pytest
+
+from conftest import REPO
+
+TINY = ("--device cpu --encoder 8@4x4-2,16@4x4-2 --decoder 16@3x3-2,8@3x3-2 --latent 8 --recon pixel --beta 1 "
+        "--workers 0")
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_train", REPO / "benchmarks" / "bench_train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_rows_are_the_runs_as_trained(tmp_path, capsys):
+    bench = _bench()
+    out = tmp_path / "bench"
+    bench.main(["--n", "300", "--build", "--size 32 --workers 1", "--epochs", "2", "--out", str(out),
+                f"--common={TINY}", "--run=--batch-size 16", "--run=--batch-size 32 --lr 0.003"])
+    results = json.loads((out / "results.json").read_text())
+    rows = results["rows"]
+    assert [(r["options"], r["batch_size"]) for r in rows] == [("--batch-size 16", 16),
+                                                               ("--batch-size 32 --lr 0.003", 32)]
+    for row in rows:
+        run = out / "runs" / f"tree0-run{rows.index(row)}-0"
+        metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert row["validation_loss"] == [m["validation"]["loss"] for m in metrics]
+        assert row["images_per_second"] == [m["train"]["images_per_second"] for m in metrics]
+        assert row["after_first"] == metrics[1]["train"]["images_per_second"]
+        assert row["latent"] == 8 and 0 <= row["active_dims"][-1] <= 8
+        assert row["images_per_epoch"] == metrics[0]["train"]["images"] < 300  # the validation share is held out
+        assert row["compiled"] is False and row["device"] == "cpu"
+    # both runs trained on the one set the tree built
+    sets = {json.loads((out / "runs" / f"tree0-run{j}-0" / "config.json").read_text())["train"]["data"]["data"][0]
+            for j in range(2)}
+    assert sets == {str((out / "sets" / "set-0").resolve())}
+    assert cv2.imread(str(out / "curves.png")) is not None
+    printed = capsys.readouterr().out
+    assert printed.count("| main | --batch-size") == 2
+
+
+def test_a_failed_run_names_itself_and_its_log(tmp_path):
+    bench = _bench()
+    out = tmp_path / "bench"
+    with pytest.raises(SystemExit) as stopped:
+        bench.main(["--n", "200", "--build", "--size 32 --workers 1", "--epochs", "1", "--out", str(out),
+                    f"--common={TINY}", "--run=--latent 0"])
+    message = str(stopped.value)
+    assert "vae-train --latent 0" in message and "run0-0.log" in message and "--latent" in message.split(":\n", 1)[1]
+    with pytest.raises(SystemExit):  # the benchmark's own arguments are its to set
+        bench.main(["--out", str(tmp_path / "other"), "--run=--epochs 3"])
