@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -285,8 +286,15 @@ def test_streaming_and_memory_feeds_train_identical_weights_and_resume_exactly(d
     memory, stream = tmp_path / "memory", tmp_path / "stream"
     assert train_main([*common, "--out", str(memory), "--epochs", "3", "--data-on-device", "yes"]) == 0
     assert "data in device memory (--data-on-device yes)" in capsys.readouterr().out
-    assert train_main([*common, "--out", str(stream), "--epochs", "2", "--data-on-device", "no",
-                       "--workers", "2"]) == 0
+    # the default number of loader workers: 4, or fewer where fewer cores are available (more would only
+    # contend, and torch would warn of "excessive worker creation")
+    default_workers = [a for i, a in enumerate(common) if "--workers" not in (a, common[i - 1])]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert train_main([*default_workers, "--out", str(stream), "--epochs", "2", "--data-on-device", "no"]) == 0
+    assert not [w for w in caught if "worker" in str(w.message)], [str(w.message) for w in caught]
+    runtime = json.loads((stream / "config.json").read_text())["train"]["runtime"]
+    assert runtime["workers"] == min(4, len(os.sched_getaffinity(0)))
     assert "data streamed from the shards (--data-on-device no)" in capsys.readouterr().out
     assert train_main(["--out", str(stream), "--resume", "--epochs", "3", "--data-on-device", "no",
                        "--workers", "2"]) == 0

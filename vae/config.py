@@ -7,6 +7,7 @@ group (devices, speed, progress), plus --epochs to extend or shorten the run.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from common.errors import UsageError
@@ -19,6 +20,8 @@ REDUCTIONS = ("sum", "mean")
 AMP_MODES = ("auto", "bf16", "off")
 ON_DEVICE = ("auto", "yes", "no")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")
+# More loader processes than cores only contend (and torch warns of it): 4 where there are cores for them.
+DEFAULT_WORKERS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -111,7 +114,8 @@ class RuntimeSettings(Settings):
                                "of compiling)", choices=COMPILE_MODES)
     data_on_device: str = option("auto", "load the sets once into the device's memory; auto: when they take under "
                                  "half of the free memory", choices=ON_DEVICE)
-    workers: int = option(4, "DataLoader workers reading shards when the data stays on disk", valid=at_least(0))
+    workers: int = option(DEFAULT_WORKERS, "DataLoader workers reading shards when the data stays on disk (by "
+                          "default 4, or the cores this process may use if fewer)", valid=at_least(0))
     sync_bn: bool = option(False, "synchronise BatchNorm statistics across GPUs")
     progress: bool = progress_option()
     verify_shards: bool = verify_option()
