@@ -175,10 +175,14 @@ def main(argv=None) -> None:
     for tree in trees:
         if not (tree / "vae" / "cli.py").is_file():
             parser.error(f"--tree {tree}: not a checkout of this project (no vae/cli.py there)")
-    for options in [args.common, *runs]:
-        given = shlex.split(options)
-        if any(flag in given for flag in ("--data", "--out", "--epochs", "--resume")):
-            parser.error(f"{options!r}: --data, --out, --epochs and --resume are the benchmark's to set")
+    for options, reserved in [(args.build, ("--n", "--out")),
+                              *[(o, ("--data", "--out", "--epochs", "--resume")) for o in [args.common, *runs]]]:
+        try:
+            given = shlex.split(options)
+        except ValueError as exc:
+            parser.error(f"{options!r}: {exc} (quote the options as a shell would)")
+        if any(flag in given for flag in reserved):
+            parser.error(f"{options!r}: {', '.join(reserved)} are the benchmark's to set")
     if args.data is not None and not (args.data / "manifest.json").is_file():
         parser.error(f"--data {args.data}: no synthgen set there (no manifest.json)")
     if args.out.exists() and any(args.out.glob("runs/*")):
