@@ -44,7 +44,7 @@ def test_rows_are_the_runs_as_trained(tmp_path, capsys):
     assert sets == {str((out / "sets" / "set-0").resolve())}
     assert cv2.imread(str(out / "curves.png")) is not None
     printed = capsys.readouterr().out
-    assert printed.count("| main | --batch-size") == 2
+    assert printed.count(f"| {REPO.name} | --batch-size") == 2  # a tree is named by its folder
 
 
 def test_a_failed_run_names_itself_and_its_log(tmp_path):
