@@ -1,6 +1,7 @@
 """vae-train end to end on CPU: run folder, checkpoints, overfitting, exact resume, NaN, DDP."""
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -181,6 +182,10 @@ def test_two_process_ddp_on_cpu(data, tmp_path, compile_args):
     assert len(records) == 2 and all(r["train"]["images"] == train_images // 2 * 2 for r in records)
     assert records[1]["train"]["loss"] < records[0]["train"]["loss"]
     assert (config["compile"] is not None) == bool(compile_args)  # None: not asked for
+    # the throughput logged is that of both processes together, as recorded (not counted once per process)
+    logged = [float(rate) for rate in re.findall(r"(\d+) img/s", result.stdout)]
+    assert logged == [round(r["train"]["images_per_second"]) for r in records]
+    assert all(r["train"]["images_per_second"] == r["train"]["images"] / r["train"]["seconds"] for r in records)
 
 
 @pytest.mark.parametrize("extra, code, message", [

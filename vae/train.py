@@ -275,7 +275,7 @@ class Run:
                  f"rec {train['rec']:.4g})  validation {validation['loss']:.4g}  lr {record['lr']:.3g}  {natural}"
                  f"active dims {validation['active_dims']}/{config.model.latent} "
                  f"({validation['kl_per_active_dim']:.2f} nats each)  "
-                 f"{train['images_per_second'] * runtime.world:.0f} img/s" + ("  *best" if improved else ""))
+                 f"{train['images_per_second']:.0f} img/s" + ("  *best" if improved else ""))  # all processes
 
     # -- the loop
 
