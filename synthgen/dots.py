@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from pathlib import Path
 
@@ -36,9 +35,8 @@ from synthgen.config import DotConfig, RunOptions, build_identity
 from synthgen.errors import PlacementError, UsageError, write_failure
 from synthgen.manifest import MANIFEST_FORMAT
 from synthgen.parallel import parallel_backend, workers_of
-from synthgen.parts import Part, finish_part, run_set, write_from_parts
+from synthgen.parts import Part, clear_parts, finish_part, run_set, write_from_parts
 from synthgen.plan import draw_area_shares, stratified_cells
-from synthgen.prepared import PREPARED_DIR
 from synthgen.reader import read_labels
 from synthgen.shards import SCHEMA_VERSION, SHARD_FORMAT, ShardArrays, shard_path, write_shard
 from synthgen.stats import label_summary
@@ -260,5 +258,5 @@ def dots(config: DotConfig, run: RunOptions, out_dir, command: list[str] | None 
                     "render_seconds": round(seconds, 3), "total_seconds": round(seconds, 3),
                     "images_per_second": round(built / seconds, 1) if built else None, "shards_in_parts": in_parts})
     writer.finish(config.n_shards, summary)
-    shutil.rmtree(out / PREPARED_DIR, ignore_errors=True)  # the parts folder of an unfinished run
+    clear_parts(out)  # the claims of this run, or parts an interrupted one left
     return summary

@@ -92,8 +92,13 @@ def claim_if_complete(out_dir, parts: list[Part]) -> bool:
 
 
 def clear_parts(out_dir) -> None:
-    """Drop the parts an interrupted run left: they are rendered again (a part is never kept across runs)."""
-    shutil.rmtree(parts_dir(out_dir), ignore_errors=True)
+    """Drop the parts folder: before a render, the parts an interrupted run left (they are rendered again: a
+    part is never kept across runs); after it, the shards' claims. The prepared folder that holds it goes
+    too once nothing else is in it (`synthgen dots` keeps nothing else there)."""
+    folder = parts_dir(out_dir)
+    shutil.rmtree(folder, ignore_errors=True)
+    with contextlib.suppress(OSError):  # absent, or the object store of a build is still in it
+        folder.parent.rmdir()
 
 
 def save_part(out_dir, part: Part, arrays: dict[str, np.ndarray]) -> None:
@@ -208,14 +213,14 @@ def run_set(out_dir, todo: list[int], sizes: dict[int, int], workers: int, whole
     calls = [whole(shard) for shard in whole_shards]
     calls += [part(parts, index) for parts in split.values() for index in range(len(parts))]
 
-    def done(result: dict, write) -> None:
+    def on_result(result: dict, write) -> None:
         if "checksum" in result:
             writer.shard_done(result, write)
         else:  # a part whose shard is not complete yet: only its bad inputs to report now
             for path, reason in result.get("skipped", ()):
                 writer.report(Skipped(path, reason), write)
 
-    results = run_shards(calls, total, progress, desc, done, preload, done=total - sum(sizes.values()))
+    results = run_shards(calls, total, progress, desc, on_result, preload, done=total - sum(sizes.values()))
     written = {r["shard"] for r in results if "checksum" in r}
     unclaimed = [assemble(parts) for shard, parts in split.items() if shard not in written]
     if unclaimed:
