@@ -99,3 +99,17 @@ def read_set(out_dir) -> dict[str, np.ndarray]:
 
 def manifest_of(out_dir) -> dict:
     return json.loads((Path(out_dir) / "manifest.json").read_text())
+
+
+def assert_same_sets(one, two) -> None:
+    """Two sets hold the same datasets, array for array (object offsets shard by shard), and the same shard
+    checksums."""
+    a, b = read_set(one), read_set(two)
+    assert a.keys() == b.keys()
+    for name in a:
+        if name == "object_offset":
+            assert len(a[name]) == len(b[name]) and all(np.array_equal(x, y) for x, y in zip(a[name], b[name]))
+        else:
+            assert np.array_equal(a[name], b[name]), name
+    assert [s["content_sha256"] for s in manifest_of(one)["shards"]] == \
+           [s["content_sha256"] for s in manifest_of(two)["shards"]]

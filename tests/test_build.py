@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import FAST, make_objects, make_scenes, manifest_of, read_set
+from conftest import FAST, assert_same_sets, make_objects, make_scenes, manifest_of, read_set
 from synthgen.parallel import timeline
 from synthgen.shards import content_checksum, read_arrays, read_attrs
 
@@ -57,13 +57,7 @@ def test_one_and_two_workers_give_identical_sets(synthgen, tmp_path):
     assert synthgen("build", *args, "--out", tmp_path / "one", "--workers", 1).rc == 0
     result = synthgen("build", *args, "--out", tmp_path / "two", "--workers", 2)
     assert result.rc == 0 and "2 workers" in result.out
-    one, two = read_set(tmp_path / "one"), read_set(tmp_path / "two")
-    assert one.keys() == two.keys()
-    for name in one:
-        if name != "object_offset":
-            assert np.array_equal(one[name], two[name]), name
-    assert [s["content_sha256"] for s in manifest_of(tmp_path / "one")["shards"]] == \
-           [s["content_sha256"] for s in manifest_of(tmp_path / "two")["shards"]]
+    assert_same_sets(tmp_path / "one", tmp_path / "two")
     summary = manifest_of(tmp_path / "two")["summary"]
     spent = summary["render_timeline"]
     assert summary["workers"] == 2 and 0 < spent["workers_busy"] <= 1 and spent["worker_processes"] == 2
@@ -378,10 +372,7 @@ def test_dask_cluster_build_matches_the_local_build(synthgen, tmp_path):
     assert result.rc == 0, result.err
     assert "2 workers, dask" in result.out
     assert manifest_of(tmp_path / "dask")["summary"]["render_timeline"]["shards_in_parts"] == 1
-    local, remote = read_set(tmp_path / "local"), read_set(tmp_path / "dask")
-    for name in local:
-        if name != "object_offset":
-            assert np.array_equal(local[name], remote[name]), name
+    assert_same_sets(tmp_path / "local", tmp_path / "dask")
 
 
 def test_real_sample_build(synthgen, tmp_path, real_objects, real_scenes):

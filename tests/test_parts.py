@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import manifest_of, read_set
+from conftest import assert_same_sets, manifest_of
 from synthgen import parts as parts_module
 from synthgen.build import check_disk_space
 from synthgen.config import BuildConfig
@@ -76,23 +76,11 @@ def test_the_shard_is_claimed_once_and_only_when_every_part_is_in(tmp_path):
     assert not claim_if_complete(tmp_path, parts)  # a second worker that saw the last part land: not it
 
 
-def _same_sets(one, two) -> None:
-    a, b = read_set(one), read_set(two)
-    assert a.keys() == b.keys()
-    for name in a:
-        if name == "object_offset":
-            assert all(np.array_equal(x, y) for x, y in zip(a[name], b[name]))
-        else:
-            assert np.array_equal(a[name], b[name]), name
-    assert [s["content_sha256"] for s in manifest_of(one)["shards"]] == \
-           [s["content_sha256"] for s in manifest_of(two)["shards"]]
-
-
 def test_a_partial_last_round_in_parts_gives_the_same_set(synthgen, tmp_path):
     assert synthgen("build", *PARTIAL_ROUND, "--out", tmp_path / "one", "--workers", 1).rc == 0
     result = synthgen("build", *PARTIAL_ROUND, "--out", tmp_path / "two", "--workers", 2)
     assert result.rc == 0, result.err
-    _same_sets(tmp_path / "one", tmp_path / "two")
+    assert_same_sets(tmp_path / "one", tmp_path / "two")
     summary = manifest_of(tmp_path / "two")["summary"]
     assert summary["render_timeline"]["shards_in_parts"] == 1 and summary["images_built"] == 384
     assert manifest_of(tmp_path / "one")["summary"]["render_timeline"]["shards_in_parts"] == 0
@@ -109,7 +97,7 @@ def test_a_shard_no_worker_claimed_is_written_after_the_render(synthgen, tmp_pat
     assert synthgen("build", *PARTIAL_ROUND, "--out", tmp_path / "one", "--workers", 1).rc == 0
     result = synthgen("build", *PARTIAL_ROUND, "--out", tmp_path / "two", "--workers", 2, "--backend", "threading")
     assert result.rc == 0, result.err
-    _same_sets(tmp_path / "one", tmp_path / "two")
+    assert_same_sets(tmp_path / "one", tmp_path / "two")
     assert manifest_of(tmp_path / "two")["summary"]["render_timeline"]["shards_in_parts"] == 1
     assert len(asked) == 4  # every part's worker asked, none claimed: the shard was written after the render
 
@@ -131,7 +119,7 @@ def test_parts_left_by_an_interrupted_run_are_not_used(synthgen, tmp_path):
     result = synthgen("build", *PARTIAL_ROUND, "--out", out, "--workers", 2)
     assert result.rc == 0, result.err
     assert manifest_of(out)["summary"]["images_built"] == 128
-    _same_sets(tmp_path / "one", out)
+    assert_same_sets(tmp_path / "one", out)
     assert synthgen("verify", out, "--no-progress").rc == 0
 
 
