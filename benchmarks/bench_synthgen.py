@@ -13,19 +13,21 @@ Rows:
 * a number: that cache in MB per worker (`--caches warm,64,cold`), to see what the memory each worker
   keeps hot costs when many workers share the processor's cache.
 images/s is wall-clock over the render phase, until the last shard is on disk; "with start-up" is over
-the whole build as a command runs it (scanning the sources, the checks and probes, the prepare phase,
-where the worker processes start and import, the render phase, the summary; 1 worker runs in the main
-process: no worker starts). "of linear" is images/s with start-up against the number of workers times 1 worker's (the
-scaling target is 80% from 1 to 16 workers: `--workers 1,2,4,8,16 --n 80000` on a 16-core machine).
+the whole build as a command runs it, and the seconds outside the render are its phases (the build's
+`phase_seconds`): "checks", scanning the sources, the checks and the feasibility probes, while the
+worker processes start in the background; "wait", for the workers still starting after that; "prepare",
+the one-off decoding of all objects into the shared store; "end", mostly reading the labels back for the
+summary (1 worker runs in the main process: no worker starts). "of linear" is images/s with start-up
+against the number of workers times 1 worker's (the scaling target is 80% from 1 to 16 workers:
+`--workers 1,2,4,8,16 --n 80000` on a 16-core machine).
 Where scaling is lost, the render phase's timeline (synthgen.parallel.timeline) says: "busy" is the
 workers' share of the phase spent in their tasks, "tail" the seconds at the end with workers idle for
 want of shards, "flush" the seconds waited after the last shard for the disk; stage times per image
 that grow with the number of workers point at contention instead; "shards in parts" counts the shards of
 a partial last round rendered in parts (synthgen.parts), "worker processes" the processes that ran them
 (more than the workers: some were replaced mid-build); `--split-full-rounds` renders a full last round in
-parts too, to see whether that pays on many cores. "prepare" is the one-off decoding of
-all objects into the shared store; the stage columns are per-image times summed over workers (time
-spent in each stage).
+parts too, to see whether that pays on many cores. The stage columns are per-image times summed over
+workers (time spent in each stage).
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ from pathlib import Path
 from joblib.externals.loky import get_reusable_executor
 
 import synthgen.build
+import synthgen.parts
 from synthgen.build import build
 from synthgen.compositor import STAGES
 from synthgen.config import BuildConfig, RunOptions
@@ -46,6 +49,7 @@ from synthgen.parts import plan_parts
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 CACHE_MB = {"warm": 512, "cold": 0}
+PHASES = ("scan_and_checks", "waiting_for_workers", "prepare", "labels_and_other")  # the build outside its render
 
 
 def machine() -> str:
@@ -78,6 +82,12 @@ def plan_with_full_rounds(todo: list[int], sizes: dict[int, int], workers: int):
         return whole, split
     _, split = plan_parts(todo[-workers:], sizes, workers + 1)  # the last round as a partial one of `workers`
     return [s for s in todo if s not in split], split
+
+
+def split_full_rounds() -> None:
+    """Plan every build of this process with plan_with_full_rounds: where the shards are rendered
+    (synthgen.parts.run_set) and where the disk check counts the parts (synthgen.build)."""
+    synthgen.parts.plan_parts = synthgen.build.plan_parts = plan_with_full_rounds
 
 
 def cache_rows(text: str) -> list[tuple[str, int]]:
@@ -121,12 +131,13 @@ def main() -> None:
         if not folder.is_dir():
             raise SystemExit(f"{folder} not found: pass --objects/--backgrounds (the sample data is in ../shared)")
     if args.split_full_rounds:
-        synthgen.build.plan_parts = plan_with_full_rounds  # the plan is made in this process
+        split_full_rounds()
     print(f"machine: {machine()}")
     print(f"build: {args.n} images, 161x161, counts 0-4, default options"
           + (", full last rounds in parts too" if args.split_full_rounds else "") + "\n")
     header = ("| workers | cache | images/s | with start-up | of linear | busy | tail (s) | flush (s) | "
-              "shards in parts | worker processes | 80K images (s) | prepare (s) | " + " | ".join(STAGES)
+              "shards in parts | worker processes | 80K images (s) | checks (s) | wait (s) | prepare (s) | end (s) | "
+              + " | ".join(STAGES)
               + " | total ms/img |")
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
@@ -140,11 +151,11 @@ def main() -> None:
             if workers == 1:
                 one_worker[label] = with_start
             linear = f"{with_start / (workers * one_worker[label]):.0%}" if label in one_worker else "-"
-            spent = summary["render_timeline"]
+            spent, phases = summary["render_timeline"], summary["phase_seconds"]
             print(f"| {workers} | {label} | {rate:.0f} | {with_start:.0f} | {linear} | {spent['workers_busy']:.0%} | "
                   f"{spent['tail_seconds']:.2f} | {spent['after_last_result_seconds']:.2f} | "
                   f"{spent['shards_in_parts']} | {spent['worker_processes']} | "
-                  f"{80000 / with_start:.0f} | {summary['prepare_seconds']:.2f} | "
+                  f"{80000 / with_start:.0f} | " + " | ".join(f"{phases[p]:.2f}" for p in PHASES) + " | "
                   + " | ".join(f"{stages[s]:.3f}" for s in STAGES) + f" | {sum(stages.values()):.3f} |", flush=True)
 
 if __name__ == "__main__":

@@ -330,8 +330,10 @@ def _build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | N
     writer.manifest["object_pool"] = pool
     writer.begin()
     results, workers, render_seconds, prepare_seconds, masks, render_timeline = [], None, 0.0, 0.0, [], None
+    checked = waited = time.perf_counter()
     if todo:
         workers_started()
+        waited = time.perf_counter()
         with parallel_backend(run) as client:
             workers = workers_of(client, run)
             ids = pool if pool is not None else list(range(len(objects)))
@@ -366,10 +368,16 @@ def _build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | N
                          ("count", "target_area", "visible_area"))
     summary = label_summary(labels["count"], labels["target_area"], labels["visible_area"], config.size)
     built = sum(r["n_images"] for r in results)
+    ended = time.perf_counter()
+    # Where a build's time goes outside the render: what scaling with workers loses at the start and the end.
+    phases = {"scan_and_checks": checked - started, "waiting_for_workers": waited - checked,
+              "prepare": prepare_seconds, "render": render_seconds,
+              "labels_and_other": ended - waited - prepare_seconds - render_seconds}
     summary.update({
         "images_built": built, "images_resumed": config.n - built,
         "prepare_seconds": round(prepare_seconds, 3), "render_seconds": round(render_seconds, 3),
-        "total_seconds": round(time.perf_counter() - started, 3),
+        "total_seconds": round(ended - started, 3),
+        "phase_seconds": {name: round(seconds, 3) for name, seconds in phases.items()},
         "images_per_second": round(built / render_seconds, 1) if built else None,
         "render_timeline": render_timeline,
         "workers": workers, "backend": run.backend,

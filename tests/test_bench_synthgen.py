@@ -1,0 +1,44 @@
+"""benchmarks/bench_synthgen.py: its experiment switch reaches the real build, and its rows' phases add up."""
+from __future__ import annotations
+
+import importlib.util
+
+import synthgen.build
+import synthgen.parts
+from conftest import REPO, assert_same_sets
+from synthgen.config import BuildConfig, RunOptions
+
+# 2 shards of 128 on 2 workers: one full round, which synthgen renders whole
+FULL_ROUND = BuildConfig(n=256, shard_size=128, size=64, seed=5)
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_synthgen", REPO / "benchmarks" / "bench_synthgen.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _build(out):
+    return synthgen.build.build(FULL_ROUND, RunOptions(workers=2, progress=False), out, log=lambda *_: None)
+
+
+def test_split_full_rounds_renders_a_full_last_round_in_parts_and_the_set_is_the_same(tmp_path, monkeypatch):
+    # the switch once patched a name the build no longer looked up, and the experiment measured the default
+    whole = _build(tmp_path / "whole")
+    assert whole["render_timeline"]["shards_in_parts"] == 0
+    for module in (synthgen.parts, synthgen.build):  # undone after the test
+        monkeypatch.setattr(module, "plan_parts", module.plan_parts)
+    _bench().split_full_rounds()
+    split = _build(tmp_path / "split")
+    assert split["render_timeline"]["shards_in_parts"] == 2
+    assert_same_sets(tmp_path / "whole", tmp_path / "split")
+
+
+def test_the_phases_of_a_build_add_up_to_its_time(tmp_path):
+    summary = _build(tmp_path / "set")
+    phases = summary["phase_seconds"]
+    assert set(phases) == {"scan_and_checks", "waiting_for_workers", "prepare", "render", "labels_and_other"}
+    assert min(phases.values()) >= 0
+    assert phases["render"] == summary["render_seconds"] > 0 and phases["prepare"] == summary["prepare_seconds"]
+    assert abs(sum(phases.values()) - summary["total_seconds"]) <= 0.003  # each rounded to the millisecond
