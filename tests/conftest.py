@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 from pathlib import Path
 
@@ -113,3 +114,11 @@ def assert_same_sets(one, two) -> None:
             assert np.array_equal(a[name], b[name]), name
     assert [s["content_sha256"] for s in manifest_of(one)["shards"]] == \
            [s["content_sha256"] for s in manifest_of(two)["shards"]]
+
+
+def load_benchmark(name: str):
+    """A script of benchmarks/ as a module (they run by path, not as a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,22 +1,14 @@
 """benchmarks/bench_synthgen.py: its experiment switch reaches the real build, and its rows' phases add up."""
 from __future__ import annotations
 
-import importlib.util
 
 import synthgen.build
 import synthgen.parts
-from conftest import REPO, assert_same_sets
+from conftest import assert_same_sets, load_benchmark
 from synthgen.config import BuildConfig, RunOptions
 
 # 2 shards of 128 on 2 workers: one full round, which synthgen renders whole
 FULL_ROUND = BuildConfig(n=256, shard_size=128, size=64, seed=5)
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_synthgen", REPO / "benchmarks" / "bench_synthgen.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _build(out):
@@ -29,7 +21,7 @@ def test_split_full_rounds_renders_a_full_last_round_in_parts_and_the_set_is_the
     assert whole["render_timeline"]["shards_in_parts"] == 0
     for module in (synthgen.parts, synthgen.build):  # undone after the test
         monkeypatch.setattr(module, "plan_parts", module.plan_parts)
-    _bench().split_full_rounds()
+    load_benchmark("bench_synthgen").split_full_rounds()
     split = _build(tmp_path / "split")
     assert split["render_timeline"]["shards_in_parts"] == 2
     assert_same_sets(tmp_path / "whole", tmp_path / "split")

@@ -1,27 +1,19 @@
 """benchmarks/bench_train.py: `vae-train` run as a command, its rows read back from each run's own files."""
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import cv2
 import pytest
 
-from conftest import REPO
+from conftest import REPO, load_benchmark
 
 TINY = ("--device cpu --encoder 8@4x4-2,16@4x4-2 --decoder 16@3x3-2,8@3x3-2 --latent 8 --recon pixel --beta 1 "
         "--workers 0")
 
 
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_train", REPO / "benchmarks" / "bench_train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_rows_are_the_runs_as_trained(tmp_path, capsys):
-    bench = _bench()
+    bench = load_benchmark("bench_train")
     out = tmp_path / "bench"
     bench.main(["--n", "300", "--build", "--size 32 --workers 1", "--epochs", "2", "--out", str(out),
                 f"--common={TINY}", "--run=--batch-size 16", "--run=--batch-size 32 --lr 0.003"])
@@ -48,7 +40,7 @@ def test_rows_are_the_runs_as_trained(tmp_path, capsys):
 
 
 def test_a_failed_run_names_itself_and_its_log(tmp_path):
-    bench = _bench()
+    bench = load_benchmark("bench_train")
     out = tmp_path / "bench"
     with pytest.raises(SystemExit) as stopped:
         bench.main(["--n", "200", "--build", "--size 32 --workers 1", "--epochs", "1", "--out", str(out),
