@@ -8,12 +8,12 @@ the random-rotation null (with and without the ANOVA), population decoding, the 
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 
 import numpy as np
 import statsmodels.api as sm
 
+from common.machine import describe
 from analysis.controls import population_decoding, rotation_null
 from analysis.regression import bootstrap_betas, fit_eq3, make_predictors, standardise
 from analysis.selectivity import anova_moments, make_design, number_selectivity
@@ -53,7 +53,7 @@ def main() -> None:
     start = time.perf_counter()
     bootstrap_betas(z, predictors.x, args.bootstrap, seed=0)
     boot = time.perf_counter() - start
-    print(f"machine: {platform.processor() or platform.machine()}, numpy {np.__version__}")
+    print(f"machine: {describe('numpy', 'statsmodels')}")
     print(f"{predictors.x.shape[0]} images with N >= 1 (of {args.images}) x {args.dims} dimensions\n")
     print("| step | seconds | speed-up over the statsmodels loop |")
     print("|---|---|---|")

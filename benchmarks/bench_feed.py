@@ -13,8 +13,6 @@ import argparse
 import contextlib
 import io
 import json
-import os
-import platform
 import shutil
 import tempfile
 from pathlib import Path
@@ -22,21 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.machine import describe
 from synthgen.cli import main as synthgen
 from vae.cli import main as vae_train
 
 # Small enough that on a CPU the step is fast and the feed, not the model, would show as the limit.
 SMALL = ["--encoder", "16@4x4-2,32@4x4-2", "--decoder", "32@3x3-2,16@3x3-2", "--latent", "16", "--recon", "pixel"]
-
-
-def machine(device: str) -> str:
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        cpu = platform.processor() or platform.machine()
-    gpu = f", {torch.cuda.get_device_name()}" if device.startswith("cuda") else ""
-    return (f"{cpu}, {len(os.sched_getaffinity(0))} cores{gpu}, Python {platform.python_version()}, "
-            f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
 
 
 def train(data: Path, out: Path, feed: str, args) -> list[dict]:
@@ -65,7 +54,8 @@ def main() -> None:
     parser.add_argument("--vgg-weights", help="for --model paper")
     parser.add_argument("--workers", type=int, help="DataLoader workers of the streamed run (default: vae-train's)")
     args = parser.parse_args()
-    print(f"machine: {machine(args.device)}")
+    print(f"machine: {describe('torch', gpu=args.device.startswith('cuda'))}; "
+          f"{torch.get_num_threads()} torch threads")
     work = Path(tempfile.mkdtemp(prefix="bench-feed-"))
     try:
         with contextlib.redirect_stdout(io.StringIO()):

@@ -15,29 +15,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import os
-import platform
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
-import h5py
 import numpy as np
 
+from common.machine import describe
 from synthgen import ShardSet
 from synthgen.cli import main as synthgen
 
 BATCHES = (64, 256, 1000)
-
-
-def machine() -> str:
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        cpu = platform.processor() or platform.machine()
-    return (f"{cpu}, {len(os.sched_getaffinity(0))} cores available, Python {platform.python_version()}, "
-            f"numpy {np.__version__}, h5py {h5py.__version__} (HDF5 {h5py.version.hdf5_version})")
 
 
 def rate(n_images: int, seconds: float) -> str:
@@ -79,7 +68,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0, help="time per measurement (default: %(default)s)")
     parser.add_argument("--compression", default="none,lzf,gzip", help="kinds of shards (default: %(default)s)")
     args = parser.parse_args()
-    print(f"machine: {machine()}")
+    print(f"machine: {describe('numpy', 'h5py')}")
     print(f"sets: {args.n} images at {args.size}x{args.size}, shards of 1,000, one image per chunk\n")
     work = Path(tempfile.mkdtemp(prefix="bench-read-"))
     try:

@@ -32,8 +32,6 @@ workers (time spent in each stage).
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shutil
 import tempfile
 from pathlib import Path
@@ -42,6 +40,7 @@ from joblib.externals.loky import get_reusable_executor
 
 import synthgen.build
 import synthgen.parts
+from common.machine import describe
 from synthgen.build import build
 from synthgen.compositor import STAGES
 from synthgen.config import BuildConfig, RunOptions
@@ -50,15 +49,6 @@ from synthgen.parts import plan_parts
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 CACHE_MB = {"warm": 512, "cold": 0}
 PHASES = ("scan_and_checks", "waiting_for_workers", "prepare", "labels_and_other")  # the build outside its render
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {len(os.sched_getaffinity(0))} cores available, Python {platform.python_version()}"
 
 
 def run(n: int, workers: int, cache_mb: int, objects: Path, backgrounds: Path) -> dict:
@@ -132,7 +122,7 @@ def main() -> None:
             raise SystemExit(f"{folder} not found: pass --objects/--backgrounds (the sample data is in ../shared)")
     if args.split_full_rounds:
         split_full_rounds()
-    print(f"machine: {machine()}")
+    print(f"machine: {describe('numpy', 'OpenCV', 'h5py', 'joblib')}")
     print(f"build: {args.n} images, 161x161, counts 0-4, default options"
           + (", full last rounds in parts too" if args.split_full_rounds else "") + "\n")
     header = ("| workers | cache | images/s | with start-up | of linear | busy | tail (s) | flush (s) | "

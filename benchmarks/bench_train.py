@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -31,20 +30,10 @@ import sys
 import time
 from pathlib import Path
 
+from common.machine import describe
+
 HERE = Path(__file__).resolve().parents[1]
 LOG_TAIL = 2000  # characters of a failed command's output shown with the error
-
-
-def machine() -> str:
-    import torch
-
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        cpu = platform.processor() or platform.machine()
-    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return (f"{cpu}, {len(os.sched_getaffinity(0))} cores{gpu}, Python {platform.python_version()}, "
-            f"torch {torch.__version__}")
 
 
 def tree_environment(tree: Path) -> dict:
@@ -190,7 +179,7 @@ def main(argv=None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     labels = [tree.name if len({t.name for t in trees}) == len(trees) else str(tree) for tree in trees]
 
-    described = machine()
+    described = describe("torch", gpu=True)  # the torch of this process, which the commands run with
     print(f"machine: {described}")
     source = f"--data {args.data}" if args.data else f"{args.n} images, synthgen build {args.build}".rstrip()
     print(f"set: {source}; "

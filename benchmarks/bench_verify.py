@@ -17,11 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from common.machine import describe
 
 CHILD = r"""
 import json, sys, time
@@ -69,8 +70,7 @@ def main() -> None:
             subprocess.run([Path(sys.executable).parent / "synthgen", "build", "--n", str(args.n), "--out", str(root),
                             "--workers", str(args.workers), "--no-progress"], check=True, stdout=subprocess.DEVNULL)
         size = sum(p.stat().st_size for p in root.glob("shard-*.h5"))
-        print(f"set: {root}, {size / 1e9:.2f} GB; machine: {platform.processor() or platform.machine()}, "
-              f"{len(os.sched_getaffinity(0))} cores, Python {platform.python_version()}; page cache "
+        print(f"set: {root}, {size / 1e9:.2f} GB; machine: {describe('numpy', 'h5py')}; page cache "
               f"{'dropped before each row' if args.drop_caches else 'as it is'}")
         print("| what | images | seconds | GB/s |\n|---|---|---|---|")
         for label, mode, threads in (("read every label and image, no check", "read", 1),

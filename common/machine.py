@@ -1,0 +1,93 @@
+"""One line that names the machine a figure was measured on, by what it is: the processor, the cores this
+process may use, the memory, the GPU, and the versions of the libraries that did the work.
+
+Every benchmark prints it above its table, so that each entry of benchmarks/RESULTS.md can name its machine
+the same way. `platform.processor()`, which some printed before, says only "x86_64" on Linux.
+"""
+from __future__ import annotations
+
+import os
+import platform
+
+# The libraries a figure can depend on, by the name that is printed: the module to import and how to read
+# its version. Imported only when asked for, so a benchmark of synthgen never pays for importing torch.
+LIBRARIES = {
+    "numpy": ("numpy", lambda m: m.__version__),
+    "OpenCV": ("cv2", lambda m: m.__version__),
+    "h5py": ("h5py", lambda m: f"{m.__version__} (HDF5 {m.version.hdf5_version})"),
+    "joblib": ("joblib", lambda m: m.__version__),
+    "albumentations": ("albumentations", lambda m: m.__version__),
+    "torch": ("torch", lambda m: m.__version__),
+    "statsmodels": ("statsmodels", lambda m: m.__version__),
+}
+
+
+def cpu_model() -> str:
+    """The processor's model name as the kernel reports it, or the architecture where it reports none."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            return next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def cores() -> int:
+    """The cores this process may run on (a container's or `taskset`'s limit, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def memory_gib() -> float | None:
+    try:
+        with open("/proc/meminfo") as info:
+            kib = next(int(line.split()[1]) for line in info if line.startswith("MemTotal:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+    return kib / 2**20
+
+
+def gpus() -> list[str]:
+    """The CUDA devices torch sees, with the CUDA and cuDNN versions it runs them with; [] without torch."""
+    try:
+        import torch
+    except ImportError:
+        return []
+    if not torch.cuda.is_available():
+        return []
+    stack = f"CUDA {torch.version.cuda}" + (f", cuDNN {cudnn_version(torch.backends.cudnn.version())}"
+                                            if torch.backends.cudnn.is_available() else "")
+    return [f"{torch.cuda.get_device_name(k)} ({stack})" for k in range(torch.cuda.device_count())]
+
+
+def cudnn_version(number: int) -> str:
+    """cuDNN's version number as major.minor.patch: 91900 is 9.19.0 (from cuDNN 9 on), 8902 is 8.9.2."""
+    major, rest = (number // 10000, number % 10000) if number >= 10000 else (number // 1000, number % 1000)
+    return f"{major}.{rest // 100}.{rest % 100}"
+
+
+def library_version(name: str) -> str:
+    """`name` and its version, or that it is not installed; `name` is a key of LIBRARIES."""
+    if name not in LIBRARIES:
+        raise ValueError(f"library {name!r}: choose among {', '.join(LIBRARIES)}")
+    module, version = LIBRARIES[name]
+    try:
+        return f"{name} {version(__import__(module))}"
+    except ImportError:
+        return f"{name} not installed"
+
+
+def describe(*libraries: str, gpu: bool = False) -> str:
+    """E.g. "AMD EPYC 7B13, 2 cores, 23 GiB RAM, Python 3.11.7, numpy 2.4.6, OpenCV 5.0.0".
+
+    With gpu=True the CUDA devices come after the memory (and torch's version is worth listing then)."""
+    parts = [cpu_model(), f"{cores()} cores"]
+    memory = memory_gib()
+    if memory is not None:
+        parts.append(f"{memory:.0f} GiB RAM")
+    if gpu:
+        parts += gpus() or ["no CUDA device"]
+    parts.append(f"Python {platform.python_version()}")
+    parts += [library_version(name) for name in libraries]
+    return ", ".join(parts)
