@@ -18,7 +18,10 @@ It reports, in one run on one machine:
   in the fastest mode of the rows above;
 * FLOPs per image of a step (torch.utils.flop_counter) and the achieved TFLOP/s against the card's peak
   (bf16 dense; --peak-tflops for a card not in the table);
-* with --profile, a kernel-time breakdown of a few steps of the fastest path (torch.profiler), by operator.
+* with --profile, a kernel-time breakdown of a few steps of the fastest path (torch.profiler), by class of
+  kernel and by operator, and the convolutions layer by layer: each layer's forward and backward, its time
+  and the TFLOP/s it achieves, to tell a convolution that runs far below the card's peak from one that
+  cannot go faster.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
 from common.machine import cpu_model, describe
@@ -68,7 +72,7 @@ class Stepper:
             self.model = self.model.to(memory_format=torch.channels_last)
             loss = loss.to(memory_format=torch.channels_last)
         self.runtime = Runtime(device, 0, 1, optimised and device.type == "cuda")
-        self.objective = Objective(self.model, loss, 1.0, 0.03)
+        self.objective = self.eager = Objective(self.model, loss, 1.0, 0.03)
         # the plain loop keeps torch's default (multi-tensor) Adam; the trainer's paths use the trainer's own
         self.optimizer = (build_optimizer(self.model, 0.0015) if optimised
                           else torch.optim.Adam(self.model.parameters(), lr=0.0015))
@@ -157,11 +161,97 @@ def kernel_class(name: str) -> str:
     return "other"
 
 
-def profile(stepper: Stepper, steps: int) -> str:
+CONVOLUTIONS = ("aten::convolution", "aten::convolution_backward")  # the operators every convolution runs as
+
+
+def conv_output_side(side: int, kernel: int, stride: int, padding: int, dilation: int, transposed: bool,
+                     output_padding: int) -> int:
+    if transposed:
+        return (side - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1
+    return (side + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def conv_call(event) -> dict | None:
+    """What one profiled convolution operator did: its layer's key, its shapes and its FLOPs (counted as
+    torch.utils.flop_counter counts them, so that the rows add up to FlopCounterMode's convolutions)."""
+    shapes, values = event.input_shapes, list(getattr(event, "concrete_inputs", None) or [])
+    if event.name == "aten::convolution" and len(shapes) >= 2 and len(values) >= 9:
+        x, w = shapes[0], shapes[1]
+        stride, padding, dilation, transposed, output_padding, groups = values[3:9]
+        out_side = [conv_output_side(x[2 + k], w[2 + k], stride[k], padding[k], dilation[k], transposed,
+                                     output_padding[k]) for k in range(len(x) - 2)]
+        out = [x[0], w[1] * groups if transposed else w[0], *out_side]
+        flops, work = flop_counter.conv_flop_count(x, w, out, transposed), "forward"
+    elif event.name == "aten::convolution_backward" and len(shapes) >= 3 and len(values) >= 11:
+        grad_out, x, w = shapes[0], shapes[1], shapes[2]
+        stride, padding, dilation, transposed, output_padding, groups, mask = values[4:11]
+        out = grad_out
+        flops = flop_counter.conv_backward_flop(grad_out, x, w, None, stride, padding, dilation, transposed,
+                                                output_padding, groups, mask, out_val=(x, w, None))
+        work = "backward: " + " and ".join(what for what, wanted in zip(("input", "weight"), mask) if wanted)
+    else:  # shapes not recorded (a profile without record_shapes, or another torch)
+        return None
+    return {"key": (tuple(w), bool(transposed), tuple(stride)), "work": work, "flops": int(flops),
+            "sides": f"{'x'.join(map(str, x[2:]))} -> {'x'.join(map(str, out[2:]))}"}
+
+
+def conv_layers(module: torch.nn.Module) -> dict:
+    """The names of `module`'s convolutions by (weight shape, transposed, stride): how a profiled call is
+    told apart (two layers with the same key share a row)."""
+    names: dict = {}
+    for name, layer in module.named_modules():
+        if isinstance(layer, torch.nn.modules.conv._ConvNd):
+            key = (tuple(layer.weight.shape), bool(layer.transposed), tuple(layer.stride))
+            names[key] = f"{names[key]}, {name}" if key in names else name
+    return names
+
+
+def conv_table(events, names: dict, steps: int, cuda: bool) -> list[dict]:
+    """Per convolution layer and pass (forward, backward), over `steps` profiled steps: calls, ms and GFLOP
+    per step and the TFLOP/s achieved, the longest first. Time is the kernels' (CUDA) or the operator's (CPU)."""
+    rows: dict = {}
+    for event in events:
+        if event.name not in CONVOLUTIONS:
+            continue
+        call = conv_call(event)
+        if call is None:
+            continue
+        w, transposed, stride = call["key"]
+        layer = names.get(call["key"], "?")
+        shape = (f"{w[1] if transposed else w[0]}<-{w[0] if transposed else w[1]} "
+                 f"{'x'.join(map(str, w[2:]))}{' transposed' if transposed else ''}, stride {stride[0]}")
+        row = rows.setdefault((layer, call["work"], call["sides"]), {
+            "layer": layer, "convolution": shape, "sides": call["sides"], "work": call["work"], "calls": 0,
+            "ms": 0.0, "flops": 0})
+        row["calls"] += 1
+        row["ms"] += (event.device_time_total if cuda else event.cpu_time_total) / 1e3
+        row["flops"] += call["flops"]
+    table = []
+    for row in rows.values():
+        seconds = row["ms"] / 1e3
+        table.append({**row, "calls": row["calls"] / steps, "ms": row["ms"] / steps,
+                      "gflop": row["flops"] / steps / 1e9, "tflops": row["flops"] / seconds / 1e12 if seconds else 0.0})
+    return sorted(table, key=lambda row: -row["ms"])
+
+
+def conv_lines(table: list[dict], peak: float | None) -> list[str]:
+    if not table:
+        return ["No convolution operators were recorded (under CUDA graphs the kernels replay without them).\n"]
+    ms, gflop = sum(r["ms"] for r in table), sum(r["gflop"] for r in table)
+    lines = [f"Convolutions by layer: {ms:.2f} ms and {gflop:,.0f} GFLOP per step, {gflop / ms:.3g} TFLOP/s overall"
+             + (f" ({gflop / ms / peak:.0%} of peak)" if peak and ms else "") + "\n",
+             "| layer | convolution (out<-in channels) | in -> out side | pass | calls per step | ms per step "
+             "| GFLOP per step | TFLOP/s |", "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['layer']} | {r['convolution']} | {r['sides']} | {r['work']} | {r['calls']:g} | {r['ms']:.3f} | "
+              f"{r['gflop']:.1f} | {r['tflops']:.3g} |" for r in table]
+    return lines + [""]
+
+
+def profile(stepper: Stepper, steps: int, peak: float | None = None) -> str:
     """A kernel-time breakdown of `steps` steps: by class of kernel (CUDA), then the top operators."""
     cuda = stepper.device.type == "cuda"
     activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
-    with torch.profiler.profile(activities=activities) as profiler:
+    with torch.profiler.profile(activities=activities, record_shapes=True) as profiler:
         start = time.perf_counter()
         for i in range(steps):
             stepper.step(i)
@@ -188,6 +278,7 @@ def profile(stepper: Stepper, steps: int) -> str:
         lines += [f"| {name[:100]} | {ms / steps:.3f} | {ms / busy:.1%} |"
                   for name, ms in sorted(kernels.items(), key=lambda item: -item[1])[:TOP_KERNELS]]
         lines.append("")
+    lines += conv_lines(conv_table(profiler.events(), conv_layers(stepper.eager), steps, cuda), peak)
     key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
     lines.append(events.table(sort_by=key, row_limit=20, max_name_column_width=60))
     return "\n".join(lines)
@@ -282,7 +373,7 @@ def main() -> None:
     if args.profile:
         which = f"compiled, mode {fastest_mode}" if fastest is not default else "the default path"
         print(f"\nKernel time of the fastest step ({which}), by operator:\n")
-        print(profile(fastest, min(steps, 5)))
+        print(profile(fastest, min(steps, 5), peak))
 
 
 if __name__ == "__main__":

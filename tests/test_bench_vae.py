@@ -1,0 +1,58 @@
+"""benchmarks/bench_vae.py --profile: the convolutions layer by layer, from a real profile of real steps."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from conftest import load_benchmark
+from vae.losses import Objective, PerceptualLoss
+from vae.model import VAE, ModelConfig
+from vae.vgg import RANDOM, load_vgg
+
+# strided convolutions down, transposed ones up, and a perceptual loss whose VGG-19 runs twice a step
+SMALL = ModelConfig(image_size=32, encoder="8@4x4-2,16@4x4-2", decoder="16@3x3-2,8@3x3-2", latent=4)
+
+
+def _step(objective, x, noise):
+    objective(x, noise)["loss"].backward()
+
+
+@pytest.mark.filterwarnings("ignore:--vgg-weights random")  # the speed and shapes are the same
+def test_the_convolution_rows_add_up_to_the_flop_counter_and_name_their_layers():
+    bench = load_benchmark("bench_vae")
+    torch.manual_seed(0)
+    objective = Objective(VAE(SMALL), PerceptualLoss(load_vgg(RANDOM)[0]), 1.0, 0.03)
+    x, noise = torch.rand(2, 3, 32, 32), torch.randn(2, 4)
+    with FlopCounterMode(display=False) as counter:
+        _step(objective, x, noise)
+    counted = sum(flops for op, flops in counter.get_flop_counts()["Global"].items() if "convolution" in str(op))
+    steps = 2
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as profiler:
+        for _ in range(steps):
+            _step(objective, x, noise)
+    table = bench.conv_table(profiler.events(), bench.conv_layers(objective), steps, cuda=False)
+
+    assert counted > 0 and abs(sum(row["gflop"] for row in table) * 1e9 - counted) <= 1e-6 * counted
+    rows = {(row["layer"], row["work"]): row for row in table}
+    # every convolution of the model and of the loss network, each pass once, named by its module
+    layers = [name for name, m in objective.named_modules() if isinstance(m, torch.nn.modules.conv._ConvNd)]
+    assert {layer for layer, _ in rows} == set(layers) and "?" not in {row["layer"] for row in table}
+    for layer in layers:
+        assert (layer, "forward") in rows
+    # the first convolution of each network has no input gradient to compute: its input is the image
+    assert ("net.encoder.0", "backward: weight") in rows
+    assert ("net.decoder.0", "backward: input and weight") in rows
+    # the VGG-19 runs on x (no gradient) and on the reconstruction: two forwards and one backward a step
+    assert rows[("reconstruction.vgg.0", "forward")]["calls"] == 2
+    # ... and, frozen, computes no weight gradient: its backward is the gradient of its input only
+    assert rows[("reconstruction.vgg.2", "backward: input")]["calls"] == 1
+    assert not any(layer.startswith("reconstruction.") and "weight" in work for layer, work in rows)
+    assert rows[("net.encoder.0", "forward")]["sides"] == "32x32 -> 16x16"
+    assert rows[("net.decoder.0", "forward")]["convolution"].endswith("transposed, stride 2")
+    assert rows[("net.decoder.0", "forward")]["sides"] == "8x8 -> 16x16"  # a transposed convolution's own arithmetic
+    assert rows[("net.decoder.3", "backward: input and weight")]["sides"] == "16x16 -> 32x32"
+    assert all(row["ms"] > 0 and row["tflops"] > 0 for row in table)
+    assert [row["ms"] for row in table] == sorted((row["ms"] for row in table), reverse=True)
+    lines = bench.conv_lines(table, peak=None)
+    assert len(lines) == 3 + len(table) + 1 and lines[0].startswith("Convolutions by layer")
