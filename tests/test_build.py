@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import cv2
 import h5py
 import numpy as np
 import pytest
@@ -27,6 +28,7 @@ def test_schema_labels_and_provenance(synthgen, tmp_path):
     assert manifest["complete"] and manifest["config"]["seed"] == 5 and manifest["config"]["size"] == 64
     assert [s["n_images"] for s in manifest["shards"]] == [25, 25, 10]
     assert manifest["command"][:2] == ["synthgen", "build"]
+    assert f"OpenCV {cv2.__version__}" in manifest["summary"]["machine"]  # the pixels depend on it
     with h5py.File(out / "shard-00001.h5", "r") as f:
         images = f["images"]
         assert images.dtype == np.uint8 and images.shape == (25, 64, 64, 3) and images.chunks == (1, 64, 64, 3)

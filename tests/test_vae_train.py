@@ -74,6 +74,7 @@ def test_run_folder_checkpoints_and_natural_mixing(data, tmp_path, capsys):
     config = json.loads((run / "config.json").read_text())
     assert config["train"]["loss"]["beta"] == 0.03 and config["parameters"]["total"] > 0 and config["world_size"] == 1
     assert config["data"]["natural_train"] > 0
+    assert f"torch {torch.__version__}" in config["machine"] and "CUDA" not in config["machine"]  # trained on CPU
     assert config["optimizer"] == {"name": "Adam", "fused": True}  # torch 2.4+ has the fused kernel on CPU
     state = torch.load(run / "last.pt", weights_only=True)  # plain tensors and values only
     assert state["epoch"] == 3 and json.loads(state["model_config"])["latent"] == 8

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from common import streams
 from common.atomic import write_atomic
 from common.errors import UserError
+from common.machine import describe as describe_machine
 from common.settings import to_dict
 from vae.augment import augment, to_float
 from vae.checkpoint import CheckpointError, save_checkpoint
@@ -345,6 +346,11 @@ class Run:
 # ---------------------------------------------------------------------------------------------- the command
 
 
+def machine(runtime: Runtime) -> str:
+    """The main process's machine, its GPU when it trains on one: the images/s of metrics.jsonl depend on it."""
+    return describe_machine("numpy", "torch", gpu=runtime.device.type == "cuda")
+
+
 def describe_run(run: Run, config: TrainConfig, runtime: Runtime, resume: bool, command: list[str]) -> dict:
     """config.json's record, and the opening lines of the log."""
     split = run.data.split
@@ -352,7 +358,7 @@ def describe_run(run: Run, config: TrainConfig, runtime: Runtime, resume: bool, 
               "parameters": parameter_counts(run.model), "vgg": run.vgg_record, "world_size": runtime.world,
               "optimizer": {"name": "Adam", "fused": bool(run.optimizer.defaults.get("fused"))},
               "compile": run.compile_check, "device": str(runtime.device), "amp": "bf16" if runtime.amp else "off",
-              "torch": torch.__version__, "command": command,
+              "torch": torch.__version__, "machine": machine(runtime), "command": command,
               "data": {"synthetic_train": int(split.train_synthetic.size),
                        "natural_train": int(split.train_natural_order.size), "validation": int(split.validation.size),
                        "natural_dropped_per_class": split.dropped, "identities": run.data.identities(),
