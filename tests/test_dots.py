@@ -77,6 +77,7 @@ def test_dots_are_deterministic_extendable_and_verified(synthgen, dot_set, tmp_p
     assert [s["content_sha256"] for s in manifest_of(two)["shards"]] == \
            [s["content_sha256"] for s in manifest_of(dot_set)["shards"]]
     assert manifest_of(two)["summary"]["shards_in_parts"] == 1 and not (two / "prepared").exists()
+    assert f"OpenCV {cv2.__version__}" in manifest_of(two)["summary"]["machine"]  # it drew the dots
     small = tmp_path / "small"
     assert synthgen("dots", "--n", 100, "--count", "1-32", "--area-levels", 4, "--out", small, *FAST).rc == 0
     assert np.array_equal(read_set(small)["images"], read_set(dot_set)["images"][:100])

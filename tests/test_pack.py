@@ -40,6 +40,7 @@ def test_pack_count_folders(synthgen, tmp_path):
     manifest = manifest_of(out)
     assert manifest["kind"] == "natural" and manifest["n_images"] == 20
     assert len(manifest["summary"]["skipped_inputs"]) == 3
+    assert f"OpenCV {cv2.__version__}" in manifest["summary"]["machine"]  # it decoded the photos
     data = read_set(out)
     sources = json.loads((out / "sources.json").read_text())
     assert data["images"].shape == (20, 48, 48, 3)
