@@ -2,7 +2,7 @@
 process may use, the memory, the GPU, and the versions of the libraries that did the work.
 
 Every benchmark prints it above its table, so that each entry of benchmarks/RESULTS.md can name its machine
-the same way. `platform.processor()`, which some printed before, says only "x86_64" on Linux.
+the same way. `platform.processor()`, which some printed before, is empty on Linux (they then printed "x86_64").
 """
 from __future__ import annotations
 
