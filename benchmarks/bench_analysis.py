@@ -13,10 +13,10 @@ import time
 import numpy as np
 import statsmodels.api as sm
 
-from common.machine import describe
 from analysis.controls import population_decoding, rotation_null
 from analysis.regression import bootstrap_betas, fit_eq3, make_predictors, standardise
 from analysis.selectivity import anova_moments, make_design, number_selectivity
+from common.machine import describe
 
 
 def _timed(function) -> float:

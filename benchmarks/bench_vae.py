@@ -34,7 +34,7 @@ import torch
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
-from common.machine import cpu_model, describe
+from common.machine import describe
 from vae.augment import augment
 from vae.config import (COMPILE_MODES, AugmentConfig, DataSettings, LossSettings, RuntimeSettings, TrainConfig,
                         TrainingSettings)
@@ -332,9 +332,9 @@ def main() -> None:
     batch = args.batch or (128 if cuda else 4)
     steps = args.steps or (50 if cuda else 3)
     warmup = args.warmup if args.warmup is not None else (10 if cuda else 1)
-    name = torch.cuda.get_device_name(device) if cuda else cpu_model()
+    name = torch.cuda.get_device_name(device) if cuda else ""  # for the peak: the table lists GPUs
     print(f"machine: {describe('torch', gpu=cuda)}")
-    print(f"device: {name} ({device}); {torch.get_num_threads()} CPU threads")
+    print(f"device: {device}; {torch.get_num_threads()} CPU threads")
     print(f"model: paper configuration, {parameter_counts(VAE())['total']:,} parameters; batch {batch}, "
           f"{warmup} warm-up + {steps} timed steps; " + (
               f"perceptual loss, VGG weights: {'../shared' if SHARED_WEIGHTS.exists() else 'random (same speed)'}\n"

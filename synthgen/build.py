@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 
-from common.machine import describe
 from common.settings import changed_values
 from synthgen import __version__
 from synthgen.compositor import STAGES, Compositor
@@ -382,9 +381,6 @@ def _build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | N
         "images_per_second": round(built / render_seconds, 1) if built else None,
         "render_timeline": render_timeline,
         "workers": workers, "backend": run.backend,
-        # speeds mean little without the machine, and the pixels depend on OpenCV's version (with the dask
-        # backend, this is the machine of the main process; the workers' may differ)
-        "machine": describe("numpy", "OpenCV", "h5py"),
         "ms_per_image": {stage: round(1e3 * sum(r["timings"][stage] for r in results) / built, 4)
                          for stage in STAGES} if built else None,
     })

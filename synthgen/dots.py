@@ -30,7 +30,6 @@ import cv2
 import numpy as np
 
 from common import streams
-from common.machine import describe
 from synthgen import __version__
 from synthgen.config import DotConfig, RunOptions, build_identity
 from synthgen.errors import PlacementError, UsageError, write_failure
@@ -257,8 +256,7 @@ def dots(config: DotConfig, run: RunOptions, out_dir, command: list[str] | None 
     seconds = time.perf_counter() - started
     summary.update({"images_built": built, "images_resumed": config.n - built, "workers": workers,
                     "render_seconds": round(seconds, 3), "total_seconds": round(seconds, 3),
-                    "images_per_second": round(built / seconds, 1) if built else None, "shards_in_parts": in_parts,
-                    "machine": describe("numpy", "OpenCV", "h5py")})
+                    "images_per_second": round(built / seconds, 1) if built else None, "shards_in_parts": in_parts})
     writer.finish(config.n_shards, summary)
     clear_parts(out)  # the claims of this run, or parts an interrupted one left
     return summary

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import h5py
 
-from common.machine import describe
 from common.settings import changed_values
 from synthgen import __version__
 from synthgen.config import SPLITS, PackConfig, RunOptions, build_identity
@@ -191,7 +190,7 @@ def pack(config: PackConfig, run: RunOptions, out_dir, command: list[str] | None
     counts = read_labels(paths, ("count",))["count"]
     summary = {"n_images": int(counts.size), "count_histogram": count_histogram(counts),
                "images_packed": sum(r["n_images"] for r in results), "workers": workers,
-               "total_seconds": round(time.perf_counter() - started, 3), "machine": describe("numpy", "OpenCV", "h5py")}
+               "total_seconds": round(time.perf_counter() - started, 3)}
     writer.manifest["n_images"] = int(counts.size)
     writer.finish(n_shards, summary)
     return summary

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from common.atomic import fsync_path
 from common.cli import out_folder_problem
+from common.machine import describe
 from synthgen.errors import OutputError, UsageError
 from synthgen.manifest import MANIFEST, is_own_entry, read_manifest, write_json_atomic
 from synthgen.shards import TEMP_RE, content_checksum, read_arrays, read_attrs, shard_path
@@ -177,8 +178,9 @@ class SetWriter:
         write_json_atomic(self.out / MANIFEST, self.manifest)
 
     def finish(self, n_shards: int, summary: dict) -> dict:
-        """The final manifest: every shard's range and checksum (read from the shard), the summary and
-        every skipped input. Returns the manifest."""
+        """The final manifest: every shard's range and checksum (read from the shard), the summary,
+        every skipped input, and the machine with the libraries the pixels depend on (with the dask backend,
+        the main process's; the workers' may differ). Returns the manifest."""
         self.settle()
         entries = []
         for index in range(n_shards):
@@ -188,6 +190,7 @@ class SetWriter:
             entries.append({"file": path.name, "first_index": int(attrs["first_index"]),
                             "n_images": int(attrs["n_images"]), "content_sha256": str(attrs["content_sha256"])})
         summary["skipped_inputs"] = [{"path": path, "reason": reason} for path, reason in self.skipped.items()]
+        summary["machine"] = describe("numpy", "OpenCV", "h5py")  # speeds mean little without it
         self.manifest.update({"complete": True, "shards": entries, "summary": summary})
         self.manifest.pop("failure", None)
         write_json_atomic(self.out / MANIFEST, self.manifest)
