@@ -231,10 +231,8 @@ def render_part(out_dir: str, parts: list[Part], index: int, config_json: dict, 
     first = config.shard_range(part.shard)[0] + part.first_row
     arrays, result = _render_rows(out_dir, config, identity, cache_mb, on_bad_input, first, part.n_rows)
     write_start = time.perf_counter()
-    checksum = finish_part(out_dir, parts, index, arrays,
-                           lambda joined: _write(out_dir, part.shard, joined, config, identity, fingerprints, sync))
-    if checksum is not None:
-        result["checksum"] = checksum
+    result |= finish_part(out_dir, parts, index, arrays,
+                          lambda joined: _write(out_dir, part.shard, joined, config, identity, fingerprints, sync))
     result["timings"]["write"] += time.perf_counter() - write_start
     return {"shard": part.shard, "part": part.index, "seconds": time.perf_counter() - started, **result}
 

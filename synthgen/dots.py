@@ -181,12 +181,10 @@ def dot_part(out_dir: str, parts: list[Part], index: int, config_json: dict, ide
     started = time.perf_counter()
     config, part = _config(config_json), parts[index]
     arrays = _dot_rows(config, config.shard_range(part.shard)[0] + part.first_row, part.n_rows)
-    checksum = finish_part(out_dir, parts, index, arrays,
-                           lambda joined: _write(out_dir, part.shard, joined, config, identity, sync))
-    result = {"shard": part.shard, "part": part.index, "n_images": part.n_rows}
-    if checksum is not None:
-        result["checksum"] = checksum
-    return {**result, "seconds": time.perf_counter() - started}
+    written = finish_part(out_dir, parts, index, arrays,
+                          lambda joined: _write(out_dir, part.shard, joined, config, identity, sync))
+    return {"shard": part.shard, "part": part.index, "n_images": part.n_rows, **written,
+            "seconds": time.perf_counter() - started}
 
 
 def dot_assemble(out_dir: str, parts: list[Part], config_json: dict, identity: str, sync: bool) -> dict:

@@ -20,13 +20,15 @@ import time
 from pathlib import Path
 
 import h5py
+import numpy as np
 
 from common.settings import changed_values
 from synthgen import __version__
 from synthgen.config import SPLITS, PackConfig, RunOptions, build_identity
 from synthgen.errors import BadInputError, UsageError, write_failure
 from synthgen.manifest import MANIFEST_FORMAT, SOURCES, write_json_atomic
-from synthgen.parallel import parallel_backend, run_shards, workers_of
+from synthgen.parallel import parallel_backend, workers_of
+from synthgen.parts import Part, clear_parts, finish_part, run_set, write_from_parts
 from synthgen.reader import read_labels
 from synthgen.shards import SCHEMA_VERSION, SHARD_FORMAT, ShardArrays, shard_path, write_shard
 from synthgen.sources import IMAGE_EXTENSIONS, Skipped, _check_folder, list_fingerprint, load_photo, walk_files
@@ -93,10 +95,15 @@ def read_split_file(split_file: Path, root: Path, split: str) -> tuple[list[tupl
     return items, skipped
 
 
-def pack_shard(out_dir: str, shard_index: int, first: int, items: list, config_json: dict, identity: str,
-               on_bad_input: str, sync: bool) -> dict:
-    """Decode and write one shard of natural images (runs in a worker; `sync` as in build.build_shard)."""
-    config = PackConfig(**config_json)
+# A shard records its bad files (`skipped_json`), so that a resumed pack can report them again. A shard
+# rendered in parts (synthgen.parts) carries each part's as one more dataset of its part file: JSON lines
+# as bytes, which join end to end like any other dataset.
+SKIPPED_LINES = "skipped_lines"
+
+
+def _pack_rows(config: PackConfig, first: int, items: list, on_bad_input: str) -> tuple[dict, list]:
+    """Decode the images of `items` (their positions in sources.json from `first` on): their shard arrays,
+    and the (path, reason) of each bad file left out."""
     root = Path(config.root)
     shard, skipped = ShardArrays(config.size), []
     for position, (rel, label) in enumerate(items, start=first):
@@ -108,18 +115,65 @@ def pack_shard(out_dir: str, shard_index: int, first: int, items: list, config_j
             skipped.append((error.path, error.reason))
             continue
         shard.add(image, count=label, index=position)
+    return shard.arrays(), skipped
+
+
+def _write(out_dir: str, shard_index: int, arrays: dict, skipped: list, config_json: dict, identity: str,
+           sync: bool) -> str:
+    config = PackConfig(**config_json)
     attrs = {"format": SHARD_FORMAT, "schema_version": SCHEMA_VERSION, "synthgen_version": __version__,
              "kind": "natural", "build_identity": identity,
              "config_json": json.dumps(config_json | {"root": None, "split_file": None}, sort_keys=True),
-             "shard_index": shard_index, "first_index": first, "n_images": len(shard), "image_size": config.size,
-             # which files are bad depends only on the files, so a resumed pack can still report them
-             "skipped_json": json.dumps(skipped)}
+             "shard_index": shard_index, "first_index": shard_index * config.shard_size,
+             "n_images": len(arrays["count"]), "image_size": config.size, "skipped_json": json.dumps(skipped)}
     path = shard_path(out_dir, shard_index)
     try:
-        write_shard(path, shard.arrays(), attrs, sync=sync)
+        return write_shard(path, arrays, attrs, sync=sync)
     except OSError as exc:
         raise write_failure(path.name, out_dir, exc) from None
-    return {"shard": shard_index, "n_images": len(shard), "first_index": first, "skipped": skipped}
+
+
+def _write_joined(out_dir: str, shard_index: int, joined: dict, config_json: dict, identity: str,
+                  sync: bool) -> str:
+    """Write a shard from its joined parts: their bad files, in order, go back into the shard's record."""
+    lines = joined.pop(SKIPPED_LINES).tobytes().decode().splitlines()
+    return _write(out_dir, shard_index, joined, [tuple(json.loads(line)) for line in lines], config_json, identity,
+                  sync)
+
+
+def pack_shard(out_dir: str, shard_index: int, items: list, config_json: dict, identity: str, on_bad_input: str,
+               sync: bool) -> dict:
+    """Decode and write one shard of natural images (runs in a worker; `sync` as in build.build_shard)."""
+    started = time.perf_counter()
+    config = PackConfig(**config_json)
+    arrays, skipped = _pack_rows(config, shard_index * config.shard_size, items, on_bad_input)
+    checksum = _write(out_dir, shard_index, arrays, skipped, config_json, identity, sync)
+    return {"shard": shard_index, "n_images": len(arrays["count"]), "skipped": skipped, "checksum": checksum,
+            "seconds": time.perf_counter() - started}
+
+
+def pack_part(out_dir: str, parts: list[Part], index: int, items: list, config_json: dict, identity: str,
+              on_bad_input: str, sync: bool) -> dict:
+    """Decode part `index` of a shard's `parts` (`items`: its rows), and write the shard if that completes it
+    (synthgen.parts; runs in a worker)."""
+    started = time.perf_counter()
+    config, part = PackConfig(**config_json), parts[index]
+    arrays, skipped = _pack_rows(config, part.shard * config.shard_size + part.first_row, items, on_bad_input)
+    n_images = len(arrays["count"])
+    arrays[SKIPPED_LINES] = np.frombuffer("".join(json.dumps(s) + "\n" for s in skipped).encode(), np.uint8)
+    written = finish_part(out_dir, parts, index, arrays,
+                          lambda joined: _write_joined(out_dir, part.shard, joined, config_json, identity, sync))
+    return {"shard": part.shard, "part": part.index, "n_images": n_images, "skipped": skipped, **written,
+            "seconds": time.perf_counter() - started}
+
+
+def pack_assemble(out_dir: str, parts: list[Part], config_json: dict, identity: str, sync: bool) -> dict:
+    """Write a shard from its parts where no part's worker did (runs in a worker)."""
+    started = time.perf_counter()
+    shard = parts[0].shard
+    checksum = write_from_parts(out_dir, parts,
+                                lambda joined: _write_joined(out_dir, shard, joined, config_json, identity, sync))
+    return {"shard": shard, "n_images": 0, "checksum": checksum, "seconds": time.perf_counter() - started}
 
 
 def differences(old: dict, config: PackConfig, fingerprint: str, labels: str) -> str:
@@ -176,12 +230,20 @@ def pack(config: PackConfig, run: RunOptions, out_dir, command: list[str] | None
     def chunk(s):
         return items[s * config.shard_size:(s + 1) * config.shard_size]
 
+    def rows_of(part: Part):
+        first = part.shard * config.shard_size + part.first_row
+        return items[first:first + part.n_rows]
+
+    args = (config_json, identity, run.on_bad_input, run.workers_sync)
     with parallel_backend(run) as client:
         workers = workers_of(client, run)
-        results = run_shards([(pack_shard, (str(out), s, s * config.shard_size, chunk(s), config_json, identity,
-                                            run.on_bad_input, run.workers_sync)) for s in todo],
-                             len(items), run.progress, "synthgen pack", writer.shard_done,
-                             done=len(items) - sum(len(chunk(s)) for s in todo))
+        results, in_parts = run_set(
+            out, todo, {s: len(chunk(s)) for s in todo}, workers,
+            whole=lambda shard: (pack_shard, (str(out), shard, chunk(shard), *args)),
+            part=lambda parts, index: (pack_part, (str(out), parts, index, rows_of(parts[index]), *args)),
+            assemble=lambda parts: (pack_assemble, (str(out), parts, config_json, identity, run.workers_sync)),
+            writer=writer, total=len(items), progress=run.progress, desc="synthgen pack")
+    clear_parts(out)  # the claims of this run
     paths = [shard_path(out, s) for s in range(n_shards)]
     for path in paths:  # a resumed pack reports the bad files of the shards it kept, too
         with h5py.File(path, "r") as f:
@@ -189,7 +251,7 @@ def pack(config: PackConfig, run: RunOptions, out_dir, command: list[str] | None
                 writer.report(Skipped(bad_path, reason))
     counts = read_labels(paths, ("count",))["count"]
     summary = {"n_images": int(counts.size), "count_histogram": count_histogram(counts),
-               "images_packed": sum(r["n_images"] for r in results), "workers": workers,
+               "images_packed": sum(r["n_images"] for r in results), "workers": workers, "shards_in_parts": in_parts,
                "total_seconds": round(time.perf_counter() - started, 3)}
     writer.manifest["n_images"] = int(counts.size)
     writer.finish(n_shards, summary)

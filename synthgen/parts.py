@@ -1,5 +1,5 @@
 """The last round of a set's shards, when it is a partial one, rendered in parts so that no worker sits
-idle through it (`synthgen build` and `synthgen dots`).
+idle through it (`synthgen build`, `dots` and `pack`).
 
 A shard is rendered and written by one worker. When the shards do not divide evenly over the workers,
 the last round leaves workers idle for the whole of a shard's render: a 1-shard build used one worker
@@ -182,15 +182,16 @@ def write_from_parts(out_dir, parts: list[Part], write) -> str:
     return checksum
 
 
-def finish_part(out_dir, parts: list[Part], index: int, arrays: dict[str, np.ndarray], write) -> str | None:
+def finish_part(out_dir, parts: list[Part], index: int, arrays: dict[str, np.ndarray], write) -> dict:
     """Save part `index` of `parts`; if that completes the shard and this worker claims it, write the shard
-    (`write_from_parts`) and return its checksum. A part that cannot be saved is an OutputError too."""
+    (`write_from_parts`). Returns what the part's result adds: {"checksum": ...} when it wrote the shard, else
+    nothing. A part that cannot be saved is an OutputError too."""
     try:
         save_part(out_dir, parts[index], arrays)
         claimed = claim_if_complete(out_dir, parts)
     except OSError as exc:
         raise write_failure(f"a part of {_shard_name(parts[index])}", out_dir, exc) from None
-    return write_from_parts(out_dir, parts, write) if claimed else None
+    return {"checksum": write_from_parts(out_dir, parts, write)} if claimed else {}
 
 
 def _shard_name(part: Part) -> str:

@@ -2,9 +2,10 @@
 import json
 
 import cv2
+import h5py
 import numpy as np
 
-from conftest import manifest_of, read_set
+from conftest import assert_same_sets, manifest_of, read_set
 from synthgen import ShardSet
 
 FAST = ["--size", "48", "--no-progress", "--workers", "1"]
@@ -158,3 +159,26 @@ def test_a_pack_is_the_same_pack_however_its_paths_are_spelled_but_not_with_othe
     split_file.write_text(split_file.read_text().replace("1/img0.jpg,1,", "1/img0.jpg,2,"))  # a relabelled image
     relabelled = synthgen("pack", "images", "--split-file", "split.csv", "--split", "train", "--out", out, *FAST)
     assert relabelled.rc == 1 and "the listed image files or labels differ" in relabelled.err
+
+
+def test_a_pack_whose_one_shard_is_decoded_in_parts_is_the_same_pack(synthgen, tmp_path):
+    # 1 shard of 132 photos on 2 workers: a partial last round, decoded in 4 parts of 33 (synthgen.parts).
+    # The bad files fall in two different parts: the shard still records both, in order, for a resume.
+    root = tmp_path / "sos"
+    make_sos_tree(root, per_label=26)
+    for folder in ("1", "4+"):
+        (root / folder / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    options = ["--size", "32", "--no-progress"]
+    assert synthgen("pack", root, "--out", tmp_path / "one", "--workers", 1, *options).rc == 0
+    result = synthgen("pack", root, "--out", tmp_path / "two", "--workers", 2, *options)
+    assert result.rc == 0, result.err
+    assert_same_sets(tmp_path / "one", tmp_path / "two")
+    one, two = manifest_of(tmp_path / "one"), manifest_of(tmp_path / "two")
+    assert (one["summary"]["shards_in_parts"], two["summary"]["shards_in_parts"]) == (0, 1)
+    assert two["summary"]["images_packed"] == two["n_images"] == 130
+    broken = [str(root / "1" / "broken.jpg"), str(root / "4+" / "broken.jpg")]
+    with h5py.File(tmp_path / "two" / "shard-00000.h5", "r") as shard:
+        assert [path for path, _ in json.loads(shard.attrs["skipped_json"])] == broken
+    assert [s["path"] for s in two["summary"]["skipped_inputs"]] == broken
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["manifest.json", "shard-00000.h5",
+                                                                     "sources.json"]  # no parts left
