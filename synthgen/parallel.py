@@ -3,6 +3,7 @@ one loop that runs a set's shard tasks with a progress bar (build, pack and dots
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import threading
 import time
@@ -12,10 +13,12 @@ import cv2
 import joblib
 from tqdm import tqdm
 
+from common.machine import describe
 from synthgen.config import RunOptions
 from synthgen.errors import UsageError
 
 LEAK_MARGIN = 300 << 20  # loky's own allowance, kept on top of a worker's caches
+SET_LIBRARIES = ("numpy", "OpenCV", "h5py")  # what a set's pixels and files depend on, named with its machine
 
 
 @contextlib.contextmanager
@@ -50,7 +53,8 @@ def workers_of(client, run: RunOptions) -> int:
 
 
 def in_worker(preload: tuple[str, ...], function, *args):
-    """Every parallel task runs through here. `preload` names the modules the whole job will need: they are
+    """Every parallel task runs through here; a task's dict result gets the description of the machine it
+    ran on ("machine"). `preload` names the modules the whole job will need: they are
     imported in the worker's first task, whatever that task is, because loky measures a worker's memory
     after its first task and restarts workers that grow by 300 MB, which a large later import would
     otherwise trigger. (Build workers import neither torch nor albumentations: they start in well under a
@@ -58,7 +62,16 @@ def in_worker(preload: tuple[str, ...], function, *args):
     for module in preload:
         importlib.import_module(module)
     cv2.setNumThreads(1)  # workers are the parallelism; OpenCV's own threads only contend
-    return function(*args)
+    result = function(*args)
+    if isinstance(result, dict):  # a shard task's: where it ran (a dask worker may be another machine)
+        result["machine"] = worker_machine()
+    return result
+
+
+@functools.lru_cache(maxsize=1)
+def worker_machine() -> str:
+    """This process's machine and the libraries of SET_LIBRARIES (read once per process)."""
+    return describe(*SET_LIBRARIES)
 
 
 def allow_growth(nbytes: int) -> None:

@@ -31,7 +31,6 @@ from synthgen.errors import write_failure
 from synthgen.parallel import run_shards
 from synthgen.prepared import PREPARED_DIR
 from synthgen.shards import SHARD_NAME
-from synthgen.sources import Skipped
 
 PARTS_PER_SHARD = 4  # the tail becomes about a quarter of a shard's render
 MIN_PART_IMAGES = 32  # below this a part's own costs (its task, its file) are no longer small
@@ -215,11 +214,8 @@ def run_set(out_dir, todo: list[int], sizes: dict[int, int], workers: int, whole
     calls += [part(parts, index) for parts in split.values() for index in range(len(parts))]
 
     def on_result(result: dict, write) -> None:
-        if "checksum" in result:
-            writer.shard_done(result, write)
-        else:  # a part whose shard is not complete yet: only its bad inputs to report now
-            for path, reason in result.get("skipped", ()):
-                writer.report(Skipped(path, reason), write)
+        # a part whose shard is not complete yet has only its bad inputs and its machine to report now
+        (writer.shard_done if "checksum" in result else writer.part_done)(result, write)
 
     results = run_shards(calls, total, progress, desc, on_result, preload, done=total - sum(sizes.values()))
     written = {r["shard"] for r in results if "checksum" in r}

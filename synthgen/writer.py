@@ -5,7 +5,8 @@ Its life cycle, in order:
    --overwrite), and find the shards a resumed (or extended) run can keep;
 2. `begin`: the provisional manifest (`"complete": false`), so an interrupted run is recognised;
 3. `shard_done`: per finished shard, its bad inputs reported (one line per input, however often it is
-   met) and, when workers leave it to this process, the shard flushed to disk in the background;
+   met), the machine it was made on noted, and, when workers leave it to this process, the shard flushed
+   to disk in the background (`part_done`: the same for a part of a shard, synthgen.parts);
 4. `fail`: what stopped the run, kept in the manifest so that nobody is told to resume into the same
    failure;
 5. `settle`, then `finish`: every shard on disk, then the final manifest, with every shard's checksum
@@ -29,9 +30,9 @@ from tqdm import tqdm
 
 from common.atomic import fsync_path
 from common.cli import out_folder_problem
-from common.machine import describe
 from synthgen.errors import OutputError, UsageError
 from synthgen.manifest import MANIFEST, is_own_entry, read_manifest, write_json_atomic
+from synthgen.parallel import worker_machine
 from synthgen.shards import TEMP_RE, content_checksum, read_arrays, read_attrs, shard_path
 from synthgen.sources import Skipped
 
@@ -45,6 +46,7 @@ class SetWriter:
         self.manifest = {**manifest, "complete": False}
         self.log = log
         self.skipped: dict[str, str] = {}  # every bad input met anywhere in the run, reported once
+        self.worker_machines: set[str] = set()  # where this run's shards and parts were made
         self.sync_shards = sync_shards
         self._syncs: dict[Path, Future] = {}
         self._syncer: ThreadPoolExecutor | None = None
@@ -145,14 +147,20 @@ class SetWriter:
     def shard_done(self, result: dict, write=None) -> None:
         """A worker's finished shard (its result names "shard" and may list "skipped" (path, reason)
         pairs): report its bad inputs and, with `sync_shards`, start flushing it to disk."""
-        for path, reason in result.get("skipped", ()):
-            self.report(Skipped(path, reason), write)
+        self.part_done(result, write)
         self._renamed = True
         if self.sync_shards:
             if self._syncer is None:
                 self._syncer = ThreadPoolExecutor(1, thread_name_prefix="synthgen-fsync")
             path = shard_path(self.out, result["shard"])
             self._syncs[path] = self._syncer.submit(fsync_path, path)
+
+    def part_done(self, result: dict, write=None) -> None:
+        """A worker's finished part of a shard, or shard: report its bad inputs, note its machine."""
+        for path, reason in result.get("skipped", ()):
+            self.report(Skipped(path, reason), write)
+        if "machine" in result:
+            self.worker_machines.add(result["machine"])
 
     def settle(self) -> None:
         """Wait until every shard given to `shard_done` is on disk, and the folder's entries too."""
@@ -179,8 +187,9 @@ class SetWriter:
 
     def finish(self, n_shards: int, summary: dict) -> dict:
         """The final manifest: every shard's range and checksum (read from the shard), the summary,
-        every skipped input, and the machine with the libraries the pixels depend on (with the dask backend,
-        the main process's; the workers' may differ). Returns the manifest."""
+        every skipped input, and the machine with the libraries the pixels depend on: this process's, and
+        those of the workers that made this run's shards (with the dask backend, the cluster's machines).
+        Returns the manifest."""
         self.settle()
         entries = []
         for index in range(n_shards):
@@ -190,7 +199,8 @@ class SetWriter:
             entries.append({"file": path.name, "first_index": int(attrs["first_index"]),
                             "n_images": int(attrs["n_images"]), "content_sha256": str(attrs["content_sha256"])})
         summary["skipped_inputs"] = [{"path": path, "reason": reason} for path, reason in self.skipped.items()]
-        summary["machine"] = describe("numpy", "OpenCV", "h5py")  # speeds mean little without it
+        summary["machine"] = worker_machine()  # speeds mean little without it
+        summary["worker_machines"] = sorted(self.worker_machines)  # the same, but with dask on other machines
         self.manifest.update({"complete": True, "shards": entries, "summary": summary})
         self.manifest.pop("failure", None)
         write_json_atomic(self.out / MANIFEST, self.manifest)

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from conftest import FAST, assert_same_sets, make_objects, make_scenes, manifest_of, read_set
-from synthgen.parallel import timeline
+from synthgen.parallel import timeline, worker_machine
 from synthgen.shards import content_checksum, read_arrays, read_attrs
+from synthgen.writer import SetWriter
 
 
 def test_schema_labels_and_provenance(synthgen, tmp_path):
@@ -29,6 +30,7 @@ def test_schema_labels_and_provenance(synthgen, tmp_path):
     assert [s["n_images"] for s in manifest["shards"]] == [25, 25, 10]
     assert manifest["command"][:2] == ["synthgen", "build"]
     assert f"OpenCV {cv2.__version__}" in manifest["summary"]["machine"]  # the pixels depend on it
+    assert manifest["summary"]["worker_machines"] == [manifest["summary"]["machine"]]
     with h5py.File(out / "shard-00001.h5", "r") as f:
         images = f["images"]
         assert images.dtype == np.uint8 and images.shape == (25, 64, 64, 3) and images.chunks == (1, 64, 64, 3)
@@ -370,8 +372,21 @@ def test_dask_cluster_build_matches_the_local_build(synthgen, tmp_path):
                           cluster.scheduler_address)
     assert result.rc == 0, result.err
     assert "2 workers, dask" in result.out
-    assert manifest_of(tmp_path / "dask")["summary"]["render_timeline"]["shards_in_parts"] == 1
+    summary = manifest_of(tmp_path / "dask")["summary"]
+    assert summary["render_timeline"]["shards_in_parts"] == 1
+    assert summary["worker_machines"] == [summary["machine"]]  # the cluster's workers run on this machine
     assert_same_sets(tmp_path / "local", tmp_path / "dask")
+
+
+def test_the_manifest_names_every_machine_that_made_a_shard_or_part(tmp_path):
+    # With dask, workers on other machines, with another OpenCV, would make other pixels: each is listed.
+    writer = SetWriter(tmp_path / "set", {"build_identity": "x"}, log=lambda *_: None, sync_shards=False)
+    writer.begin()
+    for machine in ("node-b, OpenCV 4.10.0", "node-a, OpenCV 5.0.0", "node-b, OpenCV 4.10.0"):
+        writer.part_done({"shard": 0, "n_images": 1, "machine": machine})
+    summary = writer.finish(0, {})["summary"]
+    assert summary["worker_machines"] == ["node-a, OpenCV 5.0.0", "node-b, OpenCV 4.10.0"]
+    assert summary["machine"] == worker_machine() and f"OpenCV {cv2.__version__}" in summary["machine"]
 
 
 def test_real_sample_build(synthgen, tmp_path, real_objects, real_scenes):
