@@ -19,7 +19,9 @@ It reports, in one run on one machine:
 * FLOPs per image of a step (torch.utils.flop_counter) and the achieved TFLOP/s against the card's peak
   (bf16 dense; --peak-tflops for a card not in the table);
 * with --profile, a kernel-time breakdown of a few steps of the fastest path (torch.profiler), by class of
-  kernel and by operator, and the convolutions layer by layer: each layer's forward and backward, its time
+  kernel and by operator; for the classes that only move data (batch norm, Adam, the fp32 linear layers),
+  their time against the least traffic their maths needs at the card's memory bandwidth (--memory-tbps for
+  a card not in the table); and the convolutions layer by layer: each layer's forward and backward, its time
   and the TFLOP/s it achieves, to tell a convolution that runs far below the card's peak from one that
   cannot go faster.
 """
@@ -48,6 +50,10 @@ SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights" / "v
 RECIPE_IMAGES = 140 * (80_000 + 10_000)  # 140 epochs over ~80K synthetic plus ~10K natural images
 TOP_KERNELS = 25
 PEAK_BF16_TFLOPS = {"H100 80GB HBM3": 989.0, "H100 PCIe": 756.0, "H200": 989.0, "A100": 312.0, "L4": 121.0}
+MEMORY_TBPS = {"H100 80GB HBM3": 3.35, "H100 PCIe": 2.0, "H200": 4.8, "L4": 0.3}  # datasheets; A100s differ by model
+BATCH_NORM = "batch norm, with what Inductor fused into it"
+ADAM = "optimiser (fused Adam)"
+MATMUL = "matrix products (cuBLAS)"
 
 
 def weights() -> str:
@@ -149,16 +155,72 @@ def epoch_rate(device: torch.device, batch: int, images: int, compile_model: boo
 def kernel_class(name: str) -> str:
     """The class of a CUDA kernel, by its name: what a step's GPU time is spent on."""
     name = name.lower()
+    if "batch_norm" in name or "cudnn::bn_" in name:  # Inductor's, ATen's or cuDNN's (not a convolution's)
+        return BATCH_NORM
     if name.startswith("triton"):  # Inductor's own kernels; their names list the operations fused
-        return "batch norm and what Inductor fused into it (Triton)" if "batch_norm" in name else \
-            "other Inductor kernels: elementwise, reductions, pooling (Triton)"
+        return "other Inductor kernels: elementwise, reductions, pooling (Triton)"
     if any(word in name for word in ("implicit_gemm", "cudnn", "conv", "fprop", "dgrad", "wgrad")):
         return "convolutions (cuDNN)"
     if "adam" in name or "multi_tensor" in name:
-        return "optimiser (fused Adam)"
+        return ADAM
     if "gemm" in name:
-        return "matrix products (cuBLAS)"
+        return MATMUL
     return "other"
+
+
+def batch_norm_maps(model: VAE) -> list[int]:
+    """Elements per image of every map the model's blocks batch-normalise: each convolution's output."""
+    maps = []
+    for blocks, side in ((model.encoder, model.config.image_size), (model.decoder, model.start_shape[1])):
+        for layer in blocks:
+            if isinstance(layer, torch.nn.modules.conv._ConvNd):
+                side = conv_output_side(side, layer.kernel_size[0], layer.stride[0], layer.padding[0],
+                                        layer.dilation[0], layer.transposed, layer.output_padding[0])
+                channels = layer.out_channels
+            elif isinstance(layer, torch.nn.BatchNorm2d):
+                maps.append(channels * side * side)
+    return maps
+
+
+def memory_floor(model: VAE, batch: int, activation_bytes: int = 2) -> dict[str, float]:
+    """The least memory traffic, in bytes per step, of the three kernel classes that only move data, by the
+    class their kernels are counted in; a kernel can go no faster than its bytes over the card's bandwidth.
+
+    * Batch norm after LeakyReLU, in training: 8 passes over each map (bf16 under autocast). Forward, one read
+      of the convolution's output for the statistics, one read and one write to normalise; backward, two
+      reads (the output's gradient and the convolution's output) for the two per-channel sums, then two
+      reads and a write for the input's gradient. No fusion does with less while a map outgrows the cache.
+    * Fused Adam: 28 bytes per parameter (fp32 parameter, gradient and two moments read; parameter and
+      moments written).
+    * The fp32 linear layers (the mu and sigma heads, the decoder's input layer): each weight read forward
+      and for the input's gradient, and its gradient written; each input read forward and for the weight's
+      gradient, and its gradient written; each output written, and its gradient read twice.
+    The convolutions and the other elementwise kernels are left out: their least traffic depends on what is
+    fused, and the convolutions are bound by arithmetic."""
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    return {
+        BATCH_NORM: 8.0 * sum(batch_norm_maps(model)) * batch * activation_bytes,
+        ADAM: 28.0 * sum(p.numel() for p in model.parameters()),
+        MATMUL: 4.0 * 3 * sum(m.in_features * m.out_features + batch * (m.in_features + m.out_features)
+                              for m in linears),
+    }
+
+
+def floor_lines(measured_ms: dict[str, float], floor: dict[str, float], tbps: float | None) -> list[str]:
+    """The memory-bound classes' time per step against the time their least traffic takes at the card's
+    bandwidth (`tbps`, TB/s)."""
+    if not tbps:
+        return ["The memory floor needs the card's bandwidth (--memory-tbps).\n"]
+    # A class holds the kernels whose names say so: a pass of batch norm that Inductor fused under another name
+    # is counted under "other Inductor kernels", and then "least / measured" overstates that class's efficiency.
+    lines = [f"Memory-bound kernels against the least traffic their maths needs, at {tbps:g} TB/s (an upper bound "
+             "where a class's kernels also run under other names):\n",
+             "| kernels | ms per step | least GB per step | least ms | least / measured |", "|---|---|---|---|---|"]
+    for label, nbytes in floor.items():
+        ms, least = measured_ms.get(label, 0.0), nbytes / (tbps * 1e12) * 1e3
+        lines.append(f"| {label} | {ms:.2f} | {nbytes / 1e9:.2f} | {least:.2f} | "
+                     + (f"{least / ms:.0%} |" if ms else "- |"))
+    return lines + [""]
 
 
 CONVOLUTIONS = ("aten::convolution", "aten::convolution_backward")  # the operators every convolution runs as
@@ -247,7 +309,7 @@ def conv_lines(table: list[dict], peak: float | None) -> list[str]:
     return lines + [""]
 
 
-def profile(stepper: Stepper, steps: int, peak: float | None = None) -> str:
+def profile(stepper: Stepper, steps: int, peak: float | None = None, tbps: float | None = None) -> str:
     """A kernel-time breakdown of `steps` steps: by class of kernel (CUDA), then the top operators."""
     cuda = stepper.device.type == "cuda"
     activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
@@ -274,6 +336,8 @@ def profile(stepper: Stepper, steps: int, peak: float | None = None) -> str:
                   "|---|---|---|"]
         lines += [f"| {label} | {ms / steps:.2f} | {ms / busy:.0%} |"
                   for label, ms in sorted(classes.items(), key=lambda item: -item[1])]
+        lines += [""] + floor_lines({label: ms / steps for label, ms in classes.items()},
+                                    memory_floor(stepper.model, stepper.batch), tbps)
         lines += ["", f"The {TOP_KERNELS} longest kernels:\n", "| kernel | ms per step | share |", "|---|---|---|"]
         lines += [f"| {name[:100]} | {ms / steps:.3f} | {ms / busy:.1%} |"
                   for name, ms in sorted(kernels.items(), key=lambda item: -item[1])[:TOP_KERNELS]]
@@ -326,6 +390,8 @@ def main() -> None:
                              "whose step shows what the VGG costs (default: perceptual)")
     parser.add_argument("--profile", action="store_true", help="print a kernel-time breakdown of the fastest step")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the card's bf16 dense peak (default: table)")
+    parser.add_argument("--memory-tbps", type=float, default=None,
+                        help="the card's memory bandwidth in TB/s, for --profile's memory floor (default: table)")
     args = parser.parse_args()
     device = torch.device(args.device)
     cuda = device.type == "cuda"
@@ -343,6 +409,10 @@ def main() -> None:
     default = Stepper(device, batch, True, None, args.recon)  # the trainer's CUDA settings, which this one clears
     flops = default.flops_per_image()
     peak = args.peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+    tbps = args.memory_tbps or next((v for k, v in MEMORY_TBPS.items() if k in name), None)
+    for flag, value in (("--peak-tflops", args.peak_tflops), ("--memory-tbps", args.memory_tbps)):
+        if value is not None and value <= 0:
+            parser.error(f"{flag} {value:g}: give the card's figure, above 0")
     print(f"A step costs {flops / 1e9:.1f} GFLOP per image (forward and backward, torch.utils.flop_counter); "
           f"peak used: {f'{peak:g} TFLOP/s bf16 dense' if peak else 'unknown (--peak-tflops)'}.\n")
     print("| path | images/s | x plain | TFLOP/s | of peak | full recipe (140 epochs x 90K images) |")
@@ -373,7 +443,7 @@ def main() -> None:
     if args.profile:
         which = f"compiled, mode {fastest_mode}" if fastest is not default else "the default path"
         print(f"\nKernel time of the fastest step ({which}), by operator:\n")
-        print(profile(fastest, min(steps, 5), peak))
+        print(profile(fastest, min(steps, 5), peak, tbps))
 
 
 if __name__ == "__main__":

@@ -56,3 +56,32 @@ def test_the_convolution_rows_add_up_to_the_flop_counter_and_name_their_layers()
     assert [row["ms"] for row in table] == sorted((row["ms"] for row in table), reverse=True)
     lines = bench.conv_lines(table, peak=None)
     assert len(lines) == 3 + len(table) + 1 and lines[0].startswith("Convolutions by layer")
+
+
+def test_the_memory_floor_counts_every_batch_normed_map_and_parameter():
+    bench = load_benchmark("bench_vae")
+    model = VAE(SMALL)
+    seen = []  # the maps the model's batch norms really normalise, per image
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.register_forward_hook(lambda m, given, out: seen.append(out[0].numel()))
+    model(torch.rand(1, 3, 32, 32))
+    # 32 -> 16 -> 8 down (8 and 16 channels), then 8 -> 16 -> 32 up (16 and 8 channels)
+    assert bench.batch_norm_maps(model) == seen == [8 * 16**2, 16 * 8**2, 16 * 16**2, 8 * 32**2]
+    floor = bench.memory_floor(model, batch=4)
+    assert floor[bench.BATCH_NORM] == 8 * sum(seen) * 4 * 2  # 8 passes over bf16 maps
+    assert floor[bench.ADAM] == 28 * sum(p.numel() for p in model.parameters())
+    # heads 1024 -> 4 (two), decoder input 4 -> 1024: weights and activations, three times each, fp32
+    assert floor[bench.MATMUL] == 12 * 3 * (1024 * 4 + 4 * (1024 + 4))
+    lines = bench.floor_lines({bench.BATCH_NORM: 2.0}, {bench.BATCH_NORM: 3.35e9, bench.ADAM: 1e9}, tbps=3.35)
+    assert "| 2.00 | 3.35 | 1.00 | 50% |" in lines[3] and lines[4].endswith("| - |")  # Adam not measured
+
+
+def test_kernels_are_classed_by_what_they_compute():
+    bench = load_benchmark("bench_vae")
+    assert bench.kernel_class("void cudnn::bn_fw_tr_1C11_singleread_fp16<512, 1, 2, 20>") == bench.BATCH_NORM
+    assert bench.kernel_class("triton_red_fused__native_batch_norm_legit_functional_leaky_relu_0") == bench.BATCH_NORM
+    assert bench.kernel_class("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc") == \
+        "convolutions (cuDNN)"
+    assert bench.kernel_class("void at::native::fused_adam_kernel") == bench.ADAM
+    assert bench.kernel_class("sm90_xmma_gemm_f32f32_tf32f32_f32_tn_n_tilesize128x128x32") == bench.MATMUL
