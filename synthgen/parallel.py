@@ -64,12 +64,12 @@ def in_worker(preload: tuple[str, ...], function, *args):
     cv2.setNumThreads(1)  # workers are the parallelism; OpenCV's own threads only contend
     result = function(*args)
     if isinstance(result, dict):  # a shard task's: where it ran (a dask worker may be another machine)
-        result["machine"] = worker_machine()
+        result["machine"] = this_machine()
     return result
 
 
 @functools.lru_cache(maxsize=1)
-def worker_machine() -> str:
+def this_machine() -> str:
     """This process's machine and the libraries of SET_LIBRARIES (read once per process)."""
     return describe(*SET_LIBRARIES)
 

@@ -32,7 +32,7 @@ from common.atomic import fsync_path
 from common.cli import out_folder_problem
 from synthgen.errors import OutputError, UsageError
 from synthgen.manifest import MANIFEST, is_own_entry, read_manifest, write_json_atomic
-from synthgen.parallel import worker_machine
+from synthgen.parallel import this_machine
 from synthgen.shards import TEMP_RE, content_checksum, read_arrays, read_attrs, shard_path
 from synthgen.sources import Skipped
 
@@ -146,7 +146,8 @@ class SetWriter:
 
     def shard_done(self, result: dict, write=None) -> None:
         """A worker's finished shard (its result names "shard" and may list "skipped" (path, reason)
-        pairs): report its bad inputs and, with `sync_shards`, start flushing it to disk."""
+        pairs): report its bad inputs, note its machine (`part_done`) and, with `sync_shards`, start flushing it
+        to disk."""
         self.part_done(result, write)
         self._renamed = True
         if self.sync_shards:
@@ -199,7 +200,7 @@ class SetWriter:
             entries.append({"file": path.name, "first_index": int(attrs["first_index"]),
                             "n_images": int(attrs["n_images"]), "content_sha256": str(attrs["content_sha256"])})
         summary["skipped_inputs"] = [{"path": path, "reason": reason} for path, reason in self.skipped.items()]
-        summary["machine"] = worker_machine()  # speeds mean little without it
+        summary["machine"] = this_machine()  # speeds mean little without it
         summary["worker_machines"] = sorted(self.worker_machines)  # the same, but with dask on other machines
         self.manifest.update({"complete": True, "shards": entries, "summary": summary})
         self.manifest.pop("failure", None)

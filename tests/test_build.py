@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import FAST, assert_same_sets, make_objects, make_scenes, manifest_of, read_set
-from synthgen.parallel import timeline, worker_machine
+from synthgen.parallel import this_machine, timeline
 from synthgen.shards import content_checksum, read_arrays, read_attrs
 from synthgen.writer import SetWriter
 
@@ -386,7 +386,7 @@ def test_the_manifest_names_every_machine_that_made_a_shard_or_part(tmp_path):
         writer.part_done({"shard": 0, "n_images": 1, "machine": machine})
     summary = writer.finish(0, {})["summary"]
     assert summary["worker_machines"] == ["node-a, OpenCV 5.0.0", "node-b, OpenCV 4.10.0"]
-    assert summary["machine"] == worker_machine() and f"OpenCV {cv2.__version__}" in summary["machine"]
+    assert summary["machine"] == this_machine() and f"OpenCV {cv2.__version__}" in summary["machine"]
 
 
 def test_real_sample_build(synthgen, tmp_path, real_objects, real_scenes):
