@@ -31,7 +31,7 @@ from synthgen.errors import BadInputError, OutputError, PlacementError, UsageErr
 from synthgen.feasibility import check_feasible
 from synthgen.manifest import MANIFEST_FORMAT, SOURCES, write_json_atomic
 from synthgen.masks import MaskRule
-from synthgen.parallel import (allow_growth, local_workers, parallel_backend, run_tasks, start_workers, timeline,
+from synthgen.parallel import (allow_growth, local_workers, parallel_backend, run_tasks, timeline, workers_starting,
                                workers_of)
 from synthgen.parts import Part, finish_part, plan_parts, run_set, write_from_parts
 from synthgen.plan import counts_for, largest_object_share, object_pool_order
@@ -276,11 +276,8 @@ def differences(old: dict, config: BuildConfig, sources: Sources) -> str:
 def build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | None = None, log=print) -> dict:
     """Build (or resume, or extend) a set in `out_dir`. Returns the summary that also goes into manifest.json."""
     started = time.perf_counter()
-    workers_started = start_workers(run, WORKER_MODULES)  # they start while this process checks
-    try:
+    with workers_starting(run, WORKER_MODULES) as workers_started:  # they start while this process checks
         return _build(config, run, out_dir, command, log, started, workers_started)
-    finally:
-        workers_started()
 
 
 def _build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | None, log, started: float,

@@ -34,7 +34,7 @@ from synthgen import __version__
 from synthgen.config import DotConfig, RunOptions, build_identity
 from synthgen.errors import PlacementError, UsageError, write_failure
 from synthgen.manifest import MANIFEST_FORMAT
-from synthgen.parallel import parallel_backend, workers_of
+from synthgen.parallel import parallel_backend, workers_of, workers_starting
 from synthgen.parts import Part, clear_parts, finish_part, run_set, write_from_parts
 from synthgen.plan import draw_area_shares, stratified_cells
 from synthgen.reader import read_labels
@@ -213,9 +213,18 @@ def check_feasible(config: DotConfig) -> None:
                     "--field-range, lower --min-gap, or use fewer dots (--count)")
 
 
+WORKER_MODULES = ("synthgen.dots",)  # imported in every worker's first task (parallel.in_worker)
+
+
 def dots(config: DotConfig, run: RunOptions, out_dir, command: list[str] | None = None, log=print) -> dict:
     """Build (or resume, or extend) a set of dot arrays in `out_dir`; returns the summary."""
     started = time.perf_counter()
+    with workers_starting(run, WORKER_MODULES) as workers_started:  # they start while this process checks
+        return _dots(config, run, out_dir, command, log, started, workers_started)
+
+
+def _dots(config: DotConfig, run: RunOptions, out_dir, command: list[str] | None, log, started: float,
+          workers_started) -> dict:
     out = Path(out_dir).resolve()
     identity = build_identity(config.content_json(), {"source": f"{KIND}-v1"}, __version__, SCHEMA_VERSION)
     writer = SetWriter(out, {"format": MANIFEST_FORMAT, "schema_version": SCHEMA_VERSION,
@@ -234,6 +243,7 @@ def dots(config: DotConfig, run: RunOptions, out_dir, command: list[str] | None 
     writer.begin()
     results, workers, in_parts = [], None, 0
     if todo:
+        workers_started()
         with parallel_backend(run) as client:
             workers = workers_of(client, run)
             args = (config.to_json(), identity, run.workers_sync)
@@ -243,7 +253,8 @@ def dots(config: DotConfig, run: RunOptions, out_dir, command: list[str] | None 
                     whole=lambda shard: (dot_shard, (str(out), shard, *args)),
                     part=lambda parts, index: (dot_part, (str(out), parts, index, *args)),
                     assemble=lambda parts: (dot_assemble, (str(out), parts, *args)),
-                    writer=writer, total=config.n, progress=run.progress, desc="synthgen dots")
+                    writer=writer, total=config.n, progress=run.progress, desc="synthgen dots",
+                    preload=WORKER_MODULES)
                 writer.settle()
             except PlacementError as exc:
                 writer.fail({"image": exc.index, "message": str(exc)})

@@ -27,7 +27,7 @@ from synthgen import __version__
 from synthgen.config import SPLITS, PackConfig, RunOptions, build_identity
 from synthgen.errors import BadInputError, UsageError, write_failure
 from synthgen.manifest import MANIFEST_FORMAT, SOURCES, write_json_atomic
-from synthgen.parallel import parallel_backend, workers_of
+from synthgen.parallel import parallel_backend, workers_of, workers_starting
 from synthgen.parts import Part, clear_parts, finish_part, run_set, write_from_parts
 from synthgen.reader import read_labels
 from synthgen.shards import SCHEMA_VERSION, SHARD_FORMAT, ShardArrays, shard_path, write_shard
@@ -187,9 +187,18 @@ def differences(old: dict, config: PackConfig, fingerprint: str, labels: str) ->
     return "; ".join(changed) or "the pack settings differ"
 
 
+WORKER_MODULES = ("synthgen.pack",)  # imported in every worker's first task (parallel.in_worker)
+
+
 def pack(config: PackConfig, run: RunOptions, out_dir, command: list[str] | None = None, log=print) -> dict:
     """Pack (or resume packing) natural images into `out_dir`; returns the summary."""
     started = time.perf_counter()
+    with workers_starting(run, WORKER_MODULES) as workers_started:  # they start while this process scans
+        return _pack(config, run, out_dir, command, log, started, workers_started)
+
+
+def _pack(config: PackConfig, run: RunOptions, out_dir, command: list[str] | None, log, started: float,
+          workers_started) -> dict:
     out = Path(out_dir).resolve()
     root = _check_folder(config.root, "pack ROOT")
     if config.split_file:
@@ -235,6 +244,7 @@ def pack(config: PackConfig, run: RunOptions, out_dir, command: list[str] | None
         return items[first:first + part.n_rows]
 
     args = (config_json, identity, run.on_bad_input, run.workers_sync)
+    workers_started()
     with parallel_backend(run) as client:
         workers = workers_of(client, run)
         results, in_parts = run_set(
@@ -242,7 +252,7 @@ def pack(config: PackConfig, run: RunOptions, out_dir, command: list[str] | None
             whole=lambda shard: (pack_shard, (str(out), shard, chunk(shard), *args)),
             part=lambda parts, index: (pack_part, (str(out), parts, index, rows_of(parts[index]), *args)),
             assemble=lambda parts: (pack_assemble, (str(out), parts, config_json, identity, run.workers_sync)),
-            writer=writer, total=len(items), progress=run.progress, desc="synthgen pack")
+            writer=writer, total=len(items), progress=run.progress, desc="synthgen pack", preload=WORKER_MODULES)
     clear_parts(out)  # the claims of this run
     paths = [shard_path(out, s) for s in range(n_shards)]
     for path in paths:  # a resumed pack reports the bad files of the shards it kept, too

@@ -118,6 +118,18 @@ def start_workers(run: RunOptions, preload: tuple[str, ...] = ()) -> Callable[[]
     return thread.join
 
 
+@contextlib.contextmanager
+def workers_starting(run: RunOptions, preload: tuple[str, ...] = ()):
+    """`start_workers` for the length of a command: yields the function that waits for them (call it before
+    the first parallel task), and waits for them on the way out too, whatever happened, so that no start
+    outlives the command."""
+    wait = start_workers(run, preload)
+    try:
+        yield wait
+    finally:
+        wait()
+
+
 def run_tasks(calls, progress: bool = False, desc: str = "", preload: tuple[str, ...] = ()) -> list:
     """Run (function, args) calls under the active joblib backend, results in order."""
     results = joblib.Parallel(return_as="generator")(joblib.delayed(in_worker)(preload, function, *args)

@@ -1,6 +1,7 @@
 """The build's worker processes, on a real loky executor: started ahead of the render and taken over by
 it, and kept while they fill their caches."""
 import os
+import threading
 import time
 
 import joblib
@@ -8,9 +9,9 @@ import numpy as np
 import pytest
 from joblib.externals.loky import get_reusable_executor, reusable_executor
 
-from synthgen.build import WORKER_MODULES
+from synthgen import build, dots, pack
 from synthgen.config import RunOptions
-from synthgen.parallel import allow_growth, parallel_backend, start_workers
+from synthgen.parallel import allow_growth, parallel_backend, workers_starting
 
 KEPT: list = []  # what a worker's caches hold, in the worker
 
@@ -31,17 +32,33 @@ def _pid_after(seconds: float) -> int:
     return os.getpid()
 
 
-def test_workers_started_ahead_are_the_ones_the_build_then_uses():
-    # The build starts its workers while it scans and checks; they are only worth it if the parallel
-    # phases that follow take them over instead of replacing them with new ones.
+@pytest.mark.parametrize("preload", [build.WORKER_MODULES, pack.WORKER_MODULES, dots.WORKER_MODULES],
+                         ids=["build", "pack", "dots"])
+def test_workers_started_ahead_are_the_ones_the_command_then_uses(preload):
+    # build, pack and dots start their workers while they scan and check; they are only worth it if the
+    # parallel phases that follow take them over instead of replacing them with new ones.
     run = RunOptions(workers=2)
     get_reusable_executor().shutdown(wait=True)
-    start_workers(run, WORKER_MODULES)()
-    started = reusable_executor._executor
-    assert started is not None and len(started._processes) == 2
-    with parallel_backend(run):
-        pids = joblib.Parallel()(joblib.delayed(_worker_pid)() for _ in range(8))
-    assert reusable_executor._executor is started and set(pids) <= set(started._processes)
+    with workers_starting(run, preload) as wait:
+        wait()
+        started = reusable_executor._executor
+        assert started is not None and len(started._processes) == 2
+        with parallel_backend(run):
+            # eval, a builtin, runs in the worker without importing this test module (and the commands with it)
+            seen = joblib.Parallel()(joblib.delayed(eval)(f"__import__('os').getpid(), {preload[0]!r} in "
+                                                          "__import__('sys').modules") for _ in range(8))
+    assert reusable_executor._executor is started and {pid for pid, _ in seen} <= set(started._processes)
+    assert all(imported for _, imported in seen)  # the command's modules were imported during the start
+
+
+def test_a_failed_command_waits_for_the_workers_it_started():
+    # A command that fails in its checks must not leave a start running behind its error message.
+    get_reusable_executor().shutdown(wait=True)
+    with pytest.raises(RuntimeError, match="a check failed"):
+        with workers_starting(RunOptions(workers=2), pack.WORKER_MODULES):
+            raise RuntimeError("a check failed")
+    assert not any(t.name == "synthgen-start-workers" for t in threading.enumerate())
+    assert len(reusable_executor._executor._processes) == 2
 
 
 @pytest.mark.filterwarnings("ignore:A worker stopped while some jobs")  # loky's word for the replacement
