@@ -1,4 +1,4 @@
-"""The build's worker processes, on a real loky executor: started ahead of the render and taken over by
+"""The worker processes of build, pack and dots, on a real loky executor: started ahead of the work and taken over by
 it, and kept while they fill their caches."""
 import os
 import threading
