@@ -96,15 +96,18 @@ def _nothing() -> None:
     return None
 
 
-def start_workers(run: RunOptions, preload: tuple[str, ...] = ()) -> Callable[[], None]:
+@contextlib.contextmanager
+def workers_starting(run: RunOptions, preload: tuple[str, ...] = ()):
     """Start the local worker processes now, in a thread, so that they start and import (`preload`) while
-    this process does its serial work (scanning the sources, the checks, the probes); returns the function
+    this process does its serial work (scanning the sources, the checks, the probes). Yields the function
     that waits for them, to call before the first parallel task (joblib keeps loky's workers from one call
-    to the next). Other backends keep nothing, or run elsewhere: for them, as for one worker, this does
+    to the next); on the way out it waits for them too, whatever happened, so that no start outlives the
+    command. Other backends keep nothing, or run elsewhere: for them, as for one worker, this does
     nothing."""
     workers = local_workers(run)
     if run.backend != "loky" or workers <= 1:
-        return lambda: None
+        yield lambda: None
+        return
 
     def start() -> None:
         try:
@@ -115,19 +118,10 @@ def start_workers(run: RunOptions, preload: tuple[str, ...] = ()) -> Callable[[]
 
     thread = threading.Thread(target=start, name="synthgen-start-workers")
     thread.start()
-    return thread.join
-
-
-@contextlib.contextmanager
-def workers_starting(run: RunOptions, preload: tuple[str, ...] = ()):
-    """`start_workers` for the length of a command: yields the function that waits for them (call it before
-    the first parallel task), and waits for them on the way out too, whatever happened, so that no start
-    outlives the command."""
-    wait = start_workers(run, preload)
     try:
-        yield wait
+        yield thread.join
     finally:
-        wait()
+        thread.join()
 
 
 def run_tasks(calls, progress: bool = False, desc: str = "", preload: tuple[str, ...] = ()) -> list:
