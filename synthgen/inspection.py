@@ -6,9 +6,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only; no display is needed or assumed
+import cv2  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
+from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
 from synthgen.manifest import write_json_atomic  # noqa: E402
 from synthgen.reader import ShardSet  # noqa: E402
@@ -74,25 +75,43 @@ def sample_indices(count: np.ndarray, n_samples: int, seed: int = 0) -> np.ndarr
     return np.concatenate([np.sort(p) for p in picks])[:n_samples]
 
 
+TILE_SIDE = 160  # the least side a sample is shown at: smaller images are enlarged by whole pixels
+CAPTION_HEIGHT, GAP = 16, 4
+BOX_COLOUR = (255, 230, 0)
+
+
 def contact_sheet(shards: ShardSet, indices: np.ndarray, path, columns: int = 8) -> None:
-    """Sample images with their labels (N, visible area) and object boxes."""
+    """Sample images with their labels (N, visible area) and object boxes, as one PNG.
+
+    Drawn straight into one array: each image is shown at its own pixels (or whole multiples of them),
+    and the sheet takes tens of milliseconds where a matplotlib grid of 40 panels took 3-4 s."""
+    scale = max(1, -(-TILE_SIDE // shards.image_size))
+    side = shards.image_size * scale
+    columns = max(1, min(columns, len(indices)))
     rows = -(-len(indices) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.9, rows * 2.1), squeeze=False)
-    images = shards.images(indices)
-    labels = shards.labels
-    canvas = shards.image_size**2
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, index, image in zip(axes.flat, indices, images):
-        ax.imshow(image)
-        for x0, y0, x1, y1 in shards.objects(int(index))["box"]:
-            ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, lw=0.8, edgecolor="#ffe600"))
+    sheet = np.full((GAP + rows * (CAPTION_HEIGHT + side + GAP), GAP + columns * (side + GAP), 3), 255, np.uint8)
+    labels, canvas = shards.labels, shards.image_size**2
+    captions = []
+    for k, (index, image) in enumerate(zip(indices.tolist(), shards.images(indices))):
+        top, left = tile_origin(k, columns, side)
+        tile = sheet[top:top + side, left:left + side]
+        tile[:] = cv2.resize(image, (side, side), interpolation=cv2.INTER_NEAREST) if scale > 1 else image
+        for x0, y0, x1, y1 in shards.objects(index)["box"].tolist():
+            cv2.rectangle(tile, (x0 * scale, y0 * scale), (x1 * scale - 1, y1 * scale - 1), BOX_COLOUR, 1)
         area = labels["visible_area"][index]
-        ax.set_title(f"#{index}  N={labels['count'][index]}" + ("" if np.isnan(area) else f"  A={area / canvas:.1%}"),
-                     fontsize=7)
-    fig.tight_layout(pad=0.3)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+        captions.append(((left, top - CAPTION_HEIGHT + 2), f"#{index}  N={labels['count'][index]}"
+                         + ("" if np.isnan(area) else f"  A={area / canvas:.1%}")))
+    image = Image.fromarray(sheet)
+    draw, font = ImageDraw.Draw(image), ImageFont.load_default(size=CAPTION_HEIGHT - 4)
+    for origin, text in captions:
+        draw.text(origin, text, fill=(0, 0, 0), font=font)
+    image.save(path, optimize=False)
+
+
+def tile_origin(k: int, columns: int, side: int) -> tuple[int, int]:
+    """(top, left) pixel of the k-th sample's image on the contact sheet."""
+    row, column = divmod(k, columns)
+    return GAP + row * (CAPTION_HEIGHT + side + GAP) + CAPTION_HEIGHT, GAP + column * (side + GAP)
 
 
 def inspect_set(root, out_dir=None, n_samples: int = 40, verify: bool = True, progress: bool = False) -> dict:

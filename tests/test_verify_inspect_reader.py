@@ -154,6 +154,75 @@ def test_inspect_writes_valid_pngs_and_true_statistics(synthgen, built_set, tmp_
             assert image.width > 600 and pixels.std() > 10  # a real figure, not a blank canvas
 
 
+def test_contact_sheet_shows_every_sample_at_its_own_pixels_with_its_boxes(built_set, tmp_path):
+    from synthgen.inspection import BOX_COLOUR, contact_sheet, tile_origin
+
+    indices = np.array([0, 7, 19, 20, 33, 49])  # across all three shards
+    path = tmp_path / "sheet.png"
+    with ShardSet(built_set) as shards:
+        contact_sheet(shards, indices, path, columns=4)
+        images, labels = shards.images(indices), shards.labels
+        boxes = [shards.objects(int(i))["box"] for i in indices]
+    sheet = np.asarray(Image.open(path).convert("RGB"))
+    scale = 3  # 64-pixel images are enlarged by whole pixels to at least 160
+    for k, (image, image_boxes) in enumerate(zip(images, boxes)):
+        top, left = tile_origin(k, 4, 64 * scale)
+        tile = sheet[top:top + 64 * scale, left:left + 64 * scale]
+        outline = np.zeros(tile.shape[:2], bool)
+        for x0, y0, x1, y1 in image_boxes.tolist():
+            x0, y0, x1, y1 = x0 * scale, y0 * scale, x1 * scale - 1, y1 * scale - 1
+            outline[y0:y1 + 1, [x0, x1]] = outline[[y0, y1], x0:x1 + 1] = True
+            assert (tile[y0, x0:x1 + 1] == BOX_COLOUR).all() and (tile[y0:y1 + 1, x1] == BOX_COLOUR).all()
+        enlarged = image.repeat(scale, axis=0).repeat(scale, axis=1)
+        assert np.array_equal(tile[~outline], enlarged[~outline])
+        caption = sheet[top - 16:top, left:left + 64 * scale]
+        assert (caption.min(axis=2) < 100).sum() > 50  # dark text on the white band above the image
+    assert len(boxes[0]) == labels["count"][0]
+    assert sheet.shape[1] == 4 + 4 * (64 * scale + 4)  # four columns, two rows
+    assert (sheet[-4:] == 255).all() and sheet.shape[0] == 4 + 2 * (16 + 64 * scale + 4)
+
+
+def test_chi_square_test_matches_scipy():
+    from scipy.stats import chi2_contingency
+
+    from synthgen.stats import chi_square_test
+
+    rng = np.random.default_rng(3)
+    tables = [rng.integers(0, 30, (r, k)) + 1 for r, k in ((2, 2), (2, 5), (185, 5), (40, 3))]
+    tables.append(np.array([[12, 0], [3, 9]]))  # 2x2: Yates' correction applies
+    tables.append(np.array([[5.0, 5.2], [5.1, 4.9]]))  # expectations within half a unit of the counts
+    for table in tables:
+        ours, theirs = chi_square_test(table.astype(float)), chi2_contingency(table)
+        assert ours[0] == pytest.approx(theirs[0], rel=1e-12, abs=1e-12)
+        assert ours[1] == pytest.approx(theirs[1], rel=1e-10, abs=1e-14)
+        assert ours[2] == theirs[2] and np.allclose(ours[3], theirs[3])
+
+
+def test_source_area_association_counts_each_source_once_per_image():
+    from scipy.stats import chi2_contingency
+
+    from synthgen.stats import source_area_association
+
+    rng = np.random.default_rng(4)
+    n = 400
+    counts = rng.integers(0, 5, n)
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    source_ids = rng.integers(0, 12, offsets[-1])
+    area = np.where(counts > 0, rng.uniform(0.04, 0.36, n), 0.0)
+    # the table by hand: one row per distinct source of an image, in the image's area quintile
+    images = np.flatnonzero(counts > 0)
+    edges = np.quantile(np.log(area[images]), [0.2, 0.4, 0.6, 0.8])
+    table = np.zeros((12, 5))
+    for i in images:
+        for source in set(source_ids[offsets[i]:offsets[i + 1]].tolist()):
+            table[source, np.searchsorted(edges, np.log(area[i]), side="right")] += 1
+    table = table[table.sum(axis=1) > 0]
+    chi2, p, dof, _ = chi2_contingency(table)
+    result = source_area_association(offsets, source_ids, area)
+    assert result["sources"] == table.shape[0] and result["dof"] == dof
+    assert result["chi2"] == pytest.approx(chi2) and result["chi2_p"] == pytest.approx(p)
+
+
 def test_reader_matches_the_files(built_set):
     data = read_set(built_set)
     with ShardSet(built_set) as shards:
