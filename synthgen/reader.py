@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from synthgen.errors import OutputError
 from synthgen.manifest import read_manifest
-from synthgen.shards import content_checksum, read_arrays, read_attrs
+from synthgen.shards import arrays_to_hash, content_checksum, raw_image_offsets, read_attrs
 
 IOV_MAX = 1024  # buffers one preadv may fill (POSIX's minimum guarantee, Linux's value)
 _VERIFIED: set[tuple] = set()  # (path, inode, size, mtime) of the shards this process has hashed and found intact
@@ -55,7 +55,7 @@ def check_shard(path: Path, entry: dict, identity: str, root: Path, verify: bool
     try:
         with h5py.File(path, "r") as f:
             attrs = read_attrs(f)
-            arrays = read_arrays(f) if verify else None
+            arrays = arrays_to_hash(f) if verify else None
     except (OSError, KeyError, ValueError) as exc:
         raise OutputError(f"{path}: not a readable HDF5 shard ({exc}); {rebuild}") from None
     recorded = attrs.get("content_sha256")
@@ -67,29 +67,6 @@ def check_shard(path: Path, entry: dict, identity: str, root: Path, verify: bool
         if content_checksum(arrays, attrs) != recorded:
             raise OutputError(f"{path}: corrupted: its contents no longer match the checksum it records; {rebuild}")
         _VERIFIED.add(signature)
-
-
-def raw_image_offsets(images: h5py.Dataset) -> np.ndarray | None:
-    """The file offset of every image of an images dataset stored raw (uncompressed and unfiltered, one
-    image per chunk, or contiguous), or None for any other layout."""
-    n = images.shape[0]
-    image_bytes = int(np.prod(images.shape[1:], dtype=np.int64)) * images.dtype.itemsize
-    plist = images.id.get_create_plist()
-    if plist.get_nfilters() or n == 0:
-        return None
-    if plist.get_layout() == h5py.h5d.CONTIGUOUS:
-        start = images.id.get_offset()
-        return None if start is None else start + image_bytes * np.arange(n, dtype=np.int64)
-    if plist.get_layout() != h5py.h5d.CHUNKED or images.chunks != (1,) + images.shape[1:]:
-        return None
-    offsets = np.full(n, -1, np.int64)
-
-    def visit(chunk):
-        if chunk.size == image_bytes and chunk.filter_mask == 0:
-            offsets[chunk.chunk_offset[0]] = chunk.byte_offset
-
-    images.id.chunk_iter(visit)
-    return offsets if (offsets >= 0).all() else None  # an image never written has no chunk: let HDF5 fill it
 
 
 LABELS = ("count", "index", "image_seed", "target_area", "full_area", "visible_area", "background_id")

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -23,6 +26,7 @@ SHARD_FORMAT = "synthgen-shard"
 SHARD_NAME = "shard-{:05d}.h5"
 SHARD_RE = re.compile(r"shard-(\d{5,})\.h5")
 TEMP_RE = re.compile(r"\.shard-\d{5,}\.h5\.tmp-\d+")
+BLOCK_BYTES = 4 << 20  # what a streamed checksum reads at a time
 
 # name -> (dtype, trailing shape given the image size); leading axis: images (n), objects (m)
 IMAGE_DATASETS = {
@@ -97,11 +101,26 @@ def shard_path(out_dir, shard_index: int) -> Path:
     return Path(out_dir) / SHARD_NAME.format(shard_index)
 
 
-def content_checksum(arrays: dict[str, np.ndarray], attrs: dict) -> str:
+@dataclass(frozen=True)
+class StreamedDataset:
+    """A dataset whose bytes are hashed as they are read from the file, never held whole in memory."""
+
+    dtype: np.dtype
+    shape: tuple
+    blocks: Callable[[], Iterator[memoryview]]  # its C-order bytes, block after block
+
+
+def content_checksum(arrays: dict[str, np.ndarray | StreamedDataset], attrs: dict) -> str:
     """sha256 over every dataset (sorted by name) and every attribute but the checksum itself."""
     digest = hashlib.sha256()
     for name in sorted(arrays):
-        array = np.ascontiguousarray(arrays[name])
+        array = arrays[name]
+        if isinstance(array, StreamedDataset):
+            digest.update(f"{name}|{array.dtype.str}|{array.shape}\n".encode())
+            for block in array.blocks():
+                digest.update(block)
+            continue
+        array = np.ascontiguousarray(array)
         digest.update(f"{name}|{array.dtype.str}|{array.shape}\n".encode())
         if array.size:  # an empty table (no objects at all) has no bytes; its shape is already hashed
             digest.update(memoryview(array).cast("B"))
@@ -141,6 +160,68 @@ def read_arrays(f: h5py.File) -> dict[str, np.ndarray]:
     arrays = {}
     f.visititems(lambda name, obj: arrays.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
     return arrays
+
+
+def arrays_to_hash(f: h5py.File) -> dict[str, np.ndarray | StreamedDataset]:
+    """Every dataset of an open shard, for content_checksum: the images, where they lie raw in the file, as a
+    StreamedDataset read straight from it; the rest as arrays.
+
+    Streamed, a shard's 78 MB of images are read in blocks of a few MB with plain positioned reads, which,
+    like hashing, run outside the GIL and outside HDF5's global lock: shards checked on several threads
+    are then read and hashed at once, where h5py read them one at a time (an 80K set's check on 2 cores:
+    5.8 s through h5py, 4.0 s streamed)."""
+    arrays = {}
+    f.visititems(lambda name, obj: arrays.__setitem__(name, obj) if isinstance(obj, h5py.Dataset) else None)
+    images = arrays.get("images")
+    offsets = raw_image_offsets(images) if images is not None else None
+    if offsets is not None:
+        item_bytes = int(np.prod(images.shape[1:], dtype=np.int64)) * images.dtype.itemsize
+        path = f.filename
+        arrays["images"] = StreamedDataset(images.dtype, images.shape,
+                                           lambda: raw_blocks(path, offsets, item_bytes))
+    return {name: value if isinstance(value, StreamedDataset) else value[()] for name, value in arrays.items()}
+
+
+def raw_blocks(path, offsets: np.ndarray, item_bytes: int, block_bytes: int = BLOCK_BYTES) -> Iterator[memoryview]:
+    """The bytes of the items stored raw at `offsets` of a file, in item order, as blocks of one reused buffer
+    (each is valid until the next is asked for). Stops where the file ends early: a checksum over the blocks
+    then fails."""
+    buffer = memoryview(bytearray(max(1, min(block_bytes, item_bytes * len(offsets)))))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for run in np.split(offsets, np.flatnonzero(np.diff(offsets) != item_bytes) + 1):  # items end to end
+            position, left = int(run[0]), item_bytes * len(run)
+            while left:
+                got = os.preadv(fd, [buffer[:min(left, len(buffer))]], position)
+                if not got:
+                    return
+                yield buffer[:got]
+                position, left = position + got, left - got
+    finally:
+        os.close(fd)
+
+
+def raw_image_offsets(images: h5py.Dataset) -> np.ndarray | None:
+    """The file offset of every image of an images dataset stored raw (uncompressed and unfiltered, one
+    image per chunk, or contiguous), or None for any other layout."""
+    n = images.shape[0]
+    image_bytes = int(np.prod(images.shape[1:], dtype=np.int64)) * images.dtype.itemsize
+    plist = images.id.get_create_plist()
+    if plist.get_nfilters() or n == 0:
+        return None
+    if plist.get_layout() == h5py.h5d.CONTIGUOUS:
+        start = images.id.get_offset()
+        return None if start is None else start + image_bytes * np.arange(n, dtype=np.int64)
+    if plist.get_layout() != h5py.h5d.CHUNKED or images.chunks != (1,) + images.shape[1:]:
+        return None
+    offsets = np.full(n, -1, np.int64)
+
+    def visit(chunk):
+        if chunk.size == image_bytes and chunk.filter_mask == 0:
+            offsets[chunk.chunk_offset[0]] = chunk.byte_offset
+
+    images.id.chunk_iter(visit)
+    return offsets if (offsets >= 0).all() else None  # an image never written has no chunk: let HDF5 fill it
 
 
 def read_attrs(f: h5py.File) -> dict:

@@ -1,14 +1,15 @@
 """`synthgen verify`: check every shard's schema and checksum against itself and the manifest."""
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import h5py
 from tqdm import tqdm
 
 from synthgen.manifest import read_manifest
-from synthgen.reader import incomplete_reason
-from synthgen.shards import SHARD_RE, content_checksum, read_arrays, read_attrs, schema_problems
+from synthgen.reader import VERIFY_THREADS, incomplete_reason
+from synthgen.shards import SHARD_RE, arrays_to_hash, content_checksum, read_attrs, schema_problems
 
 
 def verify_shard(path: Path, entry: dict, identity: str) -> list[str]:
@@ -17,7 +18,7 @@ def verify_shard(path: Path, entry: dict, identity: str) -> list[str]:
         return ["missing"]
     try:
         with h5py.File(path, "r") as f:
-            arrays, attrs = read_arrays(f), read_attrs(f)
+            arrays, attrs = arrays_to_hash(f), read_attrs(f)
     except (OSError, KeyError, ValueError) as exc:
         return [f"cannot be read ({exc})"]
     problems = schema_problems(arrays, attrs)
@@ -45,12 +46,14 @@ def verify_set(root, progress: bool = True) -> dict[str, list[str]]:
     if not manifest.get("complete"):
         return {"manifest.json": [incomplete_reason(manifest)]}
     problems: dict[str, list[str]] = {}
-    listed = set()
-    for entry in tqdm(manifest["shards"], desc="synthgen verify", unit="shard", disable=not progress):
-        listed.add(entry["file"])
-        found = verify_shard(root / entry["file"], entry, manifest["build_identity"])
-        if found:
-            problems[entry["file"]] = found
+    entries = manifest["shards"]
+    listed = {entry["file"] for entry in entries}
+    with ThreadPoolExecutor(VERIFY_THREADS) as pool:  # reading and hashing run outside the GIL: shards at once
+        found = pool.map(lambda entry: verify_shard(root / entry["file"], entry, manifest["build_identity"]), entries)
+        for entry, shard_problems in zip(entries, tqdm(found, total=len(entries), desc="synthgen verify", unit="shard",
+                                                       disable=not progress)):
+            if shard_problems:
+                problems[entry["file"]] = shard_problems
     for path in sorted(root.iterdir()):
         if SHARD_RE.fullmatch(path.name) and path.name not in listed:
             problems[path.name] = ["not listed in manifest.json (left from another build?)"]

@@ -33,7 +33,8 @@ from common.cli import out_folder_problem
 from synthgen.errors import OutputError, UsageError
 from synthgen.manifest import MANIFEST, is_own_entry, read_manifest, write_json_atomic
 from synthgen.parallel import this_machine
-from synthgen.shards import TEMP_RE, content_checksum, read_arrays, read_attrs, shard_path
+from synthgen.reader import VERIFY_THREADS
+from synthgen.shards import TEMP_RE, arrays_to_hash, content_checksum, read_attrs, shard_path
 from synthgen.sources import Skipped
 
 
@@ -117,19 +118,16 @@ class SetWriter:
     def _kept_shards(self, n_shards: int, keep, verify: bool, progress: bool) -> set[int]:
         done = set()
         present = [index for index in range(n_shards) if shard_path(self.out, index).exists()]
-        for index in tqdm(present, desc="synthgen: checking the shards of the unfinished set", unit="shard",
-                          disable=not (verify and progress and len(present) > 1), dynamic_ncols=True):
-            try:
-                with h5py.File(shard_path(self.out, index), "r") as f:
-                    attrs = read_attrs(f)
-                    intact = not verify or content_checksum(read_arrays(f), attrs) == attrs.get("content_sha256")
-            except (OSError, KeyError, ValueError):
-                continue  # unreadable: it is written again (and replaced atomically)
-            if attrs.get("build_identity") == self.identity and keep(index, attrs) and intact:
-                done.add(index)
-                if verify:  # its writer may have stopped before flushing it; the complete manifest will vouch for it
-                    fsync_path(shard_path(self.out, index))
-                    self._renamed = True
+        with ThreadPoolExecutor(VERIFY_THREADS) as pool:  # hashing runs outside the GIL: several shards at once
+            states = pool.map(lambda index: _shard_state(shard_path(self.out, index), verify), present)
+            for index, (attrs, intact) in zip(present, tqdm(
+                    states, total=len(present), desc="synthgen: checking the shards of the unfinished set",
+                    unit="shard", disable=not (verify and progress and len(present) > 1), dynamic_ncols=True)):
+                if intact and attrs.get("build_identity") == self.identity and keep(index, attrs):
+                    done.add(index)
+                    if verify:  # its writer may have stopped before flushing it; the complete manifest vouches for it
+                        fsync_path(shard_path(self.out, index))
+                        self._renamed = True
         return done
 
     def begin(self) -> None:
@@ -206,3 +204,15 @@ class SetWriter:
         self.manifest.pop("failure", None)
         write_json_atomic(self.out / MANIFEST, self.manifest)
         return self.manifest
+
+
+def _shard_state(path: Path, verify: bool) -> tuple[dict, bool]:
+    """A shard's attributes, and whether it is readable and (with `verify`) matches its checksum. An unreadable
+    one is written again (and replaced atomically)."""
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = read_attrs(f)
+            arrays = arrays_to_hash(f) if verify else None
+        return attrs, not verify or content_checksum(arrays, attrs) == attrs.get("content_sha256")
+    except (OSError, KeyError, ValueError):
+        return {}, False

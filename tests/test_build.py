@@ -201,7 +201,7 @@ def test_a_shard_of_an_unfinished_set_that_never_reached_the_disk_is_rebuilt(syn
     """Workers leave flushing to the main process, which writes the complete manifest only once every shard is
     on disk; a power cut before that can leave a shard in place whose data is gone (zeros). Resuming an
     unfinished set therefore keeps only shards whose contents match their checksum."""
-    from synthgen.reader import raw_image_offsets
+    from synthgen.shards import raw_image_offsets
 
     out = tmp_path / "set"
     args = ["build", "--n", 60, "--shard-size", 20, *FAST]

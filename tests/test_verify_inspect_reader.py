@@ -285,7 +285,7 @@ def test_console_script_is_installed():
 @pytest.mark.parametrize("compression", ["none", "lzf", "gzip"])
 def test_random_batches_read_the_right_images_for_every_compression(compression, tmp_path):
     from synthgen.cli import main
-    from synthgen.reader import raw_image_offsets
+    from synthgen.shards import raw_image_offsets
 
     out = tmp_path / compression
     assert main(["build", "--n", "45", "--shard-size", "20", "--size", "32", "--compression", compression,
@@ -301,6 +301,34 @@ def test_random_batches_read_the_right_images_for_every_compression(compression,
                         np.arange(45)[::-1]):
             assert np.array_equal(shards.images(indices), expected[np.asarray(indices, dtype=np.int64)])
         assert all(np.array_equal(shards.image(i), expected[i]) for i in (0, 19, 20, 44))
+
+
+@pytest.mark.parametrize("compression", ["none", "lzf"])
+def test_a_streamed_checksum_hashes_the_same_bytes_as_the_arrays(compression, tmp_path):
+    """Raw images are hashed as they are read from the file, in blocks that need not hold whole images;
+    compressed ones are read through HDF5. Either way the checksum is the one over the arrays."""
+    from synthgen.cli import main
+    from synthgen.shards import StreamedDataset, arrays_to_hash, raw_blocks, raw_image_offsets, read_arrays, read_attrs
+
+    out = tmp_path / compression
+    assert main(["build", "--n", "20", "--size", "32", "--compression", compression, "--out", str(out),
+                 "--no-progress", "--workers", "1"]) == 0
+    path = out / "shard-00000.h5"
+    with h5py.File(path, "r") as f:
+        arrays, attrs, to_hash = read_arrays(f), read_attrs(f), arrays_to_hash(f)
+        offsets = raw_image_offsets(f["images"])
+    assert isinstance(to_hash["images"], StreamedDataset) == (compression == "none")
+    assert content_checksum(to_hash, attrs) == content_checksum(arrays, attrs) == attrs["content_sha256"]
+    if compression == "none":
+        image_bytes = 32 * 32 * 3
+        for block_bytes in (1000, image_bytes, 5 * image_bytes + 7, 1 << 20):
+            blocks = [bytes(b) for b in raw_blocks(path, offsets, image_bytes, block_bytes)]
+            assert max(map(len, blocks)) <= block_bytes and b"".join(blocks) == arrays["images"].tobytes()
+        picked = offsets[[3, 4, 5, 9, 2]]  # runs end to end and single images out of order
+        assert b"".join(bytes(b) for b in raw_blocks(path, picked, image_bytes, 1000)) == \
+            arrays["images"][[3, 4, 5, 9, 2]].tobytes()
+        beyond = np.array([path.stat().st_size - image_bytes // 2])  # half an image before the end of the file
+        assert sum(len(b) for b in raw_blocks(path, beyond, image_bytes, 1000)) == image_bytes // 2
 
 
 def test_a_shard_cut_short_after_its_check_is_named_not_read_as_zeros(built_set, copy_of):
