@@ -75,18 +75,27 @@ def sample_indices(count: np.ndarray, n_samples: int, seed: int = 0) -> np.ndarr
     return np.concatenate([np.sort(p) for p in picks])[:n_samples]
 
 
-TILE_SIDE = 160  # the least side a sample is shown at: smaller images are enlarged by whole pixels
+TILE_SIDE = 160, 320  # the sides a sample is shown at: smaller images are enlarged by whole pixels, larger shrunk
 CAPTION_HEIGHT, GAP = 16, 4
 BOX_COLOUR = (255, 230, 0)
+
+
+def tile_scale(image_size: int) -> float:
+    """How much a sample is enlarged (a whole number) or shrunk on the contact sheet."""
+    smallest, largest = TILE_SIDE
+    if image_size < smallest:
+        return -(-smallest // image_size)
+    return min(1.0, largest / image_size)
 
 
 def contact_sheet(shards: ShardSet, indices: np.ndarray, path, columns: int = 8) -> None:
     """Sample images with their labels (N, visible area) and object boxes, as one PNG.
 
-    Drawn straight into one array: each image is shown at its own pixels (or whole multiples of them),
-    and the sheet takes tens of milliseconds where a matplotlib grid of 40 panels took 3-4 s."""
-    scale = max(1, -(-TILE_SIDE // shards.image_size))
-    side = shards.image_size * scale
+    Drawn straight into one array, each image at its own pixels (or whole multiples of them; images larger
+    than 320 pixels are shrunk to 320): tens of milliseconds, where a matplotlib grid of 40 panels took
+    3-4 s."""
+    scale = tile_scale(shards.image_size)
+    side = round(shards.image_size * scale)
     columns = max(1, min(columns, len(indices)))
     rows = -(-len(indices) // columns)
     sheet = np.full((GAP + rows * (CAPTION_HEIGHT + side + GAP), GAP + columns * (side + GAP), 3), 255, np.uint8)
@@ -95,9 +104,11 @@ def contact_sheet(shards: ShardSet, indices: np.ndarray, path, columns: int = 8)
     for k, (index, image) in enumerate(zip(indices.tolist(), shards.images(indices))):
         top, left = tile_origin(k, columns, side)
         tile = sheet[top:top + side, left:left + side]
-        tile[:] = cv2.resize(image, (side, side), interpolation=cv2.INTER_NEAREST) if scale > 1 else image
+        tile[:] = image if scale == 1 else cv2.resize(
+            image, (side, side), interpolation=cv2.INTER_NEAREST if scale > 1 else cv2.INTER_AREA)
         for x0, y0, x1, y1 in shards.objects(index)["box"].tolist():
-            cv2.rectangle(tile, (x0 * scale, y0 * scale), (x1 * scale - 1, y1 * scale - 1), BOX_COLOUR, 1)
+            cv2.rectangle(tile, (round(x0 * scale), round(y0 * scale)), (round(x1 * scale) - 1, round(y1 * scale) - 1),
+                          BOX_COLOUR, 1)
         area = labels["visible_area"][index]
         captions.append(((left, top - CAPTION_HEIGHT + 2), f"#{index}  N={labels['count'][index]}"
                          + ("" if np.isnan(area) else f"  A={area / canvas:.1%}")))

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import h5py
 import numpy as np
 import pytest
@@ -180,6 +181,25 @@ def test_contact_sheet_shows_every_sample_at_its_own_pixels_with_its_boxes(built
     assert len(boxes[0]) == labels["count"][0]
     assert sheet.shape[1] == 4 + 4 * (64 * scale + 4)  # four columns, two rows
     assert (sheet[-4:] == 255).all() and sheet.shape[0] == 4 + 2 * (16 + 64 * scale + 4)
+
+
+def test_contact_sheet_shrinks_large_images_to_a_tile(tmp_path):
+    from synthgen.cli import main
+    from synthgen.inspection import TILE_SIDE, contact_sheet, tile_origin, tile_scale
+
+    assert tile_scale(32) == 5 and tile_scale(161) == tile_scale(320) == 1 and tile_scale(640) == 0.5
+    out = tmp_path / "large"
+    assert main(["build", "--n", "3", "--size", "480", "--out", str(out), "--no-progress", "--workers", "1"]) == 0
+    with ShardSet(out) as shards:
+        contact_sheet(shards, np.arange(3), tmp_path / "sheet.png")
+        image = shards.images([1])[0]
+    sheet = np.asarray(Image.open(tmp_path / "sheet.png").convert("RGB"))
+    side = TILE_SIDE[1]
+    assert sheet.shape[:2] == (4 + 16 + side + 4, 4 + 3 * (side + 4))
+    top, left = tile_origin(1, 3, side)
+    shrunk = cv2.resize(image, (side, side), interpolation=cv2.INTER_AREA).astype(int)
+    tile = sheet[top:top + side, left:left + side].astype(int)
+    assert np.median(np.abs(tile - shrunk)) == 0  # the image, but where a box outline is drawn
 
 
 def test_chi_square_test_matches_scipy():
