@@ -80,7 +80,7 @@ CAPTION_HEIGHT, GAP = 16, 4
 BOX_COLOUR = (255, 230, 0)
 
 
-def tile_scale(image_size: int) -> float:
+def tile_scale(image_size: int) -> int | float:
     """How much a sample is enlarged (a whole number) or shrunk on the contact sheet."""
     smallest, largest = TILE_SIDE
     if image_size < smallest:
@@ -112,11 +112,11 @@ def contact_sheet(shards: ShardSet, indices: np.ndarray, path, columns: int = 8)
         area = labels["visible_area"][index]
         captions.append(((left, top - CAPTION_HEIGHT + 2), f"#{index}  N={labels['count'][index]}"
                          + ("" if np.isnan(area) else f"  A={area / canvas:.1%}")))
-    image = Image.fromarray(sheet)
-    draw, font = ImageDraw.Draw(image), ImageFont.load_default(size=CAPTION_HEIGHT - 4)
+    picture = Image.fromarray(sheet)
+    draw, font = ImageDraw.Draw(picture), ImageFont.load_default(size=CAPTION_HEIGHT - 4)
     for origin, text in captions:
         draw.text(origin, text, fill=(0, 0, 0), font=font)
-    image.save(path, optimize=False)
+    picture.save(path)
 
 
 def tile_origin(k: int, columns: int, side: int) -> tuple[int, int]:

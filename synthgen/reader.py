@@ -64,7 +64,11 @@ def check_shard(path: Path, entry: dict, identity: str, root: Path, verify: bool
         raise OutputError(f"{path}: not the shard manifest.json lists (another set's shard, or a different "
                           f"version of it); {rebuild}")
     if verify:
-        if content_checksum(arrays, attrs) != recorded:
+        try:
+            intact = content_checksum(arrays, attrs) == recorded  # streamed images are read here
+        except OSError as exc:
+            raise OutputError(f"{path}: not a readable HDF5 shard ({exc}); {rebuild}") from None
+        if not intact:
             raise OutputError(f"{path}: corrupted: its contents no longer match the checksum it records; {rebuild}")
         _VERIFIED.add(signature)
 

@@ -169,7 +169,7 @@ def arrays_to_hash(f: h5py.File) -> dict[str, np.ndarray | StreamedDataset]:
     Streamed, a shard's 78 MB of images are read in blocks of a few MB with plain positioned reads, which,
     like hashing, run outside the GIL and outside HDF5's global lock: shards checked on several threads
     are then read and hashed at once, where h5py read them one at a time (an 80K set's check on 2 cores:
-    5.8 s through h5py, 4.0 s streamed)."""
+    about 6 s through h5py, about 4 s streamed)."""
     arrays = {}
     f.visititems(lambda name, obj: arrays.__setitem__(name, obj) if isinstance(obj, h5py.Dataset) else None)
     images = arrays.get("images")

@@ -24,7 +24,10 @@ def verify_shard(path: Path, entry: dict, identity: str) -> list[str]:
     problems = schema_problems(arrays, attrs)
     if problems:
         return problems
-    actual = content_checksum(arrays, attrs)
+    try:
+        actual = content_checksum(arrays, attrs)  # streamed images are read here
+    except OSError as exc:
+        return [f"cannot be read ({exc})"]
     if actual != attrs["content_sha256"]:
         problems.append(f"checksum mismatch: contents hash to {actual[:12]}..., the shard records "
                         f"{attrs['content_sha256'][:12]}...")
