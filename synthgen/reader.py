@@ -29,11 +29,10 @@ from tqdm import tqdm
 
 from synthgen.errors import OutputError
 from synthgen.manifest import read_manifest
-from synthgen.shards import arrays_to_hash, content_checksum, raw_image_offsets, read_attrs
+from synthgen.shards import VERIFY_THREADS, arrays_to_hash, content_checksum, raw_image_offsets, read_attrs
 
 IOV_MAX = 1024  # buffers one preadv may fill (POSIX's minimum guarantee, Linux's value)
 _VERIFIED: set[tuple] = set()  # (path, inode, size, mtime) of the shards this process has hashed and found intact
-VERIFY_THREADS = 4  # hashing releases the GIL: several shards are hashed at once
 
 
 def _signature(path: Path) -> tuple:

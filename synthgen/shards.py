@@ -27,6 +27,7 @@ SHARD_NAME = "shard-{:05d}.h5"
 SHARD_RE = re.compile(r"shard-(\d{5,})\.h5")
 TEMP_RE = re.compile(r"\.shard-\d{5,}\.h5\.tmp-\d+")
 BLOCK_BYTES = 4 << 20  # what a streamed checksum reads at a time
+VERIFY_THREADS = 4  # streamed reads and hashing release the GIL: several shards are checked at once
 
 # name -> (dtype, trailing shape given the image size); leading axis: images (n), objects (m)
 IMAGE_DATASETS = {

@@ -8,8 +8,8 @@ import h5py
 from tqdm import tqdm
 
 from synthgen.manifest import read_manifest
-from synthgen.reader import VERIFY_THREADS, incomplete_reason
-from synthgen.shards import SHARD_RE, arrays_to_hash, content_checksum, read_attrs, schema_problems
+from synthgen.reader import incomplete_reason
+from synthgen.shards import SHARD_RE, VERIFY_THREADS, arrays_to_hash, content_checksum, read_attrs, schema_problems
 
 
 def verify_shard(path: Path, entry: dict, identity: str) -> list[str]:

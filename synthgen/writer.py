@@ -33,8 +33,7 @@ from common.cli import out_folder_problem
 from synthgen.errors import OutputError, UsageError
 from synthgen.manifest import MANIFEST, is_own_entry, read_manifest, write_json_atomic
 from synthgen.parallel import this_machine
-from synthgen.reader import VERIFY_THREADS
-from synthgen.shards import TEMP_RE, arrays_to_hash, content_checksum, read_attrs, shard_path
+from synthgen.shards import TEMP_RE, VERIFY_THREADS, arrays_to_hash, content_checksum, read_attrs, shard_path
 from synthgen.sources import Skipped
 
 
