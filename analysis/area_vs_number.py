@@ -20,7 +20,7 @@ import torch
 from analysis import figures as draw
 from analysis.config import AnalysisConfig
 from analysis.controls import Decoding, NullResult, population_decoding, rotation_null
-from analysis.encode import encode_set, load_encoder
+from analysis.encode import check_checkpoints, encode_set, load_encoder
 from analysis.regression import AREA, NUMEROSITY
 from analysis.report import (report_markdown, run_row, run_summary, runs_markdown, runs_summary, write_dimensions,
                              write_runs_csv)
@@ -184,6 +184,7 @@ def analyse(config: AnalysisConfig, log=print) -> dict:
     """Analyse every checkpoint on the set; with several, also write the summary over runs."""
     out = Path(config.out)
     device = resolve_device(config.runtime.device)
+    check_checkpoints(config.checkpoint)
     shards, labels = load_set(config)
     if len(config.checkpoint) == 1:
         return analyse_run(config.checkpoint[0], run_labels(config.checkpoint)[0], shards, labels, config, out,

@@ -7,7 +7,7 @@ from tqdm import tqdm
 
 from synthgen import ShardSet
 from vae.augment import to_float
-from vae.checkpoint import CheckpointError, load_model_and_metadata
+from vae.checkpoint import CheckpointError, load_checkpoint, load_model_and_metadata
 
 
 def encode_set(model, shards: ShardSet, device: torch.device, batch_size: int = 256,
@@ -32,3 +32,13 @@ def load_encoder(checkpoint, device: torch.device):
     except CheckpointError as exc:
         raise CheckpointError(f"--checkpoint {exc}") from None
     return model.to(device).eval(), meta
+
+
+def check_checkpoints(paths) -> None:
+    """Refuse a missing, truncated or foreign checkpoint before any is used: with several runs, the last one
+    would otherwise fail after minutes of analysing the others. The tensors are mapped, not read."""
+    for path in paths:
+        try:
+            load_checkpoint(path, mmap=True)
+        except CheckpointError as exc:
+            raise CheckpointError(f"--checkpoint {exc}") from None

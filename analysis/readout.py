@@ -54,13 +54,19 @@ class Readout(nn.Module):
         return self.layers(x)
 
 
-def encode_sets(paths, model, device, config, option: str) -> tuple[np.ndarray, np.ndarray]:
-    means, labels = [], []
-    for path in paths:
-        shards = ShardSet(path, verify=config.runtime.verify_shards, progress=config.runtime.progress, option=option)
-        labels.append(count_class(shards.labels["count"]))
-        means.append(encode_set(model, shards, device, config.batch_size, config.runtime.progress))
-    return np.concatenate(means), np.concatenate(labels)
+def open_sets(paths, config, option: str) -> list[ShardSet]:
+    """The sets an option names, opened (folder and manifest checked) before any of them is encoded."""
+    return [ShardSet(path, verify=config.runtime.verify_shards, progress=config.runtime.progress, option=option)
+            for path in paths]
+
+
+def count_classes(sets: list[ShardSet]) -> np.ndarray:
+    return np.concatenate([count_class(shards.labels["count"]) for shards in sets])
+
+
+def encode_sets(sets: list[ShardSet], model, device, config) -> np.ndarray:
+    return np.concatenate([encode_set(model, shards, device, config.batch_size, config.runtime.progress)
+                           for shards in sets])
 
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -138,15 +144,17 @@ def run(config: ReadoutConfig, log=print) -> dict:
     out = Path(config.out)
     device = resolve_device(config.runtime.device)
     encoder, meta = load_encoder(config.checkpoint, device)
-    x_all, y_all = encode_sets(config.train, encoder, device, config, "--train")
+    # Every input is checked before the encoding, which takes minutes on a large set.
+    train_sets, test_sets = open_sets(config.train, config, "--train"), open_sets(config.test, config, "--test")
+    y_all, y_test = count_classes(train_sets), count_classes(test_sets)
     present = np.unique(y_all)
     if present.size < 2:
         raise UserError(f"--train {' '.join(config.train)}: all {y_all.size} images are of class "
                         f"{CLASSES[int(present[0])]}; a readout needs training images of at least two count classes")
-    x_test, y_test = encode_sets(config.test, encoder, device, config, "--test")
     train_part, val_part = stratified_split(y_all, config.val_fraction, config.seed)
     if val_part.size == 0:
         raise UserError(f"--val-fraction {config.val_fraction}: no validation images; raise it or add data")
+    x_all, x_test = encode_sets(train_sets, encoder, device, config), encode_sets(test_sets, encoder, device, config)
     out.mkdir(parents=True, exist_ok=True)
     mean, std = x_all[train_part].mean(axis=0), x_all[train_part].std(axis=0) + 1e-8  # from the training part only
 

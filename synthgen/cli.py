@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import sys
 
-from common.cli import add_version, run
+from common.cli import add_version, out_folder_problem, run
+from common.errors import UsageError
 from common.settings import Parser, add_options, from_args
 from synthgen.config import BuildCommand, DotsCommand, InspectCommand, PackCommand, VerifyCommand
 from synthgen.stats import summary_lines
@@ -68,6 +69,9 @@ def cmd_inspect(given: dict, command: list[str]) -> int:
     from synthgen.inspection import inspect_set
 
     settings = from_args(InspectCommand, given)
+    problem = settings.out and out_folder_problem(settings.out)
+    if problem:
+        raise UsageError(problem)
     report = inspect_set(settings.dir, settings.out, settings.samples, verify=settings.verify_shards,
                          progress=settings.progress)
     summary = report["summary"]

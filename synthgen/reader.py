@@ -40,6 +40,13 @@ def _signature(path: Path) -> tuple:
     return (str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
 
+def require_folder(root: Path, named: str) -> None:
+    """Raise OutputError unless `root` is a folder: a set is always one."""
+    if not root.is_dir():
+        what = "not a folder" if root.exists() else "no such folder"
+        raise OutputError(f"{named}: {what}; give the --out folder of a `synthgen build` or `synthgen pack`")
+
+
 def check_shard(path: Path, entry: dict, identity: str, root: Path, verify: bool = True) -> None:
     """Raise OutputError, naming the file and what to do, unless the shard is the one manifest.json
     lists and (with `verify`) its contents match its checksum."""
@@ -106,9 +113,7 @@ class ShardSet:
     def __init__(self, root, verify: bool = True, progress: bool = False, option: str | None = None):
         self.root = Path(root)
         named = f"{option} {self.root}" if option else str(self.root)
-        if not self.root.is_dir():
-            what = "not a folder" if self.root.exists() else "no such folder"
-            raise OutputError(f"{named}: {what}; give the --out folder of a `synthgen build` or `synthgen pack`")
+        require_folder(self.root, named)
         manifest = read_manifest(self.root)
         if manifest is None:
             raise OutputError(f"{named}: no synthgen manifest.json here; give the --out folder of a "

@@ -8,7 +8,7 @@ import h5py
 from tqdm import tqdm
 
 from synthgen.manifest import read_manifest
-from synthgen.reader import incomplete_reason
+from synthgen.reader import incomplete_reason, require_folder
 from synthgen.shards import SHARD_RE, VERIFY_THREADS, arrays_to_hash, content_checksum, read_attrs, schema_problems
 
 
@@ -43,6 +43,7 @@ def verify_shard(path: Path, entry: dict, identity: str) -> list[str]:
 def verify_set(root, progress: bool = True) -> dict[str, list[str]]:
     """Problems per file name across a set; an empty dict means every shard is intact."""
     root = Path(root)
+    require_folder(root, str(root))  # an error, not a problem of the set: there is no set to report on
     manifest = read_manifest(root)
     if manifest is None:
         return {"manifest.json": ["missing or not a synthgen manifest"]}

@@ -67,6 +67,7 @@ def cases(r: Path):
         ("synthgen", ["inspect", str(r / "corrupt"), "--no-progress"], 1, "shard-00001.h5: corrupted"),
         ("synthgen", ["inspect", str(r / "file.txt"), "--no-progress"], 1, "not a folder"),
         ("synthgen", ["inspect", str(r / "set"), "--samples", "0"], 2, "--samples 0: must be in [1, 1000]"),
+        ("synthgen", ["verify", str(r / "nowhere"), "--no-progress"], 1, f"{r / 'nowhere'}: no such folder"),
         ("vae-train", [*train, "--val-fraction", "1.5"], 2, "--val-fraction 1.5: must be in (0, 1)"),
         ("vae-train", [*train, "--latent", "0"], 2, "--latent 0: must be >= 1"),
         ("vae-train", [*train, "--epochs", "0"], 2, "--epochs 0: must be >= 1"),
@@ -97,6 +98,12 @@ def cases(r: Path):
                           "--no-progress"], 1,
          "a readout needs training images of at least two count classes"),
         ("vae-subitize", [*subitize[2:], "--checkpoint", str(r / "missing.pt")], 1, "no such checkpoint"),
+        # every input is checked before the work on the first: the damaged --train set would be found while
+        # encoding it, the missing --test set only after that; the second checkpoint only after analysing the first
+        ("vae-subitize", [*subitize[:2], "--train", str(r / "corrupt"), "--test", str(r / "nowhere"), "--out", a,
+                          "--no-progress"], 1, f"--test {r / 'nowhere'}: no such folder"),
+        ("analyze-area-vs-number", [*analyse[:2], str(r / "truncated" / "last.pt"), *analyse[2:]], 1,
+         f"--checkpoint {r / 'truncated' / 'last.pt'}: not a readable vae-train checkpoint"),
         # an --out that cannot be a folder is refused before any work, naming the option
         ("synthgen", ["build", "--n", "5", "--out", under_file], 1, f"--out {under_file}: {file} is not a folder"),
         ("vae-train", [*train[:2], "--out", under_file, *TINY], 2, f"--out {under_file}: {file} is not a folder"),
@@ -104,6 +111,7 @@ def cases(r: Path):
         ("analyze-area-vs-number", [*analyse[:4], "--out", under_file], 2,
          f"--out {under_file}: {file} is not a folder"),
         ("vae-subitize", [*subitize[:6], "--out", under_file], 2, f"--out {under_file}: {file} is not a folder"),
+        ("synthgen", ["inspect", str(r / "set"), "--out", file], 2, f"--out {file}: exists and is not a folder"),
     ]
 
 

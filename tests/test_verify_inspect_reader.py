@@ -85,6 +85,13 @@ def test_verify_and_reader_refuse_an_incomplete_build(synthgen, copy_of):
         ShardSet(copy_of / "shard-00000.h5").__len__()
 
 
+def test_verify_names_a_path_that_is_no_set_folder(synthgen, copy_of, tmp_path):
+    for path, what in [(tmp_path / "nowhere", "no such folder"), (copy_of / "shard-00000.h5", "not a folder")]:
+        result = synthgen("verify", path, "--no-progress")
+        assert result.rc != 0 and f"{path}: {what}; give the --out folder" in result.err
+        assert "manifest.json" not in result.err  # not reported as a set whose manifest is missing
+
+
 def flip_image_bytes(path, image=7, count=64):
     """Flip bytes of one image's pixels in the file itself, as a failing disk or a bad copy would."""
     with h5py.File(path, "r") as f:

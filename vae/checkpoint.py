@@ -30,14 +30,15 @@ def save_checkpoint(path, state: dict) -> None:
     write_atomic(path, buffer.getvalue())
 
 
-def load_checkpoint(path, map_location="cpu") -> dict:
+def load_checkpoint(path, map_location="cpu", mmap: bool = False) -> dict:
     """Load a checkpoint with weights_only=True (tensors, numbers, strings, lists and dicts only).
-    Raises CheckpointError, naming the file, for anything that is not a whole vae-train checkpoint."""
+    Raises CheckpointError, naming the file, for anything that is not a whole vae-train checkpoint.
+    `mmap`: map the tensors instead of reading them; a check of the file's structure that costs no memory."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint (give best.pt or last.pt of a vae-train run)")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:  # noqa: BLE001  (whatever torch.load raises, the file is not a checkpoint)
         text = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
         detail = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
