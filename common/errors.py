@@ -7,3 +7,10 @@ class UserError(Exception):
 
 class UsageError(UserError):
     """An invalid command-line value or combination of values (exit code 2)."""
+
+
+def exception_line(exc: BaseException, limit: int = 160) -> str:
+    """An exception as one short line, for a message of our own: its type and its first line (torch's
+    loading errors run to a dozen lines of advice that does not apply)."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:limit]}" if text else type(exc).__name__

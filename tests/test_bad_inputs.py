@@ -80,6 +80,11 @@ def cases(r: Path):
          "shard-00001.h5: corrupted"),
         ("vae-train", ["--data", str(r / "nowhere"), "--out", str(r / "new-run"), *TINY], 1,
          "--data " + str(r / "nowhere") + ": no such folder"),
+        ("vae-train", [*train, "--recon", "perceptual", "--vgg-weights", str(r / "nowhere.pth")], 2,
+         f"--vgg-weights {r / 'nowhere.pth'}: no such file"),
+        # the loss network is loaded before the data: a damaged set would be found while loading it
+        ("vae-train", ["--data", str(r / "corrupt"), *train[2:], "--recon", "perceptual", "--vgg-weights", file], 1,
+         f"--vgg-weights {file}: cannot be read as a torch state dict"),
         ("vae-train", ["--out", str(r / "truncated"), "--resume"], 1, "not a readable vae-train checkpoint"),
         ("vae-train", ["--out", str(r / "text"), "--resume"], 1, "not a readable vae-train checkpoint"),
         ("vae-train", ["--out", str(r / "foreign"), "--resume"], 1, "not a vae-train checkpoint"),

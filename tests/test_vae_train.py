@@ -191,7 +191,7 @@ def test_two_process_ddp_on_cpu(data, tmp_path, compile_args):
 
 @pytest.mark.parametrize("extra, code, message", [
     (["--encoder", "8@4x4"], 2, "--encoder"),
-    (["--recon", "perceptual", "--vgg-weights", "/nonexistent.pth"], 1, "file not found"),
+    (["--recon", "perceptual", "--vgg-weights", "/nonexistent.pth"], 2, "--vgg-weights /nonexistent.pth: no such file"),
     (["--recon", "perceptual"], 1, "vgg19-dcbb9e9d.pth"),
 ])
 def test_configuration_errors_are_clear(data, tmp_path, capsys, monkeypatch, extra, code, message):

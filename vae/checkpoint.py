@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from common.atomic import write_atomic
-from common.errors import UserError
+from common.errors import UserError, exception_line
 from vae.model import VAE, ModelConfig
 
 FORMAT = "vae-train-checkpoint"
@@ -40,10 +40,8 @@ def load_checkpoint(path, map_location="cpu", mmap: bool = False) -> dict:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:  # noqa: BLE001  (whatever torch.load raises, the file is not a checkpoint)
-        text = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
-        detail = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
         raise CheckpointError(f"{path}: not a readable vae-train checkpoint: truncated, damaged, or a file that holds "
-                              f"more than tensors and plain values ({detail})") from None
+                              f"more than tensors and plain values ({exception_line(exc)})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a vae-train checkpoint (a torch file of another kind); give best.pt or "
                               "last.pt of a vae-train run")

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from common.errors import UsageError
 from common.settings import (SEED_RANGE, Settings, above, at_least, between, device_option, option,
                              progress_option, verify_option)
 from vae.spec import PAPER_DECODER, PAPER_ENCODER, layers_problem
+
+RANDOM_VGG = "random"  # --vgg-weights random: an untrained VGG-19, for tests
 
 RECONSTRUCTIONS = ("perceptual", "pixel", "bce")
 REDUCTIONS = ("sum", "mean")
@@ -64,8 +67,17 @@ class LossSettings(Settings):
                                 "bce); always the mean over the batch, KL summed over latent dimensions",
                                 choices=REDUCTIONS)
     vgg_weights: str | None = option(None, "state dict of torchvision vgg19().features (full or up to relu3_1); "
-                                     "'random' for tests only",
+                                     f"'{RANDOM_VGG}' for tests only",
                                      default_help="torchvision's file in the torch hub cache")
+
+    def check(self) -> None:
+        # Here, before torch is imported and the data loaded: a mistyped path is told in a moment, not after both.
+        # What the file holds is checked when it is loaded (vae.vgg), also before the data.
+        if self.recon == "perceptual" and self.vgg_weights not in (None, RANDOM_VGG) and \
+                not Path(self.vgg_weights).is_file():
+            raise UsageError(f"--vgg-weights {self.vgg_weights}: no such file; give a state dict of torchvision's "
+                             "vgg19().features (full or up to relu3_1), or leave the option out to use torchvision's "
+                             "file in the torch hub cache")
 
 
 @dataclass(frozen=True)

@@ -117,9 +117,10 @@ class Run:
         """`last`: the run's last checkpoint, to continue from (None: a new run)."""
         self.config, self.runtime, self.log = config, runtime, log
         self.out = Path(config.out)
+        # The loss network before the data: a bad weights file is told at once, not after loading every image.
+        self.reconstruction, self.vgg_record = build_reconstruction(config, runtime)
         self.data = load_data(config, runtime)
         self.model = build_model(config, self.data.image_size, runtime)
-        self.reconstruction, self.vgg_record = build_reconstruction(config, runtime)
         training = config.training
         self.optimizer = build_optimizer(self.model, training.lr)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode="min",

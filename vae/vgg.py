@@ -14,13 +14,13 @@ import torch
 from torch import nn
 from torchvision.models.vgg import make_layers
 
-from common.errors import UserError
+from common.errors import UserError, exception_line
+from vae.config import RANDOM_VGG as RANDOM
 
 TAPS = {"relu1_1": 1, "relu2_1": 6, "relu3_1": 11}  # indices in vgg19().features
 TRUNCATED_CONFIG = [64, 64, "M", 128, 128, "M", 256]  # vgg19().features[:12], same indices
 CONV_INDICES = (0, 2, 5, 7, 10)
 TORCHVISION_FILE = "vgg19-dcbb9e9d.pth"
-RANDOM = "random"
 
 
 class VGGWeightsError(UserError, RuntimeError):
@@ -70,7 +70,8 @@ def load_vgg(weights: str | None) -> tuple[nn.Sequential, dict]:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise VGGWeightsError(f"--vgg-weights {path}: cannot be read as a torch state dict ({exc})") from None
+            raise VGGWeightsError(f"--vgg-weights {path}: cannot be read as a torch state dict "
+                                  f"({exception_line(exc)})") from None
         state = _features_only(state, str(path))
         try:
             model.load_state_dict(state)
