@@ -201,6 +201,24 @@ def test_configuration_errors_are_clear(data, tmp_path, capsys, monkeypatch, ext
     assert not (tmp_path / "run").exists()  # a run that fails to start leaves no folder behind
 
 
+def test_a_run_whose_vgg_weights_are_gone_resumes_once_they_are_back(data, tmp_path, capsys):
+    from vae.vgg import truncated_vgg19
+
+    weights, moved, run = tmp_path / "vgg.pth", tmp_path / "elsewhere.pth", tmp_path / "run"
+    torch.save(truncated_vgg19().state_dict(), weights)
+    assert train_main(["--data", str(data / "synth"), "--out", str(run), "--epochs", "1", *TINY, "--recon",
+                       "perceptual", "--vgg-weights", str(weights), "--no-progress"]) == 0
+    weights.rename(moved)
+    capsys.readouterr()
+    assert train_main(["--out", str(run), "--resume", "--epochs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert f"--resume: the run was started with --vgg-weights {weights}: no such file" in err
+    assert "put the file back there" in err and err.count("\n") == 1
+    moved.rename(weights)
+    assert train_main(["--out", str(run), "--resume", "--epochs", "2"]) == 0
+    assert load_checkpoint(run / "last.pt")["epoch"] == 2
+
+
 def test_runs_are_not_overwritten_and_resume_keeps_its_settings(data, tmp_path, capsys):
     run = tmp_path / "run"
     assert train_main(["--data", str(data / "synth"), "--out", str(run), "--epochs", "1", *TINY]) == 0

@@ -62,7 +62,11 @@ def resumed_run(given: dict) -> tuple[TrainConfig, dict]:
     if not (out / "last.pt").is_file():
         raise UsageError(f"--resume: {out} holds no run with a checkpoint to continue (no last.pt there)")
     state = load_checkpoint(out / "last.pt")
-    saved = from_dict(TrainConfig, json.loads(state.get("train_config", "{}")) | {"out": str(out)})
+    try:
+        saved = from_dict(TrainConfig, json.loads(state.get("train_config", "{}")) | {"out": str(out)})
+    except UsageError as exc:  # a file the saved settings name is gone (the VGG-19 weights)
+        raise UsageError(f"--resume: the run was started with {exc}; it continues with the settings it was "
+                         "started with, so put the file back there") from None
     fields = all_fields(TrainConfig)
     asked = with_absolute_paths(from_args(TrainConfig, given, base=saved))
     refused = [f"{flag_of(fields[name])} {show_value(fields[name], value_of(asked, name))} (the run has "

@@ -75,9 +75,9 @@ class LossSettings(Settings):
         # What the file holds is checked when it is loaded (vae.vgg), also before the data.
         if self.recon == "perceptual" and self.vgg_weights not in (None, RANDOM_VGG) and \
                 not Path(self.vgg_weights).is_file():
-            raise UsageError(f"--vgg-weights {self.vgg_weights}: no such file; give a state dict of torchvision's "
-                             "vgg19().features (full or up to relu3_1), or leave the option out to use torchvision's "
-                             "file in the torch hub cache")
+            raise UsageError(f"--vgg-weights {self.vgg_weights}: no such file (a state dict of torchvision's "
+                             "vgg19().features, full or up to relu3_1, is needed; without the option, torchvision's "
+                             "file in the torch hub cache is used)")
 
 
 @dataclass(frozen=True)
