@@ -40,11 +40,16 @@ def _signature(path: Path) -> tuple:
     return (str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
 
-def require_folder(root: Path, named: str) -> None:
-    """Raise OutputError unless `root` is a folder: a set is always one."""
+def set_manifest(root: Path, named: str) -> dict:
+    """The manifest of the set in `root`; OutputError, naming `named`, when `root` holds no set."""
     if not root.is_dir():
         what = "not a folder" if root.exists() else "no such folder"
         raise OutputError(f"{named}: {what}; give the --out folder of a `synthgen build` or `synthgen pack`")
+    manifest = read_manifest(root)
+    if manifest is None:
+        raise OutputError(f"{named}: no synthgen manifest.json here; give the --out folder of a "
+                          "`synthgen build` or `synthgen pack`")
+    return manifest
 
 
 def check_shard(path: Path, entry: dict, identity: str, root: Path, verify: bool = True) -> None:
@@ -113,11 +118,7 @@ class ShardSet:
     def __init__(self, root, verify: bool = True, progress: bool = False, option: str | None = None):
         self.root = Path(root)
         named = f"{option} {self.root}" if option else str(self.root)
-        require_folder(self.root, named)
-        manifest = read_manifest(self.root)
-        if manifest is None:
-            raise OutputError(f"{named}: no synthgen manifest.json here; give the --out folder of a "
-                              "`synthgen build` or `synthgen pack`")
+        manifest = set_manifest(self.root, named)
         if not manifest.get("complete"):
             raise OutputError(f"{named}: {incomplete_reason(manifest)}")
         try:

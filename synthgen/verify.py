@@ -7,8 +7,7 @@ from pathlib import Path
 import h5py
 from tqdm import tqdm
 
-from synthgen.manifest import read_manifest
-from synthgen.reader import incomplete_reason, require_folder
+from synthgen.reader import incomplete_reason, set_manifest
 from synthgen.shards import SHARD_RE, VERIFY_THREADS, arrays_to_hash, content_checksum, read_attrs, schema_problems
 
 
@@ -43,10 +42,7 @@ def verify_shard(path: Path, entry: dict, identity: str) -> list[str]:
 def verify_set(root, progress: bool = True) -> dict[str, list[str]]:
     """Problems per file name across a set; an empty dict means every shard is intact."""
     root = Path(root)
-    require_folder(root, str(root))  # an error, not a problem of the set: there is no set to report on
-    manifest = read_manifest(root)
-    if manifest is None:
-        return {"manifest.json": ["missing or not a synthgen manifest"]}
+    manifest = set_manifest(root, str(root))  # an error, not a problem of a set: there is no set to report on
     if not manifest.get("complete"):
         return {"manifest.json": [incomplete_reason(manifest)]}
     problems: dict[str, list[str]] = {}

@@ -86,10 +86,13 @@ def test_verify_and_reader_refuse_an_incomplete_build(synthgen, copy_of):
 
 
 def test_verify_names_a_path_that_is_no_set_folder(synthgen, copy_of, tmp_path):
-    for path, what in [(tmp_path / "nowhere", "no such folder"), (copy_of / "shard-00000.h5", "not a folder")]:
+    (tmp_path / "empty").mkdir()
+    for path, what in [(tmp_path / "nowhere", "no such folder"), (copy_of / "shard-00000.h5", "not a folder"),
+                       (tmp_path / "empty", "no synthgen manifest.json here")]:
         result = synthgen("verify", path, "--no-progress")
-        assert result.rc != 0 and f"{path}: {what}; give the --out folder" in result.err
-        assert "manifest.json" not in result.err  # not reported as a set whose manifest is missing
+        # one error naming the path, as the reader gives it, not a set of problems with its manifest
+        assert result.rc == 1 and result.err == f"synthgen: error: {path}: {what}; give the --out folder of a " \
+            "`synthgen build` or `synthgen pack`\n"
 
 
 def flip_image_bytes(path, image=7, count=64):
