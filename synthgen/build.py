@@ -29,7 +29,7 @@ from synthgen.compositor import STAGES, Compositor
 from synthgen.config import BuildConfig, RunOptions, build_identity
 from synthgen.errors import BadInputError, OutputError, PlacementError, UsageError, write_failure
 from synthgen.feasibility import check_feasible
-from synthgen.manifest import MANIFEST_FORMAT, SOURCES, write_json_atomic
+from synthgen.manifest import MANIFEST_FORMAT, SOURCES, looks_finished, write_json_atomic
 from synthgen.masks import MaskRule
 from synthgen.parallel import (allow_growth, local_workers, parallel_backend, run_tasks, timeline, workers_starting,
                                workers_of)
@@ -276,7 +276,8 @@ def differences(old: dict, config: BuildConfig, sources: Sources) -> str:
 def build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | None = None, log=print) -> dict:
     """Build (or resume, or extend) a set in `out_dir`. Returns the summary that also goes into manifest.json."""
     started = time.perf_counter()
-    with workers_starting(run, WORKER_MODULES) as workers_started:  # they start while this process checks
+    likely_needed = run.overwrite or not looks_finished(out_dir, config.n)
+    with workers_starting(run, WORKER_MODULES, likely_needed) as workers_started:  # they start while this checks
         return _build(config, run, out_dir, command, log, started, workers_started)
 
 

@@ -33,7 +33,7 @@ from common import streams
 from synthgen import __version__
 from synthgen.config import DotConfig, RunOptions, build_identity
 from synthgen.errors import PlacementError, UsageError, write_failure
-from synthgen.manifest import MANIFEST_FORMAT
+from synthgen.manifest import MANIFEST_FORMAT, looks_finished
 from synthgen.parallel import parallel_backend, workers_of, workers_starting
 from synthgen.parts import Part, clear_parts, finish_part, run_set, write_from_parts
 from synthgen.plan import draw_area_shares, stratified_cells
@@ -219,7 +219,8 @@ WORKER_MODULES = ("synthgen.dots",)  # imported in every worker's first task (pa
 def dots(config: DotConfig, run: RunOptions, out_dir, command: list[str] | None = None, log=print) -> dict:
     """Build (or resume, or extend) a set of dot arrays in `out_dir`; returns the summary."""
     started = time.perf_counter()
-    with workers_starting(run, WORKER_MODULES) as workers_started:  # they start while this process checks
+    likely_needed = run.overwrite or not looks_finished(out_dir, config.n)
+    with workers_starting(run, WORKER_MODULES, likely_needed) as workers_started:  # they start while this checks
         return _dots(config, run, out_dir, command, log, started, workers_started)
 
 

@@ -40,3 +40,13 @@ def read_manifest(out_dir) -> dict | None:
         raise OutputError(f"{path}: unreadable manifest ({exc}); remove the folder's synthgen files or use "
                           "--overwrite") from None
     return data if isinstance(data, dict) and data.get("format") == MANIFEST_FORMAT else None
+
+
+def looks_finished(out_dir, n_images: int | None = None) -> bool:
+    """Whether `out_dir` already holds a complete set (of `n_images`, when given): the command that made it,
+    run again, most likely has nothing to do, so it need not start workers ahead of its checks."""
+    try:
+        manifest = read_manifest(out_dir)
+    except (OutputError, OSError):
+        return False
+    return bool(manifest and manifest.get("complete") and n_images in (None, manifest.get("n_images")))

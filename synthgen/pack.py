@@ -26,7 +26,7 @@ from common.settings import changed_values
 from synthgen import __version__
 from synthgen.config import SPLITS, PackConfig, RunOptions, build_identity
 from synthgen.errors import BadInputError, UsageError, write_failure
-from synthgen.manifest import MANIFEST_FORMAT, SOURCES, write_json_atomic
+from synthgen.manifest import MANIFEST_FORMAT, SOURCES, looks_finished, write_json_atomic
 from synthgen.parallel import parallel_backend, workers_of, workers_starting
 from synthgen.parts import Part, clear_parts, finish_part, run_set, write_from_parts
 from synthgen.reader import read_labels
@@ -193,7 +193,8 @@ WORKER_MODULES = ("synthgen.pack",)  # imported in every worker's first task (pa
 def pack(config: PackConfig, run: RunOptions, out_dir, command: list[str] | None = None, log=print) -> dict:
     """Pack (or resume packing) natural images into `out_dir`; returns the summary."""
     started = time.perf_counter()
-    with workers_starting(run, WORKER_MODULES) as workers_started:  # they start while this process scans
+    likely_needed = run.overwrite or not looks_finished(out_dir)  # its number of images is known after the scan
+    with workers_starting(run, WORKER_MODULES, likely_needed) as workers_started:  # they start while this scans
         return _pack(config, run, out_dir, command, log, started, workers_started)
 
 

@@ -97,15 +97,16 @@ def _nothing() -> None:
 
 
 @contextlib.contextmanager
-def workers_starting(run: RunOptions, preload: tuple[str, ...] = ()):
+def workers_starting(run: RunOptions, preload: tuple[str, ...] = (), likely_needed: bool = True):
     """Start the local worker processes now, in a thread, so that they start and import (`preload`) while
     this process does its serial work (scanning the sources, the checks, the probes). Yields the function
     that waits for them, to call before the first parallel task (joblib keeps loky's workers from one call
     to the next); on the way out it waits for them too, whatever happened, so that no start outlives the
     command. Other backends keep nothing, or run elsewhere: for them, as for one worker, this does
-    nothing."""
+    nothing; nor when the work is `likely_needed` by nobody (a finished set run again), where the wait for a
+    start would be all the command's time: should work turn up after all, the first task starts them."""
     workers = local_workers(run)
-    if run.backend != "loky" or workers <= 1:
+    if run.backend != "loky" or workers <= 1 or not likely_needed:
         yield lambda: None
         return
 
