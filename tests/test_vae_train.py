@@ -253,6 +253,12 @@ def test_a_copied_or_moved_run_resumes_in_place(data, tmp_path, capsys):
     assert not copy.exists()  # nothing is written where the run used to be
     assert load_checkpoint(moved / "last.pt")["epoch"] == 3 and len(metrics(moved)) == 3
     assert _files(original) == before
+    finished = _files(moved)
+    capsys.readouterr()
+    for epochs in ("3", "2"):  # a finished run, resumed: said at once, and its folder left as it is
+        assert train_main(["--out", str(moved), "--resume", "--epochs", epochs, "--workers", "0"]) == 0
+        assert f"has trained 3 epochs (--epochs {epochs}); nothing to do" in capsys.readouterr().out
+    assert _files(moved) == finished
 
 
 def test_resume_refuses_a_set_rebuilt_differently_under_the_same_path(tmp_path, capsys):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -85,6 +86,12 @@ def main(argv=None) -> int:
 
     def body() -> int:
         config, state = resumed_run(given) if given.pop("resume") else (new_run(given), None)
+        if state is not None and state["epoch"] >= config.training.epochs:
+            # Said before the trainer is imported and the data loaded; the run folder is left as it is.
+            if os.environ.get("RANK", "0") == "0":  # under torchrun, once
+                print(f"vae-train: the run in {config.out} has trained {state['epoch']} epochs (--epochs "
+                      f"{config.training.epochs}); nothing to do. Give a larger --epochs to train it further")
+            return 0
         from vae.train import train
 
         return train(config, state, command)
