@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import optimize, stats
+from scipy import optimize, special
 
 TERMS = ("numerosity", "area", "interaction")
 
@@ -114,7 +114,9 @@ def anova_tests(moments: AnovaMoments, directions: np.ndarray | None = None) -> 
     residual = np.maximum(cells, 1e-300) / df["residual"]
     with np.errstate(divide="ignore", invalid="ignore"):
         f = np.where(dfs > 0, np.maximum(squares, 0) / np.maximum(dfs, 1) / residual, np.nan)
-    p = np.where(dfs > 0, stats.f.sf(f, np.maximum(dfs, 1), df["residual"]), np.nan)
+    # The F distribution's upper tail from scipy.special (what scipy.stats.f.sf computes): importing scipy.stats
+    # took 0.7 s of every analysis on 2 cores.
+    p = np.where(dfs > 0, special.fdtrc(np.maximum(dfs, 1), df["residual"], f), np.nan)
     return f, p
 
 
