@@ -259,6 +259,11 @@ def test_a_copied_or_moved_run_resumes_in_place(data, tmp_path, capsys):
         assert train_main(["--out", str(moved), "--resume", "--epochs", epochs, "--workers", "0"]) == 0
         assert f"has trained 3 epochs (--epochs {epochs}); nothing to do" in capsys.readouterr().out
     assert _files(moved) == finished
+    logged = (moved / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (moved / "metrics.jsonl").write_text("".join(logged[:-1]))  # cut off between its last checkpoint and metrics
+    assert train_main(["--out", str(moved), "--resume", "--epochs", "3", "--workers", "0"]) == 0
+    assert "nothing to do" not in capsys.readouterr().out
+    assert (moved / "metrics.jsonl").read_text() == "".join(logged)  # repaired from the checkpoint's history
 
 
 def test_resume_refuses_a_set_rebuilt_differently_under_the_same_path(tmp_path, capsys):

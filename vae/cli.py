@@ -80,13 +80,26 @@ def resumed_run(given: dict) -> tuple[TrainConfig, dict]:
     return asked, state
 
 
+def finished(out: Path, state: dict, epochs: int) -> bool:
+    """Whether the run in `out`, whose last checkpoint is `state`, has trained its `epochs` and left nothing to
+    repair: a run cut off between its last checkpoint and its metrics.jsonl goes to the trainer, which rewrites
+    the metrics from the checkpoint's history."""
+    if state["epoch"] < epochs:
+        return False
+    try:
+        logged = (out / "metrics.jsonl").read_text().splitlines()
+    except OSError:
+        return False
+    return len(logged) == len(json.loads(state.get("history", "[]")))
+
+
 def main(argv=None) -> int:
     given = vars(make_parser().parse_args(argv))
     command = ["vae-train", *(sys.argv[1:] if argv is None else argv)]
 
     def body() -> int:
         config, state = resumed_run(given) if given.pop("resume") else (new_run(given), None)
-        if state is not None and state["epoch"] >= config.training.epochs:
+        if state is not None and finished(Path(config.out), state, config.training.epochs):
             # Said before the trainer is imported and the data loaded; the run folder is left as it is.
             if os.environ.get("RANK", "0") == "0":  # under torchrun, once
                 print(f"vae-train: the run in {config.out} has trained {state['epoch']} epochs (--epochs "
