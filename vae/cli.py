@@ -65,9 +65,10 @@ def resumed_run(given: dict) -> tuple[TrainConfig, dict]:
     state = load_checkpoint(out / "last.pt")
     try:
         saved = from_dict(TrainConfig, json.loads(state.get("train_config", "{}")) | {"out": str(out)})
-    except UsageError as exc:  # a file the saved settings name is gone (the VGG-19 weights)
-        raise UsageError(f"--resume: the run was started with {exc}; it continues with the settings it was "
-                         "started with, so put the file back there") from None
+    except UsageError as exc:  # a saved setting no longer holds: the VGG-19 weights file it names is gone
+        hint = ("; it continues with the settings it was started with, so put the file back there"
+                if str(exc).startswith("--vgg-weights ") else "")
+        raise UsageError(f"--resume: the run was started with {exc}{hint}") from None
     fields = all_fields(TrainConfig)
     asked = with_absolute_paths(from_args(TrainConfig, given, base=saved))
     refused = [f"{flag_of(fields[name])} {show_value(fields[name], value_of(asked, name))} (the run has "
