@@ -75,7 +75,8 @@ class LossSettings(Settings):
         # What the file holds is checked when it is loaded (vae.vgg), also before the data.
         if self.recon == "perceptual" and self.vgg_weights not in (None, RANDOM_VGG) and \
                 not Path(self.vgg_weights).is_file():
-            raise UsageError(f"--vgg-weights {self.vgg_weights}: no such file (a state dict of torchvision's "
+            what = "not a file" if Path(self.vgg_weights).exists() else "no such file"
+            raise UsageError(f"--vgg-weights {self.vgg_weights}: {what} (a state dict of torchvision's "
                              "vgg19().features, full or up to relu3_1, is needed; without the option, torchvision's "
                              "file in the torch hub cache is used)")
 
