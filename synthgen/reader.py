@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from synthgen.errors import OutputError
 from synthgen.manifest import read_manifest
-from synthgen.shards import VERIFY_THREADS, arrays_to_hash, content_checksum, raw_image_offsets, read_attrs
+from synthgen.shards import VERIFY_THREADS, content_checksum, raw_image_offsets, shard_contents
 
 IOV_MAX = 1024  # buffers one preadv may fill (POSIX's minimum guarantee, Linux's value)
 _VERIFIED: set[tuple] = set()  # (path, inode, size, mtime) of the shards this process has hashed and found intact
@@ -64,9 +64,7 @@ def check_shard(path: Path, entry: dict, identity: str, root: Path, verify: bool
     if verify and signature in _VERIFIED:
         return
     try:
-        with h5py.File(path, "r") as f:
-            attrs = read_attrs(f)
-            arrays = arrays_to_hash(f) if verify else None
+        attrs, arrays = shard_contents(path, hashed=verify)
     except (OSError, KeyError, ValueError) as exc:
         raise OutputError(f"{path}: not a readable HDF5 shard ({exc}); {rebuild}") from None
     recorded = attrs.get("content_sha256")

@@ -183,6 +183,14 @@ def arrays_to_hash(f: h5py.File) -> dict[str, np.ndarray | StreamedDataset]:
     return {name: value if isinstance(value, StreamedDataset) else value[()] for name, value in arrays.items()}
 
 
+def shard_contents(path, hashed: bool = True) -> tuple[dict, dict | None]:
+    """A shard's attributes and, with `hashed`, its datasets as content_checksum takes them (the images
+    streamed from the file as they are hashed, so an OSError can come from the checksum too). Raises
+    OSError, KeyError or ValueError for a shard that cannot be opened."""
+    with h5py.File(path, "r") as f:
+        return read_attrs(f), (arrays_to_hash(f) if hashed else None)
+
+
 def raw_blocks(path, offsets: np.ndarray, item_bytes: int, block_bytes: int = BLOCK_BYTES) -> Iterator[memoryview]:
     """The bytes of the items stored raw at `offsets` of a file, in item order, as blocks of one reused buffer
     (each is valid until the next is asked for). Stops where the file ends early: a checksum over the blocks

@@ -4,11 +4,10 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import h5py
 from tqdm import tqdm
 
 from synthgen.reader import incomplete_reason, set_manifest
-from synthgen.shards import SHARD_RE, VERIFY_THREADS, arrays_to_hash, content_checksum, read_attrs, schema_problems
+from synthgen.shards import SHARD_RE, VERIFY_THREADS, content_checksum, schema_problems, shard_contents
 
 
 def verify_shard(path: Path, entry: dict, identity: str) -> list[str]:
@@ -16,8 +15,7 @@ def verify_shard(path: Path, entry: dict, identity: str) -> list[str]:
     if not path.exists():
         return ["missing"]
     try:
-        with h5py.File(path, "r") as f:
-            arrays, attrs = arrays_to_hash(f), read_attrs(f)
+        attrs, arrays = shard_contents(path)
     except (OSError, KeyError, ValueError) as exc:
         return [f"cannot be read ({exc})"]
     problems = schema_problems(arrays, attrs)

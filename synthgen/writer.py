@@ -33,7 +33,7 @@ from common.cli import out_folder_problem
 from synthgen.errors import OutputError, UsageError
 from synthgen.manifest import MANIFEST, is_own_entry, read_manifest, write_json_atomic
 from synthgen.parallel import this_machine
-from synthgen.shards import TEMP_RE, VERIFY_THREADS, arrays_to_hash, content_checksum, read_attrs, shard_path
+from synthgen.shards import TEMP_RE, VERIFY_THREADS, content_checksum, read_attrs, shard_contents, shard_path
 from synthgen.sources import Skipped
 
 
@@ -209,9 +209,7 @@ def _shard_state(path: Path, verify: bool) -> tuple[dict, bool]:
     """A shard's attributes, and whether it is readable and (with `verify`) matches its checksum. An unreadable
     one is written again (and replaced atomically)."""
     try:
-        with h5py.File(path, "r") as f:
-            attrs = read_attrs(f)
-            arrays = arrays_to_hash(f) if verify else None
+        attrs, arrays = shard_contents(path, hashed=verify)
         return attrs, not verify or content_checksum(arrays, attrs) == attrs.get("content_sha256")
     except (OSError, KeyError, ValueError):
         return {}, False
