@@ -89,8 +89,8 @@ def source_area_association(offsets: np.ndarray, source_ids: np.ndarray, area: n
     image_of = np.repeat(np.arange(counts.size), counts)  # the image of every object
     counted = area_bin[image_of] >= 0
     # (image, source) pairs, each distinct pair once: a source repeated within an image counts once
-    pairs = np.unique(image_of[counted] * (int(source_ids.max()) + 1) + source_ids[counted])
-    image, source = np.divmod(pairs, int(source_ids.max()) + 1)
+    base = int(source_ids.max()) + 1
+    image, source = np.divmod(np.unique(image_of[counted] * base + source_ids[counted]), base)
     sources, row = np.unique(source, return_inverse=True)
     table = np.zeros((sources.size, bins))
     np.add.at(table, (row, area_bin[image]), 1)

@@ -17,7 +17,7 @@ from common.cli import add_version, out_folder_problem, run
 from common.errors import UsageError
 from common.settings import (Parser, add_options, all_fields, flag_of, from_args, from_dict, given_names, show_value,
                              value_of)
-from vae.config import RESUMABLE, TrainConfig
+from vae.config import RANDOM_VGG, RESUMABLE, TrainConfig
 
 
 def make_parser() -> Parser:
@@ -39,7 +39,8 @@ def with_absolute_paths(config: TrainConfig) -> TrainConfig:
     data = dataclasses.replace(config.data, data=[_absolute(p) for p in config.data.data],
                                natural=[_absolute(p) for p in config.data.natural])
     weights = config.loss.vgg_weights
-    loss = dataclasses.replace(config.loss, vgg_weights=weights if weights in (None, "random") else _absolute(weights))
+    absolute = weights if weights in (None, RANDOM_VGG) else _absolute(weights)
+    loss = dataclasses.replace(config.loss, vgg_weights=absolute)
     return dataclasses.replace(config, data=data, loss=loss)
 
 
