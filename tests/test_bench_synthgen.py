@@ -1,4 +1,5 @@
-"""benchmarks/bench_synthgen.py: its experiment switch reaches the real build, and its rows' phases add up."""
+"""benchmarks/bench_synthgen.py: its experiment switch reaches the real build, and its rows' phases add up;
+benchmarks/bench_sources.py: a row for every step of every source it is given."""
 from __future__ import annotations
 
 
@@ -34,3 +35,15 @@ def test_the_phases_of_a_build_add_up_to_its_time(tmp_path):
     assert min(phases.values()) >= 0
     assert phases["render"] == summary["render_seconds"] > 0 and phases["prepare"] == summary["prepare_seconds"]
     assert abs(sum(phases.values()) - summary["total_seconds"]) <= 0.003  # each rounded to the millisecond
+
+
+def test_the_sources_benchmark_times_every_step_of_every_source_given(real_objects, real_scenes):
+    measure = load_benchmark("bench_sources").measure
+    config = BuildConfig(n=1, size=64)
+    steps = ["background", "object, decode", "object, cut out", "object, probe"]
+    rows = measure(config, limit=2, repeats=1)
+    assert [(source, step, n) for source, step, _, n in rows] == [("embedded default", step, 2) for step in steps]
+    rows = measure(config, limit=2, repeats=1, objects_dir=real_objects, backgrounds_dir=real_scenes)
+    assert [(source, step) for source, step, _, _ in rows[4:]] == [
+        (real_scenes.name, "background"), *((real_objects.name, step) for step in steps[1:])]
+    assert all(ms > 0 and n == 2 for _, _, ms, n in rows)

@@ -51,6 +51,27 @@ def test_graded_masks_are_cut_at_the_threshold_and_counted():
     assert info.parts == 1 and np.array_equal(alpha > 0, disc(centre=(25, 50), radius=17) > 0)
 
 
+def test_parts_touching_at_a_corner_are_one_object_on_either_path():
+    # Two squares that meet only at a corner are one 8-connected part. One-part masks take a shortcut past
+    # the distance transform whose labels define the parts; both must draw the same line.
+    touching = np.zeros((80, 80), np.uint8)
+    touching[10:40, 10:40] = 255
+    touching[40:70, 40:70] = 255
+    alpha, info = read_mask(touching, SKIP, "m")
+    assert (info.parts, info.specks) == (1, 0) and np.array_equal(alpha, touching)
+    apart = touching.copy()
+    apart[40:70, 40:70], apart[41:71, 41:71] = 0, 255  # one pixel apart: two objects, as the full path says
+    for mask in (apart, cv2.GaussianBlur(apart, (0, 0), 1.5)):  # soft edges join the two below the threshold
+        with pytest.raises(BadInputError, match="shows 2 separate objects"):
+            read_mask(mask, SKIP, "m")
+    soft = cv2.GaussianBlur(touching, (0, 0), 1.5)
+    alpha, info = read_mask(soft, SKIP, "m")
+    assert (info.kind, info.parts, info.specks) == ("soft", 1, 0) and np.array_equal(alpha, soft)
+    _, labels = cv2.distanceTransformWithLabels((soft < 128).astype(np.uint8), cv2.DIST_L2, 5,
+                                                labelType=cv2.DIST_LABEL_CCOMP)
+    assert np.unique(labels[soft >= 128]).size == 1  # the full path's own parts: one
+
+
 def test_specks_are_removed_and_empty_masks_refused():
     mask = disc()
     for x in (5, 130):
