@@ -18,14 +18,11 @@ import argparse
 import time
 from pathlib import Path
 
-import cv2
-
 from common.machine import describe
 from synthgen.compositor import Eligibility
 from synthgen.config import BuildConfig
-from synthgen.procedural import ProceduralBackgrounds, ProceduralObjects, procedural_object
-from synthgen.sources import (FolderBackgrounds, FolderObjects, _decode, _mask_to_grey, _read_bytes,
-                              cutout_from_arrays, scan_backgrounds, scan_objects)
+from synthgen.procedural import N_OBJECTS, ProceduralBackgrounds, procedural_object
+from synthgen.sources import FolderBackgrounds, cutout_from_arrays, read_object, scan_backgrounds, scan_objects
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -41,14 +38,6 @@ def best_ms(call, ids, repeats: int) -> float:
     return best * 1e3
 
 
-def folder_object_arrays(root: Path, pair: tuple[str, str]):
-    """An object's RGB image and grey mask, read and decoded as FolderObjects does."""
-    image_path, mask_path = root / pair[0], root / pair[1]
-    image = _decode(image_path, _read_bytes(image_path), cv2.IMREAD_COLOR)
-    mask = _mask_to_grey(_decode(mask_path, _read_bytes(mask_path), cv2.IMREAD_UNCHANGED))
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB), mask
-
-
 def measure(config: BuildConfig, limit: int, repeats: int, objects_dir: Path | None = None,
             backgrounds_dir: Path | None = None) -> list[tuple[str, str, float, int]]:
     """Rows of (source, step, ms per item, items) for the embedded default and any folders given."""
@@ -58,23 +47,29 @@ def measure(config: BuildConfig, limit: int, repeats: int, objects_dir: Path | N
         ids = range(min(limit, n_items))
         rows.append((source, step, best_ms(call, ids, repeats), len(ids)))
 
+    def cut_out(source: str, arrays: dict, n_items: int):
+        """The cut-out and probe rows of objects whose arrays are in `arrays`; each probe starts from the
+        cut-out made in the row before, as in a build, so that its row times the probe alone."""
+        cutouts = {}
+        row(source, "object, cut out", lambda k: cutouts.__setitem__(k, cutout_from_arrays(*arrays[k], size)),
+            n_items)
+        row(source, "object, probe", lambda k: Eligibility(config)(k, cutouts[k]), n_items)
+
     default = "embedded default"
-    backgrounds, objects = ProceduralBackgrounds(cache_bytes=0), ProceduralObjects(cache_bytes=0)
+    backgrounds = ProceduralBackgrounds(cache_bytes=0)
     row(default, "background", lambda k: backgrounds.decode(k, size), len(backgrounds))
-    row(default, "object, decode", procedural_object.__wrapped__, len(objects))  # past the per-process memo
-    row(default, "object, cut out", lambda k: cutout_from_arrays(*procedural_object(k), size), len(objects))
-    row(default, "object, probe", lambda k: Eligibility(config)(k, objects.load(k, size)), len(objects))
+    drawn = {}
+    row(default, "object, decode", lambda k: drawn.__setitem__(k, procedural_object.__wrapped__(k)), N_OBJECTS)
+    cut_out(default, drawn, N_OBJECTS)
     if backgrounds_dir is not None:
         folder = FolderBackgrounds(backgrounds_dir, scan_backgrounds(backgrounds_dir)[0], cache_bytes=0)
         row(backgrounds_dir.name, "background", lambda k: folder.decode(k, size), len(folder))
     if objects_dir is not None:
         pairs = scan_objects(objects_dir)[0]
-        folder = FolderObjects(objects_dir, pairs, cache_bytes=256 << 20)  # cached for the probe's row
-        arrays = {}
+        read = {}
         row(objects_dir.name, "object, decode",
-            lambda k: arrays.__setitem__(k, folder_object_arrays(objects_dir, pairs[k])), len(folder))
-        row(objects_dir.name, "object, cut out", lambda k: cutout_from_arrays(*arrays[k], size), len(folder))
-        row(objects_dir.name, "object, probe", lambda k: Eligibility(config)(k, folder.load(k, size)), len(folder))
+            lambda k: read.__setitem__(k, read_object(*(objects_dir / name for name in pairs[k]))), len(pairs))
+        cut_out(objects_dir.name, read, len(pairs))
     return rows
 
 

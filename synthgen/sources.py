@@ -370,6 +370,12 @@ def resize_rgba(rgba: np.ndarray, width: int, height: int) -> np.ndarray:
 
 def load_cutout(image_path, mask_path, max_side: int, rule: MaskRule = MaskRule()) -> Cutout:
     """Decode an image + mask pair, check it, crop to the mask, shrink to at most max_side."""
+    rgb, mask = read_object(image_path, mask_path)
+    return cutout_from_arrays(rgb, mask, max_side, Path(mask_path), rule)
+
+
+def read_object(image_path, mask_path) -> tuple[np.ndarray, np.ndarray]:
+    """An object's image as RGB and its mask as one 8-bit channel, decoded and checked to match in size."""
     image_path, mask_path = Path(image_path), Path(mask_path)
     image_data = _read_bytes(image_path)
     mask = _mask_to_grey(_decode(mask_path, _read_bytes(mask_path), cv2.IMREAD_UNCHANGED))
@@ -385,7 +391,7 @@ def load_cutout(image_path, mask_path, max_side: int, rule: MaskRule = MaskRule(
             rotated = (ih, iw) == (mw, mh)
             hint = " (rotated: width and height swapped, and no EXIF orientation resolves it)" if rotated else ""
             raise BadInputError(image_path, f"image is {iw}x{ih} but its mask {mask_path.name} is {mw}x{mh}{hint}")
-    return cutout_from_arrays(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), mask, max_side, mask_path, rule)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB), mask
 
 
 def cutout_from_arrays(rgb: np.ndarray, mask: np.ndarray, max_side: int, origin="object",
