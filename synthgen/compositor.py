@@ -70,8 +70,8 @@ class Eligibility:
     def __init__(self, config: BuildConfig):
         self.config = config
         self.known: dict[int, bool] = {}
-        # colour never changes where an object fits: the probe skips it
-        self.transform = ObjectTransform(config.rotation, config.flip_prob, (0.0, 0.0, 0.0))
+        # colour never changes where an object fits: the probe skips it, and resamples the alpha alone
+        self.transform = ObjectTransform(config.rotation, config.flip_prob, (0.0, 0.0, 0.0), alpha_only=True)
 
     def __call__(self, k: int, cutout) -> bool:
         if k not in self.known:

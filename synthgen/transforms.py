@@ -31,7 +31,7 @@ BRIGHTNESS, SATURATION, HUE = 0, 1, 2  # the colour operations, in the order Col
 class Sprite:
     """A transformed object ready to paste: premultiplied RGB and alpha, float32, tightly cropped."""
 
-    premul: np.ndarray
+    premul: np.ndarray | None  # None where only its place is wanted (ObjectTransform's alpha_only)
     alpha: np.ndarray
 
     @property
@@ -101,10 +101,16 @@ def rotate_to_fit(image: np.ndarray, angle: float) -> np.ndarray:
 class ObjectTransform:
     """Scaling to an area, colour shift, random horizontal flip, small rotation."""
 
-    def __init__(self, rotation: float, flip_prob: float, color_shift: tuple[float, float, float]):
+    def __init__(self, rotation: float, flip_prob: float, color_shift: tuple[float, float, float],
+                 alpha_only: bool = False):
+        """`alpha_only`: sprites without their colour, for placing only (the eligibility probe); the same
+        draws, sizes and alpha as with colour, since colour changes where nothing can be placed."""
+        if alpha_only and any(color_shift):
+            raise ValueError("alpha_only sprites have no colour to shift")
         self.rotation = rotation
         self.flip_prob = flip_prob
         self.brightness, self.saturation, self.hue = color_shift
+        self.alpha_only = alpha_only
 
     def sample(self, rng: np.random.Generator) -> ObjectParams:
         """Draw one object's parameters: only the draws the settings need, always in the same order."""
@@ -149,15 +155,20 @@ class ObjectTransform:
         new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
         if max(new_w, new_h) > max_side:
             return None
+        if self.alpha_only:  # flip and rotation treat a single channel as they treat each of four
+            return _crop_to_alpha(self.apply(cutout.resized_alpha(new_w, new_h), self.sample(rng)))
         rgba = self.apply(cutout.resized(new_w, new_h), self.sample(rng))
         return _crop_to_alpha(rgba)
 
 
-def _crop_to_alpha(rgba: np.ndarray) -> Sprite | None:
-    """Tight crop to the non-zero alpha, as float32 (premultiplied RGB in 0..255, alpha in 0..1)."""
-    x, y, w, h = cv2.boundingRect(cv2.extractChannel(rgba, 3))
+def _crop_to_alpha(image: np.ndarray) -> Sprite | None:
+    """Tight crop to the non-zero alpha, as float32 (premultiplied RGB in 0..255, alpha in 0..1); `image` is
+    RGBA, or alpha alone (a sprite without colour)."""
+    alpha = cv2.extractChannel(image, 3) if image.ndim == 3 else image
+    x, y, w, h = cv2.boundingRect(alpha)
     if w == 0:
         return None
-    crop = rgba[y:y + h, x:x + w]
-    return Sprite(cv2.cvtColor(crop, cv2.COLOR_RGBA2RGB).astype(np.float32),
-                  cv2.extractChannel(crop, 3).astype(np.float32) * np.float32(1.0 / 255.0))
+    weight = alpha[y:y + h, x:x + w].astype(np.float32) * np.float32(1.0 / 255.0)
+    if image.ndim == 2:
+        return Sprite(None, weight)
+    return Sprite(cv2.cvtColor(image[y:y + h, x:x + w], cv2.COLOR_RGBA2RGB).astype(np.float32), weight)

@@ -1,10 +1,11 @@
 """Argument parsing and validation, and the scene plan (counts, seeds, area draws)."""
+import cv2
 import numpy as np
 import pytest
 
 from synthgen.config import BuildConfig, parse_color_shift, parse_counts, parse_range
 from synthgen.errors import UsageError
-from synthgen.plan import counts_for, draw_area_fraction, draw_area_shares, image_rng, image_seed
+from synthgen.plan import counts_for, draw_area_fraction, draw_area_shares, image_rng, image_seed, rotated_extent
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -79,3 +80,43 @@ def test_area_draws_are_loguniform_and_shares_sum_to_one():
         shares = draw_area_shares(rng, count, 0.15)
         assert shares.sum() == pytest.approx(1.0)
         assert np.all(shares >= (1 - 0.15) / (1 + 0.15) / count - 1e-12)
+
+
+def _extent_from_every_corner(alpha: np.ndarray, rotation: float) -> tuple[float, float]:
+    """rotated_extent as first written: the hull of the corners of every outline pixel (the oracle)."""
+    contours, _ = cv2.findContours((alpha > 0).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    centres = np.concatenate([c.reshape(-1, 2) for c in contours])
+    corners = np.concatenate([centres + (dx, dy) for dx in (0, 1) for dy in (0, 1)])
+    hull = cv2.convexHull(corners.astype(np.float32)).reshape(-1, 2).astype(np.float64)
+    angles = np.radians(np.linspace(-rotation, rotation, 33))
+    cos, sin = np.cos(angles), np.sin(angles)
+    width = np.ptp(hull[:, :1] * cos + hull[:, 1:] * sin, axis=0)
+    height = np.ptp(-hull[:, :1] * sin + hull[:, 1:] * cos, axis=0)
+    return float(max(width.max(), height.max())), float((width * height).max())
+
+
+def test_rotated_extent_is_the_hull_of_every_pixel_square():
+    # A 30x12 rectangle: unrotated, its sides and area exactly; turned by up to 10 degrees, the bounding box
+    # of its corners at 10 degrees (the widest of the angles tried).
+    rectangle = np.zeros((40, 50), np.uint8)
+    rectangle[5:17, 8:38] = 255
+    assert rotated_extent(rectangle, 0) == (30.0, 360.0)
+    t = np.radians(10)
+    side, box = rotated_extent(rectangle, 10)
+    assert side == pytest.approx(30 * np.cos(t) + 12 * np.sin(t))
+    assert box == pytest.approx((30 * np.cos(t) + 12 * np.sin(t)) * (30 * np.sin(t) + 12 * np.cos(t)))
+    # Blobs of every kind, several parts and single pixels among them: the same floats as the hull of the
+    # corners of every outline pixel, the form the shortcut through the centres' hull must equal.
+    rng = np.random.default_rng(5)
+    for trial in range(60):
+        alpha = np.zeros((rng.integers(3, 90), rng.integers(3, 90)), np.uint8)
+        h, w = alpha.shape
+        for _ in range(rng.integers(1, 5)):
+            cv2.ellipse(alpha, (int(rng.integers(w)), int(rng.integers(h))),
+                        (int(rng.integers(0, w)), int(rng.integers(0, h))), float(rng.uniform(0, 180)), 0, 360,
+                        int(rng.integers(1, 256)), -1)
+        alpha[rng.random(alpha.shape) < 0.01] = 7  # specks
+        if not alpha.any():
+            continue
+        rotation = float(rng.choice([0.0, 3.5, 10.0, 45.0]))
+        assert rotated_extent(alpha, rotation) == _extent_from_every_corner(alpha, rotation), trial

@@ -134,3 +134,29 @@ def test_cutout_levels_round_trip_through_bytes():
     assert len(cutout.levels) > 2
     assert all(np.array_equal(a, b) for a, b in zip(again.levels, cutout.levels))
     assert again.area == cutout.area
+
+
+def test_sprites_without_colour_have_the_alpha_of_sprites_with_it():
+    # The eligibility probe places sprites resampled from the alpha alone: the same draws and the same bytes of
+    # alpha as the RGBA sprites of a build, so its verdicts are those a build's own placement would give.
+    # Areas from tiny to the canvas pick every mip level, exact level sizes, bilinear and area resampling.
+    cutouts = [Cutout.from_rgba(blob(81, 121)), Cutout.from_rgba(blob(200, 90)), Cutout.from_rgba(blob(23, 31))]
+    with_colour = ObjectTransform(10, 0.5, (0.0, 0.0, 0.0))
+    alpha_only = ObjectTransform(10, 0.5, (0.0, 0.0, 0.0), alpha_only=True)
+    levels = set()
+    for k, area in enumerate(np.geomspace(4, 161 * 161, 120)):
+        cutout = cutouts[k % 3]
+        a, b = np.random.default_rng(k), np.random.default_rng(k)
+        full, alone = with_colour(cutout, area, 322, a), alpha_only(cutout, area, 322, b)
+        assert a.random() == b.random()  # the same draws
+        if full is None:
+            assert alone is None
+            continue
+        assert alone.premul is None and alone.alpha.dtype == np.float32
+        assert np.array_equal(full.alpha, alone.alpha), (k, area)
+        scale = np.sqrt(area / cutout.area)
+        width, height = round(cutout.shape[1] * scale), round(cutout.shape[0] * scale)
+        levels.add(sum(level.shape[0] >= height and level.shape[1] >= width for level in cutout.levels[1:]))
+    assert levels == {0, 1, 2, 3, 4}  # the level each resize starts from
+    with pytest.raises(ValueError):
+        ObjectTransform(10, 0.5, (0.2, 0.0, 0.0), alpha_only=True)
