@@ -12,6 +12,8 @@ Rows:
   row is the realistic one for the paper's full data.
 * a number: that cache in MB per worker (`--caches warm,64,cold`), to see what the memory each worker
   keeps hot costs when many workers share the processor's cache.
+* store: cold, but every background read from a scene store (`--scene-store`) that an earlier build made;
+  the seconds that making it took are printed first, once per run of the benchmark.
 images/s is wall-clock over the render phase, until the last shard is on disk; "with start-up" is over
 the whole build as a command runs it, and the seconds outside the render are its phases (the build's
 `phase_seconds`): "checks", scanning the sources, the checks and the feasibility probes, while the
@@ -34,6 +36,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from joblib.externals.loky import get_reusable_executor
@@ -47,11 +50,11 @@ from synthgen.config import BuildConfig, RunOptions
 from synthgen.parts import plan_parts
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-CACHE_MB = {"warm": 512, "cold": 0}
+CACHE_MB = {"warm": 512, "cold": 0, "store": 0}
 PHASES = ("scan_and_checks", "waiting_for_workers", "prepare", "labels_and_other")  # the build outside its render
 
 
-def run(n: int, workers: int, cache_mb: int, objects: Path, backgrounds: Path) -> dict:
+def run(n: int, workers: int, cache_mb: int, objects: Path, backgrounds: Path, scene_store: Path | None = None) -> dict:
     # Every build starts its own workers, as a command does: loky would otherwise hand the next build
     # the workers of the last one, already started and warm.
     get_reusable_executor().shutdown(wait=True)
@@ -59,9 +62,16 @@ def run(n: int, workers: int, cache_mb: int, objects: Path, backgrounds: Path) -
     try:
         config = BuildConfig(n=n, size=161, objects=str(objects), backgrounds=str(backgrounds))
         return build(config, RunOptions(workers=workers, cache_mb=cache_mb, progress=False), out / "set",
-                     log=lambda *_: None)
+                     log=lambda *_: None, scene_store=scene_store)
     finally:
         shutil.rmtree(out, ignore_errors=True)
+
+
+def make_scene_store(folder: Path, workers: int, objects: Path, backgrounds: Path) -> float:
+    """Decode the backgrounds into a scene store in `folder` (a 1-image build); returns the seconds it took."""
+    started = time.perf_counter()
+    run(1, workers, 0, objects, backgrounds, folder)
+    return time.perf_counter() - started
 
 
 def plan_with_full_rounds(todo: list[int], sizes: dict[int, int], workers: int):
@@ -98,8 +108,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=16000, help="images per build (default: %(default)s)")
     parser.add_argument("--workers", default="1,2", help="worker counts to run (default: %(default)s)")
     parser.add_argument("--caches", default="warm,cold",
-                        help="rows to run per worker count: warm (512 MB), cold (0) or a per-worker cache in MB, "
-                             "e.g. warm,64,cold (default: %(default)s)")
+                        help="rows to run per worker count: warm (512 MB), cold (0), store (cold, the backgrounds "
+                             "read from a scene store) or a per-worker cache in MB, e.g. warm,64,cold "
+                             "(default: %(default)s)")
     parser.add_argument("--split-full-rounds", action="store_true",
                         help="an experiment: render a full last round of shards in parts too (synthgen splits only "
                              "a partial one)")
@@ -116,7 +127,8 @@ def main() -> None:
         parser.error(f"--n {args.n}: give 1 image or more")
     caches = cache_rows(args.caches)
     if not caches:
-        parser.error(f"--caches {args.caches}: give warm, cold or cache sizes in MB (0 or more), separated by commas")
+        parser.error(f"--caches {args.caches}: give warm, cold, store or cache sizes in MB (0 or more), separated by "
+                     "commas")
     for folder in (args.objects, args.backgrounds):
         if not folder.is_dir():
             raise SystemExit(f"{folder} not found: pass --objects/--backgrounds (the sample data is in ../shared)")
@@ -132,21 +144,35 @@ def main() -> None:
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     one_worker: dict[str, float] = {}  # images/s of 1 worker, per cache
-    for workers in worker_counts:
-        for label, cache_mb in caches:
-            summary = run(args.n, workers, cache_mb, args.objects, args.backgrounds)
-            stages = summary["ms_per_image"]
-            rate = summary["images_per_second"]
-            with_start = summary["images_built"] / summary["total_seconds"]
-            if workers == 1:
-                one_worker[label] = with_start
-            linear = f"{with_start / (workers * one_worker[label]):.0%}" if label in one_worker else "-"
-            spent, phases = summary["render_timeline"], summary["phase_seconds"]
-            print(f"| {workers} | {label} | {rate:.0f} | {with_start:.0f} | {linear} | {spent['workers_busy']:.0%} | "
-                  f"{spent['tail_seconds']:.2f} | {spent['after_last_result_seconds']:.2f} | "
-                  f"{spent['shards_in_parts']} | {spent['worker_processes']} | "
-                  f"{80000 / with_start:.0f} | " + " | ".join(f"{phases[p]:.2f}" for p in PHASES) + " | "
-                  + " | ".join(f"{stages[s]:.3f}" for s in STAGES) + f" | {sum(stages.values()):.3f} |", flush=True)
+    store = Path(tempfile.mkdtemp(prefix="synthgen-bench-scenes-")) / "store"
+    try:
+        if any(label == "store" for label, _ in caches):
+            seconds = make_scene_store(store, max(worker_counts), args.objects, args.backgrounds)
+            print(f"(scene store for the store rows: made in {seconds:.2f} s by a 1-image build with "
+                  f"{max(worker_counts)} workers)")
+        for workers in worker_counts:
+            for label, cache_mb in caches:
+                row(args, workers, label, cache_mb, store if label == "store" else None, one_worker)
+    finally:
+        shutil.rmtree(store.parent, ignore_errors=True)
+
+
+def row(args, workers: int, label: str, cache_mb: int, scene_store: Path | None, one_worker: dict) -> None:
+    """Build once and print the table's row."""
+    summary = run(args.n, workers, cache_mb, args.objects, args.backgrounds, scene_store)
+    stages = summary["ms_per_image"]
+    rate = summary["images_per_second"]
+    with_start = summary["images_built"] / summary["total_seconds"]
+    if workers == 1:
+        one_worker[label] = with_start
+    linear = f"{with_start / (workers * one_worker[label]):.0%}" if label in one_worker else "-"
+    spent, phases = summary["render_timeline"], summary["phase_seconds"]
+    print(f"| {workers} | {label} | {rate:.0f} | {with_start:.0f} | {linear} | {spent['workers_busy']:.0%} | "
+          f"{spent['tail_seconds']:.2f} | {spent['after_last_result_seconds']:.2f} | "
+          f"{spent['shards_in_parts']} | {spent['worker_processes']} | "
+          f"{80000 / with_start:.0f} | " + " | ".join(f"{phases[p]:.2f}" for p in PHASES) + " | "
+          + " | ".join(f"{stages[s]:.3f}" for s in STAGES) + f" | {sum(stages.values()):.3f} |", flush=True)
+
 
 if __name__ == "__main__":
     main()

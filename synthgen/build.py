@@ -38,6 +38,7 @@ from synthgen.plan import counts_for, largest_object_share, object_pool_order
 from synthgen.prepared import PREPARED_DIR, PreparedObjects, prepare_objects, store_dir
 from synthgen.procedural import N_BACKGROUNDS, N_OBJECTS, ProceduralBackgrounds, ProceduralObjects
 from synthgen.reader import read_labels
+from synthgen.scenes import StoredBackgrounds, check_store, make_store
 from synthgen.shards import SCHEMA_VERSION, SHARD_FORMAT, ShardArrays, shard_path, write_shard
 from synthgen.sources import FolderBackgrounds, FolderObjects, Skipped, scan_backgrounds, scan_objects
 from synthgen.stats import label_summary, mask_summary
@@ -88,6 +89,8 @@ def open_objects(description: dict, cache_bytes: int):
 def open_backgrounds(description: dict, cache_bytes: int):
     """The background source described in sources.json, with a cache."""
     backgrounds = description["backgrounds"]
+    if backgrounds.get("store"):  # the same scenes, decoded once before (synthgen.scenes)
+        return StoredBackgrounds(backgrounds["store"], cache_bytes)
     if backgrounds["kind"] == "folder":
         return FolderBackgrounds(backgrounds["root"], backgrounds["files"], cache_bytes)
     return ProceduralBackgrounds(backgrounds["count"], cache_bytes)
@@ -254,6 +257,20 @@ def assemble_shard(out_dir: str, parts: list[Part], config_json: dict, identity:
 # ------------------------------------------------------------------ main process
 
 
+def _scene_store(store: Path, ready: bool, sources: Sources, size: int, run: RunOptions, workers: int, log) -> None:
+    """Make the scene store unless it holds these scenes already; say which."""
+    backgrounds = sources.description["backgrounds"]
+    if ready:
+        log(f"synthgen: reading the scenes from --scene-store {store} (decoded at {size} pixels by an earlier build)")
+        return
+    started = time.perf_counter()
+    usable = make_store(store, backgrounds["root"], backgrounds["files"], sources.fingerprints["backgrounds"], size,
+                        lambda calls: run_tasks(calls, run.progress and len(calls) > 1,
+                                                "synthgen decoding the scenes once", preload=WORKER_MODULES), workers)
+    log(f"synthgen: decoded {usable} scenes of {backgrounds['root']} at {size} pixels into --scene-store {store} "
+        f"in {time.perf_counter() - started:.1f} s; later builds of this size that name it read them from there")
+
+
 def identity_of(config: BuildConfig, sources: Sources) -> str:
     return build_identity(config.content_json(), sources.fingerprints, __version__, SCHEMA_VERSION)
 
@@ -273,18 +290,29 @@ def differences(old: dict, config: BuildConfig, sources: Sources) -> str:
     return "; ".join(changed) or "the build settings differ"
 
 
-def build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | None = None, log=print) -> dict:
-    """Build (or resume, or extend) a set in `out_dir`. Returns the summary that also goes into manifest.json."""
+def build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | None = None, log=print,
+          scene_store=None) -> dict:
+    """Build (or resume, or extend) a set in `out_dir`; `scene_store`: a folder keeping the --backgrounds
+    decoded at the build's size (synthgen.scenes), made here if it does not hold them yet. Returns the summary
+    that also goes into manifest.json."""
     started = time.perf_counter()
     likely_needed = run.overwrite or not looks_finished(out_dir, config.n)
     with workers_starting(run, WORKER_MODULES, likely_needed) as workers_started:  # they start while this checks
-        return _build(config, run, out_dir, command, log, started, workers_started)
+        return _build(config, run, out_dir, command, log, started, workers_started, scene_store)
 
 
 def _build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | None, log, started: float,
-           workers_started) -> dict:
+           workers_started, scene_store) -> dict:
     out = Path(out_dir).resolve()
     sources = scan_sources(config)
+    if scene_store is not None:
+        if not config.backgrounds:
+            raise UsageError(f"--scene-store {scene_store}: keeps the scenes of --backgrounds decoded; the embedded "
+                             "default draws its scenes, so there is nothing to keep. Give --backgrounds, or drop "
+                             "--scene-store")
+        scene_store = Path(scene_store).resolve()
+        backgrounds = sources.description["backgrounds"]
+        store_ready = check_store(scene_store, backgrounds["root"], sources.fingerprints["backgrounds"], config.size)
     if run.on_bad_input == "fail" and sources.skipped:
         first = sources.skipped[0]
         raise BadInputError(first.path, first.reason + " (--on-bad-input fail)")
@@ -334,6 +362,9 @@ def _build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | N
             workers = workers_of(client, run)
             ids = pool if pool is not None else list(range(len(objects)))
             prepare_start = time.perf_counter()
+            if scene_store is not None:
+                _scene_store(scene_store, store_ready, sources, config.size, run, workers, log)
+                sources.description["backgrounds"]["store"] = str(scene_store)
             store = prepare_objects(
                 objects, ids, config.size, out, run.on_bad_input, sizer.eligible,
                 lambda calls: run_tasks(calls, run.progress and len(calls) > 1, "synthgen decoding objects",

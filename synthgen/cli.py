@@ -14,7 +14,7 @@ def cmd_build(given: dict, command: list[str]) -> int:
     from synthgen.build import build
 
     settings = from_args(BuildCommand, given)
-    summary = build(settings.config, settings.run, settings.out, command=command)
+    summary = build(settings.config, settings.run, settings.out, command=command, scene_store=settings.scene_store)
     built, resumed = summary["images_built"], summary["images_resumed"]
     if built:
         print(f"synthgen: built {built} images in {summary['render_seconds']:.1f} s "

@@ -1,11 +1,12 @@
-"""benchmarks/bench_synthgen.py: its experiment switch reaches the real build, and its rows' phases add up;
-benchmarks/bench_sources.py: a row for every step of every source it is given."""
+"""benchmarks/bench_synthgen.py: its experiment switch reaches the real build, its rows' phases add up, its store
+rows read a scene store; benchmarks/bench_sources.py: a row for every step of every source it is given."""
 from __future__ import annotations
 
+import json
 
 import synthgen.build
 import synthgen.parts
-from conftest import assert_same_sets, load_benchmark
+from conftest import assert_same_sets, load_benchmark, make_objects, make_scenes
 from synthgen.config import BuildConfig, RunOptions
 
 # 2 shards of 128 on 2 workers: one full round, which synthgen renders whole
@@ -52,3 +53,15 @@ def test_the_sources_benchmark_times_every_step_of_the_folders_given(real_object
     assert [(source, step, n) for source, step, _, n in rows[4:]] == [
         (real_scenes.name, "background", 2), *((real_objects.name, step, 2) for step in STEPS[1:])]
     assert all(ms > 0 for _, _, ms, _ in rows)
+
+
+def test_the_store_rows_read_a_scene_store_made_once(tmp_path):
+    bench = load_benchmark("bench_synthgen")
+    scenes, objects = make_scenes(tmp_path / "scenes", n=4), make_objects(tmp_path / "objects")
+    assert bench.cache_rows("warm,store,cold") == [("warm", 512), ("store", 0), ("cold", 0)]
+    store = tmp_path / "store"
+    assert bench.make_scene_store(store, 1, objects, scenes) > 0
+    assert json.loads((store / "scenes.json").read_text())["usable"] == 4
+    made = (store / "scenes.json").stat().st_mtime_ns
+    summary = bench.run(20, 1, 0, objects, scenes, store)
+    assert summary["images_built"] == 20 and (store / "scenes.json").stat().st_mtime_ns == made  # read, not made again
