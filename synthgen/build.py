@@ -90,7 +90,7 @@ def open_backgrounds(description: dict, cache_bytes: int):
     """The background source described in sources.json, with a cache."""
     backgrounds = description["backgrounds"]
     if backgrounds.get("store"):  # the same scenes, decoded once before (synthgen.scenes)
-        return StoredBackgrounds(backgrounds["store"], cache_bytes)
+        return StoredBackgrounds(backgrounds["store"], backgrounds["root"], cache_bytes)
     if backgrounds["kind"] == "folder":
         return FolderBackgrounds(backgrounds["root"], backgrounds["files"], cache_bytes)
     return ProceduralBackgrounds(backgrounds["count"], cache_bytes)

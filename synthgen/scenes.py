@@ -79,13 +79,13 @@ def check_store(store, root: str, fingerprint: str, size: int) -> bool:
 
 def decode_part(root: str, files: list[str], first: int, size: int, path: str) -> dict:
     """Decode scenes first, first + 1, ... into one raw part file (runs in a worker). Returns their index
-    rows (id, offset, height, width) and the bad ones (id, path, reason)."""
+    rows (id, offset, height, width) and the bad ones (id, file name under `root`, reason)."""
     rows, bad, chunks, offset = [], [], [], 0
     for k, name in enumerate(files, first):
         try:
             image = load_background(Path(root) / name, size)
         except BadInputError as error:
-            bad.append((k, str(error.path), error.reason))
+            bad.append((k, name, error.reason))
             continue
         h, w = image.shape[:2]
         rows.append((k, offset, h, w))
@@ -166,15 +166,16 @@ class StoredBackgrounds(CachedSource):
 
     kind = "stored"
 
-    def __init__(self, store, cache_bytes: int = 256 << 20):
+    def __init__(self, store, root, cache_bytes: int = 256 << 20):
+        """`root`: where the --backgrounds folder is now (it may have moved since): bad scenes are named there."""
         super().__init__(cache_bytes)
-        self.store = Path(store)
+        self.store, self.root = Path(store), Path(root)
         manifest = read_store(self.store)
         if manifest is None:
             raise OutputError(f"--scene-store {self.store}: the scene store is gone or incomplete; run the build "
                               "again to make it")
         self.size, self.count = manifest["size"], manifest["count"]
-        self.bad = {int(k): (path, reason) for k, path, reason in manifest["bad"]}
+        self.bad = {int(k): (name, reason) for k, name, reason in manifest["bad"]}
         with np.load(self.store / INDEX, allow_pickle=False) as index:
             self.rows = {int(k): (int(p), int(o), int(h), int(w)) for k, p, o, h, w in
                          zip(index["ids"], index["part"], index["offset"], index["height"], index["width"])}
@@ -185,7 +186,8 @@ class StoredBackgrounds(CachedSource):
 
     def decode(self, k: int, size: int) -> np.ndarray:
         if k in self.bad:
-            raise BadInputError(*self.bad[k])
+            name, reason = self.bad[k]
+            raise BadInputError(self.root / name, reason)
         if size != self.size:  # the build checked the size: only a caller's mistake gets here
             raise ValueError(f"the scene store holds scenes at {self.size} pixels, not {size}")
         part, offset, h, w = self.rows[k]

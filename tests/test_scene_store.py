@@ -34,7 +34,7 @@ def test_a_set_built_with_the_store_is_the_one_built_without_it(synthgen, tmp_pa
     assert str(bad) in made.out
 
     # Every stored scene is the decoder's own output at the build's size.
-    stored = StoredBackgrounds(store)
+    stored = StoredBackgrounds(store, scenes)
     files = manifest_of(tmp_path / "plain")["sources"]["backgrounds"]
     assert len(stored) == files["count"] == 9
     listed = json.loads((tmp_path / "made" / "sources.json").read_text())["backgrounds"]["files"]
@@ -117,3 +117,19 @@ def test_two_builds_making_the_same_store_keep_one(tmp_path):
     assert make_store(store, str(scenes), files, fingerprint, 48, here) == 5
     assert (store / "part-00000.bin").read_bytes() == first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scenes", "store"]
+
+
+def test_a_moved_folder_keeps_its_store_and_its_bad_scenes_are_named_where_they_are(synthgen, tmp_path):
+    scenes, _ = _scenes_with_a_bad_one(tmp_path / "scenes")
+    objects = make_objects(tmp_path / "objects")
+    store = tmp_path / "store"
+    common = ["--n", 60, "--objects", objects, "--cache-mb", 0, *FAST]
+    first = synthgen("build", *common, "--backgrounds", scenes, "--out", tmp_path / "one", "--scene-store", store)
+    assert first.rc == 0
+    moved = tmp_path / "moved"
+    scenes.rename(moved)
+    again = synthgen("build", *common, "--backgrounds", moved, "--out", tmp_path / "two", "--scene-store", store)
+    assert again.rc == 0 and "reading the scenes from --scene-store" in again.out
+    assert_same_sets(tmp_path / "one", tmp_path / "two")
+    skipped = [item["path"] for item in manifest_of(tmp_path / "two")["summary"]["skipped_inputs"]]
+    assert skipped == [str(moved / "c" / "category0" / "broken.jpg")]
