@@ -18,8 +18,9 @@ images/s is wall-clock over the render phase, until the last shard is on disk; "
 the whole build as a command runs it, and the seconds outside the render are its phases (the build's
 `phase_seconds`): "checks", scanning the sources, the checks and the feasibility probes, while the
 worker processes start in the background; "wait", for the workers still starting after that; "prepare",
-the one-off decoding of all objects into the shared store; "end", mostly reading the labels back for the
-summary (1 worker runs in the main process: no worker starts). "of linear" is images/s with start-up
+the one-off decoding of all objects into the shared store (the store rows' scene store is made before
+them); "end", mostly reading the labels back for the summary (1 worker runs in the main process: no worker
+starts). "of linear" is images/s with start-up
 against the number of workers times 1 worker's (the scaling target is 80% from 1 to 16 workers:
 `--workers 1,2,4,8,16 --n 80000` on a 16-core machine).
 Where scaling is lost, the render phase's timeline (synthgen.parallel.timeline) says: "busy" is the

@@ -1,8 +1,9 @@
 """`synthgen build`: check everything up front, then render and write shards in parallel.
 
 Order of work: scan the sources -> check the output folder (resume, extend or refuse) -> probe
-feasibility -> check disk space -> write a provisional manifest -> decode every object once into the
-shared prepared store -> write sources.json -> render shards with joblib (each task renders and
+feasibility -> check disk space -> write a provisional manifest -> with --scene-store, decode every scene
+once into the store unless it holds them (synthgen.scenes) -> decode every object once into the shared
+prepared store -> write sources.json -> render shards with joblib (each task renders and
 writes one whole shard; a partial last round goes in parts, synthgen.parts) -> read the labels back for
 the summary -> write the final manifest and drop the store. Nothing is written before the checks pass,
 and a shard appears only when complete.
