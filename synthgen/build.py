@@ -39,7 +39,7 @@ from synthgen.plan import counts_for, largest_object_share, object_pool_order
 from synthgen.prepared import PREPARED_DIR, PreparedObjects, prepare_objects, store_dir
 from synthgen.procedural import N_BACKGROUNDS, N_OBJECTS, ProceduralBackgrounds, ProceduralObjects
 from synthgen.reader import read_labels
-from synthgen.scenes import StoredBackgrounds, check_store, make_store
+from synthgen.scenes import StoredBackgrounds, check_store, make_store, read_store
 from synthgen.shards import SCHEMA_VERSION, SHARD_FORMAT, ShardArrays, shard_path, write_shard
 from synthgen.sources import FolderBackgrounds, FolderObjects, Skipped, scan_backgrounds, scan_objects
 from synthgen.stats import label_summary, mask_summary
@@ -412,6 +412,9 @@ def _build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | N
         "ms_per_image": {stage: round(1e3 * sum(r["timings"][stage] for r in results) / built, 4)
                          for stage in STAGES} if built else None,
     })
+    if scene_store is not None:  # its pixels came from the machine that made it
+        made_with = (read_store(scene_store) or {}).get("made_with")
+        summary["scene_store"] = {"path": str(scene_store), "made_with": made_with}
     too_large |= {k for r in results for k in r["too_large"]}
     if too_large or not results:
         reason = (f"too large to fit the {config.size}x{config.size} canvas at {largest_object_share(config):.0%} of "

@@ -25,6 +25,7 @@ import numpy as np
 
 from common.atomic import fsync_path, write_atomic
 from synthgen.errors import BadInputError, OutputError, UsageError, write_failure
+from synthgen.parallel import this_machine
 from synthgen.sources import CachedSource, load_background
 
 SCENES_MANIFEST = "scenes.json"
@@ -120,7 +121,8 @@ def make_store(store, root: str, files: list[str], fingerprint: str, size: int, 
                          for k, offset, h, w in result["rows"]], dtype=np.int64).reshape(-1, 5)
         manifest = {"format": SCENES_FORMAT, "root": root, "fingerprint": fingerprint, "size": size,
                     "count": len(files), "usable": len(rows),
-                    "bad": [item for result in results for item in result["bad"]]}
+                    "bad": [item for result in results for item in result["bad"]],
+                    "made_with": this_machine()}  # the decoder whose pixels every later build reads
         index = io.BytesIO()
         np.savez(index, ids=rows[:, 0], part=rows[:, 1], offset=rows[:, 2], height=rows[:, 3], width=rows[:, 4])
         try:

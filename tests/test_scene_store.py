@@ -26,6 +26,8 @@ def test_a_set_built_with_the_store_is_the_one_built_without_it(synthgen, tmp_pa
     made = synthgen("build", *common, "--out", tmp_path / "made", "--scene-store", store)
     assert plain.rc == 0 and made.rc == 0, made.err
     assert "decoded 8 scenes" in made.out and (store / SCENES_MANIFEST).exists()
+    provenance = manifest_of(tmp_path / "made")["summary"]["scene_store"]
+    assert provenance["path"] == str(store) and "OpenCV" in provenance["made_with"]
     assert_same_sets(tmp_path / "plain", tmp_path / "made")
     # The broken scene is kept with the decoder's reason and reported when drawn, as from the folder.
     assert json.loads((store / SCENES_MANIFEST).read_text())["usable"] == 8
