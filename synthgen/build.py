@@ -312,6 +312,9 @@ def _build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | N
                              "default draws its scenes, so there is nothing to keep. Give --backgrounds, or drop "
                              "--scene-store")
         scene_store = Path(scene_store).resolve()
+        if scene_store == out or out in scene_store.parents or scene_store in out.parents:
+            raise UsageError(f"--scene-store {scene_store}: give a folder apart from --out {out}, neither inside it "
+                             "nor holding it: the store outlives the set, and each folder holds only its own files")
         backgrounds = sources.description["backgrounds"]
         store_ready = check_store(scene_store, backgrounds["root"], sources.fingerprints["backgrounds"], config.size)
     if run.on_bad_input == "fail" and sources.skipped:

@@ -246,7 +246,8 @@ class BuildCommand(Settings):
                       "build)", group=WHAT)
     scene_store: str | None = option(None, "folder that keeps the --backgrounds decoded at --size: the first build "
                                      "naming it decodes every scene into it once, later ones read them from there "
-                                     "(the same images; SUN397 at 161: about 11 GB)", group=RUN, metavar="DIR")
+                                     "(the same images; SUN397 at 161: about 11 GB)", group=RUN, metavar="DIR",
+                                     check=lambda v: "give a folder" if v is not None and not v.strip() else None)
     config: BuildConfig = None  # type: ignore[assignment]
     run: RunOptions = None  # type: ignore[assignment]
 

@@ -130,7 +130,7 @@ def make_store(store, root: str, files: list[str], fingerprint: str, size: int, 
             write_atomic(making / SCENES_MANIFEST, json.dumps(manifest).encode())
             fsync_path(making)
             if store.exists() and read_store(store) is None:
-                shutil.rmtree(store)  # empty, or only our own files without a manifest (check_store said so)
+                _clear_unfinished(store)
             try:
                 os.rename(making, store)
             except OSError:
@@ -143,6 +143,19 @@ def make_store(store, root: str, files: list[str], fingerprint: str, size: int, 
         return len(rows)
     finally:
         shutil.rmtree(making, ignore_errors=True)
+
+
+def _clear_unfinished(store: Path) -> None:
+    """Remove a folder that holds no store: empty, or only files of one left unfinished by an older layout.
+    Anything else in it stays, and the store is not made there."""
+    entries = list(store.iterdir())
+    foreign = sorted(p.name for p in entries if not _is_own(p.name) or p.is_dir())
+    if foreign:
+        raise OutputError(f"--scene-store {store}: the folder holds files synthgen did not write "
+                          f"({', '.join(foreign[:5])}); choose an empty or new folder")
+    for entry in entries:
+        entry.unlink()
+    store.rmdir()
 
 
 def _remove_abandoned(store: Path) -> None:

@@ -4,8 +4,10 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from conftest import FAST, assert_same_sets, make_objects, make_scenes, manifest_of
+from synthgen.errors import OutputError
 from synthgen.scenes import SCENES_MANIFEST, StoredBackgrounds, make_store
 from synthgen.sources import load_background, scan_backgrounds
 
@@ -81,8 +83,28 @@ def test_the_store_is_refused_where_it_cannot_serve(synthgen, tmp_path):
     taken = synthgen("build", *common, "--out", tmp_path / "five", "--scene-store", foreign)
     assert taken.rc == 1 and "holds files synthgen did not write (holiday.jpg)" in taken.err
     assert (foreign / "holiday.jpg").read_bytes() == b"x"
+    same = synthgen("build", *common, "--out", tmp_path / "six", "--scene-store", tmp_path / "six")
+    inside = synthgen("build", *common, "--out", tmp_path / "seven", "--scene-store", tmp_path / "seven" / "store")
+    holding = synthgen("build", *common, "--out", tmp_path / "s3" / "set", "--scene-store", tmp_path / "s3")
+    for refused in (same, inside, holding):
+        assert refused.rc == 2 and "give a folder apart from --out" in refused.err
+    empty = synthgen("build", *common, "--out", tmp_path / "eight", "--scene-store", "")
+    assert empty.rc == 2 and "--scene-store : give a folder" in empty.err
     # Nothing was written where a check failed.
-    assert not any((tmp_path / name).exists() for name in ("two", "three", "four", "five", "s2"))
+    assert not any((tmp_path / name).exists() for name in ("two", "three", "four", "five", "s2", "six", "seven",
+                                                           "s3", "eight"))
+
+
+def test_a_store_is_never_made_over_files_that_appeared_after_the_check(tmp_path):
+    scenes = make_scenes(tmp_path / "scenes", n=3)
+    files, _, fingerprint = scan_backgrounds(scenes)
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match=r"holds files synthgen did not write \(notes.txt\)"):
+        make_store(store, str(scenes), files, fingerprint, 48, lambda calls: [f(*a) for f, a in calls])
+    assert (store / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scenes", "store"]  # no half-made store beside it
 
 
 def test_an_interrupted_store_is_made_again(synthgen, tmp_path):
