@@ -66,6 +66,11 @@ def check_store(store, root: str, fingerprint: str, size: int) -> bool:
         if manifest["size"] != size:
             raise UsageError(f"{flag}: holds the scenes at {manifest['size']} pixels, not at --size {size}; a store "
                              "serves one size: give another folder for this size")
+        missing = [name for name in [INDEX, *map(_part_name, range(manifest.get("parts", 0)))]
+                   if not (store / name).is_file()]
+        if missing:
+            raise OutputError(f"{flag}: the store's {', '.join(missing[:3])} {'is' if len(missing) == 1 else 'are'} "
+                              "missing; delete the folder (or give another) to make it again")
         if manifest["fingerprint"] != fingerprint:
             raise UsageError(f"{flag}: holds the scenes of {manifest['root']} as they were when it was made; the "
                              f"--backgrounds files ({root}) are not the same now. Give another folder, or delete this "
@@ -121,7 +126,7 @@ def make_store(store, root: str, files: list[str], fingerprint: str, size: int, 
                          for k, offset, h, w in result["rows"]], dtype=np.int64).reshape(-1, 5)
         manifest = {"format": SCENES_FORMAT, "root": root, "fingerprint": fingerprint, "size": size,
                     "count": len(files), "usable": len(rows),
-                    "bad": [item for result in results for item in result["bad"]],
+                    "bad": [item for result in results for item in result["bad"]], "parts": len(calls),
                     "made_with": this_machine()}  # the decoder whose pixels every later build reads
         index = io.BytesIO()
         np.savez(index, ids=rows[:, 0], part=rows[:, 1], offset=rows[:, 2], height=rows[:, 3], width=rows[:, 4])

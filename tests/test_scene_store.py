@@ -83,6 +83,9 @@ def test_the_store_is_refused_where_it_cannot_serve(synthgen, tmp_path):
     taken = synthgen("build", *common, "--out", tmp_path / "five", "--scene-store", foreign)
     assert taken.rc == 1 and "holds files synthgen did not write (holiday.jpg)" in taken.err
     assert (foreign / "holiday.jpg").read_bytes() == b"x"
+    (store / "part-00000.bin").rename(tmp_path / "away.bin")
+    damaged = synthgen("build", *common, "--out", tmp_path / "s4", "--scene-store", store)
+    assert damaged.rc == 1 and "the store's part-00000.bin is missing; delete the folder" in damaged.err
     same = synthgen("build", *common, "--out", tmp_path / "six", "--scene-store", tmp_path / "six")
     inside = synthgen("build", *common, "--out", tmp_path / "seven", "--scene-store", tmp_path / "seven" / "store")
     holding = synthgen("build", *common, "--out", tmp_path / "s3" / "set", "--scene-store", tmp_path / "s3")
@@ -91,8 +94,8 @@ def test_the_store_is_refused_where_it_cannot_serve(synthgen, tmp_path):
     empty = synthgen("build", *common, "--out", tmp_path / "eight", "--scene-store", "")
     assert empty.rc == 2 and "--scene-store : give a folder" in empty.err
     # Nothing was written where a check failed.
-    assert not any((tmp_path / name).exists() for name in ("two", "three", "four", "five", "s2", "six", "seven",
-                                                           "s3", "eight"))
+    assert not any((tmp_path / name).exists() for name in ("two", "three", "four", "five", "s2", "s4", "six",
+                                                           "seven", "s3", "eight"))
 
 
 def test_a_store_is_never_made_over_files_that_appeared_after_the_check(tmp_path):
