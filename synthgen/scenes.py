@@ -1,6 +1,6 @@
 """The scene store: a --backgrounds folder decoded once at a build's size, kept for later builds.
 
-An 80K build from SUN397 draws 80K of its ~109K scenes, each at most a few times and at random points of
+An 80K build from SUN397 makes 80K draws from its ~109K scenes, about 57K different ones, at random points of
 the build, so no worker's cache helps, and every draw decodes a photo: 2-3 ms for a 150-200 KB JPEG,
 most of it Huffman decoding, which no DCT scaling shortens (benchmarks/RESULTS.md). `synthgen build
 --scene-store DIR` decodes every scene of the folder once, in parallel, into DIR (raw RGB with its shorter
