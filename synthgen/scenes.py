@@ -151,8 +151,8 @@ def make_store(store, root: str, files: list[str], fingerprint: str, size: int, 
 
 
 def _clear_unfinished(store: Path) -> None:
-    """Remove a folder that holds no store: empty, or only files of one left unfinished by an older layout.
-    Anything else in it stays, and the store is not made there."""
+    """Remove a folder that holds no store: empty, or only a store's own files without its manifest (a store
+    damaged by hand). Anything else in it stays, and the store is not made there."""
     entries = list(store.iterdir())
     foreign = sorted(p.name for p in entries if not _is_own(p.name) or p.is_dir())
     if foreign:
@@ -176,8 +176,8 @@ def _running(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # alive, and another user's
+        pass
     return True
 
 
