@@ -110,7 +110,7 @@ class Cutout:
 
     def resized_alpha(self, width: int, height: int) -> np.ndarray:
         """The alpha channel of `resized(width, height)`, resampled alone: OpenCV resamples each channel
-        of uint8 images by itself, so these are the same bytes (tests/test_transforms.py), at half the cost."""
+        of uint8 images by itself, so these are the same bytes (tests/test_transforms.py)."""
         alpha = cv2.extractChannel(self._level_for(width, height), 3)
         if alpha.shape == (height, width):
             return alpha
