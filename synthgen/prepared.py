@@ -25,7 +25,7 @@ from synthgen.errors import BadInputError, write_failure
 from synthgen.sources import CachedSource, Cutout, Skipped
 
 PREPARED_DIR = "prepared"
-PART_SIZE = 256  # the most objects per part file (and per parallel task)
+PART_SIZE = 256  # the most items per part file (and per parallel task)
 MIN_PART_SIZE = 16
 PARTS_PER_WORKER = 4  # enough parts that the last round of them leaves few workers idle
 
@@ -74,10 +74,11 @@ class PreparedStore:
     eligible: dict[int, bool] = dataclasses.field(default_factory=dict)  # can appear at every area and count
 
 
-def part_size(n_objects: int, workers: int) -> int:
-    """Objects per part: about PARTS_PER_WORKER parts per worker. Parts of a fixed 256 gave the 240
-    procedural objects to one worker, and THUS10000's 10K objects to 16 workers in 2.5 rounds."""
-    return min(PART_SIZE, max(MIN_PART_SIZE, -(-n_objects // (PARTS_PER_WORKER * workers))))
+def part_size(n_items: int, workers: int) -> int:
+    """Items (objects, or the scenes of a scene store) per part: about PARTS_PER_WORKER parts per worker.
+    Parts of a fixed 256 gave the 240 procedural objects to one worker, and THUS10000's 10K objects to 16
+    workers in 2.5 rounds."""
+    return min(PART_SIZE, max(MIN_PART_SIZE, -(-n_items // (PARTS_PER_WORKER * workers))))
 
 
 def prepare_objects(objects, ids, size: int, out_dir, on_bad_input: str, eligible, run_tasks,
@@ -118,6 +119,30 @@ def prepare_objects(objects, ids, size: int, out_dir, on_bad_input: str, eligibl
     return store
 
 
+def index_rows(index) -> dict[int, tuple[int, int, int, int]]:
+    """(part, offset, height, width) of every item of a store's index (an opened index.npz), by id."""
+    return {int(k): (int(p), int(o), int(h), int(w)) for k, p, o, h, w in
+            zip(index["ids"], index["part"], index["offset"], index["height"], index["width"])}
+
+
+class PartFiles:
+    """Positioned reads from a store's part files, each opened once per process and kept open."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        self.fds: dict[int, int] = {}
+
+    def read(self, part: int, offset: int, nbytes: int) -> bytes:
+        fd = self.fds.get(part)
+        if fd is None:
+            fd = self.fds[part] = os.open(self.folder / part_name(part), os.O_RDONLY)
+        return os.pread(fd, nbytes, offset)
+
+    def __del__(self):
+        for fd in self.fds.values():
+            os.close(fd)
+
+
 class PreparedObjects(CachedSource):
     """Objects read from a prepared store, one positioned read per object, cached per worker."""
 
@@ -128,10 +153,9 @@ class PreparedObjects(CachedSource):
         self.folder = Path(folder)
         self.n_objects = n_objects
         with np.load(self.folder / "index.npz", allow_pickle=False) as index:
-            self.rows = {int(k): (int(p), int(o), int(h), int(w)) for k, p, o, h, w in
-                         zip(index["ids"], index["part"], index["offset"], index["height"], index["width"])}
+            self.rows = index_rows(index)
             self.eligible = {int(k): bool(e) for k, e in zip(index["ids"], index["eligible"])}
-        self.files: dict[int, int] = {}
+        self.parts = PartFiles(self.folder)
 
     def __len__(self):
         return self.n_objects
@@ -140,11 +164,4 @@ class PreparedObjects(CachedSource):
         if k not in self.rows:
             raise BadInputError(f"object {k}", "not in the prepared store (it was a bad input)")
         part, offset, h, w = self.rows[k]
-        fd = self.files.get(part)
-        if fd is None:
-            fd = self.files[part] = os.open(self.folder / part_name(part), os.O_RDONLY)
-        return Cutout.from_bytes(os.pread(fd, Cutout.stored_bytes(h, w), offset), h, w)
-
-    def __del__(self):
-        for fd in self.files.values():
-            os.close(fd)
+        return Cutout.from_bytes(self.parts.read(part, offset, Cutout.stored_bytes(h, w)), h, w)

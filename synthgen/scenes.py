@@ -26,16 +26,12 @@ import numpy as np
 from common.atomic import fsync_path, write_atomic
 from synthgen.errors import BadInputError, OutputError, UsageError, write_failure
 from synthgen.parallel import this_machine
+from synthgen.prepared import PartFiles, index_rows, part_name, part_size
 from synthgen.sources import CachedSource, load_background
 
 SCENES_MANIFEST = "scenes.json"
 SCENES_FORMAT = "synthgen-scene-store-v1"
 INDEX = "index.npz"
-PART_SIZE = 512  # the most scenes per part file (and per parallel task)
-
-
-def _part_name(part: int) -> str:
-    return f"part-{part:05d}.bin"
 
 
 def _is_own(name: str) -> bool:
@@ -66,7 +62,7 @@ def check_store(store, root: str, fingerprint: str, size: int) -> bool:
         if manifest["size"] != size:
             raise UsageError(f"{flag}: holds the scenes at {manifest['size']} pixels, not at --size {size}; a store "
                              "serves one size: give another folder for this size")
-        missing = [name for name in [INDEX, *map(_part_name, range(manifest.get("parts", 0)))]
+        missing = [name for name in [INDEX, *map(part_name, range(manifest.get("parts", 0)))]
                    if not (store / name).is_file()]
         if missing:
             raise OutputError(f"{flag}: the store's {', '.join(missing[:3])} {'is' if len(missing) == 1 else 'are'} "
@@ -118,8 +114,8 @@ def make_store(store, root: str, files: list[str], fingerprint: str, size: int, 
     except OSError as exc:
         raise write_failure("the scene store", store.parent, exc) from None
     try:
-        step = min(PART_SIZE, max(16, -(-len(files) // (4 * max(workers, 1)))))
-        calls = [(decode_part, (root, files[i:i + step], i, size, str(making / _part_name(p))))
+        step = part_size(len(files), max(workers, 1))
+        calls = [(decode_part, (root, files[i:i + step], i, size, str(making / part_name(p))))
                  for p, i in enumerate(range(0, len(files), step))]
         results = run_tasks(calls)
         rows = np.array([(k, p, offset, h, w) for p, result in enumerate(results)
@@ -197,9 +193,8 @@ class StoredBackgrounds(CachedSource):
         self.size, self.count = manifest["size"], manifest["count"]
         self.bad = {int(k): (name, reason) for k, name, reason in manifest["bad"]}
         with np.load(self.store / INDEX, allow_pickle=False) as index:
-            self.rows = {int(k): (int(p), int(o), int(h), int(w)) for k, p, o, h, w in
-                         zip(index["ids"], index["part"], index["offset"], index["height"], index["width"])}
-        self.files: dict[int, int] = {}
+            self.rows = index_rows(index)
+        self.parts = PartFiles(self.store)
 
     def __len__(self):
         return self.count
@@ -211,11 +206,4 @@ class StoredBackgrounds(CachedSource):
         if size != self.size:  # the build checked the size: only a caller's mistake gets here
             raise ValueError(f"the scene store holds scenes at {self.size} pixels, not {size}")
         part, offset, h, w = self.rows[k]
-        fd = self.files.get(part)
-        if fd is None:
-            fd = self.files[part] = os.open(self.store / _part_name(part), os.O_RDONLY)
-        return np.frombuffer(os.pread(fd, h * w * 3, offset), np.uint8).reshape(h, w, 3)
-
-    def __del__(self):
-        for fd in getattr(self, "files", {}).values():
-            os.close(fd)
+        return np.frombuffer(self.parts.read(part, offset, h * w * 3), np.uint8).reshape(h, w, 3)
