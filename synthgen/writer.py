@@ -68,14 +68,14 @@ class SetWriter:
         A shard is kept when it belongs to this set (same identity), `keep(index, attrs)` agrees and, in a
         set that was never finished, its contents match its checksum (see Durability above).
         Raises OutputError, changing nothing, for a folder holding files synthgen did not write, or a
-        different set without --overwrite (`differences(old manifest)` says what differs); UsageError for
-        what resuming the same set cannot do (with `n_images`, the --n asked for): shrink it, or run again
+        different set without --overwrite (`differences(old manifest)` says what differs); UsageError for an
+        --out that cannot be a folder, and for what resuming the same set cannot do (with `n_images`, the --n asked for): shrink it, or run again
         into the failure that stopped it.
         """
         out = self.out
         problem = out_folder_problem(out)
-        if problem:
-            raise OutputError(problem)
+        if problem:  # an --out that cannot be a folder is a bad argument, as in every other command
+            raise UsageError(problem)
         entries = sorted(p.name for p in out.iterdir()) if out.exists() else []
         if not entries:
             return set()
