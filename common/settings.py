@@ -298,13 +298,13 @@ def value_of(settings, name: str):
     """The value of a leaf field, looked up through nested groups."""
     for f in dataclasses.fields(settings):
         value = getattr(settings, f.name)
-        if f.name == name:
-            return value
-        if is_settings(type(value)):
+        if is_settings(type(value)):  # a group may share its name with a leaf (vae-train's data.data)
             try:
                 return value_of(value, name)
             except KeyError:
                 pass
+        elif f.name == name:
+            return value
     raise KeyError(name)
 
 

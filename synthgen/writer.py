@@ -69,8 +69,8 @@ class SetWriter:
         set that was never finished, its contents match its checksum (see Durability above).
         Raises OutputError, changing nothing, for a folder holding files synthgen did not write, or a
         different set without --overwrite (`differences(old manifest)` says what differs); UsageError for an
-        --out that cannot be a folder, and for what resuming the same set cannot do (with `n_images`, the --n asked for): shrink it, or run again
-        into the failure that stopped it.
+        --out that cannot be a folder, and for what resuming the same set cannot do (with `n_images`, the --n
+        asked for): shrink it, or run again into the failure that stopped it.
         """
         out = self.out
         problem = out_folder_problem(out)

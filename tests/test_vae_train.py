@@ -232,6 +232,14 @@ def test_runs_are_not_overwritten_and_resume_keeps_its_settings(data, tmp_path, 
     assert "no run with a checkpoint" in capsys.readouterr().err and not (tmp_path / "nothing").exists()
 
 
+def test_a_setting_named_like_its_group_is_found_by_its_name():
+    from common.settings import value_of
+    from vae.config import DataSettings, TrainConfig
+
+    config = TrainConfig(out="run", data=DataSettings(data=["a", "b"], natural=["c"]))
+    assert value_of(config, "data") == ["a", "b"] and value_of(config, "natural") == ["c"]  # not the group
+
+
 def _files(folder):
     return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
@@ -275,7 +283,68 @@ def test_resume_refuses_a_set_rebuilt_differently_under_the_same_path(tmp_path, 
     capsys.readouterr()
     assert train_main(["--out", str(run), "--resume", "--epochs", "2", "--workers", "0"]) == 1
     assert "changed since the run started" in capsys.readouterr().err
+    # The same build made larger has the same identity, yet other images to split: refused as well.
+    assert synthgen_main(["build", "--n", "40", "--overwrite", *args]) == 0
+    assert synthgen_main(["build", "--n", "56", *args]) == 0
+    capsys.readouterr()
+    assert train_main(["--out", str(run), "--resume", "--epochs", "2", "--workers", "0"]) == 1
+    assert "holds 56 images, the run started with 40" in capsys.readouterr().err
     assert load_checkpoint(run / "last.pt")["epoch"] == 1
+
+
+def test_a_checkpoint_of_an_earlier_version_still_has_its_sets_checked(data, tmp_path, capsys):
+    """Checkpoints written before the sets' image counts were saved kept each set's identity by path."""
+    run = tmp_path / "run"
+    assert train_main(["--data", str(data / "synth"), "--out", str(run), "--epochs", "1", *TINY]) == 0
+    state = load_checkpoint(run / "last.pt")
+    sets = json.loads(state.pop("data_sets"))
+    save_checkpoint(run / "last.pt", state | {"data_identities": json.dumps({s["path"]: s["identity"] for s in sets})})
+    capsys.readouterr()
+    assert train_main(["--out", str(run), "--resume", "--epochs", "2", "--workers", "0", "--data",
+                       str(data / "few")]) == 1
+    assert f"--data {data / 'few'} changed since the run started" in capsys.readouterr().err
+    assert train_main(["--out", str(run), "--resume", "--epochs", "2", "--workers", "0"]) == 0
+    assert load_checkpoint(run / "last.pt")["epoch"] == 2
+
+
+def test_a_run_whose_sets_moved_resumes_from_where_they_are_now(data, tmp_path, capsys):
+    """--resume with --data and --natural where the run's sets are now: checked to be the same sets, and the
+    run goes on exactly as if nothing had moved."""
+    sets, moved = tmp_path / "sets", tmp_path / "moved"
+    for name in ("synth", "natural"):
+        shutil.copytree(data / name, sets / name)
+    recipe = ["--natural-start", "1", "--natural-ramp", "1", *TINY, "--no-progress"]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    for out, epochs in ((whole, "2"), (cut, "1")):
+        assert train_main(["--data", str(sets / "synth"), "--natural", str(sets / "natural"), "--out", str(out),
+                           "--epochs", epochs, *recipe]) == 0
+    shutil.move(sets, moved)
+    cut_before = _files(cut)
+    capsys.readouterr()
+    resume = ["--out", str(cut), "--resume", "--epochs", "2", "--workers", "0"]
+    assert train_main(resume) == 2
+    err = capsys.readouterr().err
+    assert f"the run's set --data {sets / 'synth'} is not there any more" in err and "--data (and --natural)" in err
+    assert train_main([*resume, "--data", str(moved / "synth")]) == 2  # the natural set is not named
+    assert f"--natural {sets / 'natural'} is not there any more" in capsys.readouterr().err
+    # Other sets in their places, or not all of them: refused before any training, the run left as it was.
+    assert train_main([*resume, "--data", str(data / "few"), "--natural", str(moved / "natural")]) == 1
+    err = capsys.readouterr().err
+    assert f"--data {data / 'few'} changed since the run started" in err and f"started with {sets / 'synth'}" in err
+    assert train_main([*resume, "--data", str(moved / "synth"), "--natural"]) == 1
+    assert "was started with 2 set(s)" in capsys.readouterr().err
+    assert _files(cut) == cut_before
+    assert train_main([*resume, "--data", str(moved / "synth"), "--natural", str(moved / "natural")]) == 0
+    assert f"--natural {moved / 'natural'}: the run's set, moved from {sets / 'natural'}" in capsys.readouterr().out
+    a, b = load_checkpoint(whole / "last.pt"), load_checkpoint(cut / "last.pt")
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert [r["train"]["loss"] for r in metrics(whole)] == [r["train"]["loss"] for r in metrics(cut)]
+    saved = json.loads((cut / "config.json").read_text())
+    assert saved["train"]["data"]["data"] == [str(moved / "synth")]
+    assert [s["path"] for s in saved["data"]["sets"]] == [str(moved / "synth"), str(moved / "natural")]
+    assert train_main(["--out", str(cut), "--resume", "--epochs", "3", "--workers", "0"]) == 0  # found there now
+    assert load_checkpoint(cut / "last.pt")["epoch"] == 3
 
 
 @pytest.mark.parametrize("mode", ["default", "reduce-overhead"])  # the second adds CUDA graphs on a GPU

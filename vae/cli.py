@@ -3,7 +3,8 @@
 A new run needs --data and an --out that holds no run yet. `--resume` continues the run in --out,
 wherever it is now (a copied or moved run resumes in place, and nothing is written elsewhere): its
 saved settings are read from its last.pt, and only --out, the runtime options and --epochs may be
-given; any other option that differs from the saved value is refused.
+given, and --data and --natural to say where the run's sets are now if they moved (the trainer checks
+that they are the same sets); any other option that differs from the saved value is refused.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from common.cli import add_version, out_folder_problem, run
 from common.errors import UsageError
 from common.settings import (Parser, add_options, all_fields, flag_of, from_args, from_dict, given_names, show_value,
                              value_of)
-from vae.config import RANDOM_VGG, RESUMABLE, TrainConfig
+from vae.config import RANDOM_VGG, RELOCATABLE, RESUMABLE, TrainConfig
 
 
 def make_parser() -> Parser:
@@ -25,7 +26,8 @@ def make_parser() -> Parser:
                     "perceptual loss on synthgen shards. Defaults are the paper's recipe.")
     add_version(parser, "vae-train")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint, "
-                        "with its saved settings (only --out, the runtime options and --epochs may be given)")
+                        "with its saved settings (only --out, the runtime options and --epochs may be given, and "
+                        "--data and --natural where the run's sets have moved)")
     add_options(parser, TrainConfig)
     return parser
 
@@ -64,22 +66,40 @@ def resumed_run(given: dict) -> tuple[TrainConfig, dict]:
     if not (out / "last.pt").is_file():
         raise UsageError(f"--resume: {out} holds no run with a checkpoint to continue (no last.pt there)")
     state = load_checkpoint(out / "last.pt")
+    stored = json.loads(state.get("train_config", "{}")) | {"out": str(out)}
     try:
-        saved = from_dict(TrainConfig, json.loads(state.get("train_config", "{}")) | {"out": str(out)})
+        saved = from_dict(TrainConfig, relocated(stored, given))
     except UsageError as exc:  # a saved setting no longer holds: the VGG-19 weights file it names is gone
         hint = ("; it continues with the settings it was started with, so put the file back there"
                 if str(exc).startswith("--vgg-weights ") else "")
         raise UsageError(f"--resume: the run was started with {exc}{hint}") from None
+    for option, paths in (("--data", saved.data.data), ("--natural", saved.data.natural)):
+        gone = [path for path in paths if not Path(path).exists()]
+        if gone and given.get(option[2:]) is None:
+            raise UsageError(f"--resume: the run's set {option} {gone[0]} is not there any more; if its sets have "
+                             "moved, give where they are now with --data (and --natural), all of them in the order "
+                             "the run was started with: the run checks that they are the same sets")
     fields = all_fields(TrainConfig)
     asked = with_absolute_paths(from_args(TrainConfig, given, base=saved))
     refused = [f"{flag_of(fields[name])} {show_value(fields[name], value_of(asked, name))} (the run has "
                f"{show_value(fields[name], value_of(saved, name))})"
                for name in given_names(TrainConfig, given)
-               if name not in RESUMABLE and value_of(asked, name) != value_of(saved, name)]
+               if name not in RESUMABLE | RELOCATABLE and value_of(asked, name) != value_of(saved, name)]
     if refused:
         raise UsageError(f"--resume continues the run with its saved settings; drop {'; '.join(refused)}, or start "
                          "a new run in another --out")
     return asked, state
+
+
+def relocated(stored: dict, given: dict) -> dict:
+    """The saved settings `stored` with the sets' paths that --resume gives instead (made absolute), so that
+    sets no longer at their saved paths are not looked for there."""
+    moved = {name: [_absolute(path) for path in given[name]] for name in RELOCATABLE if given.get(name) is not None}
+    if not moved:
+        return stored
+    if isinstance(stored.get("data"), dict):  # settings saved in groups; earlier versions kept them flat
+        return stored | {"data": stored["data"] | moved}
+    return stored | moved
 
 
 def finished(out: Path, state: dict, epochs: int) -> bool:

@@ -31,9 +31,11 @@ DEFAULT_WORKERS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_geta
 class DataSettings(Settings):
     TITLE = "data (synthgen sets) and the mixing recipe of section 4.2"
 
-    data: list[str] = option([], "synthetic sets (synthgen build output folders); required for a new run")
+    data: list[str] = option([], "synthetic sets (synthgen build output folders); required for a new run; with "
+                             "--resume, where the run's sets are now if they moved")
     natural: list[str] = option([], "natural sets (synthgen pack of the training split); mixed in after "
-                                "--natural-start epochs", nargs="*")
+                                "--natural-start epochs; with --resume, where they are now if they moved",
+                                nargs="*")
     val_fraction: float = option(0.05, "share of every set held out for validation",
                                  valid=between(0, 1, low_open=True, high_open=True))
     natural_start: int = option(20, "synthetic-only epochs before natural images join", valid=at_least(0))
@@ -154,3 +156,6 @@ class TrainConfig(Settings):
 
 # What --resume may replace: where the run is, how it runs, and how long.
 RESUMABLE = {"out", "epochs"} | set(RuntimeSettings.__dataclass_fields__)
+# What --resume may point elsewhere: the run's sets, moved or copied. The trainer checks that they are the
+# same sets (vae.train.sets_problem), so the run goes on with the very images and split it started with.
+RELOCATABLE = {"data", "natural"}

@@ -58,9 +58,43 @@ class Data:
     image_size: int
     feed_choice: FeedChoice
 
-    def identities(self) -> dict[str, str]:
-        """The identity of every set the run reads (synthgen's build_identity), by path."""
-        return {str(s.root): s.identity for s in self.pool.sets}
+    def sets(self) -> list[dict]:
+        """Every set the run reads, in order: the option that named it, where it is, its build identity and its
+        number of images. Equal identities and counts mean equal images (a smaller --n is a prefix of a larger
+        one), so these pin the images, the split and the order of the run wherever the sets lie."""
+        return [{"option": "--natural" if natural else "--data", "path": str(s.root), "identity": s.identity,
+                 "n_images": len(s)} for s, natural in zip(self.pool.sets, self.pool.natural_set)]
+
+
+def saved_sets(state: dict) -> list[dict]:
+    """The sets a checkpoint's run read, as `Data.sets` gives them; from checkpoints of earlier versions, only
+    their paths and identities."""
+    if "data_sets" in state:
+        return json.loads(state["data_sets"])
+    return [{"path": path, "identity": identity} for path, identity in json.loads(state.get("data_identities", "{}"))
+            .items()]
+
+
+def sets_problem(saved: list[dict], now: list[dict]) -> str | None:
+    """Why the sets `now` cannot continue a run that read `saved`, as one line; None when they are the same sets
+    (wherever they lie now)."""
+    fix = "resume with the run's own sets, or start a new run in another --out"
+    if len(now) != len(saved):
+        started = ", ".join(f"{s.get('option', '')} {s['path']}".strip() for s in saved)
+        return (f"--resume: the run was started with {len(saved)} set(s) ({started}), and {len(now)} are given now; "
+                f"give all of them, in that order, or start a new run in another --out")
+    for old, new in zip(saved, now):
+        named = f"{new['option']} {new['path']}"
+        where = "" if old["path"] == new["path"] else f" (the run started with {old['path']})"
+        if old.get("option", new["option"]) != new["option"]:
+            return f"--resume: {named}: the run read its set there with {old['option']}{where}; {fix}"
+        if old["identity"] != new["identity"]:
+            return (f"--resume: {named} changed since the run started (a different set is there now){where}; "
+                    f"{fix}")
+        if old.get("n_images", new["n_images"]) != new["n_images"]:
+            return (f"--resume: {named} holds {new['n_images']} images, the run started with {old['n_images']} "
+                    f"(the same build, made larger or smaller since){where}; {fix}")
+    return None
 
 
 def load_data(config: TrainConfig, runtime: Runtime) -> Data:
@@ -292,15 +326,18 @@ class Run:
 
     def _state(self) -> dict:
         return {"model_config": self.model.config.to_json(), "train_config": json.dumps(to_dict(self.config)),
-                "data_identities": json.dumps(self.data.identities()),
+                "data_sets": json.dumps(self.data.sets()),
                 "model": self.model.state_dict(), "epoch": self.epoch, "best_validation_loss": self.best}
 
     def restore(self, state: dict) -> None:
-        saved = json.loads(state.get("data_identities", "{}"))
-        changed = [p for p, identity in self.data.identities().items() if saved.get(p, identity) != identity]
-        if changed:
-            raise TrainingError(f"--resume: {', '.join(changed)} changed since the run started (a different set is "
-                                "there now); resume with the same data, or start a new run in another --out")
+        saved, now = saved_sets(state), self.data.sets()
+        problem = sets_problem(saved, now)
+        if problem:
+            raise TrainingError(problem)
+        for old, new in zip(saved, now):
+            if old["path"] != new["path"]:
+                self.log(f"{new['option']} {new['path']}: the run's set, moved from {old['path']} (the same build, "
+                         f"{new['n_images']} images)")
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -362,7 +399,7 @@ def describe_run(run: Run, config: TrainConfig, runtime: Runtime, resume: bool, 
               "torch": torch.__version__, "machine": machine(runtime), "command": command,
               "data": {"synthetic_train": int(split.train_synthetic.size),
                        "natural_train": int(split.train_natural_order.size), "validation": int(split.validation.size),
-                       "natural_dropped_per_class": split.dropped, "identities": run.data.identities(),
+                       "natural_dropped_per_class": split.dropped, "sets": run.data.sets(),
                        "feed": asdict(run.data.feed_choice)}}
     run.log(describe(run.model))
     run.log(f"data: {record['data']['synthetic_train']} synthetic and {record['data']['natural_train']} natural "
