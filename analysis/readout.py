@@ -23,9 +23,10 @@ from analysis.figures import confusion_matrix
 from analysis.metrics import CLASSES, classification_report, count_class
 from common.atomic import write_atomic
 from common.cli import resolve_device
-from common.errors import UserError
+from common.errors import UsageError, UserError
 from common.settings import to_dict
 from synthgen import ShardSet
+from synthgen.manifest import SOURCES
 
 # Table 1 of the paper: count AP (%) on the SOS test set, classes 0, 1, 2, 3, 4+ and the mean.
 # Table 1 of the paper, classes 0, 1, 2, 3, 4+ and the mean (%), with what each row measures. The paper calls
@@ -58,6 +59,51 @@ def open_sets(paths, config, option: str) -> list[ShardSet]:
     """The sets an option names, opened (folder and manifest checked) before any of them is encoded."""
     return [ShardSet(path, verify=config.runtime.verify_shards, progress=config.runtime.progress, option=option)
             for path in paths]
+
+
+def photos_of(shards: ShardSet) -> tuple[str, frozenset] | None:
+    """For a set packed from photos (`synthgen pack`): the photo folder and the photos it took (paths within
+    it, from the set's sources.json); None for a set of another kind, or one whose list cannot be read."""
+    if shards.kind != "natural":
+        return None
+    try:
+        sources = json.loads((shards.root / SOURCES).read_text())
+        return str(sources["root"]), frozenset(sources["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def shared_images(a: ShardSet, b: ShardSet) -> str | None:
+    """How sets `a` and `b` hold the same images, in words; None when they share none that can be told from
+    what they record. Sets of one build identity hold the same image i wherever both have it (a smaller --n
+    is a prefix of a larger one); sets packed from one photo folder share the photos both took, at any
+    --size or --fit (disjoint splits share none)."""
+    if a.identity == b.identity:
+        return f"the same build: its first {min(len(a), len(b))} images are the same"
+    photos_a, photos_b = photos_of(a), photos_of(b)
+    if photos_a and photos_b and photos_a[0] == photos_b[0]:
+        both = photos_a[1] & photos_b[1]
+        if both:
+            return f"packed from the same photos: {len(both)} of {photos_a[0]} are in both"
+    return None
+
+
+def overlap_problem(train_sets: list[ShardSet], test_sets: list[ShardSet]) -> str | None:
+    """Why these sets cannot make a readout and its test, as one line: a test image the readout was trained
+    on (the test would measure memory, not generalisation), or a training image twice (the validation part
+    that chooses the epoch would hold images of the training part). None when every image is in one place."""
+    named = [("--train", s) for s in train_sets] + [("--test", s) for s in test_sets]
+    for i, (option_a, a) in enumerate(named):
+        for option_b, b in named[i + 1:]:
+            if option_a == option_b == "--test":
+                continue  # the same test image twice weighs it twice, but trains nothing on it
+            how = shared_images(a, b)
+            if how:
+                why = ("the test would score images the readout was trained on; test on a set made apart (another "
+                       "--seed, or the test split)" if option_a != option_b else
+                       "the validation part that chooses the epoch would hold training images; give each set once")
+                return f"{option_a} {a.root} and {option_b} {b.root} hold the same images ({how}): {why}"
+    return None
 
 
 def count_classes(sets: list[ShardSet]) -> np.ndarray:
@@ -146,6 +192,9 @@ def run(config: ReadoutConfig, log=print) -> dict:
     encoder, meta = load_encoder(config.checkpoint, device)
     # Every input is checked before the encoding, which takes minutes on a large set.
     train_sets, test_sets = open_sets(config.train, config, "--train"), open_sets(config.test, config, "--test")
+    problem = overlap_problem(train_sets, test_sets)
+    if problem:
+        raise UsageError(problem)
     y_all, y_test = count_classes(train_sets), count_classes(test_sets)
     present = np.unique(y_all)
     if present.size < 2:

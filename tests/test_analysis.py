@@ -8,10 +8,12 @@ from PIL import Image
 from analysis.cli import analyze_main as analyse_main
 from analysis.cli import subitize_main as readout_main
 from analysis.metrics import average_precision, classification_report, count_class
-from analysis.readout import class_weights, stratified_split
+from analysis.readout import class_weights, shared_images, stratified_split
 from analysis.regression import bootstrap_betas, fit_eq3, make_predictors, standardise
 from analysis.units import Criteria, find_units
+from synthgen import ShardSet
 from synthgen.cli import main as synthgen_main
+from test_pack import make_sos_tree
 from vae.cli import main as train_main
 
 sm = pytest.importorskip("statsmodels.api", reason="statsmodels is a test dependency")
@@ -203,6 +205,31 @@ def test_subitize_end_to_end(trained, tmp_path):
     assert "| **VAE + softmax (this checkpoint)** | per-class recall |" in table
     assert "VAE + softmax (this checkpoint)" in table and "scikit-learn's average_precision_score" in table
     assert _valid_png(out / "confusion.png")
+
+
+def test_sets_that_share_images_are_told_from_sets_that_do_not(tmp_path):
+    """What vae-subitize refuses to train and test on together (tests/test_bad_inputs.py has the messages)."""
+    fast = ["--size", "32", "--no-progress", "--workers", "1"]
+    for name, extra in (("first-20", ["--n", "20"]), ("first-30", ["--n", "30"]),
+                        ("seed-1", ["--n", "20", "--seed", "1"])):
+        assert synthgen_main(["build", *extra, "--out", str(tmp_path / name), *fast]) == 0
+    labels = make_sos_tree(tmp_path / "photos", per_label=2)
+    split_file = tmp_path / "split.csv"
+    split_file.write_text("path,label,split\n" + "".join(f"{path},{label},{'test' if k % 3 == 0 else 'train'}\n"
+                                                       for k, (path, label) in enumerate(sorted(labels.items()))))
+    for name, extra in (("train", ["--split", "train"]), ("test", ["--split", "test"]),
+                        ("test-cropped", ["--split", "test", "--fit", "crop"])):
+        assert synthgen_main(["pack", str(tmp_path / "photos"), "--split-file", str(split_file), *extra, "--out",
+                              str(tmp_path / name), *fast]) == 0
+    assert synthgen_main(["pack", str(tmp_path / "photos"), "--out", str(tmp_path / "all"), *fast]) == 0
+    sets = {p.name: ShardSet(p) for p in tmp_path.iterdir() if (p / "manifest.json").exists()}
+    assert shared_images(sets["first-20"], sets["first-30"]) == "the same build: its first 20 images are the same"
+    assert shared_images(sets["first-20"], sets["seed-1"]) is None
+    assert shared_images(sets["train"], sets["test"]) is None  # one folder's disjoint splits
+    for a, b, both in (("test", "test-cropped", 4), ("all", "train", 6), ("test", "all", 4)):
+        expected = f"packed from the same photos: {both} of {tmp_path / 'photos'} are in both"
+        assert shared_images(sets[a], sets[b]) == expected, (a, b)
+    assert shared_images(sets["first-20"], sets["all"]) is None
 
 
 def test_analysis_errors_are_clear(trained, tmp_path, capsys):

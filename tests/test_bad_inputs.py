@@ -32,6 +32,8 @@ def files(tmp_path_factory):
     for k in range(4):
         cv2.imwrite(str(root / "photos" / "2" / f"p{k}.jpg"), np.full((40, 50, 3), 40 * k, np.uint8))
     assert synthgen_main(["pack", str(root / "photos"), "--out", str(root / "one-class"), *fast]) == 0
+    assert synthgen_main(["pack", str(root / "photos"), "--out", str(root / "one-class-cropped"), "--fit", "crop",
+                          *fast]) == 0
     assert train_main(["--data", str(root / "set"), "--out", str(root / "run"), "--epochs", "1", *TINY]) == 0
     good = (root / "run" / "last.pt").read_bytes()
     for name, data in (("truncated", good[:len(good) // 3]), ("text", b"not a checkpoint at all\n")):
@@ -105,6 +107,17 @@ def cases(r: Path):
                           "--no-progress"], 1,
          "a readout needs training images of at least two count classes"),
         ("vae-subitize", [*subitize[2:], "--checkpoint", str(r / "missing.pt")], 1, "no such checkpoint"),
+        # a readout tested on images it was trained on, or trained on an image twice: refused before any encoding
+        ("vae-subitize", [*subitize[:2], "--train", str(r / "set"), "--test", str(r / "corrupt"), "--out", a,
+                          "--no-progress"], 2, f"--train {r / 'set'} and --test {r / 'corrupt'} hold the same images "
+                                               "(the same build: its first 40 images are the same): the test would "
+                                               "score images the readout was trained on"),
+        ("vae-subitize", [*subitize[:2], "--train", str(r / "set"), str(r / "one-class"), "--test",
+                          str(r / "one-class-cropped"), "--out", a, "--no-progress"], 2,
+         f"--train {r / 'one-class'} and --test {r / 'one-class-cropped'} hold the same images (packed from the same "
+         f"photos: 4 of {r / 'photos'} are in both)"),
+        ("vae-subitize", [*subitize[:2], "--train", str(r / "set"), str(r / "set"), "--test", str(r / "one-class"),
+                          "--out", a, "--no-progress"], 2, "give each set once"),
         # every input is checked before the work on the first: the damaged --train set would be found while
         # encoding it, the missing --test set only after that; the second checkpoint only after analysing the first
         ("vae-subitize", [*subitize[:2], "--train", str(r / "corrupt"), "--test", str(r / "nowhere"), "--out", a,
