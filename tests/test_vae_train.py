@@ -302,7 +302,7 @@ def test_a_checkpoint_of_an_earlier_version_still_has_its_sets_checked(data, tmp
     capsys.readouterr()
     assert train_main(["--out", str(run), "--resume", "--epochs", "2", "--workers", "0", "--data",
                        str(data / "few")]) == 1
-    assert f"--data {data / 'few'} changed since the run started" in capsys.readouterr().err
+    assert f"--data {data / 'few'} is not the run's set {data / 'synth'}" in capsys.readouterr().err
     assert train_main(["--out", str(run), "--resume", "--epochs", "2", "--workers", "0"]) == 0
     assert load_checkpoint(run / "last.pt")["epoch"] == 2
 
@@ -330,7 +330,7 @@ def test_a_run_whose_sets_moved_resumes_from_where_they_are_now(data, tmp_path, 
     # Other sets in their places, or not all of them: refused before any training, the run left as it was.
     assert train_main([*resume, "--data", str(data / "few"), "--natural", str(moved / "natural")]) == 1
     err = capsys.readouterr().err
-    assert f"--data {data / 'few'} changed since the run started" in err and f"started with {sets / 'synth'}" in err
+    assert f"--data {data / 'few'} is not the run's set {sets / 'synth'} (another build)" in err
     assert train_main([*resume, "--data", str(moved / "synth"), "--natural"]) == 1
     assert "was started with 2 set(s)" in capsys.readouterr().err
     assert _files(cut) == cut_before

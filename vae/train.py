@@ -89,8 +89,9 @@ def sets_problem(saved: list[dict], now: list[dict]) -> str | None:
         if old.get("option", new["option"]) != new["option"]:
             return f"--resume: {named}: the run read its set there with {old['option']}{where}; {fix}"
         if old["identity"] != new["identity"]:
-            return (f"--resume: {named} changed since the run started (a different set is there now){where}; "
-                    f"{fix}")
+            what = ("changed since the run started (a different set is there now)" if not where else
+                    f"is not the run's set {old['path']} (another build)")
+            return f"--resume: {named} {what}; {fix}"
         if old.get("n_images", new["n_images"]) != new["n_images"]:
             return (f"--resume: {named} holds {new['n_images']} images, the run started with {old['n_images']} "
                     f"(the same build, made larger or smaller since){where}; {fix}")
