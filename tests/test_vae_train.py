@@ -305,6 +305,11 @@ def test_a_checkpoint_of_an_earlier_version_still_has_its_sets_checked(data, tmp
     assert f"--data {data / 'few'} is not the run's set {data / 'synth'}" in capsys.readouterr().err
     assert train_main(["--out", str(run), "--resume", "--epochs", "2", "--workers", "0"]) == 0
     assert load_checkpoint(run / "last.pt")["epoch"] == 2
+    state = load_checkpoint(run / "last.pt")  # older still: nothing recorded of the sets, nothing to compare
+    del state["data_sets"]
+    save_checkpoint(run / "last.pt", state)
+    assert train_main(["--out", str(run), "--resume", "--epochs", "3", "--workers", "0"]) == 0
+    assert load_checkpoint(run / "last.pt")["epoch"] == 3
 
 
 def test_a_run_whose_sets_moved_resumes_from_where_they_are_now(data, tmp_path, capsys):

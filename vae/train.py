@@ -66,13 +66,14 @@ class Data:
                  "n_images": len(s)} for s, natural in zip(self.pool.sets, self.pool.natural_set)]
 
 
-def saved_sets(state: dict) -> list[dict]:
+def saved_sets(state: dict) -> list[dict] | None:
     """The sets a checkpoint's run read, as `Data.sets` gives them; from checkpoints of earlier versions, only
-    their paths and identities."""
+    their paths and identities, or None where they recorded nothing of them."""
     if "data_sets" in state:
         return json.loads(state["data_sets"])
-    return [{"path": path, "identity": identity} for path, identity in json.loads(state.get("data_identities", "{}"))
-            .items()]
+    if "data_identities" in state:
+        return [{"path": path, "identity": identity} for path, identity in json.loads(state["data_identities"]).items()]
+    return None
 
 
 def sets_problem(saved: list[dict], now: list[dict]) -> str | None:
@@ -332,10 +333,10 @@ class Run:
 
     def restore(self, state: dict) -> None:
         saved, now = saved_sets(state), self.data.sets()
-        problem = sets_problem(saved, now)
+        problem = sets_problem(saved, now) if saved is not None else None
         if problem:
             raise TrainingError(problem)
-        for old, new in zip(saved, now):
+        for old, new in zip(saved or [], now):
             if old["path"] != new["path"]:
                 self.log(f"{new['option']} {new['path']}: the run's set, moved from {old['path']} (the same build, "
                          f"{new['n_images']} images)")
