@@ -5,9 +5,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from common.errors import UsageError
 from synthgen import ShardSet
 from vae.augment import to_float
-from vae.checkpoint import CheckpointError, load_checkpoint, load_model_and_metadata
+from vae.checkpoint import CheckpointError, load_checkpoint, load_model_and_metadata, run_identity
 
 
 def encode_set(model, shards: ShardSet, device: torch.device, batch_size: int = 256,
@@ -36,9 +37,20 @@ def load_encoder(checkpoint, device: torch.device):
 
 def check_checkpoints(paths) -> None:
     """Refuse a missing, truncated or foreign checkpoint before any is used: with several runs, the last one
-    would otherwise fail after minutes of analysing the others. The tensors are mapped, not read."""
+    would otherwise fail after minutes of analysing the others. The tensors are mapped, not read.
+
+    Several checkpoints are several runs, summarised over (mean and sd): two of one run (its best.pt and
+    last.pt, or a copy of it) are refused, since they would count one run twice."""
+    runs = {}
     for path in paths:
         try:
-            load_checkpoint(path, mmap=True)
+            state = load_checkpoint(path, mmap=True)
         except CheckpointError as exc:
             raise CheckpointError(f"--checkpoint {exc}") from None
+        identity = run_identity(state)
+        if identity in runs:
+            raise UsageError(f"--checkpoint {runs[identity]} and {path} are of one run (the same settings and --seed "
+                             "on the same sets: a run's best.pt and last.pt, or a copy of a run), and the summary "
+                             "over runs would count it twice; give one checkpoint per run, or analyse them one at a "
+                             "time")
+        runs[identity] = path

@@ -1,5 +1,6 @@
 """The analyses checked against known answers: planted units, statsmodels, scikit-learn, end to end."""
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -128,9 +129,11 @@ def trained(tmp_path_factory):
     assert synthgen_main(["build", "--n", "200", "--seed", "5", "--same-object", "--source-objects", "15",
                           "--max-occlusion", "0", "--area-range", "0.04-0.2", "--out", str(root / "analysis-set"),
                           *fast]) == 0
-    assert train_main(["--data", str(root / "train"), "--out", str(root / "run"), "--epochs", "4", "--encoder",
-                       "8@4x4-1,16@4x4-2,16@4x4-2,32@4x4-2", "--decoder", "32@3x3-1,16@3x3-2,16@3x3-2,8@3x3-2",
-                       "--latent", "8", "--batch-size", "16", "--workers", "0", "--recon", "pixel", "--beta", "1"]) == 0
+    for run, seed in (("run", "0"), ("run-seed1", "1")):  # two independent runs for the summary over runs
+        assert train_main(["--data", str(root / "train"), "--out", str(root / run), "--epochs", "4", "--seed", seed,
+                           "--encoder", "8@4x4-1,16@4x4-2,16@4x4-2,32@4x4-2", "--decoder",
+                           "32@3x3-1,16@3x3-2,16@3x3-2,8@3x3-2", "--latent", "8", "--batch-size", "16", "--workers",
+                           "0", "--recon", "pixel", "--beta", "1", "--no-progress"]) == 0
     return root
 
 
@@ -174,11 +177,11 @@ def test_analyze_area_vs_number_end_to_end(trained, tmp_path):
 
 def test_several_runs_get_a_folder_each_and_a_summary_over_them(trained, tmp_path):
     out = tmp_path / "runs"
-    checkpoints = [str(trained / "run" / "best.pt"), str(trained / "run" / "last.pt")]
+    checkpoints = [str(trained / "run" / "best.pt"), str(trained / "run-seed1" / "best.pt")]
     assert analyse_main(["--checkpoint", *checkpoints, "--data", str(trained / "analysis-set"), "--out", str(out),
                          "--bootstrap", "50", "--null-rotations", "50", "--no-progress"]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert [row["label"] for row in summary["runs"]] == ["run-best", "run-last"]
+    assert [row["label"] for row in summary["runs"]] == ["run-best", "run-seed1-best"]
     for row in summary["runs"]:
         run = json.loads((out / row["label"] / "summary.json").read_text())
         assert row["best_r2"] == run["best_dimension"]["r2"] and row["p_best_r2"] == run["null"]["p"]["best_r2"]
@@ -187,6 +190,18 @@ def test_several_runs_get_a_folder_each_and_a_summary_over_them(trained, tmp_pat
     assert summary["over_runs"]["best_r2"]["sd"] == pytest.approx(np.std(values, ddof=1))
     assert "mean ± sd" in (out / "report.md").read_text() and len((out / "runs.csv").read_text().splitlines()) == 3
     assert _valid_png(out / "runs.png")
+
+
+def test_two_checkpoints_of_one_run_are_not_two_runs(trained, tmp_path, capsys):
+    """A run's best.pt and last.pt, or a copy of the run, would count one run twice in the summary over runs."""
+    shutil.copytree(trained / "run", tmp_path / "copy")
+    common = ["--data", str(trained / "analysis-set"), "--out", str(tmp_path / "out"), "--no-progress"]
+    for other in (trained / "run" / "last.pt", tmp_path / "copy" / "best.pt"):
+        assert analyse_main(["--checkpoint", str(trained / "run" / "best.pt"), str(other), *common]) == 2
+        err = capsys.readouterr().err
+        assert f"--checkpoint {trained / 'run' / 'best.pt'} and {other} are of one run" in err, err
+        assert err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
 
 
 def test_subitize_end_to_end(trained, tmp_path):

@@ -6,12 +6,14 @@ alone; `last.pt` also holds everything `--resume` needs (optimizer, scheduler, e
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import torch
 
 from common.atomic import write_atomic
 from common.errors import UserError, exception_line
+from vae.config import RELOCATABLE, RESUMABLE
 from vae.model import VAE, ModelConfig
 
 FORMAT = "vae-train-checkpoint"
@@ -65,3 +67,33 @@ def load_model_and_metadata(path, map_location="cpu") -> tuple[VAE, dict]:
 def load_model(path, map_location="cpu") -> VAE:
     """The trained model, in eval mode, rebuilt from the checkpoint alone."""
     return load_model_and_metadata(path, map_location)[0]
+
+
+def saved_sets(state: dict) -> list[dict] | None:
+    """The sets a checkpoint's run read, as `vae.train.Data.sets` gives them (option, path, build identity,
+    number of images); from checkpoints of earlier versions, only their paths and identities, or None where
+    they recorded nothing of them."""
+    if "data_sets" in state:
+        return json.loads(state["data_sets"])
+    if "data_identities" in state:
+        return [{"path": path, "identity": identity} for path, identity in json.loads(state["data_identities"]).items()]
+    return None
+
+
+def run_identity(state: dict) -> str:
+    """What makes a checkpoint's run the run it is: its saved settings but where it lies, how long it trained
+    and how it ran (--resume may change those), with its sets by what they hold rather than where they lie.
+    Initial weights, augmentation, noise and data order all follow from these, so two checkpoints of one
+    identity are one run: its best.pt and last.pt, or a copy of it, not two independent runs."""
+    def leaves(settings: dict) -> dict:  # the saved groups flattened (earlier versions saved them flat)
+        out = {}
+        for name, value in settings.items():
+            out.update(leaves(value) if isinstance(value, dict) else {name: value})
+        return out
+
+    settings = leaves(json.loads(state.get("train_config", "{}")))
+    kept = {name: value for name, value in settings.items() if name not in RESUMABLE | RELOCATABLE}
+    sets = saved_sets(state)
+    kept["sets"] = ([[s.get("option"), s["identity"], s.get("n_images")] for s in sets] if sets is not None else
+                    [settings.get(name) for name in sorted(RELOCATABLE)])
+    return json.dumps(kept, sort_keys=True)

@@ -32,7 +32,7 @@ from common.errors import UserError
 from common.machine import describe as describe_machine
 from common.settings import to_dict
 from vae.augment import augment, to_float
-from vae.checkpoint import CheckpointError, save_checkpoint
+from vae.checkpoint import CheckpointError, save_checkpoint, saved_sets
 from vae.config import TrainConfig
 from vae.data import (FeedChoice, Pool, Split, choose_feed, epoch_indices, make_feed, rank_batches,
                       split_pool)
@@ -64,16 +64,6 @@ class Data:
         one), so these pin the images, the split and the order of the run wherever the sets lie."""
         return [{"option": "--natural" if natural else "--data", "path": str(s.root), "identity": s.identity,
                  "n_images": len(s)} for s, natural in zip(self.pool.sets, self.pool.natural_set)]
-
-
-def saved_sets(state: dict) -> list[dict] | None:
-    """The sets a checkpoint's run read, as `Data.sets` gives them; from checkpoints of earlier versions, only
-    their paths and identities, or None where they recorded nothing of them."""
-    if "data_sets" in state:
-        return json.loads(state["data_sets"])
-    if "data_identities" in state:
-        return [{"path": path, "identity": identity} for path, identity in json.loads(state["data_identities"]).items()]
-    return None
 
 
 def sets_problem(saved: list[dict], now: list[dict]) -> str | None:
