@@ -27,6 +27,7 @@ from common.errors import UsageError, UserError
 from common.settings import to_dict
 from synthgen import ShardSet
 from synthgen.manifest import SOURCES
+from vae.checkpoint import saved_sets
 
 # Table 1 of the paper: count AP (%) on the SOS test set, classes 0, 1, 2, 3, 4+ and the mean.
 # Table 1 of the paper, classes 0, 1, 2, 3, 4+ and the mean (%), with what each row measures. The paper calls
@@ -104,6 +105,25 @@ def overlap_problem(train_sets: list[ShardSet], test_sets: list[ShardSet]) -> st
                        "the validation part that chooses the epoch would hold training images; give each set once")
                 return f"{option_a} {a.root} and {option_b} {b.root} hold the same images ({how}): {why}"
     return None
+
+
+def seen_by_the_vae(meta: dict, test_sets: list[ShardSet]) -> list[str]:
+    """Notes on test sets whose images the VAE itself trained on (from the sets its checkpoint records). Not
+    refused: the VAE never saw their labels, but a test on images the encoder learnt from flatters it."""
+    notes = []
+    for saved in saved_sets(meta) or []:
+        try:  # a set at its recorded place can be compared by its photos too; one moved, by identity alone
+            trained = ShardSet(saved["path"], verify=False) if Path(saved["path"]).is_dir() else None
+        except UserError:
+            trained = None
+        for test in test_sets:
+            how = (shared_images(trained, test) if trained is not None else
+                   "the same build" if saved["identity"] == test.identity else None)
+            if how:
+                notes.append(f"the VAE was trained on images of --test {test.root} ({saved.get('option', '--data')} "
+                             f"{saved['path']}: {how}): the test scores images its encoder learnt from, without "
+                             "their labels")
+    return notes
 
 
 def count_classes(sets: list[ShardSet]) -> np.ndarray:
@@ -195,6 +215,9 @@ def run(config: ReadoutConfig, log=print) -> dict:
     problem = overlap_problem(train_sets, test_sets)
     if problem:
         raise UsageError(problem)
+    notes = seen_by_the_vae(meta, test_sets)
+    for note in notes:
+        log(f"vae-subitize: note: {note}")
     y_all, y_test = count_classes(train_sets), count_classes(test_sets)
     present = np.unique(y_all)
     if present.size < 2:
@@ -225,7 +248,8 @@ def run(config: ReadoutConfig, log=print) -> dict:
               "training": training, "test": test_report, "validation": val_report,
               "ap_variant": "non-interpolated average precision, one class against the rest, ranked by the class's "
                             "softmax score (scikit-learn's average_precision_score)",
-              "published": {k: {"values": list(v), "measure": m} for k, (v, m) in PUBLISHED.items()}}
+              "published": {k: {"values": list(v), "measure": m} for k, (v, m) in PUBLISHED.items()},
+              "notes": notes}
     (out / "readout.json").write_text(json.dumps(result, indent=1) + "\n")
     confusion_matrix(np.array(test_report["confusion"]), CLASSES, out / "confusion.png",
                      f"test set: accuracy {test_report['accuracy']:.1%}, mean AP {test_report['mean_ap']:.1%}")
@@ -248,6 +272,7 @@ def run(config: ReadoutConfig, log=print) -> dict:
         table(test_report, "VAE + softmax (this checkpoint)"), "",
         f"Accuracy {test_report['accuracy']:.1%}; confusion matrix (rows: true count, columns: predicted) in "
         "`confusion.png` and `readout.json`.",
+        *([""] + [f"**Note:** {note}." for note in notes] if notes else []),
     ]
     (out / "table.md").write_text("\n".join(markdown) + "\n")
     log(f"vae-subitize: test mean AP {test_report['mean_ap']:.1%} (chance {test_report['mean_chance']:.1%}), "

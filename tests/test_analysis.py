@@ -211,6 +211,7 @@ def test_subitize_end_to_end(trained, tmp_path):
                          "--no-progress"]) == 0
     result = json.loads((out / "readout.json").read_text())
     assert result["images"] == {"train": 270, "validation": 30, "test": 200}
+    assert result["notes"] == []  # the VAE trained on --train's images, never on --test's
     assert len(result["test"]["ap"]) == 5 and 0 <= result["test"]["mean_ap"] <= 1
     assert np.sum(result["test"]["confusion"]) == 200
     assert 1 <= result["training"]["best_epoch"] <= result["training"]["epochs_run"] <= 40
@@ -245,6 +246,18 @@ def test_sets_that_share_images_are_told_from_sets_that_do_not(tmp_path):
         expected = f"packed from the same photos: {both} of {tmp_path / 'photos'} are in both"
         assert shared_images(sets[a], sets[b]) == expected, (a, b)
     assert shared_images(sets["first-20"], sets["all"]) is None
+
+
+def test_a_test_set_the_vae_trained_on_is_noted(trained, tmp_path, capsys):
+    out = tmp_path / "readout"
+    assert readout_main(["--checkpoint", str(trained / "run" / "best.pt"), "--train", str(trained / "analysis-set"),
+                         "--test", str(trained / "train"), "--out", str(out), "--epochs", "3", "--no-progress"]) == 0
+    note = (f"the VAE was trained on images of --test {trained / 'train'} (--data {trained / 'train'}: the same "
+            "build: its first 300 images are the same)")
+    assert f"vae-subitize: note: {note}" in capsys.readouterr().out
+    assert json.loads((out / "readout.json").read_text())["notes"] == [note + ": the test scores images its encoder "
+                                                                       "learnt from, without their labels"]
+    assert f"**Note:** {note}" in (out / "table.md").read_text()
 
 
 def test_analysis_errors_are_clear(trained, tmp_path, capsys):
