@@ -112,10 +112,12 @@ def seen_by_the_vae(meta: dict, test_sets: list[ShardSet]) -> list[str]:
     refused: the VAE never saw their labels, but a test on images the encoder learnt from flatters it."""
     notes = []
     for saved in saved_sets(meta) or []:
-        try:  # a set at its recorded place can be compared by its photos too; one moved, by identity alone
+        try:  # the set still at its recorded place can be compared by its photos too; else by identity alone
             trained = ShardSet(saved["path"], verify=False) if Path(saved["path"]).is_dir() else None
         except UserError:
             trained = None
+        if trained is not None and trained.identity != saved["identity"]:
+            trained = None  # another set is there now
         for test in test_sets:
             how = (shared_images(trained, test) if trained is not None else
                    "the same build" if saved["identity"] == test.identity else None)
