@@ -18,7 +18,9 @@ from common.settings import (SEED_RANGE, Settings, at_least, between, from_dict,
 MAX_COUNT = 64
 AREA_DISTRIBUTIONS = ("loguniform", "uniform")
 COMPRESSIONS = ("none", "lzf", "gzip")
-BACKENDS = ("loky", "multiprocessing", "threading", "dask")
+# joblib's "multiprocessing" backend is not offered: it cannot hand results back as they come
+# (return_as="generator"), which the progress bar, the parts of a partial round and the disk flushes need.
+BACKENDS = ("loky", "threading", "dask")
 BAD_INPUT_POLICIES = ("skip", "fail")
 MASK_PARTS = ("skip", "largest")
 FITS = ("squash", "crop", "pad")

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import FAST, assert_same_sets, make_objects, make_scenes, manifest_of, read_set
+from synthgen.config import BACKENDS
 from synthgen.parallel import this_machine, timeline
 from synthgen.shards import content_checksum, read_arrays, read_attrs
 from synthgen.writer import SetWriter
@@ -67,6 +68,15 @@ def test_one_and_two_workers_give_identical_sets(synthgen, tmp_path):
     assert summary["workers"] == 2 and 0 < spent["workers_busy"] <= 1 and spent["worker_processes"] == 2
     assert 0 <= spent["tail_seconds"] and 0 <= spent["after_last_result_seconds"]
     assert spent["tail_seconds"] + spent["after_last_result_seconds"] <= summary["render_seconds"]
+
+
+def test_every_local_backend_offered_builds_the_same_set(synthgen, tmp_path):
+    args = ["--n", 24, "--shard-size", 10, "--seed", 11, "--size", "48", "--no-progress", "--workers", 2]
+    assert synthgen("build", *args, "--out", tmp_path / "loky").rc == 0
+    for backend in set(BACKENDS) - {"loky", "dask"}:  # dask needs a cluster: test_dask_cluster_build_matches...
+        result = synthgen("build", *args, "--backend", backend, "--out", tmp_path / backend)
+        assert result.rc == 0, (backend, result.err)
+        assert_same_sets(tmp_path / "loky", tmp_path / backend)
 
 
 def test_the_render_timeline_says_where_the_wall_time_went():
