@@ -17,7 +17,9 @@ from PIL import Image
 from synthgen.cli import main as synthgen_main
 from test_pack import make_sos_tree
 from vae.checkpoint import load_checkpoint, load_model_and_metadata, save_checkpoint
+from common.errors import UserError
 from vae.cli import main as train_main
+from vae.cli import make_parser
 
 TINY = ["--encoder", "8@4x4-1,16@4x4-2,16@4x4-2,32@4x4-2", "--decoder", "32@3x3-1,16@3x3-2,16@3x3-2,8@3x3-2",
         "--latent", "8", "--batch-size", "16", "--workers", "0", "--recon", "pixel"]
@@ -242,6 +244,53 @@ def test_a_setting_named_like_its_group_is_found_by_its_name():
 
 def _files(folder):
     return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_second_trainer_on_one_run_folder_is_refused(data, tmp_path, capsys):
+    """The same command started twice (a scheduler's retry): the second is refused at once, whether it starts
+    a run or continues one, and nothing of it reaches the folder."""
+    run = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from common.locks import FolderLock; "
+                               f"FolderLock({str(run)!r}, 'vae-train').acquire(); print('held', flush=True); "
+                               "sys.stdin.read()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                              env={**ENV, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        assert holder.stdout.readline() == "held\n"
+        capsys.readouterr()
+        assert train_main(["--data", str(data / "synth"), "--out", str(run), "--epochs", "1", *TINY]) == 1
+        err = capsys.readouterr().err
+        assert f"--out {run}: another vae-train (pid {holder.pid}) is training the run there now" in err
+        assert sorted(p.name for p in run.iterdir()) == [".vae-train.lock"]  # the holder's alone
+    finally:
+        holder.communicate("")  # it exits holding the lock: the file stays, the lock dies with the process
+    assert (run / ".vae-train.lock").exists()
+    assert train_main(["--data", str(data / "synth"), "--out", str(run), "--epochs", "1", *TINY]) == 0
+    assert not (run / ".vae-train.lock").exists() and (run / "last.pt").exists()
+
+
+def test_a_run_taken_over_between_the_checks_and_the_start_is_refused(data, tmp_path, capsys):
+    """Two commands that both passed their checks before either took the folder: the later one is refused
+    once it holds the folder, before it loads any data or writes anything."""
+    from vae.cli import new_run, resumed_run
+    from vae.train import train
+
+    run, args = tmp_path / "run", ["--data", str(data / "synth"), "--epochs", "1", *TINY]
+    parser_values = vars(make_parser().parse_args([*args, "--out", str(run)]))
+    parser_values.pop("resume")
+    late_new = new_run(parser_values)  # checked while the folder was empty
+    assert train_main([*args, "--out", str(run)]) == 0
+    before = _files(run)
+    with pytest.raises(UserError, match="another vae-train started a run there meanwhile"):
+        train(late_new, None, ["vae-train"])
+    resume_values = vars(make_parser().parse_args(["--out", str(run), "--resume", "--epochs", "3", "--workers", "0"]))
+    resume_values.pop("resume")
+    late_config, late_state = resumed_run(resume_values)  # read epoch 1 as the last
+    assert train_main(["--out", str(run), "--resume", "--epochs", "2", "--workers", "0"]) == 0
+    continued = _files(run)
+    assert continued != before
+    with pytest.raises(UserError, match="went on while this command started"):
+        train(late_config, late_state, ["vae-train"])
+    assert _files(run) == continued and load_checkpoint(run / "last.pt")["epoch"] == 2
 
 
 def test_a_copied_or_moved_run_resumes_in_place(data, tmp_path, capsys):

@@ -29,10 +29,11 @@ from tqdm import tqdm
 from common import streams
 from common.atomic import write_atomic
 from common.errors import UserError
+from common.locks import FolderLock
 from common.machine import describe as describe_machine
 from common.settings import to_dict
 from vae.augment import augment, to_float
-from vae.checkpoint import CheckpointError, save_checkpoint, saved_sets
+from vae.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, saved_sets
 from vae.config import TrainConfig
 from vae.data import (FeedChoice, Pool, Split, choose_feed, epoch_indices, make_feed, rank_batches,
                       split_pool)
@@ -406,26 +407,48 @@ def describe_run(run: Run, config: TrainConfig, runtime: Runtime, resume: bool, 
     return record
 
 
+def claim_run_folder(out: Path, last: dict | None) -> FolderLock:
+    """Hold the run folder for this process (common.locks): a second vae-train on it is refused, and so is this
+    one if another took the folder between the command's checks and now, starting a run there (`last` None)
+    or continuing it past `last`, the checkpoint this one would continue from."""
+    lock = FolderLock(out, "vae-train", doing="training the run there").acquire()
+    try:
+        if last is None and ((out / "last.pt").exists() or (out / "metrics.jsonl").exists()):
+            raise TrainingError(f"--out {out}: another vae-train started a run there meanwhile; add --resume to "
+                                "continue it, or choose another --out")
+        if last is not None and load_checkpoint(out / "last.pt", mmap=True)["epoch"] != last["epoch"]:
+            raise TrainingError(f"--resume: the run in {out} went on while this command started (another vae-train "
+                                "continued it); run the command again to continue from where it is now")
+    except BaseException:
+        lock.release(keep_folder=False)
+        raise
+    return lock
+
+
 def train(config: TrainConfig, last: dict | None, command: list[str]) -> int:
-    """Train the run in config.out, or continue it from `last`, its last checkpoint. The run folder appears
-    only once everything is set up: a run that fails to start leaves nothing behind."""
+    """Train the run in config.out, or continue it from `last`, its last checkpoint. The run folder is this
+    process's from the start (claim_run_folder), and a run that fails to start leaves nothing behind."""
     runtime = setup_runtime(config.runtime)
     resume = last is not None
+    out = Path(config.out)
+    lock, started = None, False
     try:
+        lock = claim_run_folder(out, last) if runtime.main else None  # under DDP, the processes are one run
         log = print if runtime.main else (lambda *a, **k: None)
-        out = Path(config.out)
         run = Run(config, runtime, last, log)
         if runtime.main:
-            out.mkdir(parents=True, exist_ok=True)
             if resume:
                 run.write_metrics()  # drop lines of an epoch that was cut off before its checkpoint
             record = describe_run(run, config, runtime, resume, command)
             write_atomic(out / "config.json", (json.dumps(record, indent=1) + "\n").encode())
+            started = True
         run.fit()
         log(f"done: {out / 'last.pt'}, {out / 'best.pt'} (best validation loss {run.best:.4g}), "
             f"{out / 'reconstruction.png'}, {out / 'loss_curves.png'}, {out / 'metrics.jsonl'}")
         return 0
     finally:
+        if lock is not None:
+            lock.release(keep_folder=started)
         runtime.close()
 
 

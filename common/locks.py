@@ -1,0 +1,71 @@
+"""One writer per output folder: a command that writes a folder over minutes or hours holds an exclusive lock
+on it, so that a second process started on the same folder (the same command run twice, a scheduler's
+retry) is refused at once instead of interleaving its files with the first one's.
+
+The lock is `flock` on a hidden file in the folder. It dies with its process (a killed command leaves no
+stale lock, only the file, which the next holder takes over) and is removed when released, so a finished
+folder holds nothing of it.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+from common.errors import UserError
+
+
+class FolderBusy(UserError):
+    """Another process holds the folder."""
+
+
+class FolderLock:
+    """An exclusive lock on `folder` (created if missing) for one command. `option` and `doing` word the
+    refusal: "--out RUN: another vae-train (pid 123) is training a run there now"."""
+
+    def __init__(self, folder, name: str, option: str = "--out", doing: str = "writing there"):
+        self.folder = Path(folder)
+        self.path = self.folder / f".{name}.lock"
+        self.name, self.option, self.doing = name, option, doing
+        self.created = False  # whether acquire made the folder (release then removes it, if left empty)
+        self.fd: int | None = None
+
+    def acquire(self) -> "FolderLock":
+        """Take the lock, or raise FolderBusy naming the process that holds it."""
+        if not self.folder.exists():
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self.created = True
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise FolderBusy(f"{self.option} {self.folder}: another {self.name} (pid {holder}) is {self.doing} "
+                                 f"now; wait for it to finish, or choose another {self.option}") from None
+            try:  # a holder that released meanwhile removed the file: this lock is on a file no one else opens
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+        return self
+
+    def release(self, keep_folder: bool = True) -> None:
+        """Give the lock up and remove its file; without `keep_folder`, also remove the folder if acquire made
+        it and nothing else is in it (a command that failed to start leaves nothing behind)."""
+        if self.fd is None:
+            return
+        self.path.unlink(missing_ok=True)  # while still held, so no one locks the file about to go
+        os.close(self.fd)
+        self.fd = None
+        if self.created and not keep_folder:
+            try:
+                self.folder.rmdir()
+            except OSError:  # not empty: something else was written there
+                pass
