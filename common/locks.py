@@ -4,15 +4,19 @@ retry) is refused at once instead of interleaving its files with the first one's
 
 The lock is `flock` on a hidden file in the folder. It dies with its process (a killed command leaves no
 stale lock, only the file, which the next holder takes over) and is removed when released, so a finished
-folder holds nothing of it.
+folder holds nothing of it. On a file system without locks the command runs as it did before, unguarded.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 from pathlib import Path
 
 from common.errors import UserError
+
+
+UNLOCKABLE = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS}  # what flock says where a file system has no locks
 
 
 class FolderBusy(UserError):
@@ -27,14 +31,14 @@ class FolderLock:
         self.folder = Path(folder)
         self.path = self.folder / f".{name}.lock"
         self.name, self.option, self.doing = name, option, doing
-        self.created = False  # whether acquire made the folder (release then removes it, if left empty)
+        self.created: list[Path] = []  # the folders acquire made, deepest last (release removes them, if empty)
         self.fd: int | None = None
 
     def acquire(self) -> "FolderLock":
         """Take the lock, or raise FolderBusy naming the process that holds it."""
-        if not self.folder.exists():
-            self.folder.mkdir(parents=True, exist_ok=True)
-            self.created = True
+        missing = [p for p in (self.folder, *self.folder.parents) if not p.exists()]
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.created = missing[::-1]
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
@@ -44,6 +48,11 @@ class FolderLock:
                 os.close(fd)
                 raise FolderBusy(f"{self.option} {self.folder}: another {self.name} (pid {holder}) is {self.doing} "
                                  f"now; wait for it to finish, or choose another {self.option}") from None
+            except OSError as exc:
+                if exc.errno not in UNLOCKABLE:
+                    os.close(fd)
+                    raise
+                break  # a file system without locks (some network and FUSE mounts): the command runs unguarded
             try:  # a holder that released meanwhile removed the file: this lock is on a file no one else opens
                 same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
             except FileNotFoundError:
@@ -57,15 +66,16 @@ class FolderLock:
         return self
 
     def release(self, keep_folder: bool = True) -> None:
-        """Give the lock up and remove its file; without `keep_folder`, also remove the folder if acquire made
-        it and nothing else is in it (a command that failed to start leaves nothing behind)."""
+        """Give the lock up and remove its file; without `keep_folder`, also remove the folders acquire made
+        where nothing else is in them (a command that failed to start leaves nothing behind)."""
         if self.fd is None:
             return
         self.path.unlink(missing_ok=True)  # while still held, so no one locks the file about to go
         os.close(self.fd)
         self.fd = None
-        if self.created and not keep_folder:
-            try:
-                self.folder.rmdir()
-            except OSError:  # not empty: something else was written there
-                pass
+        if not keep_folder:
+            for folder in reversed(self.created):
+                try:
+                    folder.rmdir()
+                except OSError:  # not empty: something else was written there
+                    break

@@ -198,9 +198,10 @@ def test_two_process_ddp_on_cpu(data, tmp_path, compile_args):
 ])
 def test_configuration_errors_are_clear(data, tmp_path, capsys, monkeypatch, extra, code, message):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
-    rc = train_main(["--data", str(data / "synth"), "--out", str(tmp_path / "run"), "--epochs", "1", *TINY, *extra])
+    out = tmp_path / "runs" / "run"
+    rc = train_main(["--data", str(data / "synth"), "--out", str(out), "--epochs", "1", *TINY, *extra])
     assert rc == code and message in capsys.readouterr().err
-    assert not (tmp_path / "run").exists()  # a run that fails to start leaves no folder behind
+    assert not (tmp_path / "runs").exists()  # a run that fails to start leaves no folder behind
 
 
 def test_a_run_whose_vgg_weights_are_gone_resumes_once_they_are_back(data, tmp_path, capsys):
