@@ -19,6 +19,11 @@ from common.errors import UserError
 UNLOCKABLE = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS}  # what flock says where a file system has no locks
 
 
+def lock_file_name(name: str) -> str:
+    """The name of the lock file that the command `name` keeps in the folder it holds."""
+    return f".{name}.lock"
+
+
 class FolderBusy(UserError):
     """Another process holds the folder."""
 
@@ -29,7 +34,7 @@ class FolderLock:
 
     def __init__(self, folder, name: str, option: str = "--out", doing: str = "writing there"):
         self.folder = Path(folder)
-        self.path = self.folder / f".{name}.lock"
+        self.path = self.folder / lock_file_name(name)
         self.name, self.option, self.doing = name, option, doing
         self.created: list[Path] = []  # the folders acquire made, deepest last (release removes them, if empty)
         self.fd: int | None = None
@@ -65,17 +70,16 @@ class FolderLock:
         self.fd = fd
         return self
 
-    def release(self, keep_folder: bool = True) -> None:
-        """Give the lock up and remove its file; without `keep_folder`, also remove the folders acquire made
-        where nothing else is in them (a command that failed to start leaves nothing behind)."""
+    def release(self) -> None:
+        """Give the lock up and remove its file, and the folders acquire made if nothing else was written in them
+        (a command that failed before writing anything leaves nothing behind)."""
         if self.fd is None:
             return
         self.path.unlink(missing_ok=True)  # while still held, so no one locks the file about to go
         os.close(self.fd)
         self.fd = None
-        if not keep_folder:
-            for folder in reversed(self.created):
-                try:
-                    folder.rmdir()
-                except OSError:  # not empty: something else was written there
-                    break
+        for folder in reversed(self.created):
+            try:
+                folder.rmdir()
+            except OSError:  # not empty: the command wrote there
+                break

@@ -43,7 +43,7 @@ from synthgen.scenes import StoredBackgrounds, check_store, make_store, read_sto
 from synthgen.shards import SCHEMA_VERSION, SHARD_FORMAT, ShardArrays, shard_path, write_shard
 from synthgen.sources import FolderBackgrounds, FolderObjects, Skipped, scan_backgrounds, scan_objects
 from synthgen.stats import label_summary, mask_summary
-from synthgen.writer import SetWriter
+from synthgen.writer import SetWriter, holding
 
 
 @dataclass
@@ -298,12 +298,13 @@ def build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | No
     that also goes into manifest.json."""
     started = time.perf_counter()
     likely_needed = run.overwrite or not looks_finished(out_dir, config.n)
-    with workers_starting(run, WORKER_MODULES, likely_needed) as workers_started:  # they start while this checks
-        return _build(config, run, out_dir, command, log, started, workers_started, scene_store)
+    with holding(out_dir) as lock:  # the folder is this command's from its first look into it to the end
+        with workers_starting(run, WORKER_MODULES, likely_needed) as workers_started:  # they start while this checks
+            return _build(config, run, out_dir, command, log, started, workers_started, scene_store, lock)
 
 
 def _build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | None, log, started: float,
-           workers_started, scene_store) -> dict:
+           workers_started, scene_store, lock) -> dict:
     out = Path(out_dir).resolve()
     sources = scan_sources(config)
     if scene_store is not None:
@@ -328,7 +329,7 @@ def _build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | N
                            "count": d["count"]}
                     for kind, d in (("objects", sources.description["objects"]),
                                     ("backgrounds", sources.description["backgrounds"]))},
-    }, log, sync_shards=not run.workers_sync)
+    }, log, sync_shards=not run.workers_sync, lock=lock)
     for item in sources.skipped:
         writer.report(item)
     previous = writer.existing() or {}

@@ -40,7 +40,7 @@ from synthgen.plan import draw_area_shares, stratified_cells
 from synthgen.reader import read_labels
 from synthgen.shards import SCHEMA_VERSION, SHARD_FORMAT, ShardArrays, shard_path, write_shard
 from synthgen.stats import label_summary
-from synthgen.writer import SetWriter
+from synthgen.writer import SetWriter, holding
 
 KIND = "dots"
 EXTRA_LABELS = ("field_area",)
@@ -220,12 +220,13 @@ def dots(config: DotConfig, run: RunOptions, out_dir, command: list[str] | None 
     """Build (or resume, or extend) a set of dot arrays in `out_dir`; returns the summary."""
     started = time.perf_counter()
     likely_needed = run.overwrite or not looks_finished(out_dir, config.n)
-    with workers_starting(run, WORKER_MODULES, likely_needed) as workers_started:  # they start while this checks
-        return _dots(config, run, out_dir, command, log, started, workers_started)
+    with holding(out_dir) as lock:  # the folder is this command's from its first look into it to the end
+        with workers_starting(run, WORKER_MODULES, likely_needed) as workers_started:  # they start while this checks
+            return _dots(config, run, out_dir, command, log, started, workers_started, lock)
 
 
 def _dots(config: DotConfig, run: RunOptions, out_dir, command: list[str] | None, log, started: float,
-          workers_started) -> dict:
+          workers_started, lock) -> dict:
     out = Path(out_dir).resolve()
     identity = build_identity(config.content_json(), {"source": f"{KIND}-v1"}, __version__, SCHEMA_VERSION)
     writer = SetWriter(out, {"format": MANIFEST_FORMAT, "schema_version": SCHEMA_VERSION,
@@ -233,7 +234,7 @@ def _dots(config: DotConfig, run: RunOptions, out_dir, command: list[str] | None
                              "command": command, "config": config.to_json(), "n_images": config.n,
                              "image_size": config.size, "n_shards": config.n_shards,
                              "extra_labels": list(EXTRA_LABELS), "levels": levels_of(config).tolist()}, log,
-                       sync_shards=not run.workers_sync)
+                       sync_shards=not run.workers_sync, lock=lock)
     done = writer.check(config.n_shards, run.overwrite,
                         lambda old: f"the dot design differs (was {old.get('command')})",
                         keep=lambda s, attrs: (attrs["first_index"], attrs["n_images"]) == config.shard_range(s),

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from common.atomic import write_atomic
+from common.locks import lock_file_name
 from synthgen.errors import OutputError
 from synthgen.prepared import PREPARED_DIR
 from synthgen.shards import SHARD_RE, TEMP_RE
@@ -19,10 +20,11 @@ MANIFEST = "manifest.json"
 SOURCES = "sources.json"
 INSPECT_DIR = "inspect"
 MANIFEST_FORMAT = "synthgen-manifest"
+LOCK_FILE = lock_file_name("synthgen")  # held while a command writes the folder (synthgen.writer.holding)
 
 
 def is_own_entry(name: str) -> bool:
-    return (name in (MANIFEST, SOURCES, INSPECT_DIR, PREPARED_DIR) or bool(SHARD_RE.fullmatch(name))
+    return (name in (MANIFEST, SOURCES, INSPECT_DIR, PREPARED_DIR, LOCK_FILE) or bool(SHARD_RE.fullmatch(name))
             or bool(TEMP_RE.fullmatch(name)) or name.startswith((f".{MANIFEST}.tmp", f".{SOURCES}.tmp")))
 
 

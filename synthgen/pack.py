@@ -33,7 +33,7 @@ from synthgen.reader import read_labels
 from synthgen.shards import SCHEMA_VERSION, SHARD_FORMAT, ShardArrays, shard_path, write_shard
 from synthgen.sources import IMAGE_EXTENSIONS, Skipped, _check_folder, list_fingerprint, load_photo, walk_files
 from synthgen.stats import count_histogram
-from synthgen.writer import SetWriter
+from synthgen.writer import SetWriter, holding
 
 TOP_CLASS = 4  # the class "4+": every count of 4 or more
 LABEL_RE = re.compile(r"(\d+)\+?")
@@ -194,12 +194,13 @@ def pack(config: PackConfig, run: RunOptions, out_dir, command: list[str] | None
     """Pack (or resume packing) natural images into `out_dir`; returns the summary."""
     started = time.perf_counter()
     likely_needed = run.overwrite or not looks_finished(out_dir)  # its number of images is known after the scan
-    with workers_starting(run, WORKER_MODULES, likely_needed) as workers_started:  # they start while this scans
-        return _pack(config, run, out_dir, command, log, started, workers_started)
+    with holding(out_dir) as lock:  # the folder is this command's from its first look into it to the end
+        with workers_starting(run, WORKER_MODULES, likely_needed) as workers_started:  # they start while this scans
+            return _pack(config, run, out_dir, command, log, started, workers_started, lock)
 
 
 def _pack(config: PackConfig, run: RunOptions, out_dir, command: list[str] | None, log, started: float,
-          workers_started) -> dict:
+          workers_started, lock) -> dict:
     out = Path(out_dir).resolve()
     root = _check_folder(config.root, "pack ROOT")
     if config.split_file:
@@ -226,7 +227,7 @@ def _pack(config: PackConfig, run: RunOptions, out_dir, command: list[str] | Non
                              "command": command, "config": config_json, "n_listed": len(items),
                              "image_size": config.size, "n_shards": n_shards,
                              "sources": {"root": str(root), "fingerprint": fingerprint, "labels": labels,
-                                         "count": len(items)}}, log, sync_shards=not run.workers_sync)
+                                         "count": len(items)}}, log, sync_shards=not run.workers_sync, lock=lock)
     for item in skipped:
         writer.report(item)
     done = writer.check(n_shards, run.overwrite, lambda old: differences(old, config, fingerprint, labels),

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -30,19 +31,35 @@ from tqdm import tqdm
 
 from common.atomic import fsync_path
 from common.cli import out_folder_problem
+from common.locks import FolderLock
 from synthgen.errors import OutputError, UsageError
-from synthgen.manifest import MANIFEST, is_own_entry, read_manifest, write_json_atomic
+from synthgen.manifest import LOCK_FILE, MANIFEST, is_own_entry, read_manifest, write_json_atomic
 from synthgen.parallel import this_machine
 from synthgen.shards import TEMP_RE, VERIFY_THREADS, content_checksum, read_attrs, shard_contents, shard_path
 from synthgen.sources import Skipped
 
 
+@contextmanager
+def holding(out_dir):
+    """The output folder's lock (common.locks) for a command, taken by `SetWriter.check` (at the first look
+    into the folder, once the inputs have been checked) and given up when the command ends: a second synthgen
+    writing the same folder meanwhile (the same command twice, or another set with --overwrite) is refused
+    rather than mixing its shards with this one's."""
+    lock = FolderLock(out_dir, "synthgen", doing="writing a set there")
+    try:
+        yield lock
+    finally:
+        lock.release()
+
+
 class SetWriter:
     """One output folder being written (main process)."""
 
-    def __init__(self, out, manifest: dict, log=print, sync_shards: bool = True):
-        """`sync_shards`: flush each finished shard to disk here (the workers wrote it without)."""
+    def __init__(self, out, manifest: dict, log=print, sync_shards: bool = True, lock: FolderLock | None = None):
+        """`sync_shards`: flush each finished shard to disk here (the workers wrote it without); `lock`: the
+        folder's lock (`holding`), taken by `check`."""
         self.out = Path(out)
+        self.lock = lock
         self.manifest = {**manifest, "complete": False}
         self.log = log
         self.skipped: dict[str, str] = {}  # every bad input met anywhere in the run, reported once
@@ -76,7 +93,9 @@ class SetWriter:
         problem = out_folder_problem(out)
         if problem:  # an --out that cannot be a folder is a bad argument, as in every other command
             raise UsageError(problem)
-        entries = sorted(p.name for p in out.iterdir()) if out.exists() else []
+        if self.lock is not None:
+            self.lock.acquire()
+        entries = sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE) if out.exists() else []
         if not entries:
             return set()
         foreign = [name for name in entries if not is_own_entry(name)]

@@ -79,6 +79,29 @@ def test_every_local_backend_offered_builds_the_same_set(synthgen, tmp_path):
         assert_same_sets(tmp_path / "loky", tmp_path / backend)
 
 
+def test_a_second_synthgen_writing_one_folder_is_refused(synthgen, tmp_path):
+    """Two commands on one --out at once (the same build twice, another set with --overwrite): the second is
+    refused when it first looks into the folder, once its own inputs have passed their checks."""
+    out = tmp_path / "set"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from common.locks import FolderLock; "
+                               f"FolderLock({str(out)!r}, 'synthgen').acquire(); print('held', flush=True); "
+                               "sys.stdin.read()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        assert holder.stdout.readline() == "held\n"
+        args = ["--n", 20, "--size", 32, "--no-progress", "--workers", 1, "--out", out]
+        for command in (["build", *args], ["build", *args, "--seed", 2, "--overwrite"], ["dots", *args]):
+            result = synthgen(*command)
+            assert result.rc == 1 and f"another synthgen (pid {holder.pid}) is writing a set there now" in result.err
+        bad = synthgen("build", *args, "--objects", tmp_path / "nowhere")  # its own error comes first
+        assert bad.rc == 2 and "folder does not exist" in bad.err
+        assert sorted(p.name for p in out.iterdir()) == [".synthgen.lock"]  # the holder's alone
+    finally:
+        holder.communicate("")
+    assert synthgen("build", *args).rc == 0
+    assert not (out / ".synthgen.lock").exists() and (out / "manifest.json").exists()
+
+
 def test_the_render_timeline_says_where_the_wall_time_went():
     # Two workers over 10 s: A renders shards of 3 and 4 s (done at 3 and 7), B of 6 and 3 s (done at 6
     # and 9); the flush of the last shard ends at 10. A has nothing left to take from 7 s on.

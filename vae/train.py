@@ -420,35 +420,35 @@ def claim_run_folder(out: Path, last: dict | None) -> FolderLock:
             raise TrainingError(f"--resume: the run in {out} went on while this command started (another vae-train "
                                 "continued it); run the command again to continue from where it is now")
     except BaseException:
-        lock.release(keep_folder=False)
+        lock.release()
         raise
     return lock
 
 
 def train(config: TrainConfig, last: dict | None, command: list[str]) -> int:
-    """Train the run in config.out, or continue it from `last`, its last checkpoint. The run folder is this
-    process's from the start (claim_run_folder), and a run that fails to start leaves nothing behind."""
+    """Train the run in config.out, or continue it from `last`, its last checkpoint. The run folder appears only
+    once everything is set up (a run that fails to start leaves nothing behind), and is this process's from
+    then on (claim_run_folder)."""
     runtime = setup_runtime(config.runtime)
     resume = last is not None
     out = Path(config.out)
-    lock, started = None, False
+    lock = None
     try:
-        lock = claim_run_folder(out, last) if runtime.main else None  # under DDP, the processes are one run
         log = print if runtime.main else (lambda *a, **k: None)
         run = Run(config, runtime, last, log)
-        if runtime.main:
+        if runtime.main:  # under DDP, the processes are one run, written by the first
+            lock = claim_run_folder(out, last)  # at its first write, once every input has been checked
             if resume:
                 run.write_metrics()  # drop lines of an epoch that was cut off before its checkpoint
             record = describe_run(run, config, runtime, resume, command)
             write_atomic(out / "config.json", (json.dumps(record, indent=1) + "\n").encode())
-            started = True
         run.fit()
         log(f"done: {out / 'last.pt'}, {out / 'best.pt'} (best validation loss {run.best:.4g}), "
             f"{out / 'reconstruction.png'}, {out / 'loss_curves.png'}, {out / 'metrics.jsonl'}")
         return 0
     finally:
         if lock is not None:
-            lock.release(keep_folder=started)
+            lock.release()
         runtime.close()
 
 
