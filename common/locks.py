@@ -1,6 +1,6 @@
 """One writer per output folder: a command that writes a folder over minutes or hours holds an exclusive lock
 on it, so that a second process started on the same folder (the same command run twice, a scheduler's
-retry) is refused at once instead of interleaving its files with the first one's.
+retry) is refused instead of interleaving its files with the first one's.
 
 The lock is `flock` on a hidden file in the folder. It dies with its process (a killed command leaves no
 stale lock, only the file, which the next holder takes over) and is removed when released, so a finished
