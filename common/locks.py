@@ -30,7 +30,7 @@ class FolderBusy(UserError):
 
 class FolderLock:
     """An exclusive lock on `folder` (created if missing) for one command. `option` and `doing` word the
-    refusal: "--out RUN: another vae-train (pid 123) is training a run there now"."""
+    refusal: "--out RUN: another vae-train (pid 123) is training the run there now"."""
 
     def __init__(self, folder, name: str, option: str = "--out", doing: str = "writing there"):
         self.folder = Path(folder)
