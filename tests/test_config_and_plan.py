@@ -5,7 +5,8 @@ import pytest
 
 from synthgen.config import BuildConfig, parse_color_shift, parse_counts, parse_range
 from synthgen.errors import UsageError
-from synthgen.plan import counts_for, draw_area_fraction, draw_area_shares, image_rng, image_seed, rotated_extent
+from synthgen.plan import (counts_for, draw_area_fraction, draw_area_shares, hull_extent, image_rng, image_seed,
+                           rotated_extent)
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -83,16 +84,12 @@ def test_area_draws_are_loguniform_and_shares_sum_to_one():
 
 
 def _extent_from_every_corner(alpha: np.ndarray, rotation: float) -> tuple[float, float]:
-    """rotated_extent as first written: the hull of the corners of every outline pixel (the oracle)."""
+    """rotated_extent as first written: the hull of the corners of every outline pixel (the oracle; only the
+    hull changed, so the turned boxes are measured by the same hull_extent)."""
     contours, _ = cv2.findContours((alpha > 0).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     centres = np.concatenate([c.reshape(-1, 2) for c in contours])
     corners = np.concatenate([centres + (dx, dy) for dx in (0, 1) for dy in (0, 1)])
-    hull = cv2.convexHull(corners.astype(np.float32)).reshape(-1, 2).astype(np.float64)
-    angles = np.radians(np.linspace(-rotation, rotation, 33))
-    cos, sin = np.cos(angles), np.sin(angles)
-    width = np.ptp(hull[:, :1] * cos + hull[:, 1:] * sin, axis=0)
-    height = np.ptp(-hull[:, :1] * sin + hull[:, 1:] * cos, axis=0)
-    return float(max(width.max(), height.max())), float((width * height).max())
+    return hull_extent(cv2.convexHull(corners.astype(np.float32)).reshape(-1, 2).astype(np.float64), rotation)
 
 
 def test_rotated_extent_is_the_hull_of_every_pixel_square():
