@@ -18,7 +18,7 @@ from common.cli import add_version, out_folder_problem, run
 from common.errors import UsageError
 from common.settings import (Parser, add_options, all_fields, flag_of, from_args, from_dict, given_names, show_value,
                              value_of)
-from vae.config import RANDOM_VGG, RELOCATABLE, RESUMABLE, TrainConfig
+from vae.config import RANDOM_VGG, RELOCATABLE, RESUMABLE, TrainConfig, holds_run
 
 
 def make_parser() -> Parser:
@@ -52,7 +52,7 @@ def new_run(given: dict) -> TrainConfig:
     problem = out_folder_problem(out)
     if problem:
         raise UsageError(problem)
-    if (out / "last.pt").exists() or (out / "metrics.jsonl").exists():
+    if holds_run(out):
         raise UsageError(f"--out {out}: already holds a run; add --resume to continue it, or choose another --out")
     return config
 

@@ -159,3 +159,8 @@ RESUMABLE = {"out", "epochs"} | set(RuntimeSettings.__dataclass_fields__)
 # What --resume may point elsewhere: the run's sets, moved or copied. The trainer checks that they are the
 # same sets (vae.train.sets_problem), so the run goes on with the very images and split it started with.
 RELOCATABLE = {"data", "natural"}
+
+
+def holds_run(folder: Path) -> bool:
+    """Whether `folder` holds a vae-train run: its last checkpoint, or the metrics of a run cut off before one."""
+    return (folder / "last.pt").exists() or (folder / "metrics.jsonl").exists()

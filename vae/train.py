@@ -34,7 +34,7 @@ from common.machine import describe as describe_machine
 from common.settings import to_dict
 from vae.augment import augment, to_float
 from vae.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, saved_sets
-from vae.config import TrainConfig
+from vae.config import TrainConfig, holds_run
 from vae.data import (FeedChoice, Pool, Split, choose_feed, epoch_indices, make_feed, rank_batches,
                       split_pool)
 from vae.losses import BernoulliLoss, Objective, PerceptualLoss, PixelLoss
@@ -413,7 +413,7 @@ def claim_run_folder(out: Path, last: dict | None) -> FolderLock:
     or continuing it past `last`, the checkpoint this one would continue from."""
     lock = FolderLock(out, "vae-train", doing="training the run there").acquire()
     try:
-        if last is None and ((out / "last.pt").exists() or (out / "metrics.jsonl").exists()):
+        if last is None and holds_run(out):
             raise TrainingError(f"--out {out}: another vae-train started a run there meanwhile; add --resume to "
                                 "continue it, or choose another --out")
         if last is not None and load_checkpoint(out / "last.pt", mmap=True)["epoch"] != last["epoch"]:
