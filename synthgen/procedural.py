@@ -210,7 +210,9 @@ def procedural_background(k: int, size: int) -> np.ndarray:
         lights = np.zeros((h, w, 3), np.float32)
         for _ in range(int(rng.integers(10, 30))):
             centre = (int(rng.integers(0, w)), int(rng.integers(0, h)))
-            cv2.circle(lights, centre, int(rng.integers(3, size // 8)), _hsv_colour(rng).tolist(), -1)
+            # below size 32 the radius range would be empty; from 32 on the draws are those of every earlier build
+            radius = int(rng.integers(3, max(size // 8, 4)))
+            cv2.circle(lights, centre, radius, _hsv_colour(rng).tolist(), -1)
         glow = 0.5 * cv2.GaussianBlur(lights, (0, 0), size / 60)
         planes = [top[c] * (1 - yy) + bottom[c] * yy + glow[..., c] for c in range(3)]
     else:  # grain: wood, curtains, fields

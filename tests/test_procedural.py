@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from common.streams import PROCEDURAL
-from synthgen.procedural import (PATTERNS, SCENES, _hsv_colour, _texture, fractal_noise, procedural_background,
+from synthgen.procedural import (N_BACKGROUNDS, PATTERNS, SCENES, _hsv_colour, _texture, fractal_noise, procedural_background,
                                  procedural_object, smooth_noise)
 
 
@@ -120,3 +120,14 @@ def test_object_surfaces_are_the_reference_images_bit_for_bit():
     assert {pattern: patterns.count(pattern) >= 3 for pattern in PATTERNS} == dict.fromkeys(PATTERNS, True)
     rgb, alpha = procedural_object(0)
     assert rgb.shape == (*alpha.shape, 3) and not rgb.flags.writeable
+
+
+
+def test_every_background_exists_at_the_smallest_sizes():
+    # the bokeh scene drew its light radii from an empty range below 32 px, which `--size 16` to 31 allow
+    scenes = [reference_background(k, 32)[1] for k in range(N_BACKGROUNDS)]
+    assert scenes.count("bokeh") >= 50
+    for size in (16, 23, 31):
+        for k in range(N_BACKGROUNDS):
+            image = procedural_background(k, size)
+            assert image.shape[0] == size and size <= image.shape[1] <= round(1.5 * size), (k, scenes[k])
