@@ -20,7 +20,7 @@ import torch
 from analysis import figures as draw
 from analysis.config import AnalysisConfig
 from analysis.controls import Decoding, NullResult, population_decoding, rotation_null
-from analysis.encode import check_checkpoints, encode_set, load_encoder
+from analysis.encode import check_checkpoints, encode_set, load_encoder, resize_notes
 from analysis.regression import AREA, NUMEROSITY
 from analysis.report import (report_markdown, run_row, run_summary, runs_markdown, runs_summary, write_dimensions,
                              write_runs_csv)
@@ -57,6 +57,7 @@ class RunAnalysis:
     null: NullResult | None
     decoding: list[Decoding]
     set_notes: list[str]
+    image_sizes: tuple[int, int] = (0, 0)  # the set's, the model's
     figures: dict[str, str] = field(default_factory=dict)
 
 
@@ -97,15 +98,19 @@ def analyse_latents(means: np.ndarray, labels: SetLabels, config: AnalysisConfig
 
 
 def analyse_run(checkpoint: str, label: str, shards: ShardSet, labels: SetLabels, config: AnalysisConfig,
-                out: Path, device, log=print) -> dict:
-    """One checkpoint: encode, analyse, write the folder; returns its summary."""
+                out: Path, device, log=print, notes: list[str] = ()) -> dict:
+    """One checkpoint: encode, analyse, write the folder; returns its summary. `notes`: on how this checkpoint
+    sees the set (analysis.encode.resize_notes), reported with the set's own."""
+    for note in notes:
+        log(f"analyze-area-vs-number: {label}: note: {note}")
     model, meta = load_encoder(checkpoint, device)
     means = encode_set(model, shards, device, config.batch_size, config.runtime.progress)
     units, selectivity, null, decoding = analyse_latents(means, labels, config)
     out.mkdir(parents=True, exist_ok=True)
     np.savez(out / "latents.npz", means=means, count=labels.count, area=labels.area)
     run = RunAnalysis(label, str(Path(checkpoint).resolve()), meta.get("epoch"), str(shards.root), len(shards),
-                      units, selectivity, null, decoding, set_notes(shards))
+                      units, selectivity, null, decoding, set_notes(shards) + list(notes),
+                      (shards.image_size, model.config.image_size))
     run.figures = write_figures(out, run, model, shards, means, labels, config, device)
     summary = run_summary(run, to_dict(config))
     write_dimensions(out / "dimensions.csv", run)
@@ -184,13 +189,14 @@ def analyse(config: AnalysisConfig, log=print) -> dict:
     """Analyse every checkpoint on the set; with several, also write the summary over runs."""
     out = Path(config.out)
     device = resolve_device(config.runtime.device)
-    check_checkpoints(config.checkpoint)
+    states = check_checkpoints(config.checkpoint)
     shards, labels = load_set(config)
+    notes = [resize_notes(state, path, [("--data", shards)]) for path, state in zip(config.checkpoint, states)]
     if len(config.checkpoint) == 1:
         return analyse_run(config.checkpoint[0], run_labels(config.checkpoint)[0], shards, labels, config, out,
-                           device, log)
-    summaries = [analyse_run(path, name, shards, labels, config, out / name, device, log)
-                 for path, name in zip(config.checkpoint, run_labels(config.checkpoint))]
+                           device, log, notes[0])
+    summaries = [analyse_run(path, name, shards, labels, config, out / name, device, log, run_notes)
+                 for path, name, run_notes in zip(config.checkpoint, run_labels(config.checkpoint), notes)]
     rows = [run_row(s) for s in summaries]
     stats = runs_summary(rows)
     write_runs_csv(out / "runs.csv", rows)

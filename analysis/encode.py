@@ -8,7 +8,8 @@ from tqdm import tqdm
 from common.errors import UsageError
 from synthgen import ShardSet
 from vae.augment import to_float
-from vae.checkpoint import CheckpointError, load_checkpoint, load_model_and_metadata, run_identity
+from vae.checkpoint import CheckpointError, load_checkpoint, load_model_and_metadata, run_identity, saved_sets
+from vae.model import ModelConfig
 
 
 def encode_set(model, shards: ShardSet, device: torch.device, batch_size: int = 256,
@@ -35,13 +36,45 @@ def load_encoder(checkpoint, device: torch.device):
     return model.to(device).eval(), meta
 
 
-def check_checkpoints(paths) -> None:
+def image_sizes(state: dict) -> tuple[int, set[int]]:
+    """The side a checkpoint's model works at, and those of the sets its run trained on (recorded from this
+    version on; empty before)."""
+    trained = {int(s["image_size"]) for s in saved_sets(state) or [] if "image_size" in s}
+    return ModelConfig.from_json(state["model_config"]).image_size, trained
+
+
+def resize_notes(state: dict, checkpoint, sets: list[tuple[str, ShardSet]]) -> list[str]:
+    """Notes on synthetic sets of another size than the run's own (every set is reduced to the model's size, but
+    their objects are drawn at another scale); refuses a set smaller than the model's images, which enlarging
+    would blur into images unlike any the encoder learnt from."""
+    model, trained = image_sizes(state)
+    suggested = max(trained) if trained and max(trained) >= model else model
+    notes = []
+    for option, shards in sets:
+        size = shards.image_size
+        if size < model:
+            raise UsageError(f"{option} {shards.root}: its images are {size} px and the model of {checkpoint} works "
+                             f"at {model} px; enlarged, they would show the encoder blurred images unlike those it "
+                             f"learnt from: build or pack the set at --size {suggested}")
+        # Older checkpoints do not record their sets' sizes: then nothing is noted. A photo pack at another size
+        # differs from one at the run's only by its resampling; synthetic objects are drawn at the set's size.
+        if trained and size not in trained and shards.kind != "natural":
+            notes.append(f"the images of {option} {shards.root} are {size} px and the run's own sets were "
+                         f"{', '.join(f'{t} px' for t in sorted(trained))} (the model works at {model} px): their "
+                         "objects were drawn at another scale before the reduction, so the encoder sees them "
+                         f"otherwise than in the images it learnt from; build the set at --size {suggested} to "
+                         "match them")
+    return notes
+
+
+def check_checkpoints(paths) -> list[dict]:
     """Refuse a missing, truncated or foreign checkpoint before any is used: with several runs, the last one
-    would otherwise fail after minutes of analysing the others. The tensors are mapped, not read.
+    would otherwise fail after minutes of analysing the others. The tensors are mapped, not read; the
+    checkpoints so read are returned, in order.
 
     Several checkpoints are several runs, summarised over (mean and sd): two of one run (its best.pt and
     last.pt, or a copy of it) are refused, since they would count one run twice."""
-    runs = {}
+    runs, states = {}, []
     for path in paths:
         try:
             state = load_checkpoint(path, mmap=True)
@@ -54,3 +87,5 @@ def check_checkpoints(paths) -> None:
                              "over runs would count it twice; give one checkpoint per run, or analyse them one at a "
                              "time")
         runs[identity] = path
+        states.append(state)
+    return states

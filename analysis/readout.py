@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from analysis.config import ReadoutConfig
-from analysis.encode import encode_set, load_encoder
+from analysis.encode import encode_set, load_encoder, resize_notes
 from analysis.figures import confusion_matrix
 from analysis.metrics import CLASSES, classification_report, count_class
 from common.atomic import write_atomic
@@ -214,10 +214,12 @@ def run(config: ReadoutConfig, log=print) -> dict:
     encoder, meta = load_encoder(config.checkpoint, device)
     # Every input is checked before the encoding, which takes minutes on a large set.
     train_sets, test_sets = open_sets(config.train, config, "--train"), open_sets(config.test, config, "--test")
+    notes = resize_notes(meta, config.checkpoint, [("--train", s) for s in train_sets] +
+                         [("--test", s) for s in test_sets])
     problem = overlap_problem(train_sets, test_sets)
     if problem:
         raise UsageError(problem)
-    notes = seen_by_the_vae(meta, test_sets)
+    notes += seen_by_the_vae(meta, test_sets)
     for note in notes:
         log(f"vae-subitize: note: {note}")
     y_all, y_test = count_classes(train_sets), count_classes(test_sets)

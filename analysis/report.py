@@ -51,6 +51,7 @@ def run_summary(run: "RunAnalysis", settings: dict) -> dict:
                            "beta_n": float(fit.beta_n[best[0]]), "beta_a": float(fit.beta_a[best[0]])},
         "null": run.null.summary() if run.null else None,
         "decoding": [d.summary() for d in run.decoding],
+        "image_size": {"set": run.image_sizes[0], "model": run.image_sizes[1]},
         "set_notes": run.set_notes, "figures": run.figures, "paper": PAPER_RESULT,
     }
     if run.selectivity is not None:
@@ -156,6 +157,12 @@ def _selectivity_section(run: "RunAnalysis") -> list[str]:
     return lines
 
 
+def _sizes(sizes: dict) -> str:
+    if sizes["set"] == sizes["model"]:
+        return f" of {sizes['set']} px"
+    return f" of {sizes['set']} px, reduced to the model's {sizes['model']} px by area averaging"
+
+
 def report_markdown(run: "RunAnalysis", summary: dict, criteria, bootstrap: int, seed: int) -> str:
     units = run.units
     header = ("| dimension | unit | R^2 | beta_N ± SE [95% bootstrap CI] | beta_A ± SE [95% bootstrap CI] |\n"
@@ -164,7 +171,7 @@ def report_markdown(run: "RunAnalysis", summary: dict, criteria, bootstrap: int,
     lines = [
         "# Area versus number", "",
         f"Checkpoint `{summary['checkpoint']}` (epoch {summary['model_epoch']}), set `{summary['data']}` "
-        f"({summary['n_images']} images).", "",
+        f"({summary['n_images']} images{_sizes(summary['image_size'])}).", "",
         "## Method",
         f"* Posterior means of {summary['latent']} latent dimensions; {summary['active_dims']} are active (variance "
         f"of the posterior mean over the set >= {criteria.active_threshold}); inactive and left out: "

@@ -15,6 +15,7 @@ from analysis.units import Criteria, find_units
 from synthgen import ShardSet
 from synthgen.cli import main as synthgen_main
 from test_pack import make_sos_tree
+from vae.checkpoint import load_checkpoint
 from vae.cli import main as train_main
 
 sm = pytest.importorskip("statsmodels.api", reason="statsmodels is a test dependency")
@@ -169,6 +170,8 @@ def test_analyze_area_vs_number_end_to_end(trained, tmp_path):
     assert any(name.startswith("profile_z") for name in summary["figures"])
     with np.load(out / "latents.npz") as latents:
         assert latents["means"].shape == (200, 8)
+    assert summary["image_size"] == {"set": 32, "model": 32} and summary["set_notes"] == []
+    assert "(200 images of 32 px)" in report
     kept = tmp_path / "log1p"
     assert analyse_main(["--checkpoint", str(trained / "run" / "best.pt"), "--data", str(trained / "analysis-set"),
                          "--out", str(kept), "--log1p", "--bootstrap", "0", "--no-progress"]) == 0
@@ -258,6 +261,32 @@ def test_a_test_set_the_vae_trained_on_is_noted(trained, tmp_path, capsys):
     assert json.loads((out / "readout.json").read_text())["notes"] == [note + ": the test scores images its encoder "
                                                                        "learnt from, without their labels"]
     assert f"**Note:** {note}" in (out / "table.md").read_text()
+
+
+def test_a_set_of_another_size_than_the_runs_is_noted(trained, tmp_path, capsys):
+    """Both analyses reduce a set's images to the model's size; a synthetic set made at another size than the
+    run's own shows the encoder its objects at another scale, which the log, report and results say."""
+    assert json.loads(load_checkpoint(trained / "run" / "best.pt")["data_sets"])[0]["image_size"] == 32
+    assert synthgen_main(["build", "--n", "200", "--seed", "5", "--same-object", "--source-objects", "15",
+                          "--max-occlusion", "0", "--area-range", "0.04-0.2", "--out", str(tmp_path / "set-40"),
+                          "--size", "40", "--no-progress", "--workers", "1"]) == 0
+    note = (f"the images of --data {tmp_path / 'set-40'} are 40 px and the run's own sets were 32 px (the model works "
+            "at 32 px): their objects were drawn at another scale before the reduction, so the encoder sees them "
+            "otherwise than in the images it learnt from; build the set at --size 32 to match them")
+    out = tmp_path / "analysis"
+    assert analyse_main(["--checkpoint", str(trained / "run" / "best.pt"), "--data", str(tmp_path / "set-40"),
+                         "--out", str(out), "--bootstrap", "0", "--null-rotations", "0", "--no-progress"]) == 0
+    assert f"analyze-area-vs-number: run-best: note: {note}" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["image_size"] == {"set": 40, "model": 32} and summary["set_notes"] == [note]
+    report = (out / "report.md").read_text()
+    assert "(200 images of 40 px, reduced to the model's 32 px by area averaging)" in report
+    assert f"## About the set\n\n* {note}." in report
+    assert readout_main(["--checkpoint", str(trained / "run" / "best.pt"), "--train", str(trained / "analysis-set"),
+                         "--test", str(tmp_path / "set-40"), "--out", str(tmp_path / "readout"), "--epochs", "2",
+                         "--no-progress"]) == 0
+    assert json.loads((tmp_path / "readout" / "readout.json").read_text())["notes"] == [
+        note.replace("--data", "--test")]
 
 
 def test_analysis_errors_are_clear(trained, tmp_path, capsys):

@@ -26,6 +26,7 @@ def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad-inputs")
     fast = ["--size", "32", "--no-progress", "--workers", "1"]
     assert synthgen_main(["build", "--n", "40", "--shard-size", "20", "--out", str(root / "set"), *fast]) == 0
+    assert synthgen_main(["build", "--n", "20", "--out", str(root / "set-16"), *fast, "--size", "16"]) == 0
     shutil.copytree(root / "set", root / "corrupt")
     flip_image_bytes(root / "corrupt" / "shard-00001.h5")
     (root / "photos" / "2").mkdir(parents=True)
@@ -79,6 +80,8 @@ def cases(r: Path):
         ("vae-train", [*train, "--lr", "-1"], 2, "--lr -1.0: must be > 0"),
         ("vae-train", [*train, "--encoder", "8@4x4"], 2, "--encoder 8@4x4: '8@4x4' is not in the N@KxK-S notation"),
         ("vae-train", [*train, "--device", "gpu"], 2, "--device gpu: give auto, cpu, cuda or cuda:N"),
+        ("vae-train", [*train, "--image-size", "48"], 2,
+         f"--image-size 48: the sets' images are 32 px ({r / 'set'}); enlarging them adds no detail"),
         ("vae-train", ["--out", str(r / "new-run")], 2, "--data: give one or more synthgen build folders"),
         ("vae-train", ["--data", str(r / "corrupt"), "--out", str(r / "new-run"), *TINY], 1,
          "shard-00001.h5: corrupted"),
@@ -118,6 +121,12 @@ def cases(r: Path):
          f"photos: 4 of {r / 'photos'} are in both)"),
         ("vae-subitize", [*subitize[:2], "--train", str(r / "set"), str(r / "set"), "--test", str(r / "one-class"),
                           "--out", a, "--no-progress"], 2, "give each set once"),
+        # a set of smaller images than the model's would reach the encoder enlarged, blurred
+        ("analyze-area-vs-number", [*analyse[:2], "--data", str(r / "set-16"), "--out", a, "--no-progress"], 2,
+         f"--data {r / 'set-16'}: its images are 16 px and the model of {ckpt} works at 32 px"),
+        ("vae-subitize", [*subitize[:4], "--test", str(r / "set-16"), "--out", a, "--no-progress"], 2,
+         f"--test {r / 'set-16'}: its images are 16 px and the model of {ckpt} works at 32 px; enlarged, they would "
+         "show the encoder blurred images unlike those it learnt from: build or pack the set at --size 32"),
         # every input is checked before the work on the first: the damaged --train set would be found while
         # encoding it, the missing --test set only after that; the second checkpoint only after analysing the first
         ("vae-subitize", [*subitize[:2], "--train", str(r / "corrupt"), "--test", str(r / "nowhere"), "--out", a,

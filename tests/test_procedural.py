@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from common.streams import PROCEDURAL
-from synthgen.procedural import (N_BACKGROUNDS, PATTERNS, SCENES, _hsv_colour, _texture, fractal_noise, procedural_background,
-                                 procedural_object, smooth_noise)
+from synthgen.procedural import (N_BACKGROUNDS, PATTERNS, SCENES, _hsv_colour, _texture, fractal_noise,
+                                 procedural_background, procedural_object, smooth_noise)
 
 
 def reference_texture(rng, side: int):

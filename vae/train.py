@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from common import streams
 from common.atomic import write_atomic
-from common.errors import UserError
+from common.errors import UsageError, UserError
 from common.locks import FolderLock
 from common.machine import describe as describe_machine
 from common.settings import to_dict
@@ -60,11 +60,13 @@ class Data:
     feed_choice: FeedChoice
 
     def sets(self) -> list[dict]:
-        """Every set the run reads, in order: the option that named it, where it is, its build identity and its
-        number of images. Equal identities and counts mean equal images (a smaller --n is a prefix of a larger
-        one), so these pin the images, the split and the order of the run wherever the sets lie."""
+        """Every set the run reads, in order: the option that named it, where it is, its build identity, its
+        number of images and their size. Equal identities and counts mean equal images (a smaller --n is a
+        prefix of a larger one), so these pin the images, the split and the order of the run wherever the sets
+        lie."""
         return [{"option": "--natural" if natural else "--data", "path": str(s.root), "identity": s.identity,
-                 "n_images": len(s)} for s, natural in zip(self.pool.sets, self.pool.natural_set)]
+                 "n_images": len(s), "image_size": s.image_size}
+                for s, natural in zip(self.pool.sets, self.pool.natural_set)]
 
 
 def sets_problem(saved: list[dict], now: list[dict]) -> str | None:
@@ -90,16 +92,22 @@ def sets_problem(saved: list[dict], now: list[dict]) -> str | None:
     return None
 
 
-def load_data(config: TrainConfig, runtime: Runtime) -> Data:
+def load_data(config: TrainConfig, runtime: Runtime, new: bool = True) -> Data:
+    """The run's sets, split and feed; a new run may reduce the sets' images (--image-size), never enlarge them."""
     data = config.data
     pool = Pool(data.data, data.natural, verify=config.runtime.verify_shards,
                 progress=config.runtime.progress and runtime.main)
+    size = config.model.image_size or pool.image_size
+    if new and size > pool.image_size:
+        raise UsageError(f"--image-size {size}: the sets' images are {pool.image_size} px ({pool.sets[0].root}); "
+                         "enlarging them adds no detail and trains the model on blurred images: train at "
+                         f"{pool.image_size} px or less, or build (or pack) the sets at --size {size}")
     split = split_pool(pool, config.training.seed, data.val_fraction, data.natural_drop)
     if split.validation.size == 0:
         raise TrainingError(f"--val-fraction {data.val_fraction}: no validation images; raise it or add data")
     choice = choose_feed(pool, runtime.device, config.runtime.data_on_device)
     feed = make_feed(pool, runtime.device, choice, config.runtime.workers)
-    return Data(pool, split, feed, config.model.image_size or pool.image_size, choice)
+    return Data(pool, split, feed, size, choice)
 
 
 def build_model(config: TrainConfig, image_size: int, runtime: Runtime) -> VAE:
@@ -146,7 +154,7 @@ class Run:
         self.out = Path(config.out)
         # The loss network before the data: a bad weights file is told at once, not after loading every image.
         self.reconstruction, self.vgg_record = build_reconstruction(config, runtime)
-        self.data = load_data(config, runtime)
+        self.data = load_data(config, runtime, new=last is None)
         self.model = build_model(config, self.data.image_size, runtime)
         training = config.training
         self.optimizer = build_optimizer(self.model, training.lr)
