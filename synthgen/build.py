@@ -35,7 +35,7 @@ from synthgen.masks import MaskRule
 from synthgen.parallel import (allow_growth, local_workers, parallel_backend, run_tasks, timeline, workers_starting,
                                workers_of)
 from synthgen.parts import Part, finish_part, plan_parts, run_set, write_from_parts
-from synthgen.plan import counts_for, largest_object_share, object_pool_order
+from synthgen.plan import counts_for, largest_object_share, object_pool_order, too_small_problem
 from synthgen.prepared import PREPARED_DIR, PreparedObjects, prepare_objects, store_dir
 from synthgen.procedural import N_BACKGROUNDS, N_OBJECTS, ProceduralBackgrounds, ProceduralObjects
 from synthgen.reader import read_labels
@@ -297,6 +297,9 @@ def build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | No
     decoded at the build's size (synthgen.scenes), made here if it does not hold them yet. Returns the summary
     that also goes into manifest.json."""
     started = time.perf_counter()
+    problem = too_small_problem(config)
+    if problem:
+        raise UsageError(problem)
     likely_needed = run.overwrite or not looks_finished(out_dir, config.n)
     with holding(out_dir) as lock:  # the folder is this command's from its first look into it to the end
         with workers_starting(run, WORKER_MODULES, likely_needed) as workers_started:  # they start while this checks

@@ -72,6 +72,33 @@ def object_pool_order(n_objects: int, seed: int) -> np.ndarray:
     return streams.rng(seed, streams.OBJECT_POOL).permutation(n_objects)
 
 
+MIN_OBJECT_PIXELS = 4  # an object given less area than a 2x2 square is a speck, not something one can count
+
+
+def smallest_object_share(config) -> float:
+    """The smallest area (a fraction of the canvas) any one object can be given: the bottom of --area-range,
+    in the scenes with the most objects, with the least favourable size jitter."""
+    most = max(config.counts)
+    j = config.size_jitter
+    return config.area_range[0] * (1 - j) / ((1 - j) + (most - 1) * (1 + j)) if most else 1.0
+
+
+def too_small_problem(config) -> str | None:
+    """Why the smallest objects of a build would be too small to count, and what to change; None if they are
+    not."""
+    share = smallest_object_share(config)
+    pixels = share * config.size**2
+    if pixels >= MIN_OBJECT_PIXELS:
+        return None
+    lowest = MIN_OBJECT_PIXELS / config.size**2 * config.area_range[0] / share
+    side = math.ceil(math.sqrt(MIN_OBJECT_PIXELS / share))
+    return (f"--area-range {config.area_range[0]:g}-{config.area_range[1]:g} at --size {config.size}: the smallest "
+            f"object (the bottom of the range shared by {max(config.counts)} objects, --size-jitter "
+            f"{config.size_jitter:g}) would cover {pixels:.2g} px, less than the {MIN_OBJECT_PIXELS} px of a 2x2 "
+            "square: a speck, not an object one can count. Raise the bottom of --area-range to "
+            f"{lowest:.2g} or more, or --size to {side} or more")
+
+
 def largest_object_share(config) -> float:
     """The largest area (a fraction of the canvas) any one object can be given: the top of --area-range,
     in the scenes with the fewest objects, with the most favourable size jitter."""

@@ -26,7 +26,8 @@ def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad-inputs")
     fast = ["--size", "32", "--no-progress", "--workers", "1"]
     assert synthgen_main(["build", "--n", "40", "--shard-size", "20", "--out", str(root / "set"), *fast]) == 0
-    assert synthgen_main(["build", "--n", "20", "--out", str(root / "set-16"), *fast, "--size", "16"]) == 0
+    assert synthgen_main(["build", "--n", "20", "--out", str(root / "set-16"), *fast, "--size", "16", "--area-range",
+                          "0.1-0.36"]) == 0
     shutil.copytree(root / "set", root / "corrupt")
     flip_image_bytes(root / "corrupt" / "shard-00001.h5")
     (root / "photos" / "2").mkdir(parents=True)
@@ -67,6 +68,8 @@ def cases(r: Path):
         ("synthgen", ["build", "--n", "5", "--out", str(r / "file.txt")], 2, "exists and is not a folder"),
         ("synthgen", ["dots", "--n", "5", "--out", str(r / "file.txt")], 2, "exists and is not a folder"),
         ("synthgen", ["build", "--n", "5", "--workers", "0", "--out", a], 2, "--workers 0"),
+        ("synthgen", ["build", "--n", "5", "--size", "16", "--area-range", "0.0001-0.0002", "--out", a], 2,
+         "--area-range 0.0001-0.0002 at --size 16: the smallest object"),
         ("synthgen", ["pack", str(r / "nowhere"), "--out", a], 2, "folder does not exist"),
         ("synthgen", ["pack", str(r / "photos"), "--out", file], 2, "exists and is not a folder"),
         ("synthgen", ["inspect", str(r / "corrupt"), "--no-progress"], 1, "shard-00001.h5: corrupted"),

@@ -1,12 +1,14 @@
 """Argument parsing and validation, and the scene plan (counts, seeds, area draws)."""
+import re
+
 import cv2
 import numpy as np
 import pytest
 
 from synthgen.config import BuildConfig, parse_color_shift, parse_counts, parse_range
 from synthgen.errors import UsageError
-from synthgen.plan import (counts_for, draw_area_fraction, draw_area_shares, hull_extent, image_rng, image_seed,
-                           rotated_extent)
+from synthgen.plan import (MIN_OBJECT_PIXELS, counts_for, draw_area_fraction, draw_area_shares, hull_extent,
+                           image_rng, image_seed, rotated_extent, smallest_object_share, too_small_problem)
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -117,3 +119,20 @@ def test_rotated_extent_is_the_hull_of_every_pixel_square():
             continue
         rotation = float(rng.choice([0.0, 3.5, 10.0, 45.0]))
         assert rotated_extent(alpha, rotation) == _extent_from_every_corner(alpha, rotation), trial
+
+
+def test_objects_too_small_to_count_are_refused_with_a_fix_that_works():
+    config = BuildConfig(n=10, size=16, area_range=(0.01, 0.2))
+    drawn = min(draw_area_shares(np.random.default_rng(k), 4, 0.15).min() for k in range(20000))
+    bound = smallest_object_share(config) / config.area_range[0]
+    assert bound <= drawn < 1.02 * bound  # the least share a drawn object gets, reached in the limit
+    problem = too_small_problem(config)
+    assert problem.startswith("--area-range 0.01-0.2 at --size 16: the smallest object (the bottom of the range "
+                              "shared by 4 objects, --size-jitter 0.15) would cover 0.51 px")
+    lowest, side = re.search(r"to (\S+) or more, or --size to (\d+) or more", problem).groups()
+    assert too_small_problem(BuildConfig(n=10, size=16, area_range=(float(lowest) * 1.01, 0.2))) is None
+    assert too_small_problem(BuildConfig(n=10, size=int(side), area_range=(0.01, 0.2))) is None
+    assert too_small_problem(BuildConfig(n=10, size=int(side) - 1, area_range=(0.01, 0.2))) is not None
+    for fine in (BuildConfig(n=10), BuildConfig(n=10, size=32, area_range=(0.02, 0.2)), BuildConfig(n=10, counts=(0,))):
+        assert too_small_problem(fine) is None
+    assert smallest_object_share(BuildConfig(n=10, size=32, area_range=(0.02, 0.2))) * 32**2 >= MIN_OBJECT_PIXELS
