@@ -9,7 +9,6 @@ summary over them.
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from analysis.selectivity import Selectivity, anova_moments, make_design, number
 from analysis.units import Criteria, UnitResult, find_units
 from common.cli import resolve_device
 from common.errors import UserError
+from common.jsontext import json_text
 from common.settings import to_dict
 from synthgen import ShardSet
 from vae.augment import to_float
@@ -114,7 +114,7 @@ def analyse_run(checkpoint: str, label: str, shards: ShardSet, labels: SetLabels
     run.figures = write_figures(out, run, model, shards, means, labels, config, device)
     summary = run_summary(run, to_dict(config))
     write_dimensions(out / "dimensions.csv", run)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
+    (out / "summary.json").write_text(json_text(summary))
     (out / "report.md").write_text(report_markdown(run, summary, criteria_of(config), config.bootstrap, config.seed))
     found = units.units
     chance = (f"; against {null.rotations} rotations: p = {null.p['best_numerosity_unit_r2']:.3f} (best numerosity "
@@ -204,7 +204,7 @@ def analyse(config: AnalysisConfig, log=print) -> dict:
     draw.runs_figure(rows, null_95th, out / "runs.png")
     overall = {"data": str(shards.root), "settings": to_dict(config), "runs": rows, "over_runs": stats,
                "figure": str(out / "runs.png")}
-    (out / "summary.json").write_text(json.dumps(overall, indent=1, default=float) + "\n")
+    (out / "summary.json").write_text(json_text(overall))
     (out / "report.md").write_text(runs_markdown(rows, stats, str(shards.root)))
     best = stats.get("best_r2", {})
     log(f"analyze-area-vs-number: {len(rows)} runs; best R^2 {best.get('mean', float('nan')):.3f} ± "

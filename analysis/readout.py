@@ -24,6 +24,7 @@ from analysis.metrics import CLASSES, classification_report, count_class
 from common.atomic import write_atomic
 from common.cli import resolve_device
 from common.errors import UsageError, UserError
+from common.jsontext import json_text
 from common.settings import to_dict
 from synthgen import ShardSet
 from synthgen.manifest import SOURCES
@@ -254,7 +255,7 @@ def run(config: ReadoutConfig, log=print) -> dict:
                             "softmax score (scikit-learn's average_precision_score)",
               "published": {k: {"values": list(v), "measure": m} for k, (v, m) in PUBLISHED.items()},
               "notes": notes}
-    (out / "readout.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / "readout.json").write_text(json_text(result))
     confusion_matrix(np.array(test_report["confusion"]), CLASSES, out / "confusion.png",
                      f"test set: accuracy {test_report['accuracy']:.1%}, mean AP {test_report['mean_ap']:.1%}")
     buffer = io.BytesIO()

@@ -13,6 +13,7 @@ import numpy as np
 
 from analysis.regression import AREA, NUMEROSITY
 from analysis.selectivity import TERMS
+from common.jsontext import finite
 
 if TYPE_CHECKING:
     from analysis.area_vs_number import RunAnalysis
@@ -87,14 +88,19 @@ def write_dimensions(path: Path, run: "RunAnalysis") -> None:
     with open(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[int(units.dims[0])].keys()))
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(finite(rows))  # an undefined value (no bootstrap) as an empty cell, read as missing
+
+
+def _interval(lo: float, hi: float, sign: str = "+") -> str:
+    """` [lo, hi]`, or nothing where no bootstrap was run (--bootstrap 0)."""
+    return "" if math.isnan(lo) else f" [{lo:{sign}.3f}, {hi:{sign}.3f}]"
 
 
 def _unit_row(run: "RunAnalysis", k: int) -> str:
     fit, ci, dims, labels = run.units.fit, run.units.ci, run.units.dims, run.units.labels
-    return (f"| z{dims[k]} | {labels[k] or '-'} | {fit.r2[k]:.3f} | {fit.beta_n[k]:+.3f} ± {fit.se_n[k]:.3f} "
-            f"[{ci[0, 0, k]:+.3f}, {ci[1, 0, k]:+.3f}] | {fit.beta_a[k]:+.3f} ± {fit.se_a[k]:.3f} "
-            f"[{ci[0, 1, k]:+.3f}, {ci[1, 1, k]:+.3f}] |")
+    return (f"| z{dims[k]} | {labels[k] or '-'} | {fit.r2[k]:.3f} | {fit.beta_n[k]:+.3f} ± {fit.se_n[k]:.3f}"
+            f"{_interval(ci[0, 0, k], ci[1, 0, k])} | {fit.beta_a[k]:+.3f} ± {fit.se_a[k]:.3f}"
+            f"{_interval(ci[0, 1, k], ci[1, 1, k])} |")
 
 
 def _null_section(run: "RunAnalysis") -> list[str]:
@@ -120,12 +126,15 @@ def _null_section(run: "RunAnalysis") -> list[str]:
 
 
 def _decoding_section(run: "RunAnalysis") -> list[str]:
+    bootstrapped = any(not math.isnan(d.ci[0]) for d in run.decoding)
     lines = ["", "## Population decoding", "",
              "Cross-validated ridge regression (features standardised per training fold, penalty by leave-one-out "
-             "on the training fold); R^2 over the out-of-fold predictions, 95% bootstrap interval over images.", "",
-             "| target | from | dimensions | R^2 [95% CI] | folds |", "|---|---|---|---|---|"]
+             "on the training fold); R^2 over the out-of-fold predictions"
+             + (", 95% bootstrap interval over images." if bootstrapped else " (no bootstrap: --bootstrap 0)."), "",
+             f"| target | from | dimensions | R^2{' [95% CI]' if bootstrapped else ''} | folds |",
+             "|---|---|---|---|---|"]
     for d in run.decoding:
-        lines.append(f"| {d.target} | {d.features} | {d.n_features} | {d.r2:.3f} [{d.ci[0]:.3f}, {d.ci[1]:.3f}] | "
+        lines.append(f"| {d.target} | {d.features} | {d.n_features} | {d.r2:.3f}{_interval(*d.ci, sign='')} | "
                      f"{d.folds} |")
     return lines
 
@@ -165,7 +174,8 @@ def _sizes(sizes: dict) -> str:
 
 def report_markdown(run: "RunAnalysis", summary: dict, criteria, bootstrap: int, seed: int) -> str:
     units = run.units
-    header = ("| dimension | unit | R^2 | beta_N ± SE [95% bootstrap CI] | beta_A ± SE [95% bootstrap CI] |\n"
+    interval = " [95% bootstrap CI]" if bootstrap else ""
+    header = (f"| dimension | unit | R^2 | beta_N ± SE{interval} | beta_A ± SE{interval} |\n"
               "|---|---|---|---|---|")
     found = [k for k in units.best if units.labels[k]]
     lines = [
@@ -262,4 +272,4 @@ def write_runs_csv(path: Path, rows: list[dict]) -> None:
     with open(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0].keys()))
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(finite(rows))

@@ -13,11 +13,11 @@ from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
 from synthgen.manifest import write_json_atomic  # noqa: E402
 from synthgen.reader import ShardSet  # noqa: E402
-from synthgen.stats import count_histogram, label_summary, source_area_association  # noqa: E402
+from synthgen.stats import count_histogram, corr_text, label_summary, source_area_association  # noqa: E402
 
 
 def plot_count_vs_area(count: np.ndarray, target: np.ndarray, visible: np.ndarray, size: int, path,
-                       corr_visible: float) -> None:
+                       corr_visible: float | None) -> None:
     """Three panels: the count histogram, N against visible area A, and log A per N."""
     canvas = size * size
     values = np.unique(count)
@@ -32,7 +32,7 @@ def plot_count_vs_area(count: np.ndarray, target: np.ndarray, visible: np.ndarra
     medians = [np.median(visible[count == v] / canvas) for v in nonzero]
     axes[1].plot(nonzero, medians, "o-", color="#c44e52", label="median")
     axes[1].set(yscale="log", xlabel="number of objects N", ylabel="visible cumulative area A (fraction of canvas)",
-                title=f"N against A: corr(log N, log A) = {corr_visible:+.3f}", xticks=values)
+                title=f"N against A: corr(log N, log A) = {corr_text(corr_visible)}", xticks=values)
     if (~with_objects).any():
         axes[1].text(0.01, 0.02, f"{int((~with_objects).sum())} images with N = 0 (A = 0) not shown",
                      transform=axes[1].transAxes, fontsize=8)

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from common.atomic import write_atomic
+from common.jsontext import json_text
 from common.locks import lock_file_name
 from synthgen.errors import OutputError
 from synthgen.prepared import PREPARED_DIR
@@ -29,7 +30,7 @@ def is_own_entry(name: str) -> bool:
 
 
 def write_json_atomic(path, data) -> None:
-    write_atomic(path, (json.dumps(data, indent=1) + "\n").encode())
+    write_atomic(path, json_text(data).encode())
 
 
 def read_manifest(out_dir) -> dict | None:

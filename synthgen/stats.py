@@ -6,15 +6,20 @@ import math
 import numpy as np
 
 
-def corr_log(count: np.ndarray, area: np.ndarray) -> float:
-    """Pearson correlation of log N and log A over images with N >= 1 (log 0 is undefined)."""
+def corr_log(count: np.ndarray, area: np.ndarray) -> float | None:
+    """Pearson correlation of log N and log A over images with N >= 1 (log 0 is undefined); None where it is
+    undefined: fewer than 3 such images, or one count (or one area) among them."""
     keep = (count > 0) & (area > 0)
     if keep.sum() < 3:
-        return math.nan
+        return None
     x, y = np.log(count[keep]), np.log(area[keep])
     if x.std() == 0 or y.std() == 0:
-        return math.nan
+        return None
     return float(np.corrcoef(x, y)[0, 1])
+
+
+def corr_text(r: float | None) -> str:
+    return "undefined" if r is None else f"{r:+.3f}"
 
 
 def _quantiles(values: np.ndarray) -> dict:
@@ -54,8 +59,8 @@ def summary_lines(summary: dict) -> list[str]:
             lines.append(f"{label:<17} {q['min']:.1%} .. {q['max']:.1%} of the canvas (median {q['median']:.1%}, "
                          f"5-95% {q['p05']:.1%} .. {q['p95']:.1%}), images with N >= 1")
     r = summary["corr_log_count_log_area"]
-    lines.append(f"corr(log N, log A) {r['visible']:+.3f} visible, {r['target']:+.3f} target (N >= 1; near 0 means "
-                 "area and number are independent)")
+    lines.append(f"corr(log N, log A) {corr_text(r['visible'])} visible, {corr_text(r['target'])} target (N >= 1; "
+                 "near 0 means area and number are independent; undefined with one count or one area)")
     association = summary.get("source_area_association")
     if association:
         lines.append(f"objects vs area   Cramer's V {association['cramers_v']:.3f}, chi-square p "

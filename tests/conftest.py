@@ -98,8 +98,17 @@ def read_set(out_dir) -> dict[str, np.ndarray]:
     return {name: np.concatenate(chunks) if name != "object_offset" else chunks for name, chunks in parts.items()}
 
 
+def not_json(constant: str):
+    raise AssertionError(f"{constant} is not JSON (RFC 8259): many readers refuse the file")
+
+
+def strict_json(path):
+    """A JSON file read as strict readers (R's jsonlite, JavaScript) read it: NaN or Infinity fails."""
+    return json.loads(Path(path).read_text(), parse_constant=not_json)
+
+
 def manifest_of(out_dir) -> dict:
-    return json.loads((Path(out_dir) / "manifest.json").read_text())
+    return strict_json(Path(out_dir) / "manifest.json")
 
 
 def assert_same_sets(one, two) -> None:

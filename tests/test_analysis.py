@@ -1,5 +1,6 @@
 """The analyses checked against known answers: planted units, statsmodels, scikit-learn, end to end."""
 import json
+import re
 import shutil
 
 import numpy as np
@@ -12,6 +13,7 @@ from analysis.metrics import average_precision, classification_report, count_cla
 from analysis.readout import class_weights, shared_images, stratified_split
 from analysis.regression import bootstrap_betas, fit_eq3, make_predictors, standardise
 from analysis.units import Criteria, find_units
+from conftest import strict_json
 from synthgen import ShardSet
 from synthgen.cli import main as synthgen_main
 from test_pack import make_sos_tree
@@ -149,7 +151,7 @@ def test_analyze_area_vs_number_end_to_end(trained, tmp_path):
     out = tmp_path / "analysis"
     assert analyse_main(["--checkpoint", str(trained / "run" / "best.pt"), "--data", str(trained / "analysis-set"),
                          "--out", str(out), "--bootstrap", "200", "--no-progress"]) == 0
-    summary = json.loads((out / "summary.json").read_text())
+    summary = strict_json(out / "summary.json")
     assert summary["fit_images"] + summary["excluded_n0_images"] == 200 and summary["excluded_n0_images"] == 40
     report = (out / "report.md").read_text()
     assert "left out (log 0 is undefined)" in report
@@ -175,7 +177,11 @@ def test_analyze_area_vs_number_end_to_end(trained, tmp_path):
     kept = tmp_path / "log1p"
     assert analyse_main(["--checkpoint", str(trained / "run" / "best.pt"), "--data", str(trained / "analysis-set"),
                          "--out", str(kept), "--log1p", "--bootstrap", "0", "--no-progress"]) == 0
-    assert json.loads((kept / "summary.json").read_text())["fit_images"] == 200
+    unbootstrapped = strict_json(kept / "summary.json")  # the intervals it has not got are null, not NaN
+    assert unbootstrapped["fit_images"] == 200 and unbootstrapped["decoding"][0]["ci95"] == [None, None]
+    for name in ("report.md", "dimensions.csv"):
+        assert not re.search(r"\bnan\b", (kept / name).read_text(), re.IGNORECASE), name
+    assert ",,," in (kept / "dimensions.csv").read_text()  # empty cells, which csv readers take as missing
 
 
 def test_several_runs_get_a_folder_each_and_a_summary_over_them(trained, tmp_path):
@@ -183,10 +189,10 @@ def test_several_runs_get_a_folder_each_and_a_summary_over_them(trained, tmp_pat
     checkpoints = [str(trained / "run" / "best.pt"), str(trained / "run-seed1" / "best.pt")]
     assert analyse_main(["--checkpoint", *checkpoints, "--data", str(trained / "analysis-set"), "--out", str(out),
                          "--bootstrap", "50", "--null-rotations", "50", "--no-progress"]) == 0
-    summary = json.loads((out / "summary.json").read_text())
+    summary = strict_json(out / "summary.json")
     assert [row["label"] for row in summary["runs"]] == ["run-best", "run-seed1-best"]
     for row in summary["runs"]:
-        run = json.loads((out / row["label"] / "summary.json").read_text())
+        run = strict_json(out / row["label"] / "summary.json")
         assert row["best_r2"] == run["best_dimension"]["r2"] and row["p_best_r2"] == run["null"]["p"]["best_r2"]
     values = [row["best_r2"] for row in summary["runs"]]
     assert summary["over_runs"]["best_r2"]["mean"] == pytest.approx(np.mean(values))
@@ -212,7 +218,7 @@ def test_subitize_end_to_end(trained, tmp_path):
     assert readout_main(["--checkpoint", str(trained / "run" / "best.pt"), "--train", str(trained / "train"),
                          "--test", str(trained / "analysis-set"), "--out", str(out), "--epochs", "40",
                          "--no-progress"]) == 0
-    result = json.loads((out / "readout.json").read_text())
+    result = strict_json(out / "readout.json")
     assert result["images"] == {"train": 270, "validation": 30, "test": 200}
     assert result["notes"] == []  # the VAE trained on --train's images, never on --test's
     assert len(result["test"]["ap"]) == 5 and 0 <= result["test"]["mean_ap"] <= 1
@@ -258,7 +264,7 @@ def test_a_test_set_the_vae_trained_on_is_noted(trained, tmp_path, capsys):
     note = (f"the VAE was trained on images of --test {trained / 'train'} (--data {trained / 'train'}: the same "
             "build: its first 300 images are the same)")
     assert f"vae-subitize: note: {note}" in capsys.readouterr().out
-    assert json.loads((out / "readout.json").read_text())["notes"] == [note + ": the test scores images its encoder "
+    assert strict_json(out / "readout.json")["notes"] == [note + ": the test scores images its encoder "
                                                                        "learnt from, without their labels"]
     assert f"**Note:** {note}" in (out / "table.md").read_text()
 
@@ -277,7 +283,7 @@ def test_a_set_of_another_size_than_the_runs_is_noted(trained, tmp_path, capsys)
     assert analyse_main(["--checkpoint", str(trained / "run" / "best.pt"), "--data", str(tmp_path / "set-40"),
                          "--out", str(out), "--bootstrap", "0", "--null-rotations", "0", "--no-progress"]) == 0
     assert f"analyze-area-vs-number: run-best: note: {note}" in capsys.readouterr().out
-    summary = json.loads((out / "summary.json").read_text())
+    summary = strict_json(out / "summary.json")
     assert summary["image_size"] == {"set": 40, "model": 32} and summary["set_notes"] == [note]
     report = (out / "report.md").read_text()
     assert "(200 images of 40 px, reduced to the model's 32 px by area averaging)" in report
@@ -285,7 +291,7 @@ def test_a_set_of_another_size_than_the_runs_is_noted(trained, tmp_path, capsys)
     assert readout_main(["--checkpoint", str(trained / "run" / "best.pt"), "--train", str(trained / "analysis-set"),
                          "--test", str(tmp_path / "set-40"), "--out", str(tmp_path / "readout"), "--epochs", "2",
                          "--no-progress"]) == 0
-    assert json.loads((tmp_path / "readout" / "readout.json").read_text())["notes"] == [
+    assert strict_json(tmp_path / "readout" / "readout.json")["notes"] == [
         note.replace("--data", "--test")]
 
 

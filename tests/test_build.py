@@ -379,7 +379,9 @@ def test_which_objects_appear_does_not_depend_on_the_area(synthgen, tmp_path):
 
 def test_a_set_of_empty_scenes(synthgen, tmp_path):
     out = tmp_path / "empty"
-    assert synthgen("build", "--n", 12, "--count", "0", "--out", out, *FAST).rc == 0
+    result = synthgen("build", "--n", 12, "--count", "0", "--out", out, *FAST)
+    assert result.rc == 0 and "corr(log N, log A) undefined visible, undefined target" in result.out
+    assert manifest_of(out)["summary"]["corr_log_count_log_area"] == {"target": None, "visible": None}
     data = read_set(out)
     assert not data["count"].any() and data["objects/box"].shape == (0, 4)
     assert synthgen("verify", out, "--no-progress").rc == 0

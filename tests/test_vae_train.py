@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import not_json, strict_json
 from synthgen.cli import main as synthgen_main
 from test_pack import make_sos_tree
 from vae.checkpoint import load_checkpoint, load_model_and_metadata, save_checkpoint
@@ -48,7 +49,7 @@ def data(tmp_path_factory):
 
 
 def metrics(run):
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [json.loads(line, parse_constant=not_json) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 def train_process(*args):
@@ -73,7 +74,7 @@ def test_run_folder_checkpoints_and_natural_mixing(data, tmp_path, capsys):
     for png in ("reconstruction.png", "loss_curves.png"):
         with Image.open(run / png) as image:
             assert image.width > 500 and np.asarray(image.convert("L")).std() > 5
-    config = json.loads((run / "config.json").read_text())
+    config = strict_json(run / "config.json")
     assert config["train"]["loss"]["beta"] == 0.03 and config["parameters"]["total"] > 0 and config["world_size"] == 1
     assert config["data"]["natural_train"] > 0
     assert f"torch {torch.__version__}" in config["machine"] and "CUDA" not in config["machine"]  # trained on CPU
@@ -178,7 +179,7 @@ def test_two_process_ddp_on_cpu(data, tmp_path, compile_args):
                *compile_args]
     result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    config = json.loads((run / "config.json").read_text())
+    config = strict_json(run / "config.json")
     assert config["world_size"] == 2
     records = metrics(run)
     train_images = config["data"]["synthetic_train"]

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from common import streams
 from common.atomic import write_atomic
 from common.errors import UsageError, UserError
+from common.jsontext import json_text
 from common.locks import FolderLock
 from common.machine import describe as describe_machine
 from common.settings import to_dict
@@ -360,7 +361,8 @@ class Run:
             save_checkpoint(self.out / "best.pt", self._state())
 
     def write_metrics(self) -> None:
-        write_atomic(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.history).encode())
+        lines = "".join(json_text(record, indent=None) + "\n" for record in self.history)
+        write_atomic(self.out / "metrics.jsonl", lines.encode())
 
     def figures(self) -> None:
         """Inputs against their posterior-mean reconstructions, and the loss curves (main process)."""
@@ -449,7 +451,7 @@ def train(config: TrainConfig, last: dict | None, command: list[str]) -> int:
             if resume:
                 run.write_metrics()  # drop lines of an epoch that was cut off before its checkpoint
             record = describe_run(run, config, runtime, resume, command)
-            write_atomic(out / "config.json", (json.dumps(record, indent=1) + "\n").encode())
+            write_atomic(out / "config.json", json_text(record).encode())
         run.fit()
         log(f"done: {out / 'last.pt'}, {out / 'best.pt'} (best validation loss {run.best:.4g}), "
             f"{out / 'reconstruction.png'}, {out / 'loss_curves.png'}, {out / 'metrics.jsonl'}")
