@@ -20,7 +20,7 @@ from analysis import figures as draw
 from analysis.config import AnalysisConfig
 from analysis.controls import Decoding, NullResult, population_decoding, rotation_null
 from analysis.encode import check_checkpoints, encode_set, load_encoder, resize_notes
-from analysis.regression import AREA, NUMEROSITY
+from analysis.regression import AREA, NUMEROSITY, make_predictors
 from analysis.report import (report_markdown, run_row, run_summary, runs_markdown, runs_summary, write_dimensions,
                              write_runs_csv)
 from analysis.selectivity import Selectivity, anova_moments, make_design, number_selectivity
@@ -78,6 +78,27 @@ def set_notes(shards: ShardSet) -> list[str]:
     return notes
 
 
+CONFOUNDED_R = 0.3  # |r| of log N and log A from which a set separates them visibly less well (README)
+
+
+def confound_note(labels: SetLabels, config: AnalysisConfig) -> str | None:
+    """A note when the set's log N and log A are correlated over the images Eq. 3 fits: it then separates them
+    less well, whatever the code. The paper's set draws the area independently of N (r near 0). Refuses a set
+    whose log N or log A does not vary, before anything is encoded."""
+    try:
+        predictors = make_predictors(labels.count, labels.area, config.log1p)
+    except ValueError as exc:
+        raise UserError(f"--data {config.data}: {exc}") from None
+    r = predictors.correlation
+    if abs(r) < CONFOUNDED_R:
+        return None
+    cause = (" (with --log1p, the N = 0 images sit at 0 on both)" if config.log1p else "")
+    return (f"log N and log A are correlated over the fitted images (r = {r:+.2f}){cause}: Eq. 3 separates number "
+            f"from area less well here, the standard errors of its betas are {1 / np.sqrt(1 - r * r):.2f}x those of "
+            "an uncorrelated set of the same size, and a dimension coding either shows part of the other; the "
+            "paper's analysis set draws the area independently of N (synthgen build, r near 0)")
+
+
 def analyse_latents(means: np.ndarray, labels: SetLabels, config: AnalysisConfig) -> tuple[UnitResult, Selectivity,
                                                                                             NullResult | None,
                                                                                             list[Decoding]]:
@@ -99,8 +120,9 @@ def analyse_latents(means: np.ndarray, labels: SetLabels, config: AnalysisConfig
 
 def analyse_run(checkpoint: str, label: str, shards: ShardSet, labels: SetLabels, config: AnalysisConfig,
                 out: Path, device, log=print, notes: list[str] = ()) -> dict:
-    """One checkpoint: encode, analyse, write the folder; returns its summary. `notes`: on how this checkpoint
-    sees the set (analysis.encode.resize_notes), reported with the set's own."""
+    """One checkpoint: encode, analyse, write the folder; returns its summary. `notes`: on the set's labels
+    (confound_note) and how this checkpoint sees the set (analysis.encode.resize_notes), reported with the
+    set's own."""
     for note in notes:
         log(f"analyze-area-vs-number: {label}: note: {note}")
     model, meta = load_encoder(checkpoint, device)
@@ -191,7 +213,9 @@ def analyse(config: AnalysisConfig, log=print) -> dict:
     device = resolve_device(config.runtime.device)
     states = check_checkpoints(config.checkpoint)
     shards, labels = load_set(config)
-    notes = [resize_notes(state, path, [("--data", shards)]) for path, state in zip(config.checkpoint, states)]
+    confound = confound_note(labels, config)
+    notes = [[confound] * bool(confound) + resize_notes(state, path, [("--data", shards)])
+             for path, state in zip(config.checkpoint, states)]
     if len(config.checkpoint) == 1:
         return analyse_run(config.checkpoint[0], run_labels(config.checkpoint)[0], shards, labels, config, out,
                            device, log, notes[0])

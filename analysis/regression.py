@@ -25,6 +25,11 @@ class Predictors:
     transform: str  # "log" (N = 0 images left out) or "log1p"
     excluded_zero: int  # images left out because N = 0
 
+    @property
+    def correlation(self) -> float:
+        """Pearson's r of the two predictors over the fitted images (both are standardised)."""
+        return float(np.mean(self.x[:, 0] * self.x[:, 1]))
+
 
 def standardise(values: np.ndarray) -> np.ndarray:
     values = np.asarray(values, dtype=np.float64)

@@ -43,6 +43,7 @@ def run_summary(run: "RunAnalysis", settings: dict) -> dict:
         "settings": settings, "n_images": run.n_images, "latent": int(units.active.size),
         "active_dims": int(units.active.sum()), "inactive_dims": [int(d) for d in np.flatnonzero(~units.active)],
         "fit_images": int(units.predictors.used.sum()), "excluded_n0_images": units.predictors.excluded_zero,
+        "predictor_correlation": units.predictors.correlation,
         "predictors": ("standardised log(1 + N), log(1 + A)" if units.predictors.transform == "log1p"
                        else "standardised log N, log A"),
         "numerosity_units": units.units[NUMEROSITY], "area_units": units.units[AREA], "area_unit_signs": area_signs,
@@ -187,9 +188,11 @@ def report_markdown(run: "RunAnalysis", summary: dict, criteria, bootstrap: int,
         f"of the posterior mean over the set >= {criteria.active_threshold}); inactive and left out: "
         f"{', '.join(f'z{d}' for d in summary['inactive_dims']) or 'none'}.",
         f"* Eq. 3 fitted by OLS with an intercept for every active dimension: standardised z_i on "
-        f"{summary['predictors']}, over {summary['fit_images']} images"
-        + (f"; the {summary['excluded_n0_images']} images with N = 0 are left out (log 0 is undefined)."
-           if not criteria.log1p else "; log(1 + x) keeps the N = 0 images."),
+        f"{summary['predictors']}, over {summary['fit_images']} images (corr(log N, log A) = "
+        f"{summary['predictor_correlation']:+.3f} over them)"
+        + ("; log(1 + x) keeps the N = 0 images." if criteria.log1p else
+           f"; the {summary['excluded_n0_images']} images with N = 0 are left out (log 0 is undefined)."
+           if summary["excluded_n0_images"] else "; the set has no image with N = 0."),
         f"* Standard errors: classical OLS (n - 3 degrees of freedom). Confidence intervals: 2.5 and 97.5 "
         f"percentiles of {bootstrap} row bootstraps (seed {seed})." if bootstrap
         else "* No bootstrap was run (--bootstrap 0).",

@@ -12,10 +12,12 @@ from analysis.cli import subitize_main as readout_main
 from analysis.metrics import average_precision, classification_report, count_class
 from analysis.readout import class_weights, shared_images, stratified_split
 from analysis.regression import bootstrap_betas, fit_eq3, make_predictors, standardise
+from analysis.area_vs_number import CONFOUNDED_R
 from analysis.units import Criteria, find_units
 from conftest import strict_json
 from synthgen import ShardSet
 from synthgen.cli import main as synthgen_main
+from synthgen.stats import corr_log
 from test_pack import make_sos_tree
 from vae.checkpoint import load_checkpoint
 from vae.cli import main as train_main
@@ -173,12 +175,22 @@ def test_analyze_area_vs_number_end_to_end(trained, tmp_path):
     with np.load(out / "latents.npz") as latents:
         assert latents["means"].shape == (200, 8)
     assert summary["image_size"] == {"set": 32, "model": 32} and summary["set_notes"] == []
+    labels = ShardSet(trained / "analysis-set").labels  # the fit's r is inspect's corr(log N, log A)
+    assert summary["predictor_correlation"] == pytest.approx(corr_log(labels["count"], labels["visible_area"]))
+    assert abs(summary["predictor_correlation"]) < CONFOUNDED_R
     assert "(200 images of 32 px)" in report
     kept = tmp_path / "log1p"
     assert analyse_main(["--checkpoint", str(trained / "run" / "best.pt"), "--data", str(trained / "analysis-set"),
                          "--out", str(kept), "--log1p", "--bootstrap", "0", "--no-progress"]) == 0
     unbootstrapped = strict_json(kept / "summary.json")  # the intervals it has not got are null, not NaN
     assert unbootstrapped["fit_images"] == 200 and unbootstrapped["decoding"][0]["ci95"] == [None, None]
+    r = unbootstrapped["predictor_correlation"]  # the 40 images with N = 0 sit at log(1 + 0) = 0 on both
+    assert r > CONFOUNDED_R and unbootstrapped["set_notes"] == [
+        f"log N and log A are correlated over the fitted images (r = {r:+.2f}) (with --log1p, the N = 0 images sit "
+        f"at 0 on both): Eq. 3 separates number from area less well here, the standard errors of its betas are "
+        f"{1 / np.sqrt(1 - r * r):.2f}x those of an uncorrelated set of the same size, and a dimension coding either "
+        "shows part of the other; the paper's analysis set draws the area independently of N (synthgen build, r "
+        "near 0)"]
     for name in ("report.md", "dimensions.csv"):
         assert not re.search(r"\bnan\b", (kept / name).read_text(), re.IGNORECASE), name
     assert ",,," in (kept / "dimensions.csv").read_text()  # empty cells, which csv readers take as missing
@@ -293,6 +305,24 @@ def test_a_set_of_another_size_than_the_runs_is_noted(trained, tmp_path, capsys)
                          "--no-progress"]) == 0
     assert strict_json(tmp_path / "readout" / "readout.json")["notes"] == [
         note.replace("--data", "--test")]
+
+
+def test_dot_arrays_whose_area_grows_with_number_are_noted(trained, tmp_path, capsys):
+    """With --control item-size the cumulative area grows with N: Eq. 3 then separates them less well."""
+    for control in ("item-size", "total-area"):
+        assert synthgen_main(["dots", "--n", "320", "--control", control, "--out", str(tmp_path / control),
+                              "--no-progress", "--workers", "1"]) == 0
+        assert analyse_main(["--checkpoint", str(trained / "run" / "best.pt"), "--data", str(tmp_path / control),
+                             "--out", str(tmp_path / f"analysis-{control}"), "--bootstrap", "0", "--null-rotations",
+                             "0", "--no-progress"]) == 0
+    confounded, crossed = (strict_json(tmp_path / f"analysis-{c}" / "summary.json") for c in ("item-size",
+                                                                                               "total-area"))
+    assert confounded["predictor_correlation"] > 0.6 and abs(crossed["predictor_correlation"]) < 0.1
+    assert crossed["set_notes"] == [] and len(confounded["set_notes"]) == 1
+    assert confounded["set_notes"][0].startswith("log N and log A are correlated over the fitted images (r = +0.")
+    assert "note: log N and log A are correlated" in capsys.readouterr().out
+    report = (tmp_path / "analysis-item-size" / "report.md").read_text()
+    assert "the set has no image with N = 0." in report and "## About the set" in report
 
 
 def test_analysis_errors_are_clear(trained, tmp_path, capsys):
