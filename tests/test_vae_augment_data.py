@@ -6,7 +6,8 @@ import torch
 from conftest import FAST
 from synthgen.cli import main as synthgen_main
 from vae.augment import AugmentConfig, augment, to_float
-from vae.data import LoaderFeed, MemoryFeed, Pool, epoch_indices, natural_fraction, rank_batches, split_pool
+from vae.data import (LoaderFeed, MemoryFeed, Pool, epoch_indices, mixing_plan, natural_fraction, rank_batches,
+                      split_pool)
 from test_pack import make_sos_tree
 
 NO_COLOUR = dict(brightness=0, contrast=0, saturation=0, hue=0)
@@ -69,6 +70,16 @@ def sets(tmp_path_factory):
 
 def test_natural_images_join_gradually_after_the_synthetic_epochs(sets):
     assert [natural_fraction(e, 20, 20) for e in (1, 20, 21, 30, 40, 41)] == [0, 0, 0.05, 0.5, 1, 1]
+    assert mixing_plan(140, 20, 20, 9000) == ("mixing: synthetic images only in epochs 1-20, then the 9000 natural "
+                                              "training images join over epochs 21-40")
+    assert mixing_plan(140, 20, 20, 0) is None  # no natural set
+    # a run too short for its schedule says so: its natural images would be validated on but never trained on
+    assert mixing_plan(10, 20, 20, 9000).endswith("; with --epochs 10 none of them joins this run (the validation "
+                                                  "holds some): lower --natural-start, or continue the run later "
+                                                  "with --resume --epochs")
+    assert mixing_plan(30, 20, 20, 9000).endswith("; with --epochs 30, 50% of them have joined by its last epoch")
+    assert mixing_plan(3, 0, 4, 8) == ("mixing: the 8 natural training images join over epochs 1-4; with --epochs 3, "
+                                       "75% of them have joined by its last epoch")
     pool = Pool([str(sets / "synth")], [str(sets / "natural")])
     split = split_pool(pool, seed=0, val_fraction=0.1, natural_drop=0.1)
     seen = []

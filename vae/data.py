@@ -33,6 +33,22 @@ def natural_fraction(epoch: int, start: int, ramp: int) -> float:
     return min(1.0, (epoch - start) / max(1, ramp))
 
 
+def mixing_plan(epochs: int, start: int, ramp: int, n_natural: int) -> str | None:
+    """The schedule of the natural images in words, saying so where they would not all join the run."""
+    if n_natural == 0:
+        return None
+    synthetic = f"synthetic images only in epochs 1-{start}, then " if start else ""
+    plan = (f"mixing: {synthetic}the {n_natural} natural training images join over epochs {start + 1}-"
+            f"{start + ramp}")
+    last = natural_fraction(epochs, start, ramp)
+    if last == 0:
+        return (f"{plan}; with --epochs {epochs} none of them joins this run (the validation holds some): lower "
+                "--natural-start, or continue the run later with --resume --epochs")
+    if last < 1:
+        return f"{plan}; with --epochs {epochs}, {last:.0%} of them have joined by its last epoch"
+    return plan
+
+
 class Pool:
     """The images of several synthgen sets under one index, with labels and object boxes."""
 

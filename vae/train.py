@@ -36,7 +36,7 @@ from common.settings import to_dict
 from vae.augment import augment, to_float
 from vae.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, saved_sets
 from vae.config import TrainConfig, holds_run
-from vae.data import (FeedChoice, Pool, Split, choose_feed, epoch_indices, make_feed, rank_batches,
+from vae.data import (FeedChoice, Pool, Split, choose_feed, epoch_indices, make_feed, mixing_plan, rank_batches,
                       split_pool)
 from vae.losses import BernoulliLoss, Objective, PerceptualLoss, PixelLoss
 from vae.model import VAE, ModelConfig, describe, parameter_counts
@@ -408,6 +408,10 @@ def describe_run(run: Run, config: TrainConfig, runtime: Runtime, resume: bool, 
     run.log(f"data: {record['data']['synthetic_train']} synthetic and {record['data']['natural_train']} natural "
             f"training images, {record['data']['validation']} held out; natural examples removed for class balance: "
             f"{split.dropped or 'none'}")
+    mixing = mixing_plan(config.training.epochs, config.data.natural_start, config.data.natural_ramp,
+                         int(split.train_natural_order.size))
+    if mixing:
+        run.log(mixing)
     run.log(f"loss: {config.loss.alpha} * KL + {config.loss.beta} * {config.loss.recon} reconstruction "
             f"({config.loss.rec_reduction} over elements per image, mean over the batch); VGG weights: "
             f"{(run.vgg_record or {}).get('source', 'not used')}")
