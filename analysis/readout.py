@@ -10,7 +10,6 @@ and a PNG of the confusion matrix.
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,7 @@ from common.errors import UsageError, UserError
 from common.jsontext import json_text
 from common.settings import to_dict
 from synthgen import ShardSet
-from synthgen.manifest import SOURCES
+from synthgen.overlap import shared_images
 from vae.checkpoint import saved_sets
 
 # Table 1 of the paper: count AP (%) on the SOS test set, classes 0, 1, 2, 3, 4+ and the mean.
@@ -61,33 +60,6 @@ def open_sets(paths, config, option: str) -> list[ShardSet]:
     """The sets an option names, opened (folder and manifest checked) before any of them is encoded."""
     return [ShardSet(path, verify=config.runtime.verify_shards, progress=config.runtime.progress, option=option)
             for path in paths]
-
-
-def photos_of(shards: ShardSet) -> tuple[str, frozenset] | None:
-    """For a set packed from photos (`synthgen pack`): the photo folder and the photos it took (paths within
-    it, from the set's sources.json); None for a set of another kind, or one whose list cannot be read."""
-    if shards.kind != "natural":
-        return None
-    try:
-        sources = json.loads((shards.root / SOURCES).read_text())
-        return str(sources["root"]), frozenset(sources["files"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def shared_images(a: ShardSet, b: ShardSet) -> str | None:
-    """How sets `a` and `b` hold the same images, in words; None when they share none that can be told from
-    what they record. Sets of one build identity hold the same image i wherever both have it (a smaller --n
-    is a prefix of a larger one); sets packed from one photo folder share the photos both took, at any
-    --size or --fit (disjoint splits share none)."""
-    if a.identity == b.identity:
-        return f"the same build: its first {min(len(a), len(b))} images are the same"
-    photos_a, photos_b = photos_of(a), photos_of(b)
-    if photos_a and photos_b and photos_a[0] == photos_b[0]:
-        both = photos_a[1] & photos_b[1]
-        if both:
-            return f"packed from the same photos: {len(both)} of {photos_a[0]} are in both"
-    return None
 
 
 def overlap_problem(train_sets: list[ShardSet], test_sets: list[ShardSet]) -> str | None:

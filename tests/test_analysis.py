@@ -10,13 +10,14 @@ from PIL import Image
 from analysis.cli import analyze_main as analyse_main
 from analysis.cli import subitize_main as readout_main
 from analysis.metrics import average_precision, classification_report, count_class
-from analysis.readout import class_weights, shared_images, stratified_split
+from analysis.readout import class_weights, stratified_split
 from analysis.regression import bootstrap_betas, fit_eq3, make_predictors, standardise
 from analysis.area_vs_number import CONFOUNDED_R
 from analysis.units import Criteria, find_units
 from conftest import strict_json
 from synthgen import ShardSet
 from synthgen.cli import main as synthgen_main
+from synthgen.overlap import shared_images
 from synthgen.stats import corr_log
 from test_pack import make_sos_tree
 from vae.checkpoint import load_checkpoint

@@ -83,6 +83,13 @@ def cases(r: Path):
         ("vae-train", [*train, "--lr", "-1"], 2, "--lr -1.0: must be > 0"),
         ("vae-train", [*train, "--encoder", "8@4x4"], 2, "--encoder 8@4x4: '8@4x4' is not in the N@KxK-S notation"),
         ("vae-train", [*train, "--device", "gpu"], 2, "--device gpu: give auto, cpu, cuda or cuda:N"),
+        # images in two of the sets: trained on twice, and validated on while trained on
+        ("vae-train", [*train[:2], str(r / "set"), *train[2:]], 2,
+         f"--data {r / 'set'} and --data {r / 'set'} hold the same images (the same build: its first 40 images are "
+         "the same): the run would train on them twice and validate on images it trains on; give each set once"),
+        ("vae-train", [*train, "--natural", str(r / "one-class"), str(r / "one-class-cropped")], 2,
+         f"--natural {r / 'one-class'} and --natural {r / 'one-class-cropped'} hold the same images (packed from the "
+         f"same photos: 4 of {r / 'photos'} are in both)"),
         ("vae-train", [*train, "--image-size", "48"], 2,
          f"--image-size 48: the sets' images are 32 px ({r / 'set'}); enlarging them adds no detail"),
         ("vae-train", ["--out", str(r / "new-run")], 2, "--data: give one or more synthgen build folders"),

@@ -22,6 +22,7 @@ import torch
 from common import streams
 from common.errors import UsageError
 from synthgen import ShardSet
+from synthgen.overlap import shared_images
 
 
 
@@ -49,13 +50,32 @@ def mixing_plan(epochs: int, start: int, ramp: int, n_natural: int) -> str | Non
     return plan
 
 
+def repeated_images(sets: list[ShardSet], natural: np.ndarray) -> str | None:
+    """Why these sets cannot be trained on together: two of them hold the same images, which a run would train
+    on twice and hold out for validation besides (a set given twice, a prefix of a build with the build, two
+    packs of one photo folder that took the same photos). None when every image is in one set."""
+    named = [("--natural" if is_natural else "--data", s) for s, is_natural in zip(sets, natural)]
+    for i, (option_a, a) in enumerate(named):
+        for option_b, b in named[i + 1:]:
+            how = shared_images(a, b)
+            if how:
+                return (f"{option_a} {a.root} and {option_b} {b.root} hold the same images ({how}): the run would "
+                        "train on them twice and validate on images it trains on; give each set once")
+    return None
+
+
 class Pool:
     """The images of several synthgen sets under one index, with labels and object boxes."""
 
-    def __init__(self, synthetic: list[str], natural: list[str], verify: bool = True, progress: bool = False):
+    def __init__(self, synthetic: list[str], natural: list[str], verify: bool = True, progress: bool = False,
+                 distinct: bool = True):
+        """`distinct`: refuse sets that share images (checked before any shard is read)."""
         self.sets = [ShardSet(path, verify=verify, progress=progress, option=option)
                      for option, paths in (("--data", synthetic), ("--natural", natural)) for path in paths]
         self.natural_set = np.array([False] * len(synthetic) + [True] * len(natural))
+        problem = repeated_images(self.sets, self.natural_set) if distinct else None
+        if problem:
+            raise UsageError(problem)
         sizes = {s.image_size for s in self.sets}
         if len(sizes) != 1:
             detail = ", ".join(f"{s.root} ({s.image_size} px)" for s in self.sets)

@@ -94,10 +94,11 @@ def sets_problem(saved: list[dict], now: list[dict]) -> str | None:
 
 
 def load_data(config: TrainConfig, runtime: Runtime, new: bool = True) -> Data:
-    """The run's sets, split and feed; a new run may reduce the sets' images (--image-size), never enlarge them."""
+    """The run's sets, split and feed; for a new run, sets that share no image, and an --image-size that reduces
+    the sets' images, never enlarges them."""
     data = config.data
     pool = Pool(data.data, data.natural, verify=config.runtime.verify_shards,
-                progress=config.runtime.progress and runtime.main)
+                progress=config.runtime.progress and runtime.main, distinct=new)
     size = config.model.image_size or pool.image_size
     if new and size > pool.image_size:
         raise UsageError(f"--image-size {size}: the sets' images are {pool.image_size} px ({pool.sets[0].root}); "
