@@ -19,7 +19,7 @@ import torch
 from analysis import figures as draw
 from analysis.config import AnalysisConfig
 from analysis.controls import Decoding, NullResult, population_decoding, rotation_null
-from analysis.encode import check_checkpoints, encode_set, load_encoder, resize_notes
+from analysis.encode import check_checkpoints, encode_set, load_encoder, resize_notes, seen_by_the_vae
 from analysis.regression import AREA, NUMEROSITY, make_predictors
 from analysis.report import (report_markdown, run_row, run_summary, runs_markdown, runs_summary, write_dimensions,
                              write_runs_csv)
@@ -215,6 +215,8 @@ def analyse(config: AnalysisConfig, log=print) -> dict:
     shards, labels = load_set(config)
     confound = confound_note(labels, config)
     notes = [[confound] * bool(confound) + resize_notes(state, path, [("--data", shards)])
+             + [f"{seen}: the analysis reads the code of images the encoder learnt from; the paper's analysis set "
+                "was made apart from its training set" for seen in seen_by_the_vae(state, [("--data", shards)])]
              for path, state in zip(config.checkpoint, states)]
     if len(config.checkpoint) == 1:
         return analyse_run(config.checkpoint[0], run_labels(config.checkpoint)[0], shards, labels, config, out,

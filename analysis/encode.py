@@ -1,12 +1,15 @@
 """Posterior means of a shard set under a trained VAE: the input of both analyses."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from common.errors import UsageError
+from common.errors import UsageError, UserError
 from synthgen import ShardSet
+from synthgen.overlap import shared_images
 from vae.augment import to_float
 from vae.checkpoint import CheckpointError, load_checkpoint, load_model_and_metadata, run_identity, saved_sets
 from vae.model import ModelConfig
@@ -89,3 +92,23 @@ def check_checkpoints(paths) -> list[dict]:
         runs[identity] = path
         states.append(state)
     return states
+
+
+def seen_by_the_vae(state: dict, sets: list[tuple[str, ShardSet]]) -> list[str]:
+    """Which of these sets hold images the VAE itself trained on (from the sets its checkpoint records), each as
+    "the VAE was trained on images of OPTION SET (how)"; the command says what that means for it."""
+    seen = []
+    for saved in saved_sets(state) or []:
+        try:  # the set still at its recorded place can be compared by its photos too; else by identity alone
+            trained = ShardSet(saved["path"], verify=False) if Path(saved["path"]).is_dir() else None
+        except UserError:
+            trained = None
+        if trained is not None and trained.identity != saved["identity"]:
+            trained = None  # another set is there now
+        for option, shards in sets:
+            how = (shared_images(trained, shards) if trained is not None else
+                   "the same build" if saved["identity"] == shards.identity else None)
+            if how:
+                seen.append(f"the VAE was trained on images of {option} {shards.root} ({saved.get('option', '--data')} "
+                            f"{saved['path']}: {how})")
+    return seen

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from analysis.config import ReadoutConfig
-from analysis.encode import encode_set, load_encoder, resize_notes
+from analysis.encode import encode_set, load_encoder, resize_notes, seen_by_the_vae
 from analysis.figures import confusion_matrix
 from analysis.metrics import CLASSES, classification_report, count_class
 from common.atomic import write_atomic
@@ -27,7 +27,6 @@ from common.jsontext import json_text
 from common.settings import to_dict
 from synthgen import ShardSet
 from synthgen.overlap import shared_images
-from vae.checkpoint import saved_sets
 
 # Table 1 of the paper: count AP (%) on the SOS test set, classes 0, 1, 2, 3, 4+ and the mean.
 # Table 1 of the paper, classes 0, 1, 2, 3, 4+ and the mean (%), with what each row measures. The paper calls
@@ -78,27 +77,6 @@ def overlap_problem(train_sets: list[ShardSet], test_sets: list[ShardSet]) -> st
                        "the validation part that chooses the epoch would hold training images; give each set once")
                 return f"{option_a} {a.root} and {option_b} {b.root} hold the same images ({how}): {why}"
     return None
-
-
-def seen_by_the_vae(meta: dict, test_sets: list[ShardSet]) -> list[str]:
-    """Notes on test sets whose images the VAE itself trained on (from the sets its checkpoint records). Not
-    refused: the VAE never saw their labels, but a test on images the encoder learnt from flatters it."""
-    notes = []
-    for saved in saved_sets(meta) or []:
-        try:  # the set still at its recorded place can be compared by its photos too; else by identity alone
-            trained = ShardSet(saved["path"], verify=False) if Path(saved["path"]).is_dir() else None
-        except UserError:
-            trained = None
-        if trained is not None and trained.identity != saved["identity"]:
-            trained = None  # another set is there now
-        for test in test_sets:
-            how = (shared_images(trained, test) if trained is not None else
-                   "the same build" if saved["identity"] == test.identity else None)
-            if how:
-                notes.append(f"the VAE was trained on images of --test {test.root} ({saved.get('option', '--data')} "
-                             f"{saved['path']}: {how}): the test scores images its encoder learnt from, without "
-                             "their labels")
-    return notes
 
 
 def count_classes(sets: list[ShardSet]) -> np.ndarray:
@@ -192,7 +170,9 @@ def run(config: ReadoutConfig, log=print) -> dict:
     problem = overlap_problem(train_sets, test_sets)
     if problem:
         raise UsageError(problem)
-    notes += seen_by_the_vae(meta, test_sets)
+    # Not refused: the VAE never saw their labels, but a test on images the encoder learnt from flatters it.
+    notes += [f"{seen}: the test scores images its encoder learnt from, without their labels"
+              for seen in seen_by_the_vae(meta, [("--test", s) for s in test_sets])]
     for note in notes:
         log(f"vae-subitize: note: {note}")
     y_all, y_test = count_classes(train_sets), count_classes(test_sets)

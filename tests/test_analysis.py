@@ -308,6 +308,17 @@ def test_a_set_of_another_size_than_the_runs_is_noted(trained, tmp_path, capsys)
         note.replace("--data", "--test")]
 
 
+def test_an_analysis_set_the_vae_trained_on_is_noted(trained, tmp_path):
+    out = tmp_path / "analysis"
+    assert analyse_main(["--checkpoint", str(trained / "run" / "best.pt"), "--data", str(trained / "train"), "--out",
+                         str(out), "--bootstrap", "0", "--null-rotations", "0", "--no-progress"]) == 0
+    seen = (f"the VAE was trained on images of --data {trained / 'train'} (--data {trained / 'train'}: the same build: "
+            "its first 300 images are the same): the analysis reads the code of images the encoder learnt from; the "
+            "paper's analysis set was made apart from its training set")
+    assert seen in strict_json(out / "summary.json")["set_notes"]
+    assert seen in (out / "report.md").read_text()
+
+
 def test_dot_arrays_whose_area_grows_with_number_are_noted(trained, tmp_path, capsys):
     """With --control item-size the cumulative area grows with N: Eq. 3 then separates them less well."""
     for control in ("item-size", "total-area"):
