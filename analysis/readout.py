@@ -198,6 +198,11 @@ def run(config: ReadoutConfig, log=print) -> dict:
             return torch.softmax(logits, dim=1).cpu().numpy()
 
     test_report = classification_report(probabilities(x_test), y_test)
+    missing = [name for name, chance in zip(CLASSES, test_report["chance"]) if np.isnan(chance)]
+    if missing:
+        notes.append(f"the test set has no image of class {', '.join(missing)}: the means are over the classes it "
+                     "has, and compare with the published means (over all five) only loosely")
+        log(f"vae-subitize: note: {notes[-1]}")
     val_report = classification_report(probabilities(x_all[val_part]), y_all[val_part])
     result = {"checkpoint": str(Path(config.checkpoint).resolve()), "model_epoch": meta.get("epoch"),
               "settings": to_dict(config), "images": {"train": int(train_part.size), "validation": int(val_part.size),

@@ -114,6 +114,14 @@ def test_average_precision_equals_scikit_learn():
     assert report["chance"] == pytest.approx(np.bincount(labels, minlength=5) / 300)
     recall = sklearn_metrics.recall_score(labels, probabilities.argmax(1), average=None)
     assert report["recall"] == pytest.approx(recall)
+    # a test set without classes 2-4: their AP and chance are undefined, and both means are over classes 0 and 1
+    # (the chance mean was over all five, 20%, beside an AP mean over two: a readout below chance looked above it)
+    two = rng.integers(0, 2, 200)
+    report = classification_report(probabilities[:200], two)
+    present = [sklearn_metrics.average_precision_score(two == c, probabilities[:200, c]) for c in (0, 1)]
+    assert report["ap"][:2] == pytest.approx(present) and np.isnan(report["ap"][2:]).all()
+    assert report["mean_ap"] == pytest.approx(np.mean(present)) and np.isnan(report["chance"][2:]).all()
+    assert report["mean_chance"] == pytest.approx(0.5)
 
 
 def test_readout_validation_is_stratified_and_classes_weigh_the_same():
@@ -335,6 +343,21 @@ def test_dot_arrays_whose_area_grows_with_number_are_noted(trained, tmp_path, ca
     assert "note: log N and log A are correlated" in capsys.readouterr().out
     report = (tmp_path / "analysis-item-size" / "report.md").read_text()
     assert "the set has no image with N = 0." in report and "## About the set" in report
+
+
+def test_a_test_set_without_some_classes_is_scored_over_those_it_has(trained, tmp_path):
+    assert synthgen_main(["build", "--n", "40", "--count", "0-1", "--seed", "9", "--out", str(tmp_path / "zero-one"),
+                          "--size", "32", "--no-progress", "--workers", "1"]) == 0
+    out = tmp_path / "readout"
+    assert readout_main(["--checkpoint", str(trained / "run" / "best.pt"), "--train", str(trained / "analysis-set"),
+                         "--test", str(tmp_path / "zero-one"), "--out", str(out), "--epochs", "2",
+                         "--no-progress"]) == 0
+    result = strict_json(out / "readout.json")
+    assert result["test"]["chance"] == [0.5, 0.5, None, None, None] and result["test"]["mean_chance"] == 0.5
+    assert result["notes"] == ["the test set has no image of class 2, 3, 4+: the means are over the classes it has, "
+                               "and compare with the published means (over all five) only loosely"]
+    assert "| **Chance (this test set)** | prevalence | 50.0 | 50.0 | n/a | n/a | n/a | 50.0 |" in (
+        out / "table.md").read_text()
 
 
 def test_analysis_errors_are_clear(trained, tmp_path, capsys):
