@@ -79,6 +79,21 @@ def overlap_problem(train_sets: list[ShardSet], test_sets: list[ShardSet]) -> st
     return None
 
 
+def class_notes(y_train: np.ndarray, y_test: np.ndarray) -> list[str]:
+    """Notes on count classes missing from the test set (no AP: the means are over the others) or from the
+    readout's training part (it cannot learn to tell a class it never saw)."""
+    notes = []
+    absent = [name for c, name in enumerate(CLASSES) if not np.any(y_test == c)]
+    if absent:
+        notes.append(f"the test set has no image of class {', '.join(absent)}: the means are over the classes it "
+                     "has, and compare with the published means (over all five) only loosely")
+    unseen = [name for c, name in enumerate(CLASSES) if np.any(y_test == c) and not np.any(y_train == c)]
+    if unseen:
+        notes.append(f"the readout's training part has no image of class {', '.join(unseen)}, which the test set "
+                     "has: it cannot learn to tell them")
+    return notes
+
+
 def count_classes(sets: list[ShardSet]) -> np.ndarray:
     return np.concatenate([count_class(shards.labels["count"]) for shards in sets])
 
@@ -173,8 +188,6 @@ def run(config: ReadoutConfig, log=print) -> dict:
     # Not refused: the VAE never saw their labels, but a test on images the encoder learnt from flatters it.
     notes += [f"{seen}: the test scores images its encoder learnt from, without their labels"
               for seen in seen_by_the_vae(meta, [("--test", s) for s in test_sets])]
-    for note in notes:
-        log(f"vae-subitize: note: {note}")
     y_all, y_test = count_classes(train_sets), count_classes(test_sets)
     present = np.unique(y_all)
     if present.size < 2:
@@ -183,6 +196,9 @@ def run(config: ReadoutConfig, log=print) -> dict:
     train_part, val_part = stratified_split(y_all, config.val_fraction, config.seed)
     if val_part.size == 0:
         raise UserError(f"--val-fraction {config.val_fraction}: no validation images; raise it or add data")
+    notes += class_notes(y_all[train_part], y_test)
+    for note in notes:
+        log(f"vae-subitize: note: {note}")
     x_all, x_test = encode_sets(train_sets, encoder, device, config), encode_sets(test_sets, encoder, device, config)
     out.mkdir(parents=True, exist_ok=True)
     mean, std = x_all[train_part].mean(axis=0), x_all[train_part].std(axis=0) + 1e-8  # from the training part only
@@ -198,11 +214,6 @@ def run(config: ReadoutConfig, log=print) -> dict:
             return torch.softmax(logits, dim=1).cpu().numpy()
 
     test_report = classification_report(probabilities(x_test), y_test)
-    missing = [name for name, chance in zip(CLASSES, test_report["chance"]) if np.isnan(chance)]
-    if missing:
-        notes.append(f"the test set has no image of class {', '.join(missing)}: the means are over the classes it "
-                     "has, and compare with the published means (over all five) only loosely")
-        log(f"vae-subitize: note: {notes[-1]}")
     val_report = classification_report(probabilities(x_all[val_part]), y_all[val_part])
     result = {"checkpoint": str(Path(config.checkpoint).resolve()), "model_epoch": meta.get("epoch"),
               "settings": to_dict(config), "images": {"train": int(train_part.size), "validation": int(val_part.size),

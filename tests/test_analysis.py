@@ -358,6 +358,12 @@ def test_a_test_set_without_some_classes_is_scored_over_those_it_has(trained, tm
                                "and compare with the published means (over all five) only loosely"]
     assert "| **Chance (this test set)** | prevalence | 50.0 | 50.0 | n/a | n/a | n/a | 50.0 |" in (
         out / "table.md").read_text()
+    assert readout_main(["--checkpoint", str(trained / "run" / "best.pt"), "--train", str(tmp_path / "zero-one"),
+                         "--test", str(trained / "analysis-set"), "--out", str(tmp_path / "swapped"), "--epochs", "2",
+                         "--no-progress"]) == 0
+    assert strict_json(tmp_path / "swapped" / "readout.json")["notes"] == [
+        "the readout's training part has no image of class 2, 3, 4+, which the test set has: it cannot learn to "
+        "tell them"]
 
 
 def test_analysis_errors_are_clear(trained, tmp_path, capsys):
