@@ -196,6 +196,9 @@ def run(config: ReadoutConfig, log=print) -> dict:
     train_part, val_part = stratified_split(y_all, config.val_fraction, config.seed)
     if val_part.size == 0:
         raise UserError(f"--val-fraction {config.val_fraction}: no validation images; raise it or add data")
+    if train_part.size == 0:
+        raise UserError(f"--val-fraction {config.val_fraction}: all {y_all.size} --train images are held out for "
+                        "validation, none is left to train the readout on; lower it or add data")
     notes += class_notes(y_all[train_part], y_test)
     for note in notes:
         log(f"vae-subitize: note: {note}")

@@ -90,6 +90,8 @@ def cases(r: Path):
         ("vae-train", [*train, "--natural", str(r / "one-class"), str(r / "one-class-cropped")], 2,
          f"--natural {r / 'one-class'} and --natural {r / 'one-class-cropped'} hold the same images (packed from the "
          f"same photos: 4 of {r / 'photos'} are in both)"),
+        ("vae-train", [*train, "--val-fraction", "0.99"], 1,
+         "--val-fraction 0.99: all 40 images are held out for validation, none is left to train on"),
         ("vae-train", [*train, "--image-size", "48"], 2,
          f"--image-size 48: the sets' images are 32 px ({r / 'set'}); enlarging them adds no detail"),
         ("vae-train", ["--out", str(r / "new-run")], 2, "--data: give one or more synthgen build folders"),
@@ -116,6 +118,10 @@ def cases(r: Path):
         ("analyze-area-vs-number", [*analyse[:2], "--data", str(r / "one-class"), "--out", a, "--no-progress"], 1,
          "a natural set has no areas"),
         ("vae-subitize", [*subitize, "--epochs", "0"], 2, "--epochs 0: must be >= 1"),
+        ("vae-subitize", [*subitize[:4], "--test", str(r / "one-class"), "--out", a, "--val-fraction", "0.99",
+                          "--no-progress"], 1,
+         "--val-fraction 0.99: all 40 --train images are held out for validation, none is left to train the readout "
+         "on"),
         ("vae-subitize", [*subitize[:2], "--train", str(r / "one-class"), "--test", str(r / "set"), "--out", a,
                           "--no-progress"], 1,
          "a readout needs training images of at least two count classes"),

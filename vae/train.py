@@ -107,6 +107,9 @@ def load_data(config: TrainConfig, runtime: Runtime, new: bool = True) -> Data:
     split = split_pool(pool, config.training.seed, data.val_fraction, data.natural_drop)
     if split.validation.size == 0:
         raise TrainingError(f"--val-fraction {data.val_fraction}: no validation images; raise it or add data")
+    if split.train_synthetic.size + split.train_natural_order.size == 0:
+        raise TrainingError(f"--val-fraction {data.val_fraction}: all {len(pool)} images are held out for validation, "
+                            "none is left to train on; lower it or add data")
     choice = choose_feed(pool, runtime.device, config.runtime.data_on_device)
     feed = make_feed(pool, runtime.device, choice, config.runtime.workers)
     return Data(pool, split, feed, size, choice)
