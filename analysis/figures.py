@@ -143,7 +143,8 @@ def null_figure(null, decoding, path) -> None:
     ax = axes[-1]
     names = [f"{d.target}\n{'all' if d.features.startswith('all') else 'units'}" for d in decoding]
     r2 = [d.r2 for d in decoding]
-    errors = np.array([[d.r2 - d.ci[0] for d in decoding], [d.ci[1] - d.r2 for d in decoding]])
+    # A percentile interval need not contain the estimate (few resamples, or a skewed statistic): no bar below 0.
+    errors = np.clip(np.array([[d.r2 - d.ci[0] for d in decoding], [d.ci[1] - d.r2 for d in decoding]]), 0, None)
     ax.bar(range(len(decoding)), r2, yerr=errors, color="#4c72b0", capsize=3)
     ax.set(xticks=range(len(decoding)), xticklabels=names, ylim=(min(0, min(r2, default=0)), 1),
            title="population decoding (ridge)", ylabel="cross-validated R^2")

@@ -366,6 +366,17 @@ def test_a_test_set_without_some_classes_is_scored_over_those_it_has(trained, tm
         "tell them"]
 
 
+def test_intervals_that_miss_their_estimate_are_drawn(trained, tmp_path):
+    """A percentile interval need not contain the estimate (here a single resample, where it cannot): the figure
+    of the decoding R^2 drew negative error bars and the command ended in an internal error."""
+    out = tmp_path / "analysis"
+    assert analyse_main(["--checkpoint", str(trained / "run" / "best.pt"), "--data", str(trained / "analysis-set"),
+                         "--out", str(out), "--bootstrap", "1", "--null-rotations", "2", "--no-progress"]) == 0
+    decoding = strict_json(out / "summary.json")["decoding"]
+    assert any(not d["ci95"][0] <= d["r2"] <= d["ci95"][1] for d in decoding)
+    assert _valid_png(out / "controls.png")
+
+
 def test_analysis_errors_are_clear(trained, tmp_path, capsys):
     assert analyse_main(["--checkpoint", str(tmp_path / "missing.pt"), "--data", str(trained / "analysis-set"),
                          "--out", str(tmp_path / "a"), "--no-progress"]) == 1
