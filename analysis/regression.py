@@ -16,6 +16,9 @@ import numpy as np
 NUMEROSITY, AREA, NEITHER = "numerosity", "area", ""
 
 
+MAX_PREDICTOR_R = 0.99  # beyond it the betas' standard errors are over 7x an uncorrelated set's: no separation
+
+
 @dataclass
 class Predictors:
     """The standardised log N and log A of the images used in the fit."""
@@ -53,7 +56,12 @@ def make_predictors(count: np.ndarray, area: np.ndarray, log1p: bool = False) ->
         raise ValueError("fewer than 4 images with N >= 1: nothing to fit")
     if np.any(raw.std(axis=0) == 0):
         raise ValueError("log N or log A does not vary over the images: the set cannot separate number from area")
-    return Predictors(used, standardise(raw), "log1p" if log1p else "log", excluded)
+    predictors = Predictors(used, standardise(raw), "log1p" if log1p else "log", excluded)
+    if abs(predictors.correlation) > MAX_PREDICTOR_R:
+        raise ValueError(f"log N and log A are almost one predictor over the images (r = "
+                         f"{predictors.correlation:+.3f}): Eq. 3 cannot tell number from area in this set; analyse "
+                         "one whose area varies apart from N (synthgen build, or synthgen dots --control total-area)")
+    return predictors
 
 
 @dataclass

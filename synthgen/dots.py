@@ -197,8 +197,16 @@ def dot_assemble(out_dir: str, parts: list[Part], config_json: dict, identity: s
 
 
 def check_feasible(config: DotConfig) -> None:
-    """Refuse, before any work, a design whose most crowded arrays cannot be placed."""
+    """Refuse, before any work, a design whose levels cannot show in the images, or whose most crowded arrays
+    cannot be placed."""
     levels = levels_of(config)
+    largest_dot = levels[-1] / min(config.counts) if config.control == "total-area" else levels[-1]
+    if largest_dot < 1:  # a dot is at least one pixel: every level would be drawn the same
+        option, (lo, hi) = (("--area-range", config.area_range) if config.control == "total-area" else
+                            ("--item-range", config.item_range))
+        raise UsageError(f"{option} {lo:g}-{hi:g}: even the largest dots would cover {largest_dot:.2g} px on average, "
+                         "less than a pixel; every dot is drawn as at least one pixel, so the levels would not differ "
+                         f"in the images. Raise {option} so that dots cover a pixel or more")
     field = config.field_range[0] * config.size**2
     for count in sorted({max(config.counts), min(config.counts)}, reverse=True):
         total = levels[-1] if config.control == "total-area" else levels[-1] * count

@@ -68,6 +68,14 @@ def test_planted_units_are_found_and_nothing_else():
     assert strict.units == {"numerosity": [], "area": []}
 
 
+def test_a_set_that_cannot_separate_number_from_area_is_refused():
+    count = np.repeat(np.arange(1, 6), 20)
+    with pytest.raises(ValueError, match=r"almost one predictor over the images \(r = \+1.000\)"):
+        make_predictors(count, 3.0 * count)  # every object one pixel: the area is the count
+    area = 3.0 * count * np.exp(np.random.default_rng(0).normal(0, 0.5, count.size))
+    assert 0.3 < make_predictors(count, area).correlation < 0.99  # confounded, but separable
+
+
 @pytest.mark.parametrize("log1p", [False, True])
 def test_eq3_equals_statsmodels_ols(log1p):
     rng, count, area = design(3000, seed=1)

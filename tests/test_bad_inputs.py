@@ -68,6 +68,8 @@ def cases(r: Path):
         ("synthgen", ["build", "--n", "5", "--out", str(r / "file.txt")], 2, "exists and is not a folder"),
         ("synthgen", ["dots", "--n", "5", "--out", str(r / "file.txt")], 2, "exists and is not a folder"),
         ("synthgen", ["build", "--n", "5", "--workers", "0", "--out", a], 2, "--workers 0"),
+        ("synthgen", ["dots", "--n", "5", "--control", "item-size", "--item-range", "0.1-0.2", "--out", a], 2,
+         "--item-range 0.1-0.2: even the largest dots would cover 0.2 px on average, less than a pixel"),
         ("synthgen", ["build", "--n", "5", "--size", "16", "--area-range", "0.0001-0.0002", "--out", a], 2,
          "--area-range 0.0001-0.0002 at --size 16: the smallest object"),
         ("synthgen", ["pack", str(r / "nowhere"), "--out", a], 2, "folder does not exist"),
