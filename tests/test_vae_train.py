@@ -174,7 +174,7 @@ def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_pa
 
 
 @pytest.mark.parametrize("compile_args", [[], ["--compile"]])  # compiled: full batches only, the last one eager
-def test_two_process_ddp_on_cpu(data, tmp_path, compile_args):
+def test_two_process_ddp_on_cpu(data, tmp_path, capsys, compile_args):
     run = tmp_path / "ddp"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "vae.train", "--data", str(data / "synth"), "--out", str(run), "--epochs", "2", *TINY,
@@ -192,6 +192,12 @@ def test_two_process_ddp_on_cpu(data, tmp_path, compile_args):
     logged = [float(rate) for rate in re.findall(r"(\d+) img/s", result.stdout)]
     assert logged == [round(r["train"]["images_per_second"]) for r in records]
     assert all(r["train"]["images_per_second"] == r["train"]["images"] / r["train"]["seconds"] for r in records)
+    if not compile_args:  # continued in one process: allowed, and said, since the global batch halves
+        capsys.readouterr()
+        assert train_main(["--out", str(run), "--resume", "--epochs", "3", "--workers", "0", "--no-progress"]) == 0
+        assert ("note: the run trained in 2 process(es), a global batch of 32; it continues in 1, a global batch of "
+                "16: from here its steps, and so its weights, differ from those of an uninterrupted run"
+                in capsys.readouterr().out)
 
 
 @pytest.mark.parametrize("extra, code, message", [

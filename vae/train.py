@@ -332,7 +332,7 @@ class Run:
 
     def _state(self) -> dict:
         return {"model_config": self.model.config.to_json(), "train_config": json.dumps(to_dict(self.config)),
-                "data_sets": json.dumps(self.data.sets()),
+                "data_sets": json.dumps(self.data.sets()), "world_size": self.runtime.world,
                 "model": self.model.state_dict(), "epoch": self.epoch, "best_validation_loss": self.best}
 
     def restore(self, state: dict) -> None:
@@ -344,6 +344,11 @@ class Run:
             if old["path"] != new["path"]:
                 self.log(f"{new['option']} {new['path']}: the run's set, moved from {old['path']} (the same build, "
                          f"{new['n_images']} images)")
+        world, batch = int(state.get("world_size", self.runtime.world)), self.config.training.batch_size
+        if world != self.runtime.world:  # allowed (a machine with fewer GPUs), but no longer the same run's steps
+            self.log(f"note: the run trained in {world} process(es), a global batch of {world * batch}; it continues "
+                     f"in {self.runtime.world}, a global batch of {self.runtime.world * batch}: from here its steps, "
+                     "and so its weights, differ from those of an uninterrupted run")
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
