@@ -99,6 +99,14 @@ def confound_note(labels: SetLabels, config: AnalysisConfig) -> str | None:
             "paper's analysis set draws the area independently of N (synthgen build, r near 0)")
 
 
+def run_notes(state: dict, checkpoint: str, shards: ShardSet, confound: str | None) -> list[str]:
+    """What a run's report says of the set besides set_notes: its confound, and how this checkpoint's encoder
+    sees it (another size than the run's own sets, or images it trained on)."""
+    seen = [f"{seen}: the analysis reads the code of images the encoder learnt from; the paper's analysis set was "
+            "made apart from its training set" for seen in seen_by_the_vae(state, [("--data", shards)])]
+    return ([confound] if confound else []) + resize_notes(state, checkpoint, [("--data", shards)]) + seen
+
+
 def analyse_latents(means: np.ndarray, labels: SetLabels, config: AnalysisConfig) -> tuple[UnitResult, Selectivity,
                                                                                             NullResult | None,
                                                                                             list[Decoding]]:
@@ -120,9 +128,8 @@ def analyse_latents(means: np.ndarray, labels: SetLabels, config: AnalysisConfig
 
 def analyse_run(checkpoint: str, label: str, shards: ShardSet, labels: SetLabels, config: AnalysisConfig,
                 out: Path, device, log=print, notes: list[str] = ()) -> dict:
-    """One checkpoint: encode, analyse, write the folder; returns its summary. `notes`: on the set's labels
-    (confound_note) and how this checkpoint sees the set (analysis.encode.resize_notes), reported with the
-    set's own."""
+    """One checkpoint: encode, analyse, write the folder; returns its summary. `notes` (run_notes) are logged
+    and reported with the set's own."""
     for note in notes:
         log(f"analyze-area-vs-number: {label}: note: {note}")
     model, meta = load_encoder(checkpoint, device)
@@ -214,10 +221,7 @@ def analyse(config: AnalysisConfig, log=print) -> dict:
     states = check_checkpoints(config.checkpoint)
     shards, labels = load_set(config)
     confound = confound_note(labels, config)
-    notes = [[confound] * bool(confound) + resize_notes(state, path, [("--data", shards)])
-             + [f"{seen}: the analysis reads the code of images the encoder learnt from; the paper's analysis set "
-                "was made apart from its training set" for seen in seen_by_the_vae(state, [("--data", shards)])]
-             for path, state in zip(config.checkpoint, states)]
+    notes = [run_notes(state, path, shards, confound) for path, state in zip(config.checkpoint, states)]
     if len(config.checkpoint) == 1:
         return analyse_run(config.checkpoint[0], run_labels(config.checkpoint)[0], shards, labels, config, out,
                            device, log, notes[0])

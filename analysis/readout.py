@@ -26,7 +26,7 @@ from common.errors import UsageError, UserError
 from common.jsontext import json_text
 from common.settings import to_dict
 from synthgen import ShardSet
-from synthgen.overlap import shared_images
+from synthgen.overlap import first_shared
 
 # Table 1 of the paper: count AP (%) on the SOS test set, classes 0, 1, 2, 3, 4+ and the mean.
 # Table 1 of the paper, classes 0, 1, 2, 3, 4+ and the mean (%), with what each row measures. The paper calls
@@ -65,18 +65,16 @@ def overlap_problem(train_sets: list[ShardSet], test_sets: list[ShardSet]) -> st
     """Why these sets cannot make a readout and its test, as one line: a test image the readout was trained
     on (the test would measure memory, not generalisation), or a training image twice (the validation part
     that chooses the epoch would hold images of the training part). None when every image is in one place."""
-    named = [("--train", s) for s in train_sets] + [("--test", s) for s in test_sets]
-    for i, (option_a, a) in enumerate(named):
-        for option_b, b in named[i + 1:]:
-            if option_a == option_b == "--test":
-                continue  # the same test image twice weighs it twice, but trains nothing on it
-            how = shared_images(a, b)
-            if how:
-                why = ("the test would score images the readout was trained on; test on a set made apart (another "
-                       "--seed, or the test split)" if option_a != option_b else
-                       "the validation part that chooses the epoch would hold training images; give each set once")
-                return f"{option_a} {a.root} and {option_b} {b.root} hold the same images ({how}): {why}"
-    return None
+    # the same test image twice weighs it twice, but trains nothing on it
+    found = first_shared([("--train", s) for s in train_sets] + [("--test", s) for s in test_sets],
+                         among_themselves=frozenset({"--test"}))
+    if found is None:
+        return None
+    option_a, option_b, shared = found
+    why = ("the test would score images the readout was trained on; test on a set made apart (another --seed, or "
+           "the test split)" if option_a != option_b else
+           "the validation part that chooses the epoch would hold training images; give each set once")
+    return f"{shared}: {why}"
 
 
 def class_notes(y_train: np.ndarray, y_test: np.ndarray) -> list[str]:

@@ -33,3 +33,18 @@ def shared_images(a: ShardSet, b: ShardSet) -> str | None:
         if both:
             return f"packed from the same photos: {len(both)} of {photos_a[0]} are in both"
     return None
+
+
+
+def first_shared(named: list[tuple[str, ShardSet]], among_themselves: frozenset = frozenset()):
+    """The first two of these sets (each with the option that named it) that hold the same images, as (option,
+    option, "OPTION SET and OPTION SET hold the same images (how)"); None when every image is in one set. Sets
+    of an option in `among_themselves` may share images with each other."""
+    for i, (option_a, a) in enumerate(named):
+        for option_b, b in named[i + 1:]:
+            if option_a == option_b and option_a in among_themselves:
+                continue
+            how = shared_images(a, b)
+            if how:
+                return option_a, option_b, f"{option_a} {a.root} and {option_b} {b.root} hold the same images ({how})"
+    return None

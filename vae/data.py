@@ -22,7 +22,7 @@ import torch
 from common import streams
 from common.errors import UsageError
 from synthgen import ShardSet
-from synthgen.overlap import shared_images
+from synthgen.overlap import first_shared
 
 
 
@@ -54,14 +54,11 @@ def repeated_images(sets: list[ShardSet], natural: np.ndarray) -> str | None:
     """Why these sets cannot be trained on together: two of them hold the same images, which a run would train
     on twice and hold out for validation besides (a set given twice, a prefix of a build with the build, two
     packs of one photo folder that took the same photos). None when every image is in one set."""
-    named = [("--natural" if is_natural else "--data", s) for s, is_natural in zip(sets, natural)]
-    for i, (option_a, a) in enumerate(named):
-        for option_b, b in named[i + 1:]:
-            how = shared_images(a, b)
-            if how:
-                return (f"{option_a} {a.root} and {option_b} {b.root} hold the same images ({how}): the run would "
-                        "train on them twice and validate on images it trains on; give each set once")
-    return None
+    found = first_shared([("--natural" if is_natural else "--data", s) for s, is_natural in zip(sets, natural)])
+    if found is None:
+        return None
+    return (f"{found[2]}: the run would train on them twice and validate on images it trains on; give each set "
+            "once")
 
 
 class Pool:
