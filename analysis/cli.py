@@ -18,8 +18,10 @@ def _main(prog: str, description: str, settings, work: str, argv) -> int:
     given = vars(parser.parse_args(argv))
 
     def body():
+        from synthgen.manifest import inside_set_problem
+
         config = from_args(settings, given)
-        problem = out_folder_problem(config.out)
+        problem = out_folder_problem(config.out) or inside_set_problem(config.out)
         if problem:
             raise UsageError(problem)
         module, function = work.split(":")

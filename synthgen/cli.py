@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from common.cli import add_version, out_folder_problem, run
 from common.errors import UsageError
@@ -68,8 +69,11 @@ def cmd_dots(given: dict, command: list[str]) -> int:
 def cmd_inspect(given: dict, command: list[str]) -> int:
     from synthgen.inspection import inspect_set
 
+    from synthgen.manifest import INSPECT_DIR, inside_set_problem
+
     settings = from_args(InspectCommand, given)
-    problem = settings.out and out_folder_problem(settings.out)
+    own = settings.out and Path(settings.out).resolve() == Path(settings.dir).resolve() / INSPECT_DIR
+    problem = settings.out and (out_folder_problem(settings.out) or (not own and inside_set_problem(settings.out)))
     if problem:
         raise UsageError(problem)
     report = inspect_set(settings.dir, settings.out, settings.samples, verify=settings.verify_shards,

@@ -45,6 +45,32 @@ def read_manifest(out_dir) -> dict | None:
     return data if isinstance(data, dict) and data.get("format") == MANIFEST_FORMAT else None
 
 
+def enclosing_set(path) -> Path | None:
+    """The synthgen set folder that `path` is or lies in (the nearest folder at or above it holding a synthgen
+    manifest.json), or None."""
+    path = Path(path).resolve()
+    for folder in (path, *path.parents):
+        try:
+            if read_manifest(folder) is not None:
+                return folder
+        except (OutputError, OSError):
+            continue
+    return None
+
+
+def inside_set_problem(out, option: str = "--out", own_set: bool = False) -> str | None:
+    """Why `out` cannot take a command's files: it is, or lies in, a synthgen set folder, where files that are
+    not the set's own stop synthgen from resuming or extending it. `own_set`: `out` is the set being written
+    (only the folders above it are looked at)."""
+    out = Path(out)
+    found = enclosing_set(out.resolve().parent if own_set else out)
+    if found is None:
+        return None
+    where = "is the folder of the synthgen set there" if found == out.resolve() else f"lies in the synthgen set {found}"
+    return (f"{option} {out}: {where}; files that are not the set's own would stop synthgen from resuming or "
+            f"extending it: choose a folder outside it")
+
+
 def looks_finished(out_dir, n_images: int | None = None) -> bool:
     """Whether `out_dir` already holds a complete set (of `n_images`, when given): the command that made it,
     run again, most likely has nothing to do, so it need not start workers ahead of its checks."""

@@ -33,7 +33,8 @@ from common.atomic import fsync_path
 from common.cli import out_folder_problem
 from common.locks import FolderLock
 from synthgen.errors import OutputError, UsageError
-from synthgen.manifest import LOCK_FILE, MANIFEST, is_own_entry, read_manifest, write_json_atomic
+from synthgen.manifest import (LOCK_FILE, MANIFEST, inside_set_problem, is_own_entry, read_manifest,
+                               write_json_atomic)
 from synthgen.parallel import this_machine
 from synthgen.shards import TEMP_RE, VERIFY_THREADS, content_checksum, read_attrs, shard_contents, shard_path
 from synthgen.sources import Skipped
@@ -90,7 +91,7 @@ class SetWriter:
         asked for): shrink it, or run again into the failure that stopped it.
         """
         out = self.out
-        problem = out_folder_problem(out)
+        problem = out_folder_problem(out) or inside_set_problem(out, own_set=True)
         if problem:  # an --out that cannot be a folder is a bad argument, as in every other command
             raise UsageError(problem)
         if self.lock is not None:

@@ -159,6 +159,18 @@ def cases(r: Path):
          f"--out {under_file}: {file} is not a folder"),
         ("vae-subitize", [*subitize[:6], "--out", under_file], 2, f"--out {under_file}: {file} is not a folder"),
         ("synthgen", ["inspect", str(r / "set"), "--out", file], 2, f"--out {file}: exists and is not a folder"),
+        # no command writes into a synthgen set: files that are not its own stop it from being resumed or extended
+        ("analyze-area-vs-number", [*analyse[:4], "--out", str(r / "set")], 2,
+         f"--out {r / 'set'}: is the folder of the synthgen set there; files that are not the set's own would stop "
+         "synthgen from resuming or extending it: choose a folder outside it"),
+        ("vae-subitize", [*subitize[:6], "--out", str(r / "set" / "readout")], 2,
+         f"--out {r / 'set' / 'readout'}: lies in the synthgen set {r / 'set'}"),
+        ("vae-train", [*train[:2], "--out", str(r / "set" / "run"), *TINY], 2,
+         f"--out {r / 'set' / 'run'}: lies in the synthgen set {r / 'set'}"),
+        ("synthgen", ["build", "--n", "5", "--out", str(r / "set" / "inner")], 2,
+         f"--out {r / 'set' / 'inner'}: lies in the synthgen set {r / 'set'}"),
+        ("synthgen", ["inspect", str(r / "set"), "--out", str(r / "one-class" / "figures")], 2,
+         f"--out {r / 'one-class' / 'figures'}: lies in the synthgen set {r / 'one-class'}"),
     ]
 
 
@@ -178,6 +190,8 @@ def test_every_bad_input_gets_one_clear_line_and_no_traceback(files):
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"{command}") and text in lines[0], (where, result.stderr)
     assert not (files / "out-a").exists() and not (files / "new-run").exists()  # nothing half-made is left
+    assert sorted(p.name for p in (files / "set").iterdir()) == ["manifest.json", "shard-00000.h5", "shard-00001.h5",
+                                                             "sources.json"]
 
 
 @pytest.mark.parametrize("command", ["synthgen", "vae-train", "analyze-area-vs-number", "vae-subitize"])

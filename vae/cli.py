@@ -47,9 +47,11 @@ def with_absolute_paths(config: TrainConfig) -> TrainConfig:
 
 
 def new_run(given: dict) -> TrainConfig:
+    from synthgen.manifest import inside_set_problem
+
     config = with_absolute_paths(from_args(TrainConfig, given))
     out = Path(config.out)
-    problem = out_folder_problem(out)
+    problem = out_folder_problem(out) or inside_set_problem(out)
     if problem:
         raise UsageError(problem)
     if holds_run(out):
