@@ -21,8 +21,8 @@ from analysis.config import AnalysisConfig
 from analysis.controls import Decoding, NullResult, population_decoding, rotation_null
 from analysis.encode import check_checkpoints, encode_set, load_encoder, resize_notes, seen_by_the_vae
 from analysis.regression import AREA, NUMEROSITY, make_predictors
-from analysis.report import (report_markdown, run_row, run_summary, runs_markdown, runs_summary, write_dimensions,
-                             write_runs_csv)
+from analysis.report import (clear_previous, report_markdown, run_row, run_summary, runs_markdown, runs_summary,
+                             write_dimensions, write_runs_csv)
 from analysis.selectivity import Selectivity, anova_moments, make_design, number_selectivity
 from analysis.units import Criteria, UnitResult, find_units
 from common.cli import resolve_device
@@ -127,14 +127,20 @@ def analyse_latents(means: np.ndarray, labels: SetLabels, config: AnalysisConfig
 
 
 def analyse_run(checkpoint: str, label: str, shards: ShardSet, labels: SetLabels, config: AnalysisConfig,
-                out: Path, device, log=print, notes: list[str] = ()) -> dict:
+                out: Path, device, log=print, notes: list[str] = (), replace: tuple[Path, ...] = ()) -> dict:
     """One checkpoint: encode, analyse, write the folder; returns its summary. `notes` (run_notes) are logged
-    and reported with the set's own."""
+    and reported with the set's own. `replace`: folders whose earlier analysis is removed once this one is
+    computed, before it is written (report.clear_previous), so that a failed analysis leaves the earlier
+    one whole."""
     for note in notes:
         log(f"analyze-area-vs-number: {label}: note: {note}")
     model, meta = load_encoder(checkpoint, device)
     means = encode_set(model, shards, device, config.batch_size, config.runtime.progress)
     units, selectivity, null, decoding = analyse_latents(means, labels, config)
+    for folder in replace:
+        removed = clear_previous(folder)
+        if removed:
+            log(f"analyze-area-vs-number: replacing the earlier analysis in {folder} ({len(removed)} files)")
     out.mkdir(parents=True, exist_ok=True)
     np.savez(out / "latents.npz", means=means, count=labels.count, area=labels.area)
     run = RunAnalysis(label, str(Path(checkpoint).resolve()), meta.get("epoch"), str(shards.root), len(shards),
@@ -224,9 +230,11 @@ def analyse(config: AnalysisConfig, log=print) -> dict:
     notes = [run_notes(state, path, shards, confound) for path, state in zip(config.checkpoint, states)]
     if len(config.checkpoint) == 1:
         return analyse_run(config.checkpoint[0], run_labels(config.checkpoint)[0], shards, labels, config, out,
-                           device, log, notes[0])
-    summaries = [analyse_run(path, name, shards, labels, config, out / name, device, log, run_notes)
-                 for path, name, run_notes in zip(config.checkpoint, run_labels(config.checkpoint), notes)]
+                           device, log, notes[0], replace=(out,))
+    summaries = [analyse_run(path, name, shards, labels, config, out / name, device, log, run_notes,
+                             replace=(out, out / name) if k == 0 else (out / name,))
+                 for k, (path, name, run_notes) in enumerate(zip(config.checkpoint, run_labels(config.checkpoint),
+                                                                  notes))]
     rows = [run_row(s) for s in summaries]
     stats = runs_summary(rows)
     write_runs_csv(out / "runs.csv", rows)

@@ -5,6 +5,7 @@ analysis.selectivity); here they are only laid out.
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -225,6 +226,37 @@ def report_markdown(run: "RunAnalysis", summary: dict, criteria, bootstrap: int,
 RUN_COLUMNS = ("active_dims", "numerosity_units", "area_units", "best_r2", "p_best_numerosity_unit_r2",
                "p_best_area_unit_r2", "p_best_r2", "selective_units", "p_selective_units", "decoding_r2_log_n",
                "decoding_r2_log_a")
+
+
+RUN_FILES = ("summary.json", "report.md", "dimensions.csv", "latents.npz")  # besides the figures it lists
+RUNS_FILES = ("summary.json", "report.md", "runs.csv", "runs.png")
+
+
+def clear_previous(out: Path) -> list[str]:
+    """Remove what an earlier analysis wrote into `out`, as its summary.json records it (its files and figures,
+    and with several runs their folders), so that the folder shows one analysis: a figure of the earlier one,
+    such as the profile of a dimension this one does not single out, would otherwise stay beside the new
+    ones. Files it did not write stay. Returns the names removed."""
+    try:
+        summary = json.loads((out / "summary.json").read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(summary, dict):
+        return []
+    removed = []
+    for row in summary.get("runs") or []:  # several runs: a folder each, named by its label
+        label = str(row.get("label", "")) if isinstance(row, dict) else ""
+        if label and "/" not in label and label not in (".", "..") and (out / label).is_dir():
+            removed += [f"{label}/{name}" for name in clear_previous(out / label)]
+            if not any((out / label).iterdir()):
+                (out / label).rmdir()
+    figures = summary.get("figures")
+    names = [Path(str(path)).name for path in figures.values()] if isinstance(figures, dict) else []
+    for name in {*names, *(RUNS_FILES if "runs" in summary else RUN_FILES)}:
+        if (out / name).is_file():
+            (out / name).unlink()
+            removed.append(name)
+    return sorted(removed)
 
 
 def run_row(summary: dict) -> dict:

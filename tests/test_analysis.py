@@ -2,6 +2,7 @@
 import json
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -383,6 +384,28 @@ def test_intervals_that_miss_their_estimate_are_drawn(trained, tmp_path):
     decoding = strict_json(out / "summary.json")["decoding"]
     assert any(not d["ci95"][0] <= d["r2"] <= d["ci95"][1] for d in decoding)
     assert _valid_png(out / "controls.png")
+
+
+def test_an_analysis_replaces_the_earlier_one_in_its_folder_and_nothing_else(trained, tmp_path, capsys):
+    """Figures of an earlier analysis (the null's, the profile of a dimension this one does not single out)
+    would otherwise stay beside the new ones; a user's file stays, and a failed analysis leaves the earlier whole."""
+    out, runs = tmp_path / "analysis", [str(trained / "run" / "best.pt"), str(trained / "run-seed1" / "best.pt")]
+    common = ["--data", str(trained / "analysis-set"), "--out", str(out), "--bootstrap", "0", "--no-progress"]
+    assert analyse_main(["--checkpoint", runs[0], *common, "--null-rotations", "5"]) == 0
+    (out / "notes.txt").write_text("mine\n")
+    first = sorted(p.name for p in out.iterdir())
+    assert "controls.png" in first
+    assert analyse_main(["--checkpoint", runs[0], *common, "--active-threshold", "1e9"]) == 1  # fails: kept whole
+    assert sorted(p.name for p in out.iterdir()) == first
+    assert analyse_main(["--checkpoint", *runs, *common, "--null-rotations", "0"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "report.md", "run-best", "run-seed1-best",
+                                                     "runs.csv", "runs.png", "summary.json"]
+    assert f"replacing the earlier analysis in {out} ({len(first) - 1} files)" in capsys.readouterr().out
+    assert analyse_main(["--checkpoint", runs[1], *common, "--null-rotations", "0"]) == 0
+    summary = strict_json(out / "summary.json")
+    written = {"summary.json", "report.md", "dimensions.csv", "latents.npz", "notes.txt",
+               *(Path(p).name for p in summary["figures"].values())}
+    assert {p.name for p in out.iterdir()} == written and "controls.png" not in written  # no folder, no stale file
 
 
 def test_analysis_errors_are_clear(trained, tmp_path, capsys):
