@@ -28,6 +28,7 @@ from analysis.units import Criteria, UnitResult, find_units
 from common.cli import resolve_device
 from common.errors import UserError
 from common.jsontext import json_text
+from common.locks import FolderLock
 from common.settings import to_dict
 from synthgen import ShardSet
 from vae.augment import to_float
@@ -228,23 +229,25 @@ def analyse(config: AnalysisConfig, log=print) -> dict:
     shards, labels = load_set(config)
     confound = confound_note(labels, config)
     notes = [run_notes(state, path, shards, confound) for path, state in zip(config.checkpoint, states)]
-    if len(config.checkpoint) == 1:
-        return analyse_run(config.checkpoint[0], run_labels(config.checkpoint)[0], shards, labels, config, out,
-                           device, log, notes[0], replace=(out,))
-    summaries = [analyse_run(path, name, shards, labels, config, out / name, device, log, run_notes,
-                             replace=(out, out / name) if k == 0 else (out / name,))
-                 for k, (path, name, run_notes) in enumerate(zip(config.checkpoint, run_labels(config.checkpoint),
-                                                                  notes))]
-    rows = [run_row(s) for s in summaries]
-    stats = runs_summary(rows)
-    write_runs_csv(out / "runs.csv", rows)
-    null_95th = [(s.get("null") or {}).get("null_95th_percentile", {}).get("best_r2") for s in summaries]
-    draw.runs_figure(rows, null_95th, out / "runs.png")
-    overall = {"data": str(shards.root), "settings": to_dict(config), "runs": rows, "over_runs": stats,
-               "figure": str(out / "runs.png")}
-    (out / "summary.json").write_text(json_text(overall))
-    (out / "report.md").write_text(runs_markdown(rows, stats, str(shards.root)))
-    best = stats.get("best_r2", {})
-    log(f"analyze-area-vs-number: {len(rows)} runs; best R^2 {best.get('mean', float('nan')):.3f} ± "
-        f"{best.get('sd', float('nan')):.3f}; summary {out / 'report.md'}, {out / 'runs.csv'}, {out / 'runs.png'}")
-    return overall
+    # One analysis writes the folder at a time: a second one there would replace this one's files as it writes.
+    with FolderLock(out, "analyze-area-vs-number", doing="writing an analysis there"):
+        if len(config.checkpoint) == 1:
+            return analyse_run(config.checkpoint[0], run_labels(config.checkpoint)[0], shards, labels, config, out,
+                               device, log, notes[0], replace=(out,))
+        summaries = [analyse_run(path, name, shards, labels, config, out / name, device, log, run_notes,
+                                 replace=(out, out / name) if k == 0 else (out / name,))
+                     for k, (path, name, run_notes) in enumerate(zip(config.checkpoint, run_labels(config.checkpoint),
+                                                                      notes))]
+        rows = [run_row(s) for s in summaries]
+        stats = runs_summary(rows)
+        write_runs_csv(out / "runs.csv", rows)
+        null_95th = [(s.get("null") or {}).get("null_95th_percentile", {}).get("best_r2") for s in summaries]
+        draw.runs_figure(rows, null_95th, out / "runs.png")
+        overall = {"data": str(shards.root), "settings": to_dict(config), "runs": rows, "over_runs": stats,
+                   "figure": str(out / "runs.png")}
+        (out / "summary.json").write_text(json_text(overall))
+        (out / "report.md").write_text(runs_markdown(rows, stats, str(shards.root)))
+        best = stats.get("best_r2", {})
+        log(f"analyze-area-vs-number: {len(rows)} runs; best R^2 {best.get('mean', float('nan')):.3f} ± "
+            f"{best.get('sd', float('nan')):.3f}; summary {out / 'report.md'}, {out / 'runs.csv'}, {out / 'runs.png'}")
+        return overall

@@ -24,6 +24,7 @@ from common.atomic import write_atomic
 from common.cli import resolve_device
 from common.errors import UsageError, UserError
 from common.jsontext import json_text
+from common.locks import FolderLock
 from common.settings import to_dict
 from synthgen import ShardSet
 from synthgen.overlap import first_shared
@@ -200,56 +201,59 @@ def run(config: ReadoutConfig, log=print) -> dict:
     notes += class_notes(y_all[train_part], y_test)
     for note in notes:
         log(f"vae-subitize: note: {note}")
-    x_all, x_test = encode_sets(train_sets, encoder, device, config), encode_sets(test_sets, encoder, device, config)
-    out.mkdir(parents=True, exist_ok=True)
-    mean, std = x_all[train_part].mean(axis=0), x_all[train_part].std(axis=0) + 1e-8  # from the training part only
+    # One readout writes the folder at a time: a second one there would interleave its files with this one's.
+    with FolderLock(out, "vae-subitize", doing="writing a readout there"):
+        x_all = encode_sets(train_sets, encoder, device, config)
+        x_test = encode_sets(test_sets, encoder, device, config)
+        out.mkdir(parents=True, exist_ok=True)
+        mean, std = x_all[train_part].mean(axis=0), x_all[train_part].std(axis=0) + 1e-8  # from the training part only
 
-    def standardise(x):
-        return (x - mean) / std
+        def standardise(x):
+            return (x - mean) / std
 
-    model, training = train_readout(standardise(x_all[train_part]), y_all[train_part], standardise(x_all[val_part]),
-                                    y_all[val_part], config, device)
-    def probabilities(x):
-        with torch.no_grad():
-            logits = model(torch.tensor(standardise(x), dtype=torch.float32, device=device))
-            return torch.softmax(logits, dim=1).cpu().numpy()
+        model, training = train_readout(standardise(x_all[train_part]), y_all[train_part], standardise(x_all[val_part]),
+                                        y_all[val_part], config, device)
+        def probabilities(x):
+            with torch.no_grad():
+                logits = model(torch.tensor(standardise(x), dtype=torch.float32, device=device))
+                return torch.softmax(logits, dim=1).cpu().numpy()
 
-    test_report = classification_report(probabilities(x_test), y_test)
-    val_report = classification_report(probabilities(x_all[val_part]), y_all[val_part])
-    result = {"checkpoint": str(Path(config.checkpoint).resolve()), "model_epoch": meta.get("epoch"),
-              "settings": to_dict(config), "images": {"train": int(train_part.size), "validation": int(val_part.size),
-                                                     "test": int(y_test.size)},
-              "training": training, "test": test_report, "validation": val_report,
-              "ap_variant": "non-interpolated average precision, one class against the rest, ranked by the class's "
-                            "softmax score (scikit-learn's average_precision_score)",
-              "published": {k: {"values": list(v), "measure": m} for k, (v, m) in PUBLISHED.items()},
-              "notes": notes}
-    (out / "readout.json").write_text(json_text(result))
-    confusion_matrix(np.array(test_report["confusion"]), CLASSES, out / "confusion.png",
-                     f"test set: accuracy {test_report['accuracy']:.1%}, mean AP {test_report['mean_ap']:.1%}")
-    buffer = io.BytesIO()
-    torch.save({"readout": model.state_dict(), "mean": torch.tensor(mean), "std": torch.tensor(std),
-                "hidden": config.hidden, "checkpoint": result["checkpoint"]}, buffer)
-    write_atomic(out / "readout.pt", buffer.getvalue())
-    markdown = [
-        "# Subitizing readout", "",
-        f"Frozen VAE `{result['checkpoint']}` (epoch {result['model_epoch']}); posterior means of "
-        f"{', '.join(config.train)} for training ({train_part.size} images) and validation ({val_part.size} images, "
-        f"a stratified {config.val_fraction:.0%} used to choose the epoch: {training['best_epoch']}), and of "
-        f"{', '.join(config.test)} for the test ({y_test.size} images).", "",
-        f"Readout: MLP {x_all.shape[1]} -> {config.hidden} -> {config.hidden} -> 5 (ReLU), softmax over 0, 1, 2, "
-        f"3, 4+, cross entropy weighted by inverse class frequency, Adam (lr {config.lr}).", "",
-        "Count average precision (%) per class on the test set, in the layout of the paper's Table 1. AP: "
-        f"{result['ap_variant']}. Chance is the class's prevalence in the test set. The paper's VAE row was most "
-        "likely per-class recall (accuracy within each class), not AP, so this readout's recall is given beside "
-        "it. The published rows are on the SOS test set: compare with them only when the test set is SOS's.", "",
-        table(test_report, "VAE + softmax (this checkpoint)"), "",
-        f"Accuracy {test_report['accuracy']:.1%}; confusion matrix (rows: true count, columns: predicted) in "
-        "`confusion.png` and `readout.json`.",
-        *([""] + [f"**Note:** {note}." for note in notes] if notes else []),
-    ]
-    (out / "table.md").write_text("\n".join(markdown) + "\n")
-    log(f"vae-subitize: test mean AP {test_report['mean_ap']:.1%} (chance {test_report['mean_chance']:.1%}), "
-        f"accuracy {test_report['accuracy']:.1%} on {y_test.size} images")
-    log(f"  table {out / 'table.md'}; details {out / 'readout.json'}; figure {out / 'confusion.png'}")
-    return result
+        test_report = classification_report(probabilities(x_test), y_test)
+        val_report = classification_report(probabilities(x_all[val_part]), y_all[val_part])
+        images = {"train": int(train_part.size), "validation": int(val_part.size), "test": int(y_test.size)}
+        result = {"checkpoint": str(Path(config.checkpoint).resolve()), "model_epoch": meta.get("epoch"),
+                  "settings": to_dict(config), "images": images,
+                  "training": training, "test": test_report, "validation": val_report,
+                  "ap_variant": "non-interpolated average precision, one class against the rest, ranked by the class's "
+                                "softmax score (scikit-learn's average_precision_score)",
+                  "published": {k: {"values": list(v), "measure": m} for k, (v, m) in PUBLISHED.items()},
+                  "notes": notes}
+        (out / "readout.json").write_text(json_text(result))
+        confusion_matrix(np.array(test_report["confusion"]), CLASSES, out / "confusion.png",
+                         f"test set: accuracy {test_report['accuracy']:.1%}, mean AP {test_report['mean_ap']:.1%}")
+        buffer = io.BytesIO()
+        torch.save({"readout": model.state_dict(), "mean": torch.tensor(mean), "std": torch.tensor(std),
+                    "hidden": config.hidden, "checkpoint": result["checkpoint"]}, buffer)
+        write_atomic(out / "readout.pt", buffer.getvalue())
+        markdown = [
+            "# Subitizing readout", "",
+            f"Frozen VAE `{result['checkpoint']}` (epoch {result['model_epoch']}); posterior means of "
+            f"{', '.join(config.train)} for training ({train_part.size} images) and validation ({val_part.size} "
+            f"images, a stratified {config.val_fraction:.0%} used to choose the epoch: {training['best_epoch']}), "
+            f"and of {', '.join(config.test)} for the test ({y_test.size} images).", "",
+            f"Readout: MLP {x_all.shape[1]} -> {config.hidden} -> {config.hidden} -> 5 (ReLU), softmax over 0, 1, 2, "
+            f"3, 4+, cross entropy weighted by inverse class frequency, Adam (lr {config.lr}).", "",
+            "Count average precision (%) per class on the test set, in the layout of the paper's Table 1. AP: "
+            f"{result['ap_variant']}. Chance is the class's prevalence in the test set. The paper's VAE row was most "
+            "likely per-class recall (accuracy within each class), not AP, so this readout's recall is given beside "
+            "it. The published rows are on the SOS test set: compare with them only when the test set is SOS's.", "",
+            table(test_report, "VAE + softmax (this checkpoint)"), "",
+            f"Accuracy {test_report['accuracy']:.1%}; confusion matrix (rows: true count, columns: predicted) in "
+            "`confusion.png` and `readout.json`.",
+            *([""] + [f"**Note:** {note}." for note in notes] if notes else []),
+        ]
+        (out / "table.md").write_text("\n".join(markdown) + "\n")
+        log(f"vae-subitize: test mean AP {test_report['mean_ap']:.1%} (chance {test_report['mean_chance']:.1%}), "
+            f"accuracy {test_report['accuracy']:.1%} on {y_test.size} images")
+        log(f"  table {out / 'table.md'}; details {out / 'readout.json'}; figure {out / 'confusion.png'}")
+        return result

@@ -70,6 +70,12 @@ class FolderLock:
         self.fd = fd
         return self
 
+    def __enter__(self) -> "FolderLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
     def release(self) -> None:
         """Give the lock up and remove its file, and the folders acquire made if nothing else was written in them
         (a command that failed before writing anything leaves nothing behind)."""

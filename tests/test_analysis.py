@@ -1,7 +1,10 @@
 """The analyses checked against known answers: planted units, statsmodels, scikit-learn, end to end."""
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -406,6 +409,32 @@ def test_an_analysis_replaces_the_earlier_one_in_its_folder_and_nothing_else(tra
     written = {"summary.json", "report.md", "dimensions.csv", "latents.npz", "notes.txt",
                *(Path(p).name for p in summary["figures"].values())}
     assert {p.name for p in out.iterdir()} == written and "controls.png" not in written  # no folder, no stale file
+
+
+@pytest.mark.parametrize("command", ["analyze-area-vs-number", "vae-subitize"])
+def test_a_second_analysis_into_one_folder_is_refused(trained, tmp_path, capsys, command):
+    """Two analyses into one --out (a sweep's loop started twice): the second would replace the first one's files
+    as it writes them. It is refused once its inputs are checked, before encoding, and writes nothing there."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "report.md").write_text("the first analysis, being written\n")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from common.locks import FolderLock; "
+                               f"FolderLock({str(out)!r}, {command!r}).acquire(); print('held', flush=True); "
+                               "sys.stdin.read()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    arguments = (["--data", str(trained / "analysis-set")] if command == "analyze-area-vs-number" else
+                 ["--train", str(trained / "train"), "--test", str(trained / "analysis-set")])
+    main = analyse_main if command == "analyze-area-vs-number" else readout_main
+    try:
+        assert holder.stdout.readline() == "held\n"
+        capsys.readouterr()
+        assert main(["--checkpoint", str(trained / "run" / "best.pt"), *arguments, "--out", str(out),
+                     "--no-progress"]) == 1
+        assert f"--out {out}: another {command} (pid {holder.pid}) is writing" in capsys.readouterr().err
+        assert sorted(p.name for p in out.iterdir()) == [f".{command}.lock", "report.md"]
+        assert (out / "report.md").read_text() == "the first analysis, being written\n"
+    finally:
+        holder.communicate("")
 
 
 def test_analysis_errors_are_clear(trained, tmp_path, capsys):
