@@ -1,6 +1,7 @@
 """The `synthgen` command: build, pack, inspect, verify. Options come from the settings in synthgen.config."""
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 
@@ -35,7 +36,7 @@ def print_outcome(summary: dict, out) -> None:
     """The last lines of build and pack: skipped inputs and where the set is."""
     skipped = summary["skipped_inputs"]
     print(f"  skipped inputs    {len(skipped)}" + (" (each listed above, and in manifest.json)" if skipped else ""))
-    print(f"  output            {out} (manifest.json + shards); next: synthgen inspect {out}")
+    print(f"  output            {out} (manifest.json + shards); next: synthgen inspect {shlex.quote(str(out))}")
 
 
 def cmd_pack(given: dict, command: list[str]) -> int:

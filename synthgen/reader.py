@@ -19,6 +19,7 @@ for sets already checked with `synthgen verify`.
 from __future__ import annotations
 
 import os
+import shlex
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from pathlib import Path
@@ -55,8 +56,8 @@ def set_manifest(root: Path, named: str) -> dict:
 def check_shard(path: Path, entry: dict, identity: str, root: Path, verify: bool = True) -> None:
     """Raise OutputError, naming the file and what to do, unless the shard is the one manifest.json
     lists and (with `verify`) its contents match its checksum."""
-    rebuild = (f"`synthgen verify {root}` lists every damaged shard; delete them and re-run the command that "
-               "made the set (manifest.json: command) to rebuild them")
+    rebuild = (f"`synthgen verify {shlex.quote(str(root))}` lists every damaged shard; delete them and re-run the "
+               "command that made the set (manifest.json: command) to rebuild them")
     try:
         signature = _signature(path)
     except OSError:
@@ -229,7 +230,7 @@ class ShardSet:
                 if got != want:
                     raise OutputError(f"{self.paths[shard]}: shorter than its index says (read {got} of {want} "
                                       f"bytes at image {int(rows[part[0]])}); it changed after it was checked: "
-                                      f"`synthgen verify {self.root}`")
+                                      f"`synthgen verify {shlex.quote(str(self.root))}`")
 
     def union_boxes(self) -> np.ndarray:
         """For every image, the box (x0, y0, x1, y1) around all of its objects; NaN where it has none.

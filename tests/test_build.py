@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -375,6 +376,13 @@ def test_which_objects_appear_does_not_depend_on_the_area(synthgen, tmp_path):
     data = read_set(out)
     used = set(data["objects/source_id"].tolist())
     assert len(used) == 15 and not used & {int(e["path"].split()[-1]) for e in excluded}
+
+
+def test_the_next_command_it_prints_runs_as_printed_whatever_the_folder_name(synthgen, tmp_path):
+    out = tmp_path / "my sets" / "set (1)"
+    result = synthgen("build", "--n", 5, "--out", out, *FAST)
+    hint = result.out.rsplit("next: ", 1)[1].strip()
+    assert result.rc == 0 and shlex.split(hint) == ["synthgen", "inspect", str(out)]
 
 
 def test_a_set_of_empty_scenes(synthgen, tmp_path):
