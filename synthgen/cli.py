@@ -69,7 +69,6 @@ def cmd_dots(given: dict, command: list[str]) -> int:
 
 def cmd_inspect(given: dict, command: list[str]) -> int:
     from synthgen.inspection import inspect_set
-
     from synthgen.manifest import INSPECT_DIR, inside_set_problem
 
     settings = from_args(InspectCommand, given)

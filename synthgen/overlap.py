@@ -35,7 +35,6 @@ def shared_images(a: ShardSet, b: ShardSet) -> str | None:
     return None
 
 
-
 def first_shared(named: list[tuple[str, ShardSet]], among_themselves: frozenset = frozenset()):
     """The first two of these sets (each with the option that named it) that hold the same images, as (option,
     option, "OPTION SET and OPTION SET hold the same images (how)"); None when every image is in one set. Sets

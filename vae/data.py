@@ -57,8 +57,8 @@ def repeated_images(sets: list[ShardSet], natural: np.ndarray) -> str | None:
     found = first_shared([("--natural" if is_natural else "--data", s) for s, is_natural in zip(sets, natural)])
     if found is None:
         return None
-    return (f"{found[2]}: the run would train on them twice and validate on images it trains on; give each set "
-            "once")
+    shared = found[-1]
+    return f"{shared}: the run would train on them twice and validate on images it trains on; give each set once"
 
 
 class Pool:
