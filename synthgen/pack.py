@@ -63,7 +63,8 @@ def read_split_file(split_file: Path, root: Path, split: str) -> tuple[list[tupl
     """The images of one split from an SOS-style file of `path,label,split` lines (a header is allowed)."""
     items, skipped, first_line = [], [], {}
     try:
-        rows = list(csv.reader(split_file.read_text().splitlines()))
+        # utf-8-sig: spreadsheet programs save CSV with a byte-order mark, which would become part of the first path
+        rows = list(csv.reader(split_file.read_text(encoding="utf-8-sig").splitlines()))
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"--split-file {split_file}: cannot be read ({exc})") from None
     for number, row in enumerate(rows, 1):
@@ -187,6 +188,19 @@ def differences(old: dict, config: PackConfig, fingerprint: str, labels: str) ->
     return "; ".join(changed) or "the pack settings differ"
 
 
+def nothing_to_pack(root: Path, config: PackConfig, skipped: list[Skipped]) -> str:
+    """Why a pack found no image, with the first file it passed over (a wrong ROOT makes every listed path
+    'not found', which the message would otherwise hide)."""
+    expected = (f"lines 'path,label,{config.split}' in {config.split_file}, with paths relative to ROOT"
+                if config.split_file else "folders 0, 1, 2, 3, 4+ of images")
+    message = f"pack {root}: no labelled images found (expected {expected})"
+    if skipped:
+        first = skipped[0]
+        message += (f"; {len(skipped)} file{'s' if len(skipped) > 1 else ''} passed over, the first "
+                    f"{first.path}: {first.reason}")
+    return message
+
+
 WORKER_MODULES = ("synthgen.pack",)  # imported in every worker's first task (parallel.in_worker)
 
 
@@ -208,9 +222,7 @@ def _pack(config: PackConfig, run: RunOptions, out_dir, command: list[str] | Non
     else:
         items, skipped = scan_label_folders(root)
     if not items:
-        raise UsageError(f"pack {root}: no labelled images found (expected folders 0, 1, 2, 3, 4+ of images"
-                         + (f", or lines for split {config.split!r} in {config.split_file}" if config.split else "")
-                         + ")")
+        raise UsageError(nothing_to_pack(root, config, skipped))
     if run.on_bad_input == "fail" and skipped:
         raise BadInputError(skipped[0].path, skipped[0].reason + " (--on-bad-input fail)")
     fingerprint = list_fingerprint(root, [rel for rel, _ in items])

@@ -182,3 +182,19 @@ def test_a_pack_whose_one_shard_is_decoded_in_parts_is_the_same_pack(synthgen, t
     assert [s["path"] for s in two["summary"]["skipped_inputs"]] == broken
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["manifest.json", "shard-00000.h5",
                                                                      "sources.json"]  # no parts left
+
+
+def test_a_split_file_saved_by_a_spreadsheet_and_one_under_the_wrong_root(synthgen, tmp_path):
+    root = tmp_path / "images"
+    labels = make_sos_tree(root, per_label=1)
+    split_file = tmp_path / "split.csv"
+    # a byte-order mark and CRLF line ends, as spreadsheet programs save CSV
+    split_file.write_bytes(b"\xef\xbb\xbf" + "".join(f"{path},{label},train\r\n"
+                                                     for path, label in sorted(labels.items())).encode())
+    out = tmp_path / "packed"
+    result = synthgen("pack", root, "--split-file", split_file, "--split", "train", "--out", out, *FAST)
+    assert result.rc == 0 and "skipped inputs    0" in result.out, result.out + result.err
+    assert sorted(json.loads((out / "sources.json").read_text())["files"]) == sorted(labels)
+    wrong = synthgen("pack", tmp_path, "--split-file", split_file, "--split", "train", "--out", tmp_path / "o", *FAST)
+    assert wrong.rc == 2 and "no labelled images found" in wrong.err
+    assert "5 files passed over" in wrong.err and "not found" in wrong.err  # why: every path is missing there
