@@ -23,7 +23,7 @@ from analysis.encode import check_checkpoints, encode_set, load_encoder, resize_
 from analysis.regression import AREA, NUMEROSITY, make_predictors
 from analysis.report import (clear_previous, report_markdown, run_row, run_summary, runs_markdown, runs_summary,
                              write_dimensions, write_runs_csv)
-from analysis.selectivity import Selectivity, anova_moments, make_design, number_selectivity
+from analysis.selectivity import Design, Selectivity, anova_moments, make_design, number_selectivity
 from analysis.units import Criteria, UnitResult, find_units
 from common.cli import resolve_device
 from common.errors import UserError
@@ -217,8 +217,28 @@ def load_set(config: AnalysisConfig) -> tuple[ShardSet, SetLabels]:
     if np.count_nonzero(count > 0) < 4 or np.unique(count[count > 0]).size < 2:
         raise UserError(f"--data {config.data}: Eq. 3 needs images with at least two different counts N >= 1; "
                         f"this set has counts {sorted(set(count.tolist()))}")
-    return shards, SetLabels(count, shards.labels["visible_area"].astype(np.float64),
-                             shards.labels["target_area"].astype(np.float64))
+    labels = SetLabels(count, shards.labels["visible_area"].astype(np.float64),
+                       shards.labels["target_area"].astype(np.float64))
+    problem = anova_problem(make_design(labels.count, labels.area, labels.target_area, config.area_bins), config)
+    if problem:
+        raise UserError(f"--data {config.data}: {problem}")
+    return shards, labels
+
+
+def anova_problem(design: Design, config: AnalysisConfig) -> str | None:
+    """Why the number-selectivity ANOVA cannot be tested on this design (None if it can): with as many cells as
+    images, nothing is left to estimate the residual against, and every p would be undefined."""
+    images, cells = int(design.used.sum()), int(np.unique(design.cells).size)
+    if images > cells:
+        return None
+    if design.by_levels:
+        binned, remedy = f"the set's {design.area_edges.size} area levels", "analyse a larger set"
+    else:
+        binned = f"{design.area_edges.size - 1} area bins (--area-bins {config.area_bins})"
+        remedy = "lower --area-bins or analyse a larger set"
+    return (f"the two-way ANOVA of number selectivity needs more images than cells: the {images} images with N >= 1 "
+            f"fill {cells} cells of {design.levels.size} numerosities x {binned}, leaving nothing to test against; "
+            f"{remedy}")
 
 
 def analyse(config: AnalysisConfig, log=print) -> dict:

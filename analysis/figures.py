@@ -9,6 +9,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from analysis.regression import AREA, NUMEROSITY  # noqa: E402
+from analysis.selectivity import area_quantile_bins  # noqa: E402
 
 COLOURS = {NUMEROSITY: "#c44e52", AREA: "#4c72b0", "": "#999999"}
 
@@ -46,8 +47,8 @@ def response_profile(dim: int, z: np.ndarray, count: np.ndarray, area: np.ndarra
     keep = count > 0
     z, count, area = z[keep], count[keep], area[keep]
     log_area = np.log10(area)
-    edges = np.quantile(log_area, np.linspace(0, 1, area_bins + 1))
-    bins = np.clip(np.searchsorted(edges, log_area, side="right") - 1, 0, area_bins - 1)
+    bins, edges = area_quantile_bins(area, area_bins)
+    edges, area_bins = np.log10(edges), edges.size - 1
     values = np.unique(count)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     cmap = plt.get_cmap("viridis")

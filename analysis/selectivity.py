@@ -38,6 +38,7 @@ class Design:
     area_bin: np.ndarray  # bin index per used image
     levels: np.ndarray  # the numerosity of each level
     area_edges: np.ndarray  # bin edges of the area (pixels), or the distinct levels when the design has them
+    by_levels: bool = False  # binned by the design's own area levels, not by quantiles
 
     @property
     def cells(self) -> np.ndarray:
@@ -46,21 +47,30 @@ class Design:
 
 def make_design(count: np.ndarray, area: np.ndarray, target_area: np.ndarray | None = None,
                 area_bins: int = 4, max_levels: int = 12) -> Design:
-    """Numerosity levels and area bins. A set built with a few discrete area levels (the dot stimuli,
+    """Numerosity levels and area bins. A set built with a few repeated area levels (the dot stimuli,
     Stoianov & Zorzi's eight) is binned by them; a continuous area by `area_bins` quantiles of log A."""
     count = np.asarray(count)
     used = (count > 0) & (np.asarray(area) > 0)
     levels, numerosity = np.unique(count[used], return_inverse=True)
     design_levels = np.unique(target_area[used]) if target_area is not None else np.array([])
-    if 1 < design_levels.size <= max_levels:
+    # levels that repeat: a handful of images of a continuous area would otherwise pass for a design of levels
+    if 1 < design_levels.size <= max_levels and 2 * design_levels.size <= np.count_nonzero(used):
         area_bin = np.searchsorted(design_levels, target_area[used])
-        edges = design_levels
-    else:
-        log_area = np.log(area[used])
-        edges = np.quantile(log_area, np.linspace(0, 1, area_bins + 1))
-        area_bin = np.clip(np.searchsorted(edges, log_area, side="right") - 1, 0, area_bins - 1)
-        edges = np.exp(edges)
+        return Design(used, numerosity, area_bin, levels, design_levels, by_levels=True)
+    area_bin, edges = area_quantile_bins(area[used], area_bins)
     return Design(used, numerosity, area_bin, levels, edges)
+
+
+def area_quantile_bins(area: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each area's bin among `bins` quantiles of log A, and the bins' edges (as areas), leaving out empty bins.
+
+    Tied areas (whole pixels of small images) can put two edges on one value and leave a bin empty: an empty
+    bin is no level of the factor, and counting it would give the F tests the wrong degrees of freedom."""
+    log_area = np.log(area)
+    edges = np.quantile(log_area, np.linspace(0, 1, bins + 1))
+    quantile_bin = np.clip(np.searchsorted(edges, log_area, side="right") - 1, 0, bins - 1)
+    present, area_bin = np.unique(quantile_bin, return_inverse=True)
+    return area_bin, np.exp(np.append(edges[present], edges[-1]))
 
 
 def _group_scatter(zc: np.ndarray, groups: np.ndarray) -> np.ndarray:

@@ -444,3 +444,12 @@ def test_analysis_errors_are_clear(trained, tmp_path, capsys):
     assert analyse_main(["--checkpoint", str(trained / "run" / "best.pt"), "--data", str(trained / "analysis-set"),
                          "--out", str(tmp_path / "b"), "--active-threshold", "1e9", "--no-progress"]) == 1
     assert "no active latent dimension" in capsys.readouterr().err
+    # 8 images in 8 area bins: each alone in its cell, nothing is left for the ANOVA's residual. Refused before
+    # encoding, where every p would have been undefined and read as "no number-selective unit"
+    assert synthgen_main(["build", "--n", "8", "--count", "1-4", "--size", "32", "--out", str(tmp_path / "tiny"),
+                          "--no-progress", "--workers", "1"]) == 0
+    assert analyse_main(["--checkpoint", str(trained / "run" / "best.pt"), "--data", str(tmp_path / "tiny"),
+                         "--out", str(tmp_path / "c"), "--area-bins", "50", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "needs more images than cells: the 8 images with N >= 1 fill 8 cells" in err and "lower --area-bins" in err
+    assert not (tmp_path / "c").exists()

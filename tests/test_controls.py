@@ -123,3 +123,21 @@ def test_selectivity_finds_planted_tuned_units_and_their_preferred_numerosity():
     assert set(result.average) == {2, 4, 6} and result.average[4].argmax() == 3
     widths = result.widths[4]
     assert widths["log2"]["sigma"] == pytest.approx(0.3, rel=0.2) and widths["log2"]["r2"] > 0.9
+
+
+def test_the_anova_of_tied_areas_counts_only_the_area_bins_that_hold_images():
+    rng = np.random.default_rng(8)
+    count = rng.integers(1, 5, 400)
+    # half the images share one area (whole pixels of small images tie): two quantile edges fall on it
+    area = np.concatenate([rng.uniform(100, 900, 100), np.full(200, 1000.0), rng.uniform(1100, 3000, 100)])
+    design = make_design(count, area, area_bins=4)
+    assert np.unique(design.area_bin).tolist() == [0, 1, 2] and design.area_edges.size == 4
+    z = rng.normal(size=(400, 2))
+    z[:, 0] += 0.2 * count
+    moments = anova_moments(z, design)
+    assert moments.df["area"] == 2 and moments.df["interaction"] == 6
+    f, p = anova_tests(moments)
+    for j in range(2):
+        frame = pd.DataFrame({"y": z[:, j], "n": design.numerosity, "a": design.area_bin})
+        table = sm.stats.anova_lm(smf.ols("y ~ C(n) * C(a)", frame).fit(), typ=2)
+        np.testing.assert_allclose(p[:, j], table["PR(>F)"].values[:3], rtol=1e-9)
