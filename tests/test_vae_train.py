@@ -89,6 +89,23 @@ def test_run_folder_checkpoints_and_natural_mixing(data, tmp_path, capsys):
     assert meta["epoch"] == best_epoch
 
 
+def test_natural_sets_go_in_natural_and_can_be_trained_on_alone(data, tmp_path, capsys):
+    # a natural set as --data would skip the mixing schedule and the class balance without a word
+    assert train_main(["--data", str(data / "natural"), "--out", str(tmp_path / "a"), "--epochs", "1", *TINY]) == 2
+    err = capsys.readouterr().err
+    assert f"--data {data / 'natural'}: a natural set (synthgen pack); give it with --natural" in err
+    # --natural alone: the paper's 20 synthetic-only epochs would train on nothing
+    alone = ["--natural", str(data / "natural"), "--out", str(tmp_path / "b"), "--epochs", "2", *TINY, "--no-progress"]
+    assert train_main(alone) == 2 and "give --natural-start 0" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert train_main([*alone, "--natural-start", "0", "--natural-ramp", "1"]) == 0
+    out = capsys.readouterr().out
+    records = metrics(tmp_path / "b")
+    assert "data: 0 synthetic and" in out and f"the {records[0]['natural_images']} natural training images join in " \
+        "epoch 1\n" in out
+    assert [r["natural_fraction"] for r in records] == [1.0, 1.0] and records[0]["natural_images"] > 0
+
+
 def test_the_fused_optimizer_takes_the_steps_of_torchs_default_adam():
     """The trainer's fused Adam (one kernel over the parameters) against torch's multi-tensor Adam: the same
     updates to rounding over steps where the moments build up, and a state that resumes in either."""

@@ -31,8 +31,9 @@ DEFAULT_WORKERS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_geta
 class DataSettings(Settings):
     TITLE = "data (synthgen sets) and the mixing recipe of section 4.2"
 
-    data: list[str] = option([], "synthetic sets (synthgen build output folders); required for a new run; with "
-                             "--resume, where the run's sets are now if they moved")
+    data: list[str] = option([], "synthetic sets (synthgen build output folders); required for a new run (or "
+                             "--natural alone, with --natural-start 0: natural images only); with --resume, where "
+                             "the run's sets are now if they moved")
     natural: list[str] = option([], "natural sets (synthgen pack of the training split); mixed in after "
                                 "--natural-start epochs; with --resume, where they are now if they moved",
                                 nargs="*")
@@ -150,8 +151,13 @@ class TrainConfig(Settings):
     runtime: RuntimeSettings = RuntimeSettings()
 
     def check(self) -> None:
-        if not self.data.data:
-            raise UsageError("--data: give one or more synthgen build folders (the synthetic training sets)")
+        data = self.data
+        if not data.data and not data.natural:
+            raise UsageError("--data: give one or more synthgen build folders (the synthetic training sets), or "
+                             "--natural alone to train on natural images only")
+        if not data.data and data.natural_start > 0:
+            raise UsageError(f"--natural-start {data.natural_start}: with --natural alone (no --data), the first "
+                             f"{data.natural_start} epochs would train on nothing; give --natural-start 0")
 
 
 # What --resume may replace: where the run is, how it runs, and how long.

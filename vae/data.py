@@ -39,8 +39,8 @@ def mixing_plan(epochs: int, start: int, ramp: int, n_natural: int) -> str | Non
     if n_natural == 0:
         return None
     synthetic = f"synthetic images only in epochs 1-{start}, then " if start else ""
-    plan = (f"mixing: {synthetic}the {n_natural} natural training images join over epochs {start + 1}-"
-            f"{start + ramp}")
+    epochs_joining = f"over epochs {start + 1}-{start + ramp}" if ramp > 1 else f"in epoch {start + 1}"
+    plan = f"mixing: {synthetic}the {n_natural} natural training images join {epochs_joining}"
     last = natural_fraction(epochs, start, ramp)
     if last == 0:
         return (f"{plan}; with --epochs {epochs} none of them joins this run (the validation holds some): lower "

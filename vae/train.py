@@ -94,11 +94,16 @@ def sets_problem(saved: list[dict], now: list[dict]) -> str | None:
 
 
 def load_data(config: TrainConfig, runtime: Runtime, new: bool = True) -> Data:
-    """The run's sets, split and feed; for a new run, sets that share no image, and an --image-size that reduces
-    the sets' images, never enlarges them."""
+    """The run's sets, split and feed; for a new run, sets that share no image, natural sets only as --natural,
+    and an --image-size that reduces the sets' images, never enlarges them."""
     data = config.data
     pool = Pool(data.data, data.natural, verify=config.runtime.verify_shards,
                 progress=config.runtime.progress and runtime.main, distinct=new)
+    natural = [s for s, is_natural in zip(pool.sets, pool.natural_set) if s.kind == "natural" and not is_natural]
+    if new and natural:
+        raise UsageError(f"--data {natural[0].root}: a natural set (synthgen pack); give it with --natural, which "
+                         "mixes it in on the paper's schedule (after --natural-start epochs) and balances its classes "
+                         "(--natural-drop); --natural alone, with --natural-start 0, trains on natural images only")
     size = config.model.image_size or pool.image_size
     if new and size > pool.image_size:
         raise UsageError(f"--image-size {size}: the sets' images are {pool.image_size} px ({pool.sets[0].root}); "
