@@ -37,7 +37,8 @@ class Predictors:
 def standardise(values: np.ndarray) -> np.ndarray:
     values = np.asarray(values, dtype=np.float64)
     std = values.std(axis=0)
-    return (values - values.mean(axis=0)) / np.where(std > 0, std, 1.0)
+    # equal values: rounding leaves their std at about 1e-16, not 0, and dividing by it would blow them up
+    return (values - values.mean(axis=0)) / np.where(np.ptp(values, axis=0) > 0, std, 1.0)
 
 
 def make_predictors(count: np.ndarray, area: np.ndarray, log1p: bool = False) -> Predictors:
@@ -54,7 +55,7 @@ def make_predictors(count: np.ndarray, area: np.ndarray, log1p: bool = False) ->
         excluded = int(((count == 0) | (area <= 0)).sum())
     if used.sum() < 4:
         raise ValueError("fewer than 4 images with N >= 1: nothing to fit")
-    if np.any(raw.std(axis=0) == 0):
+    if np.any(np.ptp(raw, axis=0) == 0):
         raise ValueError("log N or log A does not vary over the images: the set cannot separate number from area")
     predictors = Predictors(used, standardise(raw), "log1p" if log1p else "log", excluded)
     if abs(predictors.correlation) > MAX_PREDICTOR_R:

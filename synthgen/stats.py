@@ -13,9 +13,10 @@ def corr_log(count: np.ndarray, area: np.ndarray) -> float | None:
     if keep.sum() < 3:
         return None
     x, y = np.log(count[keep]), np.log(area[keep])
-    if x.std() == 0 or y.std() == 0:
+    if np.ptp(x) == 0 or np.ptp(y) == 0:  # not std: rounding leaves the std of equal values at 1e-16, not 0
         return None
-    return float(np.corrcoef(x, y)[0, 1])
+    r = float(np.corrcoef(x, y)[0, 1])
+    return r if math.isfinite(r) else None
 
 
 def corr_text(r: float | None) -> str:

@@ -385,6 +385,14 @@ def test_the_next_command_it_prints_runs_as_printed_whatever_the_folder_name(syn
     assert result.rc == 0 and shlex.split(hint) == ["synthgen", "inspect", str(out)]
 
 
+def test_a_set_of_one_count_has_no_correlation_of_count_and_area(synthgen, tmp_path):
+    # log 3 repeated has a standard deviation of 2e-16 in floating point, not 0: it printed "+nan" or noise
+    out = tmp_path / "threes"
+    result = synthgen("build", "--n", 12, "--count", "3", "--out", out, *FAST)
+    assert result.rc == 0 and "corr(log N, log A) undefined visible, undefined target" in result.out
+    assert manifest_of(out)["summary"]["corr_log_count_log_area"] == {"target": None, "visible": None}
+
+
 def test_a_set_of_empty_scenes(synthgen, tmp_path):
     out = tmp_path / "empty"
     result = synthgen("build", "--n", 12, "--count", "0", "--out", out, *FAST)
