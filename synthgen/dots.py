@@ -13,7 +13,8 @@ schema (count, areas, one box per dot), so every tool reads the set unchanged. T
 * **Field.** The dots are scattered in a disc at the canvas centre whose area is drawn per image from
   `--field-range` (log-uniform), independently of N and area; LO = HI holds it fixed. What a viewer
   sees, the convex hull of the dots, is recorded per image (`field_area`).
-* **Rendering.** Binary: a dot is every pixel whose centre lies within its radius (at least one pixel).
+* **Rendering.** Binary: a dot is every pixel whose centre lies within its radius (at least one pixel, so
+  a design whose smallest dots are well under a pixel is refused: `MIN_DOT_PIXELS`).
   No two dots come closer than `--min-gap` pixels (8-neighbourhood), so each is seen and counted apart:
   an image's dots are exactly its 8-connected white components, and its visible area is its white
   pixel count. target_area holds the designed cumulative area; full_area = visible_area the drawn one.
@@ -196,6 +197,30 @@ def dot_assemble(out_dir: str, parts: list[Part], config_json: dict, identity: s
     return {"shard": shard, "n_images": 0, "checksum": checksum, "seconds": time.perf_counter() - started}
 
 
+# A dot is drawn as at least one pixel, so a small one is drawn larger than designed: by 11% on average at 0.96 px
+# (the defaults' smallest, N = 32 at the lowest level), a third at 0.75 px, twice at 0.5 px. Beyond a third the
+# drawn cumulative area grows with N, the very confound the design holds apart.
+MIN_DOT_PIXELS = 0.75
+
+
+def small_dots_problem(config: DotConfig, smallest_dot: float) -> str:
+    """Why a design whose smallest dots are drawn much larger than designed is refused, and what would do."""
+    drawn = (f"a dot is drawn as at least one pixel, so one under {MIN_DOT_PIXELS} px comes out a third or more "
+             "larger than designed")
+    if config.control == "item-size":
+        lo, hi = config.item_range
+        return (f"--item-range {lo:g}-{hi:g}: the smallest level's dots would cover {smallest_dot:.2g} px on average; "
+                f"{drawn}, and the lowest levels would not hold in the images. Raise the bottom of --item-range to "
+                f"{MIN_DOT_PIXELS} or more")
+    lo, hi = config.area_range
+    most = max(config.counts)
+    size = math.ceil(math.sqrt(MIN_DOT_PIXELS * most / lo))
+    return (f"--area-range {lo:g}-{hi:g} at --size {config.size}: the smallest dots ({most} dots at the lowest level) "
+            f"would cover {smallest_dot:.2g} px on average; {drawn}, and the drawn cumulative area would grow with N, "
+            f"the confound the design removes. Build at --size {size} or more, raise the bottom of --area-range to "
+            f"{MIN_DOT_PIXELS * most / config.size**2:.3g}, or use fewer dots (--count)")
+
+
 def check_feasible(config: DotConfig) -> None:
     """Refuse, before any work, a design whose levels cannot show in the images, or whose most crowded arrays
     cannot be placed."""
@@ -207,6 +232,9 @@ def check_feasible(config: DotConfig) -> None:
         raise UsageError(f"{option} {lo:g}-{hi:g}: even the largest dots would cover {largest_dot:.2g} px on average, "
                          "less than a pixel; every dot is drawn as at least one pixel, so the levels would not differ "
                          f"in the images. Raise {option} so that dots cover a pixel or more")
+    smallest_dot = levels[0] / max(config.counts) if config.control == "total-area" else levels[0]
+    if smallest_dot < MIN_DOT_PIXELS:
+        raise UsageError(small_dots_problem(config, smallest_dot))
     field = config.field_range[0] * config.size**2
     for count in sorted({max(config.counts), min(config.counts)}, reverse=True):
         total = levels[-1] if config.control == "total-area" else levels[-1] * count

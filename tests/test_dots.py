@@ -90,3 +90,18 @@ def test_an_impossible_dot_design_is_refused_before_any_work(synthgen, tmp_path)
     assert result.rc == 2 and "cannot place 32 dots" in result.err and not out.exists()
     counts = synthgen("dots", "--n", 10, "--count", "0-4", "--out", out, *FAST)
     assert counts.rc == 2 and "counts start at 1" in counts.err
+
+
+def test_dots_drawn_much_larger_than_designed_are_refused(synthgen, tmp_path):
+    # at 16 px, 32 dots share 3% of the canvas: 0.24 px each, drawn as one pixel, and the drawn cumulative area
+    # grew with N (corr(log N, log A) +0.42 where the design holds it at 0)
+    out = tmp_path / "tiny"
+    result = synthgen("dots", "--n", 10, "--size", 16, "--out", out, *FAST)
+    assert result.rc == 2 and "the smallest dots (32 dots at the lowest level) would cover 0.24 px" in result.err
+    assert "Build at --size 29 or more" in result.err and not out.exists()
+    items = synthgen("dots", "--n", 10, "--control", "item-size", "--item-range", "0.5-8", "--out", out, *FAST)
+    assert items.rc == 2 and "Raise the bottom of --item-range to 0.75" in items.err
+    # the remedies it names do: the size it gives, and the defaults at 32 px (0.96 px), whose areas hold
+    assert synthgen("dots", "--n", 256, "--size", 29, "--out", out, *FAST).rc == 0
+    corr = manifest_of(out)["summary"]["corr_log_count_log_area"]
+    assert abs(corr["visible"]) < 0.1
