@@ -128,6 +128,8 @@ def cases(r: Path):
                           "--no-progress"], 1,
          "a readout needs training images of at least two count classes"),
         ("vae-subitize", [*subitize[2:], "--checkpoint", str(r / "missing.pt")], 1, "no such checkpoint"),
+        ("analyze-area-vs-number", [*analyse[2:], "--checkpoint", str(r / "truncated")], 1,
+         f"--checkpoint {r / 'truncated'}: a folder; give a checkpoint file, such as {r / 'truncated' / 'last.pt'}"),
         # a readout tested on images it was trained on, or trained on an image twice: refused before any encoding
         ("vae-subitize", [*subitize[:2], "--train", str(r / "set"), "--test", str(r / "corrupt"), "--out", a,
                           "--no-progress"], 2, f"--train {r / 'set'} and --test {r / 'corrupt'} hold the same images "

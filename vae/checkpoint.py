@@ -37,6 +37,10 @@ def load_checkpoint(path, map_location="cpu", mmap: bool = False) -> dict:
     Raises CheckpointError, naming the file, for anything that is not a whole vae-train checkpoint.
     `mmap`: map the tensors instead of reading them; a check of the file's structure that costs no memory."""
     path = Path(path)
+    if path.is_dir():
+        held = [name for name in ("best.pt", "last.pt") if (path / name).is_file()]
+        raise CheckpointError(f"{path}: a folder; give a checkpoint file, "
+                              + (f"such as {path / held[0]}" if held else "best.pt or last.pt of a vae-train run"))
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint (give best.pt or last.pt of a vae-train run)")
     try:
