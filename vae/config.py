@@ -151,6 +151,9 @@ class TrainConfig(Settings):
     runtime: RuntimeSettings = RuntimeSettings()
 
     def check(self) -> None:
+        if self.runtime.compile_mode != "default" and not self.runtime.compile:
+            raise UsageError(f"--compile-mode {self.runtime.compile_mode}: a mode of --compile, which is not given; "
+                             "add --compile (without it the run would execute eagerly)")
         data = self.data
         if not data.data and not data.natural:
             raise UsageError("--data: give one or more synthgen build folders (the synthetic training sets), or "
