@@ -56,6 +56,11 @@ def cmd_dots(given: dict, command: list[str]) -> int:
     from synthgen.dots import dots
 
     settings = from_args(DotsCommand, given)
+    control = settings.config.control
+    unused, used = ("--item-range", "--area-range") if control == "total-area" else ("--area-range", "--item-range")
+    if unused[2:].replace("-", "_") in given:  # it would go unread, and yet change the set's identity
+        raise UsageError(f"{unused} is not used with --control {control}, whose levels are set by {used}; give "
+                         f"{used}, or --control {'item-size' if control == 'total-area' else 'total-area'}")
     summary = dots(settings.config, settings.run, settings.out, command=command)
     built, resumed = summary["images_built"], summary["images_resumed"]
     print(f"synthgen: built {built} dot arrays in {summary['render_seconds']:.1f} s"

@@ -90,6 +90,12 @@ def test_an_impossible_dot_design_is_refused_before_any_work(synthgen, tmp_path)
     assert result.rc == 2 and "cannot place 32 dots" in result.err and not out.exists()
     counts = synthgen("dots", "--n", 10, "--count", "0-4", "--out", out, *FAST)
     assert counts.rc == 2 and "counts start at 1" in counts.err
+    # the range of the other control went unread, while the user believed it shaped the set
+    unread = synthgen("dots", "--n", 10, "--item-range", "2-9", "--out", out, *FAST)
+    assert unread.rc == 2 and "--item-range is not used with --control total-area" in unread.err
+    unread = synthgen("dots", "--n", 10, "--control", "item-size", "--area-range", "0.05-0.1", "--out", out, *FAST)
+    assert unread.rc == 2 and "--area-range is not used with --control item-size" in unread.err
+    assert not out.exists()
 
 
 def test_dots_drawn_much_larger_than_designed_are_refused(synthgen, tmp_path):
