@@ -21,10 +21,10 @@ from analysis.config import AnalysisConfig
 from analysis.controls import Decoding, NullResult, population_decoding, rotation_null
 from analysis.encode import check_checkpoints, encode_set, load_encoder, resize_notes, seen_by_the_vae
 from analysis.regression import AREA, NUMEROSITY, make_predictors
-from analysis.report import (clear_previous, report_markdown, run_row, run_summary, runs_markdown, runs_summary,
-                             write_dimensions, write_runs_csv)
+from analysis.report import (clear_previous, collapsed_markdown, collapsed_summary, mean_sd_text, report_markdown,
+                             run_row, run_summary, runs_markdown, runs_summary, write_dimensions, write_runs_csv)
 from analysis.selectivity import Design, Selectivity, anova_moments, make_design, number_selectivity
-from analysis.units import Criteria, UnitResult, find_units
+from analysis.units import Criteria, NoActiveDimension, UnitResult, find_units
 from common.cli import resolve_device
 from common.errors import UserError
 from common.jsontext import json_text
@@ -128,22 +128,34 @@ def analyse_latents(means: np.ndarray, labels: SetLabels, config: AnalysisConfig
 
 
 def analyse_run(checkpoint: str, label: str, shards: ShardSet, labels: SetLabels, config: AnalysisConfig,
-                out: Path, device, log=print, notes: list[str] = (), replace: tuple[Path, ...] = ()) -> dict:
+                out: Path, device, log=print, notes: list[str] = (), replace: tuple[Path, ...] = (),
+                collapsed_ok: bool = False) -> dict:
     """One checkpoint: encode, analyse, write the folder; returns its summary. `notes` (run_notes) are logged
     and reported with the set's own. `replace`: folders whose earlier analysis is removed once this one is
     computed, before it is written (report.clear_previous), so that a failed analysis leaves the earlier
-    one whole."""
+    one whole. `collapsed_ok`: a model with no active dimension is reported as such (one run of several,
+    as a large KL weight of a sweep can give) instead of refused."""
     for note in notes:
         log(f"analyze-area-vs-number: {label}: note: {note}")
     model, meta = load_encoder(checkpoint, device)
     means = encode_set(model, shards, device, config.batch_size, config.runtime.progress)
-    units, selectivity, null, decoding = analyse_latents(means, labels, config)
-    for folder in replace:
-        removed = clear_previous(folder)
-        if removed:
-            log(f"analyze-area-vs-number: replacing the earlier analysis in {folder} ({len(removed)} files)")
+    try:
+        units, selectivity, null, decoding = analyse_latents(means, labels, config)
+    except NoActiveDimension as exc:
+        if not collapsed_ok:
+            raise NoActiveDimension(f"--checkpoint {checkpoint}: {exc}") from None
+        units = None
+    _replace_previous(replace, log)
     out.mkdir(parents=True, exist_ok=True)
     np.savez(out / "latents.npz", means=means, count=labels.count, area=labels.area)
+    if units is None:
+        summary = collapsed_summary(label, str(Path(checkpoint).resolve()), meta.get("epoch"), str(shards.root),
+                                    len(shards), means, to_dict(config))
+        (out / "summary.json").write_text(json_text(summary))
+        (out / "report.md").write_text(collapsed_markdown(summary))
+        log(f"analyze-area-vs-number: {label}: {summary['collapsed']}; reported as a run without units")
+        log(f"  report {out / 'report.md'}")
+        return summary
     run = RunAnalysis(label, str(Path(checkpoint).resolve()), meta.get("epoch"), str(shards.root), len(shards),
                       units, selectivity, null, decoding, set_notes(shards) + list(notes),
                       (shards.image_size, model.config.image_size))
@@ -161,6 +173,13 @@ def analyse_run(checkpoint: str, label: str, shards: ShardSet, labels: SetLabels
         "number-selective units (ANOVA)")
     log(f"  report {out / 'report.md'}; table {out / 'dimensions.csv'}; figures in {out}")
     return summary
+
+
+def _replace_previous(folders: tuple[Path, ...], log) -> None:
+    for folder in folders:
+        removed = clear_previous(folder)
+        if removed:
+            log(f"analyze-area-vs-number: replacing the earlier analysis in {folder} ({len(removed)} files)")
 
 
 def write_figures(out: Path, run: RunAnalysis, model, shards, means, labels: SetLabels, config: AnalysisConfig,
@@ -255,7 +274,7 @@ def analyse(config: AnalysisConfig, log=print) -> dict:
             return analyse_run(config.checkpoint[0], run_labels(config.checkpoint)[0], shards, labels, config, out,
                                device, log, notes[0], replace=(out,))
         summaries = [analyse_run(path, name, shards, labels, config, out / name, device, log, run_notes,
-                                 replace=(out, out / name) if k == 0 else (out / name,))
+                                 replace=(out, out / name) if k == 0 else (out / name,), collapsed_ok=True)
                      for k, (path, name, run_notes) in enumerate(zip(config.checkpoint, run_labels(config.checkpoint),
                                                                       notes))]
         rows = [run_row(s) for s in summaries]
@@ -267,7 +286,10 @@ def analyse(config: AnalysisConfig, log=print) -> dict:
                    "figure": str(out / "runs.png")}
         (out / "summary.json").write_text(json_text(overall))
         (out / "report.md").write_text(runs_markdown(rows, stats, str(shards.root)))
-        best = stats.get("best_r2", {})
-        log(f"analyze-area-vs-number: {len(rows)} runs; best R^2 {best.get('mean', float('nan')):.3f} ± "
-            f"{best.get('sd', float('nan')):.3f}; summary {out / 'report.md'}, {out / 'runs.csv'}, {out / 'runs.png'}")
+        collapsed = [row["label"] for row in rows if row["collapsed"]]
+        found = (f"best R^2 {mean_sd_text(stats['best_r2'], '.3f')}"
+                 + (f"; without an active dimension: {', '.join(collapsed)}" if collapsed else "")
+                 if "best_r2" in stats else "none with an active dimension")
+        log(f"analyze-area-vs-number: {len(rows)} runs; {found}"
+            + f"; summary {out / 'report.md'}, {out / 'runs.csv'}, {out / 'runs.png'}")
         return overall

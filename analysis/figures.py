@@ -189,12 +189,13 @@ def runs_figure(rows: list[dict], null_95th: list[float | None], path) -> None:
     labels = [r["label"] for r in rows]
     x = np.arange(len(rows))
     fig, axes = plt.subplots(1, 2, figsize=(max(7, 1.2 * len(rows) + 4), 4))
-    axes[0].bar(x, [r["best_r2"] for r in rows], color="#c44e52", label="observed best R^2")
+    best = [np.nan if r["best_r2"] is None else r["best_r2"] for r in rows]  # None: a collapsed code, no R^2
+    axes[0].bar(x, best, color="#c44e52", label="observed best R^2")
     if any(v is not None for v in null_95th):
         axes[0].scatter(x, [np.nan if v is None else v for v in null_95th], marker="_", s=600, color="black",
                         label="null 95th percentile")
     axes[0].set(xticks=x, title="best R^2 of Eq. 3 per run", ylabel="R^2",
-                ylim=(0, 1.25 * max([r["best_r2"] for r in rows] + [v or 0 for v in null_95th])))
+                ylim=(0, 1.25 * max([v for v in best if v == v] + [v or 0 for v in null_95th] + [0.01])))
     axes[0].set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
     axes[0].legend(fontsize=7, loc="upper right", ncol=2)
     for key, colour, offset, name in (("decoding_r2_log_n", "#c44e52", -0.2, "log N"),

@@ -71,6 +71,28 @@ def run_summary(run: "RunAnalysis", settings: dict) -> dict:
     return summary
 
 
+def collapsed_summary(label: str, checkpoint: str, epoch, data: str, n_images: int, means: np.ndarray,
+                      settings: dict) -> dict:
+    """summary.json of a run whose code does not vary over the set: no Eq. 3, no units, no controls."""
+    variance = means.var(axis=0)
+    return {"label": label, "checkpoint": checkpoint, "model_epoch": epoch, "data": data, "settings": settings,
+            "n_images": n_images, "latent": int(variance.size), "active_dims": 0,
+            "collapsed": (f"no active latent dimension: the largest variance of a posterior mean over the set is "
+                          f"{variance.max():.2g}, under --active-threshold {settings['active_threshold']}"),
+            "numerosity_units": [], "area_units": [], "best_dimension": {"r2": None}, "null": None, "decoding": [],
+            "figures": {}, "paper": PAPER_RESULT}
+
+
+def collapsed_markdown(summary: dict) -> str:
+    return "\n".join([
+        "# Area versus number", "",
+        f"Checkpoint `{summary['checkpoint']}` (epoch {summary['model_epoch']}), set `{summary['data']}` "
+        f"({summary['n_images']} images).", "",
+        f"**Nothing to analyse: {summary['collapsed']}.** The model codes nothing that varies over these images "
+        "(a collapsed posterior, as a large KL weight gives): it has no numerosity or area unit, and Eq. 3, the "
+        "controls and the ANOVA are not run. The posterior means are in `latents.npz`.", ""])
+
+
 def write_dimensions(path: Path, run: "RunAnalysis") -> None:
     """One row per latent dimension, active or not: variance, Eq. 3, CIs, the ANOVA, the unit labels."""
     units, fit, ci, sel = run.units, run.units.fit, run.units.ci, run.selectivity
@@ -268,7 +290,8 @@ def run_row(summary: dict) -> dict:
            "area_units": len(summary["area_units"]), "best_r2": summary["best_dimension"]["r2"],
            "selective_units": len((summary.get("selectivity") or {}).get("selective_units", [])),
            "decoding_r2_log_n": decoding.get(("log N", "all active dimensions")),
-           "decoding_r2_log_a": decoding.get(("log A", "all active dimensions"))}
+           "decoding_r2_log_a": decoding.get(("log A", "all active dimensions")),
+           "collapsed": "collapsed" in summary}
     for key in ("best_numerosity_unit_r2", "best_area_unit_r2", "best_r2", "selective_units"):
         row[f"p_{key}"] = (null.get("p") or {}).get(key)
     return row
@@ -280,9 +303,17 @@ def runs_summary(rows: list[dict]) -> dict:
     for column in RUN_COLUMNS:
         values = np.array([r[column] for r in rows if _number(r[column]) is not None], dtype=np.float64)
         if values.size:
-            stats[column] = {"mean": float(values.mean()), "sd": float(values.std(ddof=1)) if values.size > 1 else 0.0,
+            # one run has no spread to show: its sd is undefined, not 0
+            stats[column] = {"mean": float(values.mean()), "sd": float(values.std(ddof=1)) if values.size > 1 else None,
                              "runs": int(values.size)}
     return stats
+
+
+def mean_sd_text(stat: dict, spec: str) -> str:
+    """'mean ± sd' over runs, or 'mean (1 run)' where one run has a value."""
+    if stat["sd"] is None:
+        return f"{stat['mean']:{spec}} ({stat['runs']} run)"
+    return f"{stat['mean']:{spec}} ± {stat['sd']:{spec}}"
 
 
 def runs_markdown(rows: list[dict], stats: dict, data: str) -> str:
@@ -297,8 +328,13 @@ def runs_markdown(rows: list[dict], stats: dict, data: str) -> str:
              "| run | " + " | ".join(RUN_COLUMNS) + " |", "|---|" + "---|" * len(RUN_COLUMNS)]
     for row in rows:
         lines.append(f"| {row['label']} | " + " | ".join(cell(row[c], c) for c in RUN_COLUMNS) + " |")
+    collapsed = [row["label"] for row in rows if row.get("collapsed")]
     lines.append("| **mean ± sd** | " + " | ".join(
-        f"{stats[c]['mean']:.3g} ± {stats[c]['sd']:.3g}" if c in stats else "-" for c in RUN_COLUMNS) + " |")
+        mean_sd_text(stats[c], ".3g") if c in stats else "-" for c in RUN_COLUMNS) + " |")
+    if collapsed:
+        others = ", and the means of those are over the other runs" if len(collapsed) < len(rows) else ""
+        lines += ["", f"No active latent dimension in {', '.join(collapsed)}: a collapsed code, counted as 0 units; "
+                  f"it has no R^2, p or decoding{others}."]
     lines += ["", f"For reference, the paper (section 4.4): {PAPER_RESULT}.", "", "Figure: `runs.png`."]
     return "\n".join(lines) + "\n"
 

@@ -50,14 +50,19 @@ class UnitResult:
         return means[self.predictors.used][:, self.active]
 
 
+class NoActiveDimension(UserError):
+    """A code that does not vary over the set (a collapsed posterior, as a large KL weight can give)."""
+
+
 def find_units(means: np.ndarray, count: np.ndarray, area: np.ndarray, criteria: Criteria, bootstrap: int = 0,
                seed: int = 0) -> UnitResult:
     """Drop inactive dimensions, fit Eq. 3 to the rest, bootstrap the betas, apply the criteria."""
     variance = means.var(axis=0)
     active = variance >= criteria.active_threshold
     if not active.any():
-        raise UserError(f"--checkpoint: no active latent dimension (variance of the posterior mean over the set >= "
-                        f"--active-threshold {criteria.active_threshold}): the model codes nothing that varies here")
+        raise NoActiveDimension(f"no active latent dimension (variance of the posterior mean over the set >= "
+                                f"--active-threshold {criteria.active_threshold}): the model codes nothing that "
+                                "varies here")
     try:
         predictors = make_predictors(count, area, criteria.log1p)
     except ValueError as exc:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from analysis.cli import analyze_main as analyse_main
@@ -24,7 +25,7 @@ from synthgen.cli import main as synthgen_main
 from synthgen.overlap import shared_images
 from synthgen.stats import corr_log
 from test_pack import make_sos_tree
-from vae.checkpoint import load_checkpoint
+from vae.checkpoint import load_checkpoint, save_checkpoint
 from vae.cli import main as train_main
 
 sm = pytest.importorskip("statsmodels.api", reason="statsmodels is a test dependency")
@@ -235,6 +236,35 @@ def test_several_runs_get_a_folder_each_and_a_summary_over_them(trained, tmp_pat
     assert summary["over_runs"]["best_r2"]["sd"] == pytest.approx(np.std(values, ddof=1))
     assert "mean ± sd" in (out / "report.md").read_text() and len((out / "runs.csv").read_text().splitlines()) == 3
     assert _valid_png(out / "runs.png")
+
+
+def test_a_collapsed_run_among_several_is_reported_and_the_others_analysed(trained, tmp_path, capsys):
+    """A sweep over the KL weight can leave a run with a collapsed code; it stopped the whole analysis."""
+    state = torch.load(trained / "run-seed1" / "best.pt", weights_only=True)
+    state["model"]["fc_mu.weight"].zero_()  # every posterior mean the same: a code that varies nowhere
+    state["model"]["fc_mu.bias"].zero_()
+    collapsed = tmp_path / "collapsed" / "best.pt"
+    collapsed.parent.mkdir()
+    save_checkpoint(collapsed, state)
+    out = tmp_path / "runs"
+    assert analyse_main(["--checkpoint", str(trained / "run" / "best.pt"), str(collapsed), "--data",
+                         str(trained / "analysis-set"), "--out", str(out), "--bootstrap", "20", "--null-rotations",
+                         "20", "--no-progress"]) == 0
+    summary = strict_json(out / "summary.json")
+    rows = {row["label"]: row for row in summary["runs"]}
+    assert rows["collapsed-best"]["collapsed"] and rows["collapsed-best"]["active_dims"] == 0
+    assert rows["collapsed-best"]["best_r2"] is None and rows["collapsed-best"]["numerosity_units"] == 0
+    assert summary["over_runs"]["best_r2"] == {"mean": rows["run-best"]["best_r2"], "sd": None, "runs": 1}
+    assert summary["over_runs"]["numerosity_units"]["runs"] == 2  # counted as a run without units
+    report = (out / "report.md").read_text()
+    assert "No active latent dimension in collapsed-best" in report and "(1 run)" in report
+    assert "Nothing to analyse" in (out / "collapsed-best" / "report.md").read_text()
+    assert strict_json(out / "collapsed-best" / "summary.json")["active_dims"] == 0
+    assert _valid_png(out / "runs.png")
+    # alone, it is refused, and the message names it
+    assert analyse_main(["--checkpoint", str(collapsed), "--data", str(trained / "analysis-set"), "--out",
+                         str(tmp_path / "alone"), "--no-progress"]) == 1
+    assert f"--checkpoint {collapsed}: no active latent dimension" in capsys.readouterr().err
 
 
 def test_two_checkpoints_of_one_run_are_not_two_runs(trained, tmp_path, capsys):
