@@ -28,6 +28,7 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
+from common.locks import held_by
 from synthgen.errors import OutputError
 from synthgen.manifest import read_manifest
 from synthgen.shards import VERIFY_THREADS, content_checksum, raw_image_offsets, shard_contents
@@ -97,8 +98,12 @@ def read_labels(paths, names=LABELS) -> dict[str, np.ndarray]:
     return {name: np.concatenate(chunks) for name, chunks in parts.items()}
 
 
-def incomplete_reason(manifest: dict) -> str:
-    """Why a set is not complete, and what to do: resume, unless the same command would fail again."""
+def incomplete_reason(manifest: dict, root: Path) -> str:
+    """Why a set is not complete, and what to do: wait for the synthgen writing it now, or resume, unless the
+    same command would fail again."""
+    writer = held_by(root, "synthgen")
+    if writer:  # built or extended at this moment, not interrupted: resuming is not what to do
+        return f"the set is being written now (synthgen, pid {writer}); wait for it to finish"
     failure = manifest.get("failure")
     if failure:
         return (f"the set is incomplete: its build stopped at image {failure['image']}, and would stop there again "
@@ -119,7 +124,7 @@ class ShardSet:
         named = f"{option} {self.root}" if option else str(self.root)
         manifest = set_manifest(self.root, named)
         if not manifest.get("complete"):
-            raise OutputError(f"{named}: {incomplete_reason(manifest)}")
+            raise OutputError(f"{named}: {incomplete_reason(manifest, self.root)}")
         try:
             self.manifest = manifest
             self.paths = [self.root / shard["file"] for shard in manifest["shards"]]

@@ -42,7 +42,7 @@ def verify_set(root, progress: bool = True) -> dict[str, list[str]]:
     root = Path(root)
     manifest = set_manifest(root, str(root))  # an error, not a problem of a set: there is no set to report on
     if not manifest.get("complete"):
-        return {"manifest.json": [incomplete_reason(manifest)]}
+        return {"manifest.json": [incomplete_reason(manifest, root)]}
     problems: dict[str, list[str]] = {}
     entries = manifest["shards"]
     listed = {entry["file"] for entry in entries}

@@ -385,6 +385,28 @@ def test_the_next_command_it_prints_runs_as_printed_whatever_the_folder_name(syn
     assert result.rc == 0 and shlex.split(hint) == ["synthgen", "inspect", str(out)]
 
 
+def test_a_set_being_written_now_is_told_from_an_interrupted_one(synthgen, tmp_path):
+    """Readers of a set that a synthgen is extending were told to run its command again, as if interrupted."""
+    out = tmp_path / "set"
+    assert synthgen("build", "--n", 10, "--size", 32, "--out", out, *FAST).rc == 0
+    manifest = manifest_of(out)
+    (out / "manifest.json").write_text(json.dumps({**manifest, "complete": False}))  # as an extension begins
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from common.locks import FolderLock; "
+                               f"FolderLock({str(out)!r}, 'synthgen').acquire(); print('held', flush=True); "
+                               "sys.stdin.read()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        assert holder.stdout.readline() == "held\n"
+        for command in (["inspect", out], ["verify", out, "--no-progress"]):
+            result = synthgen(*command)
+            assert result.rc == 1 and f"the set is being written now (synthgen, pid {holder.pid}); wait" in \
+                result.out + result.err, command
+    finally:
+        holder.communicate("")
+    result = synthgen("inspect", out)  # the lock file of the killed writer stays, but nothing holds it
+    assert result.rc == 1 and "run the command that made it (manifest.json: command) again to resume" in result.err
+
+
 def test_a_set_of_one_count_has_no_correlation_of_count_and_area(synthgen, tmp_path):
     # log 3 repeated has a standard deviation of 2e-16 in floating point, not 0: it printed "+nan" or noise
     out = tmp_path / "threes"
