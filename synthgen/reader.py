@@ -18,6 +18,7 @@ for sets already checked with `synthgen verify`.
 """
 from __future__ import annotations
 
+import operator
 import os
 import shlex
 from concurrent.futures import ThreadPoolExecutor
@@ -275,6 +276,9 @@ class ShardSet:
         return {name: f[f"objects/{name}"][start:stop] for name in OBJECT_FIELDS}
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, dict]:
+        """The image and its labels; IndexError, with the valid range, outside 0 .. len-1."""
+        index = operator.index(index)  # a TypeError for a float or a string, as any sequence gives
+        self.locate(index)  # the range check, before the labels are read
         labels = {name: values[index].item() for name, values in self.labels.items()}
         return self.image(index), labels
 

@@ -267,6 +267,12 @@ def test_reader_matches_the_files(built_set):
         assert objects["visible_area"].sum() == pytest.approx(labels["visible_area"], rel=1e-5, abs=1e-3)
         with pytest.raises(IndexError):
             shards.image(50)
+        for outside in (50, -1):  # the same message as image(): numpy's own, or the labels of image 49, before
+            with pytest.raises(IndexError, match=rf"image {outside} out of range 0\.\.49"):
+                shards[outside]
+        with pytest.raises(TypeError):
+            shards[2.0]
+        assert len(list(shards)) == 50  # iteration ends at the range's end
 
 
 def test_reader_in_forked_dataloader_workers(built_set):
