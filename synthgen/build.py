@@ -41,7 +41,8 @@ from synthgen.procedural import N_BACKGROUNDS, N_OBJECTS, ProceduralBackgrounds,
 from synthgen.reader import read_labels
 from synthgen.scenes import StoredBackgrounds, check_store, make_store, read_store
 from synthgen.shards import SCHEMA_VERSION, SHARD_FORMAT, ShardArrays, shard_path, write_shard
-from synthgen.sources import FolderBackgrounds, FolderObjects, Skipped, scan_backgrounds, scan_objects
+from synthgen.sources import (FolderBackgrounds, FolderObjects, Skipped, inside_sources_problem, scan_backgrounds,
+                              scan_objects)
 from synthgen.stats import label_summary, mask_summary
 from synthgen.writer import SetWriter, holding
 
@@ -309,6 +310,11 @@ def build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | No
 def _build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | None, log, started: float,
            workers_started, scene_store, lock) -> dict:
     out = Path(out_dir).resolve()
+    read_whole = [("--objects", config.objects), ("--backgrounds", config.backgrounds)]
+    problem = inside_sources_problem(out, "--out", read_whole) or (
+        scene_store is not None and inside_sources_problem(scene_store, "--scene-store", read_whole))
+    if problem:
+        raise UsageError(problem)
     sources = scan_sources(config)
     if scene_store is not None:
         if not config.backgrounds:

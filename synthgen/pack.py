@@ -31,7 +31,8 @@ from synthgen.parallel import parallel_backend, workers_of, workers_starting
 from synthgen.parts import Part, clear_parts, finish_part, run_set, write_from_parts
 from synthgen.reader import read_labels
 from synthgen.shards import SCHEMA_VERSION, SHARD_FORMAT, ShardArrays, shard_path, write_shard
-from synthgen.sources import IMAGE_EXTENSIONS, Skipped, _check_folder, list_fingerprint, load_photo, walk_files
+from synthgen.sources import (IMAGE_EXTENSIONS, Skipped, _check_folder, inside_sources_problem, list_fingerprint,
+                              load_photo, walk_files)
 from synthgen.stats import count_histogram
 from synthgen.writer import SetWriter, holding
 
@@ -217,6 +218,9 @@ def _pack(config: PackConfig, run: RunOptions, out_dir, command: list[str] | Non
           workers_started, lock) -> dict:
     out = Path(out_dir).resolve()
     root = _check_folder(config.root, "pack ROOT")
+    problem = None if config.split_file else inside_sources_problem(out, "--out", [("pack ROOT", str(root))])
+    if problem:  # count folders are read whole; a split file names its images
+        raise UsageError(problem)
     if config.split_file:
         items, skipped = read_split_file(Path(config.split_file), root, config.split)
     else:

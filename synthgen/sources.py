@@ -184,6 +184,23 @@ def walk_files(root: Path):
     return walk(str(root), "")
 
 
+def inside_sources_problem(folder, option: str, sources: list[tuple[str, str | None]]) -> str | None:
+    """Why `folder` cannot take a command's files: it is, or lies in, a source folder (`sources`: (option, path)
+    pairs; None for one not given) that builds read whole, where its files would come back as sources: a set's
+    inspect figures are PNG images, scenes to the next build from that folder."""
+    given, folder = folder, Path(folder).resolve()
+    for source_option, root in sources:
+        if root is None:
+            continue
+        root = Path(root).resolve()
+        if folder == root or root in folder.parents:
+            where = "is" if folder == root else "lies inside"
+            return (f"{option} {given}: {where} {source_option} {root}, which is read whole: the files written "
+                    f"there (and the PNG figures of `synthgen inspect`) would be read as sources by the next command "
+                    f"reading {source_option}; choose a folder outside it")
+    return None
+
+
 def _check_folder(root: Path, option: str) -> Path:
     """The folder, resolved: every path in skip lines and manifests is absolute, whatever the spelling."""
     given = Path(root)
