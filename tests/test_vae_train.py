@@ -140,8 +140,9 @@ def test_a_short_run_overfits_a_handful_of_images(data, tmp_path, capsys):
     still = ["--flip-prob", "0", "--crop-max", "0", "--brightness", "0", "--contrast", "0", "--saturation", "0",
              "--hue", "0"]
     # beta 1: reconstruction-driven, so that memorising the images pays off against the KL
-    rc = train_main(["--data", str(data / "few"), "--out", str(run), "--epochs", "24", "--lr", "0.003",
-                     "--val-fraction", "0.1", *TINY, "--batch-size", "12", "--beta", "1", *still])
+    rc = train_main(["--natural", str(data / "few"), "--natural-start", "0", "--natural-ramp", "1", "--out", str(run),
+                     "--epochs", "24", "--lr", "0.003", "--val-fraction", "0.1", *TINY, "--batch-size", "12", "--beta",
+                     "1", *still])
     assert rc == 0, capsys.readouterr().err
     losses = [r["train"]["loss"] for r in metrics(run)]
     assert min(losses[-3:]) < 0.3 * losses[0], losses
