@@ -14,9 +14,11 @@ from synthgen.stats import summary_lines
 
 def cmd_build(given: dict, command: list[str]) -> int:
     from synthgen.build import build
+    from synthgen.parallel import within_cores
 
     settings = from_args(BuildCommand, given)
-    summary = build(settings.config, settings.run, settings.out, command=command, scene_store=settings.scene_store)
+    summary = build(settings.config, within_cores(settings.run), settings.out, command=command,
+                    scene_store=settings.scene_store)
     built, resumed = summary["images_built"], summary["images_resumed"]
     if built:
         print(f"synthgen: built {built} images in {summary['render_seconds']:.1f} s "
@@ -41,9 +43,10 @@ def print_outcome(summary: dict, out) -> None:
 
 def cmd_pack(given: dict, command: list[str]) -> int:
     from synthgen.pack import pack
+    from synthgen.parallel import within_cores
 
     settings = from_args(PackCommand, given)
-    summary = pack(settings.config, settings.run, settings.out, command=command)
+    summary = pack(settings.config, within_cores(settings.run), settings.out, command=command)
     hist = "  ".join(f"{k}: {v}" for k, v in summary["count_histogram"].items())
     print(f"synthgen: packed {summary['n_images']} images ({summary['images_packed']} in this run) "
           f"in {summary['total_seconds']:.1f} s")
@@ -54,6 +57,7 @@ def cmd_pack(given: dict, command: list[str]) -> int:
 
 def cmd_dots(given: dict, command: list[str]) -> int:
     from synthgen.dots import dots
+    from synthgen.parallel import within_cores
 
     settings = from_args(DotsCommand, given)
     control = settings.config.control
@@ -61,7 +65,7 @@ def cmd_dots(given: dict, command: list[str]) -> int:
     if unused[2:].replace("-", "_") in given:  # it would go unread, and yet change the set's identity
         raise UsageError(f"{unused} is not used with --control {control}, whose levels are set by {used}; give "
                          f"{used}, or --control {'item-size' if control == 'total-area' else 'total-area'}")
-    summary = dots(settings.config, settings.run, settings.out, command=command)
+    summary = dots(settings.config, within_cores(settings.run), settings.out, command=command)
     built, resumed = summary["images_built"], summary["images_resumed"]
     print(f"synthgen: built {built} dot arrays in {summary['render_seconds']:.1f} s"
           + (f"; {resumed} were already built" if resumed else "") if built else

@@ -214,7 +214,8 @@ class RunOptions(Settings):
 
     TITLE = RUN
 
-    workers: int = option(-1, "worker processes; -1 = all cores", check=_workers_problem)
+    workers: int = option(-1, "worker processes; -1 = all cores (more than the cores here run as many as there "
+                          "are cores, except with dask)", check=_workers_problem)
     backend: str = option("loky", "joblib backend; dask needs --scheduler", choices=BACKENDS)
     scheduler: str | None = option(None, "dask.distributed scheduler address, e.g. tcp://host:8786; workers must "
                                    "see --out and the source folders")

@@ -3,6 +3,7 @@ one loop that runs a set's shard tasks with a progress bar (build, pack and dots
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import importlib
 import threading
@@ -13,7 +14,7 @@ import cv2
 import joblib
 from tqdm import tqdm
 
-from common.machine import describe
+from common.machine import cores, describe
 from synthgen.config import RunOptions
 from synthgen.errors import UsageError
 
@@ -85,6 +86,17 @@ def allow_growth(nbytes: int) -> None:
     limit = LEAK_MARGIN + nbytes
     if getattr(process_executor, "_MAX_MEMORY_LEAK_SIZE", limit) < limit:
         process_executor._MAX_MEMORY_LEAK_SIZE = limit
+
+
+def within_cores(run: RunOptions, log=print) -> RunOptions:
+    """`run` with --workers at most the cores this process may use, on a local backend: more workers than cores
+    only contend, and hundreds of processes exhaust the machine (each holds semaphores and memory). The
+    images do not depend on the number of workers; the change is said in one line."""
+    available = cores()
+    if run.backend == "dask" or run.workers <= available:
+        return run
+    log(f"synthgen: --workers {run.workers} is more than the {available} cores here; running {available} workers")
+    return dataclasses.replace(run, workers=available)
 
 
 def local_workers(run: RunOptions) -> int | None:

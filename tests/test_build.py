@@ -13,6 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
+from common.machine import cores
 from conftest import FAST, assert_same_sets, make_objects, make_scenes, manifest_of, read_set
 from synthgen.config import BACKENDS
 from synthgen.parallel import this_machine, timeline
@@ -383,6 +384,18 @@ def test_the_next_command_it_prints_runs_as_printed_whatever_the_folder_name(syn
     result = synthgen("build", "--n", 5, "--out", out, *FAST)
     hint = result.out.rsplit("next: ", 1)[1].strip()
     assert result.rc == 0 and shlex.split(hint) == ["synthgen", "inspect", str(out)]
+
+
+def test_more_workers_than_cores_run_as_many_as_there_are_cores(synthgen, tmp_path):
+    # 1,000 loky processes on 2 cores exhausted the machine's semaphores and the build died
+    out = tmp_path / "set"
+    result = synthgen("build", "--n", 8, "--size", 32, "--out", out, "--no-progress", "--workers", 1000)
+    assert result.rc == 0, result.err
+    assert f"--workers 1000 is more than the {cores()} cores here; running {cores()} workers" in result.out
+    assert manifest_of(out)["summary"]["workers"] == cores()
+    one = synthgen("build", "--n", 8, "--size", 32, "--out", tmp_path / "one", "--no-progress", "--workers", 1)
+    assert one.rc == 0 and "is more than" not in one.out
+    assert_same_sets(out, tmp_path / "one")
 
 
 def test_a_set_being_written_now_is_told_from_an_interrupted_one(synthgen, tmp_path):
