@@ -131,7 +131,8 @@ class RuntimeSettings(Settings):
     data_on_device: str = option("auto", "load the sets once into the device's memory; auto: when they take under "
                                  "half of the free memory", choices=ON_DEVICE)
     workers: int = option(DEFAULT_WORKERS, "DataLoader workers reading shards when the data stays on disk (by "
-                          "default 4, or the cores this process may use if fewer)", valid=at_least(0))
+                          "default 4, or the cores this process may use if fewer; never more than those cores)",
+                          valid=at_least(0))
     sync_bn: bool = option(False, "synchronise BatchNorm statistics across GPUs")
     progress: bool = progress_option()
     verify_shards: bool = verify_option()

@@ -31,7 +31,7 @@ from common.atomic import write_atomic
 from common.errors import UsageError, UserError
 from common.jsontext import json_text
 from common.locks import FolderLock
-from common.machine import describe as describe_machine
+from common.machine import cores, describe as describe_machine
 from common.settings import to_dict
 from vae.augment import augment, to_float
 from vae.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, saved_sets
@@ -116,7 +116,12 @@ def load_data(config: TrainConfig, runtime: Runtime, new: bool = True) -> Data:
         raise TrainingError(f"--val-fraction {data.val_fraction}: all {len(pool)} images are held out for validation, "
                             "none is left to train on; lower it or add data")
     choice = choose_feed(pool, runtime.device, config.runtime.data_on_device)
-    feed = make_feed(pool, runtime.device, choice, config.runtime.workers)
+    # Loader processes beyond the cores only contend, and each one imports torch: dozens exhaust the memory.
+    workers = min(config.runtime.workers, cores())
+    if choice.feed == "stream" and workers < config.runtime.workers:
+        choice.reason += (f"; --workers {config.runtime.workers} is more than the {workers} cores here: "
+                          f"{workers} loader workers")
+    feed = make_feed(pool, runtime.device, choice, workers)
     return Data(pool, split, feed, size, choice)
 
 
