@@ -116,7 +116,7 @@ def load_data(config: TrainConfig, runtime: Runtime, new: bool = True) -> Data:
         raise TrainingError(f"--val-fraction {data.val_fraction}: all {len(pool)} images are held out for validation, "
                             "none is left to train on; lower it or add data")
     choice = choose_feed(pool, runtime.device, config.runtime.data_on_device)
-    # Loader processes beyond the cores only contend, and each one imports torch: dozens exhaust the memory.
+    # Loader processes beyond the cores only contend, and each one imports torch (a few hundred MB of memory).
     workers = min(config.runtime.workers, cores())
     if choice.feed == "stream" and workers < config.runtime.workers:
         choice.reason += (f"; --workers {config.runtime.workers} is more than the {workers} cores here: "
