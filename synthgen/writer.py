@@ -36,7 +36,7 @@ from synthgen.errors import OutputError, UsageError
 from synthgen.manifest import (LOCK_FILE, MANIFEST, inside_set_problem, is_own_entry, read_manifest,
                                write_json_atomic)
 from synthgen.parallel import this_machine
-from synthgen.shards import TEMP_RE, VERIFY_THREADS, content_checksum, read_attrs, shard_contents, shard_path
+from synthgen.shards import SHARD_RE, TEMP_RE, VERIFY_THREADS, content_checksum, read_attrs, shard_contents, shard_path
 from synthgen.sources import Skipped
 
 
@@ -113,9 +113,13 @@ class SetWriter:
                     if TEMP_RE.fullmatch(name):  # left by an interrupted run
                         (out / name).unlink(missing_ok=True)
                 return self._kept_shards(n_shards, keep, verify=not manifest.get("complete"), progress=progress)
-            what = differences(manifest) if manifest else "an unknown set"
-            raise OutputError(f"--out {out}: the folder holds a different set ({what}); re-run with --overwrite "
-                              "to replace it, or choose another --out")
+            if manifest is None or manifest.get("complete") or any(SHARD_RE.fullmatch(name) for name in entries):
+                what = differences(manifest) if manifest else "an unknown set"
+                raise OutputError(f"--out {out}: the folder holds a different set ({what}); re-run with --overwrite "
+                                  "to replace it, or choose another --out")
+            # A command that stopped before its first shard (an unreachable scheduler, an interrupt) left only its
+            # provisional manifest: there is no image to lose, and refusing would hold the folder for that set.
+            self.log(f"synthgen: {out} held an unfinished set without a single shard; replacing it")
         for name in entries:
             path = out / name
             if path.is_dir():

@@ -18,6 +18,7 @@ from conftest import FAST, assert_same_sets, make_objects, make_scenes, manifest
 from synthgen.config import BACKENDS
 from synthgen.parallel import this_machine, timeline
 from synthgen.shards import content_checksum, read_arrays, read_attrs
+from synthgen.manifest import MANIFEST_FORMAT
 from synthgen.writer import SetWriter
 
 
@@ -396,6 +397,21 @@ def test_more_workers_than_cores_run_as_many_as_there_are_cores(synthgen, tmp_pa
     one = synthgen("build", "--n", 8, "--size", 32, "--out", tmp_path / "one", "--no-progress", "--workers", 1)
     assert one.rc == 0 and "is more than" not in one.out
     assert_same_sets(out, tmp_path / "one")
+
+
+def test_a_folder_left_by_a_build_stopped_before_its_first_shard_takes_another_set(synthgen, tmp_path):
+    """An unreachable scheduler, or an interrupt, right after the writer began: only the provisional manifest."""
+    out = tmp_path / "set"
+    writer = SetWriter(out, {"format": MANIFEST_FORMAT, "build_identity": "an earlier command's", "n_images": 10},
+                       log=lambda line: None)
+    writer.check(1, overwrite=False, differences=lambda old: "")
+    writer.begin()
+    result = synthgen("build", "--n", 10, "--size", 32, "--out", out, *FAST[2:])
+    assert result.rc == 0 and "held an unfinished set without a single shard; replacing it" in result.out, result.err
+    assert manifest_of(out)["complete"] and len(read_set(out)["count"]) == 10
+    # a finished set, or one with shards, stays refused
+    refused = synthgen("build", "--n", 10, "--size", 48, "--out", out, *FAST[2:])
+    assert refused.rc == 1 and "holds a different set (--size 32 -> 48)" in refused.err
 
 
 def test_a_set_being_written_now_is_told_from_an_interrupted_one(synthgen, tmp_path):
