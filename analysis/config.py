@@ -7,6 +7,16 @@ from common.settings import (SEED_RANGE, Settings, above, at_least, between, dev
                              progress_option, verify_option)
 
 
+MIN_RESAMPLES = 40  # below, the 2.5% tail of a 95% percentile interval holds less than one resample
+
+
+def _resamples_problem(value: int) -> str | None:
+    if value == 0 or value >= MIN_RESAMPLES:
+        return None
+    return (f"a 95% percentile interval needs at least {MIN_RESAMPLES} resamples, one in each 2.5% tail; with fewer "
+            "its ends are just the extreme resamples. Give 0 for no intervals, or 1000 (the default)")
+
+
 @dataclass(frozen=True)
 class EncodeRuntime(Settings):
     TITLE = "runtime"
@@ -33,7 +43,8 @@ class AnalysisConfig(Settings):
     log1p: bool = option(False, "use log(1 + N) and log(1 + A), keeping the N = 0 images (default: leave them out, "
                          "since log 0 is undefined)")
     bootstrap: int = option(1000, "bootstrap resamples for the confidence intervals of the betas and of the "
-                            "decoding R^2 (0: none)", valid=at_least(0))
+                            "decoding R^2 (0: none; else at least 40)", valid=at_least(0),
+                            check=_resamples_problem)
     null_rotations: int = option(200, "random rotations of the latent space in the chance-level null (0: none)",
                                  valid=at_least(0))
     folds: int = option(5, "cross-validation folds of the population decoding", valid=between(2, 100))

@@ -12,12 +12,14 @@ import pytest
 import torch
 from PIL import Image
 
+from analysis import figures as draw
 from analysis.cli import analyze_main as analyse_main
 from analysis.cli import subitize_main as readout_main
 from analysis.metrics import average_precision, classification_report, count_class
 from analysis.readout import class_weights, stratified_split
 from analysis.regression import bootstrap_betas, fit_eq3, make_predictors, standardise
 from analysis.area_vs_number import CONFOUNDED_R
+from analysis.controls import population_decoding, rotation_null
 from analysis.units import Criteria, find_units
 from conftest import strict_json
 from synthgen import ShardSet
@@ -248,7 +250,7 @@ def test_a_collapsed_run_among_several_is_reported_and_the_others_analysed(train
     save_checkpoint(collapsed, state)
     out = tmp_path / "runs"
     assert analyse_main(["--checkpoint", str(trained / "run" / "best.pt"), str(collapsed), "--data",
-                         str(trained / "analysis-set"), "--out", str(out), "--bootstrap", "20", "--null-rotations",
+                         str(trained / "analysis-set"), "--out", str(out), "--bootstrap", "40", "--null-rotations",
                          "20", "--no-progress"]) == 0
     summary = strict_json(out / "summary.json")
     rows = {row["label"]: row for row in summary["runs"]}
@@ -411,15 +413,25 @@ def test_a_test_set_without_some_classes_is_scored_over_those_it_has(trained, tm
         "tell them"]
 
 
-def test_intervals_that_miss_their_estimate_are_drawn(trained, tmp_path):
-    """A percentile interval need not contain the estimate (here a single resample, where it cannot): the figure
-    of the decoding R^2 drew negative error bars and the command ended in an internal error."""
-    out = tmp_path / "analysis"
+def test_intervals_that_miss_their_estimate_are_drawn(tmp_path):
+    """A percentile interval need not contain its estimate (from a single resample it cannot): the figure of the
+    decoding R^2 drew negative error bars, and the command ended in an internal error."""
+    rng = np.random.default_rng(0)
+    x = make_predictors(rng.integers(1, 5, 300), rng.uniform(100, 1000, 300)).x
+    z = rng.normal(size=(300, 4))
+    z[:, 0] += x[:, 0]
+    decoding = population_decoding(z, x[:, 0], x[:, 1], {}, folds=5, seed=0, bootstrap=1)
+    assert any(not d.ci[0] <= d.r2 <= d.ci[1] for d in decoding)
+    draw.null_figure(rotation_null(z, x, 0.05, 0.1, rotations=5), decoding, tmp_path / "controls.png")
+    assert _valid_png(tmp_path / "controls.png")
+
+
+def test_too_few_resamples_for_a_95_percent_interval_are_refused(trained, tmp_path, capsys):
+    # 20 resamples put the interval's ends on the most extreme ones, yet the report called it a 95% interval
     assert analyse_main(["--checkpoint", str(trained / "run" / "best.pt"), "--data", str(trained / "analysis-set"),
-                         "--out", str(out), "--bootstrap", "1", "--null-rotations", "2", "--no-progress"]) == 0
-    decoding = strict_json(out / "summary.json")["decoding"]
-    assert any(not d["ci95"][0] <= d["r2"] <= d["ci95"][1] for d in decoding)
-    assert _valid_png(out / "controls.png")
+                         "--out", str(tmp_path / "a"), "--bootstrap", "20", "--no-progress"]) == 2
+    assert "--bootstrap 20: a 95% percentile interval needs at least 40 resamples" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
 
 
 def test_an_analysis_replaces_the_earlier_one_in_its_folder_and_nothing_else(trained, tmp_path, capsys):
