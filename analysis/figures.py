@@ -10,6 +10,7 @@ import torch  # noqa: E402
 
 from analysis.regression import AREA, NUMEROSITY  # noqa: E402
 from analysis.selectivity import area_quantile_bins  # noqa: E402
+from synthgen.inspection import count_ticks  # noqa: E402
 
 COLOURS = {NUMEROSITY: "#c44e52", AREA: "#4c72b0", "": "#999999"}
 
@@ -60,7 +61,7 @@ def response_profile(dim: int, z: np.ndarray, count: np.ndarray, area: np.ndarra
             errors.append(chosen.std() / np.sqrt(chosen.size) if chosen.size > 1 else np.nan)
         axes[0].errorbar(values, means, yerr=errors, marker="o", capsize=3, color=cmap(b / max(1, area_bins - 1)),
                          label=f"A in 10^[{edges[b]:.2f}, {edges[b + 1]:.2f}]")
-    axes[0].set(xlabel="number of objects N", ylabel=f"mean response of z{dim}", xticks=values,
+    axes[0].set(xlabel="number of objects N", ylabel=f"mean response of z{dim}", xticks=count_ticks(values),
                 title="response per N, for each cumulative-area bin")
     axes[0].legend(fontsize=7)
     for v in values:

@@ -16,6 +16,13 @@ from synthgen.reader import ShardSet  # noqa: E402
 from synthgen.stats import count_histogram, corr_text, label_summary, source_area_association  # noqa: E402
 
 
+def count_ticks(values: np.ndarray, most: int = 16) -> np.ndarray:
+    """Tick positions for count values: all of them, or every k-th (the first kept) where more than `most` would
+    print over each other (the dot stimuli's 32 counts)."""
+    values = np.asarray(values)
+    return values if values.size <= most else values[::-(-values.size // most)]
+
+
 def plot_count_vs_area(count: np.ndarray, target: np.ndarray, visible: np.ndarray, size: int, path,
                        corr_visible: float | None) -> None:
     """Three panels: the count histogram, N against visible area A, and log A per N."""
@@ -26,13 +33,15 @@ def plot_count_vs_area(count: np.ndarray, target: np.ndarray, visible: np.ndarra
     with_objects = count > 0
     rng = np.random.default_rng(0)
     jitter = rng.uniform(-0.28, 0.28, with_objects.sum())
-    axes[1].scatter(count[with_objects] + jitter, visible[with_objects] / canvas, s=3, alpha=0.25, color="#4c72b0",
+    # faint where tens of thousands of points overlap, but still seen where there are a few hundred
+    alpha = min(0.8, max(0.25, 300 / max(1, int(with_objects.sum()))))
+    axes[1].scatter(count[with_objects] + jitter, visible[with_objects] / canvas, s=3, alpha=alpha, color="#4c72b0",
                     linewidths=0)
     nonzero = values[values > 0]
     medians = [np.median(visible[count == v] / canvas) for v in nonzero]
     axes[1].plot(nonzero, medians, "o-", color="#c44e52", label="median")
     axes[1].set(yscale="log", xlabel="number of objects N", ylabel="visible cumulative area A (fraction of canvas)",
-                title=f"N against A: corr(log N, log A) = {corr_text(corr_visible)}", xticks=values)
+                title=f"N against A: corr(log N, log A) = {corr_text(corr_visible)}", xticks=count_ticks(values))
     if (~with_objects).any():
         axes[1].text(0.01, 0.02, f"{int((~with_objects).sum())} images with N = 0 (A = 0) not shown",
                      transform=axes[1].transAxes, fontsize=8)
@@ -44,6 +53,8 @@ def plot_count_vs_area(count: np.ndarray, target: np.ndarray, visible: np.ndarra
         axes[2].axhline(np.log10(ratio.min()), color="grey", lw=0.8, ls="--", label="target range")
         axes[2].axhline(np.log10(ratio.max()), color="grey", lw=0.8, ls="--")
         axes[2].legend(loc="upper right")
+        ticks = count_ticks(nonzero)
+        axes[2].set_xticks(ticks, [str(v) for v in ticks])  # the boxplot labelled every position
     axes[2].set(xlabel="number of objects N", ylabel="log10 visible area (fraction of canvas)",
                 title="area distribution per N (same = independent)")
     fig.tight_layout()
@@ -54,7 +65,7 @@ def plot_count_vs_area(count: np.ndarray, target: np.ndarray, visible: np.ndarra
 def _histogram(ax, count: np.ndarray) -> None:
     values, freq = np.unique(count, return_counts=True)
     ax.bar(values, freq, color="#4c72b0")
-    ax.set(xlabel="number of objects N", ylabel="images", title="count histogram", xticks=values)
+    ax.set(xlabel="number of objects N", ylabel="images", title="count histogram", xticks=count_ticks(values))
 
 
 def plot_count_histogram(count: np.ndarray, path) -> None:

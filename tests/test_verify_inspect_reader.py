@@ -375,3 +375,11 @@ def test_a_shard_cut_short_after_its_check_is_named_not_read_as_zeros(built_set,
             handle.truncate(path.stat().st_size - 64 * 64 * 3 * 3)
         with pytest.raises(OutputError, match="shard-00000.h5: shorter than its index says"):
             shards.images([19, 18])
+
+
+def test_count_ticks_stay_apart_on_many_counts():
+    from synthgen.inspection import count_ticks
+
+    assert count_ticks(np.arange(5)).tolist() == [0, 1, 2, 3, 4]  # the paper's 0-4: every count
+    many = count_ticks(np.arange(1, 33))  # the dot stimuli's 1-32 printed over each other
+    assert many[0] == 1 and len(many) <= 16 and np.all(np.diff(many) == 2)
