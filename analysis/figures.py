@@ -134,8 +134,13 @@ def null_figure(null, decoding, path) -> None:
     fig, axes = plt.subplots(1, len(keys) + 1, figsize=(3.6 * (len(keys) + 1), 3.6))
     for ax, key in zip(axes, keys):
         values = null.null[key]
-        if key.endswith("r2"):
-            ax.hist(values, bins=30, color="#bbbbbb")
+        if key.endswith("r2"):  # from 0: an R^2 of 0 (no unit in any rotation) drew an axis from -0.5
+            upper = max(float(values.max()), null.observed[key]) * 1.1 or 0.1
+            ax.hist(values, bins=np.linspace(0, upper, 31), color="#bbbbbb")
+            ax.set_xlim(0, upper)
+            if not values.any() and not null.observed[key]:
+                ax.text(0.5, 0.5, "no unit: observed or\nin any rotation (R^2 = 0)", ha="center", fontsize=8,
+                        transform=ax.transAxes)
         else:
             ax.hist(values, bins=np.arange(values.min(), max(values.max(), null.observed[key]) + 2) - 0.5,
                     color="#bbbbbb")
