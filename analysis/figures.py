@@ -5,6 +5,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.collections import PathCollection  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -70,7 +71,10 @@ def response_profile(dim: int, z: np.ndarray, count: np.ndarray, area: np.ndarra
     centres = (edges[:-1] + edges[1:]) / 2
     axes[1].plot(centres, [z[bins == b].mean() for b in range(area_bins)], "k-o", label="binned mean")
     axes[1].set(xlabel="cumulative area A (log10 pixels)", ylabel=f"z{dim}", title="response against log A")
-    axes[1].legend(fontsize=7, markerscale=3)
+    legend = axes[1].legend(fontsize=7)
+    for handle in legend.legend_handles:  # the scatter's dots seen in the legend; markerscale also blew up the line's
+        if isinstance(handle, PathCollection):
+            handle.set_sizes([20])
     kind = f"{label} unit" if label else "best-fitting dimension (no unit)"
     fig.suptitle(f"z{dim}: {kind}; R^2 = {r2:.3f}, beta_N = {beta_n:+.3f}, beta_A = {beta_a:+.3f}")
     fig.tight_layout()
@@ -172,8 +176,11 @@ def tuning_figure(selectivity, path) -> None:
         for ax in axes:
             ax.plot(levels, curve, "o-", color=cmap(np.log(value) / max(np.log(top), 1e-9)) if top > 1 else "#4c72b0",
                     label=f"preferred {value} ({units})")
-    axes[0].set(xlabel="numerosity N", ylabel="normalised mean response", title="linear axis")
-    axes[1].set(xscale="log", xlabel="numerosity N (log axis)", title="log axis")
+    # the numerosities' range whether or not a curve is drawn (with none, the axes showed 0-1)
+    axes[0].set(xlabel="numerosity N", ylabel="normalised mean response", title="linear axis",
+                xlim=(levels.min() - 0.5, levels.max() + 0.5), xticks=count_ticks(levels))
+    axes[1].set(xscale="log", xlabel="numerosity N (log axis)", title="log axis",
+                xlim=(levels.min() / 1.2, levels.max() * 1.2))
     ticks = levels if levels.size <= 10 else [v for v in levels if np.log2(v).is_integer()] or levels
     axes[1].set_xticks(ticks, [f"{v:g}" for v in ticks], fontsize=7)
     axes[1].minorticks_off()
