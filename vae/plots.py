@@ -5,6 +5,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
@@ -31,7 +32,8 @@ def loss_curves(history: list[dict], path) -> None:
     """Total loss, KL and reconstruction per epoch (train and validation), and the learning rate."""
     epochs = [h["epoch"] for h in history]
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
-    fig.subplots_adjust(left=0.04, right=0.96, bottom=0.14, top=0.9, wspace=0.3)  # tight_layout is slow
+    # tight_layout is slow; the margins leave room for log-axis labels such as 2.4x10^4
+    fig.subplots_adjust(left=0.06, right=0.96, bottom=0.14, top=0.9, wspace=0.35)
     for ax, key, title in zip(axes, ("loss", "kl", "rec"), ("total loss", "KL (per image)", "reconstruction")):
         ax.plot(epochs, [h["train"][key] for h in history], "o-", ms=3, label="train")
         ax.plot(epochs, [h["validation"][key] for h in history], "s-", ms=3, label="validation")
@@ -41,5 +43,11 @@ def loss_curves(history: list[dict], path) -> None:
     axes[3].set(title="learning rate (grey), active dimensions (red)", xlabel="epoch", yscale="log")
     twin = axes[3].twinx()
     twin.plot(epochs, [h["active_dims"] for h in history], "^-", ms=3, color="#c44e52")
+    latent = len(history[-1].get("kl_per_dim", [])) if history else 0
+    if latent:  # out of all the dimensions: a flat line at 16 of 16 read as 15.2-16.8
+        twin.set_ylim(0, latent * 1.05)
+    twin.yaxis.set_major_locator(MaxNLocator(integer=True))
+    for ax in axes:  # whole epochs only
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.savefig(path, dpi=90)
     plt.close(fig)
