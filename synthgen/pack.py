@@ -75,6 +75,8 @@ def read_split_file(split_file: Path, root: Path, split: str) -> tuple[list[tupl
         if len(fields) != 3:
             raise UsageError(f"--split-file {split_file}, line {number}: expected 'path,label,split', got {row}")
         path, label_text, which = fields
+        if "\\" in path and not (root / path).is_file():  # a split file written on Windows
+            path = path.replace("\\", "/")
         label = parse_label(label_text)
         if label is None:
             if number == 1:

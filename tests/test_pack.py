@@ -195,6 +195,11 @@ def test_a_split_file_saved_by_a_spreadsheet_and_one_under_the_wrong_root(synthg
     result = synthgen("pack", root, "--split-file", split_file, "--split", "train", "--out", out, *FAST)
     assert result.rc == 0 and "skipped inputs    0" in result.out, result.out + result.err
     assert sorted(json.loads((out / "sources.json").read_text())["files"]) == sorted(labels)
+    # the same split written on Windows: backslashes between folders; the same pack
+    windows = tmp_path / "windows.csv"
+    windows.write_text(split_file.read_text(encoding="utf-8-sig").replace("/", "\\"))
+    assert synthgen("pack", root, "--split-file", windows, "--split", "train", "--out", tmp_path / "w", *FAST).rc == 0
+    assert manifest_of(tmp_path / "w")["build_identity"] == manifest_of(out)["build_identity"]
     wrong = synthgen("pack", tmp_path, "--split-file", split_file, "--split", "train", "--out", tmp_path / "o", *FAST)
     assert wrong.rc == 2 and "no labelled images found" in wrong.err
     assert "5 files passed over" in wrong.err and "not found" in wrong.err  # why: every path is missing there
