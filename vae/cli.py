@@ -18,7 +18,7 @@ from common.cli import add_version, out_folder_problem, run
 from common.errors import UsageError
 from common.settings import (Parser, add_options, all_fields, flag_of, from_args, from_dict, given_names, show_value,
                              value_of)
-from vae.config import RANDOM_VGG, RELOCATABLE, RESUMABLE, TrainConfig, holds_run
+from vae.config import RANDOM_VGG, RELOCATABLE, RESUMABLE, TrainConfig, compile_problem, holds_run
 
 
 def make_parser() -> Parser:
@@ -51,7 +51,7 @@ def new_run(given: dict) -> TrainConfig:
 
     config = with_absolute_paths(from_args(TrainConfig, given))
     out = Path(config.out)
-    problem = out_folder_problem(out) or inside_set_problem(out)
+    problem = compile_problem(config.runtime) or out_folder_problem(out) or inside_set_problem(out)
     if problem:
         raise UsageError(problem)
     if holds_run(out):
@@ -90,6 +90,10 @@ def resumed_run(given: dict) -> tuple[TrainConfig, dict]:
     if refused:
         raise UsageError(f"--resume continues the run with its saved settings; drop {'; '.join(refused)}, or start "
                          "a new run in another --out")
+    problem = compile_problem(asked.runtime) if {"compile", "compile_mode"} & set(given_names(TrainConfig, given)) \
+        else None
+    if problem:
+        raise UsageError(problem)
     return asked, state
 
 

@@ -152,9 +152,6 @@ class TrainConfig(Settings):
     runtime: RuntimeSettings = RuntimeSettings()
 
     def check(self) -> None:
-        if self.runtime.compile_mode != "default" and not self.runtime.compile:
-            raise UsageError(f"--compile-mode {self.runtime.compile_mode}: a mode of --compile, which is not given; "
-                             "add --compile (without it the run would execute eagerly)")
         data = self.data
         if not data.data and not data.natural:
             raise UsageError("--data: give one or more synthgen build folders (the synthetic training sets), or "
@@ -162,6 +159,15 @@ class TrainConfig(Settings):
         if not data.data and data.natural_start > 0:
             raise UsageError(f"--natural-start {data.natural_start}: with --natural alone (no --data), the first "
                              f"{data.natural_start} epochs would train on nothing; give --natural-start 0")
+
+
+def compile_problem(runtime: RuntimeSettings) -> str | None:
+    """Why the compile settings asked for cannot be meant as given: a --compile-mode without --compile, which
+    would run eagerly without a word. (Checked where the command line sets them, not on a saved run's.)"""
+    if runtime.compile_mode != "default" and not runtime.compile:
+        return (f"--compile-mode {runtime.compile_mode}: a mode of --compile, which is not given; add --compile "
+                "(without it the run would execute eagerly)")
+    return None
 
 
 # What --resume may replace: where the run is, how it runs, and how long.
