@@ -137,6 +137,8 @@ def field_problem(f: dataclasses.Field, value) -> str | None:
     if valid is not None:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:  # NaN
             return f"{name} {value!r}: must be a number {valid}"
+        if value in (float("inf"), float("-inf")):  # a learning rate or a weight of inf ends in NaN losses
+            return f"{name} {value!r}: must be a finite number {valid}"
         if value not in valid:
             return f"{name} {show_value(f, value)}: must be {valid}"
     if choices is not None and value not in choices:

@@ -91,6 +91,8 @@ def cases(r: Path):
         ("vae-train", [*train, "--epochs", "0"], 2, "--epochs 0: must be >= 1"),
         ("vae-train", [*train, "--batch-size", "0"], 2, "--batch-size 0: must be >= 1"),
         ("vae-train", [*train, "--lr", "-1"], 2, "--lr -1.0: must be > 0"),
+        # an infinite learning rate or weight passed every range and ended in NaN losses at the first step
+        ("vae-train", [*train, "--lr", "inf"], 2, "--lr inf: must be a finite number > 0"),
         ("vae-train", [*train, "--encoder", "8@4x4"], 2, "--encoder 8@4x4: '8@4x4' is not in the N@KxK-S notation"),
         ("vae-train", [*train, "--device", "gpu"], 2, "--device gpu: give auto, cpu, cuda or cuda:N"),
         # images in two of the sets: trained on twice, and validated on while trained on
