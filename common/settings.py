@@ -134,6 +134,8 @@ def field_problem(f: dataclasses.Field, value) -> str | None:
     valid, choices, check = f.metadata.get("valid"), f.metadata.get("choices"), f.metadata.get("check")
     if value is None:
         return None if f.default is None else f"{name}: a value is needed"
+    if value == "" or (isinstance(value, (list, tuple)) and "" in value):  # "" as a path is the current folder
+        return f"{name} '': an empty value (an unset shell variable?); give the path or value meant"
     if valid is not None:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:  # NaN
             return f"{name} {value!r}: must be a number {valid}"

@@ -93,6 +93,10 @@ def cases(r: Path):
         ("vae-train", [*train, "--lr", "-1"], 2, "--lr -1.0: must be > 0"),
         # an infinite learning rate or weight passed every range and ended in NaN losses at the first step
         ("vae-train", [*train, "--lr", "inf"], 2, "--lr inf: must be a finite number > 0"),
+        # "" (a quoted, unset shell variable) is the current folder to the file system: a set was built there
+        ("synthgen", ["build", "--n", "5", "--out", ""], 2, "--out '': an empty value (an unset shell variable?)"),
+        ("vae-train", ["--data", "", "--out", str(r / "new-run"), *TINY], 2, "--data '': an empty value"),
+        ("vae-train", ["--out", "", "--resume"], 2, "--out '': an empty value"),
         ("vae-train", [*train, "--encoder", "8@4x4"], 2, "--encoder 8@4x4: '8@4x4' is not in the N@KxK-S notation"),
         ("vae-train", [*train, "--device", "gpu"], 2, "--device gpu: give auto, cpu, cuda or cuda:N"),
         # images in two of the sets: trained on twice, and validated on while trained on

@@ -64,6 +64,8 @@ def resumed_run(given: dict) -> tuple[TrainConfig, dict]:
     run's last checkpoint (read once: the trainer continues from it)."""
     from vae.checkpoint import load_checkpoint  # torch: only now that the arguments are known to be sound
 
+    if not given["out"]:
+        raise UsageError("--out '': an empty value (an unset shell variable?); give the run folder to continue")
     out = Path(given["out"])
     if not (out / "last.pt").is_file():
         raise UsageError(f"--resume: {out} holds no run with a checkpoint to continue (no last.pt there)")
