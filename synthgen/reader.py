@@ -50,9 +50,19 @@ def set_manifest(root: Path, named: str) -> dict:
         raise OutputError(f"{named}: {what}; give the --out folder of a `synthgen build` or `synthgen pack`")
     manifest = read_manifest(root)
     if manifest is None:
+        below = sorted(child.name for child in root.iterdir() if child.is_dir() and _holds_manifest(child))
+        hint = (f"; sets lie in its subfolders {', '.join(below[:5])}{' ...' if len(below) > 5 else ''}: name those"
+                if below else "")
         raise OutputError(f"{named}: no synthgen manifest.json here; give the --out folder of a "
-                          "`synthgen build` or `synthgen pack`")
+                          f"`synthgen build` or `synthgen pack`{hint}")
     return manifest
+
+
+def _holds_manifest(folder: Path) -> bool:
+    try:
+        return read_manifest(folder) is not None
+    except (OutputError, OSError):
+        return False
 
 
 def check_shard(path: Path, entry: dict, identity: str, root: Path, verify: bool = True) -> None:

@@ -93,6 +93,11 @@ def test_verify_names_a_path_that_is_no_set_folder(synthgen, copy_of, tmp_path):
         # one error naming the path, as the reader gives it, not a set of problems with its manifest
         assert result.rc == 1 and result.err == f"synthgen: error: {path}: {what}; give the --out folder of a " \
             "`synthgen build` or `synthgen pack`\n"
+    # a folder of sets given for a set: the sets are named (vae-train --data sets/ for sets/train, sets/test)
+    (tmp_path / "sets").mkdir()
+    copy_of.rename(tmp_path / "sets" / "train")
+    result = synthgen("verify", tmp_path / "sets", "--no-progress")
+    assert result.rc == 1 and result.err.endswith("; sets lie in its subfolders train: name those\n")
 
 
 def flip_image_bytes(path, image=7, count=64):
