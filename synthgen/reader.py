@@ -50,7 +50,10 @@ def set_manifest(root: Path, named: str) -> dict:
         raise OutputError(f"{named}: {what}; give the --out folder of a `synthgen build` or `synthgen pack`")
     manifest = read_manifest(root)
     if manifest is None:
-        below = sorted(child.name for child in root.iterdir() if child.is_dir() and _holds_manifest(child))
+        try:
+            below = sorted(child.name for child in root.iterdir() if child.is_dir() and _holds_manifest(child))
+        except OSError:  # an unreadable folder: nothing to suggest
+            below = []
         hint = (f"; sets lie in its subfolders {', '.join(below[:5])}{' ...' if len(below) > 5 else ''}: name those"
                 if below else "")
         raise OutputError(f"{named}: no synthgen manifest.json here; give the --out folder of a "
