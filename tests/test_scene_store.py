@@ -92,7 +92,9 @@ def test_the_store_is_refused_where_it_cannot_serve(synthgen, tmp_path):
     for refused in (same, inside, holding):
         assert refused.rc == 2 and "give a folder apart from --out" in refused.err
     empty = synthgen("build", *common, "--out", tmp_path / "eight", "--scene-store", "")
-    assert empty.rc == 2 and "--scene-store : give a folder" in empty.err
+    assert empty.rc == 2 and "--scene-store '': an empty value" in empty.err
+    blank = synthgen("build", *common, "--out", tmp_path / "eight", "--scene-store", "  ")
+    assert blank.rc == 2 and "--scene-store   : give a folder" in blank.err
     # Nothing was written where a check failed.
     assert not any((tmp_path / name).exists() for name in ("two", "three", "four", "five", "s2", "s4", "six",
                                                            "seven", "s3", "eight"))
