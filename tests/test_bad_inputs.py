@@ -93,6 +93,8 @@ def cases(r: Path):
         ("vae-train", [*train, "--lr", "-1"], 2, "--lr -1.0: must be > 0"),
         # an infinite learning rate or weight passed every range and ended in NaN losses at the first step
         ("vae-train", [*train, "--lr", "inf"], 2, "--lr inf: must be a finite number > 0"),
+        ("vae-train", [*train, "--natural-drop", "0.2"], 2,
+         "--natural-drop: the mixing of natural images, and no --natural set is given"),
         # "" (a quoted, unset shell variable) is the current folder to the file system: a set was built there
         ("synthgen", ["build", "--n", "5", "--out", ""], 2, "--out '': an empty value (an unset shell variable?)"),
         ("vae-train", ["--data", "", "--out", str(r / "new-run"), *TINY], 2, "--data '': an empty value"),

@@ -46,12 +46,24 @@ def with_absolute_paths(config: TrainConfig) -> TrainConfig:
     return dataclasses.replace(config, data=data, loss=loss)
 
 
+def unread_natural_options(config: TrainConfig, given: dict) -> str | None:
+    """The mixing options given for a run without --natural, where they go unread (a forgotten --natural?)."""
+    if config.data.natural:
+        return None
+    fields = all_fields(TrainConfig)
+    unread = [flag_of(fields[name]) for name in given_names(TrainConfig, given)
+              if name in ("natural_start", "natural_ramp", "natural_drop")]
+    return (f"{', '.join(unread)}: the mixing of natural images, and no --natural set is given; add --natural "
+            "SETS, or drop them") if unread else None
+
+
 def new_run(given: dict) -> TrainConfig:
     from synthgen.manifest import inside_set_problem
 
     config = with_absolute_paths(from_args(TrainConfig, given))
     out = Path(config.out)
-    problem = compile_problem(config.runtime) or out_folder_problem(out) or inside_set_problem(out)
+    problem = (compile_problem(config.runtime) or unread_natural_options(config, given) or out_folder_problem(out)
+               or inside_set_problem(out))
     if problem:
         raise UsageError(problem)
     if holds_run(out):
