@@ -337,6 +337,18 @@ def test_a_test_set_the_vae_trained_on_is_noted(trained, tmp_path, capsys):
     assert f"**Note:** {note}" in (out / "table.md").read_text()
 
 
+def test_a_test_set_given_twice_is_noted(trained, tmp_path, capsys):
+    # scored twice and counted twice ("on 400 images"), without a word
+    out = tmp_path / "readout"
+    test = str(trained / "analysis-set")
+    assert readout_main(["--checkpoint", str(trained / "run" / "best.pt"), "--train", str(trained / "train"),
+                         "--test", test, test, "--out", str(out), "--epochs", "2", "--no-progress"]) == 0
+    note = (f"--test {test} and --test {test} hold the same images (the same build: its first 200 images are the "
+            "same): those images are scored twice, and weigh twice in the AP and the accuracy")
+    assert f"vae-subitize: note: {note}" in capsys.readouterr().out
+    assert note in strict_json(out / "readout.json")["notes"]
+
+
 def test_a_set_of_another_size_than_the_runs_is_noted(trained, tmp_path, capsys):
     """Both analyses reduce a set's images to the model's size; a synthetic set made at another size than the
     run's own shows the encoder its objects at another scale, which the log, report and results say."""
