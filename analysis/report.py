@@ -171,7 +171,8 @@ def _selectivity_section(run: "RunAnalysis") -> list[str]:
     dims = run.units.dims
     lines = ["", "## Number-selective units (two-way ANOVA, as Nasr et al. 2019)", "",
              f"Per active dimension, a two-way ANOVA of the response on numerosity ({sel.levels.size} levels: "
-             f"{', '.join(map(str, sel.levels))}) and cumulative area ({sel.area_bins} bins) with their interaction "
+             f"{', '.join(map(str, sel.levels))}) and cumulative area ({sel.area_bins} "
+             f"{'levels of the design' if sel.by_levels else 'quantile bins of log A'}) with their interaction "
              f"(Type II sums of squares; images with N = 0 left out). Selective: numerosity p < {sel.p_max}, area and "
              f"interaction p >= {sel.p_max}. This is a different criterion from Eq. 3's, named apart: with many "
              "images, small effects are significant, so compare the count with its null above.", "",

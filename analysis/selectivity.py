@@ -150,6 +150,7 @@ class Selectivity:
     average: dict[int, np.ndarray] = field(default_factory=dict)  # preferred N -> mean curve of its selective units
     widths: dict[int, dict] = field(default_factory=dict)  # preferred N -> Gaussian fits on linear and log2 axes
     p_max: float = 0.01
+    by_levels: bool = False  # the area factor is the design's own levels (the dot stimuli), not quantile bins
 
 
 def tuning_curves(z: np.ndarray, design: Design) -> tuple[np.ndarray, np.ndarray]:
@@ -187,7 +188,7 @@ def number_selectivity(z: np.ndarray, design: Design, p_max: float = 0.01) -> Se
     chosen = selective(p, p_max)
     curves, preferred = tuning_curves(z, design)
     result = Selectivity(design.levels, int(design.area_bin.max()) + 1, f, p, chosen, curves, preferred,
-                         p_max=p_max)
+                         p_max=p_max, by_levels=design.by_levels)
     for value in np.unique(preferred[chosen]):
         mean_curve = curves[chosen & (preferred == value)].mean(axis=0)
         result.average[int(value)] = mean_curve

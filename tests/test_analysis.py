@@ -402,6 +402,8 @@ def test_dot_arrays_whose_area_grows_with_number_are_noted(trained, tmp_path, ca
     assert "note: log N and log A are correlated" in capsys.readouterr().out
     report = (tmp_path / "analysis-item-size" / "report.md").read_text()
     assert "the set has no image with N = 0." in report and "## About the set" in report
+    # the ANOVA's area factor: the design's 8 levels for the dot stimuli, quantile bins otherwise
+    assert "cumulative area (8 levels of the design)" in (tmp_path / "analysis-total-area" / "report.md").read_text()
 
 
 def test_a_test_set_without_some_classes_is_scored_over_those_it_has(trained, tmp_path):
