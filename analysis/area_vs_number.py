@@ -189,10 +189,11 @@ def write_figures(out: Path, run: RunAnalysis, model, shards, means, labels: Set
     draw.beta_scatter(units.dims, fit.beta_n, fit.beta_a, fit.r2, units.labels, config.r2_min, config.beta_max,
                       figures["betas"])
     selected = [k for k in units.best if units.labels[k]] or list(units.best[:2])  # no unit: the best-fitting
+    design = make_design(labels.count, labels.area, labels.target_area, config.area_bins)  # binned as the ANOVA
     for k in selected:
         dim = int(units.dims[k])
         figures[f"profile_z{dim}"] = str(out / f"profile-z{dim}.png")
-        draw.response_profile(dim, means[:, dim], labels.count, labels.area, units.labels[k], fit.r2[k],
+        draw.response_profile(dim, means[:, dim], labels.count, labels.area, design, units.labels[k], fit.r2[k],
                               fit.beta_n[k], fit.beta_a[k], figures[f"profile_z{dim}"])
     if run.null is not None:
         figures["controls"] = str(out / "controls.png")

@@ -10,7 +10,6 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from analysis.regression import AREA, NUMEROSITY  # noqa: E402
-from analysis.selectivity import area_quantile_bins  # noqa: E402
 from synthgen.inspection import count_ticks  # noqa: E402
 
 COLOURS = {NUMEROSITY: "#c44e52", AREA: "#4c72b0", "": "#999999"}
@@ -42,15 +41,20 @@ def beta_scatter(dims, beta_n, beta_a, r2, labels, r2_min: float, beta_max: floa
     plt.close(fig)
 
 
-def response_profile(dim: int, z: np.ndarray, count: np.ndarray, area: np.ndarray, label: str, r2: float,
-                     beta_n: float, beta_a: float, path, area_bins: int = 4) -> None:
+def response_profile(dim: int, z: np.ndarray, count: np.ndarray, area: np.ndarray, design, label: str, r2: float,
+                     beta_n: float, beta_a: float, path) -> None:
     """Figure 4 style: (left) mean response per N for each cumulative-area bin; (right) the response
-    against log A, coloured by N, with its binned means."""
-    keep = count > 0
-    z, count, area = z[keep], count[keep], area[keep]
+    against log A, coloured by N, with its binned means. The bins are the ANOVA's (`design`,
+    selectivity.make_design): the set's own area levels, or --area-bins quantiles of log A."""
+    z, count, area = z[design.used], count[design.used], area[design.used]
     log_area = np.log10(area)
-    bins, edges = area_quantile_bins(area, area_bins)
-    edges, area_bins = np.log10(edges), edges.size - 1
+    bins = design.area_bin
+    area_bins = int(bins.max()) + 1
+    if design.by_levels:
+        names = [f"A = {level:.0f} px (level)" for level in design.area_edges]
+    else:
+        edges = np.log10(design.area_edges)
+        names = [f"A in 10^[{edges[b]:.2f}, {edges[b + 1]:.2f}]" for b in range(area_bins)]
     values = np.unique(count)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     cmap = plt.get_cmap("viridis")
@@ -61,14 +65,21 @@ def response_profile(dim: int, z: np.ndarray, count: np.ndarray, area: np.ndarra
             means.append(chosen.mean() if chosen.size else np.nan)
             errors.append(chosen.std() / np.sqrt(chosen.size) if chosen.size > 1 else np.nan)
         axes[0].errorbar(values, means, yerr=errors, marker="o", capsize=3, color=cmap(b / max(1, area_bins - 1)),
-                         label=f"A in 10^[{edges[b]:.2f}, {edges[b + 1]:.2f}]")
+                         label=names[b])
     axes[0].set(xlabel="number of objects N", ylabel=f"mean response of z{dim}", xticks=count_ticks(values),
                 title="response per N, for each cumulative-area bin")
     axes[0].legend(fontsize=7)
-    for v in values:
-        chosen = count == v
-        axes[1].scatter(log_area[chosen], z[chosen], s=3, alpha=0.25, color=cmap(v / values.max()), label=f"N = {v}")
-    centres = (edges[:-1] + edges[1:]) / 2
+    if values.size <= 8:
+        for v in values:
+            chosen = count == v
+            axes[1].scatter(log_area[chosen], z[chosen], s=3, alpha=0.25, color=cmap(v / values.max()),
+                            label=f"N = {v}")
+    else:  # the dot stimuli's 32 counts: a colour bar, where a legend entry each ran off the figure
+        dots = axes[1].scatter(log_area, z, s=3, alpha=0.25, c=count / values.max(), cmap=cmap, vmin=0, vmax=1)
+        bar = fig.colorbar(dots, ax=axes[1], label="N")
+        ticks = count_ticks(values, 8)
+        bar.set_ticks(ticks / values.max(), labels=[str(v) for v in ticks])
+    centres = [log_area[bins == b].mean() for b in range(area_bins)]
     axes[1].plot(centres, [z[bins == b].mean() for b in range(area_bins)], "k-o", label="binned mean")
     axes[1].set(xlabel="cumulative area A (log10 pixels)", ylabel=f"z{dim}", title="response against log A")
     legend = axes[1].legend(fontsize=7)
