@@ -1,9 +1,13 @@
 """Shared test helpers: real files on disk, the real CLI, the real sample data when present."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -20,6 +24,21 @@ REAL_SCENES = SHARED / "data" / "scenes-bsds500"
 
 # Small, fast builds: 64-pixel images, sequential unless a test asks for workers.
 FAST = ["--size", "64", "--no-progress", "--workers", "1"]
+
+
+@contextlib.contextmanager
+def lock_held_elsewhere(folder, name: str):
+    """Another process holding `folder` with the lock of command `name` (common.locks) for the block; yields it
+    (its pid is the holder's). It exits holding the lock: the file stays, the lock dies with the process."""
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from common.locks import FolderLock; "
+                               f"FolderLock({str(folder)!r}, {name!r}).acquire(); print('held', flush=True); "
+                               "sys.stdin.read()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        assert holder.stdout.readline() == "held\n"
+        yield holder
+    finally:
+        holder.communicate("")
 
 
 def _need(path: Path) -> Path:

@@ -1,10 +1,7 @@
 """The analyses checked against known answers: planted units, statsmodels, scikit-learn, end to end."""
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +18,7 @@ from analysis.regression import bootstrap_betas, fit_eq3, make_predictors, stand
 from analysis.area_vs_number import CONFOUNDED_R
 from analysis.controls import population_decoding, rotation_null
 from analysis.units import Criteria, find_units
-from conftest import strict_json
+from conftest import lock_held_elsewhere, strict_json
 from synthgen import ShardSet
 from synthgen.cli import main as synthgen_main
 from synthgen.overlap import shared_images
@@ -477,23 +474,16 @@ def test_a_second_analysis_into_one_folder_is_refused(trained, tmp_path, capsys,
     out = tmp_path / "out"
     out.mkdir()
     (out / "report.md").write_text("the first analysis, being written\n")
-    holder = subprocess.Popen([sys.executable, "-c", "import sys; from common.locks import FolderLock; "
-                               f"FolderLock({str(out)!r}, {command!r}).acquire(); print('held', flush=True); "
-                               "sys.stdin.read()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     arguments = (["--data", str(trained / "analysis-set")] if command == "analyze-area-vs-number" else
                  ["--train", str(trained / "train"), "--test", str(trained / "analysis-set")])
     main = analyse_main if command == "analyze-area-vs-number" else readout_main
-    try:
-        assert holder.stdout.readline() == "held\n"
+    with lock_held_elsewhere(out, command) as holder:
         capsys.readouterr()
         assert main(["--checkpoint", str(trained / "run" / "best.pt"), *arguments, "--out", str(out),
                      "--no-progress"]) == 1
         assert f"--out {out}: another {command} (pid {holder.pid}) is writing" in capsys.readouterr().err
         assert sorted(p.name for p in out.iterdir()) == [f".{command}.lock", "report.md"]
         assert (out / "report.md").read_text() == "the first analysis, being written\n"
-    finally:
-        holder.communicate("")
 
 
 def test_analysis_errors_are_clear(trained, tmp_path, capsys):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from common.machine import cores
-from conftest import FAST, assert_same_sets, make_objects, make_scenes, manifest_of, read_set
+from conftest import FAST, assert_same_sets, lock_held_elsewhere, make_objects, make_scenes, manifest_of, read_set
 from synthgen.config import BACKENDS
 from synthgen.parallel import this_machine, timeline
 from synthgen.shards import content_checksum, read_arrays, read_attrs
@@ -86,12 +86,7 @@ def test_a_second_synthgen_writing_one_folder_is_refused(synthgen, tmp_path):
     """Two commands on one --out at once (the same build twice, another set with --overwrite): the second is
     refused when it first looks into the folder, once its own inputs have passed their checks."""
     out = tmp_path / "set"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys; from common.locks import FolderLock; "
-                               f"FolderLock({str(out)!r}, 'synthgen').acquire(); print('held', flush=True); "
-                               "sys.stdin.read()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
-    try:
-        assert holder.stdout.readline() == "held\n"
+    with lock_held_elsewhere(out, "synthgen") as holder:
         args = ["--n", 20, "--size", 32, "--no-progress", "--workers", 1, "--out", out]
         for command in (["build", *args], ["build", *args, "--seed", 2, "--overwrite"], ["dots", *args]):
             result = synthgen(*command)
@@ -99,8 +94,6 @@ def test_a_second_synthgen_writing_one_folder_is_refused(synthgen, tmp_path):
         bad = synthgen("build", *args, "--objects", tmp_path / "nowhere")  # its own error comes first
         assert bad.rc == 2 and "folder does not exist" in bad.err
         assert sorted(p.name for p in out.iterdir()) == [".synthgen.lock"]  # the holder's alone
-    finally:
-        holder.communicate("")
     assert synthgen("build", *args).rc == 0
     assert not (out / ".synthgen.lock").exists() and (out / "manifest.json").exists()
 
@@ -420,18 +413,11 @@ def test_a_set_being_written_now_is_told_from_an_interrupted_one(synthgen, tmp_p
     assert synthgen("build", "--n", 10, "--size", 32, "--out", out, *FAST).rc == 0
     manifest = manifest_of(out)
     (out / "manifest.json").write_text(json.dumps({**manifest, "complete": False}))  # as an extension begins
-    holder = subprocess.Popen([sys.executable, "-c", "import sys; from common.locks import FolderLock; "
-                               f"FolderLock({str(out)!r}, 'synthgen').acquire(); print('held', flush=True); "
-                               "sys.stdin.read()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
-    try:
-        assert holder.stdout.readline() == "held\n"
+    with lock_held_elsewhere(out, "synthgen") as holder:
         for command in (["inspect", out], ["verify", out, "--no-progress"]):
             result = synthgen(*command)
             assert result.rc == 1 and f"the set is being written now (synthgen, pid {holder.pid}); wait" in \
                 result.out + result.err, command
-    finally:
-        holder.communicate("")
     result = synthgen("inspect", out)  # the lock file of the killed writer stays, but nothing holds it
     assert result.rc == 1 and "run the command that made it (manifest.json: command) again to resume" in result.err
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import not_json, strict_json
+from conftest import lock_held_elsewhere, not_json, strict_json
 from synthgen.cli import main as synthgen_main
 from test_pack import make_sos_tree
 from vae.checkpoint import load_checkpoint, load_model_and_metadata, save_checkpoint
@@ -278,19 +278,13 @@ def test_a_second_trainer_on_one_run_folder_is_refused(data, tmp_path, capsys):
     """The same command started twice (a scheduler's retry): the second is refused at once, whether it starts
     a run or continues one, and nothing of it reaches the folder."""
     run = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys; from common.locks import FolderLock; "
-                               f"FolderLock({str(run)!r}, 'vae-train').acquire(); print('held', flush=True); "
-                               "sys.stdin.read()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                              env={**ENV, "PYTHONPATH": os.pathsep.join(sys.path)})
-    try:
-        assert holder.stdout.readline() == "held\n"
+    with lock_held_elsewhere(run, "vae-train") as holder:
         capsys.readouterr()
         assert train_main(["--data", str(data / "synth"), "--out", str(run), "--epochs", "1", *TINY]) == 1
         err = capsys.readouterr().err
         assert f"--out {run}: another vae-train (pid {holder.pid}) is training the run there now" in err
         assert sorted(p.name for p in run.iterdir()) == [".vae-train.lock"]  # the holder's alone
-    finally:
-        holder.communicate("")  # it exits holding the lock: the file stays, the lock dies with the process
+    # it exited holding the lock: the file stays, the lock died with the process
     assert (run / ".vae-train.lock").exists()
     assert train_main(["--data", str(data / "synth"), "--out", str(run), "--epochs", "1", *TINY]) == 0
     assert not (run / ".vae-train.lock").exists() and (run / "last.pt").exists()
