@@ -16,8 +16,8 @@ from pathlib import Path
 
 from common.cli import add_version, out_folder_problem, run
 from common.errors import UsageError
-from common.settings import (Parser, add_options, all_fields, flag_of, from_args, from_dict, given_names, show_value,
-                             value_of)
+from common.settings import (Parser, add_options, all_fields, field_problem, flag_of, from_args, from_dict, given_names,
+                             show_value, value_of)
 from vae.config import RANDOM_VGG, RELOCATABLE, RESUMABLE, TrainConfig, compile_problem, holds_run
 
 
@@ -76,8 +76,9 @@ def resumed_run(given: dict) -> tuple[TrainConfig, dict]:
     run's last checkpoint (read once: the trainer continues from it)."""
     from vae.checkpoint import load_checkpoint  # torch: only now that the arguments are known to be sound
 
-    if not given["out"]:
-        raise UsageError("--out '': an empty value (an unset shell variable?); give the run folder to continue")
+    problem = field_problem(all_fields(TrainConfig)["out"], given["out"])  # read before the settings are made
+    if problem:
+        raise UsageError(problem)
     out = Path(given["out"])
     if not (out / "last.pt").is_file():
         raise UsageError(f"--resume: {out} holds no run with a checkpoint to continue (no last.pt there)")
