@@ -45,17 +45,19 @@ def read_manifest(out_dir) -> dict | None:
     return data if isinstance(data, dict) and data.get("format") == MANIFEST_FORMAT else None
 
 
+def holds_set(folder) -> bool:
+    """Whether `folder` holds a synthgen manifest.json (a damaged or unreadable one counts as none)."""
+    try:
+        return read_manifest(folder) is not None
+    except (OutputError, OSError):
+        return False
+
+
 def enclosing_set(path) -> Path | None:
     """The synthgen set folder that `path` is or lies in (the nearest folder at or above it holding a synthgen
     manifest.json), or None."""
     path = Path(path).resolve()
-    for folder in (path, *path.parents):
-        try:
-            if read_manifest(folder) is not None:
-                return folder
-        except (OutputError, OSError):
-            continue
-    return None
+    return next((folder for folder in (path, *path.parents) if holds_set(folder)), None)
 
 
 def inside_set_problem(out, option: str = "--out", own_set: bool = False) -> str | None:

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from common.locks import held_by
 from synthgen.errors import OutputError
-from synthgen.manifest import read_manifest
+from synthgen.manifest import holds_set, read_manifest
 from synthgen.shards import VERIFY_THREADS, content_checksum, raw_image_offsets, shard_contents
 
 IOV_MAX = 1024  # buffers one preadv may fill (POSIX's minimum guarantee, Linux's value)
@@ -51,7 +51,7 @@ def set_manifest(root: Path, named: str) -> dict:
     manifest = read_manifest(root)
     if manifest is None:
         try:
-            below = sorted(child.name for child in root.iterdir() if child.is_dir() and _holds_manifest(child))
+            below = sorted(child.name for child in root.iterdir() if child.is_dir() and holds_set(child))
         except OSError:  # an unreadable folder: nothing to suggest
             below = []
         hint = (f"; sets lie in its subfolders {', '.join(below[:5])}{' ...' if len(below) > 5 else ''}: name those"
@@ -59,13 +59,6 @@ def set_manifest(root: Path, named: str) -> dict:
         raise OutputError(f"{named}: no synthgen manifest.json here; give the --out folder of a "
                           f"`synthgen build` or `synthgen pack`{hint}")
     return manifest
-
-
-def _holds_manifest(folder: Path) -> bool:
-    try:
-        return read_manifest(folder) is not None
-    except (OutputError, OSError):
-        return False
 
 
 def check_shard(path: Path, entry: dict, identity: str, root: Path, verify: bool = True) -> None:
