@@ -41,7 +41,7 @@ class SetLabels:
 
     count: np.ndarray
     area: np.ndarray  # visible cumulative area, pixels
-    target_area: np.ndarray  # the drawn (or level) area: discrete levels bin the ANOVA
+    design: Design  # the ANOVA's numerosity levels and area bins (the set's own levels, or --area-bins quantiles)
 
 
 @dataclass
@@ -114,13 +114,14 @@ def analyse_latents(means: np.ndarray, labels: SetLabels, config: AnalysisConfig
     """The statistics of one run, from its posterior means: units, selectivity, null, decoding."""
     units = find_units(means, labels.count, labels.area, criteria_of(config), config.bootstrap, config.seed)
     z = units.latents(means)
-    design = make_design(labels.count, labels.area, labels.target_area, config.area_bins)
+    design = labels.design
     z_design = means[design.used][:, units.active]
-    selectivity = number_selectivity(z_design, design, config.anova_p)
+    moments = anova_moments(z_design, design)  # once, for the observed ANOVA and for its rotations
+    selectivity = number_selectivity(z_design, design, config.anova_p, moments)
     null = None
     if config.null_rotations:
         null = rotation_null(z, units.predictors.x, config.r2_min, config.beta_max, config.null_rotations,
-                             config.seed, anova=anova_moments(z_design, design), p_max=config.anova_p)
+                             config.seed, anova=moments, p_max=config.anova_p)
     positions = {kind: np.flatnonzero(units.labels == kind) for kind in (NUMEROSITY, AREA)}
     decoding = population_decoding(z, units.predictors.x[:, 0], units.predictors.x[:, 1], positions, config.folds,
                                    config.seed, config.bootstrap)
@@ -189,11 +190,10 @@ def write_figures(out: Path, run: RunAnalysis, model, shards, means, labels: Set
     draw.beta_scatter(units.dims, fit.beta_n, fit.beta_a, fit.r2, units.labels, config.r2_min, config.beta_max,
                       figures["betas"])
     selected = [k for k in units.best if units.labels[k]] or list(units.best[:2])  # no unit: the best-fitting
-    design = make_design(labels.count, labels.area, labels.target_area, config.area_bins)  # binned as the ANOVA
     for k in selected:
         dim = int(units.dims[k])
         figures[f"profile_z{dim}"] = str(out / f"profile-z{dim}.png")
-        draw.response_profile(dim, means[:, dim], labels.count, labels.area, design, units.labels[k], fit.r2[k],
+        draw.response_profile(dim, means[:, dim], labels.count, labels.area, labels.design, units.labels[k], fit.r2[k],
                               fit.beta_n[k], fit.beta_a[k], figures[f"profile_z{dim}"])
     if run.null is not None:
         figures["controls"] = str(out / "controls.png")
@@ -237,12 +237,12 @@ def load_set(config: AnalysisConfig) -> tuple[ShardSet, SetLabels]:
     if np.count_nonzero(count > 0) < 4 or np.unique(count[count > 0]).size < 2:
         raise UserError(f"--data {config.data}: Eq. 3 needs images with at least two different counts N >= 1; "
                         f"this set has counts {sorted(set(count.tolist()))}")
-    labels = SetLabels(count, shards.labels["visible_area"].astype(np.float64),
-                       shards.labels["target_area"].astype(np.float64))
-    problem = anova_problem(make_design(labels.count, labels.area, labels.target_area, config.area_bins), config)
+    area = shards.labels["visible_area"].astype(np.float64)
+    design = make_design(count, area, shards.labels["target_area"].astype(np.float64), config.area_bins)
+    problem = anova_problem(design, config)
     if problem:
         raise UserError(f"--data {config.data}: {problem}")
-    return shards, labels
+    return shards, SetLabels(count, area, design)
 
 
 def anova_problem(design: Design, config: AnalysisConfig) -> str | None:

@@ -182,9 +182,11 @@ def gaussian_width(x: np.ndarray, y: np.ndarray, centre: float) -> dict:
     return {"sigma": float(sigma), "r2": float(1 - residual / total) if total > 0 else float("nan")}
 
 
-def number_selectivity(z: np.ndarray, design: Design, p_max: float = 0.01) -> Selectivity:
-    """The two-way ANOVA of every column of `z` (the used images' responses), selectivity and tuning."""
-    f, p = anova_tests(anova_moments(z, design))
+def number_selectivity(z: np.ndarray, design: Design, p_max: float = 0.01,
+                       moments: AnovaMoments | None = None) -> Selectivity:
+    """The two-way ANOVA of every column of `z` (the used images' responses), selectivity and tuning; `moments`:
+    anova_moments(z, design), where the caller has them already."""
+    f, p = anova_tests(moments if moments is not None else anova_moments(z, design))
     chosen = selective(p, p_max)
     curves, preferred = tuning_curves(z, design)
     result = Selectivity(design.levels, int(design.area_bin.max()) + 1, f, p, chosen, curves, preferred,
