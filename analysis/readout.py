@@ -184,10 +184,10 @@ def run(config: ReadoutConfig, log=print) -> dict:
     problem = overlap_problem(train_sets, test_sets)
     if problem:
         raise UsageError(problem)
-    # Not refused: the VAE never saw their labels, but a test on images the encoder learnt from flatters it.
     repeated = first_shared([("--test", s) for s in test_sets])
     if repeated:  # allowed (nothing is trained on them), but the scores and the image count would hide it
         notes.append(f"{repeated[2]}: those images are scored twice, and weigh twice in the AP and the accuracy")
+    # Not refused: the VAE never saw their labels, but a test on images the encoder learnt from flatters it.
     notes += [f"{seen}: the test scores images its encoder learnt from, without their labels"
               for seen in seen_by_the_vae(meta, [("--test", s) for s in test_sets])]
     y_all, y_test = count_classes(train_sets), count_classes(test_sets)
