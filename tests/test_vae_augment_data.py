@@ -6,8 +6,8 @@ import torch
 from conftest import FAST
 from synthgen.cli import main as synthgen_main
 from vae.augment import AugmentConfig, augment, to_float
-from vae.data import (LoaderFeed, MemoryFeed, Pool, epoch_indices, mixing_plan, natural_fraction, rank_batches,
-                      split_pool)
+from vae.data import (LoaderFeed, MemoryFeed, Pool, balance_removals, epoch_indices, mixing_plan, natural_fraction,
+                      rank_batches, split_pool)
 from test_pack import make_sos_tree
 
 NO_COLOUR = dict(brightness=0, contrast=0, saturation=0, hue=0)
@@ -102,6 +102,14 @@ def test_most_frequent_natural_classes_lose_ten_percent(sets):
     assert kept.dropped == {1: int(round(0.1 * counts(full)[1]))}  # only class 1 is above the average
     assert counts(full)[1] - counts(kept)[1] == kept.dropped[1]
     assert np.array_equal(counts(full)[[0, 2, 3, 4]], counts(kept)[[0, 2, 3, 4]])
+
+
+def test_class_balance_never_takes_a_class_below_the_mean():
+    # SOS's extended train set: the two largest classes lose a tenth each, as the paper says
+    assert balance_removals([2596, 4854, 1604, 1058, 853], 0.1).tolist() == [260, 485, 0, 0, 0]
+    # a balanced set, but for one image: a tenth off that class would make it the rarest
+    assert balance_removals([100, 101, 100, 100, 100], 0.1).tolist() == [0, 0, 0, 0, 0]
+    assert balance_removals([100, 50, 50], 0.5).tolist() == [33, 0, 0]  # down to the mean, 67, not to 50
 
 
 def test_every_rank_gets_the_same_number_of_batches():

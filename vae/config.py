@@ -41,7 +41,7 @@ class DataSettings(Settings):
                                  valid=between(0, 1, low_open=True, high_open=True))
     natural_start: int = option(20, "synthetic-only epochs before natural images join", valid=at_least(0))
     natural_ramp: int = option(20, "epochs over which all natural training images join", valid=at_least(1))
-    natural_drop: float = option(0.1, "share of the most frequent natural classes removed",
+    natural_drop: float = option(0.1, "share of each natural class above the mean removed (never below the mean)",
                                  valid=between(0, 1, high_open=True))
 
 

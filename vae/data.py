@@ -109,6 +109,15 @@ class Split:
     dropped: dict[int, int]  # class -> natural training examples removed for balance
 
 
+def balance_removals(class_sizes: np.ndarray, share: float) -> np.ndarray:
+    """How many examples to remove from each class: `share` of every class above the mean class size,
+    but never so many that it falls below the mean. (A class just above the mean of a balanced set
+    would otherwise lose a tenth and end up the rarest.)"""
+    sizes = np.asarray(class_sizes, dtype=np.int64)
+    above_mean = np.maximum(sizes - int(np.ceil(sizes.mean())), 0)
+    return np.minimum(np.rint(share * sizes).astype(np.int64), above_mean)
+
+
 def split_pool(pool: Pool, seed: int, val_fraction: float, natural_drop: float) -> Split:
     """Hold out a fixed fraction of every set, then balance the natural training images."""
     train, validation = [], []
@@ -125,12 +134,11 @@ def split_pool(pool: Pool, seed: int, val_fraction: float, natural_drop: float) 
         classes, freq = np.unique(pool.counts[natural], return_counts=True)
         rng = streams.rng(seed, streams.NATURAL_DROP)
         keep = np.ones(natural.size, bool)
-        for label, n in zip(classes, freq):
-            if n > freq.mean():
+        for label, n_remove in zip(classes, balance_removals(freq, natural_drop)):
+            if n_remove:
                 members = np.flatnonzero(pool.counts[natural] == label)
-                remove = rng.choice(members, int(round(natural_drop * n)), replace=False)
-                keep[remove] = False
-                dropped[int(label)] = int(remove.size)
+                keep[rng.choice(members, n_remove, replace=False)] = False
+                dropped[int(label)] = int(n_remove)
         natural = natural[keep]
     natural_order = streams.rng(seed, streams.NATURAL_ORDER).permutation(natural)
     return Split(train[~pool.is_natural[train]], natural_order, np.concatenate(validation), dropped)
