@@ -28,7 +28,7 @@ SPLITS = ("train", "test")
 
 
 def parse_counts(text: str) -> tuple[int, ...]:
-    """Parse a count spec such as '0-4', '1,2,4' or '0-2,5' into sorted unique counts."""
+    """Parse a count spec such as '0-4', '1,2,4' or '0-2,5' into sorted counts, each given once."""
     counts: set[int] = set()
     parts = [p.strip() for p in str(text).split(",")]
     if not text or any(not p for p in parts):
@@ -41,11 +41,16 @@ def parse_counts(text: str) -> tuple[int, ...]:
                 "(counts cannot be negative)"
             )
         if match.group(3) is not None:
-            counts.add(int(match.group(3)))
-            continue
-        lo, hi = int(match.group(1)), int(match.group(2))
+            lo = hi = int(match.group(3))
+        else:
+            lo, hi = int(match.group(1)), int(match.group(2))
         if lo > hi:
             raise UsageError(f"--count {text!r}: range {part!r} must go from low to high, e.g. {hi}-{lo}")
+        # Each count is drawn equally often: a count given twice would read as a weight it does not get.
+        twice = counts.intersection(range(lo, hi + 1))
+        if twice:
+            raise UsageError(f"--count {text!r}: {min(twice)} is given twice; every count is drawn equally often, "
+                             "so give each once")
         counts.update(range(lo, hi + 1))
     if max(counts) > MAX_COUNT:
         raise UsageError(f"--count {text!r}: at most {MAX_COUNT} objects per image are supported")

@@ -16,14 +16,14 @@ from synthgen.plan import (MIN_OBJECT_PIXELS, counts_for, draw_area_fraction, dr
     ("1,2,4", (1, 2, 4)),
     ("1-9", tuple(range(1, 10))),
     ("0-2, 5", (0, 1, 2, 5)),
-    ("4,2,2", (2, 4)),
+    ("4,2", (2, 4)),
     ("3", (3,)),
 ])
 def test_count_specs(text, expected):
     assert parse_counts(text) == expected
 
 
-@pytest.mark.parametrize("text", ["4-1", "-1", "a", "", "1,,2", "0-100", "1.5"])
+@pytest.mark.parametrize("text", ["4-1", "-1", "a", "", "1,,2", "0-100", "1.5", "4,2,2", "0-4,3-5"])
 def test_bad_count_specs_name_the_option(text):
     with pytest.raises(UsageError, match="--count"):
         parse_counts(text)
