@@ -20,7 +20,7 @@ from analysis import figures as draw
 from analysis.config import AnalysisConfig
 from analysis.controls import Decoding, NullResult, population_decoding, rotation_null
 from analysis.encode import check_checkpoints, encode_set, load_encoder, resize_notes, seen_by_the_vae
-from analysis.regression import AREA, NUMEROSITY, make_predictors
+from analysis.regression import AREA, NUMEROSITY, Predictors, make_predictors
 from analysis.report import (clear_previous, collapsed_markdown, collapsed_summary, mean_sd_text, report_markdown,
                              run_row, run_summary, runs_markdown, runs_summary, write_dimensions, write_runs_csv)
 from analysis.selectivity import Design, Selectivity, anova_moments, make_design, number_selectivity
@@ -42,6 +42,7 @@ class SetLabels:
     count: np.ndarray
     area: np.ndarray  # visible cumulative area, pixels
     design: Design  # the ANOVA's numerosity levels and area bins (the set's own levels, or --area-bins quantiles)
+    predictors: Predictors  # Eq. 3's standardised log N and log A, and the images they cover
 
 
 @dataclass
@@ -84,13 +85,8 @@ CONFOUNDED_R = 0.3  # |r| of log N and log A from which a set separates them vis
 
 def confound_note(labels: SetLabels, config: AnalysisConfig) -> str | None:
     """A note when the set's log N and log A are correlated over the images Eq. 3 fits: it then separates them
-    less well, whatever the code. The paper's set draws the area independently of N (r near 0). Refuses a set
-    whose log N or log A does not vary, before anything is encoded."""
-    try:
-        predictors = make_predictors(labels.count, labels.area, config.log1p)
-    except ValueError as exc:
-        raise UserError(f"--data {config.data}: {exc}") from None
-    r = predictors.correlation
+    less well, whatever the code. The paper's set draws the area independently of N (r near 0)."""
+    r = labels.predictors.correlation
     if abs(r) < CONFOUNDED_R:
         return None
     cause = (" (with --log1p, the N = 0 images sit at 0 on both)" if config.log1p else "")
@@ -112,7 +108,7 @@ def analyse_latents(means: np.ndarray, labels: SetLabels, config: AnalysisConfig
                                                                                             NullResult | None,
                                                                                             list[Decoding]]:
     """The statistics of one run, from its posterior means: units, selectivity, null, decoding."""
-    units = find_units(means, labels.count, labels.area, criteria_of(config), config.bootstrap, config.seed)
+    units = find_units(means, labels.predictors, criteria_of(config), config.bootstrap, config.seed)
     z = units.latents(means)
     design = labels.design
     z_design = means[design.used][:, units.active]
@@ -242,7 +238,11 @@ def load_set(config: AnalysisConfig) -> tuple[ShardSet, SetLabels]:
     problem = anova_problem(design, config)
     if problem:
         raise UserError(f"--data {config.data}: {problem}")
-    return shards, SetLabels(count, area, design)
+    try:  # a set whose log N or log A does not vary is refused here, before anything is encoded
+        predictors = make_predictors(count, area, config.log1p)
+    except ValueError as exc:
+        raise UserError(f"--data {config.data}: {exc}") from None
+    return shards, SetLabels(count, area, design, predictors)
 
 
 def anova_problem(design: Design, config: AnalysisConfig) -> str | None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from analysis.regression import AREA, NUMEROSITY, Fit, Predictors, bootstrap_betas, classify, fit_eq3, make_predictors
+from analysis.regression import AREA, NUMEROSITY, Fit, Predictors, bootstrap_betas, classify, fit_eq3
 from common.errors import UserError
 
 
@@ -54,19 +54,16 @@ class NoActiveDimension(UserError):
     """A code that does not vary over the set (a collapsed posterior, as a large KL weight can give)."""
 
 
-def find_units(means: np.ndarray, count: np.ndarray, area: np.ndarray, criteria: Criteria, bootstrap: int = 0,
+def find_units(means: np.ndarray, predictors: Predictors, criteria: Criteria, bootstrap: int = 0,
                seed: int = 0) -> UnitResult:
-    """Drop inactive dimensions, fit Eq. 3 to the rest, bootstrap the betas, apply the criteria."""
+    """Drop inactive dimensions, fit Eq. 3 to the rest (on the set's log N and log A, `make_predictors`), bootstrap
+    the betas, apply the criteria."""
     variance = means.var(axis=0)
     active = variance >= criteria.active_threshold
     if not active.any():
         raise NoActiveDimension(f"no active latent dimension (variance of the posterior mean over the set >= "
                                 f"--active-threshold {criteria.active_threshold}): the model codes nothing that "
                                 "varies here")
-    try:
-        predictors = make_predictors(count, area, criteria.log1p)
-    except ValueError as exc:
-        raise UserError(f"--data: {exc}") from None
     z = means[predictors.used][:, active]
     fit = fit_eq3(z, predictors.x)
     labels = classify(fit, criteria.r2_min, criteria.beta_max)

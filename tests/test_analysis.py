@@ -60,7 +60,7 @@ def planted_latents(rng, count, area):
 def test_planted_units_are_found_and_nothing_else():
     rng, count, area = design()
     z = planted_latents(rng, count, area)
-    found = find_units(z, count, area, Criteria(), bootstrap=200)
+    found = find_units(z, make_predictors(count, area), Criteria(), bootstrap=200)
     assert found.units == {"numerosity": [0, 1], "area": [2, 3]}
     assert found.dims.tolist() == list(range(10))  # z10 and z11 are inactive and left out
     assert found.predictors.excluded_zero == int((count == 0).sum())
@@ -68,7 +68,7 @@ def test_planted_units_are_found_and_nothing_else():
     assert fit.beta_n[0] > 0 > fit.beta_n[1] and fit.beta_a[2] > 0 > fit.beta_a[3]
     assert np.all(ci[0, 0, :2] < np.abs(fit.beta_n[:2]).max())  # the intervals bracket the estimates
     assert np.all((ci[0] <= np.stack([fit.beta_n, fit.beta_a])) & (np.stack([fit.beta_n, fit.beta_a]) <= ci[1]))
-    strict = find_units(z, count, area, Criteria(r2_min=0.9))
+    strict = find_units(z, make_predictors(count, area), Criteria(r2_min=0.9))
     assert strict.units == {"numerosity": [], "area": []}
 
 
