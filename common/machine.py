@@ -48,6 +48,46 @@ def memory_gib() -> float | None:
     return kib / 2**20
 
 
+def available_memory() -> int | None:
+    """Bytes of memory this process can still take without pushing others out: the kernel's MemAvailable
+    (free memory and the page cache it can drop; free memory alone misses the cache a set just written
+    fills), or less where the process's cgroup (a container) limits it. None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as info:
+            available = next(int(line.split()[1]) for line in info if line.startswith("MemAvailable:")) * 1024
+    except (OSError, StopIteration, ValueError):
+        return None
+    room = cgroup_room()
+    return available if room is None else min(available, room)
+
+
+def cgroup_room() -> int | None:
+    """What this process's memory cgroup still allows (v2, or v1 as a batch scheduler or container sets it);
+    None without a limit."""
+    try:
+        with open("/proc/self/cgroup") as groups:
+            lines = [line.strip().split(":", 2) for line in groups]
+    except OSError:
+        return None
+    candidates = []
+    for _, controllers, path in (parts for parts in lines if len(parts) == 3):
+        path = path.rstrip("/")
+        if controllers == "":
+            candidates.append((f"/sys/fs/cgroup{path}/memory.max", f"/sys/fs/cgroup{path}/memory.current"))
+        elif "memory" in controllers.split(","):
+            for folder in (f"/sys/fs/cgroup/memory{path}", "/sys/fs/cgroup/memory"):  # the latter in a container
+                candidates.append((f"{folder}/memory.limit_in_bytes", f"{folder}/memory.usage_in_bytes"))
+    for limit_file, usage_file in candidates:
+        try:
+            with open(limit_file) as limit, open(usage_file) as usage:
+                text, used = limit.read().strip(), int(usage.read())
+        except (OSError, ValueError):
+            continue
+        # v1 writes "no limit" as a number near 2**63
+        return None if text == "max" or int(text) >= 1 << 60 else max(0, int(text) - used)
+    return None
+
+
 def gpus() -> list[str]:
     """The CUDA devices torch sees, with the CUDA and cuDNN versions it runs them with; [] without torch."""
     try:

@@ -14,11 +14,12 @@ from synthgen.stats import summary_lines
 
 def cmd_build(given: dict, command: list[str]) -> int:
     from synthgen.build import build
-    from synthgen.parallel import within_cores
+    from synthgen.parallel import within_machine
 
     settings = from_args(BuildCommand, given)
-    summary = build(settings.config, within_cores(settings.run), settings.out, command=command,
-                    scene_store=settings.scene_store)
+    config = settings.config
+    run_options = within_machine(settings.run, config.size, config.shard_size, config.n, settings.run.cache_mb << 20)
+    summary = build(config, run_options, settings.out, command=command, scene_store=settings.scene_store)
     built, resumed = summary["images_built"], summary["images_resumed"]
     if built:
         print(f"synthgen: built {built} images in {summary['render_seconds']:.1f} s "
@@ -43,10 +44,11 @@ def print_outcome(summary: dict, out) -> None:
 
 def cmd_pack(given: dict, command: list[str]) -> int:
     from synthgen.pack import pack
-    from synthgen.parallel import within_cores
+    from synthgen.parallel import within_machine
 
     settings = from_args(PackCommand, given)
-    summary = pack(settings.config, within_cores(settings.run), settings.out, command=command)
+    run_options = within_machine(settings.run, settings.config.size, settings.config.shard_size)
+    summary = pack(settings.config, run_options, settings.out, command=command)
     hist = "  ".join(f"{k}: {v}" for k, v in summary["count_histogram"].items())
     print(f"synthgen: packed {summary['n_images']} images ({summary['images_packed']} in this run) "
           f"in {summary['total_seconds']:.1f} s")
@@ -57,7 +59,7 @@ def cmd_pack(given: dict, command: list[str]) -> int:
 
 def cmd_dots(given: dict, command: list[str]) -> int:
     from synthgen.dots import dots
-    from synthgen.parallel import within_cores
+    from synthgen.parallel import within_machine
 
     settings = from_args(DotsCommand, given)
     control = settings.config.control
@@ -65,7 +67,9 @@ def cmd_dots(given: dict, command: list[str]) -> int:
     if unused[2:].replace("-", "_") in given:  # it would go unread, and yet change the set's identity
         raise UsageError(f"{unused} is not used with --control {control}, whose levels are set by {used}; give "
                          f"{used}, or --control {'item-size' if control == 'total-area' else 'total-area'}")
-    summary = dots(settings.config, within_cores(settings.run), settings.out, command=command)
+    config = settings.config
+    run_options = within_machine(settings.run, config.size, config.shard_size, config.n)
+    summary = dots(config, run_options, settings.out, command=command)
     built, resumed = summary["images_built"], summary["images_resumed"]
     print(f"synthgen: built {built} dot arrays in {summary['render_seconds']:.1f} s"
           + (f"; {resumed} were already built" if resumed else "") if built else

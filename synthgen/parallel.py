@@ -14,7 +14,7 @@ import cv2
 import joblib
 from tqdm import tqdm
 
-from common.machine import cores, describe
+from common.machine import available_memory, cores, describe
 from synthgen.config import RunOptions
 from synthgen.errors import UsageError
 
@@ -97,6 +97,51 @@ def within_cores(run: RunOptions, log=print) -> RunOptions:
         return run
     log(f"synthgen: --workers {run.workers} is more than the {available} cores here; running {available} workers")
     return dataclasses.replace(run, workers=available)
+
+
+SHARD_COPIES = 3  # a shard's images are in memory about three times over as it is written: rendered, stacked,
+# and in the HDF5 file image as it grows (measured 2.9x at 512 and 1024 px, besides the cache and the worker)
+WORKER_BYTES = 200 << 20  # a worker's own memory besides (about 140 MB measured)
+
+
+def workers_that_fit(workers: int, shard_bytes: int, shards: int | None, worker_bytes: int, available: int) -> int:
+    """The most workers, up to `workers`, whose shards in progress fit in `available` bytes (0 if not even one
+    does): at most one shard each, and no more shards than the set has (a shard split among workers is
+    joined by one of them)."""
+    def need(w: int) -> int:
+        return min(w, shards or w) * SHARD_COPIES * shard_bytes + w * worker_bytes
+    return max((w for w in range(1, workers + 1) if need(w) <= available), default=0)
+
+
+def within_machine(run: RunOptions, image_size: int, shard_size: int, n_images: int | None = None,
+                   cache_bytes: int = 0, log=print) -> RunOptions:
+    """`run` within the cores (`within_cores`) and the memory of this machine, on a local backend: each worker
+    writes whole shards in memory, so large images in large shards take more than the machine has (a 2048 px
+    shard of 1000 images is 12.6 GB, held about three times). Fewer workers run where that is enough, said in
+    one line; where even one cannot write a shard, the command is refused, naming the --shard-size that fits.
+    `n_images`: the set's size where it is known before the sources are read."""
+    run = within_cores(run, log)
+    available = available_memory()
+    if run.backend == "dask" or available is None:
+        return run
+    image_bytes = image_size * image_size * 3
+    shard_bytes = min(shard_size, n_images or shard_size) * image_bytes
+    shards = -(-n_images // shard_size) if n_images else None
+    workers, per_worker = local_workers(run), WORKER_BYTES + cache_bytes
+    fitting = workers_that_fit(workers, shard_bytes, shards, per_worker, available)
+    if fitting == workers:
+        return run
+    largest = max(0, (available - per_worker) // (SHARD_COPIES * image_bytes))
+    if not fitting:
+        remedy = f"give --shard-size {largest} or less" if largest else "free memory, or lower --size"
+        raise UsageError(f"--shard-size {shard_size} at --size {image_size}: a worker writes a shard of "
+                         f"{shard_bytes / 1e9:.1f} GB of images in memory and needs about "
+                         f"{(SHARD_COPIES * shard_bytes + per_worker) / 1e9:.1f} GB for it, and "
+                         f"{available / 1e9:.1f} GB is available here; {remedy}")
+    log(f"synthgen: {workers} workers writing shards of {shard_bytes / 1e9:.1f} GB of images would need more than "
+        f"the {available / 1e9:.1f} GB of memory available; running {fitting} workers (a smaller --shard-size "
+        "lets more run; the images are the same)")
+    return dataclasses.replace(run, workers=fitting)
 
 
 def local_workers(run: RunOptions) -> int | None:

@@ -16,7 +16,7 @@ import pytest
 from common.machine import cores
 from conftest import FAST, assert_same_sets, lock_held_elsewhere, make_objects, make_scenes, manifest_of, read_set
 from synthgen.config import BACKENDS
-from synthgen.parallel import this_machine, timeline
+from synthgen.parallel import this_machine, timeline, workers_that_fit
 from synthgen.shards import content_checksum, read_arrays, read_attrs
 from synthgen.manifest import MANIFEST_FORMAT
 from synthgen.writer import SetWriter
@@ -390,6 +390,16 @@ def test_more_workers_than_cores_run_as_many_as_there_are_cores(synthgen, tmp_pa
     one = synthgen("build", "--n", 8, "--size", 32, "--out", tmp_path / "one", "--no-progress", "--workers", 1)
     assert one.rc == 0 and "is more than" not in one.out
     assert_same_sets(out, tmp_path / "one")
+
+
+def test_workers_run_only_as_many_shards_as_memory_holds():
+    gb = 10**9
+    # shards of 1 GB of images take about 3 GB each as they are written, besides 0.5 GB per worker
+    assert workers_that_fit(16, gb, 80, gb // 2, 100 * gb) == 16
+    assert workers_that_fit(16, gb, 80, gb // 2, 20 * gb) == 5  # 5 x 3.5 GB = 17.5 GB; 6 would take 21
+    assert workers_that_fit(16, gb, 80, gb // 2, 3 * gb) == 0  # not even one: the command is refused
+    # a set of one shard holds it once, however many workers render its parts
+    assert workers_that_fit(16, gb, 1, gb // 2, 12 * gb) == 16  # 3 GB + 16 x 0.5 GB = 11 GB
 
 
 def test_a_folder_left_by_a_build_stopped_before_its_first_shard_takes_another_set(synthgen, tmp_path):

@@ -56,3 +56,15 @@ def test_a_synthgen_benchmark_does_not_import_torch_to_name_its_machine():
             "describe('numpy', 'OpenCV', 'h5py', 'joblib'); print('torch' in sys.modules)")
     found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert found.stdout.strip() == "False"
+
+
+def test_available_memory_is_what_the_kernel_can_give_without_swapping():
+    if not os.path.exists("/proc/meminfo"):
+        pytest.skip("no /proc/meminfo on this machine")
+    meminfo = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in open("/proc/meminfo")}
+    available, room = machine.available_memory(), machine.cgroup_room()
+    expected = meminfo["MemAvailable"] if room is None else min(room, meminfo["MemAvailable"])
+    # MemAvailable counts the page cache the kernel can drop, which free memory alone (MemFree) misses; the two
+    # readings are a moment apart, so they may differ by what other processes took meanwhile
+    assert 0 < available <= meminfo["MemTotal"]
+    assert abs(available - expected) < 512 << 20

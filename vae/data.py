@@ -13,7 +13,6 @@
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +20,7 @@ import torch
 
 from common import streams
 from common.errors import UsageError
+from common.machine import available_memory
 from synthgen import ShardSet
 from synthgen.overlap import first_shared
 
@@ -247,7 +247,7 @@ def choose_feed(pool: Pool, device: torch.device, mode: str) -> FeedChoice:
     if device.type == "cuda":
         free, where = torch.cuda.mem_get_info(device)[0], f"free on {device}"
     else:
-        free, where = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "of free host memory"
+        free, where = available_memory() or 0, "of available host memory"
     fits = need < free / 2
     return FeedChoice("memory" if fits else "stream",
                       f"--data-on-device auto: the pool's {need / 2**30:.2f} GiB is {'under' if fits else 'over'} half "
