@@ -25,8 +25,10 @@ def write_atomic(path, data, sync: bool = True) -> None:
                 handle.flush()
                 os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not exc.filename:  # a full disk's write names no file: name the target
+            exc.filename = str(path)
         raise
 
 

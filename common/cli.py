@@ -6,6 +6,7 @@ should ever lead there: the line asks for a report, SUBITIZING_TRACEBACK=1 shows
 """
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from pathlib import Path
@@ -36,7 +37,9 @@ def run(prog: str, body: Callable[[], int | None], interrupted: str = "interrupt
         return 141
     except OSError as exc:  # a read or write the code did not expect to fail (disk, permissions...)
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"{prog}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        remedy = ("; free space on that disk (or write elsewhere) and run the command again"
+                  if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "")
+        print(f"{prog}: error: {where}{exc.strerror or exc}{remedy}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"{prog}: {interrupted}", file=sys.stderr)

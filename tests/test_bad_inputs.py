@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+from common.atomic import write_atomic
+from common.cli import run
 from synthgen.cli import main as synthgen_main
 from test_verify_inspect_reader import flip_image_bytes
 from vae.checkpoint import load_model
@@ -263,3 +265,15 @@ def test_every_flag_the_readme_names_exists(capsys):
     others = {"--standalone", "--nproc", "--help"}  # torchrun's own (--nproc_per_node), and argparse's
     named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*[a-z0-9]", readme)) - others
     assert named - known == set()
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full (a device that is always full) here")
+def test_a_full_disk_names_the_file_and_says_what_to_do(tmp_path, capsys):
+    def fill(handle):
+        with open("/dev/full", "wb") as full:  # a real ENOSPC, which names no file, as a full disk's write does
+            full.write(b"x")
+
+    assert run("vae-train", lambda: write_atomic(tmp_path / "last.pt", fill)) == 1
+    assert capsys.readouterr().err.strip() == (f"vae-train: error: {tmp_path / 'last.pt'}: No space left on device; "
+                                               "free space on that disk (or write elsewhere) and run the command again")
+    assert not list(tmp_path.iterdir())  # nothing half-written is left

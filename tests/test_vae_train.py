@@ -176,6 +176,25 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(data, tmp_path)
     assert [r["train"]["loss"] for r in metrics(tmp_path / "whole")] == [r["train"]["loss"] for r in metrics(cut)]
 
 
+def test_a_full_disk_names_the_file_it_could_not_write_and_keeps_the_last_checkpoint(data, tmp_path):
+    run = tmp_path / "run"
+    assert train_main(["--data", str(data / "synth"), "--out", str(run), "--epochs", "1", *TINY]) == 0
+    kept = {name: (run / name).read_bytes() for name in ("last.pt", "best.pt")}
+    # A file-size limit below a checkpoint's size makes the kernel refuse its write, as a full disk would.
+    limit = len(kept["last.pt"]) // 2
+    code = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+            f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); "
+            "from vae.cli import main; sys.exit(main(sys.argv[1:]))")
+    failed = subprocess.run([sys.executable, "-c", code, "--out", str(run), "--resume", "--epochs", "2",
+                             "--workers", "0"], env=ENV, capture_output=True, text=True)
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr
+    # the message named no file before: "vae-train: error: File too large"
+    assert failed.stderr.strip().splitlines()[-1] == f"vae-train: error: {run / 'last.pt'}: File too large"
+    assert {name: (run / name).read_bytes() for name in kept} == kept and not list(run.glob(".*tmp*"))
+    assert train_main(["--out", str(run), "--resume", "--epochs", "2", "--workers", "0"]) == 0
+    assert load_checkpoint(run / "last.pt")["epoch"] == 2
+
+
 def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_path, capsys):
     run = tmp_path / "run"
     assert train_main(["--data", str(data / "synth"), "--out", str(run), "--epochs", "1", *TINY]) == 0
