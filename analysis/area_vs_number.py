@@ -21,10 +21,11 @@ from analysis.config import AnalysisConfig
 from analysis.controls import Decoding, NullResult, population_decoding, rotation_null
 from analysis.encode import check_checkpoints, encode_set, load_encoder, resize_notes, seen_by_the_vae
 from analysis.regression import AREA, NUMEROSITY, Predictors, make_predictors
-from analysis.report import (clear_previous, collapsed_markdown, collapsed_summary, mean_sd_text, report_markdown,
+from analysis.report import (collapsed_markdown, collapsed_summary, earlier_outputs, mean_sd_text, report_markdown,
                              run_row, run_summary, runs_markdown, runs_summary, write_dimensions, write_runs_csv)
 from analysis.selectivity import Design, Selectivity, anova_moments, make_design, number_selectivity
 from analysis.units import Criteria, NoActiveDimension, UnitResult, find_units
+from common.atomic import ReplacedOutputs, write_atomic
 from common.cli import resolve_device
 from common.errors import UserError
 from common.jsontext import json_text
@@ -125,11 +126,11 @@ def analyse_latents(means: np.ndarray, labels: SetLabels, config: AnalysisConfig
 
 
 def analyse_run(checkpoint: str, label: str, shards: ShardSet, labels: SetLabels, config: AnalysisConfig,
-                out: Path, device, log=print, notes: list[str] = (), replace: tuple[Path, ...] = (),
-                collapsed_ok: bool = False) -> dict:
+                out: Path, device, outputs: ReplacedOutputs, log=print, notes: list[str] = (),
+                replace: tuple[Path, ...] = (), collapsed_ok: bool = False) -> dict:
     """One checkpoint: encode, analyse, write the folder; returns its summary. `notes` (run_notes) are logged
-    and reported with the set's own. `replace`: folders whose earlier analysis is removed once this one is
-    computed, before it is written (report.clear_previous), so that a failed analysis leaves the earlier
+    and reported with the set's own. `replace`: folders whose earlier analysis is set aside in `outputs` once this one
+    is computed, before it is written (report.earlier_outputs), so that a failed analysis leaves the earlier
     one whole. `collapsed_ok`: a model with no active dimension is reported as such (one run of several,
     as a large KL weight of a sweep can give) instead of refused."""
     for note in notes:
@@ -142,14 +143,15 @@ def analyse_run(checkpoint: str, label: str, shards: ShardSet, labels: SetLabels
         if not collapsed_ok:
             raise NoActiveDimension(f"--checkpoint {checkpoint}: {exc}") from None
         units = None
-    _replace_previous(replace, log)
+    _replace_previous(outputs, replace, log)
     out.mkdir(parents=True, exist_ok=True)
-    np.savez(out / "latents.npz", means=means, count=labels.count, area=labels.area)
+    write_atomic(out / "latents.npz",
+                 lambda handle: np.savez(handle, means=means, count=labels.count, area=labels.area))
     if units is None:
         summary = collapsed_summary(label, str(Path(checkpoint).resolve()), meta.get("epoch"), str(shards.root),
                                     len(shards), means, to_dict(config))
-        (out / "summary.json").write_text(json_text(summary))
-        (out / "report.md").write_text(collapsed_markdown(summary))
+        write_atomic(out / "summary.json", json_text(summary).encode())
+        write_atomic(out / "report.md", collapsed_markdown(summary).encode())
         log(f"analyze-area-vs-number: {label}: {summary['collapsed']}; reported as a run without units")
         log(f"  report {out / 'report.md'}")
         return summary
@@ -159,8 +161,9 @@ def analyse_run(checkpoint: str, label: str, shards: ShardSet, labels: SetLabels
     run.figures = write_figures(out, run, model, shards, means, labels, config, device)
     summary = run_summary(run, to_dict(config))
     write_dimensions(out / "dimensions.csv", run)
-    (out / "summary.json").write_text(json_text(summary))
-    (out / "report.md").write_text(report_markdown(run, summary, criteria_of(config), config.bootstrap, config.seed))
+    write_atomic(out / "summary.json", json_text(summary).encode())
+    report = report_markdown(run, summary, criteria_of(config), config.bootstrap, config.seed)
+    write_atomic(out / "report.md", report.encode())
     found = units.units
     chance = (f"; against {null.rotations} rotations: p = {null.p['best_numerosity_unit_r2']:.3f} (best numerosity "
               f"unit), {null.p['best_r2']:.3f} (best R^2)" if null else "")
@@ -172,11 +175,12 @@ def analyse_run(checkpoint: str, label: str, shards: ShardSet, labels: SetLabels
     return summary
 
 
-def _replace_previous(folders: tuple[Path, ...], log) -> None:
+def _replace_previous(outputs: ReplacedOutputs, folders: tuple[Path, ...], log) -> None:
     for folder in folders:
-        removed = clear_previous(folder)
-        if removed:
-            log(f"analyze-area-vs-number: replacing the earlier analysis in {folder} ({len(removed)} files)")
+        earlier = earlier_outputs(folder)
+        if earlier:
+            outputs.set_aside([str((folder / name).relative_to(outputs.out)) for name in earlier])
+            log(f"analyze-area-vs-number: replacing the earlier analysis in {folder} ({len(earlier)} files)")
 
 
 def write_figures(out: Path, run: RunAnalysis, model, shards, means, labels: SetLabels, config: AnalysisConfig,
@@ -270,11 +274,12 @@ def analyse(config: AnalysisConfig, log=print) -> dict:
     confound = confound_note(labels, config)
     notes = [run_notes(state, path, shards, confound) for path, state in zip(config.checkpoint, states)]
     # One analysis writes the folder at a time: a second one there would replace this one's files as it writes.
-    with FolderLock(out, "analyze-area-vs-number", doing="writing an analysis there"):
+    # The earlier analysis there is replaced as one step: a failure at any point (a full disk) puts it back.
+    with FolderLock(out, "analyze-area-vs-number", doing="writing an analysis there"), ReplacedOutputs(out) as outputs:
         if len(config.checkpoint) == 1:
             return analyse_run(config.checkpoint[0], run_labels(config.checkpoint)[0], shards, labels, config, out,
-                               device, log, notes[0], replace=(out,))
-        summaries = [analyse_run(path, name, shards, labels, config, out / name, device, log, run_notes,
+                               device, outputs, log, notes[0], replace=(out,))
+        summaries = [analyse_run(path, name, shards, labels, config, out / name, device, outputs, log, run_notes,
                                  replace=(out, out / name) if k == 0 else (out / name,), collapsed_ok=True)
                      for k, (path, name, run_notes) in enumerate(zip(config.checkpoint, run_labels(config.checkpoint),
                                                                       notes))]
@@ -285,8 +290,8 @@ def analyse(config: AnalysisConfig, log=print) -> dict:
         draw.runs_figure(rows, null_95th, out / "runs.png")
         overall = {"data": str(shards.root), "settings": to_dict(config), "runs": rows, "over_runs": stats,
                    "figure": str(out / "runs.png")}
-        (out / "summary.json").write_text(json_text(overall))
-        (out / "report.md").write_text(runs_markdown(rows, stats, str(shards.root)))
+        write_atomic(out / "summary.json", json_text(overall).encode())
+        write_atomic(out / "report.md", runs_markdown(rows, stats, str(shards.root)).encode())
         collapsed = [row["label"] for row in rows if row["collapsed"]]
         found = (f"best R^2 {mean_sd_text(stats['best_r2'], '.3f')}"
                  + (f"; without an active dimension: {', '.join(collapsed)}" if collapsed else "")

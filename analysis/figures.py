@@ -10,6 +10,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from analysis.regression import AREA, NUMEROSITY  # noqa: E402
+from common.atomic import save_figure  # noqa: E402
 from synthgen.inspection import count_ticks  # noqa: E402
 
 COLOURS = {NUMEROSITY: "#c44e52", AREA: "#4c72b0", "": "#999999"}
@@ -37,8 +38,7 @@ def beta_scatter(dims, beta_n, beta_a, r2, labels, r2_min: float, beta_max: floa
                  f"units: R^2 >= {r2_min}, |other beta| < {beta_max}")
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def response_profile(dim: int, z: np.ndarray, count: np.ndarray, area: np.ndarray, design, label: str, r2: float,
@@ -89,8 +89,7 @@ def response_profile(dim: int, z: np.ndarray, count: np.ndarray, area: np.ndarra
     kind = f"{label} unit" if label else "best-fitting dimension (no unit)"
     fig.suptitle(f"z{dim}: {kind}; R^2 = {r2:.3f}, beta_N = {beta_n:+.3f}, beta_A = {beta_a:+.3f}")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def traversal_grid(model, image: np.ndarray, code: np.ndarray, dims: list[int], spread: np.ndarray, path,
@@ -120,8 +119,7 @@ def traversal_grid(model, image: np.ndarray, code: np.ndarray, dims: list[int], 
     axes[0, 0].set_title("original", fontsize=9)
     fig.suptitle("reconstructions while single latent dimensions are increased", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 def confusion_matrix(confusion: np.ndarray, classes, path, title: str) -> None:
@@ -136,8 +134,7 @@ def confusion_matrix(confusion: np.ndarray, classes, path, title: str) -> None:
     ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes, yticklabels=classes,
            xlabel="predicted count", ylabel="true count", title=title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def null_figure(null, decoding, path) -> None:
@@ -172,8 +169,7 @@ def null_figure(null, decoding, path) -> None:
            title="population decoding (ridge)", ylabel="cross-validated R^2")
     fig.suptitle(f"observed against {null.rotations} random rotations of the latent space")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def tuning_figure(selectivity, path) -> None:
@@ -204,8 +200,7 @@ def tuning_figure(selectivity, path) -> None:
     fig.suptitle(f"tuning of the {int(selectivity.selective.sum())} number-selective units "
                  f"(two-way ANOVA, p < {selectivity.p_max})")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def runs_figure(rows: list[dict], null_95th: list[float | None], path) -> None:
@@ -230,5 +225,4 @@ def runs_figure(rows: list[dict], null_95th: list[float | None], path) -> None:
     axes[1].set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
     axes[1].legend(fontsize=7, loc="upper right", ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)

@@ -20,7 +20,7 @@ from analysis.config import ReadoutConfig
 from analysis.encode import encode_set, load_encoder, resize_notes, seen_by_the_vae
 from analysis.figures import confusion_matrix
 from analysis.metrics import CLASSES, classification_report, count_class
-from common.atomic import write_atomic
+from common.atomic import ReplacedOutputs, write_atomic
 from common.cli import resolve_device
 from common.errors import UsageError, UserError
 from common.jsontext import json_text
@@ -29,7 +29,8 @@ from common.settings import to_dict
 from synthgen import ShardSet
 from synthgen.overlap import first_shared
 
-# Table 1 of the paper: count AP (%) on the SOS test set, classes 0, 1, 2, 3, 4+ and the mean.
+READOUT_FILES = ("readout.json", "confusion.png", "readout.pt", "table.md")  # what a readout writes in --out
+
 # Table 1 of the paper, classes 0, 1, 2, 3, 4+ and the mean (%), with what each row measures. The paper calls
 # every row "count AP". For the first four, taken from Zhang et al., it is average precision. The VAE row
 # was most likely per-class accuracy (the recall of each class): the authors' code printed that, never an
@@ -205,7 +206,8 @@ def run(config: ReadoutConfig, log=print) -> dict:
     for note in notes:
         log(f"vae-subitize: note: {note}")
     # One readout writes the folder at a time: a second one there would interleave its files with this one's.
-    with FolderLock(out, "vae-subitize", doing="writing a readout there"):
+    # An earlier readout there is replaced as one step: a failure at any point (a full disk) puts it back.
+    with FolderLock(out, "vae-subitize", doing="writing a readout there"), ReplacedOutputs(out) as outputs:
         x_all = encode_sets(train_sets, encoder, device, config)
         x_test = encode_sets(test_sets, encoder, device, config)
         out.mkdir(parents=True, exist_ok=True)
@@ -231,7 +233,8 @@ def run(config: ReadoutConfig, log=print) -> dict:
                                 "softmax score (scikit-learn's average_precision_score)",
                   "published": {k: {"values": list(v), "measure": m} for k, (v, m) in PUBLISHED.items()},
                   "notes": notes}
-        (out / "readout.json").write_text(json_text(result))
+        outputs.set_aside([name for name in READOUT_FILES if (out / name).is_file()])
+        write_atomic(out / "readout.json", json_text(result).encode())
         confusion_matrix(np.array(test_report["confusion"]), CLASSES, out / "confusion.png",
                          f"test set: accuracy {test_report['accuracy']:.1%}, mean AP {test_report['mean_ap']:.1%}")
         buffer = io.BytesIO()
@@ -255,7 +258,7 @@ def run(config: ReadoutConfig, log=print) -> dict:
             "`confusion.png` and `readout.json`.",
             *([""] + [f"**Note:** {note}." for note in notes] if notes else []),
         ]
-        (out / "table.md").write_text("\n".join(markdown) + "\n")
+        write_atomic(out / "table.md", ("\n".join(markdown) + "\n").encode())
         log(f"vae-subitize: test mean AP {test_report['mean_ap']:.1%} (chance {test_report['mean_chance']:.1%}), "
             f"accuracy {test_report['accuracy']:.1%} on {y_test.size} images")
         log(f"  table {out / 'table.md'}; details {out / 'readout.json'}; figure {out / 'confusion.png'}")

@@ -5,6 +5,7 @@ analysis.selectivity); here they are only laid out.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from pathlib import Path
@@ -14,6 +15,7 @@ import numpy as np
 
 from analysis.regression import AREA, NUMEROSITY
 from analysis.selectivity import TERMS
+from common.atomic import write_atomic
 from common.jsontext import finite
 
 if TYPE_CHECKING:
@@ -109,10 +111,8 @@ def write_dimensions(path: Path, run: "RunAnalysis") -> None:
                 row.update({f"anova_p_{term}": sel.p[t, k] for t, term in enumerate(TERMS)})
                 row.update({"number_selective": bool(sel.selective[k]), "preferred_numerosity": int(sel.preferred[k])})
         rows.append(row)
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[int(units.dims[0])].keys()))
-        writer.writeheader()
-        writer.writerows(finite(rows))  # an undefined value (no bootstrap) as an empty cell, read as missing
+    # an undefined value (no bootstrap) as an empty cell, read as missing
+    write_csv(path, list(rows[int(units.dims[0])].keys()), finite(rows))
 
 
 def _interval(lo: float, hi: float, sign: str = "+") -> str:
@@ -255,31 +255,27 @@ RUN_FILES = ("summary.json", "report.md", "dimensions.csv", "latents.npz")  # be
 RUNS_FILES = ("summary.json", "report.md", "runs.csv", "runs.png")
 
 
-def clear_previous(out: Path) -> list[str]:
-    """Remove what an earlier analysis wrote into `out`, as its summary.json records it (its files and figures,
-    and with several runs their folders), so that the folder shows one analysis: a figure of the earlier one,
-    such as the profile of a dimension this one does not single out, would otherwise stay beside the new
-    ones. Files it did not write stay. Returns the names removed."""
+def earlier_outputs(out: Path) -> list[str]:
+    """What an earlier analysis wrote into `out`, as its summary.json records it (its files and figures, and with
+    several runs those of their folders), as paths relative to `out`: the new analysis replaces them all, so that
+    the folder shows one analysis (a figure of the earlier one, such as the profile of a dimension this one does
+    not single out, would otherwise stay beside the new ones). Files it did not write are not named."""
     try:
         summary = json.loads((out / "summary.json").read_text())
     except (OSError, ValueError):
         return []
     if not isinstance(summary, dict):
         return []
-    removed = []
+    names = []
     for row in summary.get("runs") or []:  # several runs: a folder each, named by its label
         label = str(row.get("label", "")) if isinstance(row, dict) else ""
         if label and "/" not in label and label not in (".", "..") and (out / label).is_dir():
-            removed += [f"{label}/{name}" for name in clear_previous(out / label)]
-            if not any((out / label).iterdir()):
-                (out / label).rmdir()
+            names += [f"{label}/{name}" for name in earlier_outputs(out / label)]
     figures = summary.get("figures")
-    names = [Path(str(path)).name for path in figures.values()] if isinstance(figures, dict) else []
-    for name in {*names, *(RUNS_FILES if "runs" in summary else RUN_FILES)}:
-        if (out / name).is_file():
-            (out / name).unlink()
-            removed.append(name)
-    return sorted(removed)
+    figure_names = [Path(str(path)).name for path in figures.values()] if isinstance(figures, dict) else []
+    names += [name for name in {*figure_names, *(RUNS_FILES if "runs" in summary else RUN_FILES)}
+              if (out / name).is_file()]
+    return sorted(names)
 
 
 def run_row(summary: dict) -> dict:
@@ -341,7 +337,13 @@ def runs_markdown(rows: list[dict], stats: dict, data: str) -> str:
 
 
 def write_runs_csv(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0].keys()))
-        writer.writeheader()
-        writer.writerows(finite(rows))
+    write_csv(path, list(rows[0].keys()), finite(rows))
+
+
+def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
+    """Rows as a CSV file, written atomically."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, text.getvalue().encode())

@@ -1,8 +1,10 @@
 """Files that appear complete or not at all: written to a hidden temporary file beside the target,
-flushed to disk, then renamed into place (an atomic step on POSIX file systems)."""
+flushed to disk, then renamed into place (an atomic step on POSIX file systems); and a folder's outputs
+replaced as one step (ReplacedOutputs)."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 
@@ -39,3 +41,65 @@ def fsync_path(path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class ReplacedOutputs:
+    """A command's outputs written over an earlier run's in one folder, as one step: the earlier files are moved
+    aside (renamed into a hidden folder within `out`, so no space is needed) just before the new ones are
+    written, and deleted once all of them are. If writing fails (a full disk, an interrupt), every file it wrote,
+    whole or partial, is removed and the earlier files are put back. Files of neither stay where they are.
+    Needs the folder to itself while it runs (a common.locks.FolderLock)."""
+
+    PREFIX = ".earlier-"
+
+    def __init__(self, out):
+        self.out = Path(out)
+        self.aside = self.out / f"{self.PREFIX}{os.getpid()}"
+        self.moved: list[str] = []
+        self.before: set[Path] = set()
+
+    def __enter__(self) -> ReplacedOutputs:
+        # A folder set aside by a run that was killed outright: that run's outputs replaced it in part already.
+        for stale in self.out.glob(f"{self.PREFIX}*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        self.before = set(self._paths())
+        return self
+
+    def set_aside(self, names) -> None:
+        """Move these earlier files (paths relative to `out`) aside; folders they leave empty go too."""
+        for name in names:
+            source, target = self.out / name, self.aside / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(source, target)
+            self.moved.append(name)
+            folder = source.parent
+            while folder != self.out and folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+                folder = folder.parent
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        if kind is not None:
+            for path in sorted(set(self._paths()) - self.before, key=lambda p: -len(p.parts)):
+                path.rmdir() if path.is_dir() else path.unlink()
+            for name in self.moved:
+                (self.out / name).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(self.aside / name, self.out / name)
+        shutil.rmtree(self.aside, ignore_errors=True)
+        return False
+
+    def _paths(self):
+        """Every file and folder within `out`, but the earlier files set aside."""
+        if not self.out.is_dir():
+            return []
+        return [p for p in self.out.rglob("*") if p != self.aside and self.aside not in p.parents]
+
+
+def save_figure(fig, path, dpi: int) -> None:
+    """A matplotlib figure as a PNG file, written atomically (a failed write leaves no file and names this one),
+    then closed."""
+    import matplotlib.pyplot as plt
+
+    try:
+        write_atomic(path, lambda handle: fig.savefig(handle, format="png", dpi=dpi))
+    finally:
+        plt.close(fig)

@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
+from common.atomic import save_figure, write_atomic  # noqa: E402
 from synthgen.manifest import write_json_atomic  # noqa: E402
 from synthgen.reader import ShardSet  # noqa: E402
 from synthgen.stats import count_histogram, corr_text, label_summary, source_area_association  # noqa: E402
@@ -58,8 +59,7 @@ def plot_count_vs_area(count: np.ndarray, target: np.ndarray, visible: np.ndarra
     axes[2].set(xlabel="number of objects N", ylabel="log10 visible area (fraction of canvas)",
                 title="area distribution per N (same = independent)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def _histogram(ax, count: np.ndarray) -> None:
@@ -72,8 +72,7 @@ def plot_count_histogram(count: np.ndarray, path) -> None:
     fig, ax = plt.subplots(figsize=(5, 4.2))
     _histogram(ax, count)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def sample_indices(count: np.ndarray, n_samples: int, seed: int = 0) -> np.ndarray:
@@ -127,7 +126,7 @@ def contact_sheet(shards: ShardSet, indices: np.ndarray, path, columns: int = 8)
     draw, font = ImageDraw.Draw(picture), ImageFont.load_default(size=CAPTION_HEIGHT - 4)
     for origin, text in captions:
         draw.text(origin, text, fill=(0, 0, 0), font=font)
-    picture.save(path)
+    write_atomic(path, lambda handle: picture.save(handle, format="PNG"))
 
 
 def tile_origin(k: int, columns: int, side: int) -> tuple[int, int]:

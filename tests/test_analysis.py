@@ -2,6 +2,8 @@
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -465,6 +467,47 @@ def test_an_analysis_replaces_the_earlier_one_in_its_folder_and_nothing_else(tra
     written = {"summary.json", "report.md", "dimensions.csv", "latents.npz", "notes.txt",
                *(Path(p).name for p in summary["figures"].values())}
     assert {p.name for p in out.iterdir()} == written and "controls.png" not in written  # no folder, no stale file
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    """Every file within a folder, hidden ones included, by relative path."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def under_file_size_limit(limit: int, command: str, *args) -> subprocess.CompletedProcess:
+    """Run an analysis command in a process whose files cannot grow beyond `limit` bytes: the kernel refuses the
+    write that would, as a full disk does."""
+    main = "analyze_main" if command == "analyze-area-vs-number" else "subitize_main"
+    code = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+            f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); "
+            f"from analysis.cli import {main}; sys.exit({main}(sys.argv[1:]))")
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("command", ["analyze-area-vs-number", "vae-subitize"])
+def test_a_full_disk_puts_the_earlier_analysis_back_whole(trained, tmp_path, command):
+    """A write that failed part way (a full disk) left the earlier analysis deleted and a truncated latents.npz, and
+    named no file; the earlier analysis is now set aside until the new one is written whole."""
+    out = tmp_path / "out"
+    if command == "analyze-area-vs-number":
+        runs = [str(trained / "run" / "best.pt"), str(trained / "run-seed1" / "best.pt")]
+        args = ["--data", trained / "analysis-set", "--out", out, "--bootstrap", "0", "--null-rotations", "5",
+                "--no-progress"]
+        assert analyse_main(["--checkpoint", *runs, *map(str, args)]) == 0  # the earlier one: a folder per run
+        again = ["--checkpoint", runs[0], *args]
+    else:
+        args = ["--checkpoint", trained / "run" / "best.pt", "--train", trained / "train", "--test",
+                trained / "analysis-set", "--out", out, "--epochs", "5", "--no-progress"]
+        assert readout_main(list(map(str, args))) == 0
+        again = [*args, "--seed", "1"]
+    (out / "notes.txt").write_text("mine\n")
+    earlier = tree(out)
+    # small files are written, and the first figure is not: the failure comes part way through
+    failed = under_file_size_limit(20_000, command, *again)
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr, failed.stderr
+    assert re.search(rf"{command}: error: {re.escape(str(out))}/[\w./-]+: File too large$", failed.stderr.strip())
+    assert tree(out) == earlier  # every earlier file back, byte for byte, and nothing of the failed one
+    assert not list(out.rglob(".*"))  # nor the folder the earlier files were set aside in, nor a lock
 
 
 @pytest.mark.parametrize("command", ["analyze-area-vs-number", "vae-subitize"])

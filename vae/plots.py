@@ -9,6 +9,8 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
+from common.atomic import save_figure, write_atomic  # noqa: E402
+
 GAP = 4
 
 
@@ -25,7 +27,7 @@ def reconstruction_grid(inputs: np.ndarray, outputs: np.ndarray, path, title: st
             tile = Image.fromarray((np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)).resize((w, h), Image.NEAREST)
             canvas.paste(tile, (GAP + column * (w + GAP), header + GAP + row * (h + GAP)))
     ImageDraw.Draw(canvas).text((GAP, 3), f"{title}   (top: input, bottom: reconstruction)", fill="black")
-    canvas.save(path)
+    write_atomic(path, lambda handle: canvas.save(handle, format="PNG"))
 
 
 def loss_curves(history: list[dict], path) -> None:
@@ -49,5 +51,4 @@ def loss_curves(history: list[dict], path) -> None:
     twin.yaxis.set_major_locator(MaxNLocator(integer=True))
     for ax in axes:  # whole epochs only
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path, dpi=90)
