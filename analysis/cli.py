@@ -27,7 +27,7 @@ def _main(prog: str, description: str, settings, work: str, argv) -> int:
         module, function = work.split(":")
         getattr(importlib.import_module(module), function)(config)
 
-    return run(prog, body)
+    return run(prog, body, memory_hint="lower --batch-size (the images encoded at once), or free memory")
 
 
 def analyze_main(argv=None) -> int:

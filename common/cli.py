@@ -22,8 +22,17 @@ def add_version(parser, prog: str) -> None:
     parser.add_argument("--version", action="version", version=f"{prog} {__version__} (subitizing-vae)")
 
 
-def run(prog: str, body: Callable[[], int | None], interrupted: str = "interrupted") -> int:
-    """Run a command's body and turn every error a user can cause into one line on stderr."""
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether an exception says the machine (or the GPU) ran out of memory: numpy's MemoryError, torch's
+    OutOfMemoryError (CUDA), or the RuntimeError of torch's CPU allocator."""
+    return (isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+            or (isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)))
+
+
+def run(prog: str, body: Callable[[], int | None], interrupted: str = "interrupted",
+        memory_hint: str = "free memory, or ask for less at once") -> int:
+    """Run a command's body and turn every error a user can cause into one line on stderr. `memory_hint`: what
+    to do when the memory runs out, which is the machine's limit, not a bug."""
     try:
         return body() or 0
     except UsageError as exc:
@@ -47,6 +56,10 @@ def run(prog: str, body: Callable[[], int | None], interrupted: str = "interrupt
     except Exception as exc:  # noqa: BLE001  (a bug: say so in one line, and how to see more)
         if os.environ.get("SUBITIZING_TRACEBACK"):
             raise
+        if out_of_memory(exc):
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            print(f"{prog}: error: out of memory ({detail[:200]}); {memory_hint}", file=sys.stderr)
+            return 1
         print(f"{prog}: internal error: {type(exc).__name__}: {exc}. This is a bug in the toolkit, not in your "
               "input: please report it with the command line (SUBITIZING_TRACEBACK=1 shows where it happened)",
               file=sys.stderr)

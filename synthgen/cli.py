@@ -150,7 +150,9 @@ def main(argv=None) -> int:
     name = args.pop("command")
     command = ["synthgen", *(sys.argv[1:] if argv is None else argv)]
     return run("synthgen", lambda: COMMANDS[name](args, command),
-               interrupted="interrupted; finished shards are kept. Run the same command again to resume.")
+               interrupted="interrupted; finished shards are kept. Run the same command again to resume.",
+               memory_hint="lower --workers, --shard-size or --cache-mb; finished shards are kept, and the same "
+                           "command run again resumes")
 
 
 if __name__ == "__main__":

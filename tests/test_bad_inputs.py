@@ -123,6 +123,10 @@ def cases(r: Path):
         ("vae-train", [*train, "--image-size", "48"], 2,
          f"--image-size 48: the sets' images are 32 px ({r / 'set'}); enlarging them adds no detail"),
         ("vae-train", ["--out", str(r / "new-run")], 2, "--data: give one or more synthgen build folders"),
+        # a model of petabytes: out of memory is the machine's limit, not a bug in the toolkit
+        ("vae-train", [*train, "--latent", "1000000000000"], 1,
+         "vae-train: error: out of memory ([enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't "
+         "allocate memory"),
         ("vae-train", ["--data", str(r / "corrupt"), "--out", str(r / "new-run"), *TINY], 1,
          "shard-00001.h5: corrupted"),
         ("vae-train", ["--data", str(r / "nowhere"), "--out", str(r / "new-run"), *TINY], 1,

@@ -152,7 +152,9 @@ def main(argv=None) -> int:
 
         return train(config, state, command)
 
-    return run("vae-train", body, interrupted="interrupted; continue with --resume (from the last finished epoch)")
+    return run("vae-train", body, interrupted="interrupted; continue with --resume (from the last finished epoch)",
+               memory_hint="lower --batch-size (or --image-size, or the model's --latent and channels), or give "
+                           "--data-on-device no; a run stopped part way continues with --resume")
 
 
 if __name__ == "__main__":

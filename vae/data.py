@@ -163,8 +163,14 @@ def rank_batches(indices: np.ndarray, batch_size: int, rank: int, world: int) ->
 class MemoryFeed:
     """The whole pool loaded once as uint8 onto the training device; batches are indexed there."""
 
+    LOAD_IMAGES = 4096  # read and moved a block at a time: the host never holds the whole pool besides the device
+
     def __init__(self, pool: Pool, device: torch.device):
-        self.images = torch.from_numpy(pool.images(np.arange(len(pool)))).to(device)
+        size = pool.image_size
+        self.images = torch.empty((len(pool), size, size, 3), dtype=torch.uint8, device=device)
+        for start in range(0, len(pool), self.LOAD_IMAGES):
+            block = np.arange(start, min(start + self.LOAD_IMAGES, len(pool)))
+            self.images[start:start + block.size] = torch.from_numpy(pool.images(block)).to(device)
         self.boxes = torch.from_numpy(pool.boxes).to(device)
 
     def batches(self, batches: list[np.ndarray]):
@@ -242,12 +248,19 @@ def choose_feed(pool: Pool, device: torch.device, mode: str) -> FeedChoice:
     """--data-on-device: yes or no as asked; auto: memory when the pool takes under half the free memory of
     the device (of the host, for CPU training)."""
     need = len(pool) * pool.image_size**2 * 3
-    if mode != "auto":
-        return FeedChoice("memory" if mode == "yes" else "stream", f"--data-on-device {mode}", need, None)
+    if mode == "no":
+        return FeedChoice("stream", "--data-on-device no", need, None)
     if device.type == "cuda":
         free, where = torch.cuda.mem_get_info(device)[0], f"free on {device}"
     else:
-        free, where = available_memory() or 0, "of available host memory"
+        free, where = available_memory(), "of available host memory"
+    if mode == "yes":
+        if free is not None and need > free:
+            raise UsageError(f"--data-on-device yes: the pool's {need / 2**30:.2f} GiB is more than the "
+                             f"{free / 2**30:.2f} GiB {where}; give --data-on-device auto (or no) to stream it from "
+                             "the shards")
+        return FeedChoice("memory", "--data-on-device yes", need, None)
+    free = free or 0
     fits = need < free / 2
     return FeedChoice("memory" if fits else "stream",
                       f"--data-on-device auto: the pool's {need / 2**30:.2f} GiB is {'under' if fits else 'over'} half "
