@@ -71,7 +71,11 @@ def out_folder_problem(out, option: str = "--out") -> str | None:
     Checked before any work, so that a long job does not fail at its first write."""
     out = Path(out)
     if out.exists():
-        return None if out.is_dir() else f"{option} {out}: exists and is not a folder; choose another {option}"
+        if not out.is_dir():
+            return f"{option} {out}: exists and is not a folder; choose another {option}"
+        if not os.access(out, os.W_OK | os.X_OK):
+            return f"{option} {out}: no permission to write in this folder; choose another {option}"
+        return None
     existing = out.parent
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent

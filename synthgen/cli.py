@@ -87,6 +87,9 @@ def cmd_inspect(given: dict, command: list[str]) -> int:
     settings = from_args(InspectCommand, given)
     own = settings.out and Path(settings.out).resolve() == Path(settings.dir).resolve() / INSPECT_DIR
     problem = settings.out and (out_folder_problem(settings.out) or (not own and inside_set_problem(settings.out)))
+    if not settings.out and out_folder_problem(Path(settings.dir) / INSPECT_DIR):  # a set on read-only storage
+        problem = (f"{settings.dir}: no permission to write its figures in {Path(settings.dir) / INSPECT_DIR}; "
+                   "give --out another folder")
     if problem:
         raise UsageError(problem)
     report = inspect_set(settings.dir, settings.out, settings.samples, verify=settings.verify_shards,

@@ -82,6 +82,9 @@ def resumed_run(given: dict) -> tuple[TrainConfig, dict]:
     out = Path(given["out"])
     if not (out / "last.pt").is_file():
         raise UsageError(f"--resume: {out} holds no run with a checkpoint to continue (no last.pt there)")
+    if out_folder_problem(out):  # the run is there, and this user cannot write it (someone else's run)
+        raise UsageError(f"--resume: no permission to write in {out}, where the run continues; copy the run folder "
+                         "somewhere you can write and resume it there")
     state = load_checkpoint(out / "last.pt")
     stored = json.loads(state.get("train_config", "{}")) | {"out": str(out)}
     try:
