@@ -148,11 +148,14 @@ def bootstrap_betas(z: np.ndarray, x: np.ndarray, n_boot: int, seed: int, chunk:
 def unit_labels(r2: np.ndarray, beta_n: np.ndarray, beta_a: np.ndarray, r2_min: float,
                 beta_max: float = 0.1) -> np.ndarray:
     """Stoianov & Zorzi: a numerosity unit has R^2 >= r2_min and |beta_A| < beta_max; an area unit
-    has R^2 >= r2_min and |beta_N| < beta_max."""
+    has R^2 >= r2_min and |beta_N| < beta_max. Each also has at least beta_max of its own property: a
+    dimension under beta_max on both codes neither, yet a low --r2-min (below 2 beta_max^2 (1 + |r|): never
+    at the paper's or their settings) or a large --beta-max would let it meet both criteria."""
     labels = np.full(np.shape(r2), NEITHER, dtype=object)
     fits_well = r2 >= r2_min
-    labels[fits_well & (np.abs(beta_a) < beta_max)] = NUMEROSITY
-    labels[fits_well & (np.abs(beta_n) < beta_max)] = AREA
+    by_n, by_a = np.abs(beta_n) >= beta_max, np.abs(beta_a) >= beta_max
+    labels[fits_well & by_n & ~by_a] = NUMEROSITY
+    labels[fits_well & by_a & ~by_n] = AREA
     return labels
 
 

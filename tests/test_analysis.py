@@ -16,7 +16,7 @@ from analysis.cli import analyze_main as analyse_main
 from analysis.cli import subitize_main as readout_main
 from analysis.metrics import average_precision, classification_report, count_class
 from analysis.readout import class_weights, stratified_split
-from analysis.regression import bootstrap_betas, fit_eq3, make_predictors, standardise
+from analysis.regression import AREA, NUMEROSITY, bootstrap_betas, fit_eq3, make_predictors, standardise, unit_labels
 from analysis.area_vs_number import CONFOUNDED_R
 from analysis.controls import population_decoding, rotation_null
 from analysis.units import Criteria, find_units
@@ -72,6 +72,16 @@ def test_planted_units_are_found_and_nothing_else():
     assert np.all((ci[0] <= np.stack([fit.beta_n, fit.beta_a])) & (np.stack([fit.beta_n, fit.beta_a]) <= ci[1]))
     strict = find_units(z, make_predictors(count, area), Criteria(r2_min=0.9))
     assert strict.units == {"numerosity": [], "area": []}
+
+
+def test_a_dimension_that_codes_neither_property_is_no_unit_whatever_the_thresholds():
+    r2, beta_n, beta_a = np.array([0.3, 0.3, 0.016, 0.058]), np.array([0.55, 0.02, 0.09, 0.19]), \
+        np.array([0.02, 0.55, 0.09, 0.15])
+    assert unit_labels(r2, beta_n, beta_a, 0.05).tolist() == [NUMEROSITY, AREA, "", ""]
+    # under 0.1 on both betas: it met both criteria at --r2-min 0, and was called an area unit
+    assert unit_labels(r2, beta_n, beta_a, 0.0).tolist() == [NUMEROSITY, AREA, "", ""]
+    # at --beta-max 0.2 the last has neither 0.2 of N nor of A: it met both criteria, and was called an area unit
+    assert unit_labels(r2, beta_n, beta_a, 0.05, beta_max=0.2).tolist() == [NUMEROSITY, AREA, "", ""]
 
 
 def test_a_set_that_cannot_separate_number_from_area_is_refused():
