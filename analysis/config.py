@@ -17,6 +17,17 @@ def _resamples_problem(value: int) -> str | None:
             "its ends are just the extreme resamples. Give 0 for no intervals, or 1000 (the default)")
 
 
+MIN_ROTATIONS = 19  # below, a permutation p-value, (1 + #{null >= observed}) / (K + 1), cannot reach 0.05
+
+
+def _rotations_problem(value: int) -> str | None:
+    if value == 0 or value >= MIN_ROTATIONS:
+        return None
+    return (f"with {value} rotations the smallest p-value the null can give is 1/{value + 1} = "
+            f"{1 / (value + 1):.2f}, so nothing could ever beat it at 0.05; that needs at least {MIN_ROTATIONS}. Give "
+            "0 for no null, or 200 (the default)")
+
+
 @dataclass(frozen=True)
 class EncodeRuntime(Settings):
     TITLE = "runtime"
@@ -45,8 +56,8 @@ class AnalysisConfig(Settings):
     bootstrap: int = option(1000, "bootstrap resamples for the confidence intervals of the betas and of the "
                             "decoding R^2 (0: none; else at least 40)", valid=at_least(0),
                             check=_resamples_problem)
-    null_rotations: int = option(200, "random rotations of the latent space in the chance-level null (0: none)",
-                                 valid=at_least(0))
+    null_rotations: int = option(200, "random rotations of the latent space in the chance-level null (0: none; "
+                                 "else at least 19)", valid=at_least(0), check=_rotations_problem)
     folds: int = option(5, "cross-validation folds of the population decoding", valid=between(2, 100))
     area_bins: int = option(4, "quantile bins of a continuous cumulative area in the two-way ANOVA (a set with a "
                             "few area levels, such as the dot stimuli, is binned by its levels)", valid=between(2, 50))

@@ -462,7 +462,7 @@ def test_an_analysis_replaces_the_earlier_one_in_its_folder_and_nothing_else(tra
     would otherwise stay beside the new ones; a user's file stays, and a failed analysis leaves the earlier whole."""
     out, runs = tmp_path / "analysis", [str(trained / "run" / "best.pt"), str(trained / "run-seed1" / "best.pt")]
     common = ["--data", str(trained / "analysis-set"), "--out", str(out), "--bootstrap", "0", "--no-progress"]
-    assert analyse_main(["--checkpoint", runs[0], *common, "--null-rotations", "5"]) == 0
+    assert analyse_main(["--checkpoint", runs[0], *common, "--null-rotations", "19"]) == 0
     (out / "notes.txt").write_text("mine\n")
     first = sorted(p.name for p in out.iterdir())
     assert "controls.png" in first
@@ -501,7 +501,7 @@ def test_a_full_disk_puts_the_earlier_analysis_back_whole(trained, tmp_path, com
     out = tmp_path / "out"
     if command == "analyze-area-vs-number":
         runs = [str(trained / "run" / "best.pt"), str(trained / "run-seed1" / "best.pt")]
-        args = ["--data", trained / "analysis-set", "--out", out, "--bootstrap", "0", "--null-rotations", "5",
+        args = ["--data", trained / "analysis-set", "--out", out, "--bootstrap", "0", "--null-rotations", "19",
                 "--no-progress"]
         assert analyse_main(["--checkpoint", *runs, *map(str, args)]) == 0  # the earlier one: a folder per run
         again = ["--checkpoint", runs[0], *args]

@@ -155,6 +155,8 @@ def cases(r: Path):
         ("analyze-area-vs-number", [*analyse[:2], "--data", str(r / "one-class"), "--out", a, "--no-progress"], 1,
          "a natural set has no areas"),
         ("vae-subitize", [*subitize, "--epochs", "0"], 2, "--epochs 0: must be >= 1"),
+        ("analyze-area-vs-number", [*analyse, "--null-rotations", "9"], 2,
+         "--null-rotations 9: with 9 rotations the smallest p-value the null can give is 1/10 = 0.10"),
         ("vae-subitize", [*subitize[:4], "--test", str(r / "one-class"), "--out", a, "--val-fraction", "0.99",
                           "--no-progress"], 1,
          "--val-fraction 0.99: all 40 --train images are held out for validation, none is left to train the readout "
