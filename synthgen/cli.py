@@ -1,6 +1,7 @@
 """The `synthgen` command: build, pack, inspect, verify. Options come from the settings in synthgen.config."""
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -87,9 +88,10 @@ def cmd_inspect(given: dict, command: list[str]) -> int:
     settings = from_args(InspectCommand, given)
     own = settings.out and Path(settings.out).resolve() == Path(settings.dir).resolve() / INSPECT_DIR
     problem = settings.out and (out_folder_problem(settings.out) or (not own and inside_set_problem(settings.out)))
-    if not settings.out and out_folder_problem(Path(settings.dir) / INSPECT_DIR):  # a set on read-only storage
-        problem = (f"{settings.dir}: no permission to write its figures in {Path(settings.dir) / INSPECT_DIR}; "
-                   "give --out another folder")
+    default = Path(settings.dir) / INSPECT_DIR
+    writable = default if default.is_dir() else Path(settings.dir)
+    if not settings.out and writable.is_dir() and not os.access(writable, os.W_OK | os.X_OK):  # read-only storage
+        problem = f"{settings.dir}: no permission to write its figures in {default}; give --out another folder"
     if problem:
         raise UsageError(problem)
     report = inspect_set(settings.dir, settings.out, settings.samples, verify=settings.verify_shards,
