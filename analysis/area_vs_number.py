@@ -25,6 +25,7 @@ from analysis.report import (collapsed_markdown, collapsed_summary, earlier_outp
                              run_row, run_summary, runs_markdown, runs_summary, write_dimensions, write_runs_csv)
 from analysis.selectivity import Design, Selectivity, anova_moments, make_design, number_selectivity
 from analysis.units import Criteria, NoActiveDimension, UnitResult, find_units
+from common import streams
 from common.atomic import ReplacedOutputs, write_atomic
 from common.cli import resolve_device
 from common.errors import UserError
@@ -201,7 +202,7 @@ def write_figures(out: Path, run: RunAnalysis, model, shards, means, labels: Set
     if run.selectivity is not None:
         figures["tuning"] = str(out / "tuning.png")
         draw.tuning_figure(run.selectivity, figures["tuning"])
-    rng = np.random.default_rng(config.seed)
+    rng = streams.rng(config.seed, streams.FIGURE_IMAGES)
     with_objects = np.flatnonzero(labels.count > 0)
     example = int(rng.choice(with_objects)) if with_objects.size else 0
     figures["traversal"] = str(out / "traversal.png")

@@ -20,6 +20,7 @@ from analysis.config import ReadoutConfig
 from analysis.encode import encode_set, load_encoder, resize_notes, seen_by_the_vae
 from analysis.figures import confusion_matrix
 from analysis.metrics import CLASSES, classification_report, count_class
+from common import streams
 from common.atomic import ReplacedOutputs, write_atomic
 from common.cli import resolve_device
 from common.errors import UsageError, UserError
@@ -105,7 +106,7 @@ def encode_sets(sets: list[ShardSet], model, device, config) -> np.ndarray:
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices of a training part and a validation part with the same class proportions."""
-    rng = np.random.default_rng(seed)
+    rng = streams.rng(seed, streams.READOUT_SPLIT)
     train, validation = [], []
     for c in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == c))
@@ -126,14 +127,14 @@ def class_weights(labels: np.ndarray) -> np.ndarray:
 
 def train_readout(x_train, y_train, x_val, y_val, config: ReadoutConfig, device) -> tuple[Readout, dict]:
     """Adam on class-weighted cross entropy; keeps the epoch with the lowest weighted validation loss."""
-    torch.manual_seed(config.seed)
+    torch.manual_seed(streams.seed64(config.seed, streams.READOUT_INIT))
     model = Readout(x_train.shape[1], config.hidden).to(device)
     weights = torch.tensor(class_weights(y_train), dtype=torch.float32, device=device)
     loss_fn = nn.CrossEntropyLoss(weight=weights)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     xt, yt = torch.tensor(x_train, dtype=torch.float32, device=device), torch.tensor(y_train, device=device)
     xv, yv = torch.tensor(x_val, dtype=torch.float32, device=device), torch.tensor(y_val, device=device)
-    generator = torch.Generator().manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(streams.seed64(config.seed, streams.READOUT_BATCHES))
     best, best_state, best_epoch, waited, history = float("inf"), None, 0, 0, []
     for epoch in range(1, config.epochs + 1):
         model.train()

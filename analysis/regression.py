@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from common import streams
+
 NUMEROSITY, AREA, NEITHER = "numerosity", "area", ""
 
 
@@ -116,7 +118,7 @@ def bootstrap_betas(z: np.ndarray, x: np.ndarray, n_boot: int, seed: int, chunk:
     Each resample is re-standardised (the betas are standardised coefficients of that resample).
     With w the resample's row counts: slopes = Sxx^-1 Sxy from weighted sums, then scaled by
     sd(x) / sd(y)."""
-    rng = np.random.default_rng(seed)
+    rng = streams.rng(seed, streams.BETA_BOOTSTRAP)
     z = np.asarray(z, dtype=np.float64)
     m, d = z.shape
     z_square = z * z

@@ -28,6 +28,11 @@ INIT = 23
 NULL_ROTATION = 31  # the random rotations of the null
 DECODING_FOLDS = 32  # the cross-validation folds of population decoding
 DECODING_BOOTSTRAP = 33  # the bootstrap of the decoding R^2
+BETA_BOOTSTRAP = 34  # the bootstrap of Eq. 3's betas
+FIGURE_IMAGES = 35  # which images the analysis figures show
+READOUT_SPLIT = 36  # the readout's stratified validation part
+READOUT_INIT = 37  # the readout's initial weights (torch)
+READOUT_BATCHES = 38  # the order of the readout's training batches (torch)
 # synthgen dots
 DOTS = 41  # everything drawn for dot image i
 

@@ -20,6 +20,7 @@ from analysis.regression import AREA, NUMEROSITY, bootstrap_betas, fit_eq3, make
 from analysis.area_vs_number import CONFOUNDED_R
 from analysis.controls import population_decoding, rotation_null
 from analysis.units import Criteria, find_units
+from common import streams
 from conftest import lock_held_elsewhere, strict_json
 from synthgen import ShardSet
 from synthgen.cli import main as synthgen_main
@@ -116,7 +117,7 @@ def test_bootstrap_resamples_are_exact_refits():
     predictors = make_predictors(count, area)
     zu = z[predictors.used]
     boots = bootstrap_betas(zu, predictors.x, 3, seed=7)
-    draws = np.random.default_rng(7)
+    draws = streams.rng(7, streams.BETA_BOOTSTRAP)  # the resamples the analysis draws for --seed 7
     for b in range(3):
         rows = draws.integers(0, zu.shape[0], zu.shape[0])
         refit = fit_eq3(zu[rows], standardise(predictors.x[rows]))
