@@ -23,8 +23,9 @@ def cmd_build(given: dict, command: list[str]) -> int:
     summary = build(config, run_options, settings.out, command=command, scene_store=settings.scene_store)
     built, resumed = summary["images_built"], summary["images_resumed"]
     if built:
+        workers = f"{summary['workers']} worker" + ("s" if summary["workers"] != 1 else "")
         print(f"synthgen: built {built} images in {summary['render_seconds']:.1f} s "
-              f"({summary['images_per_second']:.0f} images/s, {summary['workers']} workers, {settings.run.backend})"
+              f"({summary['images_per_second']:.0f} images/s, {workers}, {settings.run.backend})"
               + (f"; {resumed} were already built" if resumed else ""))
         stages = ", ".join(f"{k} {v:.3f}" for k, v in summary["ms_per_image"].items())
         print(f"  time per image (ms, summed over workers): {stages}")

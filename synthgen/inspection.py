@@ -39,14 +39,18 @@ def plot_count_vs_area(count: np.ndarray, target: np.ndarray, visible: np.ndarra
     axes[1].scatter(count[with_objects] + jitter, visible[with_objects] / canvas, s=3, alpha=alpha, color="#4c72b0",
                     linewidths=0)
     nonzero = values[values > 0]
-    medians = [np.median(visible[count == v] / canvas) for v in nonzero]
-    axes[1].plot(nonzero, medians, "o-", color="#c44e52", label="median")
+    if nonzero.size:
+        medians = [np.median(visible[count == v] / canvas) for v in nonzero]
+        axes[1].plot(nonzero, medians, "o-", color="#c44e52", label="median")
+        axes[1].legend(loc="upper right")
+    else:  # a set of empty scenes (--count 0): no area to show
+        for ax in axes[1:]:
+            ax.text(0.5, 0.5, "no image has objects", transform=ax.transAxes, ha="center", va="center")
     axes[1].set(yscale="log", xlabel="number of objects N", ylabel="visible cumulative area A (fraction of canvas)",
                 title=f"N against A: corr(log N, log A) = {corr_text(corr_visible)}", xticks=count_ticks(values))
     if (~with_objects).any():
         axes[1].text(0.01, 0.02, f"{int((~with_objects).sum())} images with N = 0 (A = 0) not shown",
                      transform=axes[1].transAxes, fontsize=8)
-    axes[1].legend(loc="upper right")
     groups = [np.log10(visible[count == v] / canvas) for v in nonzero]
     if groups:
         axes[2].boxplot(groups, positions=nonzero, widths=0.5, showfliers=False)

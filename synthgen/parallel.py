@@ -138,8 +138,9 @@ def within_machine(run: RunOptions, image_size: int, shard_size: int, n_images: 
                          f"{shard_bytes / 1e9:.1f} GB of images in memory and needs about "
                          f"{(SHARD_COPIES * shard_bytes + per_worker) / 1e9:.1f} GB for it, and "
                          f"{available / 1e9:.1f} GB is available here; {remedy}")
+    running = f"{fitting} worker" + ("s" if fitting != 1 else "")
     log(f"synthgen: {workers} workers writing shards of {shard_bytes / 1e9:.1f} GB of images would need more than "
-        f"the {available / 1e9:.1f} GB of memory available; running {fitting} workers (a smaller --shard-size "
+        f"the {available / 1e9:.1f} GB of memory available; running {running} (a smaller --shard-size "
         "lets more run; the images are the same)")
     return dataclasses.replace(run, workers=fitting)
 
