@@ -117,6 +117,11 @@ def test_every_rank_gets_the_same_number_of_batches():
     batches = [rank_batches(indices, 8, rank, 3) for rank in range(3)]
     assert len({len(b) for b in batches}) == 1
     assert not set(np.concatenate(batches[0])) & set(np.concatenate(batches[1]))
+    # a last training batch of one image is left out (BatchNorm of a 1 x 1 map cannot take its statistics); a
+    # validation batch of one image is kept, since BatchNorm then uses its running statistics
+    assert [len(b) for b in rank_batches(np.arange(17), 8, 0, 1, training=True)] == [8, 8]
+    assert [len(b) for b in rank_batches(np.arange(17), 8, 0, 1)] == [8, 8, 1]
+    assert [len(b) for b in rank_batches(np.arange(18), 8, 0, 1, training=True)] == [8, 8, 2]
 
 
 def test_worker_feed_matches_memory_feed(sets):

@@ -152,12 +152,19 @@ def epoch_indices(split: Split, epoch: int, seed: int, start: int, ramp: int) ->
     return streams.rng(seed, streams.EPOCH, epoch).permutation(indices), fraction, n_natural
 
 
-def rank_batches(indices: np.ndarray, batch_size: int, rank: int, world: int) -> list[np.ndarray]:
+def rank_batches(indices: np.ndarray, batch_size: int, rank: int, world: int, training: bool = False
+                 ) -> list[np.ndarray]:
     """This process's batches: every rank gets the same number (collectives must pair up), so up to
-    world - 1 trailing images of the epoch are left out; a last partial batch is kept."""
+    world - 1 trailing images of the epoch are left out; a last partial batch is kept, but in `training`
+    not one of a single image: BatchNorm cannot take batch statistics of one image where a layer's map is
+    1 x 1 (a small --image-size, a deep encoder), and of one image elsewhere they are mostly noise. The
+    image left out is another one each epoch."""
     per_rank = len(indices) // world
     mine = indices[rank * per_rank:(rank + 1) * per_rank]
-    return [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
+    batches = [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
+    if training and len(batches) > 1 and len(batches[-1]) == 1:
+        batches.pop()
+    return batches
 
 
 class MemoryFeed:

@@ -236,7 +236,7 @@ class Run:
         config, runtime, training = self.config, self.runtime, self.config.training
         indices, fraction, n_natural = epoch_indices(self.data.split, self.epoch, training.seed,
                                                      config.data.natural_start, config.data.natural_ramp)
-        batches = rank_batches(indices, training.batch_size, runtime.rank, runtime.world)
+        batches = rank_batches(indices, training.batch_size, runtime.rank, runtime.world, training=True)
         self.objective.train()
         self.reconstruction.train()
         sums = torch.zeros(3, device=runtime.device)  # loss, kl, rec, summed over images (stays on the device)
