@@ -32,7 +32,7 @@ from synthgen.parts import Part, clear_parts, finish_part, run_set, write_from_p
 from synthgen.reader import read_labels
 from synthgen.shards import SCHEMA_VERSION, SHARD_FORMAT, ShardArrays, shard_path, write_shard
 from synthgen.sources import (IMAGE_EXTENSIONS, Skipped, _check_folder, inside_sources_problem, list_fingerprint,
-                              load_photo, walk_files)
+                              load_photo, not_read_reason, walk_files)
 from synthgen.stats import count_histogram
 from synthgen.writer import SetWriter, holding
 
@@ -54,7 +54,7 @@ def scan_label_folders(root: Path) -> tuple[list[tuple[str, int]], list[Skipped]
         if label is None:
             skipped.append(Skipped(f"{root}/{rel}", "not inside a count folder (0, 1, 2, 3, 4+ or any larger count)"))
         elif os.path.splitext(rel)[1].lower() not in IMAGE_EXTENSIONS:
-            skipped.append(Skipped(f"{root}/{rel}", "not an image file"))
+            skipped.append(Skipped(f"{root}/{rel}", not_read_reason(rel)))
         else:
             items.append((rel, label))
     return items, skipped

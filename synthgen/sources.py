@@ -26,6 +26,17 @@ from synthgen.masks import MaskInfo, MaskRule, read_mask
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 OBJECT_IMAGE_EXTENSIONS = IMAGE_EXTENSIONS - {".png"}  # NAME.png is the mask in the THUS10000 layout
+UNREAD_IMAGE_EXTENSIONS = {".gif", ".heic", ".heif", ".avif", ".jp2", ".jxl", ".svg", ".ppm", ".pgm", ".exr"}
+
+
+def not_read_reason(rel: str) -> str:
+    """Why a file that is not one of IMAGE_EXTENSIONS is skipped: an image format OpenCV does not read here
+    (a GIF, say), which a user can convert, or not an image at all."""
+    ext = os.path.splitext(rel)[1].lower()
+    if ext in UNREAD_IMAGE_EXTENSIONS:
+        return (f"a {ext[1:].upper()} image, a format not read (convert it to PNG or JPEG; read are "
+                f"{', '.join(sorted(e[1:] for e in IMAGE_EXTENSIONS))})")
+    return "not an image file"
 MAX_MASK_COVERAGE = 0.98  # a mask covering more of its image has no object to cut out
 MIN_IMAGE_SIDE = 16
 
@@ -237,7 +248,8 @@ def scan_objects(root) -> tuple[list[tuple[str, str]], list[Skipped], str]:
             else:
                 images[stem] = rel
         else:
-            skipped.append(Skipped(f"{root}/{rel}", "not an image file (expected NAME.jpg + NAME.png mask pairs)"))
+            skipped.append(Skipped(f"{root}/{rel}",
+                                   f"{not_read_reason(rel)} (expected NAME.jpg + NAME.png mask pairs)"))
     pairs = []
     for stem in sorted(set(images) | set(masks)):
         if stem not in masks:
@@ -266,7 +278,7 @@ def scan_backgrounds(root) -> tuple[list[str], list[Skipped], str]:
     found, sizes, skipped = [], [], []
     for rel, size in walk_files(root):
         if os.path.splitext(rel)[1].lower() not in IMAGE_EXTENSIONS:
-            skipped.append(Skipped(f"{root}/{rel}", "not an image file"))
+            skipped.append(Skipped(f"{root}/{rel}", not_read_reason(rel)))
         elif _unusable(size):
             skipped.append(Skipped(f"{root}/{rel}", _unusable(size)))
         else:

@@ -55,9 +55,13 @@ def test_empty_or_missing_folders_are_refused_with_the_option_name(tmp_path):
 def test_backgrounds_are_found_in_nested_category_folders(tmp_path):
     make_scenes(tmp_path, n=6)
     (tmp_path / "a" / "readme.txt").write_text("x")
+    Image.new("RGB", (40, 30), (200, 40, 40)).save(tmp_path / "a" / "scene.gif")  # a format OpenCV does not read
     files, skipped, _ = scan_backgrounds(tmp_path)
     assert len(files) == 6 and all(f.count("/") == 2 for f in files)
-    assert [s.reason for s in skipped] == ["not an image file"]
+    # a GIF was called "not an image file", which hid what to do about it
+    assert sorted(s.reason for s in skipped) == [
+        "a GIF image, a format not read (convert it to PNG or JPEG; read are bmp, jpeg, jpg, png, tif, tiff, webp)",
+        "not an image file"]
 
 
 def _walk_reference(root):
