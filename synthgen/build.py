@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.cli import out_folder_problem
 from common.settings import changed_values
 from synthgen import __version__
 from synthgen.compositor import STAGES, Compositor
@@ -327,6 +328,10 @@ def _build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | N
                              "nor holding it: the store outlives the set, and each folder holds only its own files")
         backgrounds = sources.description["backgrounds"]
         store_ready = check_store(scene_store, backgrounds["root"], sources.fingerprints["backgrounds"], config.size)
+        # a ready store is only read (it may lie on shared, read-only storage); one to make must be writable
+        unwritable = not store_ready and out_folder_problem(scene_store, "--scene-store")
+        if unwritable:
+            raise UsageError(unwritable)
     if run.on_bad_input == "fail" and sources.skipped:
         first = sources.skipped[0]
         raise BadInputError(first.path, first.reason + " (--on-bad-input fail)")

@@ -301,6 +301,9 @@ def test_folders_this_user_cannot_write_are_refused_naming_the_option(files, tmp
                                                                             "this folder; choose another --out"),
             (["synthgen", "inspect", tmp_path / "set"], "{set}: no permission to write its figures in {set}/inspect; "
                                                         "give --out another folder"),
+            (["synthgen", "build", "--n", "5", "--backgrounds", files / "photos", "--scene-store",
+              tmp_path / "shut" / "store", "--out", tmp_path / "new"],
+             "--scene-store {shut}/store: no permission to create folders in {shut}; choose another --scene-store"),
             (["vae-train", "--out", tmp_path / "run", "--resume", "--epochs", "2"],
              "--resume: no permission to write in {run}, where the run continues"),
             (["analyze-area-vs-number", "--checkpoint", files / "run" / "best.pt", "--data", tmp_path / "set", "--out",
