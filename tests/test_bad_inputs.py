@@ -46,6 +46,8 @@ def files(tmp_path_factory):
         (root / name / "last.pt").write_bytes(data)
     (root / "foreign").mkdir()
     torch.save({"weight": torch.zeros(3)}, root / "foreign" / "last.pt")  # a plain state dict, not ours
+    (root / "newer").mkdir()  # a checkpoint a later toolkit wrote in a format of its own
+    torch.save({**torch.load(root / "run" / "last.pt", weights_only=True), "version": 2}, root / "newer" / "last.pt")
     torch.save({"model": torch.nn.Linear(2, 2)}, root / "pickled.pt")  # a pickled module: never loaded
     (root / "file.txt").write_text("a file, not a folder\n")
     return root
@@ -144,6 +146,8 @@ def cases(r: Path):
          f"--data {r / 'one-class'}: a natural set (synthgen pack); give it with --natural"),
         ("vae-train", ["--out", str(r / "text"), "--resume"], 1, "not a readable vae-train checkpoint"),
         ("vae-train", ["--out", str(r / "foreign"), "--resume"], 1, "not a vae-train checkpoint"),
+        ("analyze-area-vs-number", [*analyse[2:], "--checkpoint", str(r / "newer" / "last.pt")], 1,
+         "a vae-train checkpoint of format version 2, and this toolkit reads version 1 and earlier"),
         ("analyze-area-vs-number", [*analyse, "--bootstrap", "-5"], 2, "--bootstrap -5: must be >= 0"),
         ("analyze-area-vs-number", [*analyse, "--r2-min", "-1"], 2, "--r2-min -1.0: must be in [0, 1]"),
         ("analyze-area-vs-number", [*analyse[2:], "--checkpoint", str(r / "truncated" / "last.pt")], 1,

@@ -51,6 +51,10 @@ def load_checkpoint(path, map_location="cpu", mmap: bool = False) -> dict:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a vae-train checkpoint (a torch file of another kind); give best.pt or "
                               "last.pt of a vae-train run")
+    version = state.get("version")
+    if not isinstance(version, int) or version > VERSION:
+        raise CheckpointError(f"{path}: a vae-train checkpoint of format version {version}, and this toolkit reads "
+                              f"version {VERSION} and earlier; update the toolkit (pip install -U, or a newer clone)")
     missing = [key for key in REQUIRED if key not in state]
     if missing:
         raise CheckpointError(f"{path}: an incomplete vae-train checkpoint (no {', '.join(missing)})")
