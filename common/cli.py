@@ -1,14 +1,18 @@
 """What every command does around its work: --version, one-line errors, exit codes, and the device.
 
 Exit codes: 0 done; 1 a problem with the input or the environment (the message says which file and
-what to do); 2 an invalid command-line value; 130 interrupted; 70 a bug in this toolkit (no user input
+what to do); 2 an invalid command-line value; 130 interrupted (Ctrl-C); 143 terminated (SIGTERM, which stops
+a command as Ctrl-C does, with the same clean-up); 70 a bug in this toolkit (no user input
 should ever lead there: the line asks for a report, SUBITIZING_TRACEBACK=1 shows the traceback).
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -29,12 +33,35 @@ def out_of_memory(exc: BaseException) -> bool:
             or (isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)))
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a batch scheduler's time limit, `kill`, a container stopping): the command stops as it does on
+    Ctrl-C, through the same clean-up (temporary files removed, an earlier analysis put back), not at once."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def sigterm_stops_cleanly():
+    """SIGTERM raises Terminated in the main thread while the block runs (where it can: not in other threads)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run(prog: str, body: Callable[[], int | None], interrupted: str = "interrupted",
         memory_hint: str = "free memory, or ask for less at once") -> int:
     """Run a command's body and turn every error a user can cause into one line on stderr. `memory_hint`: what
-    to do when the memory runs out, which is the machine's limit, not a bug."""
+    to do when the memory runs out, which is the machine's limit, not a bug. SIGTERM stops it as Ctrl-C does."""
     try:
-        return body() or 0
+        with sigterm_stops_cleanly():
+            return body() or 0
     except UsageError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
@@ -50,9 +77,11 @@ def run(prog: str, body: Callable[[], int | None], interrupted: str = "interrupt
                   if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "")
         print(f"{prog}: error: {where}{exc.strerror or exc}{remedy}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"{prog}: {interrupted}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        said = interrupted.replace("interrupted", "terminated (SIGTERM)", 1) if terminated else interrupted
+        print(f"{prog}: {said}", file=sys.stderr)
+        return 128 + signal.SIGTERM if terminated else 130
     except Exception as exc:  # noqa: BLE001  (a bug: say so in one line, and how to see more)
         if os.environ.get("SUBITIZING_TRACEBACK"):
             raise

@@ -176,6 +176,27 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(data, tmp_path)
     assert [r["train"]["loss"] for r in metrics(tmp_path / "whole")] == [r["train"]["loss"] for r in metrics(cut)]
 
 
+def test_sigterm_stops_a_run_as_ctrl_c_does_and_it_resumes(data, tmp_path):
+    """A batch scheduler's time limit sends SIGTERM, which killed the process where it stood."""
+    run = tmp_path / "run"
+    process = subprocess.Popen(train_process("--data", data / "synth", "--epochs", "500", *TINY, "--out", run),
+                               env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None and not (
+            (run / "metrics.jsonl").exists() and (run / "metrics.jsonl").read_text().strip()):
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 143, err
+    assert err.strip().splitlines()[-1] == ("vae-train: terminated (SIGTERM); continue with --resume (from the last "
+                                            "finished epoch)")
+    assert not list(run.glob(".*"))  # no temporary file, no lock
+    done = load_checkpoint(run / "last.pt")["epoch"]
+    assert 1 <= done < 500
+    assert train_main(["--out", str(run), "--resume", "--epochs", str(done + 1), "--workers", "0"]) == 0
+    assert load_checkpoint(run / "last.pt")["epoch"] == done + 1
+
+
 def test_a_full_disk_names_the_file_it_could_not_write_and_keeps_the_last_checkpoint(data, tmp_path):
     run = tmp_path / "run"
     assert train_main(["--data", str(data / "synth"), "--out", str(run), "--epochs", "1", *TINY]) == 0
