@@ -27,6 +27,11 @@ FITS = ("squash", "crop", "pad")
 SPLITS = ("train", "test")
 
 
+MAX_SIZE = 2048  # the largest --size of any set
+MAX_IMAGES = 10**9  # a set of a billion images is terabytes; beyond, a number is a typo (and its plan would never end)
+MAX_TRIES = 100_000  # positions are tried in one array: beyond, a number is a typo that numpy cannot allocate
+
+
 def parse_counts(text: str) -> tuple[int, ...]:
     """Parse a count spec such as '0-4', '1,2,4' or '0-2,5' into sorted counts, each given once."""
     counts: set[int] = set()
@@ -151,7 +156,7 @@ class BuildConfig(ShardedSet, Settings):
     """Everything that determines the content of a synthetic set."""
 
     n: int = option(help="number of images; a smaller --n is a prefix of a larger one, so a set can be "
-                    "extended by re-running with a larger --n", valid=at_least(1), group=WHAT)
+                    "extended by re-running with a larger --n", valid=between(1, MAX_IMAGES), group=WHAT)
     counts: tuple[int, ...] = option((0, 1, 2, 3, 4), "objects per image: a range or list, e.g. 0-4, 1,2,4, 1-9; "
                                      "balanced exactly over the set", flag="--count", parse=parse_counts,
                                      show=format_counts, group=WHAT)
@@ -159,7 +164,7 @@ class BuildConfig(ShardedSet, Settings):
                                  default_help="the embedded procedural objects", group=WHAT)
     backgrounds: str | None = option(None, "folder tree of scene images, e.g. SUN397",
                                      default_help="the embedded procedural backgrounds", group=WHAT)
-    size: int = option(161, "side of the square RGB images in pixels", valid=between(16, 2048), group=WHAT)
+    size: int = option(161, "side of the square RGB images in pixels", valid=between(16, MAX_SIZE), group=WHAT)
     seed: int = option(0, "image i depends only on (seed, i)", valid=SEED_RANGE, group=WHAT)
 
     area_range: tuple[float, float] = option(
@@ -173,7 +178,7 @@ class BuildConfig(ShardedSet, Settings):
                                   valid=between(0, 1, high_open=True), group=AREA)
     max_outside: float = option(0.0, "largest fraction of an object that may fall outside the canvas; 0 keeps "
                                 "objects inside", valid=between(0, 1, high_open=True), group=AREA)
-    placement_tries: int = option(100, "random positions tried per object", valid=at_least(1), group=AREA)
+    placement_tries: int = option(100, "random positions tried per object", valid=between(1, MAX_TRIES), group=AREA)
     max_redraws: int = option(50, "times an unplaceable scene is redrawn (same N and area) before the build stops",
                               valid=at_least(1), group=AREA)
 
@@ -276,12 +281,12 @@ def _pixels_range_problem(pair) -> str | None:
 class DotConfig(ShardedSet, Settings):
     """Everything that determines a set of dot arrays (Stoianov & Zorzi 2012)."""
 
-    n: int = option(help="number of images; a smaller --n is a prefix of a larger one", valid=at_least(1),
-                    group=WHAT)
+    n: int = option(help="number of images; a smaller --n is a prefix of a larger one",
+                    valid=between(1, MAX_IMAGES), group=WHAT)
     counts: tuple[int, ...] = option(tuple(range(1, 33)), "dots per image, crossed with the area levels and "
                                      "balanced exactly", flag="--count", parse=parse_counts, show=format_counts,
                                      check=_positive_counts, group=WHAT)
-    size: int = option(32, "side of the square images in pixels", valid=between(16, 2048), group=WHAT)
+    size: int = option(32, "side of the square images in pixels", valid=between(16, MAX_SIZE), group=WHAT)
     seed: int = option(0, "image i depends only on (seed, i)", valid=SEED_RANGE, group=WHAT)
     control: str = option("total-area", "the property crossed with N: the cumulative area of the dots (Stoianov & "
                           "Zorzi; the item size then falls as N grows) or the mean item size (the cumulative area "
@@ -305,7 +310,8 @@ class DotConfig(ShardedSet, Settings):
         check=_fractions("taken by the field"), group="the design")
     min_gap: int = option(1, "pixels of background between any two dots, so that every dot is seen (and counted) "
                           "apart", valid=between(1, 16), group="the design")
-    placement_tries: int = option(200, "random positions tried per dot", valid=at_least(1), group="the design")
+    placement_tries: int = option(200, "random positions tried per dot", valid=between(1, MAX_TRIES),
+                                  group="the design")
     max_redraws: int = option(50, "times an unplaceable array is redrawn (same N and sizes) before the build stops",
                               valid=at_least(1), group="the design")
     shard_size: int = option(1000, "images per HDF5 shard", valid=at_least(1), group=OUTPUT)
@@ -332,7 +338,7 @@ class PackConfig(Settings):
 
     root: str = option(help="folder with subfolders 0, 1, 2, 3, 4+ of images (folders 5, 6, ... are 4+ as well), "
                        "or the image root of --split-file's paths", positional=True)
-    size: int = option(161, "side of the square images", valid=between(16, 2048))
+    size: int = option(161, "side of the square images", valid=between(16, MAX_SIZE))
     fit: str = option("squash", "squash to the square (every object stays in view), centre-crop, or pad",
                       choices=FITS)
     split_file: str | None = option(None, "SOS split file: lines 'path,label,split' (paths relative to ROOT; "

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from common import streams
-from synthgen.config import BuildConfig
+from synthgen.config import MAX_SIZE, BuildConfig
 
 
 def image_seed(seed: int, index: int) -> int:
@@ -90,13 +90,14 @@ def too_small_problem(config) -> str | None:
     pixels = share * config.size**2
     if pixels >= MIN_OBJECT_PIXELS:
         return None
-    lowest = MIN_OBJECT_PIXELS / config.size**2 * config.area_range[0] / share
-    side = math.ceil(math.sqrt(MIN_OBJECT_PIXELS / share))
+    lowest = MIN_OBJECT_PIXELS / config.size**2 * (config.area_range[0] / share)  # a ratio first: no underflow
+    side = math.sqrt(MIN_OBJECT_PIXELS / share)  # infinite for a share below what a float can divide by
+    larger = f", or --size to {math.ceil(side)} or more" if side <= MAX_SIZE else ""
     return (f"--area-range {config.area_range[0]:g}-{config.area_range[1]:g} at --size {config.size}: the smallest "
             f"object (the bottom of the range shared by {max(config.counts)} objects, --size-jitter "
             f"{config.size_jitter:g}) would cover {pixels:.2g} px, less than the {MIN_OBJECT_PIXELS} px of a 2x2 "
-            "square: a speck, not an object one can count. Raise the bottom of --area-range to "
-            f"{lowest:.2g} or more, or --size to {side} or more")
+            f"square: a speck, not an object one can count. Raise the bottom of --area-range to {lowest:.2g} or "
+            f"more{larger}")
 
 
 def largest_object_share(config) -> float:

@@ -63,10 +63,17 @@ def cases(r: Path):
     file = str(r / "file.txt")
     under_file = str(r / "file.txt" / "out")
     return [
-        ("synthgen", ["build", "--n", "0", "--out", a], 2, "--n 0: must be >= 1"),
+        ("synthgen", ["build", "--n", "0", "--out", a], 2, "--n 0: must be in [1, 1000000000]"),
         ("synthgen", ["build", "--n", "abc", "--out", a], 2, "argument --n: invalid int value: 'abc'"),
         ("synthgen", ["build", "--out", a], 2, "the following arguments are required: --n"),
         ("synthgen", ["build", "--n", "5", "--count", "4-1", "--out", a], 2, "--count '4-1'"),
+        # numbers past any sane build: a subnormal area overflowed, a huge --n planned forever, a huge
+        # --placement-tries met numpy's limit, each as an internal error or a hang
+        ("synthgen", ["build", "--n", "5", "--area-range", "1e-320", "--out", a], 2,
+         "of a 2x2 square: a speck, not an object one can count. Raise the bottom of --area-range to 0.00078 or more"),
+        ("synthgen", ["build", "--n", "99999999999999999999999", "--out", a], 2, "must be in [1, 1000000000]"),
+        ("synthgen", ["dots", "--n", "5", "--placement-tries", "99999999999999999999999", "--out", a], 2,
+         "must be in [1, 100000]"),
         ("synthgen", ["build", "--n", "5", "--count", "1,1,2", "--out", a], 2,
          "--count '1,1,2': 1 is given twice; every count is drawn equally often, so give each once"),
         ("synthgen", ["dots", "--n", "5", "--count", "1-8,5-12", "--out", a], 2,
@@ -100,7 +107,7 @@ def cases(r: Path):
         ("synthgen", ["inspect", str(r / "set"), "--samples", "0"], 2, "--samples 0: must be in [1, 1000]"),
         ("synthgen", ["verify", str(r / "nowhere"), "--no-progress"], 1, f"{r / 'nowhere'}: no such folder"),
         ("vae-train", [*train, "--val-fraction", "1.5"], 2, "--val-fraction 1.5: must be in (0, 1)"),
-        ("vae-train", [*train, "--latent", "0"], 2, "--latent 0: must be >= 1"),
+        ("vae-train", [*train, "--latent", "0"], 2, "--latent 0: must be in [1, 65536]"),
         ("vae-train", [*train, "--epochs", "0"], 2, "--epochs 0: must be >= 1"),
         ("vae-train", [*train, "--batch-size", "0"], 2, "--batch-size 0: must be >= 1"),
         ("vae-train", [*train, "--lr", "-1"], 2, "--lr -1.0: must be > 0"),
@@ -126,10 +133,11 @@ def cases(r: Path):
         ("vae-train", [*train, "--image-size", "48"], 2,
          f"--image-size 48: the sets' images are 32 px ({r / 'set'}); enlarging them adds no detail"),
         ("vae-train", ["--out", str(r / "new-run")], 2, "--data: give one or more synthgen build folders"),
-        # a model of petabytes: out of memory is the machine's limit, not a bug in the toolkit
-        ("vae-train", [*train, "--latent", "1000000000000"], 1,
-         "vae-train: error: out of memory ([enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't "
-         "allocate memory"),
+        # numbers past any model of this kind reached torch as an internal error (an int64 overflow)
+        ("vae-train", [*train, "--latent", "99999999999999999999999"], 2, "--latent 99999999999999999999999: must be "
+                                                                          "in [1, 65536]"),
+        ("vae-train", [*train, "--encoder", "99999999999999999999999@4x4-2"], 2,
+         "is beyond any model this trainer is for: at most 65536 channels"),
         ("vae-train", ["--data", str(r / "corrupt"), "--out", str(r / "new-run"), *TINY], 1,
          "shard-00001.h5: corrupted"),
         ("vae-train", ["--data", str(r / "nowhere"), "--out", str(r / "new-run"), *TINY], 1,
@@ -325,3 +333,16 @@ def test_folders_this_user_cannot_write_are_refused_naming_the_option(files, tmp
     finally:
         for folder in folders:
             folder.chmod(0o755)
+
+
+@pytest.mark.parametrize("allocate, detail", [
+    (lambda: np.empty(10**16, np.uint8), "Unable to allocate 8.88 PiB"),  # numpy's MemoryError
+    (lambda: torch.empty(10**16, dtype=torch.uint8), "DefaultCPUAllocator: can't allocate memory"),  # torch's
+])
+def test_memory_that_runs_out_is_the_machines_limit_not_a_bug(capsys, allocate, detail):
+    # 10 PB: more than any machine's address space, so the allocation fails at once, wherever this runs
+    assert run("vae-train", allocate, memory_hint="lower --batch-size") == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("vae-train: error: out of memory (") and detail in err
+    assert err.endswith("; lower --batch-size")
+    assert "bug" not in err

@@ -52,7 +52,7 @@ class ModelSettings(Settings):
     encoder: str = option(PAPER_ENCODER, "encoder convolutions", check=layers_problem)
     decoder: str = option(PAPER_DECODER, "decoder transposed convolutions", check=layers_problem)
     output_layer: str = option("3@3x3-1", "last layer to RGB", check=layers_problem)
-    latent: int = option(180, "latent dimensions", valid=at_least(1))
+    latent: int = option(180, "latent dimensions", valid=between(1, 65536))
     image_size: int | None = option(None, "train at this size, resizing the sets' images",
                                     default_help="the sets' own size", valid=between(16, 2048))
 
