@@ -133,6 +133,9 @@ def cases(r: Path):
         ("vae-train", [*train, "--image-size", "48"], 2,
          f"--image-size 48: the sets' images are 32 px ({r / 'set'}); enlarging them adds no detail"),
         ("vae-train", ["--out", str(r / "new-run")], 2, "--data: give one or more synthgen build folders"),
+        # an option the loss does not read went unread, whatever it named
+        ("vae-train", [*train, "--vgg-weights", str(r / "nowhere.pth")], 2,
+         "--vgg-weights: only the perceptual loss reads it, and --recon is pixel; drop it, or give --recon perceptual"),
         # numbers past any model of this kind reached torch as an internal error (an int64 overflow)
         ("vae-train", [*train, "--latent", "99999999999999999999999"], 2, "--latent 99999999999999999999999: must be "
                                                                           "in [1, 65536]"),

@@ -46,15 +46,19 @@ def with_absolute_paths(config: TrainConfig) -> TrainConfig:
     return dataclasses.replace(config, data=data, loss=loss)
 
 
-def unread_natural_options(config: TrainConfig, given: dict) -> str | None:
-    """The mixing options given for a run without --natural, where they go unread (a forgotten --natural?)."""
-    if config.data.natural:
-        return None
+def unread_options(config: TrainConfig, given: dict) -> str | None:
+    """Options given on the command line that the run would not read: the mixing options without --natural (a
+    forgotten --natural?), and --vgg-weights with a loss that uses no VGG."""
+    names = given_names(TrainConfig, given)
     fields = all_fields(TrainConfig)
-    unread = [flag_of(fields[name]) for name in given_names(TrainConfig, given)
-              if name in ("natural_start", "natural_ramp", "natural_drop")]
-    return (f"{', '.join(unread)}: the mixing of natural images, and no --natural set is given; add --natural "
-            "SETS, or drop them") if unread else None
+    unread = [flag_of(fields[name]) for name in names if name in ("natural_start", "natural_ramp", "natural_drop")]
+    if unread and not config.data.natural:
+        return (f"{', '.join(unread)}: the mixing of natural images, and no --natural set is given; add --natural "
+                "SETS, or drop them")
+    if "vgg_weights" in names and config.loss.recon != "perceptual":
+        return (f"--vgg-weights: only the perceptual loss reads it, and --recon is {config.loss.recon}; drop it, or "
+                "give --recon perceptual")
+    return None
 
 
 def new_run(given: dict) -> TrainConfig:
@@ -62,7 +66,7 @@ def new_run(given: dict) -> TrainConfig:
 
     config = with_absolute_paths(from_args(TrainConfig, given))
     out = Path(config.out)
-    problem = (compile_problem(config.runtime) or unread_natural_options(config, given) or out_folder_problem(out)
+    problem = (compile_problem(config.runtime) or unread_options(config, given) or out_folder_problem(out)
                or inside_set_problem(out))
     if problem:
         raise UsageError(problem)
