@@ -7,6 +7,7 @@ from common.settings import (SEED_RANGE, Settings, above, at_least, between, dev
                              progress_option, verify_option)
 
 
+MAX_RESAMPLES = 100_000  # resamples and rotations are drawn as arrays: beyond, a number is a typo numpy cannot hold
 MIN_RESAMPLES = 40  # below, the 2.5% tail of a 95% percentile interval holds less than one resample
 
 
@@ -54,10 +55,10 @@ class AnalysisConfig(Settings):
     log1p: bool = option(False, "use log(1 + N) and log(1 + A), keeping the N = 0 images (default: leave them out, "
                          "since log 0 is undefined)")
     bootstrap: int = option(1000, "bootstrap resamples for the confidence intervals of the betas and of the "
-                            "decoding R^2 (0: none; else at least 40)", valid=at_least(0),
+                            "decoding R^2 (0: none; else at least 40)", valid=between(0, MAX_RESAMPLES),
                             check=_resamples_problem)
     null_rotations: int = option(200, "random rotations of the latent space in the chance-level null (0: none; "
-                                 "else at least 19)", valid=at_least(0), check=_rotations_problem)
+                                 "else at least 19)", valid=between(0, MAX_RESAMPLES), check=_rotations_problem)
     folds: int = option(5, "cross-validation folds of the population decoding", valid=between(2, 100))
     area_bins: int = option(4, "quantile bins of a continuous cumulative area in the two-way ANOVA (a set with a "
                             "few area levels, such as the dot stimuli, is binned by its levels)", valid=between(2, 50))
@@ -78,7 +79,7 @@ class ReadoutConfig(Settings):
                               "synthgen build sets)")
     test: list[str] = option(help="labelled sets to report on (e.g. the SOS test split)")
     out: str = option(help="output folder")
-    hidden: int = option(160, "units per hidden layer", valid=at_least(1))
+    hidden: int = option(160, "units per hidden layer", valid=between(1, 65536))
     val_fraction: float = option(0.1, "stratified share of the training data used to choose the epoch",
                                  valid=between(0, 1, low_open=True, high_open=True))
     epochs: int = option(300, "most epochs", valid=at_least(1))

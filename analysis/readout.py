@@ -138,7 +138,7 @@ def train_readout(x_train, y_train, x_val, y_val, config: ReadoutConfig, device)
     best, best_state, best_epoch, waited, history = float("inf"), None, 0, 0, []
     for epoch in range(1, config.epochs + 1):
         model.train()
-        for batch in torch.randperm(len(xt), generator=generator).split(config.batch_size):
+        for batch in torch.randperm(len(xt), generator=generator).split(min(config.batch_size, len(xt))):
             optimizer.zero_grad()
             loss_fn(model(xt[batch]), yt[batch]).backward()
             optimizer.step()
@@ -153,6 +153,9 @@ def train_readout(x_train, y_train, x_val, y_val, config: ReadoutConfig, device)
             waited += 1
             if waited > config.patience:
                 break
+    if best_state is None:  # every epoch's validation loss was NaN or infinite
+        raise UserError(f"--lr {config.lr:g}: the readout diverged (its validation loss was never finite); lower "
+                        "--lr (the default is 0.001)")
     model.load_state_dict(best_state)
     return model.eval(), {"best_epoch": best_epoch, "epochs_run": len(history), "best_validation_loss": best,
                           "class_weights": class_weights(y_train).tolist()}
