@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import platform
+from pathlib import Path
 
 # The libraries a figure can depend on, by the name that is printed: the module to import and how to read
 # its version. Imported only when asked for, so a benchmark of synthgen never pays for importing torch.
@@ -63,7 +64,8 @@ def available_memory() -> int | None:
 
 def cgroup_room() -> int | None:
     """What this process's memory cgroup still allows (v2, or v1 as a batch scheduler or container sets it);
-    None without a limit."""
+    None without a limit. The group's usage counts its page cache, which the kernel drops before it runs out:
+    like Kubernetes' working set, the inactive file cache is not counted as used."""
     try:
         with open("/proc/self/cgroup") as groups:
             lines = [line.strip().split(":", 2) for line in groups]
@@ -84,8 +86,20 @@ def cgroup_room() -> int | None:
         except (OSError, ValueError):
             continue
         # v1 writes "no limit" as a number near 2**63
-        return None if text == "max" or int(text) >= 1 << 60 else max(0, int(text) - used)
+        if text == "max" or int(text) >= 1 << 60:
+            return None
+        return max(0, int(text) - used + inactive_file_cache(Path(limit_file).with_name("memory.stat")))
     return None
+
+
+def inactive_file_cache(stat_file: Path) -> int:
+    """The inactive page cache of a memory cgroup and the groups below it, as its usage counts them (v1
+    "total_inactive_file", v2 "inactive_file"), 0 if unknown."""
+    try:
+        stats = dict(line.split() for line in stat_file.read_text().splitlines() if len(line.split()) == 2)
+        return int(stats.get("total_inactive_file", stats.get("inactive_file", 0)))
+    except (OSError, ValueError):
+        return 0
 
 
 def gpus() -> list[str]:

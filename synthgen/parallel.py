@@ -104,13 +104,16 @@ SHARD_COPIES = 3  # a shard's images are in memory about three times over as it 
 WORKER_BYTES = 200 << 20  # a worker's own memory besides (about 140 MB measured)
 
 
+def memory_need(workers: int, shard_bytes: int, shards: int | None, worker_bytes: int) -> int:
+    """Bytes that `workers` workers hold at once: a shard each being written (no more shards than the set has:
+    a shard split among workers is joined by one of them), and each worker's cache and own memory."""
+    return min(workers, shards or workers) * SHARD_COPIES * shard_bytes + workers * worker_bytes
+
+
 def workers_that_fit(workers: int, shard_bytes: int, shards: int | None, worker_bytes: int, available: int) -> int:
-    """The most workers, up to `workers`, whose shards in progress fit in `available` bytes (0 if not even one
-    does): at most one shard each, and no more shards than the set has (a shard split among workers is
-    joined by one of them)."""
-    def need(w: int) -> int:
-        return min(w, shards or w) * SHARD_COPIES * shard_bytes + w * worker_bytes
-    return max((w for w in range(1, workers + 1) if need(w) <= available), default=0)
+    """The most workers, up to `workers`, whose memory_need fits in `available` bytes (0 if not even one's)."""
+    return max((w for w in range(1, workers + 1) if memory_need(w, shard_bytes, shards, worker_bytes) <= available),
+               default=0)
 
 
 def within_machine(run: RunOptions, image_size: int, shard_size: int, n_images: int | None = None,
@@ -118,8 +121,8 @@ def within_machine(run: RunOptions, image_size: int, shard_size: int, n_images: 
     """`run` within the cores (`within_cores`) and the memory of this machine, on a local backend: each worker
     writes whole shards in memory, so large images in large shards take more than the machine has (a 2048 px
     shard of 1000 images is 12.6 GB, held about three times). Fewer workers run where that is enough, said in
-    one line; where even one cannot write a shard, the command is refused, naming the --shard-size that fits.
-    `n_images`: the set's size where it is known before the sources are read."""
+    one line; where even one cannot run, the command is refused, naming what to lower. `n_images`: the set's
+    size where it is known before the sources are read; `cache_bytes`: --cache-mb, where the command has one."""
     run = within_cores(run, log)
     available = available_memory()
     if run.backend == "dask" or available is None:
@@ -131,17 +134,23 @@ def within_machine(run: RunOptions, image_size: int, shard_size: int, n_images: 
     fitting = workers_that_fit(workers, shard_bytes, shards, per_worker, available)
     if fitting == workers:
         return run
-    largest = max(0, (available - per_worker) // (SHARD_COPIES * image_bytes))
+    parts = (f"a shard of {shard_bytes / 1e9:.2f} GB of images, held about {SHARD_COPIES} times as it is written"
+             + (f", {cache_bytes >> 20} MB of --cache-mb" if cache_bytes else "") + ", and about 0.2 GB of its own")
     if not fitting:
-        remedy = f"give --shard-size {largest} or less" if largest else "free memory, or lower --size"
-        raise UsageError(f"--shard-size {shard_size} at --size {image_size}: a worker writes a shard of "
-                         f"{shard_bytes / 1e9:.1f} GB of images in memory and needs about "
-                         f"{(SHARD_COPIES * shard_bytes + per_worker) / 1e9:.1f} GB for it, and "
+        largest = (available - per_worker) // (SHARD_COPIES * image_bytes)
+        if cache_bytes > available // 2:
+            subject, remedy = f"--cache-mb {cache_bytes >> 20}", "lower --cache-mb"
+        else:
+            subject = f"--shard-size {shard_size} at --size {image_size}"
+            remedy = f"give --shard-size {largest} or less" if largest >= 1 else "free memory, or lower --size"
+        one = memory_need(1, shard_bytes, shards, per_worker)
+        raise UsageError(f"{subject}: one worker needs about {one / 1e9:.1f} GB of memory ({parts}), and "
                          f"{available / 1e9:.1f} GB is available here; {remedy}")
     running = f"{fitting} worker" + ("s" if fitting != 1 else "")
-    log(f"synthgen: {workers} workers writing shards of {shard_bytes / 1e9:.1f} GB of images would need more than "
-        f"the {available / 1e9:.1f} GB of memory available; running {running} (a smaller --shard-size "
-        "lets more run; the images are the same)")
+    need = memory_need(workers, shard_bytes, shards, per_worker)
+    log(f"synthgen: {workers} workers would need about {need / 1e9:.1f} GB of memory (each {parts}), more than the "
+        f"{available / 1e9:.1f} GB available here; running {running} (a smaller --shard-size"
+        + (" or --cache-mb" if cache_bytes else "") + " lets more run; the images are the same)")
     return dataclasses.replace(run, workers=fitting)
 
 

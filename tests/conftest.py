@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -39,6 +40,34 @@ def lock_held_elsewhere(folder, name: str):
         yield holder
     finally:
         holder.communicate("")
+
+
+@contextlib.contextmanager
+def memory_cgroup(limit_bytes: int):
+    """A real memory cgroup limited to `limit_bytes` (v1 or v2), as a container or a batch scheduler makes; yields
+    its cgroup.procs file, to which a process writes its pid to run inside. Skips where this user cannot make one
+    (not root, or no writable cgroup file system)."""
+    candidates = [(Path("/sys/fs/cgroup/memory"), "memory.limit_in_bytes"), (Path("/sys/fs/cgroup"), "memory.max")]
+    for root, limit_name in candidates:
+        if (root / limit_name).exists() or (root / "cgroup.subtree_control").exists():
+            break
+    else:
+        pytest.skip("no cgroup file system with a memory controller here")
+    group = root / f"subitizing-test-{os.getpid()}"
+    try:
+        group.mkdir()
+        (group / limit_name).write_text(str(limit_bytes))
+    except OSError as exc:
+        pytest.skip(f"cannot make a memory cgroup here ({exc.strerror}): needs root and a writable cgroup fs")
+    try:
+        yield group / "cgroup.procs"
+    finally:
+        for _ in range(50):  # the processes it held have exited; the kernel lets it go a moment later
+            try:
+                group.rmdir()
+                break
+            except OSError:
+                time.sleep(0.1)
 
 
 def _need(path: Path) -> Path:

@@ -79,7 +79,8 @@ def cases(r: Path):
         ("synthgen", ["dots", "--n", "5", "--count", "1-8,5-12", "--out", a], 2,
          "--count '1-8,5-12': 5 is given twice"),
         ("synthgen", ["build", "--n", "100000", "--size", "2048", "--shard-size", "100000", "--out", a], 2,
-         "--shard-size 100000 at --size 2048: a worker writes a shard of 1258.3 GB of images in memory"),
+         "--shard-size 100000 at --size 2048: one worker needs about 3775.4 GB of memory (a shard of 1258.29 GB of "
+         "images, held about 3 times as it is written, 256 MB of --cache-mb, and about 0.2 GB of its own)"),
         ("synthgen", ["dots", "--n", "100000", "--size", "2048", "--shard-size", "100000", "--out", a], 2,
          "give --shard-size"),
         ("synthgen", ["build", "--n", "5", "--mask-threshold", "1.5", "--out", a], 2,

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from common.machine import cores
-from conftest import FAST, assert_same_sets, lock_held_elsewhere, make_objects, make_scenes, manifest_of, read_set
+from conftest import (FAST, assert_same_sets, lock_held_elsewhere, make_objects, make_scenes, manifest_of,
+                      memory_cgroup, read_set)
 from synthgen.config import BACKENDS
 from synthgen.parallel import this_machine, timeline, workers_that_fit
 from synthgen.shards import content_checksum, read_arrays, read_attrs
@@ -400,6 +401,25 @@ def test_workers_run_only_as_many_shards_as_memory_holds():
     assert workers_that_fit(16, gb, 80, gb // 2, 3 * gb) == 0  # not even one: the command is refused
     # a set of one shard holds it once, however many workers render its parts
     assert workers_that_fit(16, gb, 1, gb // 2, 12 * gb) == 16  # 3 GB + 16 x 0.5 GB = 11 GB
+
+
+def test_a_memory_limit_runs_fewer_workers_and_the_images_are_the_same(synthgen, tmp_path):
+    """In a container of 1.2 GB, two workers with 600 MB of cache each would not fit: one runs, and says so."""
+    if cores() < 2:
+        pytest.skip("one core here: a single worker runs whatever the memory")
+    args = ["build", "--n", 8, "--size", 32, "--no-progress", "--workers", 2, "--cache-mb", 600]
+    with memory_cgroup(1_200_000_000) as procs:
+        code = (f"import os, sys; open({str(procs)!r}, 'w').write(str(os.getpid())); "
+                "from synthgen.cli import main; sys.exit(main(sys.argv[1:]))")
+        limited = subprocess.run([sys.executable, "-c", code, *map(str, args), "--out", str(tmp_path / "limited")],
+                                 capture_output=True, text=True)
+    assert limited.returncode == 0, limited.stderr
+    assert "synthgen: 2 workers would need about 1.7 GB of memory" in limited.stdout
+    assert "running 1 worker (a smaller --shard-size or --cache-mb lets more run" in limited.stdout
+    assert manifest_of(tmp_path / "limited")["summary"]["workers"] == 1
+    free = synthgen(*args, "--out", tmp_path / "free")
+    assert free.rc == 0 and "would need" not in free.out and manifest_of(tmp_path / "free")["summary"]["workers"] == 2
+    assert_same_sets(tmp_path / "limited", tmp_path / "free")
 
 
 def test_a_folder_left_by_a_build_stopped_before_its_first_shard_takes_another_set(synthgen, tmp_path):
