@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 from common.settings import (SEED_RANGE, Settings, above, at_least, between, device_option, option,
                              progress_option, verify_option)
+from vae.spec import MAX_WIDTH
 
 
 MAX_RESAMPLES = 100_000  # resamples and rotations are drawn as arrays: beyond, a number is a typo numpy cannot hold
@@ -79,7 +80,7 @@ class ReadoutConfig(Settings):
                               "synthgen build sets)")
     test: list[str] = option(help="labelled sets to report on (e.g. the SOS test split)")
     out: str = option(help="output folder")
-    hidden: int = option(160, "units per hidden layer", valid=between(1, 65536))
+    hidden: int = option(160, "units per hidden layer", valid=between(1, MAX_WIDTH))
     val_fraction: float = option(0.1, "stratified share of the training data used to choose the epoch",
                                  valid=between(0, 1, low_open=True, high_open=True))
     epochs: int = option(300, "most epochs", valid=at_least(1))

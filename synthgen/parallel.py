@@ -124,8 +124,8 @@ def within_machine(run: RunOptions, image_size: int, shard_size: int, n_images: 
     one line; where even one cannot run, the command is refused, naming what to lower. `n_images`: the set's
     size where it is known before the sources are read; `cache_bytes`: --cache-mb, where the command has one."""
     run = within_cores(run, log)
-    available = available_memory()
-    if run.backend == "dask" or available is None:
+    available = None if run.backend == "dask" else available_memory()  # dask's workers are on other machines
+    if available is None:
         return run
     image_bytes = image_size * image_size * 3
     shard_bytes = min(shard_size, n_images or shard_size) * image_bytes

@@ -27,6 +27,8 @@ from synthgen.masks import MaskInfo, MaskRule, read_mask
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 OBJECT_IMAGE_EXTENSIONS = IMAGE_EXTENSIONS - {".png"}  # NAME.png is the mask in the THUS10000 layout
 UNREAD_IMAGE_EXTENSIONS = {".gif", ".heic", ".heif", ".avif", ".jp2", ".jxl", ".svg", ".ppm", ".pgm", ".exr"}
+MAX_MASK_COVERAGE = 0.98  # a mask covering more of its image has no object to cut out
+MIN_IMAGE_SIDE = 16
 
 
 def not_read_reason(rel: str) -> str:
@@ -37,8 +39,6 @@ def not_read_reason(rel: str) -> str:
         return (f"a {ext[1:].upper()} image, a format not read (convert it to PNG or JPEG; read are "
                 f"{', '.join(sorted(e[1:] for e in IMAGE_EXTENSIONS))})")
     return "not an image file"
-MAX_MASK_COVERAGE = 0.98  # a mask covering more of its image has no object to cut out
-MIN_IMAGE_SIDE = 16
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 from common.errors import UsageError
 from common.settings import (SEED_RANGE, Settings, above, at_least, between, device_option, option,
                              progress_option, verify_option)
-from vae.spec import PAPER_DECODER, PAPER_ENCODER, layers_problem
+from vae.spec import MAX_WIDTH, PAPER_DECODER, PAPER_ENCODER, layers_problem
 
 RANDOM_VGG = "random"  # --vgg-weights random: an untrained VGG-19, for tests
 
@@ -52,7 +52,7 @@ class ModelSettings(Settings):
     encoder: str = option(PAPER_ENCODER, "encoder convolutions", check=layers_problem)
     decoder: str = option(PAPER_DECODER, "decoder transposed convolutions", check=layers_problem)
     output_layer: str = option("3@3x3-1", "last layer to RGB", check=layers_problem)
-    latent: int = option(180, "latent dimensions", valid=between(1, 65536))
+    latent: int = option(180, "latent dimensions", valid=between(1, MAX_WIDTH))
     image_size: int | None = option(None, "train at this size, resizing the sets' images",
                                     default_help="the sets' own size", valid=between(16, 2048))
 

@@ -14,7 +14,8 @@ class SpecError(UsageError, ValueError):
     """A layer string that does not follow the N@KxK-S notation."""
 
 
-MAX_CHANNELS = 65536  # far beyond any VAE of this kind; numbers past int64 otherwise reach torch as a crash
+MAX_WIDTH = 65536  # channels, latent or hidden units: far beyond any model of this kind; numbers past int64
+# otherwise reach torch as a crash
 MAX_KERNEL = 64
 
 
@@ -46,8 +47,8 @@ def _parse(text: str) -> tuple[tuple[LayerSpec, ...], str | None]:
             return (), f"{part!r} has a non-square kernel; only KxK kernels are supported"
         if channels < 1 or kh < 1 or stride < 1:
             return (), f"{part!r} needs at least 1 channel, kernel 1 and stride 1"
-        if channels > MAX_CHANNELS or kh > MAX_KERNEL or stride > MAX_KERNEL:
-            return (), (f"{part!r} is beyond any model this trainer is for: at most {MAX_CHANNELS} channels, and "
+        if channels > MAX_WIDTH or kh > MAX_KERNEL or stride > MAX_KERNEL:
+            return (), (f"{part!r} is beyond any model this trainer is for: at most {MAX_WIDTH} channels, and "
                         f"kernels and strides of at most {MAX_KERNEL}")
         layers.append(LayerSpec(channels, kh, stride))
     return tuple(layers), None
