@@ -379,7 +379,8 @@ def _build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | N
         waited = time.perf_counter()
         with parallel_backend(run) as client:
             workers = workers_of(client, run)
-            ids = pool if pool is not None else list(range(len(objects)))
+            # scenes without objects paste none: preparing them (18-30 s for THUS10000 on 2 cores) would be for nothing
+            ids = [] if max(config.counts) == 0 else pool if pool is not None else list(range(len(objects)))
             prepare_start = time.perf_counter()
             if scene_store is not None:
                 _scene_store(scene_store, store_ready, sources, config.size, run, workers, log)
