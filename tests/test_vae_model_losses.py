@@ -55,6 +55,21 @@ def test_sigma_is_a_softplus_standard_deviation():
     assert torch.all(sigma > 0) and torch.all(sigma < 1e-3)
 
 
+def test_images_of_another_size_are_refused_with_the_size_and_the_conversion():
+    """Downstream code that encodes its own images met "mat1 and mat2 shapes cannot be multiplied"."""
+    from vae.augment import to_float
+
+    model = VAE(ModelConfig(image_size=32, **SMALL)).eval()
+    for shape in ((2, 3, 161, 161), (2, 161, 161, 3), (3, 32, 32)):
+        with pytest.raises(ValueError, match=r"\(B, 3, 32, 32\).*to_float\(images, 32\)"):
+            model.encode(torch.rand(shape))
+    with pytest.raises(ValueError, match="this model encodes"):
+        model(torch.rand(2, 3, 48, 48))
+    photos = torch.randint(0, 256, (2, 161, 161, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        assert model.encode(to_float(photos, 32))[0].shape == (2, SMALL["latent"])
+
+
 def test_kl_equals_torch_distributions():
     mu, sigma = torch.randn(16, 180), torch.rand(16, 180) * 2 + 0.01
     expected = kl_divergence(Normal(mu, sigma), Normal(torch.zeros_like(mu), torch.ones_like(sigma)))

@@ -116,11 +116,21 @@ class VAE(nn.Module):
             channels = layer.channels
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior mean and standard deviation (fp32) for images in [0, 1], shape (B, 3, S, S)."""
+        """Posterior mean and standard deviation (fp32) for images in [0, 1], shape (B, 3, S, S), S the model's
+        `config.image_size` (`vae.augment.to_float(uint8_images, S)` makes them from uint8 (B, H, W, 3))."""
+        self.check_input(x)
         h = self.encoder(x).flatten(1)
         with torch.autocast(h.device.type, enabled=False):
             h = h.float()
             return self.fc_mu(h), F.softplus(self.fc_sigma(h)) + SIGMA_FLOOR
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Images of another shape would fail deep in the mu head with a matrix-size error."""
+        size = self.config.image_size
+        if x.dim() != 4 or tuple(x.shape[1:]) != (3, size, size):
+            raise ValueError(f"images of shape {tuple(x.shape)}: this model encodes (B, 3, {size}, {size}) floats in "
+                             f"[0, 1]; vae.augment.to_float(images, {size}) makes them from uint8 (B, H, W, 3) images "
+                             "of any size, by area averaging as vae-train did")
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         with torch.autocast(z.device.type, enabled=False):
