@@ -103,7 +103,7 @@ def select_object_pool(config: BuildConfig, objects, sizer: Compositor, on_bad_i
                        too_large: set) -> list[int] | None:
     """With --source-objects K: K usable objects that fit the canvas, tried in an order drawn from the seed
     (None: all)."""
-    if config.source_objects is None:
+    if config.source_objects is None or max(config.counts) == 0:  # scenes without objects draw from no pool
         return None
     pool = []
     for k in object_pool_order(len(objects), config.seed).tolist():

@@ -472,6 +472,10 @@ def test_a_set_of_empty_scenes(synthgen, tmp_path):
     summary = manifest_of(out)["summary"]
     assert summary["prepare_seconds"] < 0.5 and "masks" not in summary and "excluded_objects" not in summary
     assert "object masks" not in result.out and "excluded objects" not in result.out
+    # nor is a pool of --source-objects chosen, which areas no object fits refused
+    pooled = synthgen("build", "--n", 4, "--count", "0", "--source-objects", 3, "--area-range", "0.3-0.95",
+                      "--out", tmp_path / "pooled", *FAST)
+    assert pooled.rc == 0, pooled.err
 
 
 def test_log_count_and_log_area_are_uncorrelated(synthgen, tmp_path):
