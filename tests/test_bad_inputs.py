@@ -111,6 +111,9 @@ def cases(r: Path):
         ("vae-train", [*train, "--latent", "0"], 2, "--latent 0: must be in [1, 65536]"),
         ("vae-train", [*train, "--epochs", "0"], 2, "--epochs 0: must be >= 1"),
         ("vae-train", [*train, "--batch-size", "0"], 2, "--batch-size 0: must be >= 1"),
+        # BatchNorm cannot take training statistics of one image on a 1x1 map (it was an internal error)
+        ("vae-train", [*train, "--batch-size", "1", "--encoder", "4@4x4-2,4@4x4-2,4@4x4-2,4@4x4-2,4@4x4-2"], 1,
+         "--batch-size 1: this model has a layer whose map is 1x1 (the grids after each convolution: 16, 8, 4, 2, 1,"),
         ("vae-train", [*train, "--lr", "-1"], 2, "--lr -1.0: must be > 0"),
         # an infinite learning rate or weight passed every range and ended in NaN losses at the first step
         ("vae-train", [*train, "--lr", "inf"], 2, "--lr inf: must be a finite number > 0"),

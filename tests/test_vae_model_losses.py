@@ -31,6 +31,20 @@ def test_paper_configuration_maps_161_to_161():
     assert "186,211,563" in describe(model)
 
 
+@pytest.mark.parametrize("size, encoder, decoder", [(161, None, None), (32, SMALL["encoder"], SMALL["decoder"]),
+                                                    (16, "4@3x3-2,4@3x3-2,4@3x3-2,4@3x3-2,4@3x3-2", "8@1x1-1,8@3x3-2")])
+def test_the_sides_of_the_normalised_maps_are_those_the_batchnorms_see(size, encoder, decoder):
+    layers = {"encoder": encoder, "decoder": decoder} if encoder else {}
+    model = VAE(ModelConfig(image_size=size, **layers, latent=4)).eval()
+    seen = []
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.register_forward_hook(lambda _, inputs, __: seen.append(inputs[0].shape[-1]))
+    with torch.no_grad():
+        model(torch.rand(1, 3, size, size))
+    assert model.normalised_sides == seen
+
+
 @pytest.mark.parametrize("size", [32, 48, 64, 96, 161, 200])
 def test_decoder_reaches_every_input_size_exactly(size):
     model = VAE(ModelConfig(image_size=size, **SMALL))

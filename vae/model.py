@@ -57,6 +57,15 @@ def decoder_start(size: int, layers: tuple[LayerSpec, ...], output: LayerSpec) -
     return out, paddings[::-1]
 
 
+def decoder_sizes(grid: int, layers: tuple[LayerSpec, ...], output_paddings: list[int]) -> list[int]:
+    """The grid side after each transposed convolution of the decoder, from its start grid."""
+    sizes = []
+    for layer, extra in zip(layers, output_paddings):
+        grid = (grid - 1) * layer.stride - 2 * layer.padding + layer.kernel + extra
+        sizes.append(grid)
+    return sizes
+
+
 class VAE(nn.Module):
     """Convolutional VAE with a Gaussian posterior, in the paper's configuration by default.
 
@@ -101,6 +110,7 @@ class VAE(nn.Module):
         self.fc_mu = nn.Linear(flat, config.latent)
         self.fc_sigma = nn.Linear(flat, config.latent)
         grid, output_paddings = decoder_start(config.image_size, decoder, output)
+        self.normalised_sides = sizes[1:] + decoder_sizes(grid, decoder, output_paddings)  # each BatchNorm's map
         self.start_shape = (encoder[-1].channels, grid, grid)
         self.fc_decode = nn.Linear(config.latent, encoder[-1].channels * grid * grid)
         self.decoder = nn.Sequential(*self._blocks(encoder[-1].channels, decoder, nn.ConvTranspose2d,
