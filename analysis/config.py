@@ -87,5 +87,9 @@ class ReadoutConfig(Settings):
     patience: int = option(30, "epochs without a better validation loss before stopping", valid=at_least(0))
     lr: float = option(1e-3, "Adam learning rate", valid=above(0))
     batch_size: int = option(256, "batch size (also for encoding)", valid=at_least(1))
-    seed: int = option(0, "seed of the split, the initial weights and the batch order", valid=SEED_RANGE)
+    bootstrap: int = option(1000, "bootstrap resamples of the test images for the 95% intervals of the AP, recall "
+                            "and accuracy (0: none; else at least 40)", valid=between(0, MAX_RESAMPLES),
+                            check=_resamples_problem)
+    seed: int = option(0, "seed of the split, the initial weights, the batch order and the bootstrap",
+                       valid=SEED_RANGE)
     runtime: EncodeRuntime = EncodeRuntime()

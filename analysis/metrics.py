@@ -5,8 +5,14 @@ class's softmax score: AP = sum_k (R_k - R_{k-1}) P_k over the distinct score th
 scores form one step). This is scikit-learn's `average_precision_score`, not the 11-point
 interpolated AP of PASCAL VOC. The chance AP of a class is its prevalence in the test set (undefined, like its
 AP, for a class the test set lacks).
+
+Intervals: a percentile bootstrap over the test images. A resample is a multiplicity per image, so the AP
+of every resample is computed from one sort of the scores (a drawn image's copies share its score and so
+its threshold step): the same numbers as scoring each resampled test set anew.
 """
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 
@@ -50,3 +56,61 @@ def classification_report(probabilities: np.ndarray, labels: np.ndarray) -> dict
             "mean_chance": float(np.nanmean(prevalence)), "recall": recall.tolist(),
             "mean_recall": float(np.nanmean(recall)),
             "accuracy": float(np.mean(predicted == labels)), "confusion": confusion.tolist(), "n": int(labels.size)}
+
+
+BOOTSTRAP_CELLS = 4_000_000  # resamples x images held at once: about 32 MB a matrix
+
+
+def resample_weights(m: int, resamples: int, rng: np.random.Generator):
+    """Bootstrap resamples of m images, as blocks of (resamples, m) multiplicities."""
+    block = max(1, BOOTSTRAP_CELLS // max(m, 1))
+    for start in range(0, resamples, block):
+        b = min(block, resamples - start)
+        rows = rng.integers(0, m, (b, m)) + (np.arange(b) * m)[:, None]
+        yield np.bincount(rows.ravel(), minlength=b * m).reshape(b, m).astype(np.float64)
+
+
+def weighted_average_precision(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """`average_precision` of each row of multiplicities `weights` (resamples, m); NaN without positives."""
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="mergesort")
+    sorted_scores, positive, weights = scores[order], np.asarray(positive, bool)[order], weights[:, order]
+    last_of_threshold = np.r_[np.flatnonzero(np.diff(sorted_scores)), sorted_scores.size - 1]
+    true_positives = np.cumsum(weights * positive, axis=1)[:, last_of_threshold]
+    drawn = np.cumsum(weights, axis=1)[:, last_of_threshold]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(drawn > 0, true_positives / drawn, 0.0)
+        recall = true_positives / true_positives[:, -1:]
+        steps = np.diff(np.concatenate([np.zeros((len(weights), 1)), recall], axis=1), axis=1)
+    return np.where(true_positives[:, -1] > 0, np.sum(steps * precision, axis=1), np.nan)
+
+
+def bootstrap_intervals(probabilities: np.ndarray, labels: np.ndarray, resamples: int,
+                        rng: np.random.Generator) -> dict:
+    """95% percentile intervals over resamples of the test images: AP and recall per class, their means
+    over the classes present, and accuracy. A resample without a class has no AP or recall of it, and its
+    means are over the classes it has; `missing` counts, per class, the resamples without it."""
+    labels = np.asarray(labels)
+    k = probabilities.shape[1]
+    members = [labels == c for c in range(k)]
+    correct = probabilities.argmax(axis=1) == labels
+    ap, recall, accuracy = [], [], []
+    for weights in resample_weights(labels.size, resamples, rng):
+        ap.append(np.stack([weighted_average_precision(probabilities[:, c], members[c], weights)
+                            for c in range(k)], axis=1))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            recall.append(np.stack([(weights @ (correct & members[c])) / (weights @ members[c]) for c in range(k)],
+                                   axis=1))
+        accuracy.append(weights @ correct / labels.size)
+    ap, recall, accuracy = np.concatenate(ap), np.concatenate(recall), np.concatenate(accuracy)
+
+    def interval(values):  # over resamples; NaN where a class was never drawn or the test set lacks it
+        values = values[np.isfinite(values)]
+        return [float(v) for v in np.percentile(values, [2.5, 97.5])] if values.size else [float("nan")] * 2
+
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a resample of no class at all: its means are NaN
+        mean_ap, mean_recall = np.nanmean(ap, axis=1), np.nanmean(recall, axis=1)
+    return {"resamples": resamples, "ap": [interval(ap[:, c]) for c in range(k)], "mean_ap": interval(mean_ap),
+            "recall": [interval(recall[:, c]) for c in range(k)], "mean_recall": interval(mean_recall),
+            "accuracy": interval(accuracy),
+            "missing": [int(np.sum(~np.isfinite(ap[:, c]))) if members[c].any() else None for c in range(k)]}

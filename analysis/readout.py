@@ -19,7 +19,7 @@ from torch import nn
 from analysis.config import ReadoutConfig
 from analysis.encode import encode_set, load_encoder, resize_notes, seen_by_the_vae
 from analysis.figures import confusion_matrix
-from analysis.metrics import CLASSES, classification_report, count_class
+from analysis.metrics import CLASSES, bootstrap_intervals, classification_report, count_class
 from common import streams
 from common.atomic import ReplacedOutputs, write_atomic
 from common.cli import resolve_device
@@ -163,9 +163,12 @@ def train_readout(x_train, y_train, x_val, y_val, config: ReadoutConfig, device)
 
 def table(report: dict, name: str) -> str:
     """Table 1 of the paper with this readout's rows: its AP, and its per-class recall beside the published
-    VAE row, which most likely measured that (%)."""
+    VAE row, which most likely measured that (%); each with its 95% interval when the report has them."""
     def cells(values):
         return " | ".join("n/a" if np.isnan(v) else f"{v:.1f}" for v in values)
+
+    def spans(pairs):
+        return " | ".join("n/a" if np.isnan(lo) else f"{100 * lo:.1f}-{100 * hi:.1f}" for lo, hi in pairs)
 
     head = "| method | measure | " + " | ".join(CLASSES) + " | mean |\n|---|---|" + "---|" * (len(CLASSES) + 1)
     rows = [f"| {method} | {measure} | {cells(values)} |" for method, (values, measure) in PUBLISHED.items()]
@@ -173,9 +176,29 @@ def table(report: dict, name: str) -> str:
     ours = [100 * a for a in report["ap"]] + [100 * report["mean_ap"]]
     recall = [100 * r for r in report["recall"]] + [100 * report["mean_recall"]]
     rows.append(f"| **Chance (this test set)** | prevalence | {cells(chance)} |")
+    ci = report.get("ci95")
     rows.append(f"| **{name}** | AP | {cells(ours)} |")
+    if ci:
+        rows.append(f"| | AP, 95% interval | {spans([*ci['ap'], ci['mean_ap']])} |")
     rows.append(f"| **{name}** | per-class recall | {cells(recall)} |")
+    if ci:
+        rows.append(f"| | recall, 95% interval | {spans([*ci['recall'], ci['mean_recall']])} |")
     return "\n".join([head, *rows])
+
+
+def missing_text(ci: dict | None) -> str:
+    """Which classes some resamples lacked: their intervals, and the means', are over the other resamples."""
+    lacking = [f"{name} from {n}" for name, n in zip(CLASSES, (ci or {}).get("missing", [])) if n]
+    if not lacking:
+        return ""
+    return (f" Some resamples drew no test image of a class ({', '.join(lacking)} of {ci['resamples']}): that "
+            "class's intervals are over the others, and those resamples' means over the classes they drew.")
+
+
+def interval_text(ci: dict | None, key: str) -> str:
+    if not ci or np.isnan(ci[key][0]):
+        return ""
+    return f" (95% interval {ci[key][0]:.1%}-{ci[key][1]:.1%})"
 
 
 def run(config: ReadoutConfig, log=print) -> dict:
@@ -227,7 +250,11 @@ def run(config: ReadoutConfig, log=print) -> dict:
                 logits = model(torch.tensor(standardise(x), dtype=torch.float32, device=device))
                 return torch.softmax(logits, dim=1).cpu().numpy()
 
-        test_report = classification_report(probabilities(x_test), y_test)
+        test_probabilities = probabilities(x_test)
+        test_report = classification_report(test_probabilities, y_test)
+        if config.bootstrap:
+            test_report["ci95"] = bootstrap_intervals(test_probabilities, y_test, config.bootstrap,
+                                                      streams.rng(config.seed, streams.READOUT_BOOTSTRAP))
         val_report = classification_report(probabilities(x_all[val_part]), y_all[val_part])
         images = {"train": int(train_part.size), "validation": int(val_part.size), "test": int(y_test.size)}
         result = {"checkpoint": str(Path(config.checkpoint).resolve()), "model_epoch": meta.get("epoch"),
@@ -258,12 +285,18 @@ def run(config: ReadoutConfig, log=print) -> dict:
             "likely per-class recall (accuracy within each class), not AP, so this readout's recall is given beside "
             "it. The published rows are on the SOS test set: compare with them only when the test set is SOS's.", "",
             table(test_report, "VAE + softmax (this checkpoint)"), "",
-            f"Accuracy {test_report['accuracy']:.1%}; confusion matrix (rows: true count, columns: predicted) in "
-            "`confusion.png` and `readout.json`.",
+            f"Accuracy {test_report['accuracy']:.1%}{interval_text(test_report.get('ci95'), 'accuracy')}; "
+            "confusion matrix (rows: true count, columns: predicted) in `confusion.png` and `readout.json`.",
+            *(["", f"The 95% intervals are percentile intervals over {config.bootstrap} bootstrap resamples of the "
+                   "test images: how much the scores depend on which test images were drawn. They leave out what "
+                   "varies between readouts (--seed) and between VAEs (vae-train --seed): run those several times "
+                   "to see it." + missing_text(test_report.get("ci95"))] if config.bootstrap else []),
             *([""] + [f"**Note:** {note}." for note in notes] if notes else []),
         ]
         write_atomic(out / "table.md", ("\n".join(markdown) + "\n").encode())
-        log(f"vae-subitize: test mean AP {test_report['mean_ap']:.1%} (chance {test_report['mean_chance']:.1%}), "
-            f"accuracy {test_report['accuracy']:.1%} on {y_test.size} images")
+        ci = test_report.get("ci95")
+        log(f"vae-subitize: test mean AP {test_report['mean_ap']:.1%}{interval_text(ci, 'mean_ap')} (chance "
+            f"{test_report['mean_chance']:.1%}), accuracy {test_report['accuracy']:.1%}{interval_text(ci, 'accuracy')}"
+            f" on {y_test.size} images")
         log(f"  table {out / 'table.md'}; details {out / 'readout.json'}; figure {out / 'confusion.png'}")
         return result

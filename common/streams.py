@@ -33,6 +33,7 @@ FIGURE_IMAGES = 35  # which images the analysis figures show
 READOUT_SPLIT = 36  # the readout's stratified validation part
 READOUT_INIT = 37  # the readout's initial weights (torch)
 READOUT_BATCHES = 38  # the order of the readout's training batches (torch)
+READOUT_BOOTSTRAP = 39  # the bootstrap of the readout's test scores
 # synthgen dots
 DOTS = 41  # everything drawn for dot image i
 

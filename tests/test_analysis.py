@@ -14,7 +14,7 @@ from PIL import Image
 from analysis import figures as draw
 from analysis.cli import analyze_main as analyse_main
 from analysis.cli import subitize_main as readout_main
-from analysis.metrics import average_precision, classification_report, count_class
+from analysis.metrics import average_precision, bootstrap_intervals, classification_report, count_class
 from analysis.readout import class_weights, stratified_split
 from analysis.regression import AREA, NUMEROSITY, bootstrap_betas, fit_eq3, make_predictors, standardise, unit_labels
 from analysis.area_vs_number import CONFOUNDED_R
@@ -150,6 +150,32 @@ def test_average_precision_equals_scikit_learn():
     assert report["ap"][:2] == pytest.approx(present) and np.isnan(report["ap"][2:]).all()
     assert report["mean_ap"] == pytest.approx(np.mean(present)) and np.isnan(report["chance"][2:]).all()
     assert report["mean_chance"] == pytest.approx(0.5)
+
+
+def test_the_readouts_intervals_are_percentiles_of_scikit_learn_scores_on_resampled_test_sets():
+    """Each resample is scored from one sort of the test scores, as multiplicities: it must equal scoring the
+    resampled test set anew, ties (a drawn image's copies) included."""
+    rng = np.random.default_rng(3)
+    labels = rng.choice(5, 240, p=[0.3, 0.3, 0.2, 0.15, 0.05])
+    probabilities = rng.dirichlet(np.ones(5), 240).round(2)  # ties between images too
+    result = bootstrap_intervals(probabilities, labels, 60, streams.rng(5, streams.READOUT_BOOTSTRAP))
+    draws = streams.rng(5, streams.READOUT_BOOTSTRAP).integers(0, 240, (60, 240))  # the resamples, one block
+    ap, recall, accuracy = np.full((60, 5), np.nan), np.full((60, 5), np.nan), np.empty(60)
+    for b, rows in enumerate(draws):
+        y, p = labels[rows], probabilities[rows]
+        for c in np.unique(y):
+            ap[b, c] = sklearn_metrics.average_precision_score(y == c, p[:, c])
+            recall[b, c] = sklearn_metrics.recall_score(y == c, p.argmax(1) == c)
+        accuracy[b] = sklearn_metrics.accuracy_score(y, p.argmax(1))
+    for c in range(5):
+        drawn = np.isfinite(ap[:, c])
+        assert result["ap"][c] == pytest.approx(np.percentile(ap[drawn, c], [2.5, 97.5]), abs=1e-12)
+        assert result["recall"][c] == pytest.approx(np.percentile(recall[drawn, c], [2.5, 97.5]), abs=1e-12)
+        assert result["missing"][c] == int(np.sum(~drawn))
+    assert result["mean_ap"] == pytest.approx(np.percentile(np.nanmean(ap, axis=1), [2.5, 97.5]), abs=1e-12)
+    assert result["accuracy"] == pytest.approx(np.percentile(accuracy, [2.5, 97.5]), abs=1e-12)
+    report = classification_report(probabilities, labels)
+    assert result["mean_ap"][0] < report["mean_ap"] < result["mean_ap"][1]
 
 
 def test_readout_validation_is_stratified_and_classes_weigh_the_same():
@@ -308,6 +334,10 @@ def test_subitize_end_to_end(trained, tmp_path):
     assert "| **VAE + softmax (this checkpoint)** | per-class recall |" in table
     assert "VAE + softmax (this checkpoint)" in table and "scikit-learn's average_precision_score" in table
     assert _valid_png(out / "confusion.png")
+    ci = result["test"]["ci95"]  # over 1,000 resamples of the test images, by default
+    assert ci["resamples"] == 1000 and ci["mean_ap"][0] <= result["test"]["mean_ap"] <= ci["mean_ap"][1]
+    assert ci["accuracy"][0] <= result["test"]["accuracy"] <= ci["accuracy"][1]
+    assert "| | AP, 95% interval |" in table and "percentile intervals over 1000 bootstrap resamples" in table
 
 
 def test_sets_that_share_images_are_told_from_sets_that_do_not(tmp_path):

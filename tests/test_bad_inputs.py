@@ -174,6 +174,7 @@ def cases(r: Path):
         ("analyze-area-vs-number", [*analyse[:2], "--data", str(r / "one-class"), "--out", a, "--no-progress"], 1,
          "a natural set has no areas"),
         ("vae-subitize", [*subitize, "--epochs", "0"], 2, "--epochs 0: must be >= 1"),
+        ("vae-subitize", [*subitize, "--bootstrap", "5"], 2, "a 95% percentile interval needs at least 40 resamples"),
         ("analyze-area-vs-number", [*analyse, "--bootstrap", "99999999999999999999999"], 2,
          "--bootstrap 99999999999999999999999: must be in [0, 100000]"),
         ("vae-subitize", [*subitize, "--hidden", "99999999999999999999999"], 2, "must be in [1, 65536]"),
