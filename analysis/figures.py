@@ -68,7 +68,13 @@ def response_profile(dim: int, z: np.ndarray, count: np.ndarray, area: np.ndarra
                          label=names[b])
     axes[0].set(xlabel="number of objects N", ylabel=f"mean response of z{dim}", xticks=count_ticks(values),
                 title="response per N, for each cumulative-area bin")
-    axes[0].legend(fontsize=7)
+    if area_bins <= 8:
+        axes[0].legend(fontsize=7)
+    else:  # many bins (--area-bins): a colour bar, where a legend entry each ran off the figure
+        shades = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, area_bins - 1))
+        bar = fig.colorbar(shades, ax=axes[0], label="cumulative-area bin")
+        ticks = np.unique(np.linspace(0, area_bins - 1, 5).round().astype(int))
+        bar.set_ticks(ticks, labels=[names[b].replace(" (level)", "") for b in ticks], fontsize=6)
     if values.size <= 8:
         for v in values:
             chosen = count == v

@@ -4,6 +4,7 @@ import re
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -478,6 +479,23 @@ def test_intervals_that_miss_their_estimate_are_drawn(tmp_path):
     assert any(not d.ci[0] <= d.r2 <= d.ci[1] for d in decoding)
     draw.null_figure(rotation_null(z, x, 0.05, 0.1, rotations=5), decoding, tmp_path / "controls.png")
     assert _valid_png(tmp_path / "controls.png")
+
+
+@pytest.mark.parametrize("area_bins", [4, 50])
+def test_the_response_profile_fits_its_figure_with_any_number_of_area_bins(tmp_path, area_bins):
+    """A legend entry per area bin ran off the figure at --area-bins 50, and matplotlib warned that the layout
+    could not be fitted; many bins get a colour bar instead."""
+    from analysis.selectivity import make_design
+
+    rng = np.random.default_rng(1)
+    count, area = rng.integers(1, 5, 2000), rng.uniform(1000, 9000, 2000)
+    design = make_design(count, area, area_bins=area_bins)
+    assert int(design.area_bin.max()) + 1 == area_bins
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        draw.response_profile(3, rng.normal(size=2000), count, area, design, "", 0.01, 0.0, 0.1,
+                              tmp_path / "profile.png")
+    assert _valid_png(tmp_path / "profile.png")
 
 
 def test_too_few_resamples_for_a_95_percent_interval_are_refused(trained, tmp_path, capsys):
