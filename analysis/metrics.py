@@ -15,6 +15,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+from tqdm import tqdm
 
 CLASSES = ("0", "1", "2", "3", "4+")
 
@@ -61,10 +62,12 @@ def classification_report(probabilities: np.ndarray, labels: np.ndarray) -> dict
 BOOTSTRAP_CELLS = 4_000_000  # resamples x images held at once: about 32 MB a matrix
 
 
-def resample_weights(m: int, resamples: int, rng: np.random.Generator):
+def resample_weights(m: int, resamples: int, rng: np.random.Generator, progress: bool = False):
     """Bootstrap resamples of m images, as blocks of (resamples, m) multiplicities."""
     block = max(1, BOOTSTRAP_CELLS // max(m, 1))
-    for start in range(0, resamples, block):
+    starts = range(0, resamples, block)
+    for start in tqdm(starts, desc="bootstrap of the test scores", unit="block", dynamic_ncols=True,
+                      disable=not progress or len(starts) < 2):
         b = min(block, resamples - start)
         rows = rng.integers(0, m, (b, m)) + (np.arange(b) * m)[:, None]
         yield np.bincount(rows.ravel(), minlength=b * m).reshape(b, m).astype(np.float64)
@@ -85,7 +88,7 @@ def weighted_average_precision(scores: np.ndarray, positive: np.ndarray, weights
 
 
 def bootstrap_intervals(probabilities: np.ndarray, labels: np.ndarray, resamples: int,
-                        rng: np.random.Generator) -> dict:
+                        rng: np.random.Generator, progress: bool = False) -> dict:
     """95% percentile intervals over resamples of the test images: AP and recall per class, their means
     over the classes present, and accuracy. A resample without a class has no AP or recall of it, and its
     means are over the classes it has; `missing` counts, per class, the resamples without it."""
@@ -94,7 +97,7 @@ def bootstrap_intervals(probabilities: np.ndarray, labels: np.ndarray, resamples
     members = [labels == c for c in range(k)]
     correct = probabilities.argmax(axis=1) == labels
     ap, recall, accuracy = [], [], []
-    for weights in resample_weights(labels.size, resamples, rng):
+    for weights in resample_weights(labels.size, resamples, rng, progress):
         ap.append(np.stack([weighted_average_precision(probabilities[:, c], members[c], weights)
                             for c in range(k)], axis=1))
         with np.errstate(invalid="ignore", divide="ignore"):

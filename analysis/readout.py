@@ -254,7 +254,8 @@ def run(config: ReadoutConfig, log=print) -> dict:
         test_report = classification_report(test_probabilities, y_test)
         if config.bootstrap:
             test_report["ci95"] = bootstrap_intervals(test_probabilities, y_test, config.bootstrap,
-                                                      streams.rng(config.seed, streams.READOUT_BOOTSTRAP))
+                                                      streams.rng(config.seed, streams.READOUT_BOOTSTRAP),
+                                                      config.runtime.progress)
         val_report = classification_report(probabilities(x_all[val_part]), y_all[val_part])
         images = {"train": int(train_part.size), "validation": int(val_part.size), "test": int(y_test.size)}
         result = {"checkpoint": str(Path(config.checkpoint).resolve()), "model_epoch": meta.get("epoch"),
