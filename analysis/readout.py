@@ -195,10 +195,15 @@ def missing_text(ci: dict | None) -> str:
             "class's intervals are over the others, and those resamples' means over the classes they drew.")
 
 
-def interval_text(ci: dict | None, key: str) -> str:
+def interval_words(ci: dict | None, key: str) -> str:
     if not ci or np.isnan(ci[key][0]):
         return ""
-    return f" (95% interval {ci[key][0]:.1%}-{ci[key][1]:.1%})"
+    return f"95% interval {ci[key][0]:.1%}-{ci[key][1]:.1%}"
+
+
+def interval_text(ci: dict | None, key: str) -> str:
+    words = interval_words(ci, key)
+    return f" ({words})" if words else ""
 
 
 def run(config: ReadoutConfig, log=print) -> dict:
@@ -296,8 +301,8 @@ def run(config: ReadoutConfig, log=print) -> dict:
         ]
         write_atomic(out / "table.md", ("\n".join(markdown) + "\n").encode())
         ci = test_report.get("ci95")
-        log(f"vae-subitize: test mean AP {test_report['mean_ap']:.1%}{interval_text(ci, 'mean_ap')} (chance "
-            f"{test_report['mean_chance']:.1%}), accuracy {test_report['accuracy']:.1%}{interval_text(ci, 'accuracy')}"
-            f" on {y_test.size} images")
+        beside_ap = "; ".join(filter(None, [interval_words(ci, "mean_ap"), f"chance {test_report['mean_chance']:.1%}"]))
+        log(f"vae-subitize: test mean AP {test_report['mean_ap']:.1%} ({beside_ap}), accuracy "
+            f"{test_report['accuracy']:.1%}{interval_text(ci, 'accuracy')} on {y_test.size} images")
         log(f"  table {out / 'table.md'}; details {out / 'readout.json'}; figure {out / 'confusion.png'}")
         return result
