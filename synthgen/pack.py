@@ -86,10 +86,13 @@ def read_split_file(split_file: Path, root: Path, split: str) -> tuple[list[tupl
         if which.lower() not in SPLITS:
             raise UsageError(f"--split-file {split_file}, line {number}: split {which!r} is not train or test")
         key = Path(path).as_posix()
-        if key in first_line:
-            raise UsageError(f"--split-file {split_file}: {key} is listed twice, on lines {first_line[key]} and "
-                             f"{number}; each image belongs to one split, once")
-        first_line[key] = number
+        image = (root / path).resolve()  # one image however it is spelled (./a.jpg, a/../a.jpg, a link to it)
+        if image in first_line:
+            line, spelled = first_line[image]
+            same = (f"{key} is listed twice, on lines {line} and {number}" if spelled == key else
+                    f"lines {line} ({spelled}) and {number} ({key}) name one image, {image}")
+            raise UsageError(f"--split-file {split_file}: {same}; each image belongs to one split, once")
+        first_line[image] = (number, key)
         if which.lower() != split:
             continue
         if not (root / path).is_file():

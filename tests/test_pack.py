@@ -143,6 +143,15 @@ def test_an_image_listed_twice_is_an_error_naming_both_lines(synthgen, tmp_path)
     result = synthgen("pack", root, "--split-file", split_file, "--split", "train", "--out", tmp_path / "o", *FAST)
     assert result.rc == 2 and "1/img0.jpg is listed twice, on lines 2 and 4" in result.err
     assert not (tmp_path / "o").exists()
+    # spelled otherwise, or through a link, it is still the one image, and would still leak
+    (root / "linked").symlink_to(root / "1")
+    for other, told in (("./1/img0.jpg", "1/img0.jpg is listed twice, on lines 2 and 3"),
+                        ("2/../1/img0.jpg", "lines 2 (1/img0.jpg) and 3 (2/../1/img0.jpg) name one image"),
+                        ("linked/img0.jpg", "lines 2 (1/img0.jpg) and 3 (linked/img0.jpg) name one image")):
+        split_file.write_text(f"path,label,split\n1/img0.jpg,1,train\n{other},1,test\n")
+        result = synthgen("pack", root, "--split-file", split_file, "--split", "test", "--out", tmp_path / "o", *FAST)
+        assert result.rc == 2 and told in result.err, result.err
+    assert not (tmp_path / "o").exists()
 
 
 def test_a_pack_is_the_same_pack_however_its_paths_are_spelled_but_not_with_other_labels(synthgen, tmp_path,
