@@ -258,6 +258,18 @@ def test_two_process_ddp_on_cpu(data, tmp_path, capsys, compile_args):
                 in capsys.readouterr().out)
 
 
+def test_sync_bn_across_cpu_processes_is_refused_with_the_reason(data, tmp_path):
+    """torch's SyncBatchNorm runs on CUDA only: two CPU processes with --sync-bn ended in an internal error."""
+    run = tmp_path / "synced"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "vae.train", "--data", str(data / "synth"), "--out", str(run), "--epochs", "1", *TINY, "--sync-bn"]
+    result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "internal error" not in result.stderr
+    assert ("--sync-bn: torch synchronises BatchNorm across processes on CUDA GPUs only, and these 2 processes "
+            "train on cpu" in result.stderr), result.stderr[-3000:]
+    assert not run.exists()
+
+
 @pytest.mark.parametrize("extra, code, message", [
     (["--encoder", "8@4x4"], 2, "--encoder"),
     (["--recon", "perceptual", "--vgg-weights", "/nonexistent.pth"], 2, "--vgg-weights /nonexistent.pth: no such file"),

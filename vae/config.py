@@ -133,7 +133,8 @@ class RuntimeSettings(Settings):
     workers: int = option(DEFAULT_WORKERS, "DataLoader workers reading shards when the data stays on disk (by "
                           "default 4, or the cores this process may use if fewer; never more than those cores)",
                           valid=at_least(0))
-    sync_bn: bool = option(False, "synchronise BatchNorm statistics across GPUs")
+    sync_bn: bool = option(False, "synchronise BatchNorm statistics across GPUs (CUDA only; several CPU processes "
+                           "refuse it)")
     progress: bool = progress_option()
     verify_shards: bool = verify_option()
 
