@@ -328,18 +328,24 @@ DAMAGE_RE = re.compile(r"corrupt|premature end|truncat|incomplete|crc error|read
 
 
 class _NativeStderr:
-    """Captures what native code writes to file descriptor 2 during a call (one capture at a time)."""
+    """Captures what native code writes to file descriptor 2 during a call (one capture at a time, in any
+    number of threads: the lock exists before the first capture, where two threads that made their own each
+    went in at once, swapped each other's descriptors and left fd 2 pointing at a capture file)."""
 
     def __init__(self):
-        self.pid = None
+        self._reset()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._reset)  # a forked child gets its own lock and file
 
-    def _setup(self):
-        if self.pid != os.getpid():  # a forked child gets its own file and lock
-            self.pid, self.lock, self.file = os.getpid(), threading.Lock(), tempfile.TemporaryFile()
+    def _reset(self):
+        self.lock, self.file, self.pid = threading.Lock(), None, os.getpid()
 
     def __enter__(self):
-        self._setup()
+        if self.pid != os.getpid():  # forked where register_at_fork is missing
+            self._reset()
         self.lock.acquire()
+        if self.file is None:
+            self.file = tempfile.TemporaryFile()
         sys.stderr.flush()
         self.saved = os.dup(2)
         os.dup2(self.file.fileno(), 2)

@@ -59,6 +59,18 @@ def test_pack_count_folders(synthgen, tmp_path):
     assert refused.rc == 1 and "different set" in refused.err
 
 
+def test_packs_in_threads_are_the_packs_of_processes(synthgen, tmp_path):
+    """`--backend threading` decodes in threads of one process: their captures of the decoders' messages once
+    swapped each other's descriptors (synthgen.sources._NativeStderr), and about half of such packs failed."""
+    make_sos_tree(tmp_path / "photos", per_label=4)
+    args = ["--shard-size", 3, "--size", 48, "--no-progress", "--workers", 2]
+    assert synthgen("pack", tmp_path / "photos", *args, "--out", tmp_path / "loky").rc == 0
+    for run in range(3):
+        result = synthgen("pack", tmp_path / "photos", *args, "--backend", "threading", "--out", tmp_path / f"t{run}")
+        assert result.rc == 0, result.err
+        assert_same_sets(tmp_path / "loky", tmp_path / f"t{run}")
+
+
 def test_fit_modes(synthgen, tmp_path):
     root = tmp_path / "sos"
     (root / "1").mkdir(parents=True)

@@ -338,3 +338,33 @@ def test_real_thus10000_pairs_all_load(real_objects):
         ys, xs = np.nonzero(raw)
         shrink = min(1.0, 161 / max(np.ptp(ys) + 1, np.ptp(xs) + 1))
         assert cutout.area == pytest.approx(raw.sum() / 255 * shrink**2, rel=0.03)
+
+
+def test_captures_of_native_stderr_in_many_threads_each_get_their_own_text():
+    """With `--backend threading` the workers decode in threads of one process. Two that began the capture's
+    first use at once each made a lock of their own, went in together and swapped each other's descriptors:
+    fd 2 was left on a capture file (every later message lost) or closed, and packs failed with "Bad file
+    descriptor", "release unlocked lock", a segmentation fault or a hang at exit, in about half of the runs."""
+    import threading
+
+    from synthgen.sources import _NativeStderr
+
+    before = os.fstat(2)
+    for _ in range(30):
+        capture, texts, start = _NativeStderr(), {}, threading.Barrier(6)
+
+        def speak(k, capture=capture, texts=texts, start=start):
+            start.wait()
+            with capture as captured:
+                os.write(2, f"thread {k} speaking\n".encode())
+            texts[k] = captured.text
+
+        threads = [threading.Thread(target=speak, args=(k,), daemon=True) for k in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=10)
+        assert not any(thread.is_alive() for thread in threads), "a capture never ended (a swapped lock)"
+        assert texts == {k: f"thread {k} speaking" for k in range(6)}
+    after = os.fstat(2)
+    assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)
