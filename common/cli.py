@@ -43,6 +43,21 @@ def _terminate(signum, frame) -> None:
 
 
 @contextlib.contextmanager
+def progress_bars_closed_on_error():
+    """An error clears the progress bars still open before its line is printed. A bar left to be closed when
+    its frame is freed, after that line, was written over it: the line ended up glued to the bar's last state,
+    and a cleared bar's blanks came after it."""
+    try:
+        yield
+    except BaseException:
+        std = sys.modules.get("tqdm.std")  # no bar can be open where tqdm was never imported
+        if std is not None:
+            for bar in list(std.tqdm._instances):
+                bar.close()
+        raise
+
+
+@contextlib.contextmanager
 def sigterm_stops_cleanly():
     """SIGTERM raises Terminated in the main thread while the block runs (where it can: not in other threads)."""
     if threading.current_thread() is not threading.main_thread():
@@ -60,7 +75,7 @@ def run(prog: str, body: Callable[[], int | None], interrupted: str = "interrupt
     """Run a command's body and turn every error a user can cause into one line on stderr. `memory_hint`: what
     to do when the memory runs out, which is the machine's limit, not a bug. SIGTERM stops it as Ctrl-C does."""
     try:
-        with sigterm_stops_cleanly():
+        with sigterm_stops_cleanly(), progress_bars_closed_on_error():
             return body() or 0
     except UsageError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)

@@ -1,6 +1,7 @@
 """The bad-input matrix, through the installed console scripts: every input a user can get wrong ends in
 one line on stderr that names the flag or file, a non-zero exit code, and never a Python traceback."""
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import torch
 
 from common.atomic import write_atomic
 from common.cli import run
+from common.errors import UserError
 from synthgen.cli import main as synthgen_main
 from test_verify_inspect_reader import flip_image_bytes
 from vae.checkpoint import load_model
@@ -360,3 +362,21 @@ def test_memory_that_runs_out_is_the_machines_limit_not_a_bug(capsys, allocate, 
     assert err.startswith("vae-train: error: out of memory (") and detail in err
     assert err.endswith("; lower --batch-size")
     assert "bug" not in err
+
+
+@pytest.mark.parametrize("error, said", [(UserError("the data went away"), "prog: error: the data went away"),
+                                         (KeyboardInterrupt(), "prog: interrupted")])
+def test_an_error_under_a_progress_bar_is_a_line_of_its_own(capsys, error, said):
+    """A bar open when an error stopped a command was closed when its frame was freed, after the error's line:
+    the line came out glued to the bar's last state ("epoch 4/50: 68%|...| 48/71 [...]vae-train: terminated"),
+    with the cleared bar's blanks after it."""
+    from tqdm import tqdm
+
+    def body():
+        bar = tqdm(total=10, desc="epoch 4/50", leave=False, file=sys.stderr)
+        bar.update(3)
+        raise error
+
+    assert run("prog", body) in (1, 130)
+    lines = [line for line in re.split(r"[\r\n]", capsys.readouterr().err) if line.strip()]
+    assert lines[-1] == said
