@@ -28,16 +28,7 @@ def count_class(count: np.ndarray) -> np.ndarray:
 def average_precision(scores: np.ndarray, positive: np.ndarray) -> float:
     """Non-interpolated AP of `scores` for the boolean labels `positive`; NaN without positives."""
     scores = np.asarray(scores, dtype=np.float64)
-    positive = np.asarray(positive, dtype=bool)
-    if not positive.any():
-        return float("nan")
-    order = np.argsort(-scores, kind="mergesort")
-    scores, positive = scores[order], positive[order]
-    last_of_threshold = np.r_[np.flatnonzero(np.diff(scores)), scores.size - 1]
-    true_positives = np.cumsum(positive)[last_of_threshold]
-    precision = true_positives / (last_of_threshold + 1)
-    recall = true_positives / true_positives[-1]
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    return float(weighted_average_precision(scores, positive, np.ones((1, scores.size)))[0])
 
 
 def classification_report(probabilities: np.ndarray, labels: np.ndarray) -> dict:
@@ -74,8 +65,10 @@ def resample_weights(m: int, resamples: int, rng: np.random.Generator, progress:
 
 
 def weighted_average_precision(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """`average_precision` of each row of multiplicities `weights` (resamples, m); NaN without positives."""
-    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="mergesort")
+    """The AP of each row of multiplicities `weights` (resamples, m), a weight of 1 each being the test set
+    itself; NaN without positives."""
+    scores = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(-scores, kind="mergesort")
     sorted_scores, positive, weights = scores[order], np.asarray(positive, bool)[order], weights[:, order]
     last_of_threshold = np.r_[np.flatnonzero(np.diff(sorted_scores)), sorted_scores.size - 1]
     true_positives = np.cumsum(weights * positive, axis=1)[:, last_of_threshold]
