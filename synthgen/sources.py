@@ -334,15 +334,13 @@ class _NativeStderr:
 
     def __init__(self):
         self._reset()
-        if hasattr(os, "register_at_fork"):
+        if hasattr(os, "register_at_fork"):  # everywhere a process can fork
             os.register_at_fork(after_in_child=self._reset)  # a forked child gets its own lock and file
 
     def _reset(self):
-        self.lock, self.file, self.pid = threading.Lock(), None, os.getpid()
+        self.lock, self.file = threading.Lock(), None
 
     def __enter__(self):
-        if self.pid != os.getpid():  # forked where register_at_fork is missing
-            self._reset()
         self.lock.acquire()
         if self.file is None:
             self.file = tempfile.TemporaryFile()
