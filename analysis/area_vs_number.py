@@ -9,7 +9,6 @@ summary over them.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +18,8 @@ import torch
 from analysis import figures as draw
 from analysis.config import AnalysisConfig
 from analysis.controls import Decoding, NullResult, population_decoding, rotation_null
-from analysis.encode import check_checkpoints, encode_set, load_encoder, resize_notes, seen_by_the_vae
+from analysis.encode import (check_checkpoints, encode_set, load_encoder, resize_notes, run_folders_problem,
+                             run_labels, seen_by_the_vae)
 from analysis.regression import AREA, NUMEROSITY, Predictors, make_predictors
 from analysis.report import (collapsed_markdown, collapsed_summary, earlier_outputs, mean_sd_text, report_markdown,
                              run_row, run_summary, runs_markdown, runs_summary, write_dimensions, write_runs_csv)
@@ -28,7 +28,7 @@ from analysis.units import Criteria, NoActiveDimension, UnitResult, find_units
 from common import streams
 from common.atomic import ReplacedOutputs, write_atomic
 from common.cli import resolve_device
-from common.errors import UserError
+from common.errors import UsageError, UserError
 from common.jsontext import json_text
 from common.locks import FolderLock
 from common.settings import to_dict
@@ -219,16 +219,6 @@ def write_figures(out: Path, run: RunAnalysis, model, shards, means, labels: Set
     return figures
 
 
-def run_labels(checkpoints: list[str]) -> list[str]:
-    """A folder name per checkpoint: its run folder and file (runs-seed1-best), made unique."""
-    names = []
-    for path in checkpoints:
-        p = Path(path).resolve()
-        name = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{p.parent.name}-{p.stem}").strip("-") or "run"
-        names.append(name if name not in names else f"{name}-{len(names)}")
-    return names
-
-
 def load_set(config: AnalysisConfig) -> tuple[ShardSet, SetLabels]:
     shards = ShardSet(config.data, verify=config.runtime.verify_shards, progress=config.runtime.progress,
                       option="--data")
@@ -271,6 +261,9 @@ def analyse(config: AnalysisConfig, log=print) -> dict:
     out = Path(config.out)
     device = resolve_device(config.runtime.device)
     states = check_checkpoints(config.checkpoint)
+    problem = len(config.checkpoint) > 1 and run_folders_problem(out, config.checkpoint, run_labels(config.checkpoint))
+    if problem:
+        raise UsageError(problem)
     shards, labels = load_set(config)
     confound = confound_note(labels, config)
     notes = [run_notes(state, path, shards, confound) for path, state in zip(config.checkpoint, states)]

@@ -75,7 +75,8 @@ class AnalysisConfig(Settings):
 class ReadoutConfig(Settings):
     """`vae-subitize`: the paper's MLP readout on frozen posterior means (Table 1)."""
 
-    checkpoint: str = option(help="a vae-train checkpoint")
+    checkpoint: list[str] = option(help="vae-train checkpoints; several (seeds of one recipe) give a readout each, in "
+                                   "a folder each, and a summary over them")
     train: list[str] = option(help="labelled sets to train on (e.g. synthgen pack of the SOS training split, or "
                               "synthgen build sets)")
     test: list[str] = option(help="labelled sets to report on (e.g. the SOS test split)")

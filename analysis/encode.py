@@ -1,6 +1,7 @@
 """Posterior means of a shard set under a trained VAE: the input of both analyses."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +94,28 @@ def check_checkpoints(paths) -> list[dict]:
         states.append(state)
     return states
 
+
+def run_labels(checkpoints: list[str]) -> list[str]:
+    """A folder name per checkpoint: its run folder and file (runs-seed1-best), made unique."""
+    names = []
+    for path in checkpoints:
+        p = Path(path).resolve()
+        name = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{p.parent.name}-{p.stem}").strip("-") or "run"
+        names.append(name if name not in names else f"{name}-{len(names)}")
+    return names
+
+
+
+def run_folders_problem(out, checkpoints, labels) -> str | None:
+    """Why the runs' folders cannot be made in `out` (something not a folder in a run's place), as one line
+    naming it; None if they can. Checked before any run, which would otherwise fail after the runs before it."""
+    for path, label in zip(checkpoints, labels):
+        folder = Path(out) / label
+        if folder.is_symlink() or folder.exists() and not folder.is_dir():  # a link: the results would go elsewhere
+            what = "a link" if folder.is_symlink() else "not a folder"
+            return (f"--out {out}: {folder} is {what}, and the results of --checkpoint {path} go there (a folder "
+                    "per checkpoint); move it, or choose another --out")
+    return None
 
 def seen_by_the_vae(state: dict, sets: list[tuple[str, ShardSet]]) -> list[str]:
     """Which of these sets hold images the VAE itself trained on (from the sets its checkpoint records), each as

@@ -143,6 +143,38 @@ def confusion_matrix(confusion: np.ndarray, classes, path, title: str) -> None:
     save_figure(fig, path, dpi=110)
 
 
+
+def readouts_figure(rows: list[dict], stats: dict, chance, published_vae, path) -> None:
+    """Each run's per-class AP and recall (dots), their mean ± sd over runs (bars), against chance (the test
+    set's prevalence) and the published VAE row (most likely recall)."""
+    classes = [key[len("ap_"):] for key in rows[0] if key.startswith("ap_")]
+    x = np.arange(len(classes) + 1)
+    names = [*classes, "mean"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    jitter = np.linspace(-0.15, 0.15, len(rows)) if len(rows) > 1 else np.zeros(1)
+    for ax, measure, title in ((axes[0], "ap", "count AP per class"), (axes[1], "recall", "per-class recall")):
+        keys = [f"{measure}_{c}" for c in classes] + [f"mean_{measure}"]
+        for k, key in enumerate(keys):
+            values = [100 * r[key] for r in rows if r[key] is not None and not np.isnan(r[key])]
+            ax.scatter(np.full(len(values), x[k]) + jitter[:len(values)], values, s=14, color="#4c72b0", alpha=0.7,
+                       zorder=3, label="one run" if k == 0 else None)
+            stat = stats.get(key)
+            if stat is not None:
+                ax.errorbar(x[k] + 0.3, 100 * stat["mean"], yerr=None if stat["sd"] is None else 100 * stat["sd"],
+                            fmt="o", color="black", ms=4, capsize=3, label="mean ± sd over runs" if k == 0 else None)
+        if measure == "ap":
+            prevalence = [*(100 * c for c in chance), 100 * float(np.nanmean(chance))]
+            ax.scatter(x, prevalence, marker="_", s=500, color="#999999", zorder=2, label="chance (prevalence)")
+        else:
+            ax.scatter(x, published_vae, marker="x", s=40, color="#c44e52", zorder=4,
+                       label="published VAE row (most likely recall)")
+        ax.set(xticks=x, xticklabels=names, xlabel="count class", title=title, ylim=(0, 105))
+        ax.legend(fontsize=7, loc="upper right")
+    axes[0].set_ylabel("%")
+    fig.suptitle(f"subitizing readout over {len(rows)} runs (test set)", fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, path, dpi=110)
+
 def null_figure(null, decoding, path) -> None:
     """The observed statistics against their random-rotation null distributions, and the decoding R^2."""
     keys = [k for k in ("best_numerosity_unit_r2", "best_area_unit_r2", "best_r2", "selective_units")

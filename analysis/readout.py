@@ -5,11 +5,14 @@ softmax over the counts 0, 1, 2, 3, 4+ with class-weighted cross entropy, select
 stratified validation part of the training data (never on the test set), and reports on the test
 set: per-class average precision (analysis.metrics states the variant), its mean, the chance row,
 accuracy and the confusion matrix, as a Table 1-style Markdown table with the published rows, JSON,
-and a PNG of the confusion matrix.
+and a PNG of the confusion matrix. Several checkpoints (seeds of one recipe) get a readout each, in a folder
+each, and a summary over them: the spread between VAEs, which no interval over the test images shows.
 """
 from __future__ import annotations
 
 import io
+import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,14 +20,16 @@ import torch
 from torch import nn
 
 from analysis.config import ReadoutConfig
-from analysis.encode import encode_set, load_encoder, resize_notes, seen_by_the_vae
-from analysis.figures import confusion_matrix
+from analysis.encode import (check_checkpoints, encode_set, load_encoder, resize_notes, run_folders_problem, run_labels,
+                             seen_by_the_vae)
+from analysis.figures import confusion_matrix, readouts_figure
 from analysis.metrics import CLASSES, bootstrap_intervals, classification_report, count_class
+from analysis.report import mean_sd_text, runs_summary, write_csv
 from common import streams
 from common.atomic import ReplacedOutputs, write_atomic
 from common.cli import resolve_device
 from common.errors import UsageError, UserError
-from common.jsontext import json_text
+from common.jsontext import finite, json_text
 from common.locks import FolderLock
 from common.settings import to_dict
 from synthgen import ShardSet
@@ -206,23 +211,35 @@ def interval_text(ci: dict | None, key: str) -> str:
     return f" ({words})" if words else ""
 
 
-def run(config: ReadoutConfig, log=print) -> dict:
-    out = Path(config.out)
-    device = resolve_device(config.runtime.device)
-    encoder, meta = load_encoder(config.checkpoint, device)
-    # Every input is checked before the encoding, which takes minutes on a large set.
+@dataclass(frozen=True)
+class LabelledData:
+    """What every checkpoint's readout shares: the sets, their count classes, the split of the training
+    images into the readout's training and validation parts, and the notes on the sets themselves."""
+
+    train_sets: list[ShardSet]
+    test_sets: list[ShardSet]
+    y_all: np.ndarray
+    y_test: np.ndarray
+    train_part: np.ndarray
+    val_part: np.ndarray
+    notes: list[str]
+
+    @property
+    def tagged(self) -> list[tuple[str, ShardSet]]:
+        return [("--train", s) for s in self.train_sets] + [("--test", s) for s in self.test_sets]
+
+
+def labelled_data(config: ReadoutConfig) -> LabelledData:
+    """Open the sets and check that they can make a readout and its test, before anything is encoded (which
+    takes minutes on a large set)."""
     train_sets, test_sets = open_sets(config.train, config, "--train"), open_sets(config.test, config, "--test")
-    notes = resize_notes(meta, config.checkpoint, [("--train", s) for s in train_sets] +
-                         [("--test", s) for s in test_sets])
     problem = overlap_problem(train_sets, test_sets)
     if problem:
         raise UsageError(problem)
+    notes = []
     repeated = first_shared([("--test", s) for s in test_sets])
     if repeated:  # allowed (nothing is trained on them), but the scores and the image count would hide it
         notes.append(f"{repeated[2]}: those images are scored twice, and weigh twice in the AP and the accuracy")
-    # Not refused: the VAE never saw their labels, but a test on images the encoder learnt from flatters it.
-    notes += [f"{seen}: the test scores images its encoder learnt from, without their labels"
-              for seen in seen_by_the_vae(meta, [("--test", s) for s in test_sets])]
     y_all, y_test = count_classes(train_sets), count_classes(test_sets)
     present = np.unique(y_all)
     if present.size < 2:
@@ -235,74 +252,255 @@ def run(config: ReadoutConfig, log=print) -> dict:
         raise UserError(f"--val-fraction {config.val_fraction}: all {y_all.size} --train images are held out for "
                         "validation, none is left to train the readout on; lower it or add data")
     notes += class_notes(y_all[train_part], y_test)
-    for note in notes:
-        log(f"vae-subitize: note: {note}")
+    return LabelledData(train_sets, test_sets, y_all, y_test, train_part, val_part, notes)
+
+
+def checkpoint_notes(state: dict, checkpoint: str, data: LabelledData) -> list[str]:
+    """What one checkpoint's readout says of the sets besides their own notes: sets of another size than its
+    run's (refusing smaller ones), and test sets its VAE trained on (not refused: the VAE never saw their
+    labels, but a test on images the encoder learnt from flatters it)."""
+    notes = resize_notes(state, checkpoint, data.tagged)
+    notes += [f"{seen}: the test scores images its encoder learnt from, without their labels"
+              for seen in seen_by_the_vae(state, [("--test", s) for s in data.test_sets])]
+    return notes + data.notes
+
+
+@dataclass
+class ReadoutOutcome:
+    """One checkpoint's readout: the trained MLP with its standardisation, and every result as plain values."""
+
+    model: Readout
+    mean: np.ndarray
+    std: np.ndarray
+    result: dict
+
+
+def read_out(checkpoint: str, data: LabelledData, notes: list[str], config: ReadoutConfig, device) -> ReadoutOutcome:
+    """Encode the sets with one checkpoint's VAE, train the readout on the training part, and score it."""
+    encoder, meta = load_encoder(checkpoint, device)
+    x_all = encode_sets(data.train_sets, encoder, device, config)
+    x_test = encode_sets(data.test_sets, encoder, device, config)
+    train_part, val_part, y_all, y_test = data.train_part, data.val_part, data.y_all, data.y_test
+    mean, std = x_all[train_part].mean(axis=0), x_all[train_part].std(axis=0) + 1e-8  # from the training part only
+
+    def standardise(x):
+        return (x - mean) / std
+
+    model, training = train_readout(standardise(x_all[train_part]), y_all[train_part], standardise(x_all[val_part]),
+                                    y_all[val_part], config, device)
+
+    def probabilities(x):
+        with torch.no_grad():
+            logits = model(torch.tensor(standardise(x), dtype=torch.float32, device=device))
+            return torch.softmax(logits, dim=1).cpu().numpy()
+
+    test_probabilities = probabilities(x_test)
+    test_report = classification_report(test_probabilities, y_test)
+    if config.bootstrap:
+        test_report["ci95"] = bootstrap_intervals(test_probabilities, y_test, config.bootstrap,
+                                                  streams.rng(config.seed, streams.READOUT_BOOTSTRAP),
+                                                  config.runtime.progress)
+    result = {"checkpoint": str(Path(checkpoint).resolve()), "model_epoch": meta.get("epoch"),
+              "settings": to_dict(config), "images": images_of(data), "latent": int(x_all.shape[1]),
+              "training": training, "test": test_report,
+              "validation": classification_report(probabilities(x_all[val_part]), y_all[val_part]),
+              "ap_variant": AP_VARIANT, "published": published(), "notes": notes}
+    return ReadoutOutcome(model, mean, std, result)
+
+
+AP_VARIANT = ("non-interpolated average precision, one class against the rest, ranked by the class's softmax score "
+              "(scikit-learn's average_precision_score)")
+
+
+def published() -> dict:
+    return {k: {"values": list(v), "measure": m} for k, (v, m) in PUBLISHED.items()}
+
+
+def images_of(data: LabelledData) -> dict:
+    return {"train": int(data.train_part.size), "validation": int(data.val_part.size), "test": int(data.y_test.size)}
+
+
+def write_readout(folder: Path, outcome: ReadoutOutcome, config: ReadoutConfig) -> None:
+    """One readout's files (READOUT_FILES) in `folder`."""
+    result, test_report, training = outcome.result, outcome.result["test"], outcome.result["training"]
+    images = result["images"]
+    folder.mkdir(parents=True, exist_ok=True)
+    write_atomic(folder / "readout.json", json_text(result).encode())
+    confusion_matrix(np.array(test_report["confusion"]), CLASSES, folder / "confusion.png",
+                     f"test set: accuracy {test_report['accuracy']:.1%}, mean AP {test_report['mean_ap']:.1%}")
+    buffer = io.BytesIO()
+    torch.save({"readout": outcome.model.state_dict(), "mean": torch.tensor(outcome.mean),
+                "std": torch.tensor(outcome.std), "hidden": config.hidden, "checkpoint": result["checkpoint"]}, buffer)
+    write_atomic(folder / "readout.pt", buffer.getvalue())
+    notes = result["notes"]
+    markdown = [
+        "# Subitizing readout", "",
+        f"Frozen VAE `{result['checkpoint']}` (epoch {result['model_epoch']}); posterior means of "
+        f"{', '.join(config.train)} for training ({images['train']} images) and validation ({images['validation']} "
+        f"images, a stratified {config.val_fraction:.0%} used to choose the epoch: {training['best_epoch']}), "
+        f"and of {', '.join(config.test)} for the test ({images['test']} images).", "",
+        f"Readout: {readout_words(result['latent'], config)}.", "",
+        "Count average precision (%) per class on the test set, in the layout of the paper's Table 1. AP: "
+        f"{AP_VARIANT}. {CHANCE_AND_RECALL_WORDS}", "",
+        table(test_report, "VAE + softmax (this checkpoint)"), "",
+        f"Accuracy {test_report['accuracy']:.1%}{interval_text(test_report.get('ci95'), 'accuracy')}; "
+        "confusion matrix (rows: true count, columns: predicted) in `confusion.png` and `readout.json`.",
+        *(["", f"The 95% intervals are percentile intervals over {config.bootstrap} bootstrap resamples of the "
+               "test images: how much the scores depend on which test images were drawn. They leave out what "
+               "varies between readouts (--seed) and between VAEs (vae-train --seed): run those several times "
+               "to see it (vae-subitize takes several checkpoints)." + missing_text(test_report.get("ci95"))]
+          if config.bootstrap else []),
+        *([""] + [f"**Note:** {note}." for note in notes] if notes else []),
+    ]
+    write_atomic(folder / "table.md", ("\n".join(markdown) + "\n").encode())
+
+
+CHANCE_AND_RECALL_WORDS = (
+    "Chance is the class's prevalence in the test set. The paper's VAE row was most likely per-class recall "
+    "(accuracy within each class), not AP, so this readout's recall is given beside it. The published rows are on "
+    "the SOS test set: compare with them only when the test set is SOS's.")
+
+
+def readout_words(latent: int | str, config: ReadoutConfig) -> str:
+    return (f"MLP {latent} -> {config.hidden} -> {config.hidden} -> 5 (ReLU), softmax over 0, 1, 2, 3, 4+, cross "
+            f"entropy weighted by inverse class frequency, Adam (lr {config.lr})")
+
+
+def scores_line(report: dict) -> str:
+    """A readout's test scores in one line of the log."""
+    ci = report.get("ci95")
+    beside_ap = "; ".join(filter(None, [interval_words(ci, "mean_ap"), f"chance {report['mean_chance']:.1%}"]))
+    return (f"test mean AP {report['mean_ap']:.1%} ({beside_ap}), accuracy {report['accuracy']:.1%}"
+            f"{interval_text(ci, 'accuracy')} on {report['n']} images")
+
+
+SUMMARY_FILES = ("readout.json", "table.md", "readouts.csv", "readouts.png")  # several checkpoints: in --out
+SCORE_COLUMNS = (*(f"ap_{c}" for c in CLASSES), "mean_ap", *(f"recall_{c}" for c in CLASSES), "mean_recall",
+                 "accuracy")
+
+
+def earlier_readout(out: Path) -> list[str]:
+    """What an earlier readout wrote into `out`, as paths relative to it: its files, and for several
+    checkpoints also each run folder's, which its readout.json lists. The new readout replaces them all, so the
+    folder shows one readout; files it did not write are not named."""
+    names = {name for name in (*READOUT_FILES, *SUMMARY_FILES) if (out / name).is_file()}
+    try:
+        summary = json.loads((out / "readout.json").read_text())
+    except (OSError, ValueError):
+        summary = None
+    runs = summary.get("runs") if isinstance(summary, dict) else None
+    for row in runs if isinstance(runs, list) else []:
+        label = str(row.get("label", "")) if isinstance(row, dict) else ""
+        if label and "/" not in label and label not in (".", "..") and (out / label).is_dir():
+            names.update(f"{label}/{name}" for name in READOUT_FILES if (out / label / name).is_file())
+    return sorted(names)
+
+
+def score_row(label: str, result: dict) -> dict:
+    """One readout's scores as a row of the summary over checkpoints (readouts.csv)."""
+    test = result["test"]
+    return {"label": label, "checkpoint": result["checkpoint"], "model_epoch": result["model_epoch"],
+            "readout_epoch": result["training"]["best_epoch"],
+            **{f"ap_{c}": v for c, v in zip(CLASSES, test["ap"])}, "mean_ap": test["mean_ap"],
+            **{f"recall_{c}": v for c, v in zip(CLASSES, test["recall"])}, "mean_recall": test["mean_recall"],
+            "accuracy": test["accuracy"]}
+
+
+def runs_table(rows: list[dict], stats: dict, chance: list[float], mean_chance: float) -> str:
+    """Table 1's layout with a row per checkpoint and the mean ± sd over them, of the AP and of the recall (%)."""
+    def cell(value):
+        return "n/a" if value is None or np.isnan(value) else f"{100 * value:.1f}"
+
+    columns = {"AP": [*(f"ap_{c}" for c in CLASSES), "mean_ap"],
+               "per-class recall": [*(f"recall_{c}" for c in CLASSES), "mean_recall"]}
+    head = "| method | measure | " + " | ".join(CLASSES) + " | mean |\n|---|---|" + "---|" * (len(CLASSES) + 1)
+    lines = [head] + [f"| {method} | {measure} | " + " | ".join(f"{v:.1f}" for v in values) + " |"
+                      for method, (values, measure) in PUBLISHED.items()]
+    lines.append("| **Chance (this test set)** | prevalence | " + " | ".join(cell(v) for v in [*chance, mean_chance])
+                 + " |")
+    for measure, keys in columns.items():
+        lines += [f"| {row['label']} | {measure} | " + " | ".join(cell(row[k]) for k in keys) + " |" for row in rows]
+        lines.append(f"| **VAE + softmax, mean ± sd over {len(rows)} runs** | {measure} | "
+                     + " | ".join(spread_text(stats, k, unit="") for k in keys) + " |")
+    return "\n".join(lines)
+
+
+def write_summary(out: Path, outcomes: list[ReadoutOutcome], labels: list[str], data: LabelledData,
+                  config: ReadoutConfig) -> dict:
+    """The summary over several checkpoints' readouts in `out` (SUMMARY_FILES); returns its readout.json."""
+    rows = [score_row(label, outcome.result) for label, outcome in zip(labels, outcomes)]
+    stats = runs_summary(rows, SCORE_COLUMNS)
+    test = outcomes[0].result["test"]  # every readout is tested on the same images: one chance row
+    write_csv(out / "readouts.csv", list(rows[0]), finite(rows))
+    readouts_figure(rows, stats, test["chance"], PUBLISHED["VAE + softmax [Wever & Runia]"][0], out / "readouts.png")
+    overall = {"settings": to_dict(config), "images": images_of(data), "runs": rows, "over_runs": stats,
+               "chance": test["chance"], "mean_chance": test["mean_chance"], "ap_variant": AP_VARIANT,
+               "published": published(), "notes": data.notes, "figure": str(out / "readouts.png")}
+    write_atomic(out / "readout.json", json_text(overall).encode())
+    markdown = [
+        f"# Subitizing readout over {len(rows)} runs", "",
+        f"One readout per checkpoint, each in its own folder (table.md, readout.json, confusion.png there), all "
+        f"with the same settings and --seed {config.seed}: trained on the posterior means of "
+        f"{', '.join(config.train)} ({data.train_part.size} images, and {data.val_part.size} to choose the epoch) and "
+        f"tested on those of {', '.join(config.test)} ({data.y_test.size} images). So the spread below is that "
+        "between the VAEs (their training seeds or settings), as each readout learns to read their codes.", "",
+        f"Readout: {readout_words('/'.join(str(n) for n in sorted({o.result['latent'] for o in outcomes})), config)}.",
+        "",
+        f"Count AP (%) per class on the test set, and per-class recall, in the layout of the paper's Table 1. AP: "
+        f"{AP_VARIANT}. {CHANCE_AND_RECALL_WORDS} The mean ± sd is over the runs (sd with n - 1); each run's 95% "
+        "intervals over its test images are in its own table.md.", "",
+        runs_table(rows, stats, test["chance"], test["mean_chance"]), "",
+        f"Accuracy {spread_text(stats, 'accuracy')}. Figure: `readouts.png`; each run's scores: `readouts.csv`.",
+        *([""] + [f"**Note:** {note}." for note in data.notes] if data.notes else []),
+        *(["", "Each run's own notes (such as a test set its VAE trained on) are in its table.md."]
+          if any(o.result["notes"] != data.notes for o in outcomes) else []),
+    ]
+    write_atomic(out / "table.md", ("\n".join(markdown) + "\n").encode())
+    return overall
+
+
+def spread_text(stats: dict, column: str, unit: str = "%") -> str:
+    """A score's 'mean ± sd' over runs, in percent (n/a where no run has it)."""
+    stat = stats.get(column)
+    if stat is None:
+        return "n/a"
+    return mean_sd_text({**stat, "mean": 100 * stat["mean"], "sd": None if stat["sd"] is None else 100 * stat["sd"]},
+                        ".1f") + unit
+
+
+def run(config: ReadoutConfig, log=print) -> dict:
+    """A readout on each checkpoint's code; with several, one folder each and the summary over them."""
+    out = Path(config.out)
+    device = resolve_device(config.runtime.device)
+    # Every input is checked before the first encoding, which takes minutes on a large set.
+    states = check_checkpoints(config.checkpoint)
+    several, labels = len(config.checkpoint) > 1, run_labels(config.checkpoint)
+    problem = several and run_folders_problem(out, config.checkpoint, labels)
+    if problem:
+        raise UsageError(problem)
+    data = labelled_data(config)
+    notes = [checkpoint_notes(state, path, data) for path, state in zip(config.checkpoint, states)]
     # One readout writes the folder at a time: a second one there would interleave its files with this one's.
     # An earlier readout there is replaced as one step: a failure at any point (a full disk) puts it back.
     with FolderLock(out, "vae-subitize", doing="writing a readout there"), ReplacedOutputs(out) as outputs:
-        x_all = encode_sets(train_sets, encoder, device, config)
-        x_test = encode_sets(test_sets, encoder, device, config)
-        out.mkdir(parents=True, exist_ok=True)
-        mean, std = x_all[train_part].mean(axis=0), x_all[train_part].std(axis=0) + 1e-8  # from the training part only
-
-        def standardise(x):
-            return (x - mean) / std
-
-        model, training = train_readout(standardise(x_all[train_part]), y_all[train_part], standardise(x_all[val_part]),
-                                        y_all[val_part], config, device)
-        def probabilities(x):
-            with torch.no_grad():
-                logits = model(torch.tensor(standardise(x), dtype=torch.float32, device=device))
-                return torch.softmax(logits, dim=1).cpu().numpy()
-
-        test_probabilities = probabilities(x_test)
-        test_report = classification_report(test_probabilities, y_test)
-        if config.bootstrap:
-            test_report["ci95"] = bootstrap_intervals(test_probabilities, y_test, config.bootstrap,
-                                                      streams.rng(config.seed, streams.READOUT_BOOTSTRAP),
-                                                      config.runtime.progress)
-        val_report = classification_report(probabilities(x_all[val_part]), y_all[val_part])
-        images = {"train": int(train_part.size), "validation": int(val_part.size), "test": int(y_test.size)}
-        result = {"checkpoint": str(Path(config.checkpoint).resolve()), "model_epoch": meta.get("epoch"),
-                  "settings": to_dict(config), "images": images,
-                  "training": training, "test": test_report, "validation": val_report,
-                  "ap_variant": "non-interpolated average precision, one class against the rest, ranked by the class's "
-                                "softmax score (scikit-learn's average_precision_score)",
-                  "published": {k: {"values": list(v), "measure": m} for k, (v, m) in PUBLISHED.items()},
-                  "notes": notes}
-        outputs.set_aside([name for name in READOUT_FILES if (out / name).is_file()])
-        write_atomic(out / "readout.json", json_text(result).encode())
-        confusion_matrix(np.array(test_report["confusion"]), CLASSES, out / "confusion.png",
-                         f"test set: accuracy {test_report['accuracy']:.1%}, mean AP {test_report['mean_ap']:.1%}")
-        buffer = io.BytesIO()
-        torch.save({"readout": model.state_dict(), "mean": torch.tensor(mean), "std": torch.tensor(std),
-                    "hidden": config.hidden, "checkpoint": result["checkpoint"]}, buffer)
-        write_atomic(out / "readout.pt", buffer.getvalue())
-        markdown = [
-            "# Subitizing readout", "",
-            f"Frozen VAE `{result['checkpoint']}` (epoch {result['model_epoch']}); posterior means of "
-            f"{', '.join(config.train)} for training ({train_part.size} images) and validation ({val_part.size} "
-            f"images, a stratified {config.val_fraction:.0%} used to choose the epoch: {training['best_epoch']}), "
-            f"and of {', '.join(config.test)} for the test ({y_test.size} images).", "",
-            f"Readout: MLP {x_all.shape[1]} -> {config.hidden} -> {config.hidden} -> 5 (ReLU), softmax over 0, 1, 2, "
-            f"3, 4+, cross entropy weighted by inverse class frequency, Adam (lr {config.lr}).", "",
-            "Count average precision (%) per class on the test set, in the layout of the paper's Table 1. AP: "
-            f"{result['ap_variant']}. Chance is the class's prevalence in the test set. The paper's VAE row was most "
-            "likely per-class recall (accuracy within each class), not AP, so this readout's recall is given beside "
-            "it. The published rows are on the SOS test set: compare with them only when the test set is SOS's.", "",
-            table(test_report, "VAE + softmax (this checkpoint)"), "",
-            f"Accuracy {test_report['accuracy']:.1%}{interval_text(test_report.get('ci95'), 'accuracy')}; "
-            "confusion matrix (rows: true count, columns: predicted) in `confusion.png` and `readout.json`.",
-            *(["", f"The 95% intervals are percentile intervals over {config.bootstrap} bootstrap resamples of the "
-                   "test images: how much the scores depend on which test images were drawn. They leave out what "
-                   "varies between readouts (--seed) and between VAEs (vae-train --seed): run those several times "
-                   "to see it." + missing_text(test_report.get("ci95"))] if config.bootstrap else []),
-            *([""] + [f"**Note:** {note}." for note in notes] if notes else []),
-        ]
-        write_atomic(out / "table.md", ("\n".join(markdown) + "\n").encode())
-        ci = test_report.get("ci95")
-        beside_ap = "; ".join(filter(None, [interval_words(ci, "mean_ap"), f"chance {test_report['mean_chance']:.1%}"]))
-        log(f"vae-subitize: test mean AP {test_report['mean_ap']:.1%} ({beside_ap}), accuracy "
-            f"{test_report['accuracy']:.1%}{interval_text(ci, 'accuracy')} on {y_test.size} images")
-        log(f"  table {out / 'table.md'}; details {out / 'readout.json'}; figure {out / 'confusion.png'}")
-        return result
+        outcomes = []
+        for k, (path, label, run_notes) in enumerate(zip(config.checkpoint, labels, notes)):
+            prefix = f"vae-subitize: {label}: " if several else "vae-subitize: "
+            for note in run_notes:
+                log(f"{prefix}note: {note}")
+            outcome = read_out(path, data, run_notes, config, device)
+            if k == 0:  # set aside only now: until the first files are written, the earlier ones stay in place
+                outputs.set_aside(earlier_readout(out))
+            folder = out / label if several else out
+            write_readout(folder, outcome, config)
+            log(f"{prefix}{scores_line(outcome.result['test'])}")
+            log(f"  table {folder / 'table.md'}; details {folder / 'readout.json'}; figure {folder / 'confusion.png'}")
+            outcomes.append(outcome)
+        if not several:
+            return outcomes[0].result
+        overall = write_summary(out, outcomes, labels, data, config)
+        stats = overall["over_runs"]
+        log(f"vae-subitize: {len(outcomes)} runs; test mean AP {spread_text(stats, 'mean_ap')} (chance "
+            f"{overall['mean_chance']:.1%}), accuracy {spread_text(stats, 'accuracy')} (mean ± sd over runs)")
+        log(f"  table {out / 'table.md'}; scores {out / 'readouts.csv'}; figure {out / 'readouts.png'}")
+        return overall

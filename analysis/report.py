@@ -294,10 +294,11 @@ def run_row(summary: dict) -> dict:
     return row
 
 
-def runs_summary(rows: list[dict]) -> dict:
-    """Mean and standard deviation (ddof 1) over runs of every numeric column."""
+def runs_summary(rows: list[dict], columns=RUN_COLUMNS) -> dict:
+    """Mean and standard deviation (ddof 1) over runs of each of these columns, over the runs that have a value
+    (vae-subitize's summary uses it too)."""
     stats = {}
-    for column in RUN_COLUMNS:
+    for column in columns:
         values = np.array([r[column] for r in rows if _number(r[column]) is not None], dtype=np.float64)
         if values.size:
             # one run has no spread to show: its sd is undefined, not 0

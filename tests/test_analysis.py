@@ -1,4 +1,5 @@
 """The analyses checked against known answers: planted units, statsmodels, scikit-learn, end to end."""
+import csv
 import json
 import re
 import shutil
@@ -15,8 +16,8 @@ from PIL import Image
 from analysis import figures as draw
 from analysis.cli import analyze_main as analyse_main
 from analysis.cli import subitize_main as readout_main
-from analysis.metrics import average_precision, bootstrap_intervals, classification_report, count_class
-from analysis.readout import class_weights, stratified_split
+from analysis.metrics import CLASSES, average_precision, bootstrap_intervals, classification_report, count_class
+from analysis.readout import READOUT_FILES, class_weights, stratified_split
 from analysis.regression import AREA, NUMEROSITY, bootstrap_betas, fit_eq3, make_predictors, standardise, unit_labels
 from analysis.area_vs_number import CONFOUNDED_R
 from analysis.controls import population_decoding, rotation_null
@@ -309,13 +310,43 @@ def test_a_collapsed_run_among_several_is_reported_and_the_others_analysed(train
 def test_two_checkpoints_of_one_run_are_not_two_runs(trained, tmp_path, capsys):
     """A run's best.pt and last.pt, or a copy of the run, would count one run twice in the summary over runs."""
     shutil.copytree(trained / "run", tmp_path / "copy")
-    common = ["--data", str(trained / "analysis-set"), "--out", str(tmp_path / "out"), "--no-progress"]
-    for other in (trained / "run" / "last.pt", tmp_path / "copy" / "best.pt"):
-        assert analyse_main(["--checkpoint", str(trained / "run" / "best.pt"), str(other), *common]) == 2
-        err = capsys.readouterr().err
-        assert f"--checkpoint {trained / 'run' / 'best.pt'} and {other} are of one run" in err, err
-        assert err.count("\n") == 1
+    out = ["--out", str(tmp_path / "out"), "--no-progress"]
+    for main, inputs in ((analyse_main, ["--data", str(trained / "analysis-set")]),
+                         (readout_main, ["--train", str(trained / "train"), "--test", str(trained / "analysis-set")])):
+        for other in (trained / "run" / "last.pt", tmp_path / "copy" / "best.pt"):
+            assert main(["--checkpoint", str(trained / "run" / "best.pt"), str(other), *inputs, *out]) == 2
+            err = capsys.readouterr().err
+            assert f"--checkpoint {trained / 'run' / 'best.pt'} and {other} are of one run" in err, err
+            assert err.count("\n") == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_a_file_or_link_where_a_runs_folder_goes_is_refused_before_any_run(trained, tmp_path, capsys):
+    """With several checkpoints each run writes into a folder of its own: something else in its place failed
+    only when that run's turn came ("File exists"), after the runs before it."""
+    checkpoints = [str(trained / "run" / "best.pt"), str(trained / "run-seed1" / "best.pt")]
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "run-seed1-best").write_text("a note of the user's\n")
+    (tmp_path / "elsewhere").mkdir()
+    readout_sets = ["--train", str(trained / "train"), "--test", str(trained / "analysis-set")]
+    for prog, main, inputs in (("analyze-area-vs-number", analyse_main, ["--data", str(trained / "analysis-set")]),
+                               ("vae-subitize", readout_main, readout_sets)):
+        for what in ("not a folder", "a link"):
+            if what == "a link":
+                (out / "run-best").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+            assert main(["--checkpoint", *checkpoints, *inputs, "--out", str(out), "--no-progress"]) == 2
+            name, checkpoint = ("run-seed1-best", checkpoints[1]) if what == "not a folder" else ("run-best",
+                                                                                                  checkpoints[0])
+            assert capsys.readouterr().err == (
+                f"{prog}: error: --out {out}: {out / name} is {what}, and the results "
+                f"of --checkpoint {checkpoint} go there (a folder per checkpoint); move it, or choose another "
+                "--out\n")
+            if what == "a link":
+                (out / "run-best").unlink()
+        assert [p.name for p in out.iterdir()] == ["run-seed1-best"]
+        assert not any((tmp_path / "elsewhere").iterdir())
+    assert (out / "run-seed1-best").read_text() == "a note of the user's\n"
 
 
 def test_subitize_end_to_end(trained, tmp_path):
@@ -340,6 +371,43 @@ def test_subitize_end_to_end(trained, tmp_path):
     assert ci["accuracy"][0] <= result["test"]["accuracy"] <= ci["accuracy"][1]
     assert "| | AP, 95% interval |" in table and "percentile intervals over 1000 bootstrap resamples" in table
 
+
+
+def test_several_checkpoints_get_a_readout_each_and_a_summary_over_them(trained, tmp_path):
+    """The spread between VAEs, which no interval over the test images shows: each checkpoint's readout as it
+    would be alone, and every score's mean and sd over them."""
+    out = tmp_path / "readouts"
+    common = ["--train", str(trained / "train"), "--test", str(trained / "analysis-set"), "--epochs", "20",
+              "--bootstrap", "0", "--no-progress"]
+    checkpoints = [str(trained / "run" / "best.pt"), str(trained / "run-seed1" / "best.pt")]
+    assert readout_main(["--checkpoint", *checkpoints, "--out", str(out), *common]) == 0
+    assert readout_main(["--checkpoint", checkpoints[1], "--out", str(tmp_path / "alone"), *common]) == 0
+    alone = strict_json(tmp_path / "alone" / "readout.json")
+    assert strict_json(out / "run-seed1-best" / "readout.json")["test"] == alone["test"]
+    summary = strict_json(out / "readout.json")
+    assert [row["label"] for row in summary["runs"]] == ["run-best", "run-seed1-best"]
+    tests = [strict_json(out / row["label"] / "readout.json")["test"] for row in summary["runs"]]
+    assert tests[0] != tests[1]  # two VAEs, two codes
+    scores = {**{f"ap_{c}": [t["ap"][k] for t in tests] for k, c in enumerate(CLASSES)},
+              **{f"recall_{c}": [t["recall"][k] for t in tests] for k, c in enumerate(CLASSES)},
+              **{key: [t[key] for t in tests] for key in ("mean_ap", "mean_recall", "accuracy")}}
+    assert set(summary["over_runs"]) == set(scores)
+    for key, values in scores.items():
+        assert summary["over_runs"][key] == {"mean": pytest.approx(np.mean(values)),
+                                             "sd": pytest.approx(np.std(values, ddof=1)), "runs": 2}, key
+    with open(out / "readouts.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [float(row["mean_ap"]) for row in rows] == pytest.approx(scores["mean_ap"])
+    table = (out / "table.md").read_text()
+    mean_ap = f"{100 * np.mean(scores['mean_ap']):.1f} ± {100 * np.std(scores['mean_ap'], ddof=1):.1f}"
+    assert re.search(rf"\| \*\*VAE \+ softmax, mean ± sd over 2 runs\*\* \| AP \|.* {mean_ap} \|\n", table), table
+    assert "| run-seed1-best | per-class recall |" in table and "| CNN_FT [Zhang et al.] | AP |" in table
+    assert _valid_png(out / "readouts.png")
+    # one checkpoint into that folder replaces all of the earlier readout, its runs' folders included
+    assert readout_main(["--checkpoint", checkpoints[1], "--out", str(out), *common]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(READOUT_FILES)
+    again = strict_json(out / "readout.json")
+    assert again["test"] == alone["test"] and again["settings"]["out"] == str(out)
 
 def test_sets_that_share_images_are_told_from_sets_that_do_not(tmp_path):
     """What vae-subitize refuses to train and test on together (tests/test_bad_inputs.py has the messages)."""
