@@ -17,7 +17,8 @@ from analysis import figures as draw
 from analysis.cli import analyze_main as analyse_main
 from analysis.cli import subitize_main as readout_main
 from analysis.metrics import CLASSES, average_precision, bootstrap_intervals, classification_report, count_class
-from analysis.readout import READOUT_FILES, class_weights, stratified_split
+from analysis.readout import class_weights, stratified_split
+from analysis.readout_report import READOUT_FILES
 from analysis.regression import AREA, NUMEROSITY, bootstrap_betas, fit_eq3, make_predictors, standardise, unit_labels
 from analysis.area_vs_number import CONFOUNDED_R
 from analysis.controls import population_decoding, rotation_null
