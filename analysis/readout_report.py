@@ -39,29 +39,34 @@ PUBLISHED = {
 }
 
 
+def percent_cells(values) -> str:
+    """Fractions as table cells in percent; n/a for a score a class the test set lacks cannot have."""
+    return " | ".join("n/a" if v is None or np.isnan(v) else f"{100 * v:.1f}" for v in values)
+
+
+def table_start(chance: list[float], mean_chance: float) -> list[str]:
+    """Table 1's head and published rows, then the chance row of this test set (the classes' prevalence)."""
+    head = "| method | measure | " + " | ".join(CLASSES) + " | mean |\n|---|---|" + "---|" * (len(CLASSES) + 1)
+    return [head, *(f"| {method} | {measure} | {percent_cells(np.array(values) / 100)} |"
+                    for method, (values, measure) in PUBLISHED.items()),
+            f"| **Chance (this test set)** | prevalence | {percent_cells([*chance, mean_chance])} |"]
+
+
 def table(report: dict, name: str) -> str:
     """Table 1 of the paper with this readout's rows: its AP, and its per-class recall beside the published
     VAE row, which most likely measured that (%); each with its 95% interval when the report has them."""
-    def cells(values):
-        return " | ".join("n/a" if np.isnan(v) else f"{v:.1f}" for v in values)
-
     def spans(pairs):
         return " | ".join("n/a" if np.isnan(lo) else f"{100 * lo:.1f}-{100 * hi:.1f}" for lo, hi in pairs)
 
-    head = "| method | measure | " + " | ".join(CLASSES) + " | mean |\n|---|---|" + "---|" * (len(CLASSES) + 1)
-    rows = [f"| {method} | {measure} | {cells(values)} |" for method, (values, measure) in PUBLISHED.items()]
-    chance = [100 * c for c in report["chance"]] + [100 * report["mean_chance"]]
-    ours = [100 * a for a in report["ap"]] + [100 * report["mean_ap"]]
-    recall = [100 * r for r in report["recall"]] + [100 * report["mean_recall"]]
-    rows.append(f"| **Chance (this test set)** | prevalence | {cells(chance)} |")
+    rows = table_start(report["chance"], report["mean_chance"])
     ci = report.get("ci95")
-    rows.append(f"| **{name}** | AP | {cells(ours)} |")
+    rows.append(f"| **{name}** | AP | {percent_cells([*report['ap'], report['mean_ap']])} |")
     if ci:
         rows.append(f"| | AP, 95% interval | {spans([*ci['ap'], ci['mean_ap']])} |")
-    rows.append(f"| **{name}** | per-class recall | {cells(recall)} |")
+    rows.append(f"| **{name}** | per-class recall | {percent_cells([*report['recall'], report['mean_recall']])} |")
     if ci:
         rows.append(f"| | recall, 95% interval | {spans([*ci['recall'], ci['mean_recall']])} |")
-    return "\n".join([head, *rows])
+    return "\n".join(rows)
 
 
 def missing_text(ci: dict | None) -> str:
@@ -180,18 +185,10 @@ def score_row(label: str, result: dict) -> dict:
 
 def runs_table(rows: list[dict], stats: dict, chance: list[float], mean_chance: float) -> str:
     """Table 1's layout with a row per checkpoint and the mean ± sd over them, of the AP and of the recall (%)."""
-    def cell(value):
-        return "n/a" if value is None or np.isnan(value) else f"{100 * value:.1f}"
-
-    columns = {"AP": [*(f"ap_{c}" for c in CLASSES), "mean_ap"],
-               "per-class recall": [*(f"recall_{c}" for c in CLASSES), "mean_recall"]}
-    head = "| method | measure | " + " | ".join(CLASSES) + " | mean |\n|---|---|" + "---|" * (len(CLASSES) + 1)
-    lines = [head] + [f"| {method} | {measure} | " + " | ".join(f"{v:.1f}" for v in values) + " |"
-                      for method, (values, measure) in PUBLISHED.items()]
-    lines.append("| **Chance (this test set)** | prevalence | " + " | ".join(cell(v) for v in [*chance, mean_chance])
-                 + " |")
-    for measure, keys in columns.items():
-        lines += [f"| {row['label']} | {measure} | " + " | ".join(cell(row[k]) for k in keys) + " |" for row in rows]
+    lines = table_start(chance, mean_chance)
+    for measure, name in (("AP", "ap"), ("per-class recall", "recall")):
+        keys = [*(f"{name}_{c}" for c in CLASSES), f"mean_{name}"]
+        lines += [f"| {row['label']} | {measure} | {percent_cells([row[k] for k in keys])} |" for row in rows]
         lines.append(f"| **VAE + softmax, mean ± sd over {len(rows)} runs** | {measure} | "
                      + " | ".join(spread_text(stats, k, unit="") for k in keys) + " |")
     return "\n".join(lines)
