@@ -279,7 +279,7 @@ def run(config: ReadoutConfig, log=print) -> dict:
             outcomes.append(outcome)
         if not several:
             return outcomes[0].result
-        overall = write_summary(out, outcomes, labels, data, config)
+        overall = write_summary(out, outcomes, labels, config)
         stats = overall["over_runs"]
         log(f"vae-subitize: {len(outcomes)} runs; test mean AP {spread_text(stats, 'mean_ap')} (chance "
             f"{overall['mean_chance']:.1%}), accuracy {spread_text(stats, 'accuracy')} (mean ± sd over runs)")

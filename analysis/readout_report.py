@@ -21,7 +21,7 @@ from common.jsontext import finite, json_text
 from common.settings import to_dict
 
 if TYPE_CHECKING:
-    from analysis.readout import LabelledData, ReadoutOutcome
+    from analysis.readout import ReadoutOutcome
 
 READOUT_FILES = ("readout.json", "confusion.png", "readout.pt", "table.md")  # what a readout writes in --out
 
@@ -194,10 +194,10 @@ def runs_table(rows: list[dict], stats: dict, chance: list[float], mean_chance: 
     return "\n".join(lines)
 
 
-def write_summary(out: Path, outcomes: list[ReadoutOutcome], labels: list[str], data: LabelledData,
-                  config: ReadoutConfig) -> dict:
+def write_summary(out: Path, outcomes: list[ReadoutOutcome], labels: list[str], config: ReadoutConfig) -> dict:
     """The summary over several checkpoints' readouts in `out` (SUMMARY_FILES); returns its readout.json."""
     rows = [score_row(label, outcome.result) for label, outcome in zip(labels, outcomes)]
+    notes = [note for note in outcomes[0].result["notes"] if all(note in o.result["notes"] for o in outcomes)]
     stats = runs_summary(rows, SCORE_COLUMNS)
     test = outcomes[0].result["test"]  # every readout is tested on the same images: one chance row
     write_csv(out / "readouts.csv", list(rows[0]), finite(rows))
@@ -205,7 +205,7 @@ def write_summary(out: Path, outcomes: list[ReadoutOutcome], labels: list[str], 
     images = outcomes[0].result["images"]  # every readout trains and tests on the same images
     overall = {"settings": to_dict(config), "images": images, "runs": rows, "over_runs": stats,
                "chance": test["chance"], "mean_chance": test["mean_chance"], "ap_variant": AP_VARIANT,
-               "published": published(), "notes": data.notes, "figure": str(out / "readouts.png")}
+               "published": published(), "notes": notes, "figure": str(out / "readouts.png")}
     write_atomic(out / "readout.json", json_text(overall).encode())
     markdown = [
         f"# Subitizing readout over {len(rows)} runs", "",
@@ -221,9 +221,9 @@ def write_summary(out: Path, outcomes: list[ReadoutOutcome], labels: list[str], 
         "intervals over its test images are in its own table.md.", "",
         runs_table(rows, stats, test["chance"], test["mean_chance"]), "",
         f"Accuracy {spread_text(stats, 'accuracy')}. Figure: `readouts.png`; each run's scores: `readouts.csv`.",
-        *([""] + [f"**Note:** {note}." for note in data.notes] if data.notes else []),
-        *(["", "Each run's own notes (such as a test set its VAE trained on) are in its table.md."]
-          if any(o.result["notes"] != data.notes for o in outcomes) else []),
+        *([""] + [f"**Note:** {note}." for note in notes] if notes else []),
+        *(["", "Some runs have notes of their own (such as a test set their VAE trained on): see their table.md."]
+          if any(o.result["notes"] != notes for o in outcomes) else []),
     ]
     write_atomic(out / "table.md", ("\n".join(markdown) + "\n").encode())
     return overall

@@ -445,6 +445,15 @@ def test_a_test_set_the_vae_trained_on_is_noted(trained, tmp_path, capsys):
     assert strict_json(out / "readout.json")["notes"] == [note + ": the test scores images its encoder "
                                                                        "learnt from, without their labels"]
     assert f"**Note:** {note}" in (out / "table.md").read_text()
+    # two VAEs both trained on it: the summary over them says so too
+    assert readout_main(["--checkpoint", str(trained / "run" / "best.pt"), str(trained / "run-seed1" / "best.pt"),
+                         "--train", str(trained / "analysis-set"), "--test", str(trained / "train"), "--out", str(out),
+                         "--epochs", "2", "--bootstrap", "0", "--no-progress"]) == 0
+    noted = note + ": the test scores images its encoder learnt from, without their labels"
+    for result in (out / "readout.json", out / "run-seed1-best" / "readout.json"):
+        assert strict_json(result)["notes"] == [noted]
+    table = (out / "table.md").read_text()
+    assert f"**Note:** {note}" in table and "Some runs have notes of their own" not in table
 
 
 def test_a_test_set_given_twice_is_noted(trained, tmp_path, capsys):
