@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from analysis.config import ReadoutConfig
 from analysis.encode import (check_checkpoints, encode_set, load_encoder, resize_notes, run_folders_problem, run_labels,
@@ -123,7 +124,10 @@ def train_readout(x_train, y_train, x_val, y_val, config: ReadoutConfig, device)
     xv, yv = torch.tensor(x_val, dtype=torch.float32, device=device), torch.tensor(y_val, device=device)
     generator = torch.Generator().manual_seed(streams.seed64(config.seed, streams.READOUT_BATCHES))
     best, best_state, best_epoch, waited, history = float("inf"), None, 0, 0, []
-    for epoch in range(1, config.epochs + 1):
+    # ends early when the validation loss stops improving (--patience), which the bar's total cannot foresee
+    bar = tqdm(range(1, config.epochs + 1), desc="training the readout", unit="epoch", dynamic_ncols=True,
+               disable=not config.runtime.progress)
+    for epoch in bar:
         model.train()
         for batch in torch.randperm(len(xt), generator=generator).split(min(config.batch_size, len(xt))):
             optimizer.zero_grad()
@@ -133,6 +137,7 @@ def train_readout(x_train, y_train, x_val, y_val, config: ReadoutConfig, device)
         with torch.no_grad():
             val_loss = loss_fn(model(xv), yv).item()
         history.append(val_loss)
+        bar.set_postfix_str(f"validation loss {val_loss:.4g}", refresh=False)
         if val_loss < best:
             best, best_epoch, waited = val_loss, epoch, 0
             best_state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -140,6 +145,7 @@ def train_readout(x_train, y_train, x_val, y_val, config: ReadoutConfig, device)
             waited += 1
             if waited > config.patience:
                 break
+    bar.close()
     if best_state is None:  # every epoch's validation loss was NaN or infinite
         raise UserError(f"--lr {config.lr:g}: the readout diverged (its validation loss was never finite); lower "
                         "--lr (the default is 0.001)")

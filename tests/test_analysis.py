@@ -410,6 +410,18 @@ def test_several_checkpoints_get_a_readout_each_and_a_summary_over_them(trained,
     again = strict_json(out / "readout.json")
     assert again["test"] == alone["test"] and again["settings"]["out"] == str(out)
 
+
+def test_the_readout_shows_its_progress_unless_told_not_to(trained, tmp_path, capsys):
+    """Encoding, the readout's epochs (each with its validation loss) and the bootstrap are the long parts."""
+    common = ["--checkpoint", str(trained / "run" / "best.pt"), "--train", str(trained / "train"), "--test",
+              str(trained / "analysis-set"), "--epochs", "3", "--bootstrap", "40"]
+    assert readout_main([*common, "--out", str(tmp_path / "shown")]) == 0
+    err = capsys.readouterr().err
+    assert "encoding train: 100%" in err and "encoding analysis-set: 100%" in err
+    assert re.search(r"training the readout: 100%.*\| 3/3 .*validation loss \d", err), err
+    assert readout_main([*common, "--out", str(tmp_path / "quiet"), "--no-progress"]) == 0
+    assert capsys.readouterr().err == ""
+
 def test_sets_that_share_images_are_told_from_sets_that_do_not(tmp_path):
     """What vae-subitize refuses to train and test on together (tests/test_bad_inputs.py has the messages)."""
     fast = ["--size", "32", "--no-progress", "--workers", "1"]
