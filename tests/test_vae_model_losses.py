@@ -1,4 +1,5 @@
 """The VAE's geometry and heads, the KL, the perceptual and pixel losses, and VGG weight loading."""
+import re
 import warnings
 
 import pytest
@@ -82,6 +83,14 @@ def test_images_of_another_size_are_refused_with_the_size_and_the_conversion():
     photos = torch.randint(0, 256, (2, 161, 161, 3), dtype=torch.uint8)
     with torch.no_grad():
         assert model.encode(to_float(photos, 32))[0].shape == (2, SMALL["latent"])
+    # numpy images (np.asarray of PIL images) convert as tensors do; float or unbatched images are refused, since
+    # float ones already in [0, 1] would be divided by 255 again into near-black images
+    assert torch.equal(to_float(photos.numpy(), 32), to_float(photos, 32))
+    for images, got in ((photos.float() / 255, "float32 of shape (2, 161, 161, 3)"),
+                        (photos[0].numpy(), "uint8 of shape (161, 161, 3)")):
+        with pytest.raises(ValueError, match=re.escape(f"takes uint8 images of shape (B, H, W, 3), as shards and PIL "
+                                                       f"give them; got {got}")):
+            to_float(images, 32)
 
 
 def test_kl_equals_torch_distributions():

@@ -29,8 +29,14 @@ def _colour_constants(device: torch.device):
             torch.linalg.inv(to_yiq).float().to(device))
 
 
-def to_float(images: torch.Tensor, size: int | None = None) -> torch.Tensor:
-    """uint8 (B, H, W, 3) -> float (B, 3, size, size) in [0, 1], channels-last in memory."""
+def to_float(images, size: int | None = None) -> torch.Tensor:
+    """uint8 (B, H, W, 3), a tensor or a numpy array -> float (B, 3, size, size) in [0, 1], channels-last in
+    memory."""
+    images = torch.as_tensor(images)  # numpy arrays too, as downstream code has images (np.asarray of a PIL image)
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        # float images already in [0, 1] would be divided by 255 again: near-black images, without a word
+        raise ValueError(f"to_float takes uint8 images of shape (B, H, W, 3), as shards and PIL give them; got "
+                         f"{str(images.dtype).removeprefix('torch.')} of shape {tuple(images.shape)}")
     x = images.permute(0, 3, 1, 2).float().div_(255.0)  # a view: the NHWC bytes stay channels-last
     if size is not None and size != x.shape[-1]:
         x = F.interpolate(x, size=(size, size), mode="area")
