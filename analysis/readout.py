@@ -27,11 +27,12 @@ from analysis.readout_report import (AP_VARIANT, earlier_readout, published, sco
 from common import streams
 from common.atomic import ReplacedOutputs
 from common.cli import resolve_device
-from common.errors import UsageError, UserError
+from common.errors import UsageError, UserError, exception_line
 from common.locks import FolderLock
 from common.settings import to_dict
 from synthgen import ShardSet
 from synthgen.overlap import first_shared
+from vae.checkpoint import CheckpointError
 
 
 class Readout(nn.Module):
@@ -44,6 +45,45 @@ class Readout(nn.Module):
 
     def forward(self, x):
         return self.layers(x)
+
+
+class CountReadout(nn.Module):
+    """A trained readout as one module: posterior means of its VAE in, the probabilities of the count classes
+    0, 1, 2, 3, 4+ out, with the standardisation learnt on its training part. `checkpoint` names the VAE."""
+
+    def __init__(self, mlp: Readout, mean, std, checkpoint: str = ""):
+        super().__init__()
+        self.mlp, self.checkpoint = mlp, checkpoint
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
+
+    def forward(self, means: torch.Tensor) -> torch.Tensor:
+        if means.ndim != 2 or means.shape[1] != self.mean.numel():
+            raise ValueError(f"this readout takes posterior means of shape (n, {self.mean.numel()}), as its VAE "
+                             f"({self.checkpoint or 'see readout.json'}) gives them; got {tuple(means.shape)}")
+        return torch.softmax(self.mlp((means.float() - self.mean) / self.std), dim=1)
+
+
+READOUT_KEYS = ("readout", "mean", "std", "hidden", "checkpoint")  # what readout.pt holds
+
+
+def load_readout(path, map_location="cpu") -> CountReadout:
+    """The readout a vae-subitize run saved (its readout.pt), in eval mode: `load_readout(p)(means)` gives the
+    class probabilities of posterior means from the VAE it was trained on, which `.checkpoint` names."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file (give the readout.pt that vae-subitize wrote)")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001  (whatever torch.load raises, the file is not a readout)
+        raise CheckpointError(f"{path}: not a readable readout.pt: truncated, damaged, or not a torch file "
+                              f"({exception_line(exc)})") from None
+    if not isinstance(state, dict) or any(key not in state for key in READOUT_KEYS):
+        raise CheckpointError(f"{path}: not a readout of vae-subitize (a torch file of another kind); give the "
+                              "readout.pt it wrote")
+    mlp = Readout(state["mean"].numel(), int(state["hidden"]))
+    mlp.load_state_dict(state["readout"])
+    return CountReadout(mlp, state["mean"], state["std"], str(state["checkpoint"])).to(map_location).eval()
 
 
 def open_sets(paths, config, option: str) -> list[ShardSet]:
@@ -210,11 +250,9 @@ def checkpoint_notes(state: dict, checkpoint: str, data: LabelledData) -> list[s
 
 @dataclass
 class ReadoutOutcome:
-    """One checkpoint's readout: the trained MLP with its standardisation, and every result as plain values."""
+    """One checkpoint's readout: the trained module, and every result as plain values."""
 
-    model: Readout
-    mean: np.ndarray
-    std: np.ndarray
+    readout: CountReadout
     result: dict
 
 
@@ -229,13 +267,13 @@ def read_out(checkpoint: str, data: LabelledData, notes: list[str], config: Read
     def standardise(x):
         return (x - mean) / std
 
-    model, training = train_readout(standardise(x_all[train_part]), y_all[train_part], standardise(x_all[val_part]),
-                                    y_all[val_part], config, device)
+    mlp, training = train_readout(standardise(x_all[train_part]), y_all[train_part], standardise(x_all[val_part]),
+                                  y_all[val_part], config, device)
+    readout = CountReadout(mlp, mean, std, str(Path(checkpoint).resolve())).to(device).eval()
 
-    def probabilities(x):
+    def probabilities(x):  # as load_readout's module gives them from readout.pt
         with torch.no_grad():
-            logits = model(torch.tensor(standardise(x), dtype=torch.float32, device=device))
-            return torch.softmax(logits, dim=1).cpu().numpy()
+            return readout(torch.tensor(x, dtype=torch.float32, device=device)).cpu().numpy()
 
     test_probabilities = probabilities(x_test)
     test_report = classification_report(test_probabilities, y_test)
@@ -243,12 +281,12 @@ def read_out(checkpoint: str, data: LabelledData, notes: list[str], config: Read
         test_report["ci95"] = bootstrap_intervals(test_probabilities, y_test, config.bootstrap,
                                                   streams.rng(config.seed, streams.READOUT_BOOTSTRAP),
                                                   config.runtime.progress)
-    result = {"checkpoint": str(Path(checkpoint).resolve()), "model_epoch": meta.get("epoch"),
+    result = {"checkpoint": readout.checkpoint, "model_epoch": meta.get("epoch"),
               "settings": to_dict(config), "images": images_of(data), "latent": int(x_all.shape[1]),
               "training": training, "test": test_report,
               "validation": classification_report(probabilities(x_all[val_part]), y_all[val_part]),
               "ap_variant": AP_VARIANT, "published": published(), "notes": notes}
-    return ReadoutOutcome(model, mean, std, result)
+    return ReadoutOutcome(readout, result)
 
 
 def images_of(data: LabelledData) -> dict:

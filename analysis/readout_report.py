@@ -106,8 +106,9 @@ def write_readout(folder: Path, outcome: ReadoutOutcome, config: ReadoutConfig) 
     confusion_matrix(np.array(test_report["confusion"]), CLASSES, folder / "confusion.png",
                      f"test set: accuracy {test_report['accuracy']:.1%}, mean AP {test_report['mean_ap']:.1%}")
     buffer = io.BytesIO()
-    torch.save({"readout": outcome.model.state_dict(), "mean": torch.tensor(outcome.mean),
-                "std": torch.tensor(outcome.std), "hidden": config.hidden, "checkpoint": result["checkpoint"]}, buffer)
+    readout = outcome.readout  # what analysis.readout.load_readout rebuilds
+    torch.save({"readout": {k: v.cpu() for k, v in readout.mlp.state_dict().items()}, "mean": readout.mean.cpu(),
+                "std": readout.std.cpu(), "hidden": config.hidden, "checkpoint": readout.checkpoint}, buffer)
     write_atomic(folder / "readout.pt", buffer.getvalue())
     notes = result["notes"]
     markdown = [

@@ -17,7 +17,7 @@ from analysis import figures as draw
 from analysis.cli import analyze_main as analyse_main
 from analysis.cli import subitize_main as readout_main
 from analysis.metrics import CLASSES, average_precision, bootstrap_intervals, classification_report, count_class
-from analysis.readout import class_weights, stratified_split
+from analysis.readout import class_weights, load_readout, stratified_split
 from analysis.readout_report import READOUT_FILES
 from analysis.regression import AREA, NUMEROSITY, bootstrap_betas, fit_eq3, make_predictors, standardise, unit_labels
 from analysis.area_vs_number import CONFOUNDED_R
@@ -30,7 +30,9 @@ from synthgen.cli import main as synthgen_main
 from synthgen.overlap import shared_images
 from synthgen.stats import corr_log
 from test_pack import make_sos_tree
-from vae.checkpoint import load_checkpoint, save_checkpoint
+from vae import load_model
+from vae.augment import to_float
+from vae.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from vae.cli import main as train_main
 
 sm = pytest.importorskip("statsmodels.api", reason="statsmodels is a test dependency")
@@ -371,6 +373,24 @@ def test_subitize_end_to_end(trained, tmp_path):
     assert ci["resamples"] == 1000 and ci["mean_ap"][0] <= result["test"]["mean_ap"] <= ci["mean_ap"][1]
     assert ci["accuracy"][0] <= result["test"]["accuracy"] <= ci["accuracy"][1]
     assert "| | AP, 95% interval |" in table and "percentile intervals over 1000 bootstrap resamples" in table
+    # readout.pt, loaded as the README shows, gives the scores of readout.json on images encoded the README's way
+    counter = load_readout(out / "readout.pt")
+    assert counter.checkpoint == str((trained / "run" / "best.pt").resolve()) and not counter.training
+    model, shards = load_model(counter.checkpoint), ShardSet(trained / "analysis-set")
+    with torch.no_grad():
+        probabilities = counter(model.encode(to_float(torch.from_numpy(shards.images(np.arange(len(shards)))),
+                                                      model.config.image_size))[0]).numpy()
+    again = classification_report(probabilities, count_class(shards.labels["count"]))
+    assert again["confusion"] == result["test"]["confusion"]
+    assert again["ap"] == pytest.approx(result["test"]["ap"], abs=1e-5)
+    with pytest.raises(ValueError, match=r"takes posterior means of shape \(n, 8\), as its VAE \(.*best.pt\) gives "
+                                         r"them; got \(3, 7\)"):
+        counter(torch.zeros(3, 7))
+    for wrong, words in ((trained / "run" / "best.pt", "not a readout of vae-subitize"),
+                         (out / "nothing.pt", "no such file (give the readout.pt that vae-subitize wrote)"),
+                         (out / "table.md", "not a readable readout.pt")):
+        with pytest.raises(CheckpointError, match=re.escape(f"{wrong}: {words}")):
+            load_readout(wrong)
 
 
 
