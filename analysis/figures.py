@@ -147,32 +147,35 @@ def confusion_matrix(confusion: np.ndarray, classes, path, title: str) -> None:
 def readouts_figure(rows: list[dict], stats: dict, chance, published_vae, path) -> None:
     """Each run's per-class AP and recall (dots), their mean ± sd over runs (bars), against chance (the test
     set's prevalence) and the published VAE row (most likely recall)."""
+    from matplotlib.lines import Line2D
+
     classes = [key[len("ap_"):] for key in rows[0] if key.startswith("ap_")]
     x = np.arange(len(classes) + 1)
-    names = [*classes, "mean"]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    jitter = np.linspace(-0.15, 0.15, len(rows)) if len(rows) > 1 else np.zeros(1)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4), sharey=True)
+    jitter = np.linspace(-0.15, 0.15, len(rows))
     for ax, measure, title in ((axes[0], "ap", "count AP per class"), (axes[1], "recall", "per-class recall")):
-        keys = [f"{measure}_{c}" for c in classes] + [f"mean_{measure}"]
-        for k, key in enumerate(keys):
-            values = [100 * r[key] for r in rows if r[key] is not None and not np.isnan(r[key])]
-            ax.scatter(np.full(len(values), x[k]) + jitter[:len(values)], values, s=14, color="#4c72b0", alpha=0.7,
-                       zorder=3, label="one run" if k == 0 else None)
-            stat = stats.get(key)
+        for k, key in enumerate([f"{measure}_{c}" for c in classes] + [f"mean_{measure}"]):
+            values = np.array([np.nan if r[key] is None else 100 * r[key] for r in rows], dtype=np.float64)
+            ax.scatter(x[k] + jitter, values, s=14, color="#4c72b0", alpha=0.7, zorder=3)
+            stat = stats.get(key)  # none where the test set lacks the class
             if stat is not None:
                 ax.errorbar(x[k] + 0.3, 100 * stat["mean"], yerr=None if stat["sd"] is None else 100 * stat["sd"],
-                            fmt="o", color="black", ms=4, capsize=3, label="mean ± sd over runs" if k == 0 else None)
+                            fmt="o", color="black", ms=4, capsize=3)
         if measure == "ap":
             prevalence = [*(100 * c for c in chance), 100 * float(np.nanmean(chance))]
-            ax.scatter(x, prevalence, marker="_", s=500, color="#999999", zorder=2, label="chance (prevalence)")
+            ax.scatter(x, prevalence, marker="_", s=500, color="#999999", zorder=2)
         else:
-            ax.scatter(x, published_vae, marker="x", s=40, color="#c44e52", zorder=4,
-                       label="published VAE row (most likely recall)")
-        ax.set(xticks=x, xticklabels=names, xlabel="count class", title=title, ylim=(0, 105))
-        ax.legend(fontsize=7, loc="upper right")
+            ax.scatter(x, published_vae, marker="x", s=40, color="#c44e52", zorder=4)
+        ax.set(xticks=x, xticklabels=[*classes, "mean"], xlabel="count class", title=title, ylim=(0, 105))
     axes[0].set_ylabel("%")
+    # one legend below both panels: inside them it hid the points of a class near 100%
+    legend = [Line2D([], [], ls="", marker="o", ms=4, color="#4c72b0", alpha=0.7, label="one run"),
+              Line2D([], [], ls="-", marker="o", ms=4, color="black", label="mean ± sd over runs"),
+              Line2D([], [], ls="", marker="_", ms=14, color="#999999", label="chance: the class's prevalence (AP)"),
+              Line2D([], [], ls="", marker="x", ms=6, color="#c44e52", label="published VAE row, most likely recall")]
+    fig.legend(handles=legend, loc="lower center", ncol=4, fontsize=8, frameon=False)
     fig.suptitle(f"subitizing readout over {len(rows)} runs (test set)", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     save_figure(fig, path, dpi=110)
 
 def null_figure(null, decoding, path) -> None:
