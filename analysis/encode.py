@@ -105,7 +105,6 @@ def run_labels(checkpoints: list[str]) -> list[str]:
     return names
 
 
-
 def run_folders_problem(out, checkpoints, labels) -> str | None:
     """Why the runs' folders cannot be made in `out` (something not a folder in a run's place), as one line
     naming it; None if they can. Checked before any run, which would otherwise fail after the runs before it."""
@@ -116,6 +115,7 @@ def run_folders_problem(out, checkpoints, labels) -> str | None:
             return (f"--out {out}: {folder} is {what}, and the results of --checkpoint {path} go there (a folder "
                     "per checkpoint); move it, or choose another --out")
     return None
+
 
 def seen_by_the_vae(state: dict, sets: list[tuple[str, ShardSet]]) -> list[str]:
     """Which of these sets hold images the VAE itself trained on (from the sets its checkpoint records), each as
