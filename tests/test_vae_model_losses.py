@@ -86,6 +86,7 @@ def test_images_of_another_size_are_refused_with_the_size_and_the_conversion():
     # numpy images (np.asarray of PIL images) convert as tensors do; float or unbatched images are refused, since
     # float ones already in [0, 1] would be divided by 255 again into near-black images
     assert torch.equal(to_float(photos.numpy(), 32), to_float(photos, 32))
+    assert torch.equal(to_float(photos.numpy()[..., ::-1], 32), to_float(photos.flip(-1), 32))  # cv2's BGR flipped
     for images, got in ((photos.float() / 255, "float32 of shape (2, 161, 161, 3)"),
                         (photos[0].numpy(), "uint8 of shape (161, 161, 3)")):
         with pytest.raises(ValueError, match=re.escape(f"takes uint8 images of shape (B, H, W, 3), as shards and PIL "

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -32,7 +33,8 @@ def _colour_constants(device: torch.device):
 def to_float(images, size: int | None = None) -> torch.Tensor:
     """uint8 (B, H, W, 3), a tensor or a numpy array -> float (B, 3, size, size) in [0, 1], channels-last in
     memory."""
-    images = torch.as_tensor(images)  # numpy arrays too, as downstream code has images (np.asarray of a PIL image)
+    if not isinstance(images, torch.Tensor):  # as downstream code has images: np.asarray of a PIL image, or a
+        images = torch.from_numpy(np.ascontiguousarray(images))  # cv2 image flipped to RGB (strides < 0)
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         # float images already in [0, 1] would be divided by 255 again: near-black images, without a word
         raise ValueError(f"to_float takes uint8 images of shape (B, H, W, 3), as shards and PIL give them; got "
