@@ -143,7 +143,6 @@ def confusion_matrix(confusion: np.ndarray, classes, path, title: str) -> None:
     save_figure(fig, path, dpi=110)
 
 
-
 def readouts_figure(rows: list[dict], stats: dict, chance, published_vae, path) -> None:
     """Each run's per-class AP and recall (dots), their mean ± sd over runs (bars), against chance (the test
     set's prevalence) and the published VAE row (most likely recall)."""

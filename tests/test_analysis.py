@@ -393,7 +393,6 @@ def test_subitize_end_to_end(trained, tmp_path):
             load_readout(wrong)
 
 
-
 def test_several_checkpoints_get_a_readout_each_and_a_summary_over_them(trained, tmp_path):
     """The spread between VAEs, which no interval over the test images shows: each checkpoint's readout as it
     would be alone, and every score's mean and sd over them."""
