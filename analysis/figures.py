@@ -177,6 +177,7 @@ def readouts_figure(rows: list[dict], stats: dict, chance, published_vae, path) 
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     save_figure(fig, path, dpi=110)
 
+
 def null_figure(null, decoding, path) -> None:
     """The observed statistics against their random-rotation null distributions, and the decoding R^2."""
     keys = [k for k in ("best_numerosity_unit_r2", "best_area_unit_r2", "best_r2", "selective_units")

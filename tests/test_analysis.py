@@ -441,6 +441,7 @@ def test_the_readout_shows_its_progress_unless_told_not_to(trained, tmp_path, ca
     assert readout_main([*common, "--out", str(tmp_path / "quiet"), "--no-progress"]) == 0
     assert capsys.readouterr().err == ""
 
+
 def test_sets_that_share_images_are_told_from_sets_that_do_not(tmp_path):
     """What vae-subitize refuses to train and test on together (tests/test_bad_inputs.py has the messages)."""
     fast = ["--size", "32", "--no-progress", "--workers", "1"]
