@@ -15,7 +15,7 @@ import torch
 from analysis.config import ReadoutConfig
 from analysis.figures import confusion_matrix, readouts_figure
 from analysis.metrics import CLASSES
-from analysis.report import mean_sd_text, runs_summary, write_csv
+from analysis.report import earlier_run_folders, mean_sd_text, runs_summary, write_csv
 from common.atomic import write_atomic
 from common.jsontext import finite, json_text
 from common.settings import to_dict
@@ -166,11 +166,8 @@ def earlier_readout(out: Path) -> list[str]:
         summary = json.loads((out / "readout.json").read_text())
     except (OSError, ValueError):
         summary = None
-    runs = summary.get("runs") if isinstance(summary, dict) else None
-    for row in runs if isinstance(runs, list) else []:
-        label = str(row.get("label", "")) if isinstance(row, dict) else ""
-        if label and "/" not in label and label not in (".", "..") and (out / label).is_dir():
-            names.update(f"{label}/{name}" for name in READOUT_FILES if (out / label / name).is_file())
+    names.update(f"{label}/{name}" for label in earlier_run_folders(summary, out) for name in READOUT_FILES
+                 if (out / label / name).is_file())
     return sorted(names)
 
 

@@ -255,6 +255,15 @@ RUN_FILES = ("summary.json", "report.md", "dimensions.csv", "latents.npz")  # be
 RUNS_FILES = ("summary.json", "report.md", "runs.csv", "runs.png")
 
 
+def earlier_run_folders(summary, out: Path) -> list[str]:
+    """The run folders in `out` that an earlier summary over several runs lists (its rows' labels), both
+    commands' summaries alike; a label that would lead out of `out` (an edited or damaged file) is left out."""
+    runs = summary.get("runs") if isinstance(summary, dict) else None
+    labels = [str(row.get("label", "")) for row in runs if isinstance(row, dict)] if isinstance(runs, list) else []
+    return [label for label in labels if label and "/" not in label and label not in (".", "..")
+            and (out / label).is_dir()]
+
+
 def earlier_outputs(out: Path) -> list[str]:
     """What an earlier analysis wrote into `out`, as its summary.json records it (its files and figures, and with
     several runs those of their folders), as paths relative to `out`: the new analysis replaces them all, so that
@@ -266,11 +275,8 @@ def earlier_outputs(out: Path) -> list[str]:
         return []
     if not isinstance(summary, dict):
         return []
-    names = []
-    for row in summary.get("runs") or []:  # several runs: a folder each, named by its label
-        label = str(row.get("label", "")) if isinstance(row, dict) else ""
-        if label and "/" not in label and label not in (".", "..") and (out / label).is_dir():
-            names += [f"{label}/{name}" for name in earlier_outputs(out / label)]
+    names = [f"{label}/{name}" for label in earlier_run_folders(summary, out)  # several runs: a folder each
+             for name in earlier_outputs(out / label)]
     figures = summary.get("figures")
     figure_names = [Path(str(path)).name for path in figures.values()] if isinstance(figures, dict) else []
     names += [name for name in {*figure_names, *(RUNS_FILES if "runs" in summary else RUN_FILES)}
