@@ -261,7 +261,7 @@ def analyse(config: AnalysisConfig, log=print) -> dict:
     out = Path(config.out)
     device = resolve_device(config.runtime.device)
     states = check_checkpoints(config.checkpoint)
-    problem = len(config.checkpoint) > 1 and run_folders_problem(out, config.checkpoint, run_labels(config.checkpoint))
+    problem = run_folders_problem(out, config.checkpoint, run_labels(config.checkpoint))
     if problem:
         raise UsageError(problem)
     shards, labels = load_set(config)

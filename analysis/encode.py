@@ -107,7 +107,10 @@ def run_labels(checkpoints: list[str]) -> list[str]:
 
 def run_folders_problem(out, checkpoints, labels) -> str | None:
     """Why the runs' folders cannot be made in `out` (something not a folder in a run's place), as one line
-    naming it; None if they can. Checked before any run, which would otherwise fail after the runs before it."""
+    naming it; None if they can, or if one checkpoint writes into `out` itself. Checked before any run, which
+    would otherwise fail after the runs before it."""
+    if len(checkpoints) < 2:
+        return None
     for path, label in zip(checkpoints, labels):
         folder = Path(out) / label
         if folder.is_symlink() or folder.exists() and not folder.is_dir():  # a link: the results would go elsewhere

@@ -300,7 +300,7 @@ def run(config: ReadoutConfig, log=print) -> dict:
     # Every input is checked before the first encoding, which takes minutes on a large set.
     states = check_checkpoints(config.checkpoint)
     several, labels = len(config.checkpoint) > 1, run_labels(config.checkpoint)
-    problem = several and run_folders_problem(out, config.checkpoint, labels)
+    problem = run_folders_problem(out, config.checkpoint, labels)
     if problem:
         raise UsageError(problem)
     data = labelled_data(config)
