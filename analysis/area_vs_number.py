@@ -4,8 +4,8 @@ and whether what is found is more than chance.
 For each checkpoint: encode the set (posterior means), then the statistics, each a value of its own
 module: Stoianov & Zorzi's Eq. 3 and criteria (analysis.units), the random-rotation null and population
 decoding (analysis.controls), the two-way ANOVA of number selectivity (analysis.selectivity). Then the
-writers (analysis.report, analysis.figures). Several checkpoints (seeds, betas) get a folder each and a
-summary over them.
+writers (analysis.report, analysis.figures). Several checkpoints (seeds, betas, or the epochs that vae-train
+--save-every kept) get a folder each and a summary over them.
 """
 from __future__ import annotations
 
@@ -19,12 +19,13 @@ from analysis import figures as draw
 from analysis.config import AnalysisConfig
 from analysis.controls import Decoding, NullResult, population_decoding, rotation_null
 from analysis.encode import (check_checkpoints, encode_set, load_encoder, resize_notes, run_folders_problem,
-                             run_labels, seen_by_the_vae)
+                             run_labels, run_names, seen_by_the_vae)
 from analysis.regression import AREA, NUMEROSITY, Predictors, make_predictors
-from analysis.report import (collapsed_markdown, collapsed_summary, earlier_outputs, mean_sd_text, report_markdown,
-                             run_row, run_summary, runs_markdown, runs_summary, write_dimensions, write_runs_csv)
+from analysis.report import (collapsed_markdown, collapsed_summary, earlier_outputs, epochs_markdown, epochs_summary,
+                             mean_sd_text, report_markdown, run_row, run_summary, runs_markdown, runs_summary,
+                             write_dimensions, write_runs_csv)
 from analysis.selectivity import Design, Selectivity, anova_moments, make_design, number_selectivity
-from analysis.units import Criteria, NoActiveDimension, UnitResult, find_units
+from analysis.units import UNTRAINED_ACTIVE_THRESHOLD, Criteria, NoActiveDimension, UnitResult, find_units
 from common import streams
 from common.atomic import ReplacedOutputs, write_atomic
 from common.cli import resolve_device
@@ -62,11 +63,14 @@ class RunAnalysis:
     decoding: list[Decoding]
     set_notes: list[str]
     image_sizes: tuple[int, int] = (0, 0)  # the set's, the model's
+    active_threshold: float = 0.01  # the one applied (criteria_of: all varying dimensions of an untrained model)
     figures: dict[str, str] = field(default_factory=dict)
 
 
-def criteria_of(config: AnalysisConfig) -> Criteria:
-    return Criteria(config.r2_min, config.beta_max, config.active_threshold, config.log1p)
+def criteria_of(config: AnalysisConfig, epoch: int | None = None) -> Criteria:
+    """The criteria for a checkpoint of `epoch`: an untrained model's (epoch 0) dimensions are all analysed."""
+    threshold = UNTRAINED_ACTIVE_THRESHOLD if epoch == 0 else config.active_threshold
+    return Criteria(config.r2_min, config.beta_max, threshold, config.log1p)
 
 
 def set_notes(shards: ShardSet) -> list[str]:
@@ -106,11 +110,10 @@ def run_notes(state: dict, checkpoint: str, shards: ShardSet, confound: str | No
     return ([confound] if confound else []) + resize_notes(state, checkpoint, [("--data", shards)]) + seen
 
 
-def analyse_latents(means: np.ndarray, labels: SetLabels, config: AnalysisConfig) -> tuple[UnitResult, Selectivity,
-                                                                                            NullResult | None,
-                                                                                            list[Decoding]]:
+def analyse_latents(means: np.ndarray, labels: SetLabels, config: AnalysisConfig, criteria: Criteria
+                    ) -> tuple[UnitResult, Selectivity, NullResult | None, list[Decoding]]:
     """The statistics of one run, from its posterior means: units, selectivity, null, decoding."""
-    units = find_units(means, labels.predictors, criteria_of(config), config.bootstrap, config.seed)
+    units = find_units(means, labels.predictors, criteria, config.bootstrap, config.seed)
     z = units.latents(means)
     design = labels.design
     z_design = means[design.used][:, units.active]
@@ -138,8 +141,9 @@ def analyse_run(checkpoint: str, label: str, shards: ShardSet, labels: SetLabels
         log(f"analyze-area-vs-number: {label}: note: {note}")
     model, meta = load_encoder(checkpoint, device)
     means = encode_set(model, shards, device, config.batch_size, config.runtime.progress)
+    criteria = criteria_of(config, meta.get("epoch"))
     try:
-        units, selectivity, null, decoding = analyse_latents(means, labels, config)
+        units, selectivity, null, decoding = analyse_latents(means, labels, config, criteria)
     except NoActiveDimension as exc:
         if not collapsed_ok:
             raise NoActiveDimension(f"--checkpoint {checkpoint}: {exc}") from None
@@ -158,12 +162,12 @@ def analyse_run(checkpoint: str, label: str, shards: ShardSet, labels: SetLabels
         return summary
     run = RunAnalysis(label, str(Path(checkpoint).resolve()), meta.get("epoch"), str(shards.root), len(shards),
                       units, selectivity, null, decoding, set_notes(shards) + list(notes),
-                      (shards.image_size, model.config.image_size))
+                      (shards.image_size, model.config.image_size), criteria.active_threshold)
     run.figures = write_figures(out, run, model, shards, means, labels, config, device)
     summary = run_summary(run, to_dict(config))
     write_dimensions(out / "dimensions.csv", run)
     write_atomic(out / "summary.json", json_text(summary).encode())
-    report = report_markdown(run, summary, criteria_of(config), config.bootstrap, config.seed)
+    report = report_markdown(run, summary, criteria, config.bootstrap, config.seed)
     write_atomic(out / "report.md", report.encode())
     found = units.units
     chance = (f"; against {null.rotations} rotations: p = {null.p['best_numerosity_unit_r2']:.3f} (best numerosity "
@@ -257,11 +261,15 @@ def anova_problem(design: Design, config: AnalysisConfig) -> str | None:
 
 
 def analyse(config: AnalysisConfig, log=print) -> dict:
-    """Analyse every checkpoint on the set; with several, also write the summary over runs."""
+    """Analyse every checkpoint on the set; with several, also write the summary over runs, or over the course of
+    training where a run is given at several epochs."""
     out = Path(config.out)
     device = resolve_device(config.runtime.device)
-    states = check_checkpoints(config.checkpoint)
-    problem = run_folders_problem(out, config.checkpoint, run_labels(config.checkpoint))
+    states = check_checkpoints(config.checkpoint, epochs_of_a_run=True)
+    runs = run_names(config.checkpoint, states)
+    over_training = len(set(runs)) < len(runs)  # a run at several epochs (vae-train --save-every)
+    names = run_labels(config.checkpoint)
+    problem = run_folders_problem(out, config.checkpoint, names)
     if problem:
         raise UsageError(problem)
     shards, labels = load_set(config)
@@ -271,19 +279,27 @@ def analyse(config: AnalysisConfig, log=print) -> dict:
     # The earlier analysis there is replaced as one step: a failure at any point (a full disk) puts it back.
     with FolderLock(out, "analyze-area-vs-number", doing="writing an analysis there"), ReplacedOutputs(out) as outputs:
         if len(config.checkpoint) == 1:
-            return analyse_run(config.checkpoint[0], run_labels(config.checkpoint)[0], shards, labels, config, out,
-                               device, outputs, log, notes[0], replace=(out,))
+            return analyse_run(config.checkpoint[0], names[0], shards, labels, config, out, device, outputs, log,
+                               notes[0], replace=(out,))
         summaries = [analyse_run(path, name, shards, labels, config, out / name, device, outputs, log, run_notes,
                                  replace=(out, out / name) if k == 0 else (out / name,), collapsed_ok=True)
-                     for k, (path, name, run_notes) in enumerate(zip(config.checkpoint, run_labels(config.checkpoint),
-                                                                      notes))]
-        rows = [run_row(s) for s in summaries]
-        stats = runs_summary(rows)
+                     for k, (path, name, run_notes) in enumerate(zip(config.checkpoint, names, notes))]
+        rows = [run_row(s, run) for s, run in zip(summaries, runs)]
         write_runs_csv(out / "runs.csv", rows)
         null_95th = [(s.get("null") or {}).get("null_95th_percentile", {}).get("best_r2") for s in summaries]
+        overall = {"data": str(shards.root), "settings": to_dict(config), "runs": rows, "figure": str(out / "runs.png")}
+        if over_training:
+            course = overall["over_training"] = epochs_summary(rows)
+            draw.epochs_figure(rows, null_95th, out / "runs.png")
+            write_atomic(out / "summary.json", json_text(overall).encode())
+            write_atomic(out / "report.md", epochs_markdown(rows, course, str(shards.root)).encode())
+            epochs = [int(epoch) for epoch in course["by_epoch"]]
+            log(f"analyze-area-vs-number: {len(rows)} checkpoints of {len(course['runs'])} run(s), epochs {epochs[0]} "
+                f"to {epochs[-1]}; summary {out / 'report.md'}, {out / 'runs.csv'}, {out / 'runs.png'}")
+            return overall
+        stats = runs_summary(rows)
         draw.runs_figure(rows, null_95th, out / "runs.png")
-        overall = {"data": str(shards.root), "settings": to_dict(config), "runs": rows, "over_runs": stats,
-                   "figure": str(out / "runs.png")}
+        overall["over_runs"] = stats
         write_atomic(out / "summary.json", json_text(overall).encode())
         write_atomic(out / "report.md", runs_markdown(rows, stats, str(shards.root)).encode())
         collapsed = [row["label"] for row in rows if row["collapsed"]]

@@ -13,6 +13,7 @@ from synthgen import ShardSet
 from synthgen.overlap import shared_images
 from vae.augment import to_float
 from vae.checkpoint import CheckpointError, load_checkpoint, load_model_and_metadata, run_identity, saved_sets
+from vae.config import EPOCHS_FOLDER
 from vae.model import ModelConfig
 
 
@@ -71,37 +72,65 @@ def resize_notes(state: dict, checkpoint, sets: list[tuple[str, ShardSet]]) -> l
     return notes
 
 
-def check_checkpoints(paths) -> list[dict]:
+def check_checkpoints(paths, epochs_of_a_run: bool = False) -> list[dict]:
     """Refuse a missing, truncated or foreign checkpoint before any is used: with several runs, the last one
     would otherwise fail after minutes of analysing the others. The tensors are mapped, not read; the
     checkpoints so read are returned, in order.
 
     Several checkpoints are several runs, summarised over (mean and sd): two of one run (its best.pt and
-    last.pt, or a copy of it) are refused, since they would count one run twice."""
-    runs, states = {}, []
+    last.pt, or a copy of it) are refused, since they would count one run twice. With `epochs_of_a_run`,
+    checkpoints of one run at different epochs (vae-train --save-every) are its course of training, and only
+    one run at one epoch twice is refused."""
+    seen, states = {}, []
     for path in paths:
         try:
             state = load_checkpoint(path, mmap=True)
         except CheckpointError as exc:
             raise CheckpointError(f"--checkpoint {exc}") from None
-        identity = run_identity(state)
-        if identity in runs:
-            raise UsageError(f"--checkpoint {runs[identity]} and {path} are of one run (the same settings and --seed "
+        key = (run_identity(state), int(state["epoch"])) if epochs_of_a_run else run_identity(state)
+        if key in seen and epochs_of_a_run:
+            raise UsageError(f"--checkpoint {seen[key]} and {path} are one run at one epoch ({state['epoch']}: a run's "
+                             "best.pt and last.pt when its last epoch was its best, or a copy of a run), and the "
+                             "summary would count that model twice; give it once")
+        if key in seen:
+            raise UsageError(f"--checkpoint {seen[key]} and {path} are of one run (the same settings and --seed "
                              "on the same sets: a run's best.pt and last.pt, or a copy of a run), and the summary "
                              "over runs would count it twice; give one checkpoint per run, or analyse them one at a "
                              "time")
-        runs[identity] = path
+        seen[key] = path
         states.append(state)
     return states
 
 
+def run_folder(checkpoint) -> Path:
+    """The folder of the run a checkpoint is of: where it lies, or above the folder of kept epochs."""
+    folder = Path(checkpoint).resolve().parent
+    return folder.parent if folder.name == EPOCHS_FOLDER else folder
+
+
+def _folder_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")
+
+
 def run_labels(checkpoints: list[str]) -> list[str]:
-    """A folder name per checkpoint: its run folder and file (runs-seed1-best), made unique."""
+    """A folder name per checkpoint: its run folder and file (seed1-best, seed1-epoch-0010), made unique."""
     names = []
     for path in checkpoints:
-        p = Path(path).resolve()
-        name = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{p.parent.name}-{p.stem}").strip("-") or "run"
+        name = _folder_name(f"{run_folder(path).name}-{Path(path).stem}") or "run"
         names.append(name if name not in names else f"{name}-{len(names)}")
+    return names
+
+
+def run_names(checkpoints: list[str], states: list[dict]) -> list[str]:
+    """The run each checkpoint is of, by name: the run folder of its first checkpoint, made unique; checkpoints
+    of one run (the same settings and --seed on the same sets) share it, wherever they lie."""
+    names, by_identity = [], {}
+    for path, state in zip(checkpoints, states):
+        identity = run_identity(state)
+        if identity not in by_identity:
+            name = _folder_name(run_folder(path).name) or "run"
+            by_identity[identity] = name if name not in by_identity.values() else f"{name}-{len(by_identity)}"
+        names.append(by_identity[identity])
     return names
 
 

@@ -267,3 +267,43 @@ def runs_figure(rows: list[dict], null_95th: list[float | None], path) -> None:
     axes[1].legend(fontsize=7, loc="upper right", ncol=2)
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
+
+
+def epochs_figure(rows: list[dict], null_95th: list[float | None], path) -> None:
+    """The course of training: per run, against the epoch, the best R^2 with its null's 95th percentile, the units
+    found, and the population decoding R^2."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    runs = list(dict.fromkeys(row["run"] for row in rows))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+
+    def values(key, chosen):
+        return [np.nan if row[key] is None else row[key] for row in chosen]  # None: a collapsed code
+
+    for k, run in enumerate(runs):
+        order = sorted((i for i, row in enumerate(rows) if row["run"] == run), key=lambda i: rows[i]["model_epoch"])
+        chosen = [rows[i] for i in order]
+        epochs = [row["model_epoch"] for row in chosen]
+        colour, name = colours[k % len(colours)], run if len(runs) > 1 else ""
+        axes[0].plot(epochs, values("best_r2", chosen), "o-", color=colour, label=f"{name} observed".strip())
+        axes[0].plot(epochs, [np.nan if null_95th[i] is None else null_95th[i] for i in order], "_--", color=colour,
+                     markersize=14, label=f"{name} null 95th percentile".strip())
+        axes[1].plot(epochs, values("numerosity_units", chosen), "o-", color=colour,
+                     label=f"{name} numerosity units".strip())
+        axes[1].plot(epochs, values("area_units", chosen), "s:", color=colour, label=f"{name} area units".strip())
+        axes[1].plot(epochs, values("selective_units", chosen), "^--", color=colour,
+                     label=f"{name} number-selective (ANOVA)".strip())
+        axes[2].plot(epochs, values("decoding_r2_log_n", chosen), "o-", color=colour, label=f"{name} log N".strip())
+        axes[2].plot(epochs, values("decoding_r2_log_a", chosen), "s:", color=colour, label=f"{name} log A".strip())
+    lowest = min([row[key] for row in rows for key in ("decoding_r2_log_n", "decoding_r2_log_a")
+                  if row[key] is not None] + [0])  # cross-validated R^2 is below 0 where a code holds nothing
+    counts = [row[key] or 0 for row in rows for key in ("numerosity_units", "area_units", "selective_units")]
+    axes[0].set(title="best R^2 of Eq. 3", xlabel="epoch", ylabel="R^2", ylim=(0, None))
+    axes[1].set(title="units found", xlabel="epoch", ylabel="dimensions", ylim=(-0.2, max(counts + [1]) + 0.5))
+    axes[1].yaxis.get_major_locator().set_params(integer=True)
+    axes[2].set(title="population decoding R^2", xlabel="epoch", ylabel="R^2", ylim=(lowest - 0.05, 1.05))
+    axes[2].axhline(0, color="grey", lw=0.6)
+    for ax in axes:
+        ax.legend(fontsize=7, loc="best")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.tight_layout()
+    save_figure(fig, path, dpi=110)

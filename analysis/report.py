@@ -44,7 +44,8 @@ def run_summary(run: "RunAnalysis", settings: dict) -> dict:
     summary = {
         "label": run.label, "checkpoint": run.checkpoint, "model_epoch": run.epoch, "data": run.data,
         "settings": settings, "n_images": run.n_images, "latent": int(units.active.size),
-        "active_dims": int(units.active.sum()), "inactive_dims": [int(d) for d in np.flatnonzero(~units.active)],
+        "active_dims": int(units.active.sum()), "active_threshold": run.active_threshold,
+        "inactive_dims": [int(d) for d in np.flatnonzero(~units.active)],
         "fit_images": int(units.predictors.used.sum()), "excluded_n0_images": units.predictors.excluded_zero,
         "predictor_correlation": units.predictors.correlation,
         "predictors": ("standardised log(1 + N), log(1 + A)" if units.predictors.transform == "log1p"
@@ -209,8 +210,10 @@ def report_markdown(run: "RunAnalysis", summary: dict, criteria, bootstrap: int,
         f"({summary['n_images']} images{_sizes(summary['image_size'])}).", "",
         "## Method",
         f"* Posterior means of {summary['latent']} latent dimensions; {summary['active_dims']} are active (variance "
-        f"of the posterior mean over the set >= {criteria.active_threshold}); inactive and left out: "
-        f"{', '.join(f'z{d}' for d in summary['inactive_dims']) or 'none'}.",
+        f"of the posterior mean over the set >= {criteria.active_threshold:g}"
+        + (": the untrained model, whose code no KL term has shaped yet, so every dimension that varies is analysed "
+           "and --active-threshold applies to trained models only" if summary["model_epoch"] == 0 else "")
+        + f"); inactive and left out: {', '.join(f'z{d}' for d in summary['inactive_dims']) or 'none'}.",
         f"* Eq. 3 fitted by OLS with an intercept for every active dimension: standardised z_i on "
         f"{summary['predictors']}, over {summary['fit_images']} images (corr(log N, log A) = "
         f"{summary['predictor_correlation']:+.3f} over them)"
@@ -284,11 +287,12 @@ def earlier_outputs(out: Path) -> list[str]:
     return sorted(names)
 
 
-def run_row(summary: dict) -> dict:
-    """One run's key figures, as a row of the multi-run summary."""
+def run_row(summary: dict, run: str) -> dict:
+    """One checkpoint's key figures, as a row of the summary over several; `run` names the run it is of."""
     null = summary.get("null") or {}
     decoding = {(d["target"], d["features"]): d["r2"] for d in summary["decoding"]}
-    row = {"label": summary["label"], "checkpoint": summary["checkpoint"], "model_epoch": summary["model_epoch"],
+    row = {"label": summary["label"], "run": run, "checkpoint": summary["checkpoint"],
+           "model_epoch": summary["model_epoch"],
            "active_dims": summary["active_dims"], "numerosity_units": len(summary["numerosity_units"]),
            "area_units": len(summary["area_units"]), "best_r2": summary["best_dimension"]["r2"],
            "selective_units": len((summary.get("selectivity") or {}).get("selective_units", [])),
@@ -320,18 +324,19 @@ def mean_sd_text(stat: dict, spec: str) -> str:
     return f"{stat['mean']:{spec}} ± {stat['sd']:{spec}}"
 
 
-def runs_markdown(rows: list[dict], stats: dict, data: str) -> str:
-    def cell(value, column):
-        if _number(value) is None:
-            return "-"
-        return f"{value:.3f}" if column.startswith(("best", "p_", "decoding")) else f"{value:g}"
+def _cell(value, column: str) -> str:
+    if _number(value) is None:
+        return "-"
+    return f"{value:.3f}" if column.startswith(("best", "p_", "decoding")) else f"{value:g}"
 
+
+def runs_markdown(rows: list[dict], stats: dict, data: str) -> str:
     lines = ["# Area versus number over several runs", "", f"Set `{data}`; {len(rows)} runs, each analysed in its "
              "own folder (report.md there). p: random-rotation null; decoding: cross-validated ridge R^2 from all "
              "active dimensions.", "",
              "| run | " + " | ".join(RUN_COLUMNS) + " |", "|---|" + "---|" * len(RUN_COLUMNS)]
     for row in rows:
-        lines.append(f"| {row['label']} | " + " | ".join(cell(row[c], c) for c in RUN_COLUMNS) + " |")
+        lines.append(f"| {row['label']} | " + " | ".join(_cell(row[c], c) for c in RUN_COLUMNS) + " |")
     collapsed = [row["label"] for row in rows if row.get("collapsed")]
     lines.append("| **mean ± sd** | " + " | ".join(
         mean_sd_text(stats[c], ".3g") if c in stats else "-" for c in RUN_COLUMNS) + " |")
@@ -340,6 +345,43 @@ def runs_markdown(rows: list[dict], stats: dict, data: str) -> str:
         lines += ["", f"No active latent dimension in {', '.join(collapsed)}: a collapsed code, counted as 0 units; "
                   f"it has no R^2, p or decoding{others}."]
     lines += ["", f"For reference, the paper (section 4.4): {PAPER_RESULT}.", "", "Figure: `runs.png`."]
+    return "\n".join(lines) + "\n"
+
+
+def epochs_summary(rows: list[dict]) -> dict:
+    """The course of training (checkpoints of runs at several epochs): each run's epochs, and per epoch the mean
+    and sd over the runs that have it (`runs_summary`)."""
+    runs: dict[str, list[int]] = {}
+    for row in rows:
+        runs.setdefault(row["run"], []).append(row["model_epoch"])
+    epochs = sorted({row["model_epoch"] for row in rows})
+    return {"runs": {name: sorted(found) for name, found in runs.items()},
+            "by_epoch": {str(epoch): runs_summary([row for row in rows if row["model_epoch"] == epoch])
+                         for epoch in epochs}}
+
+
+def epochs_markdown(rows: list[dict], course: dict, data: str) -> str:
+    """report.md over the course of training: a row per checkpoint, in each run's order of epochs, and the mean
+    ± sd over runs of each epoch that several runs have."""
+    ordered = sorted(rows, key=lambda row: (list(course["runs"]).index(row["run"]), row["model_epoch"]))
+    runs = ", ".join(f"{name} (epochs {', '.join(map(str, epochs))})" for name, epochs in course["runs"].items())
+    lines = ["# Area versus number over the course of training", "",
+             f"Set `{data}`; {len(rows)} checkpoints of {len(course['runs'])} run(s): {runs}. Each is analysed in its "
+             "own folder (report.md there); epoch 0 is the untrained model (vae-train --save-every keeps it). "
+             "p: random-rotation null of that checkpoint's code; decoding: cross-validated ridge R^2 from all active "
+             "dimensions.", "",
+             "| run | epoch | " + " | ".join(RUN_COLUMNS) + " |", "|---|---|" + "---|" * len(RUN_COLUMNS)]
+    lines += [f"| {row['run']} | {row['model_epoch']} | " + " | ".join(_cell(row[c], c) for c in RUN_COLUMNS) + " |"
+              for row in ordered]
+    shared = {epoch: stats for epoch, stats in course["by_epoch"].items()
+              if max((stat["runs"] for stat in stats.values()), default=0) > 1}
+    if shared:
+        lines += ["", "Mean ± sd over the runs that have the epoch:", "",
+                  "| epoch | " + " | ".join(RUN_COLUMNS) + " |", "|---|" + "---|" * len(RUN_COLUMNS)]
+        lines += [f"| {epoch} | " + " | ".join(mean_sd_text(stats[c], ".3g") if c in stats else "-"
+                                                for c in RUN_COLUMNS) + " |" for epoch, stats in shared.items()]
+    lines += ["", f"For reference, the paper (section 4.4, after training): {PAPER_RESULT}.", "",
+              "Figure: `runs.png`, the statistics against the epoch."]
     return "\n".join(lines) + "\n"
 
 

@@ -22,7 +22,7 @@ from analysis.readout_report import READOUT_FILES
 from analysis.regression import AREA, NUMEROSITY, bootstrap_betas, fit_eq3, make_predictors, standardise, unit_labels
 from analysis.area_vs_number import CONFOUNDED_R
 from analysis.controls import population_decoding, rotation_null
-from analysis.units import Criteria, find_units
+from analysis.units import UNTRAINED_ACTIVE_THRESHOLD, Criteria, find_units
 from common import streams
 from conftest import lock_held_elsewhere, strict_json
 from synthgen import ShardSet
@@ -203,7 +203,9 @@ def trained(tmp_path_factory):
                           "--max-occlusion", "0", "--area-range", "0.04-0.2", "--out", str(root / "analysis-set"),
                           *fast]) == 0
     for run, seed in (("run", "0"), ("run-seed1", "1")):  # two independent runs for the summary over runs
+        # --save-every: the course of training, for the summary over epochs (it changes nothing of the run)
         assert train_main(["--data", str(root / "train"), "--out", str(root / run), "--epochs", "4", "--seed", seed,
+                           "--save-every", "2",
                            "--encoder", "8@4x4-1,16@4x4-2,16@4x4-2,32@4x4-2", "--decoder",
                            "32@3x3-1,16@3x3-2,16@3x3-2,8@3x3-2", "--latent", "8", "--batch-size", "16", "--workers",
                            "0", "--recon", "pixel", "--beta", "1", "--no-progress"]) == 0
@@ -311,17 +313,61 @@ def test_a_collapsed_run_among_several_is_reported_and_the_others_analysed(train
 
 
 def test_two_checkpoints_of_one_run_are_not_two_runs(trained, tmp_path, capsys):
-    """A run's best.pt and last.pt, or a copy of the run, would count one run twice in the summary over runs."""
+    """A run's best.pt and last.pt, or a copy of the run, would count one run twice in the summary over runs;
+    the area analysis takes one run at several epochs as its course of training, but not one epoch twice."""
     shutil.copytree(trained / "run", tmp_path / "copy")
     out = ["--out", str(tmp_path / "out"), "--no-progress"]
-    for main, inputs in ((analyse_main, ["--data", str(trained / "analysis-set")]),
-                         (readout_main, ["--train", str(trained / "train"), "--test", str(trained / "analysis-set")])):
-        for other in (trained / "run" / "last.pt", tmp_path / "copy" / "best.pt"):
-            assert main(["--checkpoint", str(trained / "run" / "best.pt"), str(other), *inputs, *out]) == 2
-            err = capsys.readouterr().err
-            assert f"--checkpoint {trained / 'run' / 'best.pt'} and {other} are of one run" in err, err
-            assert err.count("\n") == 1
+    readout_inputs = ["--train", str(trained / "train"), "--test", str(trained / "analysis-set")]
+    for other in (trained / "run" / "last.pt", tmp_path / "copy" / "best.pt",
+                  trained / "run" / "checkpoints" / "epoch-0002.pt"):
+        assert readout_main(["--checkpoint", str(trained / "run" / "best.pt"), str(other), *readout_inputs, *out]) == 2
+        err = capsys.readouterr().err
+        assert f"--checkpoint {trained / 'run' / 'best.pt'} and {other} are of one run" in err, err
+        assert err.count("\n") == 1
+    last = trained / "run" / "last.pt"
+    for other in (trained / "run" / "checkpoints" / "epoch-0004.pt", tmp_path / "copy" / "last.pt"):
+        assert analyse_main(["--checkpoint", str(last), str(other), "--data", str(trained / "analysis-set"), *out]) == 2
+        err = capsys.readouterr().err
+        assert f"--checkpoint {last} and {other} are one run at one epoch (4: " in err, err
+        assert err.count("\n") == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_a_runs_kept_epochs_are_analysed_as_its_course_of_training(trained, tmp_path, capsys):
+    out = tmp_path / "course"
+    kept = [trained / "run-seed1" / "checkpoints" / f"epoch-{k:04d}.pt" for k in (0, 2, 4)]
+    checkpoints = [str(path) for path in (*kept, trained / "run" / "checkpoints" / "epoch-0004.pt")]
+    assert analyse_main(["--checkpoint", *checkpoints, "--data", str(trained / "analysis-set"), "--out", str(out),
+                         "--bootstrap", "40", "--null-rotations", "20", "--no-progress"]) == 0
+    assert "analyze-area-vs-number: 4 checkpoints of 2 run(s), epochs 0 to 4;" in capsys.readouterr().out
+    summary = strict_json(out / "summary.json")
+    rows = summary["runs"]
+    assert [(row["run"], row["model_epoch"], row["label"]) for row in rows] == [
+        ("run-seed1", 0, "run-seed1-epoch-0000"), ("run-seed1", 2, "run-seed1-epoch-0002"),
+        ("run-seed1", 4, "run-seed1-epoch-0004"), ("run", 4, "run-epoch-0004")]
+    for row in rows:  # each checkpoint analysed in its own folder, as one run alone would be
+        alone = strict_json(out / row["label"] / "summary.json")
+        assert (alone["model_epoch"], alone["active_dims"]) == (row["model_epoch"], row["active_dims"])
+    assert "over_runs" not in summary  # epochs of one run are not independent runs: no mean ± sd over them all
+    course = summary["over_training"]
+    assert course["runs"] == {"run-seed1": [0, 2, 4], "run": [4]}
+    at_4 = [row["decoding_r2_log_n"] for row in rows if row["model_epoch"] == 4]
+    assert course["by_epoch"]["4"]["decoding_r2_log_n"] == {"mean": pytest.approx(np.mean(at_4)),
+                                                             "sd": pytest.approx(np.std(at_4, ddof=1)), "runs": 2}
+    assert course["by_epoch"]["2"]["numerosity_units"]["runs"] == 1
+    # the untrained model: its posterior means vary by about 1e-5, under --active-threshold, yet every dimension
+    # carries the image; all are analysed (every statistic is scale-free), and its report says why
+    untrained = strict_json(out / "run-seed1-epoch-0000" / "summary.json")
+    assert (untrained["active_dims"], untrained["active_threshold"]) == (8, UNTRAINED_ACTIVE_THRESHOLD)
+    assert np.load(out / "run-seed1-epoch-0000" / "latents.npz")["means"].var(axis=0).max() < 0.01
+    assert "the untrained model, whose code no KL term has shaped yet" in \
+        (out / "run-seed1-epoch-0000" / "report.md").read_text()
+    assert strict_json(out / "run-seed1-epoch-0002" / "summary.json")["active_threshold"] == 0.01
+    assert rows[0]["decoding_r2_log_n"] != rows[2]["decoding_r2_log_n"]  # the untrained code is another code
+    report = (out / "report.md").read_text()
+    assert "over the course of training" in report and "| run-seed1 | 0 | " in report
+    assert re.search(r"^\| 4 \| \d+ ± ", report, re.MULTILINE) and not re.search(r"^\| [02] \| ", report, re.MULTILINE)
+    assert len((out / "runs.csv").read_text().splitlines()) == 5 and _valid_png(out / "runs.png")
 
 
 def test_a_file_or_link_where_a_runs_folder_goes_is_refused_before_any_run(trained, tmp_path, capsys):

@@ -17,7 +17,7 @@ from PIL import Image
 from conftest import lock_held_elsewhere, not_json, strict_json
 from synthgen.cli import main as synthgen_main
 from test_pack import make_sos_tree
-from vae.checkpoint import load_checkpoint, load_model_and_metadata, save_checkpoint
+from vae.checkpoint import load_checkpoint, load_model_and_metadata, run_identity, save_checkpoint
 from common.errors import UserError
 from vae.cli import main as train_main
 from vae.cli import make_parser
@@ -365,6 +365,29 @@ def test_a_run_taken_over_between_the_checks_and_the_start_is_refused(data, tmp_
     with pytest.raises(UserError, match="went on while this command started"):
         train(late_config, late_state, ["vae-train"])
     assert _files(run) == continued and load_checkpoint(run / "last.pt")["epoch"] == 2
+
+
+def test_save_every_keeps_the_course_of_training_and_leaves_the_run_as_it_was(data, tmp_path, capsys):
+    common = ["--data", str(data / "synth"), "--epochs", "2", *TINY, "--no-progress"]
+    plain, kept = tmp_path / "plain", tmp_path / "kept"
+    assert train_main([*common, "--out", str(plain)]) == 0
+    assert train_main([*common, "--out", str(kept), "--save-every", "2"]) == 0
+    assert f"{kept / 'checkpoints'}/epoch-*.pt" in capsys.readouterr().out
+    assert not (plain / "checkpoints").exists()
+    assert sorted(p.name for p in (kept / "checkpoints").iterdir()) == ["epoch-0000.pt", "epoch-0002.pt"]
+    last, plain_last = load_checkpoint(kept / "last.pt"), load_checkpoint(plain / "last.pt")
+    assert all(torch.equal(last["model"][k], plain_last["model"][k]) for k in last["model"])  # saving moved nothing
+    start, second = (load_checkpoint(kept / "checkpoints" / f"epoch-{k:04d}.pt") for k in (0, 2))
+    assert (start["epoch"], second["epoch"]) == (0, 2) and "optimizer" not in second
+    assert all(torch.equal(second["model"][k], last["model"][k]) for k in last["model"])
+    assert not all(torch.equal(start["model"][k], last["model"][k]) for k in last["model"])  # the untrained model
+    # one run, whatever it keeps: --save-every is not part of what the run is
+    assert run_identity(start) == run_identity(second) == run_identity(plain_last)
+    assert train_main(["--out", str(kept), "--resume", "--epochs", "3", "--save-every", "3", "--workers", "0",
+                       "--no-progress"]) == 0
+    assert sorted(p.name for p in (kept / "checkpoints").iterdir()) == ["epoch-0000.pt", "epoch-0002.pt",
+                                                                         "epoch-0003.pt"]
+    assert strict_json(kept / "config.json")["train"]["training"]["save_every"] == 3
 
 
 def test_a_copied_or_moved_run_resumes_in_place(data, tmp_path, capsys):

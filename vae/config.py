@@ -17,6 +17,7 @@ from common.settings import (SEED_RANGE, Settings, above, at_least, between, dev
 from vae.spec import MAX_WIDTH, PAPER_DECODER, PAPER_ENCODER, layers_problem
 
 RANDOM_VGG = "random"  # --vgg-weights random: an untrained VGG-19, for tests
+EPOCHS_FOLDER = "checkpoints"  # in the run folder: the models --save-every keeps
 
 RECONSTRUCTIONS = ("perceptual", "pixel", "bce")
 REDUCTIONS = ("sum", "mean")
@@ -96,6 +97,9 @@ class TrainingSettings(Settings):
     lr_patience: int = option(4, "epochs without improvement of the validation loss before the factor",
                               valid=at_least(0))
     seed: int = option(0, "seed of every random draw (weights, data order, augmentation, noise)", valid=SEED_RANGE)
+    save_every: int = option(0, "also keep the model of every K-th epoch, and of the untrained start, in "
+                             f"{EPOCHS_FOLDER}/epoch-NNNN.pt (each as large as best.pt), for analyses over the course "
+                             "of training; 0: none (may change on --resume)", valid=at_least(0))
     active_threshold: float = option(0.01, "variance of the posterior mean above which a dimension is active",
                                      valid=at_least(0))
 
@@ -171,8 +175,8 @@ def compile_problem(runtime: RuntimeSettings) -> str | None:
     return None
 
 
-# What --resume may replace: where the run is, how it runs, and how long.
-RESUMABLE = {"out", "epochs"} | set(RuntimeSettings.__dataclass_fields__)
+# What --resume may replace: where the run is, how it runs, how long, and which epochs' models it keeps.
+RESUMABLE = {"out", "epochs", "save_every"} | set(RuntimeSettings.__dataclass_fields__)
 # What --resume may point elsewhere: the run's sets, moved or copied. The trainer checks that they are the
 # same sets (vae.train.sets_problem), so the run goes on with the very images and split it started with.
 RELOCATABLE = {"data", "natural"}

@@ -35,7 +35,7 @@ from common.machine import cores, describe as describe_machine
 from common.settings import to_dict
 from vae.augment import augment, to_float
 from vae.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, saved_sets
-from vae.config import TrainConfig, holds_run
+from vae.config import EPOCHS_FOLDER, TrainConfig, holds_run
 from vae.data import (FeedChoice, Pool, Split, choose_feed, epoch_indices, make_feed, mixing_plan, rank_batches,
                       split_pool)
 from vae.losses import BernoulliLoss, Objective, PerceptualLoss, PixelLoss
@@ -389,6 +389,16 @@ class Run:
         save_checkpoint(self.out / "last.pt", state)
         if improved:
             save_checkpoint(self.out / "best.pt", self._state())
+        every = self.config.training.save_every
+        if every and self.epoch % every == 0:
+            self.save_epoch()
+
+    def save_epoch(self) -> None:
+        """This epoch's model (epoch 0: the untrained one) as EPOCHS_FOLDER/epoch-NNNN.pt, a checkpoint like
+        best.pt: --save-every keeps the course of training for the analyses."""
+        folder = self.out / EPOCHS_FOLDER
+        folder.mkdir(exist_ok=True)
+        save_checkpoint(folder / f"epoch-{self.epoch:04d}.pt", self._state())
 
     def write_metrics(self) -> None:
         lines = "".join(json_text(record, indent=None) + "\n" for record in self.history)
@@ -486,8 +496,11 @@ def train(config: TrainConfig, last: dict | None, command: list[str]) -> int:
                 run.write_metrics()  # drop lines of an epoch that was cut off before its checkpoint
             record = describe_run(run, config, runtime, resume, command)
             write_atomic(out / "config.json", json_text(record).encode())
+            if not resume and config.training.save_every:
+                run.save_epoch()  # the untrained start: what training adds is measured against it
         run.fit()
-        log(f"done: {out / 'last.pt'}, {out / 'best.pt'} (best validation loss {run.best:.4g}), "
+        kept = f", {out / EPOCHS_FOLDER}/epoch-*.pt" if config.training.save_every else ""
+        log(f"done: {out / 'last.pt'}, {out / 'best.pt'} (best validation loss {run.best:.4g}){kept}, "
             f"{out / 'reconstruction.png'}, {out / 'loss_curves.png'}, {out / 'metrics.jsonl'}")
         return 0
     finally:
