@@ -265,7 +265,7 @@ def analyse(config: AnalysisConfig, log=print) -> dict:
     training where a run is given at several epochs."""
     out = Path(config.out)
     device = resolve_device(config.runtime.device)
-    states = check_checkpoints(config.checkpoint, epochs_of_a_run=True)
+    states = check_checkpoints(config.checkpoint)
     runs = run_names(config.checkpoint, states)
     over_training = len(set(runs)) < len(runs)  # a run at several epochs (vae-train --save-every)
     names = run_labels(config.checkpoint)

@@ -45,7 +45,8 @@ class AnalysisConfig(Settings):
     number selectivity, for one run or several."""
 
     checkpoint: list[str] = option(help="vae-train checkpoints (best.pt or last.pt); several (seeds, betas) give "
-                                   "one analysis each and a summary over them")
+                                   "one analysis each and a summary over them, over the course of training where "
+                                   "they hold one run at several epochs (vae-train --save-every)")
     data: str = option(help="a synthgen set, ideally built with --same-object --max-occlusion 0, or `synthgen dots`")
     out: str = option(help="output folder for the tables, summaries, reports and figures")
     r2_min: float = option(0.05, "R^2 threshold of a unit (0.05 is the paper's; Stoianov & Zorzi used 0.1)",
@@ -76,7 +77,8 @@ class ReadoutConfig(Settings):
     """`vae-subitize`: the paper's MLP readout on frozen posterior means (Table 1)."""
 
     checkpoint: list[str] = option(help="vae-train checkpoints; several (seeds of one recipe) give a readout each, in "
-                                   "a folder each, and a summary over them")
+                                   "a folder each, and a summary over them, over the course of training where they "
+                                   "hold one run at several epochs (vae-train --save-every)")
     train: list[str] = option(help="labelled sets to train on (e.g. synthgen pack of the SOS training split, or "
                               "synthgen build sets)")
     test: list[str] = option(help="labelled sets to report on (e.g. the SOS test split)")

@@ -72,31 +72,25 @@ def resize_notes(state: dict, checkpoint, sets: list[tuple[str, ShardSet]]) -> l
     return notes
 
 
-def check_checkpoints(paths, epochs_of_a_run: bool = False) -> list[dict]:
+def check_checkpoints(paths) -> list[dict]:
     """Refuse a missing, truncated or foreign checkpoint before any is used: with several runs, the last one
     would otherwise fail after minutes of analysing the others. The tensors are mapped, not read; the
     checkpoints so read are returned, in order.
 
-    Several checkpoints are several runs, summarised over (mean and sd): two of one run (its best.pt and
-    last.pt, or a copy of it) are refused, since they would count one run twice. With `epochs_of_a_run`,
-    checkpoints of one run at different epochs (vae-train --save-every) are its course of training, and only
-    one run at one epoch twice is refused."""
+    Several checkpoints are several runs (seeds, betas), summarised over, or one run at several epochs
+    (vae-train --save-every), its course of training. One run at one epoch twice (a run's best.pt and last.pt
+    after an epoch that improved, or a copy of a run) is refused: the summary would count that model twice."""
     seen, states = {}, []
     for path in paths:
         try:
             state = load_checkpoint(path, mmap=True)
         except CheckpointError as exc:
             raise CheckpointError(f"--checkpoint {exc}") from None
-        key = (run_identity(state), int(state["epoch"])) if epochs_of_a_run else run_identity(state)
-        if key in seen and epochs_of_a_run:
+        key = (run_identity(state), int(state["epoch"]))
+        if key in seen:
             raise UsageError(f"--checkpoint {seen[key]} and {path} are one run at one epoch ({state['epoch']}: a run's "
                              "best.pt and last.pt when its last epoch was its best, or a copy of a run), and the "
                              "summary would count that model twice; give it once")
-        if key in seen:
-            raise UsageError(f"--checkpoint {seen[key]} and {path} are of one run (the same settings and --seed "
-                             "on the same sets: a run's best.pt and last.pt, or a copy of a run), and the summary "
-                             "over runs would count it twice; give one checkpoint per run, or analyse them one at a "
-                             "time")
         seen[key] = path
         states.append(state)
     return states

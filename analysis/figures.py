@@ -178,6 +178,40 @@ def readouts_figure(rows: list[dict], stats: dict, chance, published_vae, path) 
     save_figure(fig, path, dpi=110)
 
 
+def readouts_epochs_figure(rows: list[dict], chance, path) -> None:
+    """The readouts over the course of training, against the epoch, a line style per run: mean AP, mean recall and
+    accuracy, and each class's AP, against chance (the test set's prevalence)."""
+    classes = [key[len("ap_"):] for key in rows[0] if key.startswith("ap_")]
+    runs = list(dict.fromkeys(row["run"] for row in rows))
+    styles = ["o-", "s--", "^:", "d-."]
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4), sharey=True)
+
+    def percent(chosen, key):
+        return [np.nan if row[key] is None else 100 * row[key] for row in chosen]
+
+    for k, run in enumerate(runs):
+        chosen = sorted((row for row in rows if row["run"] == run), key=lambda row: row["model_epoch"])
+        epochs, style = [row["model_epoch"] for row in chosen], styles[k % len(styles)]
+        name = run if len(runs) > 1 else ""
+        for j, (key, what) in enumerate((("mean_ap", "mean AP"), ("mean_recall", "mean recall"),
+                                         ("accuracy", "accuracy"))):
+            axes[0].plot(epochs, percent(chosen, key), style, color=colours[j], label=f"{name} {what}".strip())
+        for j, cls in enumerate(classes):
+            axes[1].plot(epochs, percent(chosen, f"ap_{cls}"), style, color=colours[j],
+                         label=f"{name} {cls}".strip())
+    axes[0].axhline(100 * float(np.nanmean(chance)), color="#999999", lw=1, ls="--", label="chance: mean prevalence")
+    for j, prevalence in enumerate(chance):
+        axes[1].axhline(100 * prevalence, color=colours[j], lw=0.8, ls="--", alpha=0.6)
+    axes[0].set(title="test scores", xlabel="epoch of the VAE", ylabel="%", ylim=(0, 105))
+    axes[1].set(title="count AP per class (dashed: its prevalence, chance)", xlabel="epoch of the VAE")
+    for ax in axes:
+        ax.legend(fontsize=7, loc="best", ncol=2 if len(runs) > 1 else 1)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.tight_layout()
+    save_figure(fig, path, dpi=110)
+
+
 def null_figure(null, decoding, path) -> None:
     """The observed statistics against their random-rotation null distributions, and the decoding R^2."""
     keys = [k for k in ("best_numerosity_unit_r2", "best_area_unit_r2", "best_r2", "selective_units")

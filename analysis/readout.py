@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from analysis.config import ReadoutConfig
 from analysis.encode import (check_checkpoints, encode_set, load_encoder, resize_notes, run_folders_problem, run_labels,
-                             seen_by_the_vae)
+                             run_names, seen_by_the_vae)
 from analysis.metrics import CLASSES, bootstrap_intervals, classification_report, count_class
 from analysis.readout_report import (AP_VARIANT, earlier_readout, published, scores_line, spread_text,
                                      write_readout, write_summary)
@@ -300,6 +300,7 @@ def run(config: ReadoutConfig, log=print) -> dict:
     # Every input is checked before the first encoding, which takes minutes on a large set.
     states = check_checkpoints(config.checkpoint)
     several, labels = len(config.checkpoint) > 1, run_labels(config.checkpoint)
+    runs = run_names(config.checkpoint, states)
     problem = run_folders_problem(out, config.checkpoint, labels)
     if problem:
         raise UsageError(problem)
@@ -323,9 +324,14 @@ def run(config: ReadoutConfig, log=print) -> dict:
             outcomes.append(outcome)
         if not several:
             return outcomes[0].result
-        overall = write_summary(out, outcomes, labels, config)
-        stats = overall["over_runs"]
-        log(f"vae-subitize: {len(outcomes)} runs; test mean AP {spread_text(stats, 'mean_ap')} (chance "
-            f"{overall['mean_chance']:.1%}), accuracy {spread_text(stats, 'accuracy')} (mean ± sd over runs)")
+        overall = write_summary(out, outcomes, labels, runs, config)
+        if "over_training" in overall:
+            log(f"vae-subitize: {len(outcomes)} checkpoints of {len(overall['over_training']['runs'])} run(s); test "
+                "mean AP " + ", ".join(f"{row['mean_ap']:.1%} ({row['label']})" for row in overall["runs"])
+                + f" (chance {overall['mean_chance']:.1%})")
+        else:
+            stats = overall["over_runs"]
+            log(f"vae-subitize: {len(outcomes)} runs; test mean AP {spread_text(stats, 'mean_ap')} (chance "
+                f"{overall['mean_chance']:.1%}), accuracy {spread_text(stats, 'accuracy')} (mean ± sd over runs)")
         log(f"  table {out / 'table.md'}; scores {out / 'readouts.csv'}; figure {out / 'readouts.png'}")
         return overall

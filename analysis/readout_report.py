@@ -13,9 +13,10 @@ import numpy as np
 import torch
 
 from analysis.config import ReadoutConfig
-from analysis.figures import confusion_matrix, readouts_figure
+from analysis.figures import confusion_matrix, readouts_epochs_figure, readouts_figure
 from analysis.metrics import CLASSES
-from analysis.report import earlier_run_folders, mean_sd_text, runs_summary, write_csv
+from analysis.report import (earlier_run_folders, epochs_summary, mean_sd_text, runs_summary, shared_epochs,
+                             write_csv)
 from common.atomic import write_atomic
 from common.jsontext import finite, json_text
 from common.settings import to_dict
@@ -171,54 +172,76 @@ def earlier_readout(out: Path) -> list[str]:
     return sorted(names)
 
 
-def score_row(label: str, result: dict) -> dict:
-    """One readout's scores as a row of the summary over checkpoints (readouts.csv)."""
+def score_row(label: str, run: str, result: dict) -> dict:
+    """One readout's scores as a row of the summary over checkpoints (readouts.csv); `run` names the VAE's run."""
     test = result["test"]
-    return {"label": label, "checkpoint": result["checkpoint"], "model_epoch": result["model_epoch"],
+    return {"label": label, "run": run, "checkpoint": result["checkpoint"], "model_epoch": result["model_epoch"],
             "readout_epoch": result["training"]["best_epoch"],
             **{f"ap_{c}": v for c, v in zip(CLASSES, test["ap"])}, "mean_ap": test["mean_ap"],
             **{f"recall_{c}": v for c, v in zip(CLASSES, test["recall"])}, "mean_recall": test["mean_recall"],
             "accuracy": test["accuracy"]}
 
 
-def runs_table(rows: list[dict], stats: dict, chance: list[float], mean_chance: float) -> str:
-    """Table 1's layout with a row per checkpoint and the mean ± sd over them, of the AP and of the recall (%)."""
+def runs_table(rows: list[dict], spreads: dict[str, dict], chance: list[float], mean_chance: float) -> str:
+    """Table 1's layout with a row per checkpoint and rows of mean ± sd (`spreads`: a name per row and its
+    runs_summary), of the AP and of the recall (%)."""
     lines = table_start(chance, mean_chance)
     for measure, name in (("AP", "ap"), ("per-class recall", "recall")):
         keys = [*(f"{name}_{c}" for c in CLASSES), f"mean_{name}"]
         lines += [f"| {row['label']} | {measure} | {percent_cells([row[k] for k in keys])} |" for row in rows]
-        lines.append(f"| **VAE + softmax, mean ± sd over {len(rows)} runs** | {measure} | "
-                     + " | ".join(spread_text(stats, k, unit="") for k in keys) + " |")
+        lines += [f"| **{what}** | {measure} | " + " | ".join(spread_text(stats, k, unit="") for k in keys) + " |"
+                  for what, stats in spreads.items()]
     return "\n".join(lines)
 
 
-def write_summary(out: Path, outcomes: list[ReadoutOutcome], labels: list[str], config: ReadoutConfig) -> dict:
-    """The summary over several checkpoints' readouts in `out` (SUMMARY_FILES); returns its readout.json."""
-    rows = [score_row(label, outcome.result) for label, outcome in zip(labels, outcomes)]
+def write_summary(out: Path, outcomes: list[ReadoutOutcome], labels: list[str], runs: list[str],
+                  config: ReadoutConfig) -> dict:
+    """The summary over several checkpoints' readouts in `out` (SUMMARY_FILES): over runs, or over the course of
+    training where `runs` (the run of each checkpoint) holds one run at several epochs. Returns its readout.json."""
+    rows = [score_row(label, run, outcome.result) for label, run, outcome in zip(labels, runs, outcomes)]
     notes = [note for note in outcomes[0].result["notes"] if all(note in o.result["notes"] for o in outcomes)]
-    stats = runs_summary(rows, SCORE_COLUMNS)
     test = outcomes[0].result["test"]  # every readout is tested on the same images: one chance row
     write_csv(out / "readouts.csv", list(rows[0]), finite(rows))
-    readouts_figure(rows, stats, test["chance"], PUBLISHED["VAE + softmax [Wever & Runia]"][0], out / "readouts.png")
     images = outcomes[0].result["images"]  # every readout trains and tests on the same images
-    overall = {"settings": to_dict(config), "images": images, "runs": rows, "over_runs": stats,
+    overall = {"settings": to_dict(config), "images": images, "runs": rows,
                "chance": test["chance"], "mean_chance": test["mean_chance"], "ap_variant": AP_VARIANT,
                "published": published(), "notes": notes, "figure": str(out / "readouts.png")}
+    over_training = len(set(runs)) < len(runs)
+    if over_training:
+        course = overall["over_training"] = epochs_summary(rows, SCORE_COLUMNS)
+        spreads = {f"mean ± sd over the runs at epoch {epoch}": stats for epoch, stats in shared_epochs(course).items()}
+        readouts_epochs_figure(rows, test["chance"], out / "readouts.png")
+        title = (f"# Subitizing readout over the course of training: {len(rows)} checkpoints of "
+                 f"{len(course['runs'])} run(s)")
+        spread = ("The rows are the checkpoints, by run and epoch (epoch 0: the untrained model); where several runs "
+                  "have an epoch, the mean ± sd over those runs (sd with n - 1) follows. Each checkpoint's")
+        accuracy = ("Accuracy: " + ", ".join(f"{row['label']} {row['accuracy']:.1%}" for row in rows)
+                    + ". Figure: `readouts.png`, the scores against the epoch; each checkpoint's: `readouts.csv`.")
+    else:
+        stats = overall["over_runs"] = runs_summary(rows, SCORE_COLUMNS)
+        spreads = {f"VAE + softmax, mean ± sd over {len(rows)} runs": stats}
+        readouts_figure(rows, stats, test["chance"], PUBLISHED["VAE + softmax [Wever & Runia]"][0],
+                        out / "readouts.png")
+        title = f"# Subitizing readout over {len(rows)} runs"
+        spread = "The mean ± sd is over the runs (sd with n - 1); each run's"
+        accuracy = (f"Accuracy {spread_text(stats, 'accuracy')}. Figure: `readouts.png`; each run's scores: "
+                    "`readouts.csv`.")
     write_atomic(out / "readout.json", json_text(overall).encode())
     markdown = [
-        f"# Subitizing readout over {len(rows)} runs", "",
+        title, "",
         f"One readout per checkpoint, each in its own folder (table.md, readout.json, confusion.png there), all "
         f"with the same settings and --seed {config.seed}: trained on the posterior means of "
         f"{', '.join(config.train)} ({images['train']} images, and {images['validation']} to choose the epoch) and "
-        f"tested on those of {', '.join(config.test)} ({images['test']} images). So the spread below is that "
-        "between the VAEs (their training seeds or settings), as each readout learns to read their codes.", "",
+        f"tested on those of {', '.join(config.test)} ({images['test']} images). So what differs between them is "
+        "the VAE (its training seed or settings, or how far it had trained), as each readout learns to read its "
+        "code.", "",
         f"Readout: {readout_words('/'.join(str(n) for n in sorted({o.result['latent'] for o in outcomes})), config)}.",
         "",
         f"Count AP (%) per class on the test set, and per-class recall, in the layout of the paper's Table 1. AP: "
-        f"{AP_VARIANT}. {CHANCE_AND_RECALL_WORDS} The mean ± sd is over the runs (sd with n - 1); each run's 95% "
-        "intervals over its test images are in its own table.md.", "",
-        runs_table(rows, stats, test["chance"], test["mean_chance"]), "",
-        f"Accuracy {spread_text(stats, 'accuracy')}. Figure: `readouts.png`; each run's scores: `readouts.csv`.",
+        f"{AP_VARIANT}. {CHANCE_AND_RECALL_WORDS} {spread} 95% intervals over its test images are in its own "
+        "table.md.", "",
+        runs_table(rows, spreads, test["chance"], test["mean_chance"]), "",
+        accuracy,
         *([""] + [f"**Note:** {note}." for note in notes] if notes else []),
         *(["", "Some runs have notes of their own (such as a test set their VAE trained on): see their table.md."]
           if any(o.result["notes"] != notes for o in outcomes) else []),

@@ -348,16 +348,23 @@ def runs_markdown(rows: list[dict], stats: dict, data: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def epochs_summary(rows: list[dict]) -> dict:
+def epochs_summary(rows: list[dict], columns=RUN_COLUMNS) -> dict:
     """The course of training (checkpoints of runs at several epochs): each run's epochs, and per epoch the mean
-    and sd over the runs that have it (`runs_summary`)."""
+    and sd over the runs that have it of each of these columns (`runs_summary`; vae-subitize's summary uses it
+    too)."""
     runs: dict[str, list[int]] = {}
     for row in rows:
         runs.setdefault(row["run"], []).append(row["model_epoch"])
     epochs = sorted({row["model_epoch"] for row in rows})
     return {"runs": {name: sorted(found) for name, found in runs.items()},
-            "by_epoch": {str(epoch): runs_summary([row for row in rows if row["model_epoch"] == epoch])
+            "by_epoch": {str(epoch): runs_summary([row for row in rows if row["model_epoch"] == epoch], columns)
                          for epoch in epochs}}
+
+
+def shared_epochs(course: dict) -> dict:
+    """The epochs of `epochs_summary` that several runs have, with their mean and sd over those runs."""
+    return {epoch: stats for epoch, stats in course["by_epoch"].items()
+            if max((stat["runs"] for stat in stats.values()), default=0) > 1}
 
 
 def epochs_markdown(rows: list[dict], course: dict, data: str) -> str:
@@ -373,8 +380,7 @@ def epochs_markdown(rows: list[dict], course: dict, data: str) -> str:
              "| run | epoch | " + " | ".join(RUN_COLUMNS) + " |", "|---|---|" + "---|" * len(RUN_COLUMNS)]
     lines += [f"| {row['run']} | {row['model_epoch']} | " + " | ".join(_cell(row[c], c) for c in RUN_COLUMNS) + " |"
               for row in ordered]
-    shared = {epoch: stats for epoch, stats in course["by_epoch"].items()
-              if max((stat["runs"] for stat in stats.values()), default=0) > 1}
+    shared = shared_epochs(course)
     if shared:
         lines += ["", "Mean ± sd over the runs that have the epoch:", "",
                   "| epoch | " + " | ".join(RUN_COLUMNS) + " |", "|---|" + "---|" * len(RUN_COLUMNS)]

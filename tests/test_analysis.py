@@ -312,24 +312,19 @@ def test_a_collapsed_run_among_several_is_reported_and_the_others_analysed(train
     assert f"--checkpoint {collapsed}: no active latent dimension" in capsys.readouterr().err
 
 
-def test_two_checkpoints_of_one_run_are_not_two_runs(trained, tmp_path, capsys):
-    """A run's best.pt and last.pt, or a copy of the run, would count one run twice in the summary over runs;
-    the area analysis takes one run at several epochs as its course of training, but not one epoch twice."""
+def test_one_run_at_one_epoch_twice_is_refused(trained, tmp_path, capsys):
+    """A run's best.pt and last.pt of one epoch, its kept model of that epoch, or a copy of the run would count
+    one model twice in the summary; the same run at other epochs is its course of training (below)."""
     shutil.copytree(trained / "run", tmp_path / "copy")
     out = ["--out", str(tmp_path / "out"), "--no-progress"]
-    readout_inputs = ["--train", str(trained / "train"), "--test", str(trained / "analysis-set")]
-    for other in (trained / "run" / "last.pt", tmp_path / "copy" / "best.pt",
-                  trained / "run" / "checkpoints" / "epoch-0002.pt"):
-        assert readout_main(["--checkpoint", str(trained / "run" / "best.pt"), str(other), *readout_inputs, *out]) == 2
-        err = capsys.readouterr().err
-        assert f"--checkpoint {trained / 'run' / 'best.pt'} and {other} are of one run" in err, err
-        assert err.count("\n") == 1
     last = trained / "run" / "last.pt"
-    for other in (trained / "run" / "checkpoints" / "epoch-0004.pt", tmp_path / "copy" / "last.pt"):
-        assert analyse_main(["--checkpoint", str(last), str(other), "--data", str(trained / "analysis-set"), *out]) == 2
-        err = capsys.readouterr().err
-        assert f"--checkpoint {last} and {other} are one run at one epoch (4: " in err, err
-        assert err.count("\n") == 1
+    for main, inputs in ((analyse_main, ["--data", str(trained / "analysis-set")]),
+                         (readout_main, ["--train", str(trained / "train"), "--test", str(trained / "analysis-set")])):
+        for other in (trained / "run" / "checkpoints" / "epoch-0004.pt", tmp_path / "copy" / "last.pt"):
+            assert main(["--checkpoint", str(last), str(other), *inputs, *out]) == 2
+            err = capsys.readouterr().err
+            assert f"--checkpoint {last} and {other} are one run at one epoch (4: " in err, err
+            assert err.count("\n") == 1
     assert not (tmp_path / "out").exists()
 
 
@@ -368,6 +363,32 @@ def test_a_runs_kept_epochs_are_analysed_as_its_course_of_training(trained, tmp_
     assert "over the course of training" in report and "| run-seed1 | 0 | " in report
     assert re.search(r"^\| 4 \| \d+ ± ", report, re.MULTILINE) and not re.search(r"^\| [02] \| ", report, re.MULTILINE)
     assert len((out / "runs.csv").read_text().splitlines()) == 5 and _valid_png(out / "runs.png")
+
+
+def test_a_readout_over_the_course_of_training(trained, tmp_path, capsys):
+    out = tmp_path / "readouts"
+    kept = [trained / "run-seed1" / "checkpoints" / f"epoch-{k:04d}.pt" for k in (0, 2, 4)]
+    checkpoints = [str(path) for path in (*kept, trained / "run" / "checkpoints" / "epoch-0004.pt")]
+    assert readout_main(["--checkpoint", *checkpoints, "--train", str(trained / "train"), "--test",
+                         str(trained / "analysis-set"), "--epochs", "20", "--bootstrap", "0", "--out", str(out),
+                         "--no-progress"]) == 0
+    assert "vae-subitize: 4 checkpoints of 2 run(s); test mean AP " in capsys.readouterr().out
+    summary = strict_json(out / "readout.json")
+    rows = summary["runs"]
+    assert [(row["run"], row["model_epoch"], row["label"]) for row in rows] == [
+        ("run-seed1", 0, "run-seed1-epoch-0000"), ("run-seed1", 2, "run-seed1-epoch-0002"),
+        ("run-seed1", 4, "run-seed1-epoch-0004"), ("run", 4, "run-epoch-0004")]
+    for row in rows:
+        assert strict_json(out / row["label"] / "readout.json")["test"]["mean_ap"] == row["mean_ap"]
+    assert "over_runs" not in summary and summary["over_training"]["runs"] == {"run-seed1": [0, 2, 4], "run": [4]}
+    at_4 = [row["accuracy"] for row in rows if row["model_epoch"] == 4]
+    assert summary["over_training"]["by_epoch"]["4"]["accuracy"] == {
+        "mean": pytest.approx(np.mean(at_4)), "sd": pytest.approx(np.std(at_4, ddof=1)), "runs": 2}
+    table = (out / "table.md").read_text()
+    assert table.startswith("# Subitizing readout over the course of training: 4 checkpoints of 2 run(s)")
+    assert "| **mean ± sd over the runs at epoch 4** | AP |" in table and "epoch 2**" not in table
+    assert "| run-seed1-epoch-0000 | AP |" in table and f"run-seed1-epoch-0000 {rows[0]['accuracy']:.1%}" in table
+    assert _valid_png(out / "readouts.png")
 
 
 def test_a_file_or_link_where_a_runs_folder_goes_is_refused_before_any_run(trained, tmp_path, capsys):
