@@ -328,18 +328,24 @@ def test_one_run_at_one_epoch_twice_is_refused(trained, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+# The checkpoints of course_checkpoints: (run, epoch, the folder of its analysis)
+COURSE = [("run-seed1", 0, "run-seed1-epoch-0000"), ("run-seed1", 2, "run-seed1-epoch-0002"),
+          ("run-seed1", 4, "run-seed1-epoch-0004"), ("run", 4, "run-epoch-0004")]
+
+
+def course_checkpoints(trained) -> list[str]:
+    """The epochs vae-train --save-every kept of one run, and one epoch of the other: two runs' courses."""
+    return [str(trained / run / "checkpoints" / f"epoch-{epoch:04d}.pt") for run, epoch, _ in COURSE]
+
+
 def test_a_runs_kept_epochs_are_analysed_as_its_course_of_training(trained, tmp_path, capsys):
     out = tmp_path / "course"
-    kept = [trained / "run-seed1" / "checkpoints" / f"epoch-{k:04d}.pt" for k in (0, 2, 4)]
-    checkpoints = [str(path) for path in (*kept, trained / "run" / "checkpoints" / "epoch-0004.pt")]
-    assert analyse_main(["--checkpoint", *checkpoints, "--data", str(trained / "analysis-set"), "--out", str(out),
-                         "--bootstrap", "40", "--null-rotations", "20", "--no-progress"]) == 0
+    assert analyse_main(["--checkpoint", *course_checkpoints(trained), "--data", str(trained / "analysis-set"),
+                         "--out", str(out), "--bootstrap", "40", "--null-rotations", "20", "--no-progress"]) == 0
     assert "analyze-area-vs-number: 4 checkpoints of 2 run(s), epochs 0 to 4;" in capsys.readouterr().out
     summary = strict_json(out / "summary.json")
     rows = summary["runs"]
-    assert [(row["run"], row["model_epoch"], row["label"]) for row in rows] == [
-        ("run-seed1", 0, "run-seed1-epoch-0000"), ("run-seed1", 2, "run-seed1-epoch-0002"),
-        ("run-seed1", 4, "run-seed1-epoch-0004"), ("run", 4, "run-epoch-0004")]
+    assert [(row["run"], row["model_epoch"], row["label"]) for row in rows] == COURSE
     for row in rows:  # each checkpoint analysed in its own folder, as one run alone would be
         alone = strict_json(out / row["label"] / "summary.json")
         assert (alone["model_epoch"], alone["active_dims"]) == (row["model_epoch"], row["active_dims"])
@@ -367,17 +373,13 @@ def test_a_runs_kept_epochs_are_analysed_as_its_course_of_training(trained, tmp_
 
 def test_a_readout_over_the_course_of_training(trained, tmp_path, capsys):
     out = tmp_path / "readouts"
-    kept = [trained / "run-seed1" / "checkpoints" / f"epoch-{k:04d}.pt" for k in (0, 2, 4)]
-    checkpoints = [str(path) for path in (*kept, trained / "run" / "checkpoints" / "epoch-0004.pt")]
-    assert readout_main(["--checkpoint", *checkpoints, "--train", str(trained / "train"), "--test",
+    assert readout_main(["--checkpoint", *course_checkpoints(trained), "--train", str(trained / "train"), "--test",
                          str(trained / "analysis-set"), "--epochs", "20", "--bootstrap", "0", "--out", str(out),
                          "--no-progress"]) == 0
     assert "vae-subitize: 4 checkpoints of 2 run(s); test mean AP " in capsys.readouterr().out
     summary = strict_json(out / "readout.json")
     rows = summary["runs"]
-    assert [(row["run"], row["model_epoch"], row["label"]) for row in rows] == [
-        ("run-seed1", 0, "run-seed1-epoch-0000"), ("run-seed1", 2, "run-seed1-epoch-0002"),
-        ("run-seed1", 4, "run-seed1-epoch-0004"), ("run", 4, "run-epoch-0004")]
+    assert [(row["run"], row["model_epoch"], row["label"]) for row in rows] == COURSE
     for row in rows:
         assert strict_json(out / row["label"] / "readout.json")["test"]["mean_ap"] == row["mean_ap"]
     assert "over_runs" not in summary and summary["over_training"]["runs"] == {"run-seed1": [0, 2, 4], "run": [4]}
