@@ -21,6 +21,8 @@ from vae.checkpoint import load_checkpoint, load_model_and_metadata, run_identit
 from common.errors import UserError
 from vae.cli import main as train_main
 from vae.cli import make_parser
+from vae.config import TrainingSettings
+from vae.train import build_scheduler
 
 TINY = ["--encoder", "8@4x4-1,16@4x4-2,16@4x4-2,32@4x4-2", "--decoder", "32@3x3-1,16@3x3-2,16@3x3-2,8@3x3-2",
         "--latent", "8", "--batch-size", "16", "--workers", "0", "--recon", "pixel"]
@@ -146,6 +148,39 @@ def test_a_short_run_overfits_a_handful_of_images(data, tmp_path, capsys):
     assert rc == 0, capsys.readouterr().err
     losses = [r["train"]["loss"] for r in metrics(run)]
     assert min(losses[-3:]) < 0.3 * losses[0], losses
+
+
+def test_the_learning_rate_stops_at_its_floor_and_the_floor_is_refused_above_the_rate(tmp_path, capsys):
+    def rates(**settings):
+        optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=0.0015)
+        scheduler = build_scheduler(optimizer, TrainingSettings(lr_patience=0, **settings))
+        seen = []
+        for _ in range(8):  # a plateau: the validation loss never improves on the first epoch's
+            scheduler.step(1.0)
+            seen.append(optimizer.param_groups[0]["lr"])
+        return seen
+
+    assert rates()[-1] == pytest.approx(0.0015 * 0.2 ** 7)  # the paper's schedule has no floor
+    assert rates(lr_min=1e-5) == pytest.approx([0.0015, 0.0003, 6e-5, 1.2e-5, 1e-5, 1e-5, 1e-5, 1e-5])
+    out = tmp_path / "run"
+    assert train_main(["--data", str(tmp_path), "--out", str(out), "--lr-min", "0.0015", *TINY]) == 2
+    assert "--lr-min 0.0015: not below --lr 0.0015, so the learning rate could never be lowered" in \
+        capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_setting_added_later_at_its_earlier_behaviour_keeps_a_runs_identity(data, tmp_path):
+    """A run saved before --lr-min existed, and its continuation by this version (which saves lr_min 0), are one
+    run to the analyses; a floor makes another run."""
+    run = tmp_path / "run"
+    assert train_main(["--data", str(data / "synth"), "--out", str(run), "--epochs", "1", *TINY, "--no-progress"]) == 0
+    state = load_checkpoint(run / "last.pt", mmap=True)
+    settings = json.loads(state["train_config"])
+    assert settings["training"]["lr_min"] == 0.0
+    earlier = {**state, "train_config": json.dumps({**settings, "training": {
+        k: v for k, v in settings["training"].items() if k != "lr_min"}})}
+    floored = {**state, "train_config": json.dumps({**settings, "training": {**settings["training"], "lr_min": 1e-5}})}
+    assert run_identity(earlier) == run_identity(state) != run_identity(floored)
 
 
 def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(data, tmp_path):

@@ -13,7 +13,7 @@ import torch
 
 from common.atomic import write_atomic
 from common.errors import UserError, exception_line
-from vae.config import RELOCATABLE, RESUMABLE
+from vae.config import LATER_SETTINGS, RELOCATABLE, RESUMABLE
 from vae.model import VAE, ModelConfig
 
 FORMAT = "vae-train-checkpoint"
@@ -100,7 +100,8 @@ def run_identity(state: dict) -> str:
         return out
 
     settings = leaves(json.loads(state.get("train_config", "{}")))
-    kept = {name: value for name, value in settings.items() if name not in RESUMABLE | RELOCATABLE}
+    kept = {name: value for name, value in settings.items() if name not in RESUMABLE | RELOCATABLE
+            and not (name in LATER_SETTINGS and value == LATER_SETTINGS[name])}
     sets = saved_sets(state)
     kept["sets"] = ([[s.get("option"), s["identity"], s.get("n_images")] for s in sets] if sets is not None else
                     [settings.get(name) for name in sorted(RELOCATABLE)])

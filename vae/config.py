@@ -96,12 +96,19 @@ class TrainingSettings(Settings):
                                                                                       high_open=True))
     lr_patience: int = option(4, "epochs without improvement of the validation loss before the factor",
                               valid=at_least(0))
+    lr_min: float = option(0.0, "the learning rate's floor: the factor never takes it below (the paper's has none; "
+                           "five plateaus take 0.0015 to 5e-7)", valid=at_least(0))
     seed: int = option(0, "seed of every random draw (weights, data order, augmentation, noise)", valid=SEED_RANGE)
     save_every: int = option(0, "also keep the model of every K-th epoch, and of the untrained start, in "
                              f"{EPOCHS_FOLDER}/epoch-NNNN.pt (each as large as best.pt), for analyses over the course "
                              "of training; 0: none (may change on --resume)", valid=at_least(0))
     active_threshold: float = option(0.01, "variance of the posterior mean above which a dimension is active",
                                      valid=at_least(0))
+
+    def check(self) -> None:
+        if self.lr_min >= self.lr:
+            raise UsageError(f"--lr-min {self.lr_min}: not below --lr {self.lr}, so the learning rate could never be "
+                             "lowered on a plateau; give a floor below --lr (or 0, the paper's: none)")
 
 
 @dataclass(frozen=True)
@@ -180,6 +187,10 @@ RESUMABLE = {"out", "epochs", "save_every"} | set(RuntimeSettings.__dataclass_fi
 # What --resume may point elsewhere: the run's sets, moved or copied. The trainer checks that they are the
 # same sets (vae.train.sets_problem), so the run goes on with the very images and split it started with.
 RELOCATABLE = {"data", "natural"}
+# Settings added after runs had been saved without them, with the value that trains as those runs did: at that
+# value a setting is left out of a run's identity (vae.checkpoint.run_identity), so a run saved before it existed
+# and its continuation under this version are one run.
+LATER_SETTINGS = {"lr_min": 0.0}
 
 
 def holds_run(folder: Path) -> bool:

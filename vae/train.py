@@ -35,7 +35,7 @@ from common.machine import cores, describe as describe_machine
 from common.settings import to_dict
 from vae.augment import augment, to_float
 from vae.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, saved_sets
-from vae.config import EPOCHS_FOLDER, TrainConfig, holds_run
+from vae.config import EPOCHS_FOLDER, TrainConfig, TrainingSettings, holds_run
 from vae.data import (FeedChoice, Pool, Split, choose_feed, epoch_indices, make_feed, mixing_plan, rank_batches,
                       split_pool)
 from vae.losses import BernoulliLoss, Objective, PerceptualLoss, PixelLoss
@@ -168,6 +168,14 @@ def build_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Adam:
         return torch.optim.Adam(model.parameters(), lr=lr)
 
 
+def build_scheduler(optimizer: torch.optim.Optimizer, training: TrainingSettings
+                    ) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
+    """Section 4.2's schedule: the rate times --lr-factor after more than --lr-patience epochs without a better
+    validation loss, never below --lr-min."""
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=training.lr_factor,
+                                                      patience=training.lr_patience, min_lr=training.lr_min)
+
+
 # ---------------------------------------------------------------------------------------------- the run
 
 
@@ -184,9 +192,7 @@ class Run:
         self.model = build_model(config, self.data.image_size, runtime)
         training = config.training
         self.optimizer = build_optimizer(self.model, training.lr)
-        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode="min",
-                                                                    factor=training.lr_factor,
-                                                                    patience=training.lr_patience)
+        self.scheduler = build_scheduler(self.optimizer, training)
         self.history: list[dict] = []
         self.best = math.inf
         self.epoch = 0
