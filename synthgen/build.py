@@ -103,7 +103,7 @@ def select_object_pool(config: BuildConfig, objects, sizer: Compositor, on_bad_i
                        too_large: set) -> list[int] | None:
     """With --source-objects K: K usable objects that fit the canvas, tried in an order drawn from the seed
     (None: all)."""
-    if config.source_objects is None or max(config.counts) == 0:  # scenes without objects draw from no pool
+    if config.source_objects is None or not config.pastes_objects:  # scenes without objects draw from no pool
         return None
     pool = []
     for k in object_pool_order(len(objects), config.seed).tolist():
@@ -380,7 +380,7 @@ def _build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | N
         with parallel_backend(run) as client:
             workers = workers_of(client, run)
             # scenes without objects paste none: preparing them (18-30 s for THUS10000 on 2 cores) would be for nothing
-            ids = [] if max(config.counts) == 0 else pool if pool is not None else list(range(len(objects)))
+            ids = [] if not config.pastes_objects else pool if pool is not None else list(range(len(objects)))
             prepare_start = time.perf_counter()
             if scene_store is not None:
                 _scene_store(scene_store, store_ready, sources, config.size, run, workers, log)
@@ -395,10 +395,10 @@ def _build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | N
                 writer.report(item)
             too_large |= {k for k, fits in store.eligible.items() if not fits}
             usable = [k for k in store.ids if store.eligible[k]]
-            if not store.ids and max(config.counts) > 0:
+            if not store.ids and config.pastes_objects:
                 raise UsageError(f"--objects {config.objects}: none of the {len(ids)} objects is usable "
                                  "(each is listed above with the reason)")
-            if not usable and max(config.counts) > 0:
+            if not usable and config.pastes_objects:
                 raise UsageError(f"--objects: none of the {len(store.ids)} usable objects can appear at every area "
                                  f"and count: each is too large for the top of --area-range ({config.area_range[1]:.0%}"
                                  "), or its most crowded scene cannot be placed. Lower the top of --area-range, allow "

@@ -204,6 +204,11 @@ class BuildConfig(ShardedSet, Settings):
     shard_size: int = option(1000, "images per HDF5 shard", valid=at_least(1), group=OUTPUT)
     compression: str = option("none", "compression of the image datasets", choices=COMPRESSIONS, group=OUTPUT)
 
+    @property
+    def pastes_objects(self) -> bool:
+        """Whether any scene holds an object: a build of empty scenes alone (--count 0) reads no object."""
+        return max(self.counts) > 0
+
     def content_json(self) -> dict:
         """The values that shape the images, without --n (image i never depends on it) and without the
         source folders' paths (the sources enter the identity by their file lists): what shards record."""
