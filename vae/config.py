@@ -101,7 +101,8 @@ class TrainingSettings(Settings):
     seed: int = option(0, "seed of every random draw (weights, data order, augmentation, noise)", valid=SEED_RANGE)
     save_every: int = option(0, "also keep the model of every K-th epoch, and of the untrained start, in "
                              f"{EPOCHS_FOLDER}/epoch-NNNN.pt (each as large as best.pt), for analyses over the course "
-                             "of training; 0: none (may change on --resume)", valid=at_least(0))
+                             "of training; 0: none (may change on --resume, from the next epoch on: the untrained "
+                             "start is kept by a run started with it)", valid=at_least(0))
     active_threshold: float = option(0.01, "variance of the posterior mean above which a dimension is active",
                                      valid=at_least(0))
 
