@@ -3,11 +3,13 @@ import numpy as np
 import pytest
 import torch
 
+from common.errors import UserError
 from conftest import FAST
+from synthgen import ShardSet
 from synthgen.cli import main as synthgen_main
 from vae.augment import AugmentConfig, augment, to_float
 from vae.data import (LoaderFeed, MemoryFeed, Pool, balance_removals, epoch_indices, mixing_plan, natural_fraction,
-                      rank_batches, split_pool)
+                      rank_batches, reduce_images, split_pool)
 from test_pack import make_sos_tree
 
 NO_COLOUR = dict(brightness=0, contrast=0, saturation=0, hue=0)
@@ -132,3 +134,29 @@ def test_worker_feed_matches_memory_feed(sets):
     workers = list(LoaderFeed(pool, torch.device("cpu"), workers=2).batches(batches))
     for (a, boxes_a), (b, boxes_b) in zip(memory, workers):
         assert torch.equal(a, b) and torch.equal(torch.nan_to_num(boxes_a, -1), torch.nan_to_num(boxes_b, -1))
+
+
+def test_sets_of_different_sizes_are_each_reduced_to_the_training_size(sets, tmp_path):
+    """Sets built or packed at different sizes (synthetic at 48 px, photos at 64) train together at an --image-size
+    at most the smallest: each set's images and boxes are reduced to it as they are read."""
+    small = tmp_path / "synth-48"
+    assert synthgen_main(["build", "--n", "20", "--seed", "3", "--out", str(small), *FAST, "--size", "48"]) == 0
+    for size, asked in ((None, "no --image-size is given"), (56, "--image-size 56 is above the smallest")):
+        with pytest.raises(UserError, match=rf"the sets have different image sizes \({small} \(48 px\), "
+                           rf"{sets / 'natural'} \(64 px\)\) and {asked}; give --image-size 48 or less"):
+            Pool([str(small)], [str(sets / "natural")], image_size=size)
+    pool = Pool([str(small)], [str(sets / "natural")], image_size=32)
+    own = [ShardSet(small), ShardSet(sets / "natural")]
+    assert pool.image_size == 32 and pool.images(np.arange(len(pool))).shape == (len(pool), 32, 32, 3)
+    for k, shards in enumerate(own):
+        rows = np.arange(len(shards)) + pool.starts[k]
+        expected = (to_float(shards.images(np.arange(len(shards))), 32) * 255).round().to(torch.uint8)
+        assert np.array_equal(pool.images(rows), expected.permute(0, 2, 3, 1).numpy())
+        scale = 32 / shards.image_size
+        assert np.array_equal(np.isnan(pool.boxes[rows]), np.isnan(shards.union_boxes()))
+        assert np.allclose(pool.boxes[rows], shards.union_boxes() * scale, equal_nan=True)
+    # area averaging by 2: each pixel the mean of a 2 x 2 block, exactly, as a set made at the smaller size holds it
+    coarse = np.random.default_rng(0).integers(0, 256, (3, 24, 24, 3), dtype=np.uint8)
+    assert np.array_equal(reduce_images(np.kron(coarse, np.ones((1, 2, 2, 1), np.uint8)), 24), coarse)
+    # one size: read as it is, reduced on the training device as before
+    assert Pool([str(small)], [], image_size=32).image_size == 48

@@ -402,6 +402,23 @@ def test_a_run_taken_over_between_the_checks_and_the_start_is_refused(data, tmp_
     assert _files(run) == continued and load_checkpoint(run / "last.pt")["epoch"] == 2
 
 
+def test_sets_of_two_sizes_train_at_an_image_size_below_both_and_resume(data, tmp_path, capsys):
+    photos = tmp_path / "natural-48"
+    assert synthgen_main(["pack", str(data / "sos"), "--out", str(photos), "--size", "48", "--no-progress",
+                          "--workers", "1"]) == 0
+    run = tmp_path / "run"
+    sets = ["--data", str(data / "synth"), "--natural", str(photos), "--natural-start", "0", "--natural-ramp", "1"]
+    assert train_main([*sets, "--out", str(run), "--epochs", "1", *TINY, "--no-progress"]) == 2
+    assert "and no --image-size is given; give --image-size 32 or less" in capsys.readouterr().err
+    assert not run.exists()
+    assert train_main([*sets, "--out", str(run), "--epochs", "1", "--image-size", "24", *TINY, "--no-progress"]) == 0
+    config = strict_json(run / "config.json")
+    assert [s["image_size"] for s in config["data"]["sets"]] == [32, 48] and config["model"]["image_size"] == 24
+    assert config["data"]["feed"]["pool_bytes"] == (64 + 20) * 24 * 24 * 3  # held at the training size
+    assert train_main(["--out", str(run), "--resume", "--epochs", "2", "--workers", "0", "--no-progress"]) == 0
+    assert [r["epoch"] for r in metrics(run)] == [1, 2]
+
+
 def test_save_every_keeps_the_course_of_training_and_leaves_the_run_as_it_was(data, tmp_path, capsys):
     common = ["--data", str(data / "synth"), "--epochs", "2", *TINY, "--no-progress"]
     plain, kept = tmp_path / "plain", tmp_path / "kept"

@@ -23,6 +23,7 @@ from common.errors import UsageError
 from common.machine import available_memory
 from synthgen import ShardSet
 from synthgen.overlap import first_shared
+from vae.augment import to_float
 
 
 
@@ -61,30 +62,42 @@ def repeated_images(sets: list[ShardSet], natural: np.ndarray) -> str | None:
     return f"{shared}: the run would train on them twice and validate on images it trains on; give each set once"
 
 
+def reduce_images(images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (k, H, H, 3) reduced to (k, size, size, 3) by area averaging, as `vae.augment.to_float` reduces, and
+    rounded back to uint8, as a set built or packed at that size holds its images."""
+    reduced = to_float(images, size).mul_(255).round_().clamp_(0, 255).to(torch.uint8)
+    return reduced.permute(0, 2, 3, 1).contiguous().numpy()
+
+
 class Pool:
     """The images of several synthgen sets under one index, with labels and object boxes."""
 
     def __init__(self, synthetic: list[str], natural: list[str], verify: bool = True, progress: bool = False,
-                 distinct: bool = True):
-        """`distinct`: refuse sets that share images (checked before any shard is read)."""
+                 distinct: bool = True, image_size: int | None = None):
+        """`distinct`: refuse sets that share images (checked before any shard is read). `image_size`: the size
+        the run trains at; sets of different sizes are each reduced to it as they are read (sets of one size are
+        read at their own, and reduced on the training device)."""
         self.sets = [ShardSet(path, verify=verify, progress=progress, option=option)
                      for option, paths in (("--data", synthetic), ("--natural", natural)) for path in paths]
         self.natural_set = np.array([False] * len(synthetic) + [True] * len(natural))
         problem = repeated_images(self.sets, self.natural_set) if distinct else None
         if problem:
             raise UsageError(problem)
-        sizes = {s.image_size for s in self.sets}
-        if len(sizes) != 1:
+        sizes = sorted({s.image_size for s in self.sets})
+        if len(sizes) > 1 and (image_size is None or image_size > sizes[0]):
             detail = ", ".join(f"{s.root} ({s.image_size} px)" for s in self.sets)
-            raise UsageError(f"--data/--natural: the sets have different image sizes: {detail}; build or pack them "
-                             "at one --size")
-        self.image_size = sizes.pop()
+            asked = f"--image-size {image_size} is above the smallest" if image_size else "no --image-size is given"
+            raise UsageError(f"--data/--natural: the sets have different image sizes ({detail}) and {asked}; give "
+                             f"--image-size {sizes[0]} or less, to which each set's images are reduced as they are "
+                             "read, or build or pack the sets at one --size")
+        self.image_size = sizes[0] if len(sizes) == 1 else image_size
         for path, shards in zip(natural, self.sets[len(synthetic):]):
             if shards.kind != "natural":
                 raise UsageError(f"--natural {path}: a synthetic set; give it with --data")
         self.starts = np.concatenate([[0], np.cumsum([len(s) for s in self.sets])])
         self.counts = np.concatenate([s.labels["count"] for s in self.sets]).astype(np.int64)
-        self.boxes = np.concatenate([s.union_boxes() for s in self.sets])
+        # boxes in pixels of the images as the pool gives them
+        self.boxes = np.concatenate([s.union_boxes() * np.float32(self.image_size / s.image_size) for s in self.sets])
         self.is_natural = np.repeat(self.natural_set, [len(s) for s in self.sets])
 
     def __len__(self) -> int:
@@ -97,7 +110,8 @@ class Pool:
         which = np.searchsorted(self.starts, indices, side="right") - 1
         for set_index in np.unique(which):
             rows = np.flatnonzero(which == set_index)
-            out[rows] = self.sets[set_index].images(indices[rows] - self.starts[set_index])
+            images = self.sets[set_index].images(indices[rows] - self.starts[set_index])
+            out[rows] = images if images.shape[1] == self.image_size else reduce_images(images, self.image_size)
         return out
 
 

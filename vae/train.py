@@ -98,7 +98,7 @@ def load_data(config: TrainConfig, runtime: Runtime, new: bool = True) -> Data:
     and an --image-size that reduces the sets' images, never enlarges them."""
     data = config.data
     pool = Pool(data.data, data.natural, verify=config.runtime.verify_shards,
-                progress=config.runtime.progress and runtime.main, distinct=new)
+                progress=config.runtime.progress and runtime.main, distinct=new, image_size=config.model.image_size)
     natural = [s for s, is_natural in zip(pool.sets, pool.natural_set) if s.kind == "natural" and not is_natural]
     if new and natural:
         raise UsageError(f"--data {natural[0].root}: a natural set (synthgen pack); give it with --natural, which "
