@@ -54,8 +54,9 @@ class ModelSettings(Settings):
     decoder: str = option(PAPER_DECODER, "decoder transposed convolutions", check=layers_problem)
     output_layer: str = option("3@3x3-1", "last layer to RGB", check=layers_problem)
     latent: int = option(180, "latent dimensions", valid=between(1, MAX_WIDTH))
-    image_size: int | None = option(None, "train at this size, resizing the sets' images",
-                                    default_help="the sets' own size", valid=between(16, 2048))
+    image_size: int | None = option(None, "train at this size, reducing the sets' images (needed for sets of "
+                                    "different sizes: at most the smallest)", default_help="the sets' own size",
+                                    valid=between(16, 2048))
 
 
 @dataclass(frozen=True)
