@@ -303,9 +303,14 @@ def runs_figure(rows: list[dict], null_95th: list[float | None], path) -> None:
     save_figure(fig, path, dpi=110)
 
 
+UNIT_COUNTS = (("numerosity_units", "o-", "numerosity units"), ("area_units", "s:", "area units"),
+               ("selective_units", "^--", "number-selective (ANOVA)"))
+UNIT_COLOURS = {"numerosity_units": COLOURS[NUMEROSITY], "area_units": COLOURS[AREA], "selective_units": "#55a868"}
+
+
 def epochs_figure(rows: list[dict], null_95th: list[float | None], path) -> None:
     """The course of training: per run, against the epoch, the best R^2 with its null's 95th percentile, the units
-    found, and the population decoding R^2."""
+    found (with several runs, their mean over the runs bold), and the population decoding R^2."""
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     runs = list(dict.fromkeys(row["run"] for row in rows))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -321,13 +326,16 @@ def epochs_figure(rows: list[dict], null_95th: list[float | None], path) -> None
         axes[0].plot(epochs, values("best_r2", chosen), "o-", color=colour, label=f"{name} observed".strip())
         axes[0].plot(epochs, [np.nan if null_95th[i] is None else null_95th[i] for i in order], "_--", color=colour,
                      markersize=14, label=f"{name} null 95th percentile".strip())
-        axes[1].plot(epochs, values("numerosity_units", chosen), "o-", color=colour,
-                     label=f"{name} numerosity units".strip())
-        axes[1].plot(epochs, values("area_units", chosen), "s:", color=colour, label=f"{name} area units".strip())
-        axes[1].plot(epochs, values("selective_units", chosen), "^--", color=colour,
-                     label=f"{name} number-selective (ANOVA)".strip())
+        for key, style, what in UNIT_COUNTS:  # with several runs, faint: their mean is drawn over them below
+            axes[1].plot(epochs, values(key, chosen), style, color=UNIT_COLOURS[key], alpha=0.3 if name else 1,
+                         ms=3 if name else 6, label=None if name else what)
         axes[2].plot(epochs, values("decoding_r2_log_n", chosen), "o-", color=colour, label=f"{name} log N".strip())
         axes[2].plot(epochs, values("decoding_r2_log_a", chosen), "s:", color=colour, label=f"{name} log A".strip())
+    if len(runs) > 1:
+        epochs = sorted({row["model_epoch"] for row in rows})
+        for key, style, what in UNIT_COUNTS:
+            means = [np.mean([row[key] for row in rows if row["model_epoch"] == epoch]) for epoch in epochs]
+            axes[1].plot(epochs, means, style, color=UNIT_COLOURS[key], lw=2.2, label=f"{what}: mean over runs")
     lowest = min([row[key] for row in rows for key in ("decoding_r2_log_n", "decoding_r2_log_a")
                   if row[key] is not None] + [0])  # cross-validated R^2 is below 0 where a code holds nothing
     counts = [row[key] or 0 for row in rows for key in ("numerosity_units", "area_units", "selective_units")]
