@@ -53,7 +53,8 @@ class AnalysisConfig(Settings):
                            valid=between(0, 1))
     beta_max: float = option(0.1, "largest |beta| of the other property", valid=above(0))
     active_threshold: float = option(0.01, "variance of the posterior mean below which a dimension is inactive and "
-                                     "left out", valid=at_least(0))
+                                     "left out (in a trained model; the untrained one of epoch 0 keeps every "
+                                     "dimension that varies)", valid=at_least(0))
     log1p: bool = option(False, "use log(1 + N) and log(1 + A), keeping the N = 0 images (default: leave them out, "
                          "since log 0 is undefined)")
     bootstrap: int = option(1000, "bootstrap resamples for the confidence intervals of the betas and of the "
