@@ -268,7 +268,7 @@ def analyse(config: AnalysisConfig, log=print) -> dict:
     states = check_checkpoints(config.checkpoint)
     runs = run_names(config.checkpoint, states)
     over_training = len(set(runs)) < len(runs)  # a run at several epochs (vae-train --save-every)
-    names = run_labels(config.checkpoint)
+    names = run_labels(config.checkpoint, runs)
     problem = run_folders_problem(out, config.checkpoint, names)
     if problem:
         raise UsageError(problem)

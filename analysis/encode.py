@@ -106,15 +106,6 @@ def _folder_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")
 
 
-def run_labels(checkpoints: list[str]) -> list[str]:
-    """A folder name per checkpoint: its run folder and file (seed1-best, seed1-epoch-0010), made unique."""
-    names = []
-    for path in checkpoints:
-        name = _folder_name(f"{run_folder(path).name}-{Path(path).stem}") or "run"
-        names.append(name if name not in names else f"{name}-{len(names)}")
-    return names
-
-
 def run_names(checkpoints: list[str], states: list[dict]) -> list[str]:
     """The run each checkpoint is of, by name: the run folder of its first checkpoint, made unique; checkpoints
     of one run (the same settings and --seed on the same sets) share it, wherever they lie."""
@@ -126,6 +117,16 @@ def run_names(checkpoints: list[str], states: list[dict]) -> list[str]:
             by_identity[identity] = name if name not in by_identity.values() else f"{name}-{len(by_identity)}"
         names.append(by_identity[identity])
     return names
+
+
+def run_labels(checkpoints: list[str], runs: list[str]) -> list[str]:
+    """A folder name per checkpoint: the name of the run it is of (`run_names`) and its file (seed1-best,
+    seed1-epoch-0010), made unique."""
+    labels = []
+    for run, path in zip(runs, checkpoints):
+        label = _folder_name(f"{run}-{Path(path).stem}")
+        labels.append(label if label not in labels else f"{label}-{len(labels)}")
+    return labels
 
 
 def run_folders_problem(out, checkpoints, labels) -> str | None:

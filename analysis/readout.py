@@ -299,8 +299,8 @@ def run(config: ReadoutConfig, log=print) -> dict:
     device = resolve_device(config.runtime.device)
     # Every input is checked before the first encoding, which takes minutes on a large set.
     states = check_checkpoints(config.checkpoint)
-    several, labels = len(config.checkpoint) > 1, run_labels(config.checkpoint)
     runs = run_names(config.checkpoint, states)
+    several, labels = len(config.checkpoint) > 1, run_labels(config.checkpoint, runs)
     problem = run_folders_problem(out, config.checkpoint, labels)
     if problem:
         raise UsageError(problem)

@@ -22,6 +22,7 @@ from analysis.readout_report import READOUT_FILES
 from analysis.regression import AREA, NUMEROSITY, bootstrap_betas, fit_eq3, make_predictors, standardise, unit_labels
 from analysis.area_vs_number import CONFOUNDED_R
 from analysis.controls import population_decoding, rotation_null
+from analysis.encode import check_checkpoints, run_labels, run_names
 from analysis.units import UNTRAINED_ACTIVE_THRESHOLD, Criteria, find_units
 from common import streams
 from conftest import lock_held_elsewhere, strict_json
@@ -369,6 +370,18 @@ def test_a_runs_kept_epochs_are_analysed_as_its_course_of_training(trained, tmp_
     assert "over the course of training" in report and "| run-seed1 | 0 | " in report
     assert re.search(r"^\| 4 \| \d+ ± ", report, re.MULTILINE) and not re.search(r"^\| [02] \| ", report, re.MULTILINE)
     assert len((out / "runs.csv").read_text().splitlines()) == 5 and _valid_png(out / "runs.png")
+
+
+def test_checkpoints_are_named_by_the_run_they_are_of(trained, tmp_path):
+    """Two runs whose folders have one name: each keeps its own name in every folder of its checkpoints."""
+    paths = []
+    for run, epoch, folder in (("run", 2, "a"), ("run-seed1", 2, "b"), ("run-seed1", 4, "b")):
+        place = tmp_path / folder / "run"
+        place.mkdir(parents=True, exist_ok=True)
+        paths.append(str(shutil.copy(trained / run / "checkpoints" / f"epoch-{epoch:04d}.pt", place)))
+    runs = run_names(paths, check_checkpoints(paths))
+    assert runs == ["run", "run-1", "run-1"]
+    assert run_labels(paths, runs) == ["run-epoch-0002", "run-1-epoch-0002", "run-1-epoch-0004"]
 
 
 def test_a_readout_over_the_course_of_training(trained, tmp_path, capsys):
