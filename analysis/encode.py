@@ -88,9 +88,9 @@ def check_checkpoints(paths) -> list[dict]:
             raise CheckpointError(f"--checkpoint {exc}") from None
         key = (run_identity(state), int(state["epoch"]))
         if key in seen:
-            raise UsageError(f"--checkpoint {seen[key]} and {path} are one run at one epoch ({state['epoch']}: a run's "
-                             "best.pt and last.pt when its last epoch was its best, or a copy of a run), and the "
-                             "summary would count that model twice; give it once")
+            raise UsageError(f"--checkpoint {seen[key]} and {path} are one run at one epoch ({state['epoch']}: two "
+                             "of a run's best.pt, last.pt and the epoch-NNNN.pt that --save-every kept, or a copy of "
+                             "a run), and the summary would count that model twice; give it once")
         seen[key] = path
         states.append(state)
     return states
