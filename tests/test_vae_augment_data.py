@@ -158,5 +158,13 @@ def test_sets_of_different_sizes_are_each_reduced_to_the_training_size(sets, tmp
     # area averaging by 2: each pixel the mean of a 2 x 2 block, exactly, as a set made at the smaller size holds it
     coarse = np.random.default_rng(0).integers(0, 256, (3, 24, 24, 3), dtype=np.uint8)
     assert np.array_equal(reduce_images(np.kron(coarse, np.ones((1, 2, 2, 1), np.uint8)), 24), coarse)
+    # loader workers reduce them as the memory feed does (torch in forked processes)
+    pool.images([0])
+    batches = [np.array([3, 25, 1]), np.array([59, 0])]
+    memory = list(MemoryFeed(pool, torch.device("cpu")).batches(batches))
+    workers = list(LoaderFeed(pool, torch.device("cpu"), workers=2).batches(batches))
+    for (a, boxes_a), (b, boxes_b) in zip(memory, workers):
+        assert a.shape[1:] == (32, 32, 3) and torch.equal(a, b)
+        assert torch.equal(torch.nan_to_num(boxes_a, -1), torch.nan_to_num(boxes_b, -1))
     # one size: read as it is, reduced on the training device as before
     assert Pool([str(small)], [], image_size=32).image_size == 48
