@@ -271,11 +271,15 @@ def test_two_process_ddp_on_cpu(data, tmp_path, capsys, compile_args):
     run = tmp_path / "ddp"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "vae.train", "--data", str(data / "synth"), "--out", str(run), "--epochs", "2", *TINY,
-               *compile_args]
+               "--save-every", "2", *compile_args]
     result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     config = strict_json(run / "config.json")
     assert config["world_size"] == 2
+    # the kept epochs are written once, by the first process, and hold the model the processes share
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch-0000.pt", "epoch-0002.pt"]
+    kept, last = load_checkpoint(run / "checkpoints" / "epoch-0002.pt"), load_checkpoint(run / "last.pt")
+    assert all(torch.equal(kept["model"][k], last["model"][k]) for k in last["model"])
     records = metrics(run)
     train_images = config["data"]["synthetic_train"]
     assert len(records) == 2 and all(r["train"]["images"] == train_images // 2 * 2 for r in records)
