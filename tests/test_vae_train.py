@@ -22,7 +22,7 @@ from common.errors import UserError
 from vae.cli import main as train_main
 from vae.cli import make_parser
 from vae.config import TrainingSettings
-from vae.train import build_scheduler
+from vae.train import build_scheduler, kept_epochs_line
 
 TINY = ["--encoder", "8@4x4-1,16@4x4-2,16@4x4-2,32@4x4-2", "--decoder", "32@3x3-1,16@3x3-2,16@3x3-2,8@3x3-2",
         "--latent", "8", "--batch-size", "16", "--workers", "0", "--recon", "pixel"]
@@ -406,6 +406,17 @@ def test_a_run_taken_over_between_the_checks_and_the_start_is_refused(data, tmp_
     assert _files(run) == continued and load_checkpoint(run / "last.pt")["epoch"] == 2
 
 
+def test_the_kept_epochs_are_told_with_their_disk_space_and_a_note_when_it_is_not_free():
+    """The paper's model keeps 745 MB per epoch: 15 of them over 140 epochs take 11 GB."""
+    line = kept_epochs_line(list(range(0, 141, 10)), 745 * 2**20, 50 * 2**30)
+    assert line == ("kept epochs (--save-every): 15 model(s) of 745 MiB in checkpoints/, 10.9 GiB in all (epochs 0, "
+                    "10, 20, 30, 40, 50, ... 140)")
+    short = kept_epochs_line([5, 10], 745 * 2**20, 2**30)
+    assert short.endswith("1.46 GiB in all (epochs 5, 10); note: only 1 GiB are free there, so the run will stop "
+                          "with an error when the disk fills (its last.pt whole, to resume from): free space, or keep "
+                          "fewer with a larger --save-every on --resume")
+
+
 def test_sets_of_two_sizes_train_at_an_image_size_below_both_and_resume(data, tmp_path, capsys):
     photos = tmp_path / "natural-48"
     assert synthgen_main(["pack", str(data / "sos"), "--out", str(photos), "--size", "48", "--no-progress",
@@ -428,7 +439,13 @@ def test_save_every_keeps_the_course_of_training_and_leaves_the_run_as_it_was(da
     plain, kept = tmp_path / "plain", tmp_path / "kept"
     assert train_main([*common, "--out", str(plain)]) == 0
     assert train_main([*common, "--out", str(kept), "--save-every", "2"]) == 0
-    assert f"{kept / 'checkpoints'}/epoch-*.pt" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"{kept / 'checkpoints'}/epoch-*.pt" in out
+    size = (kept / "checkpoints" / "epoch-0000.pt").stat().st_size
+    logged = re.search(r"kept epochs \(--save-every\): 2 model\(s\) of ([\d.]+) MiB in checkpoints/, [\d.e-]+ GiB "
+                       r"in all \(epochs 0, 2\)\n", out)
+    # the weights: the file adds its settings and torch's framing, a tenth of this tiny model, nothing of 186M
+    assert logged and 0.8 * size < float(logged[1]) * 2**20 <= size, out
     assert not (plain / "checkpoints").exists()
     assert sorted(p.name for p in (kept / "checkpoints").iterdir()) == ["epoch-0000.pt", "epoch-0002.pt"]
     last, plain_last = load_checkpoint(kept / "last.pt"), load_checkpoint(plain / "last.pt")
