@@ -17,12 +17,13 @@ from PIL import Image
 from conftest import lock_held_elsewhere, not_json, strict_json
 from synthgen.cli import main as synthgen_main
 from test_pack import make_sos_tree
-from vae.checkpoint import load_checkpoint, load_model_and_metadata, run_identity, save_checkpoint
+from vae.checkpoint import (kept_epochs, kept_epochs_line, load_checkpoint, load_model_and_metadata, run_identity,
+                            save_checkpoint)
 from common.errors import UserError
 from vae.cli import main as train_main
 from vae.cli import make_parser
 from vae.config import TrainingSettings
-from vae.train import build_scheduler, kept_epochs_line
+from vae.train import build_scheduler
 
 TINY = ["--encoder", "8@4x4-1,16@4x4-2,16@4x4-2,32@4x4-2", "--decoder", "32@3x3-1,16@3x3-2,16@3x3-2,8@3x3-2",
         "--latent", "8", "--batch-size", "16", "--workers", "0", "--recon", "pixel"]
@@ -408,7 +409,9 @@ def test_a_run_taken_over_between_the_checks_and_the_start_is_refused(data, tmp_
 
 def test_the_kept_epochs_are_told_with_their_disk_space_and_a_note_when_it_is_not_free():
     """The paper's model keeps 745 MB per epoch: 15 of them over 140 epochs take 11 GB."""
-    line = kept_epochs_line(list(range(0, 141, 10)), 745 * 2**20, 50 * 2**30)
+    assert kept_epochs(0, 140, 10, new=True) == list(range(0, 141, 10))
+    assert kept_epochs(37, 45, 4, new=False) == [40, 44]  # a resumed run: from its next epoch on
+    line = kept_epochs_line(kept_epochs(0, 140, 10, new=True), 745 * 2**20, 50 * 2**30)
     assert line == ("kept epochs (--save-every): 15 model(s) of 745 MiB in checkpoints/, 10.9 GiB in all (epochs 0, "
                     "10, 20, 30, 40, 50, ... 140)")
     short = kept_epochs_line([5, 10], 745 * 2**20, 2**30)

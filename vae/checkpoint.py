@@ -1,7 +1,8 @@
 """Checkpoints: written atomically, loadable with `torch.load(weights_only=True)`, self-describing.
 
 A checkpoint holds the model's config (JSON), so `load_model(path)` rebuilds the model from the file
-alone; `last.pt` also holds everything `--resume` needs (optimizer, scheduler, epoch, history).
+alone; `last.pt` also holds everything `--resume` needs (optimizer, scheduler, epoch, history). A run also
+keeps the models of the epochs --save-every asks for (`kept_epochs`), each a checkpoint like best.pt.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 
 from common.atomic import write_atomic
 from common.errors import UserError, exception_line
-from vae.config import LATER_SETTINGS, RELOCATABLE, RESUMABLE
+from vae.config import EPOCHS_FOLDER, LATER_SETTINGS, RELOCATABLE, RESUMABLE
 from vae.model import VAE, ModelConfig
 
 FORMAT = "vae-train-checkpoint"
@@ -106,3 +107,23 @@ def run_identity(state: dict) -> str:
     kept["sets"] = ([[s.get("option"), s["identity"], s.get("n_images")] for s in sets] if sets is not None else
                     [settings.get(name) for name in sorted(RELOCATABLE)])
     return json.dumps(kept, sort_keys=True)
+
+
+def kept_epochs(done: int, epochs: int, every: int, new: bool) -> list[int]:
+    """The epochs whose models --save-every K keeps of a run that has trained `done` of its `epochs`: every K-th
+    from here, and the untrained start (epoch 0) of a new run."""
+    return [0] * new + [epoch for epoch in range(done + 1, epochs + 1) if epoch % every == 0]
+
+
+def kept_epochs_line(epochs: list[int], each: int, free: int) -> str:
+    """What --save-every will keep of this run, in the log: which epochs, how much disk that takes, and a note when
+    it is more than is free (the run would stop there, with its last.pt whole, when the disk fills)."""
+    need = len(epochs) * each
+    shown = ", ".join(map(str, epochs[:6])) + (f", ... {epochs[-1]}" if len(epochs) > 6 else "")
+    line = (f"kept epochs (--save-every): {len(epochs)} model(s) of {each / 2**20:.3g} MiB in {EPOCHS_FOLDER}/, "
+            f"{need / 2**30:.3g} GiB in all (epochs {shown or 'none left'})")
+    if need > free:
+        line += (f"; note: only {free / 2**30:.3g} GiB are free there, so the run will stop with an error when the "
+                 "disk fills (its last.pt whole, to resume from): free space, or keep fewer with a larger --save-every "
+                 "on --resume")
+    return line

@@ -34,7 +34,8 @@ from common.locks import FolderLock
 from common.machine import cores, describe as describe_machine
 from common.settings import to_dict
 from vae.augment import augment, to_float
-from vae.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, saved_sets
+from vae.checkpoint import (CheckpointError, kept_epochs, kept_epochs_line, load_checkpoint, save_checkpoint,
+                            saved_sets)
 from vae.config import EPOCHS_FOLDER, TrainConfig, TrainingSettings, holds_run
 from vae.data import (FeedChoice, Pool, Split, choose_feed, epoch_indices, make_feed, mixing_plan, rank_batches,
                       split_pool)
@@ -464,26 +465,11 @@ def describe_run(run: Run, config: TrainConfig, runtime: Runtime, resume: bool, 
     run.log(f"device {runtime.device} x {runtime.world} process(es), amp {'bf16' if runtime.amp else 'off'}, "
             f"{run.data.feed_choice.line()}"
             + (f", resuming after epoch {run.epoch}" if resume else ""))
-    every = config.training.save_every
-    if every:
-        epochs = [e for e in range(run.epoch + 1, config.training.epochs + 1) if e % every == 0] + [0] * (not resume)
+    if config.training.save_every:
+        epochs = kept_epochs(run.epoch, config.training.epochs, config.training.save_every, new=not resume)
         each = sum(t.numel() * t.element_size() for t in run.model.state_dict().values())
-        run.log(kept_epochs_line(sorted(epochs), each, shutil.disk_usage(run.out).free))
+        run.log(kept_epochs_line(epochs, each, shutil.disk_usage(run.out).free))
     return record
-
-
-def kept_epochs_line(epochs: list[int], each: int, free: int) -> str:
-    """What --save-every will keep of this run, in the log: which epochs, how much disk that takes, and a note when
-    it is more than is free (the run would stop there, with its last.pt whole, when the disk fills)."""
-    need = len(epochs) * each
-    shown = ", ".join(map(str, epochs[:6])) + (f", ... {epochs[-1]}" if len(epochs) > 6 else "")
-    line = (f"kept epochs (--save-every): {len(epochs)} model(s) of {each / 2**20:.3g} MiB in {EPOCHS_FOLDER}/, "
-            f"{need / 2**30:.3g} GiB in all (epochs {shown or 'none left'})")
-    if need > free:
-        line += (f"; note: only {free / 2**30:.3g} GiB are free there, so the run will stop with an error when the "
-                 "disk fills (its last.pt whole, to resume from): free space, or keep fewer with a larger --save-every "
-                 "on --resume")
-    return line
 
 
 def claim_run_folder(out: Path, last: dict | None) -> FolderLock:
