@@ -18,8 +18,8 @@ import torch
 from analysis import figures as draw
 from analysis.config import AnalysisConfig
 from analysis.controls import Decoding, NullResult, population_decoding, rotation_null
-from analysis.encode import (check_checkpoints, encode_set, load_encoder, resize_notes, run_folders_problem,
-                             run_labels, run_names, seen_by_the_vae)
+from analysis.encode import (check_checkpoints, encode_set, load_encoder, over_training, resize_notes,
+                             run_folders_problem, run_labels, run_names, seen_by_the_vae)
 from analysis.regression import AREA, NUMEROSITY, Predictors, make_predictors
 from analysis.report import (collapsed_markdown, collapsed_summary, earlier_outputs, epochs_markdown, epochs_summary,
                              mean_sd_text, report_markdown, run_row, run_summary, runs_markdown, runs_summary,
@@ -267,7 +267,6 @@ def analyse(config: AnalysisConfig, log=print) -> dict:
     device = resolve_device(config.runtime.device)
     states = check_checkpoints(config.checkpoint)
     runs = run_names(config.checkpoint, states)
-    over_training = len(set(runs)) < len(runs)  # a run at several epochs (vae-train --save-every)
     names = run_labels(config.checkpoint, runs)
     problem = run_folders_problem(out, config.checkpoint, names)
     if problem:
@@ -288,7 +287,7 @@ def analyse(config: AnalysisConfig, log=print) -> dict:
         write_runs_csv(out / "runs.csv", rows)
         null_95th = [(s.get("null") or {}).get("null_95th_percentile", {}).get("best_r2") for s in summaries]
         overall = {"data": str(shards.root), "settings": to_dict(config), "runs": rows, "figure": str(out / "runs.png")}
-        if over_training:
+        if over_training(runs):
             course = overall["over_training"] = epochs_summary(rows)
             draw.epochs_figure(rows, null_95th, out / "runs.png")
             write_atomic(out / "summary.json", json_text(overall).encode())

@@ -119,6 +119,12 @@ def run_names(checkpoints: list[str], states: list[dict]) -> list[str]:
     return names
 
 
+def over_training(runs: list[str]) -> bool:
+    """Whether checkpoints of these runs (`run_names`) are a course of training: some run at several epochs
+    (vae-train --save-every), so that their summary goes by epoch, not over runs."""
+    return len(set(runs)) < len(runs)
+
+
 def run_labels(checkpoints: list[str], runs: list[str]) -> list[str]:
     """A folder name per checkpoint: the name of the run it is of (`run_names`) and its file (seed1-best,
     seed1-epoch-0010), made unique."""

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from analysis.config import ReadoutConfig
+from analysis.encode import over_training
 from analysis.figures import confusion_matrix, readouts_epochs_figure, readouts_figure
 from analysis.metrics import CLASSES
 from analysis.report import (earlier_run_folders, epochs_summary, mean_sd_text, runs_summary, shared_epochs,
@@ -206,8 +207,7 @@ def write_summary(out: Path, outcomes: list[ReadoutOutcome], labels: list[str], 
     overall = {"settings": to_dict(config), "images": images, "runs": rows,
                "chance": test["chance"], "mean_chance": test["mean_chance"], "ap_variant": AP_VARIANT,
                "published": published(), "notes": notes, "figure": str(out / "readouts.png")}
-    over_training = len(set(runs)) < len(runs)
-    if over_training:
+    if over_training(runs):
         course = overall["over_training"] = epochs_summary(rows, SCORE_COLUMNS)
         spreads = {f"mean ± sd over the runs at epoch {epoch}": stats for epoch, stats in shared_epochs(course).items()}
         readouts_epochs_figure(rows, test["chance"], out / "readouts.png")
