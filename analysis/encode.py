@@ -87,6 +87,8 @@ def check_checkpoints(paths) -> list[dict]:
         except CheckpointError as exc:
             raise CheckpointError(f"--checkpoint {exc}") from None
         key = (run_identity(state), int(state["epoch"]))
+        if key in seen and Path(seen[key]).resolve() == Path(path).resolve():
+            raise UsageError(f"--checkpoint {path} is given twice (as {seen[key]} and {path}); give it once")
         if key in seen:
             raise UsageError(f"--checkpoint {seen[key]} and {path} are one run at one epoch ({state['epoch']}: two "
                              "of a run's best.pt, last.pt and the epoch-NNNN.pt that --save-every kept, or a copy of "

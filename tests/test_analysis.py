@@ -326,6 +326,10 @@ def test_one_run_at_one_epoch_twice_is_refused(trained, tmp_path, capsys):
             err = capsys.readouterr().err
             assert f"--checkpoint {last} and {other} are one run at one epoch (4: " in err, err
             assert err.count("\n") == 1
+        # the same file twice, however it is spelled
+        assert main(["--checkpoint", str(last), str(trained / "run" / ".." / "run" / "last.pt"), *inputs, *out]) == 2
+        assert f"--checkpoint {trained / 'run' / '..' / 'run' / 'last.pt'} is given twice (as {last} and " in \
+            capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
