@@ -16,8 +16,8 @@ from analysis.config import ReadoutConfig
 from analysis.encode import over_training
 from analysis.figures import confusion_matrix, readouts_epochs_figure, readouts_figure
 from analysis.metrics import CLASSES
-from analysis.report import (earlier_run_folders, epochs_summary, mean_sd_text, runs_summary, shared_epochs,
-                             write_csv)
+from analysis.report import (by_run_and_epoch, earlier_run_folders, epochs_summary, mean_sd_text, runs_summary,
+                             shared_epochs, write_csv)
 from common.atomic import write_atomic
 from common.jsontext import finite, json_text
 from common.settings import to_dict
@@ -209,16 +209,18 @@ def write_summary(out: Path, outcomes: list[ReadoutOutcome], labels: list[str], 
                "published": published(), "notes": notes, "figure": str(out / "readouts.png")}
     if over_training(runs):
         course = overall["over_training"] = epochs_summary(rows, SCORE_COLUMNS)
+        shown = by_run_and_epoch(rows, course)
         spreads = {f"mean ± sd over the runs at epoch {epoch}": stats for epoch, stats in shared_epochs(course).items()}
         readouts_epochs_figure(rows, test["chance"], out / "readouts.png")
         title = (f"# Subitizing readout over the course of training: {len(rows)} checkpoints of "
                  f"{len(course['runs'])} run(s)")
         spread = ("The rows are the checkpoints, by run and epoch (epoch 0: the untrained model); where several runs "
                   "have an epoch, the mean ± sd over those runs (sd with n - 1) follows. Each checkpoint's")
-        accuracy = ("Accuracy: " + ", ".join(f"{row['label']} {row['accuracy']:.1%}" for row in rows)
+        accuracy = ("Accuracy: " + ", ".join(f"{row['label']} {row['accuracy']:.1%}" for row in shown)
                     + ". Figure: `readouts.png`, the scores against the epoch; each checkpoint's: `readouts.csv`.")
     else:
         stats = overall["over_runs"] = runs_summary(rows, SCORE_COLUMNS)
+        shown = rows
         spreads = {f"VAE + softmax, mean ± sd over {len(rows)} runs": stats}
         readouts_figure(rows, stats, test["chance"], PUBLISHED["VAE + softmax [Wever & Runia]"][0],
                         out / "readouts.png")
@@ -240,7 +242,7 @@ def write_summary(out: Path, outcomes: list[ReadoutOutcome], labels: list[str], 
         f"Count AP (%) per class on the test set, and per-class recall, in the layout of the paper's Table 1. AP: "
         f"{AP_VARIANT}. {CHANCE_AND_RECALL_WORDS} {spread} 95% intervals over its test images are in its own "
         "table.md.", "",
-        runs_table(rows, spreads, test["chance"], test["mean_chance"]), "",
+        runs_table(shown, spreads, test["chance"], test["mean_chance"]), "",
         accuracy,
         *([""] + [f"**Note:** {note}." for note in notes] if notes else []),
         *(["", "Some runs have notes of their own (such as a test set their VAE trained on): see their table.md."]

@@ -367,10 +367,15 @@ def shared_epochs(course: dict) -> dict:
             if max((stat["runs"] for stat in stats.values()), default=0) > 1}
 
 
+def by_run_and_epoch(rows: list[dict], course: dict) -> list[dict]:
+    """The rows of a course of training (`epochs_summary`), run by run in the order given, each by epoch."""
+    return sorted(rows, key=lambda row: (list(course["runs"]).index(row["run"]), row["model_epoch"]))
+
+
 def epochs_markdown(rows: list[dict], course: dict, data: str) -> str:
     """report.md over the course of training: a row per checkpoint, in each run's order of epochs, and the mean
     ± sd over runs of each epoch that several runs have."""
-    ordered = sorted(rows, key=lambda row: (list(course["runs"]).index(row["run"]), row["model_epoch"]))
+    ordered = by_run_and_epoch(rows, course)
     runs = ", ".join(f"{name} (epochs {', '.join(map(str, epochs))})" for name, epochs in course["runs"].items())
     lines = ["# Area versus number over the course of training", "",
              f"Set `{data}`; {len(rows)} checkpoints of {len(course['runs'])} run(s): {runs}. Each is analysed in its "

@@ -390,13 +390,14 @@ def test_checkpoints_are_named_by_the_run_they_are_of(trained, tmp_path):
 
 def test_a_readout_over_the_course_of_training(trained, tmp_path, capsys):
     out = tmp_path / "readouts"
-    assert readout_main(["--checkpoint", *course_checkpoints(trained), "--train", str(trained / "train"), "--test",
+    given = [course_checkpoints(trained)[k] for k in (3, 2, 0, 1)]  # in no order: the table goes by run and epoch
+    assert readout_main(["--checkpoint", *given, "--train", str(trained / "train"), "--test",
                          str(trained / "analysis-set"), "--epochs", "20", "--bootstrap", "0", "--out", str(out),
                          "--no-progress"]) == 0
     assert "vae-subitize: 4 checkpoints of 2 run(s); test mean AP " in capsys.readouterr().out
     summary = strict_json(out / "readout.json")
     rows = summary["runs"]
-    assert [(row["run"], row["model_epoch"], row["label"]) for row in rows] == COURSE
+    assert [(row["run"], row["model_epoch"], row["label"]) for row in rows] == [COURSE[k] for k in (3, 2, 0, 1)]
     for row in rows:
         assert strict_json(out / row["label"] / "readout.json")["test"]["mean_ap"] == row["mean_ap"]
     assert "over_runs" not in summary and summary["over_training"]["runs"] == {"run-seed1": [0, 2, 4], "run": [4]}
@@ -406,7 +407,9 @@ def test_a_readout_over_the_course_of_training(trained, tmp_path, capsys):
     table = (out / "table.md").read_text()
     assert table.startswith("# Subitizing readout over the course of training: 4 checkpoints of 2 run(s)")
     assert "| **mean ± sd over the runs at epoch 4** | AP |" in table and "epoch 2**" not in table
-    assert "| run-seed1-epoch-0000 | AP |" in table and f"run-seed1-epoch-0000 {rows[0]['accuracy']:.1%}" in table
+    shown = [table.index(f"| {label} | AP |") for label in ("run-epoch-0004", "run-seed1-epoch-0000",
+                                                              "run-seed1-epoch-0002", "run-seed1-epoch-0004")]
+    assert shown == sorted(shown) and f"run-seed1-epoch-0000 {rows[2]['accuracy']:.1%}" in table
     assert _valid_png(out / "readouts.png")
 
 
