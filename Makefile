@@ -12,10 +12,12 @@ DEMO_VAE := --image-size 48 --encoder "16@4x4-1,32@4x4-2,32@4x4-2,64@4x4-2" \
 PIP_INSTALL := $(BIN)/python -m pip install --disable-pip-version-check -c constraints.txt
 
 # The positive control (README: "The positive control"): Stoianov & Zorzi's dot stimuli, a small VAE with the
-# Bernoulli loss, two seeds, and the analysis with its controls; about 20 minutes on 2 CPU cores.
+# Bernoulli loss, two seeds, and the analysis with its controls, over the runs and over the course of training
+# (every second epoch kept, from the untrained model on); about 20 minutes on 2 CPU cores.
 DOTS ?= runs/dots
 DOTS_VAE := --epochs 16 --latent 16 --encoder "32@4x4-2,64@4x4-2,128@4x4-2" --decoder "128@3x3-2,64@3x3-2,32@3x3-2" \
-	--recon bce --beta 1 --batch-size 128 --crop-max 0 --brightness 0 --contrast 0 --saturation 0 --hue 0 --workers 0
+	--recon bce --beta 1 --batch-size 128 --crop-max 0 --brightness 0 --contrast 0 --saturation 0 --hue 0 --workers 0 \
+	--save-every 2
 
 .PHONY: demo dots test clean
 
@@ -66,11 +68,16 @@ dots: $(VENV)/.installed
 	done
 	$(BIN)/analyze-area-vs-number --checkpoint $(DOTS)/vae-seed0/best.pt $(DOTS)/vae-seed1/best.pt \
 		--data $(DOTS)/test --out $(DOTS)/analysis --no-progress
+	@if ls $(DOTS)/vae-seed0/checkpoints/epoch-*.pt $(DOTS)/vae-seed1/checkpoints/epoch-*.pt > /dev/null 2>&1; then \
+		$(BIN)/analyze-area-vs-number --checkpoint $(DOTS)/vae-seed0/checkpoints/epoch-*.pt \
+			$(DOTS)/vae-seed1/checkpoints/epoch-*.pt --data $(DOTS)/test --out $(DOTS)/over-training --no-progress; \
+	else echo "The runs in $(DOTS) kept no epochs (made before --save-every): no analysis over training."; fi
 	@echo
 	@echo "Positive control outputs:"
 	@echo "  dot stimuli      $(DOTS)/train, $(DOTS)/test (figures in $(DOTS)/train/inspect/)"
 	@echo "  two VAEs         $(DOTS)/vae-seed0, $(DOTS)/vae-seed1"
 	@echo "  analysis         $(DOTS)/analysis/report.md (over both runs; each run's report in its own folder)"
+	@echo "  over training    $(DOTS)/over-training/report.md, runs.png (epochs 0-16 of both runs; 0: untrained)"
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest
