@@ -289,7 +289,7 @@ def analyse(config: AnalysisConfig, log=print) -> dict:
         overall = {"data": str(shards.root), "settings": to_dict(config), "runs": rows, "figure": str(out / "runs.png")}
         if over_training(runs):
             course = overall["over_training"] = epochs_summary(rows)
-            draw.epochs_figure(rows, null_95th, out / "runs.png")
+            draw.epochs_figure(rows, course, null_95th, out / "runs.png")
             write_atomic(out / "summary.json", json_text(overall).encode())
             write_atomic(out / "report.md", epochs_markdown(rows, course, str(shards.root)).encode())
             epochs = [int(epoch) for epoch in course["by_epoch"]]

@@ -308,9 +308,10 @@ UNIT_COUNTS = (("numerosity_units", "o-", "numerosity units"), ("area_units", "s
 UNIT_COLOURS = {"numerosity_units": COLOURS[NUMEROSITY], "area_units": COLOURS[AREA], "selective_units": "#55a868"}
 
 
-def epochs_figure(rows: list[dict], null_95th: list[float | None], path) -> None:
+def epochs_figure(rows: list[dict], course: dict, null_95th: list[float | None], path) -> None:
     """The course of training: per run, against the epoch, the best R^2 with its null's 95th percentile, the units
-    found (with several runs, their mean over the runs bold), and the population decoding R^2."""
+    found (with several runs, their mean over the runs bold, from `course`: report.epochs_summary), and the
+    population decoding R^2."""
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     runs = list(dict.fromkeys(row["run"] for row in rows))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -332,10 +333,10 @@ def epochs_figure(rows: list[dict], null_95th: list[float | None], path) -> None
         axes[2].plot(epochs, values("decoding_r2_log_n", chosen), "o-", color=colour, label=f"{name} log N".strip())
         axes[2].plot(epochs, values("decoding_r2_log_a", chosen), "s:", color=colour, label=f"{name} log A".strip())
     if len(runs) > 1:
-        epochs = sorted({row["model_epoch"] for row in rows})
+        by_epoch = course["by_epoch"]
         for key, style, what in UNIT_COUNTS:
-            means = [np.mean([row[key] for row in rows if row["model_epoch"] == epoch]) for epoch in epochs]
-            axes[1].plot(epochs, means, style, color=UNIT_COLOURS[key], lw=2.2, label=f"{what}: mean over runs")
+            axes[1].plot([int(epoch) for epoch in by_epoch], [stats[key]["mean"] for stats in by_epoch.values()], style,
+                         color=UNIT_COLOURS[key], lw=2.2, label=f"{what}: mean over runs")
     lowest = min([row[key] for row in rows for key in ("decoding_r2_log_n", "decoding_r2_log_a")
                   if row[key] is not None] + [0])  # cross-validated R^2 is below 0 where a code holds nothing
     counts = [row[key] or 0 for row in rows for key in ("numerosity_units", "area_units", "selective_units")]
