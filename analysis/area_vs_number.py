@@ -18,8 +18,8 @@ import torch
 from analysis import figures as draw
 from analysis.config import AnalysisConfig
 from analysis.controls import Decoding, NullResult, population_decoding, rotation_null
-from analysis.encode import (check_checkpoints, encode_set, load_encoder, over_training, resize_notes,
-                             run_folders_problem, run_labels, run_names, seen_by_the_vae)
+from analysis.encode import (checked_checkpoints, encode_set, load_encoder, over_training, resize_notes,
+                             seen_by_the_vae)
 from analysis.regression import AREA, NUMEROSITY, Predictors, make_predictors
 from analysis.report import (collapsed_markdown, collapsed_summary, earlier_outputs, epochs_markdown, epochs_summary,
                              mean_sd_text, report_markdown, run_row, run_summary, runs_markdown, runs_summary,
@@ -29,7 +29,7 @@ from analysis.units import UNTRAINED_ACTIVE_THRESHOLD, Criteria, NoActiveDimensi
 from common import streams
 from common.atomic import ReplacedOutputs, write_atomic
 from common.cli import resolve_device
-from common.errors import UsageError, UserError
+from common.errors import UserError
 from common.jsontext import json_text
 from common.locks import FolderLock
 from common.settings import to_dict
@@ -265,12 +265,7 @@ def analyse(config: AnalysisConfig, log=print) -> dict:
     training where a run is given at several epochs."""
     out = Path(config.out)
     device = resolve_device(config.runtime.device)
-    states = check_checkpoints(config.checkpoint)
-    runs = run_names(config.checkpoint, states)
-    names = run_labels(config.checkpoint, runs)
-    problem = run_folders_problem(out, config.checkpoint, names)
-    if problem:
-        raise UsageError(problem)
+    states, runs, names = checked_checkpoints(config.checkpoint, out)
     shards, labels = load_set(config)
     confound = confound_note(labels, config)
     notes = [run_notes(state, path, shards, confound) for path, state in zip(config.checkpoint, states)]

@@ -152,6 +152,18 @@ def run_folders_problem(out, checkpoints, labels) -> str | None:
     return None
 
 
+def checked_checkpoints(checkpoints: list[str], out) -> tuple[list[dict], list[str], list[str]]:
+    """Every check of the --checkpoint files, and of where their results go, before any is used: their states
+    (check_checkpoints), the run each is of (run_names) and the folder each writes in `out` (run_labels)."""
+    states = check_checkpoints(checkpoints)
+    runs = run_names(checkpoints, states)
+    labels = run_labels(checkpoints, runs)
+    problem = run_folders_problem(out, checkpoints, labels)
+    if problem:
+        raise UsageError(problem)
+    return states, runs, labels
+
+
 def seen_by_the_vae(state: dict, sets: list[tuple[str, ShardSet]]) -> list[str]:
     """Which of these sets hold images the VAE itself trained on (from the sets its checkpoint records), each as
     "the VAE was trained on images of OPTION SET (how)"; the command says what that means for it."""

@@ -19,8 +19,7 @@ from torch import nn
 from tqdm import tqdm
 
 from analysis.config import ReadoutConfig
-from analysis.encode import (check_checkpoints, encode_set, load_encoder, resize_notes, run_folders_problem, run_labels,
-                             run_names, seen_by_the_vae)
+from analysis.encode import checked_checkpoints, encode_set, load_encoder, resize_notes, seen_by_the_vae
 from analysis.metrics import CLASSES, bootstrap_intervals, classification_report, count_class
 from analysis.readout_report import (AP_VARIANT, earlier_readout, published, scores_line, spread_text,
                                      write_readout, write_summary)
@@ -298,12 +297,8 @@ def run(config: ReadoutConfig, log=print) -> dict:
     out = Path(config.out)
     device = resolve_device(config.runtime.device)
     # Every input is checked before the first encoding, which takes minutes on a large set.
-    states = check_checkpoints(config.checkpoint)
-    runs = run_names(config.checkpoint, states)
-    several, labels = len(config.checkpoint) > 1, run_labels(config.checkpoint, runs)
-    problem = run_folders_problem(out, config.checkpoint, labels)
-    if problem:
-        raise UsageError(problem)
+    states, runs, labels = checked_checkpoints(config.checkpoint, out)
+    several = len(config.checkpoint) > 1
     data = labelled_data(config)
     notes = [checkpoint_notes(state, path, data) for path, state in zip(config.checkpoint, states)]
     # One readout writes the folder at a time: a second one there would interleave its files with this one's.
