@@ -534,6 +534,56 @@ def test_a_checkpoint_of_an_earlier_version_still_has_its_sets_checked(data, tmp
     assert load_checkpoint(run / "last.pt")["epoch"] == 3
 
 
+def test_a_resumed_run_keeps_the_split_it_started_with(data, tmp_path, capsys):
+    """The split of the run's images (what is held out, which natural images are removed for balance, the order
+    they join in) is saved in last.pt: a version that would split otherwise does not move a validation image
+    into training. A last.pt from before the split was saved is checked against what config.json records."""
+    run = tmp_path / "run"
+    common = ["--out", str(run), "--resume", "--workers", "0"]
+    assert train_main(["--data", str(data / "synth"), "--natural", str(data / "natural"), "--out", str(run),
+                       "--epochs", "1", "--natural-start", "0", "--natural-ramp", "1", *TINY]) == 0
+    state = load_checkpoint(run / "last.pt")
+    split = {key: state["split"][key].numpy() for key in ("train_synthetic", "train_natural_order", "validation")}
+    recorded = strict_json(run / "config.json")["data"]
+    assert [split[key].size for key in split] == [recorded["synthetic_train"], recorded["natural_train"],
+                                                  recorded["validation"]]
+    # What another version's split would look like: one validation image of the natural set trained on instead.
+    moved = split["validation"][-1]
+    edited = {"train_synthetic": torch.from_numpy(split["train_synthetic"]),
+              "train_natural_order": torch.from_numpy(np.append(split["train_natural_order"], moved)),
+              "validation": torch.from_numpy(split["validation"][:-1]), "dropped": state["split"]["dropped"]}
+    save_checkpoint(run / "last.pt", state | {"split": edited})
+    capsys.readouterr()
+    assert train_main([*common, "--epochs", "2"]) == 0
+    assert "note: this version of vae-train would split the run's images otherwise; the run goes on with the " \
+        "split it started with" in capsys.readouterr().out
+    after = load_checkpoint(run / "last.pt")["split"]
+    assert all(torch.equal(after[key], edited[key]) for key in ("train_synthetic", "train_natural_order", "validation"))
+    data_record = strict_json(run / "config.json")["data"]
+    assert (data_record["natural_train"], data_record["validation"]) == (recorded["natural_train"] + 1,
+                                                                         recorded["validation"] - 1)
+    assert metrics(run)[1]["natural_images"] == recorded["natural_train"] + 1
+
+    # A last.pt of an earlier version holds no split: the counts config.json records stand in for it.
+    state = load_checkpoint(run / "last.pt")
+    del state["split"]
+    save_checkpoint(run / "last.pt", state)
+    config = json.loads((run / "config.json").read_text())
+    config["data"]["natural_dropped_per_class"] = {"1": 2}
+    (run / "config.json").write_text(json.dumps(config))
+    before = _files(run)
+    assert train_main([*common, "--epochs", "3"]) == 1
+    err = capsys.readouterr().err
+    assert f"--resume: {run}: this version of vae-train splits the run's images otherwise than the version that " \
+        "started it (natural training images: " in err
+    assert "natural examples removed per class: {1: 2} recorded in config.json, {} now)" in err
+    assert _files(run) == before  # nothing written
+    config["data"] = data_record | {"natural_train": recorded["natural_train"], "validation": recorded["validation"]}
+    (run / "config.json").write_text(json.dumps(config))  # the record of the split this version computes
+    assert train_main([*common, "--epochs", "3"]) == 0
+    assert load_checkpoint(run / "last.pt")["split"]["validation"].numel() == recorded["validation"]
+
+
 def test_a_run_whose_sets_moved_resumes_from_where_they_are_now(data, tmp_path, capsys):
     """--resume with --data and --natural where the run's sets are now: checked to be the same sets, and the
     run goes on exactly as if nothing had moved."""

@@ -187,7 +187,8 @@ def compile_problem(runtime: RuntimeSettings) -> str | None:
 # What --resume may replace: where the run is, how it runs, how long, and which epochs' models it keeps.
 RESUMABLE = {"out", "epochs", "save_every"} | set(RuntimeSettings.__dataclass_fields__)
 # What --resume may point elsewhere: the run's sets, moved or copied. The trainer checks that they are the
-# same sets (vae.train.sets_problem), so the run goes on with the very images and split it started with.
+# same sets (vae.train.sets_problem); with the split saved in last.pt, the run goes on with the very images and
+# split it started with.
 RELOCATABLE = {"data", "natural"}
 # Settings added after runs had been saved without them, with the value that trains as those runs did: at that
 # value a setting is left out of a run's identity (vae.checkpoint.run_identity), so a run saved before it existed

@@ -13,6 +13,7 @@
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +25,6 @@ from common.machine import available_memory
 from synthgen import ShardSet
 from synthgen.overlap import first_shared
 from vae.augment import to_float
-
 
 
 def natural_fraction(epoch: int, start: int, ramp: int) -> float:
@@ -121,6 +121,31 @@ class Split:
     train_natural_order: np.ndarray  # the order in which natural images join the training set
     validation: np.ndarray
     dropped: dict[int, int]  # class -> natural training examples removed for balance
+
+    def to_state(self) -> dict:
+        """The split as tensors and a JSON string, for last.pt: a resumed run goes on with the very split it
+        started with, whichever version of this module resumes it."""
+        return {"train_synthetic": torch.from_numpy(self.train_synthetic.astype(np.int64)),
+                "train_natural_order": torch.from_numpy(self.train_natural_order.astype(np.int64)),
+                "validation": torch.from_numpy(self.validation.astype(np.int64)),
+                "dropped": json.dumps({str(label): n for label, n in self.dropped.items()})}
+
+    @classmethod
+    def from_state(cls, state: dict) -> Split:
+        return cls(*(state[key].numpy().astype(np.int64) for key in ("train_synthetic", "train_natural_order",
+                                                                       "validation")),
+                   {int(label): int(n) for label, n in json.loads(state["dropped"]).items()})
+
+    def same_as(self, other: Split) -> bool:
+        """The same images on each side, in the same order of joining."""
+        return (self.dropped == other.dropped and np.array_equal(self.train_synthetic, other.train_synthetic)
+                and np.array_equal(self.train_natural_order, other.train_natural_order)
+                and np.array_equal(self.validation, other.validation))
+
+    def counts(self) -> dict:
+        """What config.json records of the split (its "data" entry)."""
+        return {"synthetic_train": int(self.train_synthetic.size), "natural_train": int(self.train_natural_order.size),
+                "validation": int(self.validation.size), "natural_dropped_per_class": self.dropped}
 
 
 def balance_removals(class_sizes: np.ndarray, share: float) -> np.ndarray:

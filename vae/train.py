@@ -377,6 +377,7 @@ class Run:
             self.log(f"note: the run trained in {world} process(es), a global batch of {world * batch}; it continues "
                      f"in {self.runtime.world}, a global batch of {self.runtime.world * batch}: from here its steps, "
                      "and so its weights, differ from those of an uninterrupted run")
+        self.restore_split(state)
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -388,10 +389,37 @@ class Run:
             raise CheckpointError(f"{self.out / 'last.pt'}: cannot continue from it: not the last.pt of this run's "
                                   f"settings ({str(exc)[:160]})") from None
 
+    def restore_split(self, state: dict) -> None:
+        """Go on with the images the run was split into: the split saved in last.pt, whatever this version would
+        compute. A last.pt from before the split was saved has it checked against what config.json records."""
+        now = self.data.split
+        if "split" not in state:
+            problem = split_problem(recorded_split(self.out / "config.json"), now.counts())
+            if problem:
+                raise TrainingError(f"--resume: {self.out}: this version of vae-train splits the run's images "
+                                    f"otherwise than the version that started it ({problem}); continued, the run would "
+                                    "train on other images, its validation images among them; continue it with the "
+                                    "version that started it, or start a new run in another --out")
+            return
+        try:
+            saved = Split.from_state(state["split"])
+        except (KeyError, AttributeError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{self.out / 'last.pt'}: its saved split cannot be read ({str(exc)[:160]})"
+                                  ) from None
+        indices = np.concatenate([saved.train_synthetic, saved.train_natural_order, saved.validation])
+        if indices.size and not 0 <= indices.min() <= indices.max() < len(self.data.pool):
+            raise CheckpointError(f"{self.out / 'last.pt'}: its saved split names images up to {indices.max()}, and "
+                                  f"the run's sets hold {len(self.data.pool)}; not the last.pt of these sets")
+        if not saved.same_as(now):
+            self.log("note: this version of vae-train would split the run's images otherwise; the run goes on with "
+                     "the split it started with, saved in its last.pt")
+        self.data.split = saved
+
     def save(self, improved: bool) -> None:
         state = self._state()
         state.update({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                      "history": json.dumps(self.history), "torch_rng": torch.get_rng_state(),
+                      "split": self.data.split.to_state(), "history": json.dumps(self.history),
+                      "torch_rng": torch.get_rng_state(),
                       "natural_fraction": self.history[-1]["natural_fraction"]})
         save_checkpoint(self.out / "last.pt", state)
         if improved:
@@ -434,6 +462,30 @@ class Run:
 # ---------------------------------------------------------------------------------------------- the command
 
 
+SPLIT_RECORD = {"synthetic_train": "synthetic training images", "natural_train": "natural training images",
+                "validation": "validation images", "natural_dropped_per_class": "natural examples removed per class"}
+
+
+def recorded_split(config_json: Path) -> dict | None:
+    """The counts of the split that a run's config.json records (Split.counts); None where it holds none."""
+    try:
+        data = json.loads(config_json.read_text())["data"]
+        record = {key: data[key] for key in SPLIT_RECORD}
+        record["natural_dropped_per_class"] = {int(k): v for k, v in record["natural_dropped_per_class"].items()}
+        return record
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def split_problem(recorded: dict | None, now: dict) -> str | None:
+    """Where the split computed now departs from the one recorded, in words; None where they agree or nothing
+    was recorded."""
+    if recorded is None:
+        return None
+    return "; ".join(f"{label}: {recorded[key]} recorded in config.json, {now[key]} now"
+                     for key, label in SPLIT_RECORD.items() if recorded[key] != now[key]) or None
+
+
 def machine(runtime: Runtime) -> str:
     """The main process's machine, its GPU when it trains on one: the images/s of metrics.jsonl depend on it."""
     return describe_machine("numpy", "torch", gpu=runtime.device.type == "cuda")
@@ -447,10 +499,7 @@ def describe_run(run: Run, config: TrainConfig, runtime: Runtime, resume: bool, 
               "optimizer": {"name": "Adam", "fused": bool(run.optimizer.defaults.get("fused"))},
               "compile": run.compile_check, "device": str(runtime.device), "amp": "bf16" if runtime.amp else "off",
               "torch": torch.__version__, "machine": machine(runtime), "command": command,
-              "data": {"synthetic_train": int(split.train_synthetic.size),
-                       "natural_train": int(split.train_natural_order.size), "validation": int(split.validation.size),
-                       "natural_dropped_per_class": split.dropped, "sets": run.data.sets(),
-                       "feed": asdict(run.data.feed_choice)}}
+              "data": {**split.counts(), "sets": run.data.sets(), "feed": asdict(run.data.feed_choice)}}
     run.log(describe(run.model))
     run.log(f"data: {record['data']['synthetic_train']} synthetic and {record['data']['natural_train']} natural "
             f"training images, {record['data']['validation']} held out; natural examples removed for class balance: "
