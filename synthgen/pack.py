@@ -85,21 +85,41 @@ def read_split_file(split_file: Path, root: Path, split: str) -> tuple[list[tupl
                              "(0, 1, 2, 3, 4+ or any whole number)")
         if which.lower() not in SPLITS:
             raise UsageError(f"--split-file {split_file}, line {number}: split {which!r} is not train or test")
-        key = Path(path).as_posix()
+        key = path_within(root, path)
+        if key is None:
+            raise UsageError(f"--split-file {split_file}, line {number}: {path} lies outside ROOT {root}; give as ROOT "
+                             "the folder that holds every listed image (a set records its photos by their paths "
+                             "within ROOT, to tell which photos two sets share)")
         image = (root / path).resolve()  # one image however it is spelled (./a.jpg, a/../a.jpg, a link to it)
         if image in first_line:
-            line, spelled = first_line[image]
-            same = (f"{key} is listed twice, on lines {line} and {number}" if spelled == key else
-                    f"lines {line} ({spelled}) and {number} ({key}) name one image, {image}")
+            line, first_key, spelled = first_line[image]
+            same = (f"lines {line} ({first_key}) and {number} ({key}) name one image, {image}" if first_key != key
+                    else f"{key} is listed twice, on lines {line} and {number}"
+                    + ("" if spelled == path else f" (as {spelled} and {path})"))
             raise UsageError(f"--split-file {split_file}: {same}; each image belongs to one split, once")
-        first_line[image] = (number, key)
+        first_line[image] = (number, key, path)
         if which.lower() != split:
             continue
-        if not (root / path).is_file():
-            skipped.append(Skipped(str(root / path), f"listed in {split_file.name} but not found"))
+        if not (root / key).is_file():
+            skipped.append(Skipped(str(root / key), f"listed in {split_file.name} but not found"))
             continue
         items.append((key, label))
     return items, skipped
+
+
+def path_within(root: Path, path: str) -> str | None:
+    """A split file's path as one spelling within `root` (a resolved folder): `./a.jpg`, `b/../a.jpg` and
+    `ROOT/a.jpg` are all `a.jpg`, so that sets packed from one folder compare their photos by name
+    (synthgen.overlap). None for a path outside root."""
+    if os.path.isabs(path):
+        image = Path(path).resolve()
+        return image.relative_to(root).as_posix() if image.is_relative_to(root) else None
+    key = os.path.normpath(path).replace(os.sep, "/")
+    if key == ".." or key.startswith("../"):
+        return None
+    if (root / key).resolve() != (root / path).resolve():  # `link/..` leaves the link's folder: keep it as given
+        return Path(path).as_posix()
+    return key
 
 
 # A shard records its bad files (`skipped_json`), so that a resumed pack can report them again. A shard

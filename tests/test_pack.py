@@ -157,12 +157,43 @@ def test_an_image_listed_twice_is_an_error_naming_both_lines(synthgen, tmp_path)
     assert not (tmp_path / "o").exists()
     # spelled otherwise, or through a link, it is still the one image, and would still leak
     (root / "linked").symlink_to(root / "1")
-    for other, told in (("./1/img0.jpg", "1/img0.jpg is listed twice, on lines 2 and 3"),
-                        ("2/../1/img0.jpg", "lines 2 (1/img0.jpg) and 3 (2/../1/img0.jpg) name one image"),
+    for other, told in (("./1/img0.jpg", "1/img0.jpg is listed twice, on lines 2 and 3 (as 1/img0.jpg and "
+                                         "./1/img0.jpg)"),
+                        ("2/../1/img0.jpg", "1/img0.jpg is listed twice, on lines 2 and 3 (as 1/img0.jpg and "
+                                            "2/../1/img0.jpg)"),
+                        (f"{root}/1/img0.jpg", f"1/img0.jpg is listed twice, on lines 2 and 3 (as 1/img0.jpg and "
+                                               f"{root}/1/img0.jpg)"),
                         ("linked/img0.jpg", "lines 2 (1/img0.jpg) and 3 (linked/img0.jpg) name one image")):
         split_file.write_text(f"path,label,split\n1/img0.jpg,1,train\n{other},1,test\n")
         result = synthgen("pack", root, "--split-file", split_file, "--split", "test", "--out", tmp_path / "o", *FAST)
         assert result.rc == 2 and told in result.err, result.err
+    assert not (tmp_path / "o").exists()
+
+
+def test_split_file_paths_are_named_within_root_so_sets_of_one_folder_tell_the_photos_they_share(synthgen, tmp_path):
+    """A set records its photos by their paths within ROOT; spelled otherwise in a split file (./a.jpg,
+    b/../a.jpg, ROOT/a.jpg), the photo a folder pack of ROOT also holds would not be seen as shared."""
+    from synthgen.overlap import shared_images
+
+    root = tmp_path / "images"
+    make_sos_tree(root, per_label=1)
+    split_file = tmp_path / "split.csv"
+    split_file.write_text(f"path,label,split\n./1/img0.jpg,1,train\n3/../2/img0.jpg,2,train\n"
+                          f"{root}/0/img0.jpg,0,train\n")
+    assert synthgen("pack", root, "--split-file", split_file, "--split", "train", "--out", tmp_path / "listed",
+                    *FAST).rc == 0
+    assert synthgen("pack", root, "--out", tmp_path / "folders", *FAST).rc == 0
+    sources = json.loads((tmp_path / "listed" / "sources.json").read_text())
+    assert sorted(sources["files"]) == ["0/img0.jpg", "1/img0.jpg", "2/img0.jpg"]
+    assert shared_images(ShardSet(tmp_path / "listed"), ShardSet(tmp_path / "folders")) == \
+        f"packed from the same photos: 3 of {root} are in both"
+    # outside ROOT: its photos could not be compared with those of any other set of ROOT
+    (tmp_path / "elsewhere.jpg").write_bytes((root / "1" / "img0.jpg").read_bytes())
+    for outside in ("../elsewhere.jpg", f"{tmp_path}/elsewhere.jpg", "1/../../elsewhere.jpg"):
+        split_file.write_text(f"path,label,split\n1/img0.jpg,1,train\n{outside},1,train\n")
+        result = synthgen("pack", root, "--split-file", split_file, "--split", "train", "--out", tmp_path / "o", *FAST)
+        assert result.rc == 2 and f"--split-file {split_file}, line 3: {outside} lies outside ROOT {root}; give as " \
+            "ROOT the folder that holds every listed image" in result.err, result.err
     assert not (tmp_path / "o").exists()
 
 
