@@ -28,6 +28,10 @@ from vae.train import build_scheduler
 TINY = ["--encoder", "8@4x4-1,16@4x4-2,16@4x4-2,32@4x4-2", "--decoder", "32@3x3-1,16@3x3-2,16@3x3-2,8@3x3-2",
         "--latent", "8", "--batch-size", "16", "--workers", "0", "--recon", "pixel"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+# Inductor's vectorised CPU code in torch 2.14.1 gets the batch-norm statistics of TINY's first block wrong (8
+# channels of a stride-1 convolution, then LeakyReLU; benchmarks/RESULTS.md), so --compile trains TINY eagerly.
+# A model whose narrowest layer has 16 channels compiles correctly, and the compiled path gets tested.
+COMPILES = [*TINY, "--encoder", "16@4x4-2,32@4x4-2", "--decoder", "32@3x3-2,16@3x3-2"]
 
 
 @pytest.fixture(scope="module")
@@ -624,15 +628,18 @@ def test_a_run_whose_sets_moved_resumes_from_where_they_are_now(data, tmp_path, 
     assert load_checkpoint(cut / "last.pt")["epoch"] == 3
 
 
-@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])  # the second adds CUDA graphs on a GPU
-def test_compiled_training_matches_eager(data, tmp_path, capsys, mode):
-    common = ["--data", str(data / "synth"), "--epochs", "1", *TINY]
+@pytest.mark.parametrize("mode, model", [("default", COMPILES), ("reduce-overhead", COMPILES),  # + CUDA graphs
+                                         ("default", TINY)])
+def test_compiled_training_matches_eager(data, tmp_path, capsys, mode, model):
+    common = ["--data", str(data / "synth"), "--epochs", "1", *model]
     assert train_main([*common, "--out", str(tmp_path / "eager")]) == 0
     assert train_main([*common, "--out", str(tmp_path / "compiled"), "--compile", "--compile-mode", mode]) == 0, \
         capsys.readouterr().err
     check = json.loads((tmp_path / "compiled" / "config.json").read_text())["compile"]
     assert check["requested"] and check["mode"] == mode
     assert check["used"] == (check["mean_difference"] <= check["tolerance"])
+    if model is COMPILES:
+        assert check["used"] and check["mean_difference"] < 1e-4, f"torch {torch.__version__} miscompiles it too"
     if not check["used"]:  # torch.compile got the model wrong: the run must say so and train eagerly
         assert "differs from eager execution" in capsys.readouterr().out
     eager, compiled = metrics(tmp_path / "eager")[0], metrics(tmp_path / "compiled")[0]
@@ -650,10 +657,9 @@ def test_compiled_objective_only_sees_the_checked_shape(data, tmp_path):
 
     out = tmp_path / "run"
     with torch._dynamo.config.patch(error_on_recompile=True):
-        assert train_main(["--data", str(data / "synth"), "--out", str(out), "--epochs", "2", "--compile", *TINY]) == 0
-    check = json.loads((out / "config.json").read_text())["compile"]
-    if not check["used"]:
-        pytest.skip(f"torch {torch.__version__} miscompiles the tiny model here: nothing compiled to check")
+        assert train_main(["--data", str(data / "synth"), "--out", str(out), "--epochs", "2", "--compile",
+                           *COMPILES]) == 0
+    assert json.loads((out / "config.json").read_text())["compile"]["used"]
     train_images = metrics(out)[0]["train"]["images"]
     assert train_images % 16, "the set must leave a partial batch for this test to mean anything"
 

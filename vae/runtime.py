@@ -20,7 +20,8 @@ from common.errors import UsageError
 from vae.config import RuntimeSettings
 
 # Mean absolute difference of outputs in [0, 1] between compiled and eager: bf16 rounding gives about
-# 0.0015, the torch 2.14.1 CPU miscompilation about 0.07.
+# 0.0015, the torch 2.14.1 CPU miscompilation about 0.07 (the batch-norm statistics after a LeakyReLU, in
+# layers whose channels do not fill the CPU's vectors: benchmarks/RESULTS.md).
 COMPILE_TOLERANCE = 0.01
 
 
