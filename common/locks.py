@@ -11,12 +11,16 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import time
 from pathlib import Path
 
 from common.errors import UserError
 
 
 UNLOCKABLE = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS}  # what flock says where a file system has no locks
+# How long a command tries for a lock that is taken before it is refused: held_by's probe holds the lock for
+# microseconds, a writer for the whole of its command.
+PROBE_WAIT = 0.25
 
 
 def lock_file_name(name: str) -> str:
@@ -26,7 +30,8 @@ def lock_file_name(name: str) -> str:
 
 def held_by(folder, name: str) -> str | None:
     """The pid of the process whose command `name` holds `folder` now, or None where none does (a lock file left
-    by a killed command is not held). The probe takes a shared lock for an instant, never waits."""
+    by a killed command is not held). The probe takes a shared lock for an instant, never waits; a writer that
+    meets it waits it out (PROBE_WAIT)."""
     try:
         fd = os.open(Path(folder) / lock_file_name(name), os.O_RDONLY)
     except OSError:
@@ -64,6 +69,7 @@ class FolderLock:
         missing = [p for p in (self.folder, *self.folder.parents) if not p.exists()]
         self.folder.mkdir(parents=True, exist_ok=True)
         self.created = missing[::-1]
+        deadline = time.monotonic() + PROBE_WAIT
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
@@ -71,6 +77,9 @@ class FolderLock:
             except BlockingIOError:
                 holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
                 os.close(fd)
+                if time.monotonic() < deadline:  # perhaps a reader's probe (held_by), gone in an instant
+                    time.sleep(0.01)
+                    continue
                 raise FolderBusy(f"{self.option} {self.folder}: another {self.name} (pid {holder}) is {self.doing} "
                                  f"now; wait for it to finish, or choose another {self.option}") from None
             except OSError as exc:
