@@ -70,9 +70,9 @@ def read_split_file(split_file: Path, root: Path, split: str) -> tuple[list[tupl
         raise UsageError(f"--split-file {split_file}: cannot be read ({exc})") from None
     for number, row in enumerate(rows, 1):
         fields = [f.strip() for f in row]
-        if not fields or not fields[0] or fields[0].startswith("#"):
+        if not any(fields) or fields[0].startswith("#"):
             continue
-        if len(fields) != 3:
+        if len(fields) != 3 or not fields[0]:
             raise UsageError(f"--split-file {split_file}, line {number}: expected 'path,label,split', got {row}")
         path, label_text, which = fields
         if "\\" in path and not (root / path).is_file():  # a split file written on Windows
@@ -101,7 +101,8 @@ def read_split_file(split_file: Path, root: Path, split: str) -> tuple[list[tupl
         if which.lower() != split:
             continue
         if not (root / key).is_file():
-            skipped.append(Skipped(str(root / key), f"listed in {split_file.name} but not found"))
+            what = "a folder, not an image file" if (root / key).is_dir() else "not found"
+            skipped.append(Skipped(str(root / key), f"listed in {split_file.name} but {what}"))
             continue
         items.append((key, label))
     return items, skipped

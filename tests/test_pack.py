@@ -194,7 +194,13 @@ def test_split_file_paths_are_named_within_root_so_sets_of_one_folder_tell_the_p
         result = synthgen("pack", root, "--split-file", split_file, "--split", "train", "--out", tmp_path / "o", *FAST)
         assert result.rc == 2 and f"--split-file {split_file}, line 3: {outside} lies outside ROOT {root}; give as " \
             "ROOT the folder that holds every listed image" in result.err, result.err
+    split_file.write_text("path,label,split\n,1,train\n")  # a label without its path
+    result = synthgen("pack", root, "--split-file", split_file, "--split", "train", "--out", tmp_path / "o", *FAST)
+    assert result.rc == 2 and "line 2: expected 'path,label,split', got ['', '1', 'train']" in result.err
     assert not (tmp_path / "o").exists()
+    split_file.write_text("path,label,split\n1/img0.jpg,1,train\n2,2,train\n")  # a folder where a photo goes
+    result = synthgen("pack", root, "--split-file", split_file, "--split", "train", "--out", tmp_path / "o", *FAST)
+    assert result.rc == 0 and f"skipped {root / '2'}: listed in split.csv but a folder, not an image file" in result.out
 
 
 def test_a_pack_is_the_same_pack_however_its_paths_are_spelled_but_not_with_other_labels(synthgen, tmp_path,
