@@ -3,8 +3,9 @@ and whether what is found is more than chance.
 
 For each checkpoint: encode the set (posterior means), then the statistics, each a value of its own
 module: Stoianov & Zorzi's Eq. 3 and criteria (analysis.units), the random-rotation null and population
-decoding (analysis.controls), the two-way ANOVA of number selectivity (analysis.selectivity). Then the
-writers (analysis.report, analysis.figures). Several checkpoints (seeds, betas, or the epochs that vae-train
+decoding (analysis.controls), the two-way ANOVA of number selectivity (analysis.selectivity), and S&Z's
+numerosity comparison with its Weber fraction (analysis.comparison). Then the writers (analysis.report,
+analysis.figures). Several checkpoints (seeds, betas, or the epochs that vae-train
 --save-every kept) get a folder each and a summary over them.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from analysis import figures as draw
+from analysis.comparison import Comparison, numerosity_comparison
 from analysis.config import AnalysisConfig
 from analysis.controls import Decoding, NullResult, population_decoding, rotation_null
 from analysis.encode import (checked_checkpoints, encode_set, load_encoder, over_training, resize_notes,
@@ -64,6 +66,7 @@ class RunAnalysis:
     set_notes: list[str]
     image_sizes: tuple[int, int] = (0, 0)  # the set's, the model's
     active_threshold: float = 0.01  # the one applied (criteria_of: all varying dimensions of an untrained model)
+    comparison: Comparison | None = None  # None: not asked for (--comparison-references none)
     figures: dict[str, str] = field(default_factory=dict)
 
 
@@ -111,8 +114,8 @@ def run_notes(state: dict, checkpoint: str, shards: ShardSet, confound: str | No
 
 
 def analyse_latents(means: np.ndarray, labels: SetLabels, config: AnalysisConfig, criteria: Criteria
-                    ) -> tuple[UnitResult, Selectivity, NullResult | None, list[Decoding]]:
-    """The statistics of one run, from its posterior means: units, selectivity, null, decoding."""
+                    ) -> tuple[UnitResult, Selectivity, NullResult | None, list[Decoding], Comparison | None]:
+    """The statistics of one run, from its posterior means: units, selectivity, null, decoding, comparison."""
     units = find_units(means, labels.predictors, criteria, config.bootstrap, config.seed)
     z = units.latents(means)
     design = labels.design
@@ -126,7 +129,9 @@ def analyse_latents(means: np.ndarray, labels: SetLabels, config: AnalysisConfig
     positions = {kind: np.flatnonzero(units.labels == kind) for kind in (NUMEROSITY, AREA)}
     decoding = population_decoding(z, units.predictors.x[:, 0], units.predictors.x[:, 1], positions, config.folds,
                                    config.seed, config.bootstrap)
-    return units, selectivity, null, decoding
+    comparison = (numerosity_comparison(means[:, units.active], labels.count, config.comparison_references,
+                                        config.folds, config.seed) if config.comparison_references else None)
+    return units, selectivity, null, decoding, comparison
 
 
 def analyse_run(checkpoint: str, label: str, shards: ShardSet, labels: SetLabels, config: AnalysisConfig,
@@ -143,7 +148,7 @@ def analyse_run(checkpoint: str, label: str, shards: ShardSet, labels: SetLabels
     means = encode_set(model, shards, device, config.batch_size, config.runtime.progress)
     criteria = criteria_of(config, meta.get("epoch"))
     try:
-        units, selectivity, null, decoding = analyse_latents(means, labels, config, criteria)
+        units, selectivity, null, decoding, comparison = analyse_latents(means, labels, config, criteria)
     except NoActiveDimension as exc:
         if not collapsed_ok:
             raise NoActiveDimension(f"--checkpoint {checkpoint}: {exc}") from None
@@ -162,7 +167,7 @@ def analyse_run(checkpoint: str, label: str, shards: ShardSet, labels: SetLabels
         return summary
     run = RunAnalysis(label, str(Path(checkpoint).resolve()), meta.get("epoch"), str(shards.root), len(shards),
                       units, selectivity, null, decoding, set_notes(shards) + list(notes),
-                      (shards.image_size, model.config.image_size), criteria.active_threshold)
+                      (shards.image_size, model.config.image_size), criteria.active_threshold, comparison)
     run.figures = write_figures(out, run, model, shards, means, labels, config, device)
     summary = run_summary(run, to_dict(config))
     write_dimensions(out / "dimensions.csv", run)
@@ -172,10 +177,12 @@ def analyse_run(checkpoint: str, label: str, shards: ShardSet, labels: SetLabels
     found = units.units
     chance = (f"; against {null.rotations} rotations: p = {null.p['best_numerosity_unit_r2']:.3f} (best numerosity "
               f"unit), {null.p['best_r2']:.3f} (best R^2)" if null else "")
+    weber = comparison.pooled.weber_fraction if comparison and comparison.pooled else None
+    judged = f"; Weber fraction {weber:.3f}" if weber is not None else ""
     log(f"analyze-area-vs-number: {label}: {int(units.active.sum())}/{units.active.size} active dimensions; "
         f"numerosity units {found[NUMEROSITY] or 'none'}, area units {found[AREA] or 'none'}{chance}; decoding R^2 "
         f"log N {decoding[0].r2:.3f}, log A {decoding[1].r2:.3f}; {int(selectivity.selective.sum())} "
-        "number-selective units (ANOVA)")
+        f"number-selective units (ANOVA){judged}")
     log(f"  report {out / 'report.md'}; table {out / 'dimensions.csv'}; figures in {out}")
     return summary
 
@@ -206,6 +213,9 @@ def write_figures(out: Path, run: RunAnalysis, model, shards, means, labels: Set
     if run.selectivity is not None:
         figures["tuning"] = str(out / "tuning.png")
         draw.tuning_figure(run.selectivity, figures["tuning"])
+    if run.comparison is not None and run.comparison.curves:
+        figures["comparison"] = str(out / "comparison.png")
+        draw.comparison_figure(run.comparison, figures["comparison"])
     rng = streams.rng(config.seed, streams.FIGURE_IMAGES)
     with_objects = np.flatnonzero(labels.count > 0)
     example = int(rng.choice(with_objects)) if with_objects.size else 0

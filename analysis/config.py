@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from common.errors import UsageError
 from common.settings import (SEED_RANGE, Settings, above, at_least, between, device_option, option,
                              progress_option, verify_option)
 from vae.spec import MAX_WIDTH
@@ -28,6 +29,24 @@ def _rotations_problem(value: int) -> str | None:
     return (f"with {value} rotations the smallest p-value the null can give is 1/{value + 1} = "
             f"{1 / (value + 1):.2f}, so nothing could ever beat it at 0.05; that needs at least {MIN_ROTATIONS}. Give "
             "0 for no null, or 200 (the default)")
+
+
+def parse_references(text: str) -> tuple[int, ...]:
+    """--comparison-references: whole numbers, e.g. 8,16, each once; 'none' for no comparison."""
+    if str(text).strip().lower() == "none":
+        return ()
+    try:
+        values = tuple(int(part) for part in str(text).split(","))
+    except ValueError:
+        raise UsageError(f"--comparison-references {text!r}: give whole numbers such as 8,16, or none") from None
+    if min(values) < 2 or len(set(values)) < len(values):
+        raise UsageError(f"--comparison-references {text!r}: give each reference once, each at least 2 (numerosities "
+                         "are compared with it from below and from above), or none")
+    return values
+
+
+def format_references(values: tuple[int, ...]) -> str:
+    return ",".join(map(str, values)) or "none"
 
 
 @dataclass(frozen=True)
@@ -67,8 +86,12 @@ class AnalysisConfig(Settings):
                             "few area levels, such as the dot stimuli, is binned by its levels)", valid=between(2, 50))
     anova_p: float = option(0.01, "significance level of the number-selectivity ANOVA",
                             valid=between(0, 1, low_open=True, high_open=True))
-    seed: int = option(0, "seed of the bootstrap, the rotations, the folds and the figures' choice of images",
-                       valid=SEED_RANGE)
+    comparison_references: tuple[int, ...] = option(
+        (8, 16), "reference numerosities of the comparison task and its Weber fraction (Stoianov & Zorzi's 8 and 16; "
+        "used where the set has numerosities from half to twice a reference; none: no comparison)",
+        parse=parse_references, show=format_references, metavar="R,R")
+    seed: int = option(0, "seed of the bootstrap, the rotations, the folds, the comparison's balancing and the "
+                       "figures' choice of images", valid=SEED_RANGE)
     batch_size: int = option(256, "images per encoding batch", valid=at_least(1))
     runtime: EncodeRuntime = EncodeRuntime()
 

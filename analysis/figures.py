@@ -278,11 +278,68 @@ def tuning_figure(selectivity, path) -> None:
     save_figure(fig, path, dpi=110)
 
 
+def comparison_figure(comparison, path) -> None:
+    """The psychometric curve of each reference: the share of "more" answers at each N, and the fitted model."""
+    from scipy.special import ndtr
+
+    from analysis.comparison import scaled_difference
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    colours = plt.get_cmap("tab10")
+    for k, curve in enumerate(comparison.curves):
+        colour, w = colours(k % 10), curve.fit.weber_fraction
+        ax.scatter(curve.numerosities, curve.share_more, color=colour, s=14 + 40 * curve.images / curve.images.max(),
+                   zorder=3, label=f"reference {curve.reference}: w = " + (f"{w:.3f}" if w is not None else "none"))
+        grid = np.geomspace(curve.numerosities.min(), curve.numerosities.max(), 200)
+        if w is not None:
+            ax.plot(grid, ndtr(scaled_difference(grid, curve.reference) / w), color=colour, lw=1.5)
+        ax.axvline(curve.reference, color=colour, lw=0.8, ls="--")
+    ax.axhline(0.5, color="black", lw=0.5)
+    ticks = np.unique(np.concatenate([c.numerosities for c in comparison.curves]))
+    ticks = [v for v in ticks if np.log2(v).is_integer()] or list(ticks)
+    ax.set_xscale("log")
+    ax.set_xticks(ticks, [f"{v:g}" for v in ticks])
+    ax.minorticks_off()
+    pooled = comparison.pooled.weber_fraction
+    ax.set(ylim=(-0.03, 1.03), xlabel="numerosity N (log axis)", ylabel='share of "more than the reference"',
+           title="numerosity comparison from the latents (marker area ~ images)\n"
+                 f"Weber fraction over all references: {'none' if pooled is None else f'{pooled:.3f}'}")
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    save_figure(fig, path, dpi=110)
+
+
+STOIANOV_ZORZI_W = 0.15  # the Weber fraction of their network's numerosity comparison
+
+
+def has_weber(rows: list[dict]) -> bool:
+    return any(row.get("weber_fraction") is not None for row in rows)
+
+
+def weber_axes(ax, title: str, rows: list[dict]) -> None:
+    """An axis of Weber fractions, with Stoianov & Zorzi's network's for reference: logarithmic where they span
+    more than a factor of 4 (an untrained model's next to a trained one's), else linear from 0."""
+    ax.axhline(STOIANOV_ZORZI_W, color="grey", lw=0.8, ls="--",
+               label=f"Stoianov & Zorzi's network ({STOIANOV_ZORZI_W})")
+    values = [row["weber_fraction"] for row in rows if row.get("weber_fraction") is not None] + [STOIANOV_ZORZI_W]
+    ax.set(title=title, ylabel="Weber fraction w (smaller: finer)")
+    if max(values) <= 4 * min(values):
+        ax.set_ylim(0, 1.25 * max(values))
+        return
+    ax.set_yscale("log")
+    low, high = ax.get_ylim()
+    ticks = [v for v in (0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50) if low <= v <= high]
+    ax.set_yticks(ticks, [f"{v:g}" for v in ticks])
+    ax.minorticks_off()
+
+
 def runs_figure(rows: list[dict], null_95th: list[float | None], path) -> None:
-    """Best R^2 of each run against the 95th percentile of its null, and the decoding R^2 of log N."""
+    """Best R^2 of each run against the 95th percentile of its null, the decoding R^2 of log N and log A, and the
+    Weber fraction of the numerosity comparison where it was run."""
     labels = [r["label"] for r in rows]
     x = np.arange(len(rows))
-    fig, axes = plt.subplots(1, 2, figsize=(max(7, 1.2 * len(rows) + 4), 4))
+    panels = 2 + has_weber(rows)
+    fig, axes = plt.subplots(1, panels, figsize=(max(7, 1.2 * len(rows) + 4) * panels / 2, 4))
     best = [np.nan if r["best_r2"] is None else r["best_r2"] for r in rows]  # None: a collapsed code, no R^2
     axes[0].bar(x, best, color="#c44e52", label="observed best R^2")
     if any(v is not None for v in null_95th):
@@ -299,6 +356,12 @@ def runs_figure(rows: list[dict], null_95th: list[float | None], path) -> None:
     axes[1].set(xticks=x, title="population decoding R^2 per run", ylabel="R^2", ylim=(0, 1.15))
     axes[1].set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
     axes[1].legend(fontsize=7, loc="upper right", ncol=2)
+    if panels == 3:
+        axes[2].scatter(x, [np.nan if r["weber_fraction"] is None else r["weber_fraction"] for r in rows],
+                        color="#c44e52", zorder=3, label="this code")
+        weber_axes(axes[2], "numerosity comparison per run", rows)
+        axes[2].set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
+        axes[2].legend(fontsize=7, loc="best")
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
 
@@ -310,9 +373,10 @@ UNIT_COLOURS = {"numerosity_units": COLOURS[NUMEROSITY], "area_units": COLOURS[A
 
 def epochs_figure(rows: list[dict], course: dict, null_95th: list[float | None], path) -> None:
     """The course of training: per run, against the epoch, the best R^2 with its null's 95th percentile, the units
-    found (with several runs, their mean over the runs bold, from `course`: report.epochs_summary), and the
-    population decoding R^2."""
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    found (with several runs, their mean over the runs bold, from `course`: report.epochs_summary), the
+    population decoding R^2, and the Weber fraction of the numerosity comparison where it was run."""
+    panels = 3 + has_weber(rows)
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4.2))
     runs = list(dict.fromkeys(row["run"] for row in rows))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 
@@ -332,6 +396,8 @@ def epochs_figure(rows: list[dict], course: dict, null_95th: list[float | None],
                          ms=3 if name else 6, label=None if name else what)
         axes[2].plot(epochs, values("decoding_r2_log_n", chosen), "o-", color=colour, label=f"{name} log N".strip())
         axes[2].plot(epochs, values("decoding_r2_log_a", chosen), "s:", color=colour, label=f"{name} log A".strip())
+        if panels == 4:
+            axes[3].plot(epochs, values("weber_fraction", chosen), "o-", color=colour, label=name or None)
     if len(runs) > 1:
         by_epoch = course["by_epoch"]
         for key, style, what in UNIT_COUNTS:
@@ -345,6 +411,9 @@ def epochs_figure(rows: list[dict], course: dict, null_95th: list[float | None],
     axes[1].yaxis.get_major_locator().set_params(integer=True)
     axes[2].set(title="population decoding R^2", xlabel="epoch", ylabel="R^2", ylim=(lowest - 0.05, 1.05))
     axes[2].axhline(0, color="grey", lw=0.6)
+    if panels == 4:
+        weber_axes(axes[3], "numerosity comparison", rows)
+        axes[3].set(xlabel="epoch")
     for ax in axes:
         ax.legend(fontsize=7, loc="best")
         ax.xaxis.get_major_locator().set_params(integer=True)

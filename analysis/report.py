@@ -57,6 +57,7 @@ def run_summary(run: "RunAnalysis", settings: dict) -> dict:
                            "beta_n": float(fit.beta_n[best[0]]), "beta_a": float(fit.beta_a[best[0]])},
         "null": run.null.summary() if run.null else None,
         "decoding": [d.summary() for d in run.decoding],
+        "comparison": run.comparison.summary() if run.comparison else None,
         "image_size": {"set": run.image_sizes[0], "model": run.image_sizes[1]},
         "set_notes": run.set_notes, "figures": run.figures, "paper": PAPER_RESULT,
     }
@@ -192,6 +193,35 @@ def _selectivity_section(run: "RunAnalysis") -> list[str]:
     return lines
 
 
+def _weber_text(fit) -> str:
+    """w [95% CI] of a WeberFit, or why there is none."""
+    if fit.weber_fraction is not None:
+        low, high = fit.ci95
+        return f"{fit.weber_fraction:.3f} [{low:.3f}, {'-' if high is None else f'{high:.3f}'}]"
+    return "none: no error to measure it by" if not fit.errors else "none: the answers do not grow with N"
+
+
+def _comparison_section(run: "RunAnalysis") -> list[str]:
+    comparison = run.comparison
+    if comparison is None:
+        return []
+    lines = ["", "## Numerosity comparison and its Weber fraction (Stoianov & Zorzi 2012)", "",
+             f"Is an image more numerous than a reference r? A linear readout of the active latents answers for the "
+             f"images with N from r/2 to 2r (ratios symmetric on the log scale), trained by ridge regression onto "
+             f"+1/-1 on as many images of each side, the answers out of fold ({comparison.folds} folds). The Weber "
+             "fraction w is fitted by maximum likelihood to P(more | N) = Phi((N - r) / (w sqrt(N^2 + r^2))) "
+             "(Piazza et al. 2004), 95% Wald interval. Smaller is finer: S&Z's network reached 0.15, human adults "
+             "about 0.1-0.25. The area varies independently of N, so area alone answers at chance."]
+    if comparison.curves:
+        lines += ["", "| reference | images | accuracy | w [95% CI] |", "|---|---|---|---|"]
+        lines += [f"| {c.reference} | {c.fit.images} | {c.accuracy:.3f} | {_weber_text(c.fit)} |"
+                  for c in comparison.curves]
+        lines += [f"| all together | {comparison.pooled.images} | "
+                  f"{1 - comparison.pooled.errors / comparison.pooled.images:.3f} | {_weber_text(comparison.pooled)} |"]
+    lines += [f"Not used: {problem}." for problem in comparison.left_out]
+    return lines
+
+
 def _sizes(sizes: dict) -> str:
     if sizes["set"] == sizes["model"]:
         return f" of {sizes['set']} px"
@@ -237,7 +267,7 @@ def report_markdown(run: "RunAnalysis", summary: dict, criteria, bootstrap: int,
                      + ("opposite signs, as the paper reports" if summary["area_units_of_opposite_sign"]
                         else "all the same sign") + ").")
     lines += ["", header] + [_unit_row(run, k) for k in found] if found else ["", "No dimension met either criterion."]
-    lines += _null_section(run) + _decoding_section(run) + _selectivity_section(run)
+    lines += _null_section(run) + _decoding_section(run) + _selectivity_section(run) + _comparison_section(run)
     lines += ["", "## Best-fitting dimensions (Eq. 3)", "", header] + [_unit_row(run, k) for k in units.best[:10]]
     lines += ["", f"For reference, the paper (section 4.4): {PAPER_RESULT}."]
     if summary["set_notes"]:
@@ -251,7 +281,7 @@ def report_markdown(run: "RunAnalysis", summary: dict, criteria, bootstrap: int,
 
 RUN_COLUMNS = ("active_dims", "numerosity_units", "area_units", "best_r2", "p_best_numerosity_unit_r2",
                "p_best_area_unit_r2", "p_best_r2", "selective_units", "p_selective_units", "decoding_r2_log_n",
-               "decoding_r2_log_a")
+               "decoding_r2_log_a", "weber_fraction")
 
 
 RUN_FILES = ("summary.json", "report.md", "dimensions.csv", "latents.npz")  # besides the figures it lists
@@ -298,6 +328,7 @@ def run_row(summary: dict, run: str) -> dict:
            "selective_units": len((summary.get("selectivity") or {}).get("selective_units", [])),
            "decoding_r2_log_n": decoding.get(("log N", "all active dimensions")),
            "decoding_r2_log_a": decoding.get(("log A", "all active dimensions")),
+           "weber_fraction": (summary.get("comparison") or {}).get("weber_fraction"),
            "collapsed": "collapsed" in summary}
     for key in ("best_numerosity_unit_r2", "best_area_unit_r2", "best_r2", "selective_units"):
         row[f"p_{key}"] = (null.get("p") or {}).get(key)
@@ -327,7 +358,7 @@ def mean_sd_text(stat: dict, spec: str) -> str:
 def _cell(value, column: str) -> str:
     if _number(value) is None:
         return "-"
-    return f"{value:.3f}" if column.startswith(("best", "p_", "decoding")) else f"{value:g}"
+    return f"{value:.3f}" if column.startswith(("best", "p_", "decoding", "weber")) else f"{value:g}"
 
 
 def runs_markdown(rows: list[dict], stats: dict, data: str) -> str:

@@ -34,6 +34,7 @@ READOUT_SPLIT = 36  # the readout's stratified validation part
 READOUT_INIT = 37  # the readout's initial weights (torch)
 READOUT_BATCHES = 38  # the order of the readout's training batches (torch)
 READOUT_BOOTSTRAP = 39  # the bootstrap of the readout's test scores
+COMPARISON_BALANCE = 40  # which training images of the larger side the numerosity comparison leaves out
 # synthgen dots
 DOTS = 41  # everything drawn for dot image i
 

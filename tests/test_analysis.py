@@ -236,6 +236,10 @@ def test_analyze_area_vs_number_end_to_end(trained, tmp_path):
     assert {d["target"] for d in summary["decoding"]} == {"log N", "log A"}
     assert all(d["ci95"][0] <= d["r2"] <= d["ci95"][1] for d in summary["decoding"])
     assert summary["selectivity"]["numerosities"] == [1, 2, 3, 4]
+    # the paper's counts 1-4 reach neither of Stoianov & Zorzi's references: the report says so, and draws nothing
+    assert summary["comparison"]["references"] == [] and summary["comparison"]["weber_fraction"] is None
+    assert ("Not used: reference 8 needs at least 2 numerosities on each side within a ratio of 2 (N from 4 to 16), "
+            "and the set's 1-4 have 1 below and 0 above.") in report and "comparison" not in summary["figures"]
     rows = (out / "dimensions.csv").read_text().splitlines()
     assert len(rows) == 1 + 8 and rows[0].startswith("dim,active,variance,r2,beta_n")
     assert "anova_p_numerosity" in rows[0] and "number_selective" in rows[0]
@@ -644,6 +648,20 @@ def test_dot_arrays_whose_area_grows_with_number_are_noted(trained, tmp_path, ca
     assert "the set has no image with N = 0." in report and "## About the set" in report
     # the ANOVA's area factor: the design's 8 levels for the dot stimuli, quantile bins otherwise
     assert "cumulative area (8 levels of the design)" in (tmp_path / "analysis-total-area" / "report.md").read_text()
+    # numerosities 1-32: the comparison with Stoianov & Zorzi's references 8 and 16, N from half to twice each
+    comparison = crossed["comparison"]
+    assert [(c["reference"], c["numerosities"][0], c["numerosities"][-1]) for c in comparison["references"]] == [
+        (8, 4, 16), (16, 8, 32)]
+    assert comparison["pooled"]["images"] == sum(c["images"] for c in comparison["references"])
+    assert all(0 <= share <= 1 for c in comparison["references"] for share in c["share_more"])
+    assert _valid_png(tmp_path / "analysis-total-area" / "comparison.png")
+    assert "## Numerosity comparison and its Weber fraction" in (tmp_path / "analysis-total-area" /
+                                                                 "report.md").read_text()
+    assert analyse_main(["--checkpoint", str(trained / "run" / "best.pt"), "--data", str(tmp_path / "total-area"),
+                         "--out", str(tmp_path / "none"), "--bootstrap", "0", "--null-rotations", "0",
+                         "--comparison-references", "none", "--no-progress"]) == 0
+    assert strict_json(tmp_path / "none" / "summary.json")["comparison"] is None
+    assert not (tmp_path / "none" / "comparison.png").exists()
 
 
 def test_a_test_set_without_some_classes_is_scored_over_those_it_has(trained, tmp_path):

@@ -1,0 +1,89 @@
+"""The numerosity comparison and its Weber fraction (analysis.comparison): the fit against statsmodels' probit
+GLM, and planted codes whose Weber fraction is known."""
+import numpy as np
+import pytest
+from scipy.special import ndtr
+
+from analysis.comparison import RATIO, fit_weber, numerosity_comparison, scaled_difference
+from analysis.config import parse_references
+from common.errors import UsageError
+
+sm = pytest.importorskip("statsmodels.api", reason="statsmodels is a test dependency")
+
+
+def dot_design(n=6000, seed=0):
+    """N uniform in 1..32 and a cumulative area drawn independently of it, as the dot stimuli have them."""
+    rng = np.random.default_rng(seed)
+    return rng, rng.integers(1, 33, n), np.exp(rng.uniform(np.log(500), np.log(5000), n))
+
+
+def test_the_weber_fit_is_a_probit_glm_without_intercept():
+    """P(more) = Phi(x / w), x = (N - r) / sqrt(N^2 + r^2): a probit regression on x with slope 1 / w."""
+    rng = np.random.default_rng(1)
+    n = rng.integers(8, 33, 3000)
+    n = n[n != 16]
+    more = rng.random(n.size) < ndtr(scaled_difference(n, 16) / 0.2)
+    fit = fit_weber(n, 16, more)
+    glm = sm.GLM(more.astype(float), scaled_difference(n, 16)[:, None],
+                 family=sm.families.Binomial(link=sm.families.links.Probit())).fit()
+    assert fit.slope == pytest.approx(glm.params[0], rel=1e-7)
+    assert fit.slope_se == pytest.approx(glm.bse[0], rel=1e-5)
+    assert fit.weber_fraction == pytest.approx(1 / glm.params[0], rel=1e-7)
+    assert 0.18 < fit.weber_fraction < 0.22  # the w the answers were drawn with
+    low, high = fit.ci95
+    assert low == pytest.approx(1 / (glm.params[0] + 1.959964 * glm.bse[0]), rel=1e-5)
+    assert high == pytest.approx(1 / (glm.params[0] - 1.959964 * glm.bse[0]), rel=1e-5)
+    # answers without an error: the likelihood has no maximum, and w is below what the set resolves
+    perfect = fit_weber(n, 16, n > 16)
+    assert perfect.errors == 0 and perfect.weber_fraction is None and perfect.ci95 == (None, None)
+    # answers that fall as N grows: no Weber fraction either
+    assert fit_weber(n, 16, ~more).weber_fraction is None
+
+
+@pytest.mark.parametrize("noise", [0.1, 0.25])
+def test_a_log_code_with_gaussian_noise_gets_the_weber_fraction_its_noise_implies(noise):
+    """One dimension codes log N with noise sd s, the others code area or nothing. The ideal answers are
+    Phi((log N - log r) / s), which the model's form matches near r with w = s / sqrt(2), and at a ratio of 2
+    with w = 0.65 s: the readout must find w in that range against either reference, and in the comparison over
+    both. A finer code gives a smaller w."""
+    rng, count, area = dot_design()
+    z = np.c_[np.log(count) + noise * rng.standard_normal(count.size), np.log(area),
+              rng.standard_normal((count.size, 4))]
+    comparison = numerosity_comparison(z, count, (8, 16), folds=5, seed=0)
+    assert [c.reference for c in comparison.curves] == [8, 16] and comparison.left_out == []
+    for curve in comparison.curves:
+        assert (curve.numerosities.min(), curve.numerosities.max()) == (curve.reference / RATIO,
+                                                                        RATIO * curve.reference)
+        assert 0.6 * noise < curve.fit.weber_fraction < 0.8 * noise, curve.summary()
+        assert np.all(np.diff(curve.share_more[curve.images > 50]) > -0.1)  # the share of "more" grows with N
+    assert 0.6 * noise < comparison.pooled.weber_fraction < 0.8 * noise
+    assert comparison.pooled.images == sum(c.fit.images for c in comparison.curves)
+
+
+def test_a_code_of_area_alone_answers_at_chance():
+    rng, count, area = dot_design()
+    z = np.c_[np.log(area), rng.standard_normal((count.size, 3))]
+    comparison = numerosity_comparison(z, count, (8, 16), folds=5, seed=0)
+    assert all(0.4 < c.accuracy < 0.6 for c in comparison.curves)
+    assert comparison.pooled.weber_fraction is None or comparison.pooled.weber_fraction > 2
+
+
+def test_references_a_set_cannot_compare_against_are_left_out_with_the_reason():
+    rng = np.random.default_rng(0)
+    count = rng.integers(0, 5, 500)  # the paper's counts 0-4
+    comparison = numerosity_comparison(rng.standard_normal((500, 3)), count, (4, 8), folds=5, seed=0)
+    assert comparison.curves == [] and comparison.pooled is None
+    assert comparison.left_out == [
+        "reference 4 needs at least 2 numerosities on each side within a ratio of 2 (N from 2 to 8), and the set's "
+        "1-4 have 2 below and 0 above",
+        "reference 8 needs at least 2 numerosities on each side within a ratio of 2 (N from 4 to 16), and the set's "
+        "1-4 have 1 below and 0 above"]
+    assert comparison.summary()["weber_fraction"] is None
+
+
+def test_the_references_option():
+    assert parse_references("8,16") == (8, 16) and parse_references(" none ") == ()
+    for bad, told in (("", "give whole numbers"), ("8,x", "give whole numbers"), ("1", "each at least 2"),
+                      ("8,8", "give each reference once")):
+        with pytest.raises(UsageError, match=told):
+            parse_references(bad)
