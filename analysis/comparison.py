@@ -146,8 +146,8 @@ class Comparison:
 
 def balanced(rows: np.ndarray, target: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """`rows` with the larger side cut at random to the size of the smaller. Least squares weighs each side by
-    its images: with 24 numerosities above a reference of 8 and 7 below, the boundary would move towards the
-    smaller side, and its errors would read as a coarser w."""
+    its images: with 8 numerosities above a reference of 8 and 4 below (N from 4 to 16), the boundary would move
+    towards the smaller side, and its errors would read as a coarser w."""
     more, less = rows[target[rows] > 0], rows[target[rows] < 0]
     keep = min(more.size, less.size)
     return np.sort(np.concatenate([rng.permutation(more)[:keep], rng.permutation(less)[:keep]]))
