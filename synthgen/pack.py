@@ -112,9 +112,11 @@ def path_within(root: Path, path: str) -> str | None:
     """A split file's path as one spelling within `root` (a resolved folder): `./a.jpg`, `b/../a.jpg` and
     `ROOT/a.jpg` are all `a.jpg`, so that sets packed from one folder compare their photos by name
     (synthgen.overlap). None for a path outside root."""
-    if os.path.isabs(path):
-        image = Path(path).resolve()
-        return image.relative_to(root).as_posix() if image.is_relative_to(root) else None
+    if os.path.isabs(path):  # as spelled (a link inside ROOT may lead elsewhere), else with ROOT's own links resolved
+        for image in (Path(os.path.normpath(path)), Path(path).resolve()):
+            if image.is_relative_to(root):
+                return image.relative_to(root).as_posix()
+        return None
     key = os.path.normpath(path).replace(os.sep, "/")
     if key == ".." or key.startswith("../"):
         return None

@@ -201,6 +201,15 @@ def test_split_file_paths_are_named_within_root_so_sets_of_one_folder_tell_the_p
     split_file.write_text("path,label,split\n1/img0.jpg,1,train\n2,2,train\n")  # a folder where a photo goes
     result = synthgen("pack", root, "--split-file", split_file, "--split", "train", "--out", tmp_path / "o", *FAST)
     assert result.rc == 0 and f"skipped {root / '2'}: listed in split.csv but a folder, not an image file" in result.out
+    # a folder of ROOT that links elsewhere (datasets kept on another disk): its photos are within ROOT
+    (tmp_path / "disk").mkdir()
+    (tmp_path / "disk" / "far.jpg").write_bytes((root / "1" / "img0.jpg").read_bytes())
+    (root / "linked").symlink_to(tmp_path / "disk")
+    # and `linked/..` is the disk's parent, as the file system has it, not ROOT: no photo there
+    split_file.write_text(f"path,label,split\n{root}/linked/far.jpg,1,train\nlinked/../2/img0.jpg,2,train\n")
+    result = synthgen("pack", root, "--split-file", split_file, "--split", "train", "--out", tmp_path / "l", *FAST)
+    assert result.rc == 0 and f"skipped {root}/linked/../2/img0.jpg: listed in split.csv but not found" in result.out
+    assert json.loads((tmp_path / "l" / "sources.json").read_text())["files"] == ["linked/far.jpg"]
 
 
 def test_a_pack_is_the_same_pack_however_its_paths_are_spelled_but_not_with_other_labels(synthgen, tmp_path,
