@@ -130,7 +130,8 @@ def analyse_latents(means: np.ndarray, labels: SetLabels, config: AnalysisConfig
     decoding = population_decoding(z, units.predictors.x[:, 0], units.predictors.x[:, 1], positions, config.folds,
                                    config.seed, config.bootstrap)
     comparison = (numerosity_comparison(means[:, units.active], labels.count, config.comparison_references,
-                                        config.folds, config.seed) if config.comparison_references else None)
+                                        config.folds, config.seed, labels.area)
+                  if config.comparison_references else None)
     return units, selectivity, null, decoding, comparison
 
 

@@ -15,13 +15,17 @@ fitted by maximum likelihood: a probit regression of the answers on x = (N - r) 
 intercept, whose slope is 1 / w. Each reference gets its fit, and all of them one together. A smaller w is
 finer discrimination: S&Z's network reached 0.15, human adults lie around 0.1-0.25. The cumulative area of a
 controlled set varies independently of N, so a readout of area alone answers at chance.
+
+Whether the answers still lean on area is the area bias: the same probit with log2 of the cumulative area
+(centred over the compared images) as a second predictor, P(more) = Phi(x / w + b * (log2 A - mean)). b is the
+shift, in probit units, that doubling the area gives the answers at a fixed N: 0 for answers by number alone,
+positive where more area reads as more (the congruency effect of people's comparisons).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import minimize_scalar
 from scipy.special import log_ndtr, ndtr
 
 from analysis.controls import fold_assignment, ridge_fit_predict
@@ -84,29 +88,78 @@ def scaled_difference(n: np.ndarray, reference: np.ndarray | int) -> np.ndarray:
     return (n - reference) / np.sqrt(n ** 2 + np.asarray(reference, dtype=np.float64) ** 2)
 
 
+def probit_fit(predictors: np.ndarray, yes: np.ndarray, trials: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Maximum-likelihood probit regression without an intercept: `yes` of `trials` (default 1 each) answers at
+    each row of `predictors`. Fisher scoring, as a GLM is fitted; returns the coefficients and their standard
+    errors from the expected information. The log-likelihood is concave: one maximum, where one exists."""
+    x = np.asarray(predictors, dtype=np.float64).reshape(len(yes), -1)
+    yes = np.asarray(yes, dtype=np.float64)
+    trials = np.ones_like(yes) if trials is None else np.asarray(trials, dtype=np.float64)
+    beta = np.zeros(x.shape[1])
+
+    def log_likelihood(b):
+        eta = x @ b
+        return float(yes @ log_ndtr(eta) + (trials - yes) @ log_ndtr(-eta))
+
+    for _ in range(100):
+        eta = x @ beta
+        p = np.clip(ndtr(eta), 1e-300, 1 - 1e-16)
+        density = np.exp(-0.5 * eta ** 2) / np.sqrt(2 * np.pi)
+        weight = trials * density ** 2 / (p * (1 - p))
+        information = x.T @ (weight[:, None] * x)
+        step = np.linalg.solve(information, x.T @ (density * (yes - trials * p) / (p * (1 - p))))
+        before = log_likelihood(beta)
+        for _ in range(30):  # halve a step that overshoots
+            if log_likelihood(beta + step) >= before:
+                break
+            step = step / 2
+        beta = beta + step
+        if np.max(np.abs(step)) < 1e-10 * (1 + np.max(np.abs(beta))):
+            break
+    eta = x @ beta
+    p = np.clip(ndtr(eta), 1e-300, 1 - 1e-16)
+    weight = trials * (np.exp(-0.5 * eta ** 2) / np.sqrt(2 * np.pi)) ** 2 / (p * (1 - p))
+    return beta, np.sqrt(np.diag(np.linalg.inv(x.T @ (weight[:, None] * x))))
+
+
 def fit_weber(n: np.ndarray, reference: np.ndarray | int, more: np.ndarray) -> WeberFit:
     """Maximum-likelihood fit of P(more | N) = Phi(x / w) to the answers `more` (bool) at numerosities `n`
     against `reference` (one, or one per answer)."""
     x = scaled_difference(n, reference)
     more = np.asarray(more, dtype=bool)
-    values, inverse = np.unique(x, return_inverse=True)
-    trials = np.bincount(inverse).astype(np.float64)
-    yes = np.bincount(inverse, weights=more).astype(np.float64)
     errors = int(np.sum(more != (x > 0)))
-
-    def minus_log_likelihood(slope: float) -> float:
-        return -float(yes @ log_ndtr(slope * values) + (trials - yes) @ log_ndtr(-slope * values))
-
     if errors == 0:  # every answer right: the likelihood grows without end, and w is below what the set resolves
-        slope = np.inf
-    else:  # the probit log-likelihood is concave in the slope: one maximum
-        slope = float(minimize_scalar(minus_log_likelihood, bracket=(0.0, 1.0),
-                                      options={"xtol": 1e-12, "maxiter": 500}).x)
-    p = ndtr(slope * values) if np.isfinite(slope) else (values > 0).astype(np.float64)
-    density = np.exp(-0.5 * (slope * values) ** 2) / np.sqrt(2 * np.pi) if np.isfinite(slope) else 0 * values
-    information = float(np.sum(trials * values ** 2 * density ** 2 / np.maximum(p * (1 - p), 1e-300)))
-    se = 1 / np.sqrt(information) if information > 0 else np.inf
-    return WeberFit(slope, float(se), int(more.size), errors)
+        return WeberFit(np.inf, np.inf, int(more.size), 0)
+    values, inverse = np.unique(x, return_inverse=True)  # the answers at each distance, for speed
+    slope, se = probit_fit(values, np.bincount(inverse, weights=more), np.bincount(inverse))
+    return WeberFit(float(slope[0]), float(se[0]), int(more.size), errors)
+
+
+@dataclass
+class AreaBias:
+    """How far the answers lean on cumulative area at a fixed N: the probit shift per doubling of the area."""
+
+    per_doubling: float
+    se: float
+
+    @property
+    def p(self) -> float:
+        """Two-sided p of the Wald test of no bias."""
+        return float(2 * ndtr(-abs(self.per_doubling) / self.se))
+
+    def summary(self) -> dict:
+        return {"per_doubling": self.per_doubling, "se": self.se, "p": self.p}
+
+
+def area_bias(n: np.ndarray, reference: np.ndarray | int, area: np.ndarray, more: np.ndarray) -> AreaBias | None:
+    """The area bias of the answers (module docstring); None where they hold no error or the area does not vary."""
+    x = scaled_difference(n, reference)
+    log_area = np.log2(np.asarray(area, dtype=np.float64))
+    if np.all(np.asarray(more) == (x > 0)) or not np.all(np.isfinite(log_area)) or np.ptp(log_area) == 0:
+        return None  # no error to shift, an image with no visible area, or one area
+    beta, se = probit_fit(np.c_[x, log_area - log_area.mean()], np.asarray(more, dtype=np.float64))
+    return AreaBias(float(beta[1]), float(se[1]))
 
 
 @dataclass
@@ -119,9 +172,11 @@ class Curve:
     images: np.ndarray  # per numerosity
     accuracy: float
     fit: WeberFit
+    bias: AreaBias | None  # None: no areas given, no error, or one area
 
     def summary(self) -> dict:
         return {"reference": self.reference, "accuracy": self.accuracy, **self.fit.summary(),
+                "area_bias": self.bias.summary() if self.bias else None,
                 "numerosities": self.numerosities.tolist(), "share_more": self.share_more.tolist(),
                 "images_per_numerosity": self.images.tolist()}
 
@@ -132,15 +187,18 @@ class Comparison:
 
     curves: list[Curve]  # none where no reference suits the set
     pooled: WeberFit | None
+    pooled_bias: AreaBias | None
     folds: int
     left_out: list[str]  # references that could not be used, and why
 
     def summary(self) -> dict:
         return {"model": "P(more | N) = Phi((N - r) / (w sqrt(N^2 + r^2))) (Piazza et al. 2004)",
+                "area_bias_model": "P(more) = Phi(x / w + b (log2 A - mean)); b per doubling of the area",
                 "readout": f"ridge regression onto +1/-1 from the active latents, N from r/{RATIO} to {RATIO}r, "
                            "trained on as many images of each side, cross-validated answers",
                 "folds": self.folds, "weber_fraction": self.pooled.weber_fraction if self.pooled else None,
                 "pooled": self.pooled.summary() if self.pooled else None,
+                "area_bias": self.pooled_bias.summary() if self.pooled_bias else None,
                 "references": [c.summary() for c in self.curves], "left_out": self.left_out}
 
 
@@ -154,8 +212,8 @@ def balanced(rows: np.ndarray, target: np.ndarray, rng: np.random.Generator) -> 
 
 
 def answers(z: np.ndarray, count: np.ndarray, reference: int, folds: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """The numerosities of the images compared with `reference` (`compared`), and the readout's out-of-fold
-    answer for each: True for "more than r". The readout is trained on as many images of each side."""
+    """The images compared with `reference` (`compared`), and the readout's out-of-fold answer for each: True for
+    "more than r". The readout is trained on as many images of each side."""
     rows = np.flatnonzero(compared(count, reference))
     features = np.asarray(z, dtype=np.float64)[rows]
     target = np.where(count[rows] > reference, 1.0, -1.0)
@@ -167,27 +225,32 @@ def answers(z: np.ndarray, count: np.ndarray, reference: int, folds: int, seed: 
     for test in (np.concatenate([side[part] for side, part in zip(sides, fold)]) for fold in parts):
         train = balanced(np.setdiff1d(np.arange(rows.size), test), target, rng)
         predicted[test], _ = ridge_fit_predict(features[train], target[train], features[test])
-    return count[rows], predicted > 0
+    return rows, predicted > 0
 
 
-def numerosity_comparison(z: np.ndarray, count: np.ndarray, references, folds: int = 5, seed: int = 0
-                          ) -> Comparison:
+def numerosity_comparison(z: np.ndarray, count: np.ndarray, references, folds: int = 5, seed: int = 0,
+                          area: np.ndarray | None = None) -> Comparison:
     """The comparison task on the latents `z` (images x active dimensions) of images of numerosity `count`,
-    against each reference with enough numerosities on both sides in this set (`left_out` says why not)."""
+    against each reference with enough numerosities on both sides in this set (`left_out` says why not); with
+    the images' cumulative `area`, the answers' area bias too."""
     count = np.asarray(count, dtype=np.int64)
     numerosities = np.unique(count[count >= 1])
-    curves, left_out, pooled = [], [], ([], [], [])
+    curves, left_out, pooled = [], [], ([], [], [], [])
     for reference in references:
         problem = reference_problem(int(reference), numerosities)
         if problem:
             left_out.append(problem)
             continue
-        n, more = answers(z, count, int(reference), folds, seed)
+        rows, more = answers(z, count, int(reference), folds, seed)
+        n, r = count[rows], np.full(rows.size, int(reference))
+        a = np.ones(rows.size) if area is None else np.asarray(area, dtype=np.float64)[rows]
         levels, inverse = np.unique(n, return_inverse=True)
         images = np.bincount(inverse)
         curves.append(Curve(int(reference), levels, np.bincount(inverse, weights=more) / images, images,
-                            float(np.mean(more == (n > reference))), fit_weber(n, int(reference), more)))
-        for part, values in zip(pooled, (n, np.full(n.size, reference), more)):
+                            float(np.mean(more == (n > reference))), fit_weber(n, r, more), area_bias(n, r, a, more)))
+        for part, values in zip(pooled, (n, r, a, more)):
             part.append(values)
-    fit = fit_weber(*(np.concatenate(part) for part in pooled)) if curves else None
-    return Comparison(curves, fit, folds, left_out)
+    if not curves:
+        return Comparison([], None, None, folds, left_out)
+    n, r, a, more = (np.concatenate(part) for part in pooled)
+    return Comparison(curves, fit_weber(n, r, more), area_bias(n, r, a, more), folds, left_out)

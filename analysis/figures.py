@@ -300,10 +300,11 @@ def comparison_figure(comparison, path) -> None:
     ax.set_xscale("log")
     ax.set_xticks(ticks, [f"{v:g}" for v in ticks])
     ax.minorticks_off()
-    pooled = comparison.pooled.weber_fraction
+    pooled, bias = comparison.pooled.weber_fraction, comparison.pooled_bias
+    leaning = "" if bias is None else f"; area bias {bias.per_doubling:+.2f} per doubling (p = {bias.p:.2g})"
     ax.set(ylim=(-0.03, 1.03), xlabel="numerosity N (log axis)", ylabel='share of "more than the reference"',
            title="numerosity comparison from the latents (marker area ~ images)\n"
-                 f"Weber fraction over all references: {'none' if pooled is None else f'{pooled:.3f}'}")
+                 f"Weber fraction over all references: {'none' if pooled is None else f'{pooled:.3f}'}{leaning}")
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     save_figure(fig, path, dpi=110)

@@ -201,6 +201,10 @@ def _weber_text(fit) -> str:
     return "none: no error to measure it by" if not fit.errors else "none: the answers do not grow with N"
 
 
+def _bias_text(bias) -> str:
+    return "-" if bias is None else f"{bias.per_doubling:+.3f} ± {bias.se:.3f} ({bias.p:.2g})"
+
+
 def _comparison_section(run: "RunAnalysis") -> list[str]:
     comparison = run.comparison
     if comparison is None:
@@ -211,13 +215,16 @@ def _comparison_section(run: "RunAnalysis") -> list[str]:
              f"+1/-1 on as many images of each side, the answers out of fold ({comparison.folds} folds). The Weber "
              "fraction w is fitted by maximum likelihood to P(more | N) = Phi((N - r) / (w sqrt(N^2 + r^2))) "
              "(Piazza et al. 2004), 95% Wald interval. Smaller is finer: S&Z's network reached 0.15, human adults "
-             "about 0.1-0.25. The area varies independently of N, so area alone answers at chance."]
+             "about 0.1-0.25. The area bias b is the shift of the answers, in probit units, per doubling of the "
+             "cumulative area at a fixed N (the same fit with log2 A as a second predictor): 0 for answers by number "
+             "alone, positive where more area reads as more."]
     if comparison.curves:
-        lines += ["", "| reference | images | accuracy | w [95% CI] |", "|---|---|---|---|"]
-        lines += [f"| {c.reference} | {c.fit.images} | {c.accuracy:.3f} | {_weber_text(c.fit)} |"
+        lines += ["", "| reference | images | accuracy | w [95% CI] | area bias b ± SE (p) |", "|---|---|---|---|---|"]
+        lines += [f"| {c.reference} | {c.fit.images} | {c.accuracy:.3f} | {_weber_text(c.fit)} | {_bias_text(c.bias)} |"
                   for c in comparison.curves]
         lines += [f"| all together | {comparison.pooled.images} | "
-                  f"{1 - comparison.pooled.errors / comparison.pooled.images:.3f} | {_weber_text(comparison.pooled)} |"]
+                  f"{1 - comparison.pooled.errors / comparison.pooled.images:.3f} | {_weber_text(comparison.pooled)} | "
+                  f"{_bias_text(comparison.pooled_bias)} |"]
     lines += [f"Not used: {problem}." for problem in comparison.left_out]
     return lines
 
@@ -281,7 +288,7 @@ def report_markdown(run: "RunAnalysis", summary: dict, criteria, bootstrap: int,
 
 RUN_COLUMNS = ("active_dims", "numerosity_units", "area_units", "best_r2", "p_best_numerosity_unit_r2",
                "p_best_area_unit_r2", "p_best_r2", "selective_units", "p_selective_units", "decoding_r2_log_n",
-               "decoding_r2_log_a", "weber_fraction")
+               "decoding_r2_log_a", "weber_fraction", "area_bias")
 
 
 RUN_FILES = ("summary.json", "report.md", "dimensions.csv", "latents.npz")  # besides the figures it lists
@@ -329,6 +336,7 @@ def run_row(summary: dict, run: str) -> dict:
            "decoding_r2_log_n": decoding.get(("log N", "all active dimensions")),
            "decoding_r2_log_a": decoding.get(("log A", "all active dimensions")),
            "weber_fraction": (summary.get("comparison") or {}).get("weber_fraction"),
+           "area_bias": ((summary.get("comparison") or {}).get("area_bias") or {}).get("per_doubling"),
            "collapsed": "collapsed" in summary}
     for key in ("best_numerosity_unit_r2", "best_area_unit_r2", "best_r2", "selective_units"):
         row[f"p_{key}"] = (null.get("p") or {}).get(key)
@@ -358,7 +366,7 @@ def mean_sd_text(stat: dict, spec: str) -> str:
 def _cell(value, column: str) -> str:
     if _number(value) is None:
         return "-"
-    return f"{value:.3f}" if column.startswith(("best", "p_", "decoding", "weber")) else f"{value:g}"
+    return f"{value:.3f}" if column.startswith(("best", "p_", "decoding", "weber", "area_bias")) else f"{value:g}"
 
 
 def runs_markdown(rows: list[dict], stats: dict, data: str) -> str:

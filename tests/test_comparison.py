@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.special import ndtr
 
-from analysis.comparison import RATIO, fit_weber, numerosity_comparison, scaled_difference
+from analysis.comparison import RATIO, fit_weber, numerosity_comparison, probit_fit, scaled_difference
 from analysis.config import parse_references
 from common.errors import UsageError
 
@@ -60,6 +60,34 @@ def test_a_log_code_with_gaussian_noise_gets_the_weber_fraction_its_noise_implie
     assert comparison.pooled.images == sum(c.fit.images for c in comparison.curves)
 
 
+def test_the_probit_fit_equals_statsmodels_with_two_predictors():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3000, 2))
+    y = (rng.random(3000) < ndtr(x @ [1.5, -0.4])).astype(float)
+    beta, se = probit_fit(x, y)
+    glm = sm.GLM(y, x, family=sm.families.Binomial(link=sm.families.links.Probit())).fit()
+    np.testing.assert_allclose(beta, glm.params, rtol=1e-7)
+    np.testing.assert_allclose(se, glm.bse, rtol=1e-5)
+
+
+@pytest.mark.parametrize("leak", [0.0, 0.3])
+def test_the_area_bias_is_what_a_code_that_mixes_area_into_number_implies(leak):
+    """One dimension codes log N + leak * log A with noise s, which no readout can take apart: the answers then
+    shift by leak * ln 2 / s probit units per doubling of the area. A code that holds area apart gives none."""
+    rng, count, area = dot_design()
+    z = np.c_[np.log(count) + leak * np.log(area) + 0.15 * rng.standard_normal(count.size),
+              rng.standard_normal((count.size, 3))]
+    if not leak:
+        z[:, 1] = np.log(area)  # area on a dimension of its own, which the readout can leave aside
+    comparison = numerosity_comparison(z, count, (8, 16), folds=5, seed=0, area=area)
+    biases = [c.bias for c in comparison.curves] + [comparison.pooled_bias]
+    if leak:
+        assert all(b.per_doubling == pytest.approx(leak * np.log(2) / 0.15, rel=0.15) and b.p < 1e-6 for b in biases)
+    else:
+        assert all(abs(b.per_doubling) < 3 * b.se and b.p > 0.01 for b in biases)
+    assert numerosity_comparison(z, count, (8,), area=None).pooled_bias is None  # no areas: no bias
+
+
 def test_a_code_of_area_alone_answers_at_chance():
     rng, count, area = dot_design()
     z = np.c_[np.log(area), rng.standard_normal((count.size, 3))]
@@ -78,7 +106,7 @@ def test_references_a_set_cannot_compare_against_are_left_out_with_the_reason():
         "1-4 have 2 below and 0 above",
         "reference 8 needs at least 2 numerosities on each side within a ratio of 2 (N from 4 to 16), and the set's "
         "1-4 have 1 below and 0 above"]
-    assert comparison.summary()["weber_fraction"] is None
+    assert comparison.summary()["weber_fraction"] is None and comparison.summary()["area_bias"] is None
 
 
 def test_the_references_option():
