@@ -66,8 +66,14 @@ class WeberFit:
 
     @property
     def weber_fraction(self) -> float | None:
-        """w; None where the answers do not grow with N (slope <= 0) or hold no error to measure w by."""
-        return 1 / self.slope if self.errors and self.slope > 0 else None
+        """w; None where the answers hold no error to measure w by, have no fit, or do not grow with N."""
+        return 1 / self.slope if self.errors and np.isfinite(self.slope) and self.slope > 0 else None
+
+    def why_none(self) -> str:
+        """Why there is no w, in words."""
+        if not self.errors:
+            return "no error to measure it by"
+        return "the answers do not grow with N" if np.isfinite(self.slope) else "no maximum-likelihood fit"
 
     @property
     def ci95(self) -> tuple[float | None, float | None]:
@@ -97,30 +103,35 @@ def probit_fit(predictors: np.ndarray, yes: np.ndarray, trials: np.ndarray | Non
     yes = np.asarray(yes, dtype=np.float64)
     trials = np.ones_like(yes) if trials is None else np.asarray(trials, dtype=np.float64)
     beta = np.zeros(x.shape[1])
+    undefined = np.full(x.shape[1], np.nan), np.full(x.shape[1], np.nan)
 
     def log_likelihood(b):
         eta = x @ b
         return float(yes @ log_ndtr(eta) + (trials - yes) @ log_ndtr(-eta))
 
-    for _ in range(100):
-        eta = x @ beta
+    def information_and_score(b):
+        eta = x @ b
         p = np.clip(ndtr(eta), 1e-300, 1 - 1e-16)
         density = np.exp(-0.5 * eta ** 2) / np.sqrt(2 * np.pi)
-        weight = trials * density ** 2 / (p * (1 - p))
-        information = x.T @ (weight[:, None] * x)
-        step = np.linalg.solve(information, x.T @ (density * (yes - trials * p) / (p * (1 - p))))
-        before = log_likelihood(beta)
-        for _ in range(30):  # halve a step that overshoots
-            if log_likelihood(beta + step) >= before:
+        information = x.T @ ((trials * density ** 2 / (p * (1 - p)))[:, None] * x)
+        return information, x.T @ (density * (yes - trials * p) / (p * (1 - p)))
+
+    try:
+        for _ in range(100):
+            step = np.linalg.solve(*information_and_score(beta))
+            before = log_likelihood(beta)
+            for _ in range(30):  # halve a step that overshoots
+                if log_likelihood(beta + step) >= before:
+                    break
+                step = step / 2
+            beta = beta + step
+            if np.max(np.abs(step)) < 1e-10 * (1 + np.max(np.abs(beta))):
                 break
-            step = step / 2
-        beta = beta + step
-        if np.max(np.abs(step)) < 1e-10 * (1 + np.max(np.abs(beta))):
-            break
-    eta = x @ beta
-    p = np.clip(ndtr(eta), 1e-300, 1 - 1e-16)
-    weight = trials * (np.exp(-0.5 * eta ** 2) / np.sqrt(2 * np.pi)) ** 2 / (p * (1 - p))
-    return beta, np.sqrt(np.diag(np.linalg.inv(x.T @ (weight[:, None] * x))))
+        else:  # no maximum: answers that a combination of the predictors separates, and coefficients that grow
+            return undefined
+        return beta, np.sqrt(np.diag(np.linalg.inv(information_and_score(beta)[0])))
+    except np.linalg.LinAlgError:  # the same, seen as an information matrix that underflowed
+        return undefined
 
 
 def fit_weber(n: np.ndarray, reference: np.ndarray | int, more: np.ndarray) -> WeberFit:
@@ -159,7 +170,7 @@ def area_bias(n: np.ndarray, reference: np.ndarray | int, area: np.ndarray, more
     if np.all(np.asarray(more) == (x > 0)) or not np.all(np.isfinite(log_area)) or np.ptp(log_area) == 0:
         return None  # no error to shift, an image with no visible area, or one area
     beta, se = probit_fit(np.c_[x, log_area - log_area.mean()], np.asarray(more, dtype=np.float64))
-    return AreaBias(float(beta[1]), float(se[1]))
+    return AreaBias(float(beta[1]), float(se[1])) if np.all(np.isfinite(se)) else None
 
 
 @dataclass

@@ -198,7 +198,7 @@ def _weber_text(fit) -> str:
     if fit.weber_fraction is not None:
         low, high = fit.ci95
         return f"{fit.weber_fraction:.3f} [{low:.3f}, {'-' if high is None else f'{high:.3f}'}]"
-    return "none: no error to measure it by" if not fit.errors else "none: the answers do not grow with N"
+    return f"none: {fit.why_none()}"
 
 
 def _bias_text(bias) -> str:

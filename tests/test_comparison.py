@@ -88,6 +88,20 @@ def test_the_area_bias_is_what_a_code_that_mixes_area_into_number_implies(leak):
     assert numerosity_comparison(z, count, (8,), area=None).pooled_bias is None  # no areas: no bias
 
 
+def test_answers_that_number_and_area_together_separate_have_a_w_and_no_area_bias():
+    """Answers given exactly by N and A together: the two-predictor likelihood has no maximum (its coefficients
+    grow without end), which is said as no bias rather than as a number or a crash."""
+    from analysis.comparison import area_bias
+
+    rng, count, area = dot_design(800)
+    n = count[(count >= 8) & (count <= 32) & (count != 16)]
+    a = area[: n.size]
+    more = scaled_difference(n, 16) + 0.3 * (np.log2(a) - np.log2(a).mean()) > 0
+    assert area_bias(n, 16, a, more) is None
+    fit = fit_weber(n, 16, more)
+    assert fit.errors > 0 and fit.weber_fraction is not None
+
+
 def test_a_code_of_area_alone_answers_at_chance():
     rng, count, area = dot_design()
     z = np.c_[np.log(area), rng.standard_normal((count.size, 3))]
