@@ -423,8 +423,13 @@ def test_a_run_taken_over_between_the_checks_and_the_start_is_refused(data, tmp_
 
 def test_the_kept_epochs_are_told_with_their_disk_space_and_a_note_when_it_is_not_free():
     """The paper's model keeps 745 MB per epoch: 15 of them over 140 epochs take 11 GB."""
-    assert kept_epochs(0, 140, 10, new=True) == list(range(0, 141, 10))
-    assert kept_epochs(37, 45, 4, new=False) == [40, 44]  # a resumed run: from its next epoch on
+    assert list(kept_epochs(0, 140, 10, new=True)) == list(range(0, 141, 10))
+    assert list(kept_epochs(37, 45, 4, new=False)) == [40, 44]  # a resumed run: from its next epoch on
+    assert list(kept_epochs(40, 45, 4, new=False)) == [44] and list(kept_epochs(45, 45, 4, new=False)) == []
+    # --epochs has no upper bound: the line is told at once, not after listing 10^12 epochs
+    huge = kept_epochs_line(kept_epochs(0, 10**12, 1, new=True), 2**20, 2**30)
+    assert huge.startswith("kept epochs (--save-every): 1000000000001 model(s) of 1 MiB")
+    assert "(epochs 0, 1, 2, 3, 4, 5, ... 1000000000000)" in huge
     line = kept_epochs_line(kept_epochs(0, 140, 10, new=True), 745 * 2**20, 50 * 2**30)
     assert line == ("kept epochs (--save-every): 15 model(s) of 745 MiB in checkpoints/, 10.9 GiB in all (epochs 0, "
                     "10, 20, 30, 40, 50, ... 140)")

@@ -109,13 +109,13 @@ def run_identity(state: dict) -> str:
     return json.dumps(kept, sort_keys=True)
 
 
-def kept_epochs(done: int, epochs: int, every: int, new: bool) -> list[int]:
+def kept_epochs(done: int, epochs: int, every: int, new: bool) -> range:
     """The epochs whose models --save-every K keeps of a run that has trained `done` of its `epochs`: every K-th
-    from here, and the untrained start (epoch 0) of a new run."""
-    return [0] * new + [epoch for epoch in range(done + 1, epochs + 1) if epoch % every == 0]
+    from here, and the untrained start (epoch 0) of a new run. A range, not a list: --epochs has no upper bound."""
+    return range(0 if new else (done // every + 1) * every, epochs + 1, every)
 
 
-def kept_epochs_line(epochs: list[int], each: int, free: int) -> str:
+def kept_epochs_line(epochs: range | list[int], each: int, free: int) -> str:
     """What --save-every will keep of this run, in the log: which epochs, how much disk that takes, and a note when
     it is more than is free (the run would stop there, with its last.pt whole, when the disk fills)."""
     need = len(epochs) * each
