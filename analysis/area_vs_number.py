@@ -48,6 +48,7 @@ class SetLabels:
     area: np.ndarray  # visible cumulative area, pixels
     design: Design  # the ANOVA's numerosity levels and area bins (the set's own levels, or --area-bins quantiles)
     predictors: Predictors  # Eq. 3's standardised log N and log A, and the images they cover
+    cues: dict[str, np.ndarray]  # the non-numerical magnitudes the comparison's answers are checked against
 
 
 @dataclass
@@ -130,7 +131,7 @@ def analyse_latents(means: np.ndarray, labels: SetLabels, config: AnalysisConfig
     decoding = population_decoding(z, units.predictors.x[:, 0], units.predictors.x[:, 1], positions, config.folds,
                                    config.seed, config.bootstrap)
     comparison = (numerosity_comparison(means[:, units.active], labels.count, config.comparison_references,
-                                        config.folds, config.seed, labels.area)
+                                        config.folds, config.seed, labels.cues)
                   if config.comparison_references else None)
     return units, selectivity, null, decoding, comparison
 
@@ -252,7 +253,10 @@ def load_set(config: AnalysisConfig) -> tuple[ShardSet, SetLabels]:
         predictors = make_predictors(count, area, config.log1p)
     except ValueError as exc:
         raise UserError(f"--data {config.data}: {exc}") from None
-    return shards, SetLabels(count, area, design, predictors)
+    cues = {"cumulative area": area}
+    if "field_area" in shards.labels:  # the dot arrays' convex hull
+        cues["field area"] = shards.labels["field_area"].astype(np.float64)
+    return shards, SetLabels(count, area, design, predictors, cues)
 
 
 def anova_problem(design: Design, config: AnalysisConfig) -> str | None:

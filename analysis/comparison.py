@@ -16,10 +16,15 @@ intercept, whose slope is 1 / w. Each reference gets its fit, and all of them on
 finer discrimination: S&Z's network reached 0.15, human adults lie around 0.1-0.25. The cumulative area of a
 controlled set varies independently of N, so a readout of area alone answers at chance.
 
-Whether the answers still lean on area is the area bias: the same probit with log2 of the cumulative area
-(centred over the compared images) as a second predictor, P(more) = Phi(x / w + b * (log2 A - mean)). b is the
-shift, in probit units, that doubling the area gives the answers at a fixed N: 0 for answers by number alone,
-positive where more area reads as more (the congruency effect of people's comparisons).
+Whether the answers still lean on what goes with number in the images is their cue biases: the same probit
+with log2 of each non-numerical magnitude the set records (centred over the compared images) as further
+predictors, P(more) = Phi(a_r + x / w + sum_c b_c * (log2 c - mean_r)), with a free intercept and the cues
+centred for each reference r (the cues at a reference are not their mean over its compared images): the
+cumulative area A, and for the dot arrays
+the field area F (their convex hull), after DeWind et al. (2015). b_c is the shift, in probit units, that
+doubling c gives the answers at a fixed N and fixed other cues: 0 for answers by number alone, positive where
+more reads as more (the congruency effects of people's comparisons). The same fit's slope of x gives the Weber
+fraction at fixed cues: coarser than w where part of the answers' acuity comes from a cue that goes with N.
 """
 from __future__ import annotations
 
@@ -148,9 +153,10 @@ def fit_weber(n: np.ndarray, reference: np.ndarray | int, more: np.ndarray) -> W
 
 
 @dataclass
-class AreaBias:
-    """How far the answers lean on cumulative area at a fixed N: the probit shift per doubling of the area."""
+class CueBias:
+    """How far the answers lean on one non-numerical magnitude at a fixed N: the probit shift per doubling."""
 
+    cue: str
     per_doubling: float
     se: float
 
@@ -160,17 +166,33 @@ class AreaBias:
         return float(2 * ndtr(-abs(self.per_doubling) / self.se))
 
     def summary(self) -> dict:
-        return {"per_doubling": self.per_doubling, "se": self.se, "p": self.p}
+        return {"cue": self.cue, "per_doubling": self.per_doubling, "se": self.se, "p": self.p}
 
 
-def area_bias(n: np.ndarray, reference: np.ndarray | int, area: np.ndarray, more: np.ndarray) -> AreaBias | None:
-    """The area bias of the answers (module docstring); None where they hold no error or the area does not vary."""
+def fit_with_cues(n: np.ndarray, reference: np.ndarray | int, cues: dict[str, np.ndarray], more: np.ndarray
+                  ) -> tuple[WeberFit | None, list[CueBias]]:
+    """The Weber fraction at fixed cues and the answers' bias towards each cue (module docstring), fitted
+    together; neither where the answers hold no error, a cue does not vary or is not positive (an image with
+    nothing visible), or the fit has no maximum."""
     x = scaled_difference(n, reference)
-    log_area = np.log2(np.asarray(area, dtype=np.float64))
-    if np.all(np.asarray(more) == (x > 0)) or not np.all(np.isfinite(log_area)) or np.ptp(log_area) == 0:
-        return None  # no error to shift, an image with no visible area, or one area
-    beta, se = probit_fit(np.c_[x, log_area - log_area.mean()], np.asarray(more, dtype=np.float64))
-    return AreaBias(float(beta[1]), float(se[1])) if np.all(np.isfinite(se)) else None
+    more = np.asarray(more, dtype=bool)
+    logs = {cue: np.log2(np.asarray(values, dtype=np.float64)) for cue, values in cues.items()}
+    errors = int(np.sum(more != (x > 0)))
+    if not logs or not errors or not all(np.all(np.isfinite(v)) and np.ptp(v) > 0 for v in logs.values()):
+        return None, []
+    # A free intercept per reference, and the cues centred within each: the cues at a reference are not their mean
+    # over its compared images, and where a cue grows with N its level at each reference differs; an offset left
+    # unfitted would be read as number (x's mean is not 0 either).
+    references = np.broadcast_to(np.asarray(reference), x.shape)
+    groups = [references == r for r in np.unique(references)]
+    intercepts = [g.astype(np.float64) for g in groups]
+    centred = [v - sum(g * v[g].mean() for g in groups) for v in logs.values()]
+    beta, se = probit_fit(np.c_[(*intercepts, x, *centred)], more.astype(np.float64))
+    if not np.all(np.isfinite(se)):
+        return None, []
+    k = len(groups)
+    return (WeberFit(float(beta[k]), float(se[k]), int(more.size), errors),
+            [CueBias(cue, float(b), float(e)) for cue, b, e in zip(logs, beta[k + 1:], se[k + 1:])])
 
 
 @dataclass
@@ -183,11 +205,14 @@ class Curve:
     images: np.ndarray  # per numerosity
     accuracy: float
     fit: WeberFit
-    bias: AreaBias | None  # None: no areas given, no error, or one area
+    fit_at_fixed_cues: WeberFit | None  # None: no cues given, or no fit (fit_with_cues)
+    biases: list[CueBias]
 
     def summary(self) -> dict:
+        fixed = self.fit_at_fixed_cues
         return {"reference": self.reference, "accuracy": self.accuracy, **self.fit.summary(),
-                "area_bias": self.bias.summary() if self.bias else None,
+                "weber_fraction_at_fixed_cues": fixed.weber_fraction if fixed else None,
+                "cue_biases": [b.summary() for b in self.biases],
                 "numerosities": self.numerosities.tolist(), "share_more": self.share_more.tolist(),
                 "images_per_numerosity": self.images.tolist()}
 
@@ -198,18 +223,21 @@ class Comparison:
 
     curves: list[Curve]  # none where no reference suits the set
     pooled: WeberFit | None
-    pooled_bias: AreaBias | None
+    pooled_at_fixed_cues: WeberFit | None
+    pooled_biases: list[CueBias]
     folds: int
     left_out: list[str]  # references that could not be used, and why
 
     def summary(self) -> dict:
         return {"model": "P(more | N) = Phi((N - r) / (w sqrt(N^2 + r^2))) (Piazza et al. 2004)",
-                "area_bias_model": "P(more) = Phi(x / w + b (log2 A - mean)); b per doubling of the area",
+                "cue_bias_model": "P(more) = Phi(a_r + x / w + sum_c b_c (log2 c - mean_r)); b_c per doubling of cue c",
                 "readout": f"ridge regression onto +1/-1 from the active latents, N from r/{RATIO} to {RATIO}r, "
                            "trained on as many images of each side, cross-validated answers",
                 "folds": self.folds, "weber_fraction": self.pooled.weber_fraction if self.pooled else None,
                 "pooled": self.pooled.summary() if self.pooled else None,
-                "area_bias": self.pooled_bias.summary() if self.pooled_bias else None,
+                "weber_fraction_at_fixed_cues": (self.pooled_at_fixed_cues.weber_fraction
+                                                 if self.pooled_at_fixed_cues else None),
+                "cue_biases": [b.summary() for b in self.pooled_biases],
                 "references": [c.summary() for c in self.curves], "left_out": self.left_out}
 
 
@@ -240,13 +268,13 @@ def answers(z: np.ndarray, count: np.ndarray, reference: int, folds: int, seed: 
 
 
 def numerosity_comparison(z: np.ndarray, count: np.ndarray, references, folds: int = 5, seed: int = 0,
-                          area: np.ndarray | None = None) -> Comparison:
+                          cues: dict[str, np.ndarray] | None = None) -> Comparison:
     """The comparison task on the latents `z` (images x active dimensions) of images of numerosity `count`,
     against each reference with enough numerosities on both sides in this set (`left_out` says why not); with
-    the images' cumulative `area`, the answers' area bias too."""
+    the images' non-numerical magnitudes (`cues`: name -> one value per image), the answers' biases too."""
     count = np.asarray(count, dtype=np.int64)
     numerosities = np.unique(count[count >= 1])
-    curves, left_out, pooled = [], [], ([], [], [], [])
+    curves, left_out, pooled = [], [], ([], [], [])
     for reference in references:
         problem = reference_problem(int(reference), numerosities)
         if problem:
@@ -254,14 +282,17 @@ def numerosity_comparison(z: np.ndarray, count: np.ndarray, references, folds: i
             continue
         rows, more = answers(z, count, int(reference), folds, seed)
         n, r = count[rows], np.full(rows.size, int(reference))
-        a = np.ones(rows.size) if area is None else np.asarray(area, dtype=np.float64)[rows]
+        compared_cues = {cue: np.asarray(values)[rows] for cue, values in (cues or {}).items()}
         levels, inverse = np.unique(n, return_inverse=True)
         images = np.bincount(inverse)
         curves.append(Curve(int(reference), levels, np.bincount(inverse, weights=more) / images, images,
-                            float(np.mean(more == (n > reference))), fit_weber(n, r, more), area_bias(n, r, a, more)))
-        for part, values in zip(pooled, (n, r, a, more)):
+                            float(np.mean(more == (n > reference))), fit_weber(n, r, more),
+                            *fit_with_cues(n, r, compared_cues, more)))
+        for part, values in zip(pooled, (rows, r, more)):
             part.append(values)
     if not curves:
-        return Comparison([], None, None, folds, left_out)
-    n, r, a, more = (np.concatenate(part) for part in pooled)
-    return Comparison(curves, fit_weber(n, r, more), area_bias(n, r, a, more), folds, left_out)
+        return Comparison([], None, None, [], folds, left_out)
+    rows, r, more = (np.concatenate(part) for part in pooled)
+    pooled_cues = {cue: np.asarray(values)[rows] for cue, values in (cues or {}).items()}
+    return Comparison(curves, fit_weber(count[rows], r, more), *fit_with_cues(count[rows], r, pooled_cues, more),
+                      folds, left_out)

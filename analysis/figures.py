@@ -300,17 +300,23 @@ def comparison_figure(comparison, path) -> None:
     ax.set_xscale("log")
     ax.set_xticks(ticks, [f"{v:g}" for v in ticks])
     ax.minorticks_off()
-    pooled, bias = comparison.pooled.weber_fraction, comparison.pooled_bias
-    leaning = "" if bias is None else f"; area bias {bias.per_doubling:+.2f} per doubling (p = {bias.p:.2g})"
-    ax.set(ylim=(-0.03, 1.03), xlabel="numerosity N (log axis)", ylabel='share of "more than the reference"',
-           title="numerosity comparison from the latents (marker area ~ images)\n"
-                 f"Weber fraction over all references: {'none' if pooled is None else f'{pooled:.3f}'}{leaning}")
+    pooled, fixed = comparison.pooled.weber_fraction, comparison.pooled_at_fixed_cues
+    lines = ["numerosity comparison from the latents (marker area ~ images)",
+             f"w over all references: {'none' if pooled is None else f'{pooled:.3f}'}"
+             + ("" if fixed is None or fixed.weber_fraction is None else
+                f"; at fixed {', '.join(b.cue for b in comparison.pooled_biases)}: {fixed.weber_fraction:.3f}")]
+    if comparison.pooled_biases:
+        lines.append("bias per doubling (report.md): " + ", ".join(f"{b.cue} {b.per_doubling:+.2f}"
+                                                                  for b in comparison.pooled_biases))
+    ax.set(ylim=(-0.03, 1.03), xlabel="numerosity N (log axis)", ylabel='share of "more than the reference"')
+    ax.set_title("\n".join(lines), fontsize=9)
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
 
 
 STOIANOV_ZORZI_W = 0.15  # the Weber fraction of their network's numerosity comparison
+WEBER_KEYS = ("weber_fraction", "weber_fraction_at_fixed_cues")
 
 
 def has_weber(rows: list[dict]) -> bool:
@@ -322,7 +328,7 @@ def weber_axes(ax, title: str, rows: list[dict]) -> None:
     more than a factor of 4 (an untrained model's next to a trained one's), else linear from 0."""
     ax.axhline(STOIANOV_ZORZI_W, color="grey", lw=0.8, ls="--",
                label=f"Stoianov & Zorzi's network ({STOIANOV_ZORZI_W})")
-    values = [row["weber_fraction"] for row in rows if row.get("weber_fraction") is not None] + [STOIANOV_ZORZI_W]
+    values = [row[key] for row in rows for key in WEBER_KEYS if row.get(key) is not None] + [STOIANOV_ZORZI_W]
     ax.set(title=title, ylabel="Weber fraction w (smaller: finer)")
     if max(values) <= 4 * min(values):
         ax.set_ylim(0, 1.25 * max(values))
@@ -358,8 +364,10 @@ def runs_figure(rows: list[dict], null_95th: list[float | None], path) -> None:
     axes[1].set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
     axes[1].legend(fontsize=7, loc="upper right", ncol=2)
     if panels == 3:
-        axes[2].scatter(x, [np.nan if r["weber_fraction"] is None else r["weber_fraction"] for r in rows],
-                        color="#c44e52", zorder=3, label="this code")
+        for key, face, name in (("weber_fraction", "#c44e52", "w"), ("weber_fraction_at_fixed_cues", "none",
+                                                                        "w at fixed cues (area, field)")):
+            axes[2].scatter(x, [np.nan if r.get(key) is None else r[key] for r in rows], facecolors=face,
+                            edgecolors="#c44e52", zorder=3, label=name)
         weber_axes(axes[2], "numerosity comparison per run", rows)
         axes[2].set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
         axes[2].legend(fontsize=7, loc="best")
@@ -398,7 +406,9 @@ def epochs_figure(rows: list[dict], course: dict, null_95th: list[float | None],
         axes[2].plot(epochs, values("decoding_r2_log_n", chosen), "o-", color=colour, label=f"{name} log N".strip())
         axes[2].plot(epochs, values("decoding_r2_log_a", chosen), "s:", color=colour, label=f"{name} log A".strip())
         if panels == 4:
-            axes[3].plot(epochs, values("weber_fraction", chosen), "o-", color=colour, label=name or None)
+            axes[3].plot(epochs, values("weber_fraction", chosen), "o-", color=colour, label=f"{name} w".strip())
+            axes[3].plot(epochs, values("weber_fraction_at_fixed_cues", chosen), "o--", color=colour, mfc="none",
+                         label=f"{name} w at fixed cues".strip())
     if len(runs) > 1:
         by_epoch = course["by_epoch"]
         for key, style, what in UNIT_COUNTS:

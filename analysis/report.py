@@ -195,14 +195,16 @@ def _selectivity_section(run: "RunAnalysis") -> list[str]:
 
 def _weber_text(fit) -> str:
     """w [95% CI] of a WeberFit, or why there is none."""
+    if fit is None:
+        return "-"
     if fit.weber_fraction is not None:
         low, high = fit.ci95
         return f"{fit.weber_fraction:.3f} [{low:.3f}, {'-' if high is None else f'{high:.3f}'}]"
     return f"none: {fit.why_none()}"
 
 
-def _bias_text(bias) -> str:
-    return "-" if bias is None else f"{bias.per_doubling:+.3f} ± {bias.se:.3f} ({bias.p:.2g})"
+def _biases_text(biases) -> str:
+    return "; ".join(f"{b.cue} {b.per_doubling:+.3f} ± {b.se:.3f} ({b.p:.2g})" for b in biases) or "-"
 
 
 def _comparison_section(run: "RunAnalysis") -> list[str]:
@@ -215,16 +217,19 @@ def _comparison_section(run: "RunAnalysis") -> list[str]:
              f"+1/-1 on as many images of each side, the answers out of fold ({comparison.folds} folds). The Weber "
              "fraction w is fitted by maximum likelihood to P(more | N) = Phi((N - r) / (w sqrt(N^2 + r^2))) "
              "(Piazza et al. 2004), 95% Wald interval. Smaller is finer: S&Z's network reached 0.15, human adults "
-             "about 0.1-0.25. The area bias b is the shift of the answers, in probit units, per doubling of the "
-             "cumulative area at a fixed N (the same fit with log2 A as a second predictor): 0 for answers by number "
-             "alone, positive where more area reads as more."]
+             "about 0.1-0.25. The cue biases b are the shifts of the answers, in probit units, per doubling of each "
+             "non-numerical magnitude the set records at a fixed N and fixed other cues (the same fit with their log2 "
+             "as further predictors, after DeWind et al. 2015): 0 for answers by number alone, positive where more "
+             "reads as more. The same fit's slope of number gives w at fixed cues: coarser than w where part of the "
+             "answers' acuity comes from a cue that goes with N."]
     if comparison.curves:
-        lines += ["", "| reference | images | accuracy | w [95% CI] | area bias b ± SE (p) |", "|---|---|---|---|---|"]
-        lines += [f"| {c.reference} | {c.fit.images} | {c.accuracy:.3f} | {_weber_text(c.fit)} | {_bias_text(c.bias)} |"
-                  for c in comparison.curves]
+        lines += ["", "| reference | images | accuracy | w [95% CI] | w at fixed cues [95% CI] | cue biases b ± SE "
+                  "(p) |", "|---|---|---|---|---|---|"]
+        lines += [f"| {c.reference} | {c.fit.images} | {c.accuracy:.3f} | {_weber_text(c.fit)} | "
+                  f"{_weber_text(c.fit_at_fixed_cues)} | {_biases_text(c.biases)} |" for c in comparison.curves]
         lines += [f"| all together | {comparison.pooled.images} | "
                   f"{1 - comparison.pooled.errors / comparison.pooled.images:.3f} | {_weber_text(comparison.pooled)} | "
-                  f"{_bias_text(comparison.pooled_bias)} |"]
+                  f"{_weber_text(comparison.pooled_at_fixed_cues)} | {_biases_text(comparison.pooled_biases)} |"]
     lines += [f"Not used: {problem}." for problem in comparison.left_out]
     return lines
 
@@ -288,7 +293,7 @@ def report_markdown(run: "RunAnalysis", summary: dict, criteria, bootstrap: int,
 
 RUN_COLUMNS = ("active_dims", "numerosity_units", "area_units", "best_r2", "p_best_numerosity_unit_r2",
                "p_best_area_unit_r2", "p_best_r2", "selective_units", "p_selective_units", "decoding_r2_log_n",
-               "decoding_r2_log_a", "weber_fraction", "area_bias")
+               "decoding_r2_log_a", "weber_fraction", "weber_fraction_at_fixed_cues", "area_bias", "field_area_bias")
 
 
 RUN_FILES = ("summary.json", "report.md", "dimensions.csv", "latents.npz")  # besides the figures it lists
@@ -328,6 +333,7 @@ def run_row(summary: dict, run: str) -> dict:
     """One checkpoint's key figures, as a row of the summary over several; `run` names the run it is of."""
     null = summary.get("null") or {}
     decoding = {(d["target"], d["features"]): d["r2"] for d in summary["decoding"]}
+    biases = {b["cue"]: b["per_doubling"] for b in (summary.get("comparison") or {}).get("cue_biases", [])}
     row = {"label": summary["label"], "run": run, "checkpoint": summary["checkpoint"],
            "model_epoch": summary["model_epoch"],
            "active_dims": summary["active_dims"], "numerosity_units": len(summary["numerosity_units"]),
@@ -336,7 +342,9 @@ def run_row(summary: dict, run: str) -> dict:
            "decoding_r2_log_n": decoding.get(("log N", "all active dimensions")),
            "decoding_r2_log_a": decoding.get(("log A", "all active dimensions")),
            "weber_fraction": (summary.get("comparison") or {}).get("weber_fraction"),
-           "area_bias": ((summary.get("comparison") or {}).get("area_bias") or {}).get("per_doubling"),
+           "weber_fraction_at_fixed_cues": (summary.get("comparison") or {}).get("weber_fraction_at_fixed_cues"),
+           **{f"{cue}_bias": biases.get(name) for cue, name in (("area", "cumulative area"),
+                                                                ("field_area", "field area"))},
            "collapsed": "collapsed" in summary}
     for key in ("best_numerosity_unit_r2", "best_area_unit_r2", "best_r2", "selective_units"):
         row[f"p_{key}"] = (null.get("p") or {}).get(key)
@@ -366,7 +374,8 @@ def mean_sd_text(stat: dict, spec: str) -> str:
 def _cell(value, column: str) -> str:
     if _number(value) is None:
         return "-"
-    return f"{value:.3f}" if column.startswith(("best", "p_", "decoding", "weber", "area_bias")) else f"{value:g}"
+    return f"{value:.3f}" if column.startswith(("best", "p_", "decoding", "weber")) or column.endswith("_bias") \
+        else f"{value:g}"
 
 
 def runs_markdown(rows: list[dict], stats: dict, data: str) -> str:

@@ -653,11 +653,12 @@ def test_dot_arrays_whose_area_grows_with_number_are_noted(trained, tmp_path, ca
     assert [(c["reference"], c["numerosities"][0], c["numerosities"][-1]) for c in comparison["references"]] == [
         (8, 4, 16), (16, 8, 32)]
     assert comparison["pooled"]["images"] == sum(c["images"] for c in comparison["references"])
-    assert set(comparison["area_bias"]) == {"per_doubling", "se", "p"} and 0 < comparison["area_bias"]["p"] <= 1
+    assert [b["cue"] for b in comparison["cue_biases"]] == ["cumulative area", "field area"]  # dots: their hull too
+    assert all(0 < b["p"] <= 1 and b["se"] > 0 for b in comparison["cue_biases"])
     assert all(0 <= share <= 1 for c in comparison["references"] for share in c["share_more"])
     assert _valid_png(tmp_path / "analysis-total-area" / "comparison.png")
     report = (tmp_path / "analysis-total-area" / "report.md").read_text()
-    assert "## Numerosity comparison and its Weber fraction" in report and "| area bias b ± SE (p) |" in report
+    assert "## Numerosity comparison and its Weber fraction" in report and "| cue biases b ± SE (p) |" in report
     assert analyse_main(["--checkpoint", str(trained / "run" / "best.pt"), "--data", str(tmp_path / "total-area"),
                          "--out", str(tmp_path / "none"), "--bootstrap", "0", "--null-rotations", "0",
                          "--comparison-references", "none", "--no-progress"]) == 0
