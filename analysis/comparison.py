@@ -101,9 +101,11 @@ def scaled_difference(n: np.ndarray, reference: np.ndarray | int) -> np.ndarray:
 
 def probit_fit(predictors: np.ndarray, yes: np.ndarray, trials: np.ndarray | None = None
                ) -> tuple[np.ndarray, np.ndarray]:
-    """Maximum-likelihood probit regression without an intercept: `yes` of `trials` (default 1 each) answers at
-    each row of `predictors`. Fisher scoring, as a GLM is fitted; returns the coefficients and their standard
-    errors from the expected information. The log-likelihood is concave: one maximum, where one exists."""
+    """Maximum-likelihood probit regression on `predictors` as given (no intercept is added): `yes` of `trials`
+    (default 1 each) answers at each row. Fisher scoring, as a GLM is fitted; returns the coefficients and their
+    standard errors from the expected information, or NaNs where the likelihood has no maximum (answers that a
+    combination of the predictors separates: the coefficients grow without end, the information degenerates).
+    The log-likelihood is concave: one maximum, where one exists."""
     x = np.asarray(predictors, dtype=np.float64).reshape(len(yes), -1)
     yes = np.asarray(yes, dtype=np.float64)
     trials = np.ones_like(yes) if trials is None else np.asarray(trials, dtype=np.float64)
@@ -112,7 +114,8 @@ def probit_fit(predictors: np.ndarray, yes: np.ndarray, trials: np.ndarray | Non
 
     def log_likelihood(b):
         eta = x @ b
-        return float(yes @ log_ndtr(eta) + (trials - yes) @ log_ndtr(-eta))
+        value = float(yes @ log_ndtr(eta) + (trials - yes) @ log_ndtr(-eta))
+        return value if np.isfinite(value) else -np.inf
 
     def information_and_score(b):
         eta = x @ b
@@ -121,22 +124,26 @@ def probit_fit(predictors: np.ndarray, yes: np.ndarray, trials: np.ndarray | Non
         information = x.T @ ((trials * density ** 2 / (p * (1 - p)))[:, None] * x)
         return information, x.T @ (density * (yes - trials * p) / (p * (1 - p)))
 
-    try:
-        for _ in range(100):
-            step = np.linalg.solve(*information_and_score(beta))
-            before = log_likelihood(beta)
-            for _ in range(30):  # halve a step that overshoots
-                if log_likelihood(beta + step) >= before:
+    with np.errstate(all="ignore"):  # a separated fit runs into infinities; it is told by what comes out
+        try:
+            for _ in range(100):
+                step = np.linalg.solve(*information_and_score(beta))
+                before = log_likelihood(beta)
+                for _ in range(30):  # halve a step that overshoots
+                    if log_likelihood(beta + step) >= before:
+                        break
+                    step = step / 2
+                beta = beta + step
+                if np.max(np.abs(step)) < 1e-10 * (1 + np.max(np.abs(beta))):
                     break
-                step = step / 2
-            beta = beta + step
-            if np.max(np.abs(step)) < 1e-10 * (1 + np.max(np.abs(beta))):
-                break
-        else:  # no maximum: answers that a combination of the predictors separates, and coefficients that grow
+            else:
+                return undefined
+            variance = np.diag(np.linalg.inv(information_and_score(beta)[0]))
+        except np.linalg.LinAlgError:
             return undefined
-        return beta, np.sqrt(np.diag(np.linalg.inv(information_and_score(beta)[0])))
-    except np.linalg.LinAlgError:  # the same, seen as an information matrix that underflowed
+    if not (np.all(np.isfinite(beta)) and np.all(np.isfinite(variance)) and np.all(variance > 0)):
         return undefined
+    return beta, np.sqrt(variance)
 
 
 def fit_weber(n: np.ndarray, reference: np.ndarray | int, more: np.ndarray) -> WeberFit:
@@ -176,10 +183,12 @@ def fit_with_cues(n: np.ndarray, reference: np.ndarray | int, cues: dict[str, np
     nothing visible), or the fit has no maximum."""
     x = scaled_difference(n, reference)
     more = np.asarray(more, dtype=bool)
-    logs = {cue: np.log2(np.asarray(values, dtype=np.float64)) for cue, values in cues.items()}
+    values = {cue: np.asarray(v, dtype=np.float64) for cue, v in cues.items()}
     errors = int(np.sum(more != (x > 0)))
-    if not logs or not errors or not all(np.all(np.isfinite(v)) and np.ptp(v) > 0 for v in logs.values()):
+    if not values or not errors or not all(np.all(v > 0) and np.all(np.isfinite(v)) and np.ptp(v) > 0
+                                           for v in values.values()):
         return None, []
+    logs = {cue: np.log2(v) for cue, v in values.items()}
     # A free intercept per reference, and the cues centred within each: the cues at a reference are not their mean
     # over its compared images, and where a cue grows with N its level at each reference differs; an offset left
     # unfitted would be read as number (x's mean is not 0 either).
