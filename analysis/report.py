@@ -211,26 +211,29 @@ def _comparison_section(run: "RunAnalysis") -> list[str]:
     comparison = run.comparison
     if comparison is None:
         return []
-    lines = ["", "## Numerosity comparison and its Weber fraction (Stoianov & Zorzi 2012)", "",
-             f"Is an image more numerous than a reference r? A linear readout of the active latents answers for the "
-             f"images with N from r/2 to 2r (ratios symmetric on the log scale), trained by ridge regression onto "
-             f"+1/-1 on as many images of each side, the answers out of fold ({comparison.folds} folds). The Weber "
-             "fraction w is fitted by maximum likelihood to P(more | N) = Phi((N - r) / (w sqrt(N^2 + r^2))) "
-             "(Piazza et al. 2004), 95% Wald interval. Smaller is finer: S&Z's network reached 0.15, human adults "
-             "about 0.1-0.25. The cue biases b are the shifts of the answers, in probit units, per doubling of each "
-             "non-numerical magnitude the set records at a fixed N and fixed other cues (the same fit with their log2 "
-             "as further predictors, after DeWind et al. 2015): 0 for answers by number alone, positive where more "
-             "reads as more. The same fit's slope of number gives w at fixed cues: coarser than w where part of the "
-             "answers' acuity comes from a cue that goes with N."]
-    if comparison.curves:
-        lines += ["", "| reference | images | accuracy | w [95% CI] | w at fixed cues [95% CI] | cue biases b ± SE "
-                  "(p) |", "|---|---|---|---|---|---|"]
-        lines += [f"| {c.reference} | {c.fit.images} | {c.accuracy:.3f} | {_weber_text(c.fit)} | "
-                  f"{_weber_text(c.fit_at_fixed_cues)} | {_biases_text(c.biases)} |" for c in comparison.curves]
-        lines += [f"| all together | {comparison.pooled.images} | "
-                  f"{1 - comparison.pooled.errors / comparison.pooled.images:.3f} | {_weber_text(comparison.pooled)} | "
-                  f"{_weber_text(comparison.pooled_at_fixed_cues)} | {_biases_text(comparison.pooled_biases)} |"]
-    lines += [f"Not used: {problem}." for problem in comparison.left_out]
+    title = ["", "## Numerosity comparison and its Weber fraction (Stoianov & Zorzi 2012)", ""]
+    if not comparison.curves:
+        return title + [f"Not run, no reference suits this set: {'; '.join(comparison.left_out)}. Give references "
+                        "within its numerosities with --comparison-references, or none to leave this out."]
+    method = (f"Is an image more numerous than a reference r? A linear readout of the active latents answers for "
+              f"the images with N from r/2 to 2r (ratios symmetric on the log scale), trained by ridge regression onto "
+              f"+1/-1 on as many images of each side, the answers out of fold ({comparison.folds} folds). The Weber "
+              "fraction w is fitted by maximum likelihood to P(more | N) = Phi((N - r) / (w sqrt(N^2 + r^2))) "
+              "(Piazza et al. 2004), 95% Wald interval. Smaller is finer: S&Z's network reached 0.15, human adults "
+              "about 0.1-0.25. The cue biases b are the shifts of the answers, in probit units, per doubling of each "
+              "non-numerical magnitude the set records at a fixed N and fixed other cues (the same fit with their "
+              "log2 as further predictors, after DeWind et al. 2015): 0 for answers by number alone, positive where "
+              "more reads as more. The same fit's slope of number gives w at fixed cues: coarser than w where part of "
+              "the answers' acuity comes from a cue that goes with N.")
+    lines = title + [method, "", "| reference | images | accuracy | w [95% CI] | w at fixed cues [95% CI] | cue "
+                     "biases b ± SE (p) |", "|---|---|---|---|---|---|"]
+    lines += [f"| {c.reference} | {c.fit.images} | {c.accuracy:.3f} | {_weber_text(c.fit)} | "
+              f"{_weber_text(c.fit_at_fixed_cues)} | {_biases_text(c.biases)} |" for c in comparison.curves]
+    lines += [f"| all together | {comparison.pooled.images} | "
+              f"{1 - comparison.pooled.errors / comparison.pooled.images:.3f} | {_weber_text(comparison.pooled)} | "
+              f"{_weber_text(comparison.pooled_at_fixed_cues)} | {_biases_text(comparison.pooled_biases)} |"]
+    if comparison.left_out:
+        lines += [""] + [f"Not used: {problem}." for problem in comparison.left_out]
     return lines
 
 
@@ -333,7 +336,8 @@ def run_row(summary: dict, run: str) -> dict:
     """One checkpoint's key figures, as a row of the summary over several; `run` names the run it is of."""
     null = summary.get("null") or {}
     decoding = {(d["target"], d["features"]): d["r2"] for d in summary["decoding"]}
-    biases = {b["cue"]: b["per_doubling"] for b in (summary.get("comparison") or {}).get("cue_biases", [])}
+    comparison = summary.get("comparison") or {}
+    biases = {b["cue"]: b["per_doubling"] for b in comparison.get("cue_biases", [])}
     row = {"label": summary["label"], "run": run, "checkpoint": summary["checkpoint"],
            "model_epoch": summary["model_epoch"],
            "active_dims": summary["active_dims"], "numerosity_units": len(summary["numerosity_units"]),
@@ -341,8 +345,8 @@ def run_row(summary: dict, run: str) -> dict:
            "selective_units": len((summary.get("selectivity") or {}).get("selective_units", [])),
            "decoding_r2_log_n": decoding.get(("log N", "all active dimensions")),
            "decoding_r2_log_a": decoding.get(("log A", "all active dimensions")),
-           "weber_fraction": (summary.get("comparison") or {}).get("weber_fraction"),
-           "weber_fraction_at_fixed_cues": (summary.get("comparison") or {}).get("weber_fraction_at_fixed_cues"),
+           "weber_fraction": comparison.get("weber_fraction"),
+           "weber_fraction_at_fixed_cues": comparison.get("weber_fraction_at_fixed_cues"),
            **{f"{cue}_bias": biases.get(name) for cue, name in (("area", "cumulative area"),
                                                                 ("field_area", "field area"))},
            "collapsed": "collapsed" in summary}

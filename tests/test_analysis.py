@@ -238,8 +238,9 @@ def test_analyze_area_vs_number_end_to_end(trained, tmp_path):
     assert summary["selectivity"]["numerosities"] == [1, 2, 3, 4]
     # the paper's counts 1-4 reach neither of Stoianov & Zorzi's references: the report says so, and draws nothing
     assert summary["comparison"]["references"] == [] and summary["comparison"]["weber_fraction"] is None
-    assert ("Not used: reference 8 needs at least 2 numerosities on each side within a ratio of 2 (N from 4 to 16), "
-            "and the set's 1-4 have 1 below and 0 above.") in report and "comparison" not in summary["figures"]
+    assert ("Not run, no reference suits this set: reference 8 needs at least 2 numerosities on each side within a "
+            "ratio of 2 (N from 4 to 16), and the set's 1-4 have 1 below and 0 above; reference 16 needs") in report
+    assert "comparison" not in summary["figures"]
     rows = (out / "dimensions.csv").read_text().splitlines()
     assert len(rows) == 1 + 8 and rows[0].startswith("dim,active,variance,r2,beta_n")
     assert "anova_p_numerosity" in rows[0] and "number_selective" in rows[0]
