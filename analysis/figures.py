@@ -8,7 +8,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.collections import PathCollection  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from scipy.special import ndtr  # noqa: E402
 
+from analysis.comparison import scaled_difference  # noqa: E402
 from analysis.regression import AREA, NUMEROSITY  # noqa: E402
 from common.atomic import save_figure  # noqa: E402
 from synthgen.inspection import count_ticks  # noqa: E402
@@ -280,10 +282,6 @@ def tuning_figure(selectivity, path) -> None:
 
 def comparison_figure(comparison, path) -> None:
     """The psychometric curve of each reference: the share of "more" answers at each N, and the fitted model."""
-    from scipy.special import ndtr
-
-    from analysis.comparison import scaled_difference
-
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     colours = plt.get_cmap("tab10")
     for k, curve in enumerate(comparison.curves):

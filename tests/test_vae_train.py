@@ -423,7 +423,7 @@ def test_the_kept_epochs_are_told_with_their_disk_space_and_a_note_when_it_is_no
     line = kept_epochs_line(kept_epochs(0, 140, 10, new=True), 745 * 2**20, 50 * 2**30)
     assert line == ("kept epochs (--save-every): 15 model(s) of 745 MiB in checkpoints/, 10.9 GiB in all (epochs 0, "
                     "10, 20, 30, 40, 50, ... 140)")
-    short = kept_epochs_line([5, 10], 745 * 2**20, 2**30)
+    short = kept_epochs_line(range(5, 11, 5), 745 * 2**20, 2**30)
     assert short.endswith("1.46 GiB in all (epochs 5, 10); note: only 1 GiB are free there, so the run will stop "
                           "with an error when the disk fills (its last.pt whole, to resume from): free space, or keep "
                           "fewer with a larger --save-every on --resume")

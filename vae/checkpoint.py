@@ -115,7 +115,7 @@ def kept_epochs(done: int, epochs: int, every: int, new: bool) -> range:
     return range(0 if new else (done // every + 1) * every, epochs + 1, every)
 
 
-def kept_epochs_line(epochs: range | list[int], each: int, free: int) -> str:
+def kept_epochs_line(epochs: range, each: int, free: int) -> str:
     """What --save-every will keep of this run, in the log: which epochs, how much disk that takes, and a note when
     it is more than is free (the run would stop there, with its last.pt whole, when the disk fills)."""
     need = len(epochs) * each
