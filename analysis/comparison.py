@@ -24,7 +24,10 @@ cumulative area A, and for the dot arrays
 the field area F (their convex hull), after DeWind et al. (2015). b_c is the shift, in probit units, that
 doubling c gives the answers at a fixed N and fixed other cues: 0 for answers by number alone, positive where
 more reads as more (the congruency effects of people's comparisons). The same fit's slope of x gives the Weber
-fraction at fixed cues: coarser than w where part of the answers' acuity comes from a cue that goes with N.
+fraction at fixed cues: coarser than w where part of the answers' acuity comes from a cue that goes with N. How
+well a bias is told apart from number shows in how far its cue varies at a fixed N (sd of its log2, in doublings)
+and how closely it goes with log N: with the field fixed, a dot array's hull grows with N and varies by little
+more than a fifth of a doubling at each N.
 """
 from __future__ import annotations
 
@@ -166,6 +169,10 @@ class CueBias:
     cue: str
     per_doubling: float
     se: float
+    # What the bias is told from: a cue that barely varies at a fixed N, or that goes with N almost in step, leaves
+    # its bias and number's own acuity hard to tell apart (a wide SE, and w at fixed cues with it).
+    spread_at_fixed_n: float  # sd of log2 of the cue around its mean at each numerosity, in doublings
+    corr_with_log_n: float  # over the compared images
 
     @property
     def p(self) -> float:
@@ -173,7 +180,15 @@ class CueBias:
         return float(2 * ndtr(-abs(self.per_doubling) / self.se))
 
     def summary(self) -> dict:
-        return {"cue": self.cue, "per_doubling": self.per_doubling, "se": self.se, "p": self.p}
+        return {"cue": self.cue, "per_doubling": self.per_doubling, "se": self.se, "p": self.p,
+                "spread_at_fixed_n": self.spread_at_fixed_n, "corr_with_log_n": self.corr_with_log_n}
+
+
+def spread_at_fixed_n(n: np.ndarray, log_cue: np.ndarray) -> float:
+    """The sd of `log_cue` around its mean at each numerosity of `n`: how far the cue varies where N does not."""
+    _, inverse = np.unique(n, return_inverse=True)
+    means = np.bincount(inverse, weights=log_cue) / np.bincount(inverse)
+    return float(np.sqrt(np.mean((log_cue - means[inverse]) ** 2)))
 
 
 def fit_with_cues(n: np.ndarray, reference: np.ndarray | int, cues: dict[str, np.ndarray], more: np.ndarray
@@ -200,8 +215,11 @@ def fit_with_cues(n: np.ndarray, reference: np.ndarray | int, cues: dict[str, np
     if not np.all(np.isfinite(se)):
         return None, []
     k = len(groups)
+    log_n = np.log2(n)
     return (WeberFit(float(beta[k]), float(se[k]), int(more.size), errors),
-            [CueBias(cue, float(b), float(e)) for cue, b, e in zip(logs, beta[k + 1:], se[k + 1:])])
+            [CueBias(cue, float(b), float(e), spread_at_fixed_n(n, logs[cue]),
+                     float(np.corrcoef(log_n, logs[cue])[0, 1]))
+             for cue, b, e in zip(logs, beta[k + 1:], se[k + 1:])])
 
 
 @dataclass

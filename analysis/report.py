@@ -204,7 +204,24 @@ def _weber_text(fit) -> str:
 
 
 def _biases_text(biases) -> str:
-    return "; ".join(f"{b.cue} {b.per_doubling:+.3f} ± {b.se:.3f} ({b.p:.2g})" for b in biases) or "-"
+    return "; ".join(f"{b.cue} {b.per_doubling:+.3f} ± {b.se:.3f} ({b.p:.2g}; sd {b.spread_at_fixed_n:.2f} at a "
+                     f"fixed N, r {b.corr_with_log_n:+.2f} with log N)" for b in biases) or "-"
+
+
+# A cue correlated with log N at least this much over the compared images is flagged in the report: on the dot
+# arrays of a fixed field (r 0.81 for their hull) w at fixed cues still came out finer than the same codes give where
+# the field varies (r 0.60; 0.21 against 0.26, benchmarks/RESULTS.md).
+CUE_WITH_N = 0.7
+
+
+def cue_with_number_note(bias) -> str:
+    """What a cue that goes with N in the set means for w, and what set would tell them apart."""
+    remedy = ("arrays whose field varies, e.g. `synthgen dots --field-range 0.4-0.9 --area-range 0.03-0.12`"
+              if bias.cue == "field area" else f"a set whose {bias.cue} varies apart from N")
+    return (f"Note: the {bias.cue} goes with N in this set (r {bias.corr_with_log_n:+.2f} with log N over the compared "
+            f"images; sd {bias.spread_at_fixed_n:.2f} doublings at a fixed N). A readout can answer by it, so w here "
+            "is partly the cue's, and with a cue this close to N the fit at fixed cues does not take all of that out. "
+            f"For number's own acuity, compare on {remedy} (README: the positive control).")
 
 
 def _comparison_section(run: "RunAnalysis") -> list[str]:
@@ -224,7 +241,10 @@ def _comparison_section(run: "RunAnalysis") -> list[str]:
               "non-numerical magnitude the set records at a fixed N and fixed other cues (the same fit with their "
               "log2 as further predictors, after DeWind et al. 2015): 0 for answers by number alone, positive where "
               "more reads as more. The same fit's slope of number gives w at fixed cues: coarser than w where part of "
-              "the answers' acuity comes from a cue that goes with N.")
+              "the answers' acuity comes from a cue that goes with N. Each cue's sd of log2 at a fixed N (in "
+              "doublings) and its correlation r with log N over the compared images say how well its bias is told "
+              "apart from number: a cue that barely varies at a fixed N, or goes with N almost in step, leaves both "
+              "uncertain.")
     lines = title + [method, "", "| reference | images | accuracy | w [95% CI] | w at fixed cues [95% CI] | cue "
                      "biases b ± SE (p) |", "|---|---|---|---|---|---|"]
     lines += [f"| {c.reference} | {c.fit.images} | {c.accuracy:.3f} | {_weber_text(c.fit)} | "
@@ -232,6 +252,8 @@ def _comparison_section(run: "RunAnalysis") -> list[str]:
     lines += [f"| all together | {comparison.pooled.images} | "
               f"{1 - comparison.pooled.errors / comparison.pooled.images:.3f} | {_weber_text(comparison.pooled)} | "
               f"{_weber_text(comparison.pooled_at_fixed_cues)} | {_biases_text(comparison.pooled_biases)} |"]
+    lines += [line for bias in comparison.pooled_biases if abs(bias.corr_with_log_n) >= CUE_WITH_N
+              for line in ("", cue_with_number_note(bias))]
     if comparison.left_out:
         lines += [""] + [f"Not used: {problem}." for problem in comparison.left_out]
     return lines

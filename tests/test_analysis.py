@@ -21,6 +21,7 @@ from analysis.readout import class_weights, load_readout, stratified_split
 from analysis.readout_report import READOUT_FILES
 from analysis.regression import AREA, NUMEROSITY, bootstrap_betas, fit_eq3, make_predictors, standardise, unit_labels
 from analysis.area_vs_number import CONFOUNDED_R
+from analysis.report import CUE_WITH_N
 from analysis.controls import population_decoding, rotation_null
 from analysis.encode import check_checkpoints, run_labels, run_names
 from analysis.units import UNTRAINED_ACTIVE_THRESHOLD, Criteria, find_units
@@ -660,6 +661,24 @@ def test_dot_arrays_whose_area_grows_with_number_are_noted(trained, tmp_path, ca
     assert _valid_png(tmp_path / "analysis-total-area" / "comparison.png")
     report = (tmp_path / "analysis-total-area" / "report.md").read_text()
     assert "## Numerosity comparison and its Weber fraction" in report and "| cue biases b ± SE (p) |" in report
+    # the hull of arrays in a fixed field goes with N (a few dots span a small hull); the area is drawn apart from N.
+    # The report says what that means for w, and which set would tell them apart
+    by_cue = {b["cue"]: b for b in comparison["cue_biases"]}
+    assert by_cue["field area"]["corr_with_log_n"] >= CUE_WITH_N > abs(by_cue["cumulative area"]["corr_with_log_n"])
+    assert 0 < by_cue["field area"]["spread_at_fixed_n"] < by_cue["cumulative area"]["spread_at_fixed_n"]
+    assert "Note: the field area goes with N in this set" in report and "--field-range 0.4-0.9" in report
+    assert "Note: the cumulative area" not in report
+    varied = tmp_path / "varied-field"
+    assert synthgen_main(["dots", "--n", "320", "--field-range", "0.4-0.9", "--area-range", "0.03-0.12", "--out",
+                          str(varied), "--no-progress", "--workers", "1"]) == 0
+    assert analyse_main(["--checkpoint", str(trained / "run" / "best.pt"), "--data", str(varied), "--out",
+                         str(tmp_path / "analysis-varied"), "--bootstrap", "0", "--null-rotations", "0",
+                         "--no-progress"]) == 0
+    cues = strict_json(tmp_path / "analysis-varied" / "summary.json")["comparison"]["cue_biases"]
+    hull = {b["cue"]: b for b in cues}["field area"]
+    assert hull["corr_with_log_n"] < CUE_WITH_N
+    assert hull["spread_at_fixed_n"] > by_cue["field area"]["spread_at_fixed_n"]
+    assert "Note: the field area" not in (tmp_path / "analysis-varied" / "report.md").read_text()
     assert analyse_main(["--checkpoint", str(trained / "run" / "best.pt"), "--data", str(tmp_path / "total-area"),
                          "--out", str(tmp_path / "none"), "--bootstrap", "0", "--null-rotations", "0",
                          "--comparison-references", "none", "--no-progress"]) == 0

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.special import ndtr
 
-from analysis.comparison import RATIO, fit_weber, numerosity_comparison, probit_fit, scaled_difference
+from analysis.comparison import RATIO, compared, fit_weber, numerosity_comparison, probit_fit, scaled_difference
 from analysis.config import parse_references
 from common.errors import UsageError
 
@@ -104,9 +104,13 @@ def test_each_cue_gets_its_own_bias_at_fixed_other_cues():
     # own acuity, the 0.6-0.8 s of a log code with noise s = 0.15
     fixed = comparison.pooled_at_fixed_cues.weber_fraction
     assert 0.6 * 0.15 < fixed < 0.8 * 0.15 and fixed < comparison.pooled.weber_fraction
+    # what each bias is told from: the field varies by the sd of a log-uniform over 2 doublings at every N, apart
+    # from N; the area, 8 levels over [0.03, 0.16], likewise
+    assert by_cue["field area"].spread_at_fixed_n == pytest.approx(2 / np.sqrt(12), rel=0.05)
+    assert abs(by_cue["field area"].corr_with_log_n) < 0.05 and abs(by_cue["cumulative area"].corr_with_log_n) < 0.05
     summary = comparison.summary()["cue_biases"]
     assert [b["cue"] for b in summary] == ["cumulative area", "field area"] and set(summary[0]) == {
-        "cue", "per_doubling", "se", "p"}
+        "cue", "per_doubling", "se", "p", "spread_at_fixed_n", "corr_with_log_n"}
 
 
 def test_a_cue_that_goes_with_number_lends_the_answers_acuity_that_w_at_fixed_cues_takes_back():
@@ -120,7 +124,14 @@ def test_a_cue_that_goes_with_number_lends_the_answers_acuity_that_w_at_fixed_cu
                                        cues={"cumulative area": area, "field area": field})
     w, fixed = comparison.pooled.weber_fraction, comparison.pooled_at_fixed_cues.weber_fraction
     assert w < 0.5 and fixed > 3 * w
-    assert {b.cue: b for b in comparison.pooled_biases}["field area"].per_doubling > 1
+    field_bias = {b.cue: b for b in comparison.pooled_biases}["field area"]
+    assert field_bias.per_doubling > 1
+    # the field's log2 is log2 N plus noise of sd s = 0.3 / ln 2 doublings: that is its spread at a fixed N, and
+    # its correlation with log2 N, of sd t over the compared images (both references' together), t / sqrt(t^2 + s^2)
+    s = 0.3 / np.log(2)
+    assert field_bias.spread_at_fixed_n == pytest.approx(s, rel=0.05)
+    t = np.std(np.log2(np.concatenate([count[compared(count, r)] for r in (8, 16)])))
+    assert field_bias.corr_with_log_n == pytest.approx(t / np.hypot(t, s), abs=0.03)
 
 
 def test_answers_that_number_and_area_together_separate_have_a_w_and_no_area_bias():
