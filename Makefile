@@ -18,6 +18,9 @@ DOTS ?= runs/dots
 DOTS_VAE := --epochs 16 --latent 16 --encoder "32@4x4-2,64@4x4-2,128@4x4-2" --decoder "128@3x3-2,64@3x3-2,32@3x3-2" \
 	--recon bce --beta 1 --batch-size 128 --crop-max 0 --brightness 0 --contrast 0 --saturation 0 --hue 0 --workers 0 \
 	--save-every 2
+# Held-out arrays whose field varies, so that their convex hull goes less with N: the numerosity comparison's test
+# of whether the codes' acuity is number's or the hull's (README: "When the field varies").
+VARIED_FIELD := --field-range 0.4-0.9 --area-range 0.03-0.12
 
 .PHONY: demo dots test clean
 
@@ -61,6 +64,7 @@ demo: $(VENV)/.installed
 dots: $(VENV)/.installed
 	$(BIN)/synthgen dots --n 25600 --out $(DOTS)/train
 	$(BIN)/synthgen dots --n 5120 --seed 1 --out $(DOTS)/test --no-progress
+	$(BIN)/synthgen dots --n 5120 --seed 1 $(VARIED_FIELD) --out $(DOTS)/test-varied-field --no-progress
 	$(BIN)/synthgen inspect $(DOTS)/train --no-progress
 	for seed in 0 1; do \
 		if [ -f $(DOTS)/vae-seed$$seed/last.pt ]; then $(BIN)/vae-train --out $(DOTS)/vae-seed$$seed --resume --workers 0; \
@@ -68,15 +72,18 @@ dots: $(VENV)/.installed
 	done
 	$(BIN)/analyze-area-vs-number --checkpoint $(DOTS)/vae-seed0/best.pt $(DOTS)/vae-seed1/best.pt \
 		--data $(DOTS)/test --out $(DOTS)/analysis --no-progress
+	$(BIN)/analyze-area-vs-number --checkpoint $(DOTS)/vae-seed0/best.pt $(DOTS)/vae-seed1/best.pt \
+		--data $(DOTS)/test-varied-field --out $(DOTS)/analysis-varied-field --no-progress
 	@if ls $(DOTS)/vae-seed0/checkpoints/epoch-*.pt $(DOTS)/vae-seed1/checkpoints/epoch-*.pt > /dev/null 2>&1; then \
 		$(BIN)/analyze-area-vs-number --checkpoint $(DOTS)/vae-seed0/checkpoints/epoch-*.pt \
 			$(DOTS)/vae-seed1/checkpoints/epoch-*.pt --data $(DOTS)/test --out $(DOTS)/over-training --no-progress; \
 	else echo "The runs in $(DOTS) kept no epochs (made before --save-every): no analysis over training."; fi
 	@echo
 	@echo "Positive control outputs:"
-	@echo "  dot stimuli      $(DOTS)/train, $(DOTS)/test (figures in $(DOTS)/train/inspect/)"
+	@echo "  dot stimuli      $(DOTS)/train, $(DOTS)/test, $(DOTS)/test-varied-field (figures in $(DOTS)/train/inspect/)"
 	@echo "  two VAEs         $(DOTS)/vae-seed0, $(DOTS)/vae-seed1"
 	@echo "  analysis         $(DOTS)/analysis/report.md (over both runs; each run's report in its own folder)"
+	@echo "  varied field     $(DOTS)/analysis-varied-field/report.md (the same runs on arrays whose field varies)"
 	@echo "  over training    $(DOTS)/over-training/report.md, runs.png (epochs 0-16 of both runs; 0: untrained)"
 
 test: $(VENV)/.installed-test
