@@ -26,8 +26,8 @@ doubling c gives the answers at a fixed N and fixed other cues: 0 for answers by
 more reads as more (the congruency effects of people's comparisons). The same fit's slope of x gives the Weber
 fraction at fixed cues: coarser than w where part of the answers' acuity comes from a cue that goes with N. How
 well a bias is told apart from number shows in how far its cue varies at a fixed N (sd of its log2, in doublings)
-and how closely it goes with log N: with the field fixed, a dot array's hull grows with N and varies by little
-more than a fifth of a doubling at each N.
+and how closely it goes with log N: with the field fixed, a dot array's hull grows with N and varies by about
+a fifth of a doubling at each N.
 """
 from __future__ import annotations
 

@@ -105,7 +105,7 @@ def test_each_cue_gets_its_own_bias_at_fixed_other_cues():
     fixed = comparison.pooled_at_fixed_cues.weber_fraction
     assert 0.6 * 0.15 < fixed < 0.8 * 0.15 and fixed < comparison.pooled.weber_fraction
     # what each bias is told from: the field varies by the sd of a log-uniform over 2 doublings at every N, apart
-    # from N; the area, 8 levels over [0.03, 0.16], likewise
+    # from N, and so does the area
     assert by_cue["field area"].spread_at_fixed_n == pytest.approx(2 / np.sqrt(12), rel=0.05)
     assert abs(by_cue["field area"].corr_with_log_n) < 0.05 and abs(by_cue["cumulative area"].corr_with_log_n) < 0.05
     summary = comparison.summary()["cue_biases"]
