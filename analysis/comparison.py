@@ -38,6 +38,7 @@ from scipy.special import log_ndtr, ndtr
 
 from analysis.controls import fold_assignment, ridge_fit_predict
 from common import streams
+from synthgen.stats import sd_at_fixed_count
 
 # The compared numerosities lie within this ratio of the reference on either side. A log-like code puts a linear
 # readout's boundary midway between the two sides' mean codes: with every N from 1 to 32 against 16, the side
@@ -184,13 +185,6 @@ class CueBias:
                 "spread_at_fixed_n": self.spread_at_fixed_n, "corr_with_log_n": self.corr_with_log_n}
 
 
-def spread_at_fixed_n(n: np.ndarray, log_cue: np.ndarray) -> float:
-    """The sd of `log_cue` around its mean at each numerosity of `n`: how far the cue varies where N does not."""
-    _, inverse = np.unique(n, return_inverse=True)
-    means = np.bincount(inverse, weights=log_cue) / np.bincount(inverse)
-    return float(np.sqrt(np.mean((log_cue - means[inverse]) ** 2)))
-
-
 def fit_with_cues(n: np.ndarray, reference: np.ndarray | int, cues: dict[str, np.ndarray], more: np.ndarray
                   ) -> tuple[WeberFit | None, list[CueBias]]:
     """The Weber fraction at fixed cues and the answers' bias towards each cue (module docstring), fitted
@@ -217,7 +211,7 @@ def fit_with_cues(n: np.ndarray, reference: np.ndarray | int, cues: dict[str, np
     k = len(groups)
     log_n = np.log2(n)
     return (WeberFit(float(beta[k]), float(se[k]), int(more.size), errors),
-            [CueBias(cue, float(b), float(e), spread_at_fixed_n(n, logs[cue]),
+            [CueBias(cue, float(b), float(e), sd_at_fixed_count(n, logs[cue]),
                      float(np.corrcoef(log_n, logs[cue])[0, 1]))
              for cue, b, e in zip(logs, beta[k + 1:], se[k + 1:])])
 

@@ -40,7 +40,7 @@ from synthgen.parts import Part, clear_parts, finish_part, run_set, write_from_p
 from synthgen.plan import draw_area_shares, stratified_cells
 from synthgen.reader import read_labels
 from synthgen.shards import SCHEMA_VERSION, SHARD_FORMAT, ShardArrays, shard_path, write_shard
-from synthgen.stats import label_summary
+from synthgen.stats import field_summary, label_summary
 from synthgen.writer import SetWriter, holding
 
 KIND = "dots"
@@ -297,8 +297,10 @@ def _dots(config: DotConfig, run: RunOptions, out_dir, command: list[str] | None
             except PlacementError as exc:
                 writer.fail({"image": exc.index, "message": str(exc)})
                 raise
-    labels = read_labels([shard_path(out, s) for s in range(config.n_shards)], ("count", "target_area", "visible_area"))
+    labels = read_labels([shard_path(out, s) for s in range(config.n_shards)],
+                         ("count", "target_area", "visible_area", "field_area"))
     summary = label_summary(labels["count"], labels["target_area"], labels["visible_area"], config.size)
+    summary["field_area"] = field_summary(labels["count"], labels["field_area"], config.size)
     built = sum(r["n_images"] for r in results)
     seconds = time.perf_counter() - started
     summary.update({"images_built": built, "images_resumed": config.n - built, "workers": workers,

@@ -14,7 +14,8 @@ from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 from common.atomic import save_figure, write_atomic  # noqa: E402
 from synthgen.manifest import write_json_atomic  # noqa: E402
 from synthgen.reader import ShardSet  # noqa: E402
-from synthgen.stats import count_histogram, corr_text, label_summary, source_area_association  # noqa: E402
+from synthgen.stats import (count_histogram, corr_text, field_summary, label_summary,  # noqa: E402
+                            source_area_association)
 
 
 def count_ticks(values: np.ndarray, most: int = 16) -> np.ndarray:
@@ -153,7 +154,9 @@ def inspect_set(root, out_dir=None, n_samples: int = 40, verify: bool = True, pr
             plot_count_histogram(labels["count"], figures["count_histogram"])
         else:
             summary = label_summary(labels["count"], labels["target_area"], labels["visible_area"], shards.image_size)
-            if shards.kind != "dots":  # dots have no source objects
+            if shards.kind == "dots":  # no source objects; their hull instead
+                summary["field_area"] = field_summary(labels["count"], labels["field_area"], shards.image_size)
+            else:
                 offsets, objects = shards.object_table()
                 summary["source_area_association"] = source_area_association(offsets, objects["source_id"],
                                                                               labels["visible_area"])

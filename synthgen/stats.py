@@ -1,4 +1,5 @@
-"""Label statistics of a set: count histogram, area distributions, corr(log N, log A)."""
+"""Label statistics of a set: count histogram, area distributions, corr(log N, log A), and for dot arrays their
+hull."""
 from __future__ import annotations
 
 import math
@@ -17,6 +18,30 @@ def corr_log(count: np.ndarray, area: np.ndarray) -> float | None:
         return None
     r = float(np.corrcoef(x, y)[0, 1])
     return r if math.isfinite(r) else None
+
+
+def sd_at_fixed_count(count: np.ndarray, values: np.ndarray) -> float:
+    """The sd of `values` around their mean at each count: how far they vary where the count does not."""
+    _, inverse = np.unique(count, return_inverse=True)
+    means = np.bincount(inverse, weights=values) / np.bincount(inverse)
+    return float(np.sqrt(np.mean((values - means[inverse]) ** 2)))
+
+
+# The hull of one to three dots is little more than the dots themselves; from four on it spans the array, and the
+# numerosity comparison's references (8 and 16, N from half to twice each) start there.
+HULL_FROM_COUNT = 4
+
+
+def field_summary(count: np.ndarray, field_area: np.ndarray, size: int) -> dict:
+    """How the dot arrays' convex hull goes with N: its range, corr(log N, log hull) and its sd at a fixed N (in
+    doublings), over the images with N >= HULL_FROM_COUNT; what the numerosity comparison has to tell number from."""
+    field_area = np.asarray(field_area, dtype=np.float64)  # stored as float32
+    keep = (count >= HULL_FROM_COUNT) & (field_area > 0)
+    if keep.sum() < 3:
+        return {}
+    return {"from_count": HULL_FROM_COUNT, "fraction": _quantiles(field_area[keep] / float(size * size)),
+            "corr_log_count": corr_log(count[keep], field_area[keep]),
+            "sd_log2_at_fixed_count": sd_at_fixed_count(count[keep], np.log2(field_area[keep]))}
 
 
 def corr_text(r: float | None) -> str:
@@ -62,6 +87,13 @@ def summary_lines(summary: dict) -> list[str]:
     r = summary["corr_log_count_log_area"]
     lines.append(f"corr(log N, log A) {corr_text(r['visible'])} visible, {corr_text(r['target'])} target (N >= 1; "
                  "near 0 means area and number are independent; undefined with one count or one area)")
+    field = summary.get("field_area")
+    if field:
+        q = field["fraction"]
+        lines.append(f"hull (field area) {q['min']:.1%} .. {q['max']:.1%} of the canvas; corr(log N, log hull) "
+                     f"{corr_text(field['corr_log_count'])}, sd {field['sd_log2_at_fixed_count']:.2f} doublings at a "
+                     f"fixed N (N >= {field['from_count']}; the closer the hull goes with N, the less the numerosity "
+                     "comparison tells them apart: --field-range)")
     association = summary.get("source_area_association")
     if association:
         lines.append(f"objects vs area   Cramer's V {association['cramers_v']:.3f}, chi-square p "

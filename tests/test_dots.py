@@ -1,4 +1,5 @@
 """`synthgen dots`: Stoianov & Zorzi's dot arrays; counts, areas and separation hold exactly."""
+import json
 import re
 import shlex
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 from conftest import manifest_of, read_set
 from synthgen import ShardSet
 from synthgen.dots import convex_hull_area, levels_of
+from synthgen.stats import HULL_FROM_COUNT
 from synthgen.config import DotConfig
 
 FAST = ["--no-progress", "--workers", "1"]
@@ -115,6 +117,29 @@ def test_dots_drawn_much_larger_than_designed_are_refused(synthgen, tmp_path):
     assert synthgen("dots", "--n", 256, "--size", 29, "--out", out, *FAST).rc == 0
     corr = manifest_of(out)["summary"]["corr_log_count_log_area"]
     assert abs(corr["visible"]) < 0.1
+
+
+def test_the_summary_says_how_far_the_hull_goes_with_number(dot_set, synthgen, tmp_path):
+    """A fixed field's hull grows with N; a field drawn from a range takes it partly apart. The build and inspect
+    report both measures, over the arrays of 4 dots or more, as the comparison's references use them."""
+    data = read_set(dot_set)
+    keep = data["count"] >= HULL_FROM_COUNT
+    count, log_hull = data["count"][keep], np.log2(data["field_area"][keep].astype(np.float64))
+    within = np.concatenate([log_hull[count == n] - log_hull[count == n].mean() for n in np.unique(count)])
+    fixed = manifest_of(dot_set)["summary"]["field_area"]
+    assert fixed["from_count"] == HULL_FROM_COUNT
+    assert fixed["corr_log_count"] == pytest.approx(np.corrcoef(np.log(count), log_hull)[0, 1], rel=1e-9)
+    assert fixed["sd_log2_at_fixed_count"] == pytest.approx(np.sqrt(np.mean(within ** 2)), rel=1e-9)
+    varied = tmp_path / "varied"
+    result = synthgen("dots", "--n", 1024, "--count", "1-32", "--area-levels", 4, "--field-range", "0.4-0.9",
+                      "--area-range", "0.03-0.12", "--out", varied, *FAST)
+    assert result.rc == 0 and "corr(log N, log hull)" in result.out
+    spread = manifest_of(varied)["summary"]["field_area"]
+    assert fixed["corr_log_count"] > 0.75 > spread["corr_log_count"] > 0.4
+    assert spread["sd_log2_at_fixed_count"] > 1.4 * fixed["sd_log2_at_fixed_count"]
+    inspected = synthgen("inspect", varied, "--no-progress")
+    assert inspected.rc == 0 and json.loads((varied / "inspect" / "inspect.json").read_text())["summary"][
+        "field_area"] == spread
 
 
 def test_every_dot_design_the_readme_shows_builds(synthgen, tmp_path):
