@@ -38,7 +38,7 @@ from scipy.special import log_ndtr, ndtr
 
 from analysis.controls import fold_assignment, ridge_fit_predict
 from common import streams
-from synthgen.stats import sd_at_fixed_count
+from synthgen.stats import corr_log, sd_at_fixed_count
 
 # The compared numerosities lie within this ratio of the reference on either side. A log-like code puts a linear
 # readout's boundary midway between the two sides' mean codes: with every N from 1 to 32 against 16, the side
@@ -209,10 +209,8 @@ def fit_with_cues(n: np.ndarray, reference: np.ndarray | int, cues: dict[str, np
     if not np.all(np.isfinite(se)):
         return None, []
     k = len(groups)
-    log_n = np.log2(n)
     return (WeberFit(float(beta[k]), float(se[k]), int(more.size), errors),
-            [CueBias(cue, float(b), float(e), sd_at_fixed_count(n, logs[cue]),
-                     float(np.corrcoef(log_n, logs[cue])[0, 1]))
+            [CueBias(cue, float(b), float(e), sd_at_fixed_count(n, logs[cue]), corr_log(n, values[cue]))
              for cue, b, e in zip(logs, beta[k + 1:], se[k + 1:])])
 
 

@@ -147,7 +147,7 @@ def test_every_dot_design_the_readme_shows_builds(synthgen, tmp_path):
     of a varying field once asked for 32 dots of 8 px in 41% of a 32x32 canvas) sends users to a dead end."""
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     commands = [shlex.split(line, comments=True)[2:] for line in re.findall(r"^synthgen dots --.*$", readme, re.M)]
-    designs = {tuple(args) for args in (drop_options(c, {"--n": 1, "--out": 1}) for c in commands)}
+    designs = {tuple(args) for args in (drop_options(c, {"--n", "--out"}) for c in commands)}
     assert len(designs) >= 3  # S&Z's default (train and test), and at least one whose field varies
     assert any("--field-range" in design for design in designs)
     for k, design in enumerate(sorted(designs)):
@@ -155,14 +155,7 @@ def test_every_dot_design_the_readme_shows_builds(synthgen, tmp_path):
         assert result.rc == 0, f"synthgen dots {' '.join(design)}: {result.err}"
 
 
-def drop_options(args: list[str], options: dict[str, int]) -> list[str]:
-    """`args` without the named options and their values (option -> how many values follow it)."""
-    kept, skip = [], 0
-    for arg in args:
-        if skip:
-            skip -= 1
-        elif arg in options:
-            skip = options[arg]
-        else:
-            kept.append(arg)
-    return kept
+def drop_options(args: list[str], options: set[str]) -> list[str]:
+    """`args` without the named options, each with its one value."""
+    dropped = {i + 1 for i, arg in enumerate(args) if arg in options}
+    return [arg for i, arg in enumerate(args) if arg not in options and i not in dropped]
