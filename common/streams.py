@@ -12,8 +12,11 @@ import numpy as np
 IMAGE = 0  # everything drawn for image i of a build
 COUNTS = 1  # the order of the count values in each block of the count plan
 OBJECT_POOL = 2  # the order in which objects are tried for --source-objects
-PROBE = 3  # the feasibility probes (never the images of the set)
+PROBE = 3  # the feasibility probes (never the images of the set), keyed by DESIGN in place of the seed
 PROBE_OBJECT = 4  # the packing probe of one object (which objects can appear at every area and count)
+# In place of the seed where a draw must be the same for every seed: whether a design can be built, and which
+# objects can appear in it, are properties of the design. Above SEED_RANGE, so no --seed ever equals it.
+DESIGN = 2**63
 PROCEDURAL = 0x5EED_0B1E  # the embedded procedural source, apart from every build seed
 # vae-train: the data plan
 VALIDATION = 11

@@ -401,8 +401,8 @@ def _build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | N
             if not usable and config.pastes_objects:
                 raise UsageError(f"--objects: none of the {len(store.ids)} usable objects can appear at every area "
                                  f"and count: each is too large for the top of --area-range ({config.area_range[1]:.0%}"
-                                 "), or its most crowded scene cannot be placed. Lower the top of --area-range, allow "
-                                 "more overlap (--max-occlusion), or use fewer objects (--count)")
+                                 "), or its most crowded scene is placed too rarely. Lower the top of --area-range, "
+                                 "allow more overlap (--max-occlusion), or use fewer objects (--count)")
             write_json_atomic(out / SOURCES, {**sources.description, "pool": usable})
             try:
                 results, render_seconds, render_timeline = _render_shards(out, todo, config, writer,
@@ -438,7 +438,7 @@ def _build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | N
     if too_large or not results:
         reason = (f"too large to fit the {config.size}x{config.size} canvas at {largest_object_share(config):.0%} of "
                   f"it (the largest area an object can be given), or {max(config.counts)} copies of it at "
-                  f"{config.area_range[1]:.0%} cannot be placed: left out so that which objects appear does not "
+                  f"{config.area_range[1]:.0%} are placed too rarely: left out so that which objects appear does not "
                   "depend on the area")
         excluded = [{"path": objects.mask_path(k), "reason": reason} for k in sorted(too_large)]
         summary["excluded_objects"] = excluded or previous.get("summary", {}).get("excluded_objects", [])

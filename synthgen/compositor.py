@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -24,18 +25,20 @@ from common import streams
 from synthgen.config import BuildConfig
 from synthgen.errors import BadInputError, PlacementError, SynthgenError, UsageError
 from synthgen.placement import Layout
-from synthgen.plan import draw_area_fraction, draw_area_shares, fits_canvas, image_rng, image_seed, rotated_extent
+from synthgen.plan import (area_from_top, draw_area_fraction, draw_area_shares, fits_canvas, image_rng, image_seed,
+                           rotated_extent)
 from synthgen.sources import Skipped
+from synthgen.success_rate import REFERENCE_IMAGES, probe_tail
 from synthgen.transforms import ObjectTransform
 
 STAGES = ("decode", "transform", "placement", "blend", "write")
 # The most crowded scene of an object is tried only when copies of its worst-case bounding box would
 # cover more of the canvas than this: sparser scenes are always placed by random positions.
 LOOSE_PACKING = 0.3
-# A crowded scene of the object must come out in at least 4 of 16 tries (or in the first 2): an object
-# placed in fewer would make the scenes that draw it fail now and then (at 1 in 4, all 50 redraws fail
-# once in 10^6 scenes).
-PACKING_PROBE_TRIES, PACKING_PROBE_SUCCESSES = 16, 4
+# A crowded scene of the object must come out often enough that, were all the images of the largest count in a
+# set of REFERENCE_IMAGES its copies, with their areas drawn from --area-range, fewer than ALLOWED_FAILURES would
+# fail every redraw (synthgen.success_rate.probe_tail, judged by lower bounds, so an object that came out by
+# luck in a few tries is not kept). Which objects appear must not depend on --n, hence the fixed reference.
 
 
 class _TooLarge(Exception):
@@ -65,7 +68,8 @@ class Eligibility:
     """Whether an object can appear at every area and count of a build (plan.py says why it matters):
     it fits the canvas at the largest share it can be given (plan.fits_canvas), and the most crowded
     scene of its copies (the largest count at the top of the area range) comes out often enough. The
-    probe draws from the object's own stream, so every process finds the same; results are cached."""
+    probe draws from the object's own stream, fixed by the design, so every process and every --seed
+    finds the same; results are cached."""
 
     def __init__(self, config: BuildConfig):
         self.config = config
@@ -86,16 +90,14 @@ class Eligibility:
         target = config.area_range[1] * config.size**2
         if most <= 1 or box * target / cutout.area <= LOOSE_PACKING * config.size**2:
             return True
-        rng = streams.rng(config.seed, streams.PROBE_OBJECT, k)
+        rng = streams.rng(streams.DESIGN, streams.PROBE_OBJECT, k)
         shares = draw_area_shares(rng, most, config.size_jitter)
-        successes = 0
-        for tries in range(1, PACKING_PROBE_TRIES + 1):
-            successes += place_scene(config, rng, [cutout] * most, shares, target, self.transform) is not None
-            if successes >= PACKING_PROBE_SUCCESSES or successes == tries == 2:  # 2 of 2: surely often enough
-                return True
-            if successes + PACKING_PROBE_TRIES - tries < PACKING_PROBE_SUCCESSES:
-                return False
-        return False
+
+        def copies_at(share: float) -> list:
+            area = area_from_top(config, share) * config.size**2
+            return [lambda: place_scene(config, rng, [cutout] * most, shares, area, self.transform) is not None]
+
+        return probe_tail(copies_at, config.max_redraws, REFERENCE_IMAGES / len(config.counts)).passed
 
 
 @dataclass
@@ -180,6 +182,13 @@ class Compositor:
         objects = [SceneObject(int(k), p.window, p.full, p.visible_area) for k, p in zip(ids, layout.placed)]
         return Scene(index, seed, count, target, background_id, canvas, objects)
 
+    def placing(self, rng: np.random.Generator, count: int, area_fraction: float) -> Callable[[], bool]:
+        """The objects of one scene of `count` at `area_fraction`, drawn as the set draws them, and one try at
+        placing them per call (the feasibility probe)."""
+        target = area_fraction * self.config.size**2
+        _, cutouts, shares = self._draw_objects(rng, count)
+        return lambda: self._place(rng, cutouts, shares, target) is not None
+
     # ------------------------------------------------------------------ steps
 
     def _background(self, rng) -> tuple[int, np.ndarray]:
@@ -225,7 +234,7 @@ class Compositor:
                         f"no object can appear at every area and count: {len(self.too_large)} of the "
                         f"{len(candidates)} objects are too large for the {config.size}x{config.size} canvas at the "
                         f"top of --area-range ({config.area_range[1]:.0%}), or {max(config.counts)} copies of them "
-                        f"cannot be placed there (--max-occlusion {config.max_occlusion:g}, --max-outside "
+                        f"cannot be placed there often enough (--max-occlusion {config.max_occlusion:g}, --max-outside "
                         f"{config.max_outside:g})" + (", the rest are bad inputs" if len(bad) > len(self.too_large)
                                                       else "") + ". Lower the top of --area-range, allow more overlap "
                         "(--max-occlusion), or use fewer objects (--count)")

@@ -41,6 +41,7 @@ from synthgen.plan import draw_area_shares, stratified_cells
 from synthgen.reader import read_labels
 from synthgen.shards import SCHEMA_VERSION, SHARD_FORMAT, ShardArrays, shard_path, write_shard
 from synthgen.stats import field_summary, label_summary
+from synthgen.success_rate import expected_failures_text, probe_tail
 from synthgen.writer import SetWriter, holding
 
 KIND = "dots"
@@ -221,9 +222,14 @@ def small_dots_problem(config: DotConfig, smallest_dot: float) -> str:
             f"{MIN_DOT_PIXELS * most / config.size**2:.3g}, or use fewer dots (--count)")
 
 
+# Trial arrays of each probed cell (their dot sizes differ; redraws keep an image's sizes, so each is probed apart).
+PROBE_ARRAYS = 4
+
+
 def check_feasible(config: DotConfig) -> None:
     """Refuse, before any work, a design whose levels cannot show in the images, or whose most crowded arrays
-    cannot be placed."""
+    (the most dots at the top level in the smallest field) come out too rarely for every image of the set to
+    be placed (synthgen.success_rate). The same for every --seed."""
     levels = levels_of(config)
     largest_dot = levels[-1] / min(config.counts) if config.control == "total-area" else levels[-1]
     if largest_dot < 1:  # a dot is at least one pixel: every level would be drawn the same
@@ -235,18 +241,36 @@ def check_feasible(config: DotConfig) -> None:
     smallest_dot = levels[0] / max(config.counts) if config.control == "total-area" else levels[0]
     if smallest_dot < MIN_DOT_PIXELS:
         raise UsageError(small_dots_problem(config, smallest_dot))
-    field = config.field_range[0] * config.size**2
+    lo, hi = config.field_range
+    # The images of the probed cell (the design is block-stratified: each cell holds n / cells), their fields drawn
+    # log-uniformly: the smallest field stands for the few images near it (success_rate.probe_tail). At
+    # --field-range 0.35-0.9 --area-range 0.03-0.12, where the hardest array comes out 1 try in 50, two of four
+    # seeds' builds of 25,600 stopped part-way.
+    cell_images = config.n / (len(config.counts) * config.area_levels)
     for count in sorted({max(config.counts), min(config.counts)}, reverse=True):
         total = levels[-1] if config.control == "total-area" else levels[-1] * count
-        for probe in range(4):
-            rng = streams.rng(config.seed, streams.PROBE, count, probe)
-            areas = total * draw_area_shares(rng, count, config.item_jitter)
-            if not any(place_dots(rng, areas, field, config) is not None for _ in range(config.max_redraws)):
-                raise UsageError(
-                    f"cannot place {count} dots covering {total:.0f} pixels in a field of {field:.0f} pixels (the "
-                    f"smallest of --field-range) with {config.min_gap} pixel(s) between dots: a trial array failed "
-                    f"after {config.max_redraws} redraws. Lower the top of --area-range (or --item-range), widen "
-                    "--field-range, lower --min-gap, or use fewer dots (--count)")
+
+        def arrays_at(share: float) -> list:
+            field = lo * (hi / lo) ** share * config.size**2
+            tries = []
+            for array in range(PROBE_ARRAYS):
+                rng = streams.rng(streams.DESIGN, streams.PROBE, count, array)
+                areas = total * draw_area_shares(rng, count, config.item_jitter)
+                tries.append(lambda rng=rng, areas=areas: place_dots(rng, areas, field, config) is not None)
+            return tries
+
+        verdict = probe_tail(arrays_at, config.max_redraws, cell_images)
+        if not verdict.passed:
+            field = lo * (hi / lo) ** verdict.share * config.size**2
+            where = ("the smallest of --field-range" if verdict.share == 0 else
+                     f"{verdict.share:.2%} of these arrays have a smaller field")
+            raise UsageError(
+                f"cannot place {count} dots covering {total:.0f} pixels in a field of {field:.0f} pixels ({where}) "
+                f"with {config.min_gap} pixel(s) between dots often enough: the hardest trial array came out in "
+                f"{verdict.hardest.describe()}, so with --max-redraws {config.max_redraws}, "
+                f"{expected_failures_text(verdict, f'with {count} dots at the top level and about that field')}. "
+                "Raise the bottom of --field-range, lower the top of --area-range (or --item-range), lower "
+                "--min-gap, use fewer dots (--count), or raise --max-redraws")
 
 
 WORKER_MODULES = ("synthgen.dots",)  # imported in every worker's first task (parallel.in_worker)

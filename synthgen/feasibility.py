@@ -1,18 +1,22 @@
 """Refusing requests that can never be satisfied, before any work is done.
 
-A probe with the real sources and the real placement code: a few scenes of the hardest cells (most
-objects at the largest area, where packing is tightest; fewest objects at the largest area, where
-single objects are largest) must be placeable within the redraw budget. Probes draw from their own
-streams, so they never change the images of the set.
+A probe with the real sources and the real placement code: scenes of the hardest cells (most objects
+at the top of the area range, where packing is tightest; fewest objects there, where single objects
+are largest), drawn as the set draws them, must come out often enough that no image of the set is
+likely to fail all its redraws (synthgen.success_rate), at the top of the range and at a few quantiles
+below it. Probes draw from streams fixed by the design
+(never --seed), so a design is accepted or refused the same for every seed, and they never change the
+images of the set.
 """
 from __future__ import annotations
 
 from common import streams
 from synthgen.compositor import Compositor
-from synthgen.errors import PlacementError, UsageError
+from synthgen.errors import UsageError
+from synthgen.plan import area_from_top
+from synthgen.success_rate import expected_failures_text, probe_tail
 
 PROBES_PER_CELL = 8
-
 
 
 def check_feasible(config, compositor: Compositor) -> None:
@@ -20,16 +24,27 @@ def check_feasible(config, compositor: Compositor) -> None:
     counts = [c for c in config.counts if c > 0]
     if not counts:
         return
-    hi = config.area_range[1]
+    # Each probe stands for the images of its count (the count plan is block-stratified), their areas drawn from
+    # --area-range: the top of the range for the few images near it (success_rate.probe_tail).
+    count_images = config.n / len(config.counts)
     for count in sorted({max(counts), min(counts)}, reverse=True):
-        for probe in range(PROBES_PER_CELL):
-            rng = streams.rng(config.seed, streams.PROBE, count, probe)
-            try:
-                compositor.compose(rng, count, area_fraction=hi)
-            except PlacementError:
-                raise UsageError(
-                    f"cannot place {count} object{'s' if count > 1 else ''} covering {hi:.0%} of a "
-                    f"{config.size}x{config.size} canvas with --max-occlusion {config.max_occlusion} and "
-                    f"--max-outside {config.max_outside}: a trial scene failed after {config.max_redraws} redraws "
-                    f"of {config.placement_tries} positions per object. Lower the top of --area-range, allow more "
-                    "overlap (--max-occlusion), or use fewer objects (--count)") from None
+
+        def scenes_at(share: float) -> list:
+            fraction = area_from_top(config, share)
+            return [compositor.placing(streams.rng(streams.DESIGN, streams.PROBE, count, scene), count, fraction)
+                    for scene in range(PROBES_PER_CELL)]
+
+        verdict = probe_tail(scenes_at, config.max_redraws, count_images)
+        if not verdict.passed:
+            objects = f"{count} object{'s' if count > 1 else ''}"
+            where = ("the top of --area-range" if verdict.share == 0 else
+                     f"{verdict.share:.2%} of these scenes are larger")
+            which = f"with {objects} and about that area"
+            raise UsageError(
+                f"cannot place {objects} covering {area_from_top(config, verdict.share):.0%} of a "
+                f"{config.size}x{config.size} canvas ({where}) often enough under --max-occlusion "
+                f"{config.max_occlusion:g} and --max-outside {config.max_outside:g}: the hardest trial scene came out "
+                f"in {verdict.hardest.describe()} of {config.placement_tries} positions per object, so with "
+                f"--max-redraws {config.max_redraws}, {expected_failures_text(verdict, which)}. "
+                "Lower the top of --area-range, allow more overlap (--max-occlusion), use fewer objects (--count), "
+                "or raise --max-redraws")

@@ -61,6 +61,14 @@ def draw_area_fraction(rng: np.random.Generator, config: BuildConfig) -> float:
     return float(rng.uniform(lo, hi))
 
 
+def area_from_top(config: BuildConfig, share: float) -> float:
+    """The area fraction that a `share` of the images exceed (draw_area_fraction's quantile from the top)."""
+    lo, hi = config.area_range
+    if config.area_dist == "loguniform":
+        return float(hi * (lo / hi) ** share)
+    return float(hi - share * (hi - lo))
+
+
 def draw_area_shares(rng: np.random.Generator, count: int, jitter: float) -> np.ndarray:
     """Each object's share of the cumulative area: 1/count each, jittered by +-jitter, summing to 1."""
     weights = 1.0 + jitter * rng.uniform(-1.0, 1.0, count)
