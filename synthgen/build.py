@@ -31,7 +31,7 @@ from synthgen.compositor import STAGES, Compositor
 from synthgen.config import BuildConfig, RunOptions, build_identity
 from synthgen.errors import BadInputError, OutputError, PlacementError, UsageError, write_failure
 from synthgen.feasibility import check_feasible
-from synthgen.manifest import MANIFEST_FORMAT, SOURCES, looks_finished, write_json_atomic
+from synthgen.manifest import MANIFEST, MANIFEST_FORMAT, SOURCES, looks_finished, write_json_atomic
 from synthgen.masks import MaskRule
 from synthgen.parallel import (allow_growth, local_workers, parallel_backend, run_tasks, timeline, workers_starting,
                                workers_of)
@@ -136,6 +136,23 @@ def check_disk_space(out: Path, config: BuildConfig, todo: list[int], workers: i
     if config.compression == "none" and need > free:
         raise OutputError(f"--out {out}: the images need about {need / 1e9:.2f} GB but only {free / 1e9:.2f} GB is "
                           "free there; free space, write elsewhere, or use --compression lzf")
+
+
+def check_same_pool(out: Path, done, usable: list[int], previous: dict) -> None:
+    """Refuse to add shards that would draw their objects from another pool than the finished ones did (a set
+    begun by a synthgen that decided otherwise which objects can appear): put the set back as it was, and say so."""
+    recorded = out / SOURCES
+    kept = json.loads(recorded.read_text()).get("pool") if done and recorded.exists() else None
+    if kept is None or kept == usable:
+        return
+    if previous:
+        write_json_atomic(out / MANIFEST, previous)
+        if previous.get("complete"):
+            shutil.rmtree(out / PREPARED_DIR, ignore_errors=True)
+    raise UsageError(f"--out {out}: its {len(done)} finished shard(s) drew their objects from {len(kept)} objects, "
+                     f"but {len(usable)} can appear now (this synthgen decides differently which objects can appear "
+                     "at every area and count); shards from both would mix two sets. The set is left as it was: "
+                     "build into a new --out, or add --overwrite")
 
 
 # ------------------------------------------------------------------ worker side
@@ -403,6 +420,7 @@ def _build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | N
                                  f"and count: each is too large for the top of --area-range ({config.area_range[1]:.0%}"
                                  "), or its most crowded scene is placed too rarely. Lower the top of --area-range, "
                                  "allow more overlap (--max-occlusion), or use fewer objects (--count)")
+            check_same_pool(out, done, usable, previous)
             write_json_atomic(out / SOURCES, {**sources.description, "pool": usable})
             try:
                 results, render_seconds, render_timeline = _render_shards(out, todo, config, writer,

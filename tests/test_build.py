@@ -211,6 +211,24 @@ def test_which_objects_are_left_out_does_not_depend_on_the_seed(synthgen, tmp_pa
     assert excluded[0] == excluded[1] and 0 < len(excluded[0]) < 240
 
 
+def test_a_set_whose_objects_were_chosen_otherwise_is_not_extended_with_another_pool(synthgen, tmp_path):
+    # A set begun by a synthgen whose probe kept other objects (the one before the probes' success rates kept
+    # 231 of 240 in a design near the edge where this one keeps 164): its record of the pool says so.
+    out = tmp_path / "older"
+    design = ["--count", "4", "--area-range", "0.3-0.5", "--shard-size", 10, "--out", out, *FAST]
+    assert synthgen("build", "--n", 20, *design).rc == 0
+    sources = json.loads((out / "sources.json").read_text())
+    (out / "sources.json").write_text(json.dumps({**sources, "pool": sources["pool"][1:]}))
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    extended = synthgen("build", "--n", 30, *design)
+    assert extended.rc == 2 and f"drew their objects from {len(sources['pool']) - 1} objects" in extended.err
+    assert "The set is left as it was" in extended.err and "--overwrite" in extended.err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert not (out / "prepared").exists() and synthgen("verify", out, "--no-progress").rc == 0
+    (out / "sources.json").write_text(json.dumps(sources))  # its own record: extended as usual
+    assert synthgen("build", "--n", 30, *design).rc == 0 and manifest_of(out)["complete"]
+
+
 def test_a_failure_past_the_probe_names_the_image_and_is_not_resumed_into(synthgen, tmp_path, monkeypatch):
     # The probe refuses this design (the test above); switched off, seed 2 stops at a real placement failure,
     # which is how a build would stop were the probe ever wrong.
