@@ -60,6 +60,8 @@ def failed_images(successes: int, tries: int, redraws: int, images: float) -> fl
 
 @dataclass(frozen=True)
 class Probed:
+    """The tries of one trial scene and how many came out."""
+
     successes: int
     tries: int
 
@@ -67,6 +69,8 @@ class Probed:
         return f"{self.successes} of {self.tries} tries"
 
     def holds(self, redraws: int, images: float, allowed: float = ALLOWED_FAILURES) -> bool:
+        """Whether `images` scenes like this one, `redraws` tries each, fail at most `allowed` times on average
+        (at the lower bound of its rate)."""
         return lowest_rate(self.successes, self.tries) >= needed_rate(redraws, images, allowed)
 
 
@@ -86,6 +90,8 @@ def probe(try_once: Callable[[], bool], redraws: int, images: float, allowed: fl
 
 @dataclass(frozen=True)
 class Verdict:
+    """What the probe of a cell's hard end found, and where it decided."""
+
     passed: bool
     share: float  # of the cell's images, harder than the point that decided
     images: float  # the images that point stood for
