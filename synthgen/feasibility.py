@@ -4,9 +4,8 @@ A probe with the real sources and the real placement code: scenes of the hardest
 at the top of the area range, where packing is tightest; fewest objects there, where single objects
 are largest), drawn as the set draws them, must come out often enough that no image of the set is
 likely to fail all its redraws (synthgen.success_rate), at the top of the range and at a few quantiles
-below it. Probes draw from streams fixed by the design
-(never --seed), so a design is accepted or refused the same for every seed, and they never change the
-images of the set.
+below it. Probes draw from streams fixed by the design (never --seed), so a design is accepted or
+refused the same for every seed, and they never change the images of the set.
 """
 from __future__ import annotations
 
