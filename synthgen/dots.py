@@ -222,6 +222,12 @@ def small_dots_problem(config: DotConfig, smallest_dot: float) -> str:
             f"{MIN_DOT_PIXELS * most / config.size**2:.3g}, or use fewer dots (--count)")
 
 
+def smallest_field(config: DotConfig, share: float) -> float:
+    """The field area in pixels that a `share` of the images fall below (render's log-uniform draw)."""
+    lo, hi = config.field_range
+    return lo * (hi / lo) ** share * config.size**2
+
+
 # Trial arrays of each probed cell (their dot sizes differ; redraws keep an image's sizes, so each is probed apart).
 PROBE_ARRAYS = 4
 
@@ -241,7 +247,6 @@ def check_feasible(config: DotConfig) -> None:
     smallest_dot = levels[0] / max(config.counts) if config.control == "total-area" else levels[0]
     if smallest_dot < MIN_DOT_PIXELS:
         raise UsageError(small_dots_problem(config, smallest_dot))
-    lo, hi = config.field_range
     # The images of the probed cell (the design is block-stratified: each cell holds n / cells), their fields drawn
     # log-uniformly: the smallest field stands for the few images near it (success_rate.probe_tail). At
     # --field-range 0.35-0.9 --area-range 0.03-0.12, where the hardest array comes out 1 try in 50, two of four
@@ -251,7 +256,7 @@ def check_feasible(config: DotConfig) -> None:
         total = levels[-1] if config.control == "total-area" else levels[-1] * count
 
         def arrays_at(share: float) -> list:
-            field = lo * (hi / lo) ** share * config.size**2
+            field = smallest_field(config, share)
             tries = []
             for array in range(PROBE_ARRAYS):
                 rng = streams.rng(streams.DESIGN, streams.PROBE, count, array)
@@ -261,7 +266,7 @@ def check_feasible(config: DotConfig) -> None:
 
         verdict = probe_tail(arrays_at, config.max_redraws, cell_images)
         if not verdict.passed:
-            field = lo * (hi / lo) ** verdict.share * config.size**2
+            field = smallest_field(config, verdict.share)
             where = ("the smallest of --field-range" if verdict.share == 0 else
                      f"{verdict.share:.2%} of these arrays have a smaller field")
             raise UsageError(

@@ -27,6 +27,7 @@ REFERENCE_IMAGES = 100_000  # the set size for decisions that must not depend on
 # Probed points of the hard end, as the share of a cell's images harder than the point: the hardest value, then
 # the 1/1024, 1/64 and 1/8 quantiles from that end. Each stands for the images up to the next point.
 TAIL_SHARES = (0.0, 1 / 1024, 1 / 64, 1 / 8)
+ALLOWED_PER_POINT = ALLOWED_FAILURES / len(TAIL_SHARES)
 MAX_TRIES = 64  # tries per probed scene: enough to pass p = 0.4 at R = 50 (its lower bound then 0.3)
 
 
@@ -109,21 +110,22 @@ def probe_tail(scenes_at: Callable[[float], list[Callable[[], bool]]], redraws: 
     """Probe a cell of `images` at the TAIL_SHARES quantiles of its hard end: `scenes_at(share)` gives the trial
     scenes at the quantile. Stops at the first point whose scenes hold for all the images from it on (the rest
     are easier), or at one whose scenes do not hold even for its own stretch (refused)."""
-    allowed = ALLOWED_FAILURES / len(TAIL_SHARES)
     ends = [*TAIL_SHARES[1:], 1.0]
     for share, end in zip(TAIL_SHARES, ends):
         remaining, own = images * (1.0 - share), images * (end - share)
-        probed = [probe(scene, redraws, remaining, allowed, fewest_images=own) for scene in scenes_at(share)]
+        probed = [probe(scene, redraws, remaining, ALLOWED_PER_POINT, fewest_images=own)
+                  for scene in scenes_at(share)]
         hardest = min(probed, key=lambda p: lowest_rate(p.successes, p.tries))
-        if failures_among(probed, redraws, remaining) <= allowed:
-            return Verdict(True, share, remaining, failures_among(probed, redraws, remaining), hardest)
-        if failures_among(probed, redraws, own) > allowed:
-            return Verdict(False, share, own, failures_among(probed, redraws, own), hardest)
+        from_here_on = failures_among(probed, redraws, remaining)
+        if from_here_on <= ALLOWED_PER_POINT:
+            return Verdict(True, share, remaining, from_here_on, hardest)
+        in_stretch = failures_among(probed, redraws, own)
+        if in_stretch > ALLOWED_PER_POINT:
+            return Verdict(False, share, own, in_stretch, hardest)
     raise AssertionError("the last stretch holds for all the images from it on")
 
 
 def expected_failures_text(verdict: Verdict, images_of: str) -> str:
     """How many images a refused design could lose, against how many are allowed, for messages."""
-    allowed = ALLOWED_FAILURES / len(TAIL_SHARES)
     return (f"of the set's about {verdict.images:.2g} images {images_of}, on average up to {verdict.failures:.2g} "
-            f"could fail every redraw and stop the build ({allowed:g} allowed)")
+            f"could fail every redraw and stop the build ({ALLOWED_PER_POINT:g} allowed)")
