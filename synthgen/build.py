@@ -124,6 +124,19 @@ def select_object_pool(config: BuildConfig, objects, sizer: Compositor, on_bad_i
     raise UsageError(f"--source-objects {config.source_objects}: only {len(pool)} usable objects are available{larger}")
 
 
+def few_objects_note(config: BuildConfig, appear: int, left_out: int) -> str | None:
+    """A note, before any image is made, when the design leaves out more objects than it keeps: the set
+    then varies its objects far less than its sources do, which a user reading only the count histogram
+    would not know (None when at least half can appear)."""
+    if not config.pastes_objects or left_out <= appear:
+        return None
+    return (f"synthgen: note: only {appear} of the {appear + left_out} objects that were tried can appear; "
+            f"{left_out} are too large or placed too rarely at the top of --area-range "
+            f"({config.area_range[1]:.0%}, {max(config.counts)} object(s), --max-occlusion {config.max_occlusion:g}, "
+            f"--max-redraws {config.max_redraws}), so the set's objects vary much less than its sources. To keep "
+            "more, lower the top of --area-range, allow more overlap (--max-occlusion) or raise --max-redraws")
+
+
 def check_disk_space(out: Path, config: BuildConfig, todo: list[int], workers: int | None) -> None:
     """Refuse, before any work, uncompressed shards that cannot fit where --out is, counting the parts that
     a partial last round holds for a moment besides (synthgen.parts; `workers`: None where a dask cluster
@@ -421,6 +434,9 @@ def _build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | N
                                  "), or its most crowded scene is placed too rarely. Lower the top of --area-range, "
                                  "allow more overlap (--max-occlusion), or use fewer objects (--count)")
             check_same_pool(out, done, usable, previous)
+            note = few_objects_note(config, len(usable), len(too_large))
+            if note:
+                log(note)
             write_json_atomic(out / SOURCES, {**sources.description, "pool": usable})
             try:
                 results, render_seconds, render_timeline = _render_shards(out, todo, config, writer,

@@ -211,6 +211,25 @@ def test_which_objects_are_left_out_does_not_depend_on_the_seed(synthgen, tmp_pa
     assert excluded[0] == excluded[1] and 0 < len(excluded[0]) < 240
 
 
+def test_a_design_that_leaves_out_most_objects_says_so_before_it_renders(synthgen, tmp_path):
+    # With 6 redraws, 4 objects at 25% of 48x48 without overlap: most embedded objects pack too rarely.
+    out = tmp_path / "few"
+    result = synthgen("build", "--n", 40, "--size", 48, "--count", 4, "--area-range", "0.25-0.25", "--max-occlusion",
+                      0, "--max-redraws", 6, "--out", out, "--workers", 1, "--no-progress")
+    assert result.rc == 0, result.err
+    note = re.search(r"note: only (\d+) of the (\d+) objects that were tried can appear; (\d+) are too large",
+                     result.out)
+    assert note and result.out.index("note: only") < result.out.index("built 40 images"), result.out
+    appear, tried, left_out = map(int, note.groups())
+    excluded = manifest_of(out)["summary"]["excluded_objects"]
+    assert tried == 240 and left_out == len(excluded) > appear and appear + left_out == tried
+    used = set(read_set(out)["objects/source_id"].tolist())
+    assert used and len(used) <= appear and not used & {int(e["path"].split()[-1]) for e in excluded}
+    assert "raise --max-redraws" in result.out
+    default = synthgen("build", "--n", 40, "--size", 48, "--out", tmp_path / "default", "--workers", 1, "--no-progress")
+    assert default.rc == 0 and "note: only" not in default.out
+
+
 def test_a_set_whose_objects_were_chosen_otherwise_is_not_extended_with_another_pool(synthgen, tmp_path):
     # A set begun by a synthgen whose probe kept other objects (the one before the probes' success rates kept
     # 231 of 240 in a design near the edge where this one keeps 164): its record of the pool says so.
