@@ -67,6 +67,12 @@ def setup_runtime(settings: RuntimeSettings) -> Runtime:
         raise UsageError(f"--device {settings.device}: under torchrun every process uses the GPU of its LOCAL_RANK; "
                          "give --device cuda (or auto)")
     use_cuda = chosen.type == "cuda"
+    if distributed and settings.sync_bn and not use_cuda:
+        # Refused before the process group forms: a process leaving while the others still connect to it would
+        # give them a connection error instead of this message.
+        raise UsageError(f"--sync-bn: torch synchronises BatchNorm across processes on CUDA GPUs only, and these "
+                         f"{os.environ['WORLD_SIZE']} processes train on {chosen.type}; leave it out (each process "
+                         "then normalises by its own batch)")
     rank, world, local = 0, 1, chosen.index or 0
     if distributed:
         dist.init_process_group("nccl" if use_cuda else "gloo")

@@ -134,10 +134,6 @@ def build_model(config: TrainConfig, image_size: int, runtime: Runtime) -> VAE:
         torch.manual_seed(int(np.random.SeedSequence([config.training.seed, streams.INIT]).generate_state(1)[0]))
         model = VAE(model_config).to(runtime.device)
     synced = config.runtime.sync_bn and runtime.world > 1  # then the statistics are over every process's batch
-    if synced and runtime.device.type != "cuda":
-        raise TrainingError(f"--sync-bn: torch synchronises BatchNorm across processes on CUDA GPUs only, and these "
-                            f"{runtime.world} processes train on {runtime.device.type}; leave it out (each process "
-                            "then normalises by its own batch)")
     if config.training.batch_size == 1 and min(model.normalised_sides) == 1 and not synced:
         # BatchNorm's training statistics are over the batch and the map: one image on a 1x1 map gives one value
         raise TrainingError(f"--batch-size 1: this model has a layer whose map is 1x1 (the grids after each "
