@@ -36,7 +36,7 @@ from synthgen.masks import MaskRule
 from synthgen.parallel import (allow_growth, local_workers, parallel_backend, run_tasks, timeline, workers_starting,
                                workers_of)
 from synthgen.parts import Part, finish_part, plan_parts, run_set, write_from_parts
-from synthgen.plan import counts_for, largest_object_share, object_pool_order, too_small_problem
+from synthgen.plan import counts_for, crowded_counts, largest_object_share, object_pool_order, too_small_problem
 from synthgen.prepared import PREPARED_DIR, PreparedObjects, prepare_objects, store_dir
 from synthgen.procedural import N_BACKGROUNDS, N_OBJECTS, ProceduralBackgrounds, ProceduralObjects
 from synthgen.reader import read_labels
@@ -127,8 +127,8 @@ def select_object_pool(config: BuildConfig, objects, sizer: Compositor, on_bad_i
 def few_objects_note(config: BuildConfig, appear: int, left_out: int) -> str | None:
     """A note, before any image is made, when the design leaves out more objects than it keeps: the set
     then varies its objects far less than its sources do, which a user reading only the count histogram
-    would not know (None when at least half can appear)."""
-    if not config.pastes_objects or left_out <= appear:
+    would not know (None when at least half can appear, and with --source-objects, which asks for its number)."""
+    if not config.pastes_objects or config.source_objects is not None or left_out <= appear:
         return None
     return (f"synthgen: note: only {appear} of the {appear + left_out} objects that were tried can appear; "
             f"{left_out} are too large or placed too rarely at the top of --area-range "
@@ -431,7 +431,7 @@ def _build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | N
             if not usable and config.pastes_objects:
                 raise UsageError(f"--objects: none of the {len(store.ids)} usable objects can appear at every area "
                                  f"and count: each is too large for the top of --area-range ({config.area_range[1]:.0%}"
-                                 "), or its most crowded scene is placed too rarely. Lower the top of --area-range, "
+                                 "), or its copies are placed too rarely at some count. Lower the top of --area-range, "
                                  "allow more overlap (--max-occlusion), or use fewer objects (--count)")
             check_same_pool(out, done, usable, previous)
             note = few_objects_note(config, len(usable), len(too_large))
@@ -470,10 +470,11 @@ def _build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | N
         summary["scene_store"] = {"path": str(scene_store), "made_with": made_with}
     too_large |= {k for r in results for k in r["too_large"]}
     if too_large or not results:
+        copies = crowded_counts(config)
+        rarely = f", or {copies} copies of it at {config.area_range[1]:.0%} are placed too rarely" if copies else ""
         reason = (f"too large to fit the {config.size}x{config.size} canvas at {largest_object_share(config):.0%} of "
-                  f"it (the largest area an object can be given), or {max(config.counts)} copies of it at "
-                  f"{config.area_range[1]:.0%} are placed too rarely: left out so that which objects appear does not "
-                  "depend on the area")
+                  f"it (the largest area an object can be given){rarely}: left out so that which objects appear does "
+                  "not depend on the area")
         excluded = [{"path": objects.mask_path(k), "reason": reason} for k in sorted(too_large)]
         summary["excluded_objects"] = excluded or previous.get("summary", {}).get("excluded_objects", [])
     if masks:

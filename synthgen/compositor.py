@@ -25,17 +25,17 @@ from common import streams
 from synthgen.config import BuildConfig
 from synthgen.errors import BadInputError, PlacementError, SynthgenError, UsageError
 from synthgen.placement import Layout
-from synthgen.plan import (area_from_top, draw_area_fraction, draw_area_shares, fits_canvas, image_rng, image_seed,
-                           rotated_extent)
+from synthgen.plan import (area_from_top, crowded_counts, draw_area_fraction, draw_area_shares, fits_canvas, image_rng,
+                           image_seed, rotated_extent)
 from synthgen.sources import Skipped
 from synthgen.success_rate import REFERENCE_IMAGES, probe_tail
 from synthgen.transforms import ObjectTransform
 
 STAGES = ("decode", "transform", "placement", "blend", "write")
-# The most crowded scene of an object is tried only when copies of its worst-case bounding box would
-# cover more of the canvas than this: sparser scenes are always placed by random positions.
+# An object's crowded scenes are tried only when copies of its worst-case bounding box would cover more of the
+# canvas than this (at any count: the copies share the area): sparser scenes are always placed by random positions.
 LOOSE_PACKING = 0.3
-# A crowded scene of the object must come out often enough that, were all the images of the largest count in a
+# A crowded scene of the object must come out often enough that, were all the images of any count above 1 in a
 # set of REFERENCE_IMAGES its copies, with their areas drawn from --area-range, fewer than ALLOWED_FAILURES would
 # fail every redraw (synthgen.success_rate.probe_tail, judged by lower bounds, so an object that came out by
 # luck in a few tries is not kept). Which objects appear must not depend on --n, hence the fixed reference.
@@ -66,8 +66,8 @@ def place_scene(config: BuildConfig, rng, cutouts, shares, target: float, transf
 
 class Eligibility:
     """Whether an object can appear at every area and count of a build (plan.py says why it matters):
-    it fits the canvas at the largest share it can be given (plan.fits_canvas), and the most crowded
-    scene of its copies (the largest count at the top of the area range) comes out often enough. The
+    it fits the canvas at the largest share it can be given (plan.fits_canvas), and scenes of its copies at
+    the top of the area range come out often enough at every count above 1 (not only the largest). The
     probe draws from the object's own stream, fixed by the design, so every process and every --seed
     finds the same; results are cached."""
 
@@ -86,18 +86,23 @@ class Eligibility:
 
     def _packs(self, k: int, cutout, box: float) -> bool:
         config = self.config
-        most = max(config.counts)
         target = config.area_range[1] * config.size**2
-        if most <= 1 or box * target / cutout.area <= LOOSE_PACKING * config.size**2:
+        crowded = sorted((c for c in config.counts if c > 1), reverse=True)
+        if not crowded or box * target / cutout.area <= LOOSE_PACKING * config.size**2:
             return True
-        rng = streams.rng(streams.DESIGN, streams.PROBE_OBJECT, k)
-        shares = draw_area_shares(rng, most, config.size_jitter)
+        # Every count, not only the largest: two large copies can pack worse than four small ones (with or without
+        # overlap; benchmarks/RESULTS.md, "Placement probes: every count"). The largest keeps the stream it had.
+        for count in crowded:
+            rng = streams.rng(streams.DESIGN, streams.PROBE_OBJECT, k, *(() if count == crowded[0] else (count,)))
+            shares = draw_area_shares(rng, count, config.size_jitter)
 
-        def copies_at(share: float) -> list:
-            area = area_from_top(config, share) * config.size**2
-            return [lambda: place_scene(config, rng, [cutout] * most, shares, area, self.transform) is not None]
+            def copies_at(share: float) -> list:
+                area = area_from_top(config, share) * config.size**2
+                return [lambda: place_scene(config, rng, [cutout] * count, shares, area, self.transform) is not None]
 
-        return probe_tail(copies_at, config.max_redraws, REFERENCE_IMAGES / len(config.counts)).passed
+            if not probe_tail(copies_at, config.max_redraws, REFERENCE_IMAGES / len(config.counts)).passed:
+                return False
+        return True
 
 
 @dataclass
@@ -229,15 +234,16 @@ class Compositor:
         while True:
             if len(bad) >= len(candidates):  # bad ids always come from the candidates
                 if what == "object" and self.too_large:
-                    config = self.config
+                    config, copies = self.config, crowded_counts(self.config)
+                    rarely = (f", or {copies} copies of them cannot be placed there often enough (--max-occlusion "
+                              f"{config.max_occlusion:g}, --max-outside {config.max_outside:g})" if copies else "")
                     raise UsageError(
                         f"no object can appear at every area and count: {len(self.too_large)} of the "
                         f"{len(candidates)} objects are too large for the {config.size}x{config.size} canvas at the "
-                        f"top of --area-range ({config.area_range[1]:.0%}), or {max(config.counts)} copies of them "
-                        f"cannot be placed there often enough (--max-occlusion {config.max_occlusion:g}, --max-outside "
-                        f"{config.max_outside:g})" + (", the rest are bad inputs" if len(bad) > len(self.too_large)
-                                                      else "") + ". Lower the top of --area-range, allow more overlap "
-                        "(--max-occlusion), or use fewer objects (--count)")
+                        f"top of --area-range ({config.area_range[1]:.0%}){rarely}"
+                        + (", the rest are bad inputs" if len(bad) > len(self.too_large) else "")
+                        + ". Lower the top of --area-range, allow more overlap (--max-occlusion), or use fewer "
+                        "objects (--count)")
                 raise SynthgenError(f"no usable {what} left: all {len(candidates)} candidates are bad inputs "
                                     "(see the skipped lines above)")
             k = int(candidates[rng.integers(len(candidates))])

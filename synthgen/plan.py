@@ -10,9 +10,9 @@
   shares add up to the target exactly.
 * Which objects appear is independent of the area too. An object too large to fit the canvas at the
   largest area any object can be given (an elongated one, at the top of a wide --area-range) is left
-  out of the build altogether (`fits_canvas`), and so is one of which the most crowded scene (the
-  largest count at the top of the range, copies of the object) cannot be placed (the compositor's
-  packing probe). Were they only redrawn when their scene came out large, which objects appear would
+  out of the build altogether (`fits_canvas`), and so is one of which the crowded scenes (copies of the
+  object at the top of the range, at every count above 1) cannot be placed (the compositor's packing
+  probe). Were they only redrawn when their scene came out large, which objects appear would
   depend on the area, a confound in every area-versus-number analysis. A scene that cannot be placed
   keeps its objects and redraws their transforms and positions.
 """
@@ -106,6 +106,13 @@ def too_small_problem(config) -> str | None:
             f"{config.size_jitter:g}) would cover {pixels:.2g} px, less than the {MIN_OBJECT_PIXELS} px of a 2x2 "
             f"square: a speck, not an object one can count. Raise the bottom of --area-range to {lowest:.2g} or "
             f"more{larger}")
+
+
+def crowded_counts(config) -> str:
+    """The counts at which an object's copies are probed (compositor.Eligibility), for messages: "2 to 4", or ""
+    when no count is above 1."""
+    crowded = sorted(c for c in config.counts if c > 1)
+    return "" if not crowded else str(crowded[0]) if len(crowded) == 1 else f"{crowded[0]} to {crowded[-1]}"
 
 
 def largest_object_share(config) -> float:

@@ -200,6 +200,40 @@ def test_a_design_whose_scenes_come_out_too_rarely_is_refused_alike_for_every_se
     assert roomier.rc == 0 and manifest_of(tmp_path / "roomier")["complete"]
 
 
+def test_every_count_is_probed_not_only_the_largest_and_the_smallest(synthgen, tmp_path):
+    # With overlap allowed, 2 objects at 45% of the canvas pack worse than 6 (73% of tries against 97%): the probe
+    # of the largest and smallest counts alone passed this design, and every seed tried stopped at an image of 2.
+    out = tmp_path / "mid"
+    result = synthgen("build", "--n", 40000, "--size", 48, "--count", "1-6", "--area-range", "0.45-0.45",
+                      "--max-occlusion", 0.2, "--max-redraws", 6, "--out", out, "--workers", 1, "--no-progress")
+    assert result.rc == 2 and not out.exists()
+    refused = re.search(r"cannot place (\d) objects covering 45% of a 48x48 canvas \(the top of --area-range\)",
+                        result.err)
+    assert refused and 1 < int(refused.group(1)) < 6, result.err
+
+
+def test_an_object_is_kept_only_if_its_copies_pack_at_every_count(synthgen, tmp_path):
+    # The section 4.4 design (copies of one object, no overlap) at 161 px: two copies at the top of the area can
+    # pack worse than four. When objects were kept for their 4 copies alone, this build stopped at image 552 (2
+    # copies at 35.5%), and builds of 35,000 at every seed tried.
+    out = tmp_path / "copies"
+    result = synthgen("build", "--n", 1000, "--count", "0-4", "--same-object", "--max-occlusion", 0, "--seed", 2,
+                      "--out", out, "--workers", 1, "--no-progress")
+    assert result.rc == 0, result.err
+    excluded = {int(e["path"].split()[-1]) for e in manifest_of(out)["summary"]["excluded_objects"]}
+    assert excluded and not excluded & set(read_set(out)["objects/source_id"].tolist())
+
+
+def test_objects_left_out_of_a_set_without_crowded_scenes_are_said_to_be_too_large_alone(synthgen, tmp_path):
+    # --count 0-1 has no copies to probe: the reason once named "copies" at a count it did not have, and the
+    # message's count list ended the build in an internal error.
+    out = tmp_path / "zero-one"
+    assert synthgen("build", "--n", 40, "--count", "0-1", "--size", 32, "--out", out, "--workers", 1,
+                    "--no-progress").rc == 0
+    reasons = {e["reason"] for e in manifest_of(out)["summary"]["excluded_objects"]}
+    assert reasons and all(r.startswith("too large to fit the 32x32 canvas") and "copies" not in r for r in reasons)
+
+
 def test_which_objects_are_left_out_does_not_depend_on_the_seed(synthgen, tmp_path):
     # At the top of this range some embedded objects pack too rarely; which ones is a property of the design.
     excluded = []

@@ -27,10 +27,10 @@ def bernoulli(rate: float, seed: int):
     return lambda: rng.random() < rate
 
 
-def test_easy_scenes_are_done_in_two_tries_and_hopeless_ones_in_eight():
+def test_easy_scenes_are_done_in_two_tries_and_hopeless_ones_in_26():
     easy, hopeless = probe(lambda: True, 50, 100_000), probe(lambda: False, 50, 100_000)
     assert (easy.holds(50, 100_000), easy.tries) == (True, 2)
-    assert (hopeless.holds(50, 100_000), hopeless.tries) == (False, 8)
+    assert (hopeless.holds(50, 100_000), hopeless.tries) == (False, 26)
     one_redraw = probe(lambda: True, 1, 1)  # one redraw: no short probe vouches for every image
     assert one_redraw.tries == MAX_TRIES and not one_redraw.holds(1, 1)
 
@@ -72,3 +72,16 @@ def test_one_hard_scene_among_easy_ones_counts_for_its_share():
     among = probe_tail(lambda share: [bernoulli(1.0, 0)] * 7 + [bernoulli(0.35, 1)], 50, 10_000)
     assert among.passed and not alone.passed and among.hardest.successes < among.hardest.tries
     assert failures_among([Probed(5, 5), Probed(0, 8)], 50, 16) == pytest.approx(8 + failed_images(5, 5, 50, 8))
+
+
+def test_a_scene_that_comes_out_often_enough_is_rarely_given_up_on():
+    # A design probes up to a few hundred scenes, and one given up on refuses it. Giving up as soon as the 95%
+    # upper bound fell below the needed rate gave up on scenes 0.05 above it in 9-20% of probes (every try is
+    # another look); at 99.9%, in under 1%.
+    for redraws, images in [(50, 100_000), (5, 1), (8, 100)]:
+        rate = needed_rate(redraws, images) + 0.05
+        runs = [probe(bernoulli(rate, seed), redraws, images) for seed in range(1000)]
+        given_up = np.mean([p.tries < MAX_TRIES and not p.holds(redraws, images) for p in runs])
+        assert given_up < 0.01, (redraws, images, given_up)
+    hopeless = [probe(bernoulli(0.05, seed), 50, 100_000) for seed in range(200)]  # still refused, a little later
+    assert not any(p.holds(50, 100_000) for p in hopeless) and np.mean([p.tries < MAX_TRIES for p in hopeless]) > 0.75
