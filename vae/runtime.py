@@ -7,6 +7,7 @@ computes beyond rounding, which is why the runtime settings may change on --resu
 from __future__ import annotations
 
 import copy
+import logging
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -108,9 +109,22 @@ def compiled_difference(eager, compiled, modules: list[torch.nn.Module], x: torc
     return difference.mean().item(), difference.max().item()
 
 
+class _DropProfilerNotice(logging.Filter):
+    """Drops dynamo's notice that it ignores DDP's profiler annotation (record_function in DDP's forward): it
+    comes with every compiled DDP run, says nothing about the run, and reads like a problem."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Profiler record function")
+
+
+_CONTEXT_LOG = logging.getLogger("torch._dynamo.variables.ctx_manager")
+
+
 def compile_objective(objective: torch.nn.Module, mode: str = "default") -> torch.nn.Module:
     """torch.compile in one of COMPILE_MODES, for static shapes: the trainer feeds the compiled objective
     full batches only (vae.train.Run.step)."""
+    if not any(isinstance(f, _DropProfilerNotice) for f in _CONTEXT_LOG.filters):
+        _CONTEXT_LOG.addFilter(_DropProfilerNotice())
     return torch.compile(objective, mode=None if mode == "default" else mode, dynamic=False)
 
 
