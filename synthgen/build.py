@@ -132,8 +132,8 @@ def few_objects_note(config: BuildConfig, appear: int, left_out: int) -> str | N
         return None
     return (f"synthgen: note: only {appear} of the {appear + left_out} objects that were tried can appear; "
             f"{left_out} are too large or placed too rarely at the top of --area-range "
-            f"({config.area_range[1]:.0%}, {max(config.counts)} object(s), --max-occlusion {config.max_occlusion:g}, "
-            f"--max-redraws {config.max_redraws}), so the set's objects vary much less than its sources. To keep "
+            f"({config.area_range[1]:.0%}, with --max-occlusion {config.max_occlusion:g} and --max-redraws "
+            f"{config.max_redraws}), so the set's objects vary much less than its sources. To keep "
             "more, lower the top of --area-range, allow more overlap (--max-occlusion) or raise --max-redraws")
 
 

@@ -1,11 +1,11 @@
 """Refusing requests that can never be satisfied, before any work is done.
 
 A probe with the real sources and the real placement code: scenes of every count at the top of the area
-range (which count packs worst depends on the design: with overlap allowed, often 2), drawn as the set
-draws them, must come out often enough that no image of the set is
-likely to fail all its redraws (synthgen.success_rate), at the top of the range and at a few quantiles
-below it. Probes draw from streams fixed by the design (never --seed), so a design is accepted or
-refused the same for every seed, and they never change the images of the set.
+range (which count packs worst depends on the design, often 2), drawn as the set draws them, must come
+out often enough that no image of the set is likely to fail all its redraws (synthgen.success_rate), at
+the top of the range and at a few quantiles below it. Probes draw from streams fixed by the design (never
+--seed), so a design is accepted or refused the same for every seed, and they never change the images of
+the set.
 """
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ def check_feasible(config, compositor: Compositor) -> None:
     # Each probe stands for the images of its count (the count plan is block-stratified), their areas drawn from
     # --area-range: the top of the range for the few images near it (success_rate.probe_tail). Every count, not
     # only the largest and the smallest: with overlap allowed, two objects at a large area can pack worse than six
-    # (at 45% of 161x161 and --max-occlusion 0.2, 77% of tries against 96%), and a design probed at its ends
-    # stopped part-way at an image of 2 objects for every seed tried.
+    # (at 45% of 161x161 and --max-occlusion 0.2, 77% of tries against 96%), and so can copies of one object
+    # without overlap; designs probed at their ends stopped part-way at an image of 2 objects for every seed tried.
     count_images = config.n / len(config.counts)
     for count in sorted(set(counts), reverse=True):
 
