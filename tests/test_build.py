@@ -225,8 +225,7 @@ def test_an_object_is_kept_only_if_its_copies_pack_at_every_count(synthgen, tmp_
 
 
 def test_objects_left_out_of_a_set_without_crowded_scenes_are_said_to_be_too_large_alone(synthgen, tmp_path):
-    # --count 0-1 has no copies to probe: the reason once named "copies" at a count it did not have, and the
-    # message's count list ended the build in an internal error.
+    # --count 0-1 has no copies to probe: the reason once said "or 1 copies of it ... are placed too rarely".
     out = tmp_path / "zero-one"
     assert synthgen("build", "--n", 40, "--count", "0-1", "--size", 32, "--out", out, "--workers", 1,
                     "--no-progress").rc == 0
