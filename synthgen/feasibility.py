@@ -39,11 +39,12 @@ def check_feasible(config, compositor: Compositor) -> None:
         verdict = probe_tail(scenes_at, config.max_redraws, count_images)
         if not verdict.passed:
             objects = f"{count} object{'s' if count > 1 else ''}"
-            at_top = area_from_top(config, verdict.share) >= config.area_range[1]  # a fixed area: every scene
+            area = area_from_top(config, verdict.share)
+            at_top = area >= config.area_range[1]  # a fixed area: every scene
             where = "the top of --area-range" if at_top else f"{verdict.share:.2%} of these scenes are larger"
             which = f"with {objects} and about that area"
             raise UsageError(
-                f"cannot place {objects} covering {area_from_top(config, verdict.share):.0%} of a "
+                f"cannot place {objects} covering {area:.0%} of a "
                 f"{config.size}x{config.size} canvas ({where}) often enough under --max-occlusion "
                 f"{config.max_occlusion:g} and --max-outside {config.max_outside:g}: the hardest trial scene came out "
                 f"in {verdict.hardest.describe()} of {config.placement_tries} positions per object, so with "
