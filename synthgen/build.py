@@ -29,18 +29,20 @@ from common.settings import changed_values
 from synthgen import __version__
 from synthgen.compositor import STAGES, Compositor
 from synthgen.config import BuildConfig, RunOptions, build_identity
-from synthgen.errors import BadInputError, OutputError, PlacementError, UsageError, write_failure
+from synthgen.diskspace import Planned, check_room, shard_bytes
+from synthgen.errors import BadInputError, PlacementError, UsageError, write_failure
 from synthgen.feasibility import check_feasible
 from synthgen.manifest import MANIFEST, MANIFEST_FORMAT, SOURCES, looks_finished, write_json_atomic
 from synthgen.masks import MaskRule
 from synthgen.parallel import (allow_growth, local_workers, parallel_backend, run_tasks, timeline, workers_starting,
                                workers_of)
-from synthgen.parts import Part, finish_part, plan_parts, run_set, write_from_parts
+from synthgen.parts import Part, finish_part, run_set, write_from_parts
 from synthgen.plan import counts_for, crowded_counts, largest_object_share, object_pool_order, too_small_problem
-from synthgen.prepared import PREPARED_DIR, PreparedObjects, prepare_objects, store_dir
+from synthgen.prepared import (PREPARED_DIR, PreparedObjects, prepare_objects, prepared_complete, store_bytes_at_most,
+                               store_dir)
 from synthgen.procedural import N_BACKGROUNDS, N_OBJECTS, ProceduralBackgrounds, ProceduralObjects
 from synthgen.reader import read_labels
-from synthgen.scenes import StoredBackgrounds, check_store, make_store, read_store
+from synthgen.scenes import StoredBackgrounds, check_store, estimated_store_bytes, make_store, read_store
 from synthgen.shards import SCHEMA_VERSION, SHARD_FORMAT, ShardArrays, shard_path, write_shard
 from synthgen.sources import (FolderBackgrounds, FolderObjects, Skipped, inside_sources_problem, scan_backgrounds,
                               scan_objects)
@@ -137,18 +139,23 @@ def few_objects_note(config: BuildConfig, appear: int, left_out: int) -> str | N
             "more, lower the top of --area-range, allow more overlap (--max-occlusion) or raise --max-redraws")
 
 
-def check_disk_space(out: Path, config: BuildConfig, todo: list[int], workers: int | None) -> None:
-    """Refuse, before any work, uncompressed shards that cannot fit where --out is, counting the parts that
-    a partial last round holds for a moment besides (synthgen.parts; `workers`: None where a dask cluster
-    has not said yet)."""
+def planned_writes(out: Path, config: BuildConfig, todo: list[int], workers: int | None, objects_to_prepare: int,
+                   scene_store: Path | None = None, scene_bytes: int = 0) -> list[Planned]:
+    """What the build will write, for diskspace.check_room: its shards (raw ones: the size of compressed ones is
+    not known before), with the parts a partial last round holds besides (`workers`: None where a dask cluster
+    has not said yet); the prepared object store of `objects_to_prepare` objects; a scene store to make."""
     sizes = {s: config.shard_range(s)[1] for s in todo}
-    in_parts = sum(sizes[s] for s in plan_parts(todo, sizes, workers or 1)[1])
-    need = (sum(sizes.values()) + in_parts) * config.size * config.size * 3
-    existing = next(p for p in [out, *out.parents] if p.exists())
-    free = shutil.disk_usage(existing).free
-    if config.compression == "none" and need > free:
-        raise OutputError(f"--out {out}: the images need about {need / 1e9:.2f} GB but only {free / 1e9:.2f} GB is "
-                          "free there; free space, write elsewhere, or use --compression lzf")
+    planned = []
+    if config.compression == "none":
+        planned.append(Planned("--out", out, "shards", shard_bytes(todo, sizes, workers, config.size**2 * 3),
+                               remedy="use --compression lzf"))
+    if objects_to_prepare:
+        planned.append(Planned("--out", out, "decoded objects (while it runs)",
+                               store_bytes_at_most(objects_to_prepare, config.size), at_most=True))
+    if scene_store is not None and scene_bytes:
+        planned.append(Planned("--scene-store", scene_store, "decoded scenes (kept for later builds)", scene_bytes,
+                               remedy="build without --scene-store"))
+    return planned
 
 
 def check_same_pool(out: Path, done, usable: list[int], previous: dict) -> None:
@@ -377,6 +384,8 @@ def _build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | N
     for item in sources.skipped:
         writer.report(item)
     previous = writer.existing() or {}
+    if previous.get("build_identity") != writer.identity:  # another set (replaced with --overwrite): nothing to keep
+        previous = {}
 
     # Checks, before anything is written.
     done = writer.check(config.n_shards, run.overwrite, lambda old: differences(old, config, sources),
@@ -396,7 +405,15 @@ def _build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | N
         check_feasible(config, probe)
         pool_skipped += probe.skipped
         too_large |= probe.too_large
-        check_disk_space(out, config, todo, local_workers(run))
+        store_kept = not writer.replacing and prepared_complete(out, config.size)  # a resumed build's
+        to_prepare = (0 if store_kept or not config.pastes_objects else len(pool) if pool is not None
+                      else len(objects))
+        scene_bytes = 0
+        if scene_store is not None and not store_ready:
+            backgrounds = sources.description["backgrounds"]
+            scene_bytes = estimated_store_bytes(backgrounds["root"], backgrounds["files"], config.size)
+        check_room(planned_writes(out, config, todo, local_workers(run), to_prepare, scene_store, scene_bytes),
+                   freed={out: writer.replaced_bytes()})
     for item in pool_skipped:
         writer.report(item)
 

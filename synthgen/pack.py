@@ -25,9 +25,10 @@ import numpy as np
 from common.settings import changed_values
 from synthgen import __version__
 from synthgen.config import SPLITS, PackConfig, RunOptions, build_identity
+from synthgen.diskspace import Planned, check_room, shard_bytes
 from synthgen.errors import BadInputError, UsageError, write_failure
 from synthgen.manifest import MANIFEST_FORMAT, SOURCES, looks_finished, write_json_atomic
-from synthgen.parallel import parallel_backend, workers_of, workers_starting
+from synthgen.parallel import local_workers, parallel_backend, workers_of, workers_starting
 from synthgen.parts import Part, clear_parts, finish_part, run_set, write_from_parts
 from synthgen.reader import read_labels
 from synthgen.shards import SCHEMA_VERSION, SHARD_FORMAT, ShardArrays, shard_path, write_shard
@@ -276,14 +277,17 @@ def _pack(config: PackConfig, run: RunOptions, out_dir, command: list[str] | Non
         writer.report(item)
     done = writer.check(n_shards, run.overwrite, lambda old: differences(old, config, fingerprint, labels),
                         progress=run.progress)
-    writer.begin()
-    write_json_atomic(out / SOURCES, {"kind": "natural", "root": str(root), "files": [rel for rel, _ in items],
-                                      "labels": [label for _, label in items]})
-
     todo = [s for s in range(n_shards) if s not in done]
 
     def chunk(s):
         return items[s * config.shard_size:(s + 1) * config.shard_size]
+
+    sizes = {s: len(chunk(s)) for s in todo}
+    check_room([Planned("--out", out, "shards", shard_bytes(todo, sizes, local_workers(run), config.size**2 * 3))],
+               freed={out: writer.replaced_bytes()})
+    writer.begin()
+    write_json_atomic(out / SOURCES, {"kind": "natural", "root": str(root), "files": [rel for rel, _ in items],
+                                      "labels": [label for _, label in items]})
 
     def rows_of(part: Part):
         first = part.shard * config.shard_size + part.first_row
@@ -294,7 +298,7 @@ def _pack(config: PackConfig, run: RunOptions, out_dir, command: list[str] | Non
     with parallel_backend(run) as client:
         workers = workers_of(client, run)
         results, in_parts = run_set(
-            out, todo, {s: len(chunk(s)) for s in todo}, workers,
+            out, todo, sizes, workers,
             whole=lambda shard: (pack_shard, (str(out), shard, chunk(shard), *args)),
             part=lambda parts, index: (pack_part, (str(out), parts, index, rows_of(parts[index]), *args)),
             assemble=lambda parts: (pack_assemble, (str(out), parts, config_json, identity, run.workers_sync)),

@@ -34,6 +34,17 @@ def store_dir(out_dir, size: int) -> Path:
     return Path(out_dir) / PREPARED_DIR / f"objects-{size}-mip"  # the layout with mip levels
 
 
+def prepared_complete(out_dir, size: int) -> bool:
+    """Whether the store for `size` in `out_dir` is complete (a resumed build reuses it)."""
+    return (store_dir(out_dir, size) / "index.npz").exists()  # written last
+
+
+def store_bytes_at_most(n_objects: int, size: int) -> int:
+    """The most a store of `n_objects` takes at `size`: each a cut-out of at most size x size pixels with its mip
+    levels (THUS10000's objects, cropped to their masks, take about three quarters of that on average)."""
+    return n_objects * Cutout.stored_bytes(size, size)
+
+
 def part_name(part: int) -> str:
     return f"part-{part:05d}.bin"
 
@@ -89,7 +100,7 @@ def prepare_objects(objects, ids, size: int, out_dir, on_bad_input: str, eligibl
     """
     folder = store_dir(out_dir, size)
     index_path, report_path = folder / "index.npz", folder / "report.json"
-    if index_path.exists():  # a resumed build: report the same bad inputs as the first run did
+    if prepared_complete(out_dir, size):  # a resumed build: report the same bad inputs as the first run did
         report = json.loads(report_path.read_text())
         with np.load(index_path, allow_pickle=False) as index:
             return PreparedStore(index["ids"].tolist(), [Skipped(*item) for item in report["bad"]],

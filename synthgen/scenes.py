@@ -19,6 +19,7 @@ import io
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +78,37 @@ def check_store(store, root: str, fingerprint: str, size: int) -> bool:
         raise OutputError(f"{flag}: the folder holds files synthgen did not write ({', '.join(sorted(foreign)[:5])}); "
                           "choose an empty or new folder")
     return False
+
+
+SIZE_SAMPLE = 256  # scenes whose headers are read to estimate a store's size (under 0.1 s)
+
+
+def stored_bytes(width: int, height: int, size: int) -> int:
+    """Bytes a scene of width x height takes in a store of `size`: RGB with its shorter side at `size`, as
+    `sources.load_background` resizes it."""
+    short, long = sorted((width, height))
+    return size * max(size, round(long * size / short)) * 3
+
+
+def estimated_store_bytes(root: str, files: list[str], size: int, sample: int = SIZE_SAMPLE) -> int:
+    """About the bytes a store of `files` takes: the stored size of `sample` of them spread over the list (all of
+    them, when fewer), from their headers, times their number. A file whose header cannot be read counts as a
+    square scene, though the store keeps no pixels of it (the build reports it when it draws it)."""
+    if not files:
+        return 0
+    from PIL import Image  # only the main process estimates; workers never import Pillow
+
+    chosen = np.unique(np.linspace(0, len(files) - 1, min(len(files), sample)).round().astype(int))
+    total = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow's warning of very large images: only their size is read here
+        for k in chosen:
+            try:
+                with Image.open(Path(root) / files[k]) as image:
+                    total += stored_bytes(*image.size, size)
+            except (OSError, ValueError, Image.DecompressionBombError):
+                total += stored_bytes(size, size, size)
+    return round(total * len(files) / len(chosen))
 
 
 def decode_part(root: str, files: list[str], first: int, size: int, path: str) -> dict:

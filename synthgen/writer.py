@@ -3,7 +3,8 @@
 Its life cycle, in order:
 1. `check`: before any work, refuse a folder holding someone else's files or a different set (unless
    --overwrite), and find the shards a resumed (or extended) run can keep;
-2. `begin`: the provisional manifest (`"complete": false`), so an interrupted run is recognised;
+2. `begin`: the set being replaced removed (not before: a command refused by a later check leaves it as it
+   was), and the provisional manifest (`"complete": false`), so an interrupted run is recognised;
 3. `shard_done`: per finished shard, its bad inputs reported (one line per input, however often it is
    met), the machine it was made on noted, and, when workers leave it to this process, the shard flushed
    to disk in the background (`part_done`: the same for a part of a shard, synthgen.parts);
@@ -69,6 +70,7 @@ class SetWriter:
         self._syncs: dict[Path, Future] = {}
         self._syncer: ThreadPoolExecutor | None = None
         self._renamed = False  # shards were renamed into the folder since its entries were last flushed
+        self.replacing: list[Path] = []  # the entries of a set to replace (--overwrite), removed at `begin`
 
     @property
     def identity(self) -> str:
@@ -81,7 +83,8 @@ class SetWriter:
     def check(self, n_shards: int, overwrite: bool, differences: Callable[[dict], str],
               keep: Callable[[int, dict], bool] = lambda index, attrs: True,
               n_images: int | None = None, progress: bool = False) -> set[int]:
-        """Check the folder before any work; return the shards a resumed run keeps.
+        """Check the folder before any work; return the shards a resumed run keeps. A set to replace (--overwrite)
+        stays until `begin`.
 
         A shard is kept when it belongs to this set (same identity), `keep(index, attrs)` agrees and, in a
         set that was never finished, its contents match its checksum (see Durability above).
@@ -120,13 +123,14 @@ class SetWriter:
             # A command that stopped before its first shard (an unreachable scheduler, an interrupt) left only its
             # provisional manifest: there is no image to lose, and refusing would hold the folder for that set.
             self.log(f"synthgen: {out} held an unfinished set without a single shard; replacing it")
-        for name in entries:
-            path = out / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
+        # Replaced at `begin`, once every check has passed: a design refused before any work leaves the set as it was.
+        self.replacing = [out / name for name in entries]
         return set()
+
+    def replaced_bytes(self) -> int:
+        """The bytes that replacing the folder's set frees (0 when it is resumed, or empty)."""
+        return sum(f.stat().st_size for path in self.replacing
+                   for f in ([path] if not path.is_dir() else path.rglob("*")) if f.is_file())
 
     def _refuse_unresumable(self, old: dict, n_images: int) -> None:
         if old.get("n_images", 0) > n_images:
@@ -154,7 +158,14 @@ class SetWriter:
         return done
 
     def begin(self) -> None:
-        """Create the folder and write the provisional manifest."""
+        """Replace the set that `check` found to be replaced, create the folder and write the provisional
+        manifest."""
+        for path in self.replacing:
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+        self.replacing = []
         self.out.mkdir(parents=True, exist_ok=True)
         self.manifest.pop("failure", None)
         write_json_atomic(self.out / MANIFEST, self.manifest)

@@ -8,8 +8,9 @@ import pytest
 
 from conftest import assert_same_sets, manifest_of
 from synthgen import parts as parts_module
-from synthgen.build import check_disk_space
+from synthgen.build import planned_writes
 from synthgen.config import BuildConfig
+from synthgen.diskspace import check_room
 from synthgen.errors import OutputError
 from synthgen.parts import MIN_PART_IMAGES, PARTS_PER_SHARD, Part, claim_if_complete, load_parts, part_path, \
     plan_parts, save_part
@@ -129,11 +130,15 @@ def test_the_disk_check_counts_the_parts_of_a_partial_last_round(synthgen, tmp_p
     shards = 2 * free // (128 * image)  # twice what the disk holds: refused before any work
     result = synthgen("build", "--n", shards * 128, "--shard-size", 128, "--size", 64, "--no-progress",
                       "--workers", 2, "--out", tmp_path / "big")
-    assert result.rc != 0 and "the images need about" in result.err and not (tmp_path / "big").exists()
+    assert result.rc != 0 and "of shards" in result.err and not (tmp_path / "big").exists()
+
+    def check(config: BuildConfig, workers: int) -> None:
+        check_room(planned_writes(tmp_path, config, [0, 1, 2], workers, objects_to_prepare=0))
+
     # The parts of the last round are counted besides: 3 shards on 2 workers need 4 shards of room.
-    check_disk_space(tmp_path, BuildConfig(n=384, shard_size=128, size=64), [0, 1, 2], workers=2)
+    check(BuildConfig(n=384, shard_size=128, size=64), workers=2)
     quarter = int(free / image / 4 * 1.1)  # 4 such shards are 10% over what is free, 3 fit with 17% to spare
     three = BuildConfig(n=3 * quarter, shard_size=quarter, size=64)
-    with pytest.raises(OutputError, match="need about"):
-        check_disk_space(tmp_path, three, [0, 1, 2], workers=2)
-    check_disk_space(tmp_path, three, [0, 1, 2], workers=3)  # a full round: no parts, 3 shards fit
+    with pytest.raises(OutputError, match="of shards"):
+        check(three, workers=2)
+    check(three, workers=3)  # a full round: no parts, 3 shards fit
