@@ -460,6 +460,10 @@ def test_the_kept_epochs_are_told_with_their_disk_space_and_a_note_when_it_is_no
     assert short.endswith("1.46 GiB in all (epochs 5, 10); note: only 1 GiB are free there, so the run will stop "
                           "with an error when the disk fills (its last.pt whole, to resume from): free space, or keep "
                           "fewer with a larger --save-every on --resume")
+    # a resumed run whose untrained start is rebuilt keeps it besides its next epochs
+    resumed = kept_epochs_line(kept_epochs(37, 140, 10, new=False), 745 * 2**20, 50 * 2**30, start=True)
+    assert "12 model(s)" in resumed and resumed.endswith("(epochs 0, 40, 50, 60, 70, 80, ... 140)")
+    assert kept_epochs_line(kept_epochs(45, 45, 4, new=False), 2**20, 2**30, start=True).endswith("(epochs 0)")
 
 
 def test_sets_of_two_sizes_train_at_an_image_size_below_both_and_resume(data, tmp_path, capsys):
@@ -506,6 +510,34 @@ def test_save_every_keeps_the_course_of_training_and_leaves_the_run_as_it_was(da
     assert sorted(p.name for p in (kept / "checkpoints").iterdir()) == ["epoch-0000.pt", "epoch-0002.pt",
                                                                          "epoch-0003.pt"]
     assert strict_json(kept / "config.json")["train"]["training"]["save_every"] == 3
+    # a run that kept no epochs gets its untrained start, rebuilt from its seed, when --save-every comes on resume
+    assert train_main(["--out", str(plain), "--resume", "--epochs", "3", "--save-every", "3", "--workers", "0",
+                       "--no-progress"]) == 0
+    assert "(epochs 0, 3)" in capsys.readouterr().out
+    assert sorted(p.name for p in (plain / "checkpoints").iterdir()) == ["epoch-0000.pt", "epoch-0003.pt"]
+    rebuilt = load_checkpoint(plain / "checkpoints" / "epoch-0000.pt")
+    assert all(torch.equal(rebuilt["model"][k], start["model"][k]) for k in start["model"])
+    assert rebuilt["epoch"] == 0 and rebuilt["best_validation_loss"] == float("inf")
+    assert run_identity(rebuilt) == run_identity(start)
+
+
+def test_an_untrained_start_that_cannot_be_rebuilt_exactly_is_not_kept(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train_main(["--data", str(data / "synth"), "--out", str(run), "--epochs", "1", *TINY]) == 0
+    last = load_checkpoint(run / "last.pt")
+    assert len(last["initial_weights"]) == 64
+    for recorded, reason in (("0" * 64, "is not the one the run started from"), (None, "an earlier vae-train")):
+        if recorded is None:  # a run begun before the weights it starts from were recorded
+            last.pop("initial_weights")
+        else:  # as though another torch had initialised it
+            last["initial_weights"] = recorded
+        save_checkpoint(run / "last.pt", last)
+        assert train_main(["--out", str(run), "--resume", "--epochs", str(last["epoch"] + 1), "--save-every", "1",
+                           "--workers", "0", "--no-progress"]) == 0
+        out = capsys.readouterr().out
+        assert "the untrained start (epoch 0) cannot be kept: " in out and reason in out
+        assert "epoch-0000.pt" not in {p.name for p in (run / "checkpoints").iterdir()}
+        last = load_checkpoint(run / "last.pt")
 
 
 def test_a_copied_or_moved_run_resumes_in_place(data, tmp_path, capsys):

@@ -6,6 +6,7 @@ keeps the models of the epochs --save-every asks for (`kept_epochs`), each a che
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -24,6 +25,16 @@ REQUIRED = ("model_config", "model", "epoch")
 
 class CheckpointError(UserError):
     """A checkpoint that cannot be used; the message names the file."""
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 of a model's weights and buffers by name: the same for the same values wherever the model lies (CPU,
+    GPU) and whatever its memory format (channels_last)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def save_checkpoint(path, state: dict) -> None:
@@ -115,12 +126,15 @@ def kept_epochs(done: int, epochs: int, every: int, new: bool) -> range:
     return range(0 if new else (done // every + 1) * every, epochs + 1, every)
 
 
-def kept_epochs_line(epochs: range, each: int, free: int) -> str:
-    """What --save-every will keep of this run, in the log: which epochs, how much disk that takes, and a note when
-    it is more than is free (the run would stop there, with its last.pt whole, when the disk fills)."""
-    need = len(epochs) * each
-    shown = ", ".join(map(str, epochs[:6])) + (f", ... {epochs[-1]}" if len(epochs) > 6 else "")
-    line = (f"kept epochs (--save-every): {len(epochs)} model(s) of {each / 2**20:.3g} MiB in {EPOCHS_FOLDER}/, "
+def kept_epochs_line(epochs: range, each: int, free: int, start: bool = False) -> str:
+    """What --save-every will keep of this run, in the log: which epochs (`start`: the untrained start besides, rebuilt
+    for a resumed run), how much disk that takes, and a note when it is more than is free (the run would stop there,
+    with its last.pt whole, when the disk fills)."""
+    count = len(epochs) + start
+    need = count * each
+    shown = ", ".join(map(str, [*([0] if start else []), *epochs[:6 - start]]))
+    shown += f", ... {epochs[-1]}" if count > 6 else ""
+    line = (f"kept epochs (--save-every): {count} model(s) of {each / 2**20:.3g} MiB in {EPOCHS_FOLDER}/, "
             f"{need / 2**30:.3g} GiB in all (epochs {shown or 'none left'})")
     if need > free:
         line += (f"; note: only {free / 2**30:.3g} GiB are free there, so the run will stop with an error when the "

@@ -35,7 +35,7 @@ from common.machine import cores, describe as describe_machine
 from common.settings import to_dict
 from vae.augment import augment, to_float
 from vae.checkpoint import (CheckpointError, kept_epochs, kept_epochs_line, load_checkpoint, save_checkpoint,
-                            saved_sets)
+                            saved_sets, weights_fingerprint)
 from vae.config import EPOCHS_FOLDER, TrainConfig, TrainingSettings, holds_run
 from vae.data import (FeedChoice, Pool, Split, choose_feed, epoch_indices, make_feed, mixing_plan, rank_batches,
                       split_pool)
@@ -187,6 +187,8 @@ class Run:
         self.reconstruction, self.vgg_record = build_reconstruction(config, runtime)
         self.data = load_data(config, runtime, new=last is None)
         self.model = build_model(config, self.data.image_size, runtime)
+        # what the run starts from, kept in its checkpoints: a resume can then rebuild its untrained start and know it
+        self.initial_weights = weights_fingerprint(self.model) if last is None else None
         training = config.training
         self.optimizer = build_optimizer(self.model, training.lr)
         self.scheduler = build_scheduler(self.optimizer, training)
@@ -354,10 +356,13 @@ class Run:
 
     # -- checkpoints, metrics and figures
 
-    def _state(self) -> dict:
-        return {"model_config": self.model.config.to_json(), "train_config": json.dumps(to_dict(self.config)),
-                "data_sets": json.dumps(self.data.sets()), "world_size": self.runtime.world,
-                "model": self.model.state_dict(), "epoch": self.epoch, "best_validation_loss": self.best}
+    def _state(self, model: torch.nn.Module | None = None, epoch: int | None = None) -> dict:
+        """A checkpoint of the run's model now (or of `model`, at `epoch`: the untrained start)."""
+        state = {"model_config": self.model.config.to_json(), "train_config": json.dumps(to_dict(self.config)),
+                 "data_sets": json.dumps(self.data.sets()), "world_size": self.runtime.world,
+                 "model": (model or self.model).state_dict(), "epoch": self.epoch if epoch is None else epoch,
+                 "best_validation_loss": self.best if epoch is None else math.inf}
+        return state | ({"initial_weights": self.initial_weights} if self.initial_weights else {})
 
     def restore(self, state: dict) -> None:
         saved, now = saved_sets(state), self.data.sets()
@@ -379,6 +384,7 @@ class Run:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.epoch, self.best = state["epoch"], state["best_validation_loss"]
+            self.initial_weights = state.get("initial_weights")  # runs begun by an earlier vae-train have none
             self.history = json.loads(state["history"])
             torch.set_rng_state(state["torch_rng"].cpu())
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
@@ -424,12 +430,26 @@ class Run:
         if every and self.epoch % every == 0:
             self.save_epoch()
 
-    def save_epoch(self) -> None:
-        """This epoch's model (epoch 0: the untrained one) as EPOCHS_FOLDER/epoch-NNNN.pt, a checkpoint like
-        best.pt: --save-every keeps the course of training for the analyses."""
+    def save_epoch(self, state: dict | None = None) -> None:
+        """This epoch's model (epoch 0: the untrained one), or the checkpoint `state`, as EPOCHS_FOLDER/epoch-NNNN.pt,
+        a checkpoint like best.pt: --save-every keeps the course of training for the analyses."""
+        state = state or self._state()
         folder = self.out / EPOCHS_FOLDER
         folder.mkdir(exist_ok=True)
-        save_checkpoint(folder / f"epoch-{self.epoch:04d}.pt", self._state())
+        save_checkpoint(folder / f"epoch-{state['epoch']:04d}.pt", state)
+
+    def untrained_start(self) -> dict | None:
+        """The untrained start (epoch 0) of a resumed run, rebuilt from its seed, as a checkpoint state: for a run that
+        kept no epochs before --save-every. None, with the reason in the log, when the rebuilt weights are not the
+        ones the run started from (another torch may initialise otherwise), or its checkpoint does not say which."""
+        model = build_model(self.config, self.data.image_size, self.runtime)
+        if self.initial_weights and weights_fingerprint(model) == self.initial_weights:
+            return self._state(model, epoch=0)
+        why = (f"the model torch {torch.__version__} initialises from the run's seed is not the one the run started "
+               "from" if self.initial_weights else "the run began with an earlier vae-train, whose checkpoints do not "
+               "record the weights it started from")
+        self.log(f"note: --save-every: the untrained start (epoch 0) cannot be kept: {why}")
+        return None
 
     def write_metrics(self) -> None:
         lines = "".join(json_text(record, indent=None) + "\n" for record in self.history)
@@ -487,8 +507,9 @@ def machine(runtime: Runtime) -> str:
     return describe_machine("numpy", "torch", gpu=runtime.device.type == "cuda")
 
 
-def describe_run(run: Run, config: TrainConfig, runtime: Runtime, resume: bool, command: list[str]) -> dict:
-    """config.json's record, and the opening lines of the log."""
+def describe_run(run: Run, config: TrainConfig, runtime: Runtime, resume: bool, command: list[str],
+                 start: dict | None = None) -> dict:
+    """config.json's record, and the opening lines of the log (`start`: a resumed run's untrained start, to keep)."""
     split = run.data.split
     record = {"train": to_dict(config), "model": json.loads(run.model.config.to_json()),
               "parameters": parameter_counts(run.model), "vgg": run.vgg_record, "world_size": runtime.world,
@@ -513,7 +534,7 @@ def describe_run(run: Run, config: TrainConfig, runtime: Runtime, resume: bool, 
     if config.training.save_every:
         epochs = kept_epochs(run.epoch, config.training.epochs, config.training.save_every, new=not resume)
         each = sum(t.numel() * t.element_size() for t in run.model.state_dict().values())
-        run.log(kept_epochs_line(epochs, each, shutil.disk_usage(run.out).free))
+        run.log(kept_epochs_line(epochs, each, shutil.disk_usage(run.out).free, start=start is not None))
     return record
 
 
@@ -550,10 +571,16 @@ def train(config: TrainConfig, last: dict | None, command: list[str]) -> int:
             lock = claim_run_folder(out, last)  # at its first write, once every input has been checked
             if resume:
                 run.write_metrics()  # drop lines of an epoch that was cut off before its checkpoint
-            record = describe_run(run, config, runtime, resume, command)
+            # the untrained start: what training adds is measured against it
+            start = None
+            if resume and config.training.save_every and not (out / EPOCHS_FOLDER / "epoch-0000.pt").exists():
+                start = run.untrained_start()
+            record = describe_run(run, config, runtime, resume, command, start)
             write_atomic(out / "config.json", json_text(record).encode())
             if not resume and config.training.save_every:
-                run.save_epoch()  # the untrained start: what training adds is measured against it
+                run.save_epoch()
+            elif start is not None:
+                run.save_epoch(start)
         run.fit()
         kept = f", {out / EPOCHS_FOLDER}/epoch-*.pt" if config.training.save_every else ""
         log(f"done: {out / 'last.pt'}, {out / 'best.pt'} (best validation loss {run.best:.4g}){kept}, "
