@@ -42,7 +42,7 @@ from pathlib import Path
 
 from joblib.externals.loky import get_reusable_executor
 
-import synthgen.build
+import synthgen.diskspace
 import synthgen.parts
 from common.machine import describe
 from synthgen.build import build
@@ -87,8 +87,8 @@ def plan_with_full_rounds(todo: list[int], sizes: dict[int, int], workers: int):
 
 def split_full_rounds() -> None:
     """Plan every build of this process with plan_with_full_rounds: where the shards are rendered
-    (synthgen.parts.run_set) and where the disk check counts the parts (synthgen.build)."""
-    synthgen.parts.plan_parts = synthgen.build.plan_parts = plan_with_full_rounds
+    (synthgen.parts.run_set) and where the disk check counts the parts (synthgen.diskspace)."""
+    synthgen.parts.plan_parts = synthgen.diskspace.plan_parts = plan_with_full_rounds
 
 
 def cache_rows(text: str) -> list[tuple[str, int]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import synthgen.build
+import synthgen.diskspace
 import synthgen.parts
 from conftest import assert_same_sets, load_benchmark, make_objects, make_scenes
 from synthgen.config import BuildConfig, RunOptions
@@ -21,7 +22,7 @@ def test_split_full_rounds_renders_a_full_last_round_in_parts_and_the_set_is_the
     # the switch once patched a name the build no longer looked up, and the experiment measured the default
     whole = _build(tmp_path / "whole")
     assert whole["render_timeline"]["shards_in_parts"] == 0
-    for module in (synthgen.parts, synthgen.build):  # undone after the test
+    for module in (synthgen.parts, synthgen.diskspace):  # undone after the test
         monkeypatch.setattr(module, "plan_parts", module.plan_parts)
     load_benchmark("bench_synthgen").split_full_rounds()
     split = _build(tmp_path / "split")
