@@ -179,3 +179,18 @@ def load_benchmark(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def trained_like_vgg19():
+    """A truncated VGG-19 whose first-layer filters are smooth ramps, as ImageNet-trained ones are smooth, so that
+    vae.vgg takes its saved weights for trained ones (it refuses random ones); the rest stays random."""
+    import torch
+
+    from vae.vgg import truncated_vgg19
+
+    vgg = truncated_vgg19()
+    level, across, down = torch.randn(3, 64, 3, 1, 1, generator=torch.Generator().manual_seed(0))
+    ramp = torch.linspace(-1, 1, 3)
+    with torch.no_grad():
+        vgg[0].weight.copy_(0.1 * (level + across * ramp.view(1, 1, 1, 3) + down * ramp.view(1, 1, 3, 1)))
+    return vgg

@@ -4,13 +4,14 @@ import warnings
 
 import pytest
 import torch
+import torchvision
 from torch.distributions import Normal, kl_divergence
 
-from conftest import SHARED
+from conftest import SHARED, trained_like_vgg19
 from vae.losses import BernoulliLoss, PerceptualLoss, PixelLoss, kl_per_dimension, per_image, vae_loss
 from vae.model import VAE, ModelConfig, decoder_start, describe, parameter_counts
 from vae.spec import LayerSpec, SpecError, parse_layers
-from vae.vgg import RANDOM, VGGWeightsError, load_vgg, truncated_vgg19
+from vae.vgg import RANDOM, TRAINED_STRUCTURE, VGGWeightsError, filter_structure, load_vgg
 
 VGG_WEIGHTS = SHARED / "weights" / "vgg19-features-relu3_1.pth"
 SMALL = dict(encoder="8@4x4-1, 16@4x4-2, 16@4x4-2, 32@4x4-2", decoder="32@3x3-1, 16@3x3-2, 16@3x3-2, 8@3x3-2",
@@ -211,7 +212,7 @@ def test_vgg_weights_found_refused_or_random(tmp_path, monkeypatch):
         load_vgg(None)
     with pytest.raises(VGGWeightsError, match="file not found"):
         load_vgg(str(tmp_path / "nope.pth"))
-    reference = truncated_vgg19()
+    reference = trained_like_vgg19()
     # torchvision's whole-model layout ("features.N.*") in the hub cache is found and loaded
     hub = tmp_path / "torch-home" / "hub" / "checkpoints"
     hub.mkdir(parents=True)
@@ -226,11 +227,38 @@ def test_vgg_weights_found_refused_or_random(tmp_path, monkeypatch):
         assert load_vgg(RANDOM)[1] == {"source": "random"}
 
 
+def test_vgg_weights_of_an_untrained_model_or_of_vgg16_are_refused(tmp_path):
+    """Both load into VGG-19's first layers without an error, and would train with another loss than the paper's:
+    random features (a model saved without its pretrained weights), or VGG-16's, whose layers up to relu3_1 are
+    VGG-19's."""
+    assert filter_structure(trained_like_vgg19()[0].weight) > 0.5
+    for seed in range(3):
+        torch.manual_seed(seed)
+        whole = torchvision.models.vgg19().state_dict()  # torchvision's layout: features.N.*, classifier.*
+        assert abs(filter_structure(whole["features.0.weight"])) < TRAINED_STRUCTURE / 3
+        torch.save(whole, tmp_path / "untrained.pth")
+        with pytest.raises(VGGWeightsError, match=r"look untrained: .* r = -?0\.0\d.*--vgg-weights random"):
+            load_vgg(str(tmp_path / "untrained.pth"))
+    vgg16 = torchvision.models.vgg16().state_dict()
+    vgg16.update({f"features.{k}": v for k, v in trained_like_vgg19().state_dict().items()})  # first layers: trained
+    torch.save(vgg16, tmp_path / "vgg16.pth")
+    with pytest.raises(VGGWeightsError, match=r"lie at VGG-16's places \(convolutions at 12, 14, 17, 19, 21, 24"):
+        load_vgg(str(tmp_path / "vgg16.pth"))
+    trained = torchvision.models.vgg19().state_dict()
+    trained.update({f"features.{k}": v for k, v in trained_like_vgg19().state_dict().items()})
+    torch.save(trained, tmp_path / "vgg19.pth")
+    assert load_vgg(str(tmp_path / "vgg19.pth"))[1]["source"].endswith("vgg19.pth")  # VGG-19's whole layout
+    torch.save([1, 2], tmp_path / "list.pth")
+    with pytest.raises(VGGWeightsError, match="holds a list, not a state dict"):
+        load_vgg(str(tmp_path / "list.pth"))
+
+
 def test_real_vgg_weights_load():
     if not VGG_WEIGHTS.exists():
         pytest.skip(f"{VGG_WEIGHTS} is absent (it is only in ../shared beside the checkout)")
     vgg, record = load_vgg(str(VGG_WEIGHTS))
     assert record["sha256"] == "800be076141fdb77782d962275ab2e21bd491f7e53e620614f38c98d87f214e5"
+    assert 0.45 < filter_structure(vgg[0].weight) < 0.6  # trained: the refusal of untrained weights has room
     features = PerceptualLoss(vgg).features(torch.rand(1, 3, 64, 64))
     assert [f.shape[1] for f in features] == [64, 128, 256]
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import lock_held_elsewhere, not_json, strict_json
+from conftest import lock_held_elsewhere, not_json, strict_json, trained_like_vgg19
 from synthgen.cli import main as synthgen_main
 from test_pack import make_sos_tree
 from vae.checkpoint import (kept_epochs, kept_epochs_line, load_checkpoint, load_model_and_metadata, run_identity,
@@ -361,10 +361,8 @@ def test_configuration_errors_are_clear(data, tmp_path, capsys, monkeypatch, ext
 
 
 def test_a_run_whose_vgg_weights_are_gone_resumes_once_they_are_back(data, tmp_path, capsys):
-    from vae.vgg import truncated_vgg19
-
     weights, moved, run = tmp_path / "vgg.pth", tmp_path / "elsewhere.pth", tmp_path / "run"
-    torch.save(truncated_vgg19().state_dict(), weights)
+    torch.save(trained_like_vgg19().state_dict(), weights)
     assert train_main(["--data", str(data / "synth"), "--out", str(run), "--epochs", "1", *TINY, "--recon",
                        "perceptual", "--vgg-weights", str(weights), "--no-progress"]) == 0
     weights.rename(moved)

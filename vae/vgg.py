@@ -20,6 +20,13 @@ from vae.config import RANDOM_VGG as RANDOM
 TAPS = {"relu1_1": 1, "relu2_1": 6, "relu3_1": 11}  # indices in vgg19().features
 TRUNCATED_CONFIG = [64, 64, "M", 128, 128, "M", 256]  # vgg19().features[:12], same indices
 CONV_INDICES = (0, 2, 5, 7, 10)
+# Where the convolutions of vgg19().features lie after relu3_1; VGG-16's differ from there on (it has 3 per block
+# after the second, VGG-19 4), though up to relu3_1 the two have the same layers: its weights would load silently.
+VGG19_LATER_CONVS = frozenset({12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34})
+VGG16_LATER_CONVS = frozenset({12, 14, 17, 19, 21, 24, 26, 28})
+# The correlation of neighbouring taps of conv1_1's 3x3 filters: 0.53 in ImageNet-trained VGG-19 (its filters are
+# smooth colour and edge detectors), 0.00 +- 0.02 in a randomly initialised one, whose taps are independent draws.
+TRAINED_STRUCTURE = 0.2
 TORCHVISION_FILE = "vgg19-dcbb9e9d.pth"
 
 
@@ -51,8 +58,26 @@ def _features_only(state: dict, source: str) -> dict:
     wanted = {f"{i}.{kind}" for i in CONV_INDICES for kind in ("weight", "bias")}
     missing = sorted(wanted - set(state))
     if missing:
-        raise VGGWeightsError(f"{source}: not a VGG-19 features state dict (missing {', '.join(missing)})")
+        raise VGGWeightsError(f"{source}: not a VGG-19 features state dict (missing {', '.join(missing)}); "
+                              "give the weights of torchvision's vgg19() or of its .features")
+    later = {int(key.split(".")[0]) for key, value in state.items()
+             if key.split(".")[0].isdigit() and int(key.split(".")[0]) > max(CONV_INDICES) and value.dim() == 4}
+    if later and not later <= VGG19_LATER_CONVS:
+        what = "VGG-16's" if later <= VGG16_LATER_CONVS else "not VGG-19's"
+        raise VGGWeightsError(f"{source}: the layers after relu3_1 lie at {what} places (convolutions at "
+                              f"{', '.join(map(str, sorted(later)))}): these are another network's weights, which "
+                              "would load into VGG-19's first layers and give another loss than the paper's; give "
+                              "the weights of torchvision's vgg19()")
     return {key: state[key] for key in wanted}
+
+
+def filter_structure(weight: torch.Tensor) -> float:
+    """The correlation of horizontally and vertically neighbouring taps over a layer's filters (out, in, k, k):
+    about 0.5 for the first layer of an ImageNet-trained VGG, near 0 for random ones."""
+    w = weight.detach().float()
+    first = torch.cat([w[..., :, :-1].reshape(-1), w[..., :-1, :].reshape(-1)])
+    second = torch.cat([w[..., :, 1:].reshape(-1), w[..., 1:, :].reshape(-1)])
+    return float(torch.corrcoef(torch.stack([first, second]))[0, 1].nan_to_num(0.0))
 
 
 def load_vgg(weights: str | None) -> tuple[nn.Sequential, dict]:
@@ -67,16 +92,29 @@ def load_vgg(weights: str | None) -> tuple[nn.Sequential, dict]:
         if not path.is_file():
             raise VGGWeightsError((f"--vgg-weights {path}: file not found. " if weights else "")
                                   + _missing_weights_message())
+        named = f"--vgg-weights {path}" if weights else f"{path} (torch's hub cache)"
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise VGGWeightsError(f"--vgg-weights {path}: cannot be read as a torch state dict "
-                                  f"({exception_line(exc)})") from None
-        state = _features_only(state, str(path))
+            raise VGGWeightsError(f"{named}: cannot be read as a torch state dict ({exception_line(exc)})") from None
+        if not isinstance(state, dict):
+            raise VGGWeightsError(f"{named}: holds a {type(state).__name__}, not a state dict; give the "
+                                  "weights of torchvision's vgg19() or of its .features")
+        state = _features_only(state, named)
         try:
             model.load_state_dict(state)
         except RuntimeError as exc:
-            raise VGGWeightsError(f"{path}: the weights do not fit VGG-19's first layers ({exc})") from None
+            raise VGGWeightsError(f"{named}: the weights do not fit VGG-19's first layers "
+                                  f"({exception_line(exc)})") from None
+        structure = filter_structure(model[0].weight)
+        if structure < TRAINED_STRUCTURE:
+            raise VGGWeightsError(
+                f"{named}: these weights look untrained: the taps of the first layer's 3x3 filters do "
+                f"not go together (neighbours correlate at r = {structure:.2f}; ImageNet-trained VGG-19: about 0.5), "
+                "as in a model saved without its pretrained weights (torchvision.models.vgg19() without weights=). "
+                "Random features make a loss that is not perceptual; save the ImageNet weights "
+                "(torchvision.models.vgg19(weights='IMAGENET1K_V1')), or give --vgg-weights random to train with "
+                "random features on purpose")
         record = {"source": str(path.resolve()), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
     for parameter in model.parameters():
         parameter.requires_grad_(False)
