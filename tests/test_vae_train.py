@@ -519,9 +519,16 @@ def test_save_every_keeps_the_course_of_training_and_leaves_the_run_as_it_was(da
     assert run_identity(rebuilt) == run_identity(start)
 
 
-def test_an_untrained_start_that_cannot_be_rebuilt_exactly_is_not_kept(data, tmp_path, capsys):
+def test_a_finished_run_gets_its_untrained_start_unless_it_cannot_be_rebuilt_exactly(data, tmp_path, capsys):
     run = tmp_path / "run"
     assert train_main(["--data", str(data / "synth"), "--out", str(run), "--epochs", "1", *TINY]) == 0
+    trained = (run / "last.pt").read_bytes()
+    # --save-every on a finished run: its start is kept, and nothing else is done
+    resume = ["--out", str(run), "--resume", "--save-every", "5", "--workers", "0", "--no-progress"]
+    assert train_main(resume) == 0
+    assert (run / "checkpoints" / "epoch-0000.pt").exists() and (run / "last.pt").read_bytes() == trained
+    assert train_main(resume) == 0 and "nothing to do" in capsys.readouterr().out
+    shutil.rmtree(run / "checkpoints")
     last = load_checkpoint(run / "last.pt")
     assert len(last["initial_weights"]) == 64
     for recorded, reason in (("0" * 64, "is not the one the run started from"), (None, "an earlier vae-train")):

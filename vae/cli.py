@@ -18,7 +18,7 @@ from common.cli import add_version, out_folder_problem, run
 from common.errors import UsageError
 from common.settings import (Parser, add_options, all_fields, field_problem, flag_of, from_args, from_dict, given_names,
                              show_value, value_of)
-from vae.config import RANDOM_VGG, RELOCATABLE, RESUMABLE, TrainConfig, compile_problem, holds_run
+from vae.config import EPOCHS_FOLDER, RANDOM_VGG, RELOCATABLE, RESUMABLE, TrainConfig, compile_problem, holds_run
 
 
 def make_parser() -> Parser:
@@ -130,11 +130,12 @@ def relocated(stored: dict, given: dict) -> dict:
     return stored | moved
 
 
-def finished(out: Path, state: dict, epochs: int) -> bool:
+def finished(out: Path, state: dict, epochs: int, save_every: int = 0) -> bool:
     """Whether the run in `out`, whose last checkpoint is `state`, has trained its `epochs` and left nothing to
-    repair: a run cut off between its last checkpoint and its metrics.jsonl goes to the trainer, which rewrites
-    the metrics from the checkpoint's history."""
-    if state["epoch"] < epochs:
+    do: a run cut off between its last checkpoint and its metrics.jsonl goes to the trainer, which rewrites
+    the metrics from the checkpoint's history, and so does one given --save-every without its untrained start
+    kept, which the trainer rebuilds (vae.train.Run.untrained_start)."""
+    if state["epoch"] < epochs or (save_every and not (out / EPOCHS_FOLDER / "epoch-0000.pt").exists()):
         return False
     try:
         logged = (out / "metrics.jsonl").read_text().splitlines()
@@ -149,7 +150,7 @@ def main(argv=None) -> int:
 
     def body() -> int:
         config, state = resumed_run(given) if given.pop("resume") else (new_run(given), None)
-        if state is not None and finished(Path(config.out), state, config.training.epochs):
+        if state is not None and finished(Path(config.out), state, config.training.epochs, config.training.save_every):
             # Said before the trainer is imported and the data loaded; the run folder is left as it is.
             if os.environ.get("RANK", "0") == "0":  # under torchrun, once
                 print(f"vae-train: the run in {config.out} has trained {state['epoch']} epochs (--epochs "

@@ -582,7 +582,7 @@ def train(config: TrainConfig, last: dict | None, command: list[str]) -> int:
             elif start is not None:
                 run.save_epoch(start)
         run.fit()
-        kept = f", {out / EPOCHS_FOLDER}/epoch-*.pt" if config.training.save_every else ""
+        kept = f", {out / EPOCHS_FOLDER}/epoch-*.pt" if (out / EPOCHS_FOLDER).is_dir() else ""
         log(f"done: {out / 'last.pt'}, {out / 'best.pt'} (best validation loss {run.best:.4g}){kept}, "
             f"{out / 'reconstruction.png'}, {out / 'loss_curves.png'}, {out / 'metrics.jsonl'}")
         return 0
