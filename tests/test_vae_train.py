@@ -517,6 +517,9 @@ def test_save_every_keeps_the_course_of_training_and_leaves_the_run_as_it_was(da
     assert all(torch.equal(rebuilt["model"][k], start["model"][k]) for k in start["model"])
     assert rebuilt["epoch"] == 0 and rebuilt["best_validation_loss"] == float("inf")
     assert run_identity(rebuilt) == run_identity(start)
+    # rebuilding it moved nothing of the run: its epoch 3 is the one of the run that kept its start from the first
+    plain_third, kept_third = load_checkpoint(plain / "last.pt")["model"], load_checkpoint(kept / "last.pt")["model"]
+    assert all(torch.equal(plain_third[k], kept_third[k]) for k in kept_third)
 
 
 def test_a_finished_run_gets_its_untrained_start_unless_it_cannot_be_rebuilt_exactly(data, tmp_path, capsys):
