@@ -62,8 +62,8 @@ def _features_only(state: dict, source: str) -> dict:
     if missing:
         raise VGGWeightsError(f"{source}: not a VGG-19 features state dict (missing {', '.join(missing)}); "
                               "give the weights of torchvision's vgg19() or of its .features")
-    later = {int(key.split(".")[0]) for key, value in state.items()
-             if key.split(".")[0].isdigit() and int(key.split(".")[0]) > max(CONV_INDICES) and value.dim() == 4}
+    later = {int(key.split(".")[0]) for key, value in state.items() if key.split(".")[0].isdigit()
+             and int(key.split(".")[0]) > max(CONV_INDICES) and isinstance(value, torch.Tensor) and value.dim() == 4}
     if later and not later <= VGG19_LATER_CONVS:
         what = "VGG-16's" if later <= VGG16_LATER_CONVS else "not VGG-19's"
         raise VGGWeightsError(f"{source}: the layers after relu3_1 lie at {what} places (convolutions at "
@@ -106,8 +106,8 @@ def load_vgg(weights: str | None) -> tuple[nn.Sequential, dict]:
         try:
             model.load_state_dict(state)
         except RuntimeError as exc:
-            raise VGGWeightsError(f"{named}: the weights do not fit VGG-19's first layers "
-                                  f"({exception_line(exc)})") from None
+            detail = " ".join(str(exc).split())  # torch lists every mismatch on lines of its own
+            raise VGGWeightsError(f"{named}: the weights do not fit VGG-19's first layers ({detail[:400]})") from None
         structure = filter_structure(model[0].weight)
         if structure < TRAINED_STRUCTURE:
             raise VGGWeightsError(
