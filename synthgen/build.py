@@ -29,7 +29,7 @@ from common.settings import changed_values
 from synthgen import __version__
 from synthgen.compositor import STAGES, Compositor
 from synthgen.config import BuildConfig, RunOptions, build_identity
-from synthgen.diskspace import Planned, check_room, shard_bytes
+from synthgen.diskspace import Planned, check_room, planned_shards
 from synthgen.errors import BadInputError, PlacementError, UsageError, write_failure
 from synthgen.feasibility import check_feasible
 from synthgen.manifest import MANIFEST, MANIFEST_FORMAT, SOURCES, looks_finished, write_json_atomic
@@ -145,10 +145,7 @@ def planned_writes(out: Path, config: BuildConfig, todo: list[int], workers: int
     not known before), with the parts a partial last round holds besides (`workers`: None where a dask cluster
     has not said yet); the prepared object store of `objects_to_prepare` objects; a scene store to make."""
     sizes = {s: config.shard_range(s)[1] for s in todo}
-    planned = []
-    if config.compression == "none":
-        planned.append(Planned("--out", out, "shards", shard_bytes(todo, sizes, workers, config.size**2 * 3),
-                               remedy="use --compression lzf"))
+    planned = planned_shards(out, todo, sizes, workers, config.size, config.compression)
     if objects_to_prepare:
         planned.append(Planned("--out", out, "decoded objects (while it runs)",
                                store_bytes_at_most(objects_to_prepare, config.size), at_most=True))

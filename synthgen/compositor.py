@@ -25,8 +25,8 @@ from common import streams
 from synthgen.config import BuildConfig
 from synthgen.errors import BadInputError, PlacementError, SynthgenError, UsageError
 from synthgen.placement import Layout
-from synthgen.plan import (area_from_top, crowded_counts, draw_area_fraction, draw_area_shares, fits_canvas, image_rng,
-                           image_seed, rotated_extent)
+from synthgen.plan import (area_from_top, crowded, crowded_counts, draw_area_fraction, draw_area_shares, fits_canvas,
+                           image_rng, image_seed, rotated_extent)
 from synthgen.sources import Skipped
 from synthgen.success_rate import REFERENCE_IMAGES, probe_tail
 from synthgen.transforms import ObjectTransform
@@ -87,14 +87,14 @@ class Eligibility:
     def _packs(self, k: int, cutout, box: float) -> bool:
         config = self.config
         target = config.area_range[1] * config.size**2
-        crowded = sorted(c for c in config.counts if c > 1)
-        if not crowded or box * target / cutout.area <= LOOSE_PACKING * config.size**2:
+        counts = crowded(config)
+        if not counts or box * target / cutout.area <= LOOSE_PACKING * config.size**2:
             return True
         # Every count, not only the largest: two large copies can pack worse than four small ones (with or without
         # overlap; benchmarks/RESULTS.md, "Placement probes: every count"). The largest keeps the stream it had. The
         # smallest first: objects that fail mostly fail there (a fifth less time in the section 4.4 design).
-        for count in crowded:
-            rng = streams.rng(streams.DESIGN, streams.PROBE_OBJECT, k, *(() if count == crowded[-1] else (count,)))
+        for count in counts:
+            rng = streams.rng(streams.DESIGN, streams.PROBE_OBJECT, k, *(() if count == counts[-1] else (count,)))
             shares = draw_area_shares(rng, count, config.size_jitter)
 
             def copies_at(share: float) -> list:

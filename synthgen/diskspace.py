@@ -42,12 +42,17 @@ def size_text(nbytes: float) -> str:
     return f"{nbytes:.0f} bytes"
 
 
-def shard_bytes(todo: list[int], sizes: dict[int, int], workers: int | None, image_bytes: int) -> int:
-    """Bytes of the shards `todo` (`sizes`: images each), raw, and of the parts that a partial last round on
-    `workers` holds besides for a moment (synthgen.parts; None: a dask cluster that has not said yet, taken
-    as one worker)."""
+def planned_shards(out: Path, todo: list[int], sizes: dict[int, int], workers: int | None, size: int,
+                   compression: str | None = None) -> list[Planned]:
+    """The shards `todo` (`sizes`: images each, of size x size RGB) that a command writes into --out, raw, with the
+    parts a partial last round on `workers` holds besides for a moment (synthgen.parts; None: a dask cluster
+    that has not said yet, taken as one worker). Nothing where they are compressed: their size is not known before.
+    `compression`: the command's --compression, None for a command without it."""
+    if compression not in (None, "none"):
+        return []
     in_parts = sum(sizes[s] for s in plan_parts(todo, sizes, workers or 1)[1])
-    return (sum(sizes[s] for s in todo) + in_parts) * image_bytes
+    nbytes = (sum(sizes[s] for s in todo) + in_parts) * size * size * 3
+    return [Planned("--out", out, "shards", nbytes, remedy="" if compression is None else "use --compression lzf")]
 
 
 def _existing(folder: Path) -> Path:

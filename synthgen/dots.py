@@ -33,7 +33,7 @@ import numpy as np
 from common import streams
 from synthgen import __version__
 from synthgen.config import DotConfig, RunOptions, build_identity
-from synthgen.diskspace import Planned, check_room, shard_bytes
+from synthgen.diskspace import check_room, planned_shards
 from synthgen.errors import PlacementError, UsageError, write_failure
 from synthgen.manifest import MANIFEST_FORMAT, looks_finished
 from synthgen.parallel import local_workers, parallel_backend, workers_of, workers_starting
@@ -311,11 +311,9 @@ def _dots(config: DotConfig, run: RunOptions, out_dir, command: list[str] | None
     todo = [s for s in range(config.n_shards) if s not in done]
     if todo:
         check_feasible(config)
-        if config.compression == "none":
-            sizes = {s: config.shard_range(s)[1] for s in todo}
-            shards = shard_bytes(todo, sizes, local_workers(run), config.size**2 * 3)
-            check_room([Planned("--out", out, "shards", shards, remedy="use --compression lzf")],
-                       freed={out: writer.replaced_bytes()})
+        sizes = {s: config.shard_range(s)[1] for s in todo}
+        check_room(planned_shards(out, todo, sizes, local_workers(run), config.size, config.compression),
+                   freed={out: writer.replaced_bytes()})
     writer.begin()
     results, workers, in_parts = [], None, 0
     if todo:

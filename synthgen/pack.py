@@ -25,7 +25,7 @@ import numpy as np
 from common.settings import changed_values
 from synthgen import __version__
 from synthgen.config import SPLITS, PackConfig, RunOptions, build_identity
-from synthgen.diskspace import Planned, check_room, shard_bytes
+from synthgen.diskspace import check_room, planned_shards
 from synthgen.errors import BadInputError, UsageError, write_failure
 from synthgen.manifest import MANIFEST_FORMAT, SOURCES, looks_finished, write_json_atomic
 from synthgen.parallel import local_workers, parallel_backend, workers_of, workers_starting
@@ -283,8 +283,7 @@ def _pack(config: PackConfig, run: RunOptions, out_dir, command: list[str] | Non
         return items[s * config.shard_size:(s + 1) * config.shard_size]
 
     sizes = {s: len(chunk(s)) for s in todo}
-    check_room([Planned("--out", out, "shards", shard_bytes(todo, sizes, local_workers(run), config.size**2 * 3))],
-               freed={out: writer.replaced_bytes()})
+    check_room(planned_shards(out, todo, sizes, local_workers(run), config.size), freed={out: writer.replaced_bytes()})
     writer.begin()
     write_json_atomic(out / SOURCES, {"kind": "natural", "root": str(root), "files": [rel for rel, _ in items],
                                       "labels": [label for _, label in items]})

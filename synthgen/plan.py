@@ -108,11 +108,15 @@ def too_small_problem(config) -> str | None:
             f"more{larger}")
 
 
+def crowded(config) -> list[int]:
+    """The counts at which an object's copies are probed (compositor.Eligibility): those above 1, ascending."""
+    return sorted(c for c in config.counts if c > 1)
+
+
 def crowded_counts(config) -> str:
-    """The counts at which an object's copies are probed (compositor.Eligibility), for messages: "2 to 4", or ""
-    when no count is above 1."""
-    crowded = sorted(c for c in config.counts if c > 1)
-    return "" if not crowded else str(crowded[0]) if len(crowded) == 1 else f"{crowded[0]} to {crowded[-1]}"
+    """crowded(config) for messages: "2 to 4", or "" when no count is above 1."""
+    counts = crowded(config)
+    return "" if not counts else str(counts[0]) if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
 
 
 def largest_object_share(config) -> float:

@@ -28,7 +28,7 @@ from common.atomic import fsync_path, write_atomic
 from synthgen.errors import BadInputError, OutputError, UsageError, write_failure
 from synthgen.parallel import this_machine
 from synthgen.prepared import PartFiles, index_rows, part_name, part_size
-from synthgen.sources import CachedSource, load_background
+from synthgen.sources import CachedSource, background_size, load_background
 
 SCENES_MANIFEST = "scenes.json"
 SCENES_FORMAT = "synthgen-scene-store-v1"
@@ -84,10 +84,9 @@ SIZE_SAMPLE = 256  # scenes whose headers are read to estimate a store's size (u
 
 
 def stored_bytes(width: int, height: int, size: int) -> int:
-    """Bytes a scene of width x height takes in a store of `size`: RGB with its shorter side at `size`, as
-    `sources.load_background` resizes it."""
-    short, long = sorted((width, height))
-    return size * max(size, round(long * size / short)) * 3
+    """Bytes a scene of width x height takes in a store of `size`: RGB as `sources.load_background` resizes it."""
+    stored_width, stored_height = background_size(width, height, size)
+    return stored_width * stored_height * 3
 
 
 def estimated_store_bytes(root: str, files: list[str], size: int, sample: int = SIZE_SAMPLE) -> int:

@@ -496,14 +496,15 @@ def decode_resized(path, target) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+def background_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """(width, height) of a scene of width x height with its shorter side resized to `size`, aspect kept."""
+    scale = size / min(width, height)
+    return max(size, round(width * scale)), max(size, round(height * scale))
+
+
 def load_background(path, size: int) -> np.ndarray:
-    """A scene image as RGB with its shorter side resized to `size` (aspect kept)."""
-
-    def short_side_to_size(w, h):
-        scale = size / min(w, h)
-        return max(size, round(w * scale)), max(size, round(h * scale))
-
-    return decode_resized(path, short_side_to_size)
+    """A scene image as RGB with its shorter side resized to `size` (aspect kept: background_size)."""
+    return decode_resized(path, lambda w, h: background_size(w, h, size))
 
 
 FITS = ("squash", "crop", "pad")

@@ -62,8 +62,11 @@ def _features_only(state: dict, source: str) -> dict:
     if missing:
         raise VGGWeightsError(f"{source}: not a VGG-19 features state dict (missing {', '.join(missing)}); "
                               "give the weights of torchvision's vgg19() or of its .features")
-    later = {int(key.split(".")[0]) for key, value in state.items() if key.split(".")[0].isdigit()
-             and int(key.split(".")[0]) > max(CONV_INDICES) and isinstance(value, torch.Tensor) and value.dim() == 4}
+    later = set()  # the indices of convolutions (4-d weights) after relu3_1
+    for key, value in state.items():
+        index = key.split(".")[0]
+        if index.isdigit() and int(index) > max(CONV_INDICES) and isinstance(value, torch.Tensor) and value.dim() == 4:
+            later.add(int(index))
     if later and not later <= VGG19_LATER_CONVS:
         what = "VGG-16's" if later <= VGG16_LATER_CONVS else "not VGG-19's"
         raise VGGWeightsError(f"{source}: the layers after relu3_1 lie at {what} places (convolutions at "
