@@ -37,9 +37,11 @@ from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
 from common.machine import describe
+from vae import imageconv
 from vae.augment import augment
 from vae.config import (COMPILE_MODES, AugmentConfig, DataSettings, LossSettings, RuntimeSettings, TrainConfig,
                         TrainingSettings)
+from vae.imageconv import ImageConv2d
 from vae.losses import Objective, PerceptualLoss, PixelLoss
 from vae.model import VAE, ModelConfig, parameter_counts
 from vae.runtime import Runtime, compile_checked, use_cuda_settings
@@ -257,14 +259,25 @@ def conv_call(event) -> dict | None:
             "sides": f"{'x'.join(map(str, x[2:]))} -> {'x'.join(map(str, out[2:]))}"}
 
 
+def padded_shape(layer: ImageConv2d) -> tuple:
+    out, into, *kernel = layer.weight.shape
+    if layer.in_channels == 3:
+        return (out, imageconv.CUDA_CHANNELS, *kernel)
+    return (imageconv.CUDA_CHANNELS, into, *kernel)
+
+
 def conv_layers(module: torch.nn.Module) -> dict:
     """The names of `module`'s convolutions by (weight shape, transposed, stride): how a profiled call is
     told apart (two layers with the same key share a row)."""
     names: dict = {}
     for name, layer in module.named_modules():
         if isinstance(layer, torch.nn.modules.conv._ConvNd):
-            key = (tuple(layer.weight.shape), bool(layer.transposed), tuple(layer.stride))
-            names[key] = f"{names[key]}, {name}" if key in names else name
+            shapes = [tuple(layer.weight.shape)]
+            if isinstance(layer, ImageConv2d):  # the shape it runs with, compiled on CUDA
+                shapes.append(padded_shape(layer))
+            for shape in shapes:
+                key = (shape, bool(layer.transposed), tuple(layer.stride))
+                names[key] = f"{names[key]}, {name}" if key in names else name
     return names
 
 

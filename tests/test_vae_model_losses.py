@@ -8,6 +8,8 @@ import torchvision
 from torch.distributions import Normal, kl_divergence
 
 from conftest import SHARED, trained_like_vgg19
+from vae import imageconv
+from vae.imageconv import ImageConv2d, padded_conv
 from vae.losses import BernoulliLoss, PerceptualLoss, PixelLoss, kl_per_dimension, per_image, vae_loss
 from vae.model import VAE, ModelConfig, decoder_start, describe, parameter_counts
 from vae.spec import LayerSpec, SpecError, parse_layers
@@ -263,12 +265,19 @@ def test_real_vgg_weights_load():
     assert [f.shape[1] for f in features] == [64, 128, 256]
 
 
-def test_the_whole_objective_compiles_to_what_eager_computes():
+@pytest.mark.parametrize("padded", [False, True], ids=["as-is", "3-channel-convolutions-padded"])
+def test_the_whole_objective_compiles_to_what_eager_computes(padded, monkeypatch):
     """--compile compiles the model, the perceptual loss and the loss arithmetic together: the compiled
-    objective must give the eager loss and gradients (the trainer checks the reconstructions too)."""
+    objective must give the eager loss and gradients (the trainer checks the reconstructions too). Padded:
+    the compiled graph pads the 3-channel convolutions as it does on CUDA, eager execution does not."""
+    import torch._dynamo
+
     from vae.losses import Objective
     from vae.runtime import Runtime, compile_checked
 
+    if padded:
+        monkeypatch.setattr(imageconv, "PADDED_ON", ("cpu",))
+    torch._dynamo.reset()  # no graph compiled by another test under the other setting
     torch.manual_seed(0)
     model = VAE(ModelConfig(image_size=32, encoder="16@4x4-2, 32@4x4-2", decoder="32@3x3-2, 16@3x3-2", latent=8))
     model = model.to(memory_format=torch.channels_last)
@@ -289,6 +298,76 @@ def test_the_whole_objective_compiles_to_what_eager_computes():
     torch.testing.assert_close(gradients[0][0], gradients[1][0], rtol=1e-5, atol=1e-3)
     for eager, compiled_grad in zip(gradients[0][1], gradients[1][1]):  # equal up to summation order
         assert (eager - compiled_grad).norm() <= 1e-3 * eager.norm() + 1e-8
+
+
+@pytest.mark.parametrize("in_channels, out_channels, kernel, stride, padding, bias",
+                         [(3, 5, 4, 1, 1, True), (3, 5, 4, 2, 1, False), (3, 4, 3, 1, 1, True), (6, 3, 3, 1, 1, True),
+                          (6, 3, 4, 1, 2, False), (3, 3, 3, 1, 1, True)])
+def test_a_padded_image_convolution_computes_the_same_function_and_gradients(in_channels, out_channels, kernel,
+                                                                            stride, padding, bias):
+    torch.manual_seed(0)
+    conv = ImageConv2d(in_channels, out_channels, kernel, stride, padding, bias=bias).double()
+    x = torch.randn(2, in_channels, 19, 19, dtype=torch.float64, requires_grad=True)
+    results = []
+    for run in (conv, lambda x: padded_conv(conv, x, 8)):
+        y = run(x)
+        grads = torch.autograd.grad((y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum(),
+                                    [x, *conv.parameters()])
+        results.append((y, grads))
+    (y, grads), (y_padded, grads_padded) = results
+    assert y_padded.shape == y.shape
+    torch.testing.assert_close(y_padded, y, rtol=0, atol=1e-12)
+    for g, g_padded in zip(grads, grads_padded):
+        assert g_padded.shape == g.shape
+        torch.testing.assert_close(g_padded, g, rtol=0, atol=1e-12)
+
+
+def test_image_convolutions_pad_only_in_compiled_graphs_of_the_devices_that_gain(monkeypatch):
+    """Eagerly the padding is one more pass over the maps (slower on an H100), and on the CPU it only adds
+    work: a model pads only in a graph compiled for a device of PADDED_ON."""
+    import torch._dynamo
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = VAE(ModelConfig(image_size=32, **SMALL))
+    assert isinstance(model.encoder[0], ImageConv2d) and isinstance(model.output, ImageConv2d)
+    assert not any(isinstance(m, ImageConv2d) for m in list(model.encoder)[1:] + list(model.decoder))
+    x = torch.rand(2, 3, 32, 32)
+
+    def pads_traced() -> int:
+        counts = []
+
+        def backend(graph_module, example_inputs):
+            counts.append(sum(node.target in (torch.nn.functional.pad, torch._C._nn.pad)
+                              for node in graph_module.graph.nodes))
+            return graph_module.forward
+        torch._dynamo.reset()
+        torch.compile(model, backend=backend)(x)
+        return sum(counts)
+
+    assert pads_traced() == 0  # the CPU is not among the devices that pad
+    monkeypatch.setattr(imageconv, "PADDED_ON", ("cpu",))
+    assert pads_traced() == 4  # the input and weights of encoder.0, the weights and bias of the output layer
+    with FlopCounterMode(display=False) as eager:  # eager on a padding device: the plain convolutions
+        model(x)
+    monkeypatch.setattr(imageconv, "PADDED_ON", ())
+    with FlopCounterMode(display=False) as plain:
+        model(x)
+    assert eager.get_total_flops() == plain.get_total_flops()
+    torch._dynamo.reset()
+
+
+def test_the_vgg_reads_images_through_an_image_convolution_with_the_random_draws_of_torchvision():
+    from torchvision.models.vgg import make_layers
+
+    from vae.vgg import TRUNCATED_CONFIG, truncated_vgg19
+
+    torch.manual_seed(3)
+    ours = truncated_vgg19()
+    torch.manual_seed(3)
+    theirs = make_layers(TRUNCATED_CONFIG, batch_norm=False)
+    assert isinstance(ours[0], ImageConv2d) and ours[0].weight.device.type == "cpu"
+    for a, b in zip(ours.state_dict().items(), theirs.state_dict().items()):
+        assert a[0] == b[0] and torch.equal(a[1], b[1])
 
 
 def test_the_objective_traces_as_one_graph_without_breaks():

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vae.imageconv import ImageConv2d
 from vae.spec import PAPER_DECODER, PAPER_ENCODER, LayerSpec, SpecError, format_layers, parse_layers
 SIGMA_FLOOR = 1e-5  # keeps log(sigma) in the KL finite
 
@@ -115,12 +116,13 @@ class VAE(nn.Module):
         self.fc_decode = nn.Linear(config.latent, encoder[-1].channels * grid * grid)
         self.decoder = nn.Sequential(*self._blocks(encoder[-1].channels, decoder, nn.ConvTranspose2d,
                                                    output_paddings))
-        self.output = nn.Conv2d(decoder[-1].channels, 3, output.kernel, 1, output.padding)
+        self.output = ImageConv2d(decoder[-1].channels, 3, output.kernel, 1, output.padding)
 
     def _blocks(self, channels: int, layers, conv, output_paddings):
         for layer, extra in zip(layers, output_paddings):
             kwargs = {"output_padding": extra} if conv is nn.ConvTranspose2d else {}
-            yield conv(channels, layer.channels, layer.kernel, layer.stride, layer.padding, **kwargs)
+            kind = ImageConv2d if conv is nn.Conv2d and channels == 3 else conv
+            yield kind(channels, layer.channels, layer.kernel, layer.stride, layer.padding, **kwargs)
             yield nn.LeakyReLU(self.config.leaky_slope)
             yield nn.BatchNorm2d(layer.channels)
             channels = layer.channels

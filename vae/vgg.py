@@ -16,6 +16,7 @@ from torchvision.models.vgg import make_layers
 
 from common.errors import UserError, exception_line
 from vae.config import RANDOM_VGG as RANDOM
+from vae.imageconv import ImageConv2d
 
 TAPS = {"relu1_1": 1, "relu2_1": 6, "relu3_1": 11}  # indices in vgg19().features
 TRUNCATED_CONFIG = [64, 64, "M", 128, 128, "M", 256]  # vgg19().features[:12], same indices
@@ -37,8 +38,15 @@ class VGGWeightsError(UserError, RuntimeError):
 
 
 def truncated_vgg19() -> nn.Sequential:
-    """The layers of torchvision's vgg19().features up to and including relu3_1 (indices 0-11)."""
-    return make_layers(TRUNCATED_CONFIG, batch_norm=False)
+    """The layers of torchvision's vgg19().features up to and including relu3_1 (indices 0-11); conv1_1 reads
+    the image's 3 channels, padded on CUDA (vae.imageconv)."""
+    layers = make_layers(TRUNCATED_CONFIG, batch_norm=False)
+    first = layers[0]
+    padded = ImageConv2d(first.in_channels, first.out_channels, first.kernel_size, first.stride, first.padding,
+                         device="meta")  # takes first's parameters: no random draws of its own
+    padded.weight, padded.bias = first.weight, first.bias
+    layers[0] = padded
+    return layers
 
 
 def hub_cache_path() -> Path:
