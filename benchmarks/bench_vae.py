@@ -28,6 +28,7 @@ It reports, in one run on one machine:
 from __future__ import annotations
 
 import argparse
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -256,7 +257,18 @@ def conv_call(event) -> dict | None:
     else:  # shapes not recorded (a profile without record_shapes, or another torch)
         return None
     return {"key": (tuple(w), bool(transposed), tuple(stride)), "work": work, "flops": int(flops),
+            "elements": conv_elements(x, w, out, None if work == "forward" else mask),
             "sides": f"{'x'.join(map(str, x[2:]))} -> {'x'.join(map(str, out[2:]))}"}
+
+
+def conv_elements(x, w, out, mask=None) -> int:
+    """The fewest elements one convolution pass must move: each operand read once, each result written once.
+    Forward: x and w read, out written; backward (`mask`: input gradient, weight gradient): the output's
+    gradient read, then for the input's gradient w read and it written, for the weights' x read and it written."""
+    size = math.prod
+    if mask is None:
+        return size(x) + size(w) + size(out)
+    return size(out) + (size(w) + size(x) if mask[0] else 0) + (size(x) + size(w) if mask[1] else 0)
 
 
 def padded_shape(layer: ImageConv2d) -> tuple:
@@ -281,9 +293,10 @@ def conv_layers(module: torch.nn.Module) -> dict:
     return names
 
 
-def conv_table(events, names: dict, steps: int, cuda: bool) -> list[dict]:
-    """Per convolution layer and pass (forward, backward), over `steps` profiled steps: calls, ms and GFLOP
-    per step and the TFLOP/s achieved, the longest first. Time is the kernels' (CUDA) or the operator's (CPU)."""
+def conv_table(events, names: dict, steps: int, cuda: bool, element_bytes: int = 2) -> list[dict]:
+    """Per convolution layer and pass (forward, backward), over `steps` profiled steps: calls, ms, GFLOP and
+    least GB moved (`element_bytes` per element: 2 under bf16 autocast) per step and the TFLOP/s achieved, the
+    longest first. Time is the kernels' (CUDA) or the operator's (CPU)."""
     rows: dict = {}
     for event in events:
         if event.name not in CONVOLUTIONS:
@@ -297,28 +310,46 @@ def conv_table(events, names: dict, steps: int, cuda: bool) -> list[dict]:
                  f"{'x'.join(map(str, w[2:]))}{' transposed' if transposed else ''}, stride {stride[0]}")
         row = rows.setdefault((layer, call["work"], call["sides"]), {
             "layer": layer, "convolution": shape, "sides": call["sides"], "work": call["work"], "calls": 0,
-            "ms": 0.0, "flops": 0})
+            "ms": 0.0, "flops": 0, "elements": 0})
         row["calls"] += 1
         row["ms"] += (event.device_time_total if cuda else event.cpu_time_total) / 1e3
         row["flops"] += call["flops"]
+        row["elements"] += call["elements"]
     table = []
     for row in rows.values():
         seconds = row["ms"] / 1e3
         table.append({**row, "calls": row["calls"] / steps, "ms": row["ms"] / steps,
-                      "gflop": row["flops"] / steps / 1e9, "tflops": row["flops"] / seconds / 1e12 if seconds else 0.0})
+                      "gflop": row["flops"] / steps / 1e9, "tflops": row["flops"] / seconds / 1e12 if seconds else 0.0,
+                      "gb": row["elements"] * element_bytes / steps / 1e9})
     return sorted(table, key=lambda row: -row["ms"])
 
 
-def conv_lines(table: list[dict], peak: float | None) -> list[str]:
+def conv_floor(row: dict, peak: float | None, tbps: float | None) -> tuple[float, str] | None:
+    """The least time of a row's passes: its FLOPs at the peak or its least traffic at the bandwidth, whichever
+    is longer, in ms per step, and which it is."""
+    if not (peak and tbps):
+        return None
+    arithmetic, memory = row["gflop"] / peak, row["gb"] / tbps  # GFLOP / (TFLOP/s) and GB / (TB/s) are ms
+    return (arithmetic, "arithmetic") if arithmetic >= memory else (memory, "memory")
+
+
+def conv_lines(table: list[dict], peak: float | None, tbps: float | None = None) -> list[str]:
     if not table:
         return ["No convolution operators were recorded (under CUDA graphs the kernels replay without them).\n"]
     ms, gflop = sum(r["ms"] for r in table), sum(r["gflop"] for r in table)
+    floors = [conv_floor(r, peak, tbps) for r in table]
     lines = [f"Convolutions by layer: {ms:.2f} ms and {gflop:,.0f} GFLOP per step, {gflop / ms:.3g} TFLOP/s overall"
-             + (f" ({gflop / ms / peak:.0%} of peak)" if peak and ms else "") + "\n",
+             + (f" ({gflop / ms / peak:.0%} of peak)" if peak and ms else "")
+             + (f"; at least {sum(f[0] for f in floors):.2f} ms at the card's peak and bandwidth"
+                if all(floors) else "")
+             + "\n",
              "| layer | convolution (out<-in channels) | in -> out side | pass | calls per step | ms per step "
-             "| GFLOP per step | TFLOP/s |", "|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['layer']} | {r['convolution']} | {r['sides']} | {r['work']} | {r['calls']:g} | {r['ms']:.3f} | "
-              f"{r['gflop']:.1f} | {r['tflops']:.3g} |" for r in table]
+             "| GFLOP per step | TFLOP/s | least GB moved | least ms (bound by) | least / measured |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r, floor in zip(table, floors):
+        least = f"{floor[0]:.3f} ({floor[1]}) | {floor[0] / r['ms']:.0%}" if floor and r["ms"] else "- | -"
+        lines.append(f"| {r['layer']} | {r['convolution']} | {r['sides']} | {r['work']} | {r['calls']:g} | "
+                     f"{r['ms']:.3f} | {r['gflop']:.1f} | {r['tflops']:.3g} | {r['gb']:.3f} | {least} |")
     return lines + [""]
 
 
@@ -355,7 +386,8 @@ def profile(stepper: Stepper, steps: int, peak: float | None = None, tbps: float
         lines += [f"| {name[:100]} | {ms / steps:.3f} | {ms / busy:.1%} |"
                   for name, ms in sorted(kernels.items(), key=lambda item: -item[1])[:TOP_KERNELS]]
         lines.append("")
-    lines += conv_lines(conv_table(profiler.events(), conv_layers(stepper.eager), steps, cuda), peak)
+    lines += conv_lines(conv_table(profiler.events(), conv_layers(stepper.eager), steps, cuda,
+                                  2 if stepper.runtime.amp else 4), peak, tbps)
     key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
     lines.append(events.table(sort_by=key, row_limit=20, max_name_column_width=60))
     return "\n".join(lines)

@@ -56,6 +56,27 @@ def test_the_convolution_rows_add_up_to_the_flop_counter_and_name_their_layers()
     assert [row["ms"] for row in table] == sorted((row["ms"] for row in table), reverse=True)
     lines = bench.conv_lines(table, peak=None)
     assert len(lines) == 3 + len(table) + 1 and lines[0].startswith("Convolutions by layer")
+    assert all(line.endswith("| - | - |") for line in lines[3:-1])  # no floor without the card's figures
+    # the least traffic, in elements of 2 bytes: x (2, 3, 32, 32) and w (8, 3, 4, 4) read, y (2, 8, 16, 16) written
+    assert rows[("net.encoder.0", "forward")]["gb"] * 1e9 == pytest.approx(2 * (2 * 3 * 32**2 + 8 * 3 * 4**2
+                                                                               + 2 * 8 * 16**2), rel=1e-12)
+    # its weight gradient: the output's gradient and x read, the weight gradient written
+    assert rows[("net.encoder.0", "backward: weight")]["gb"] == rows[("net.encoder.0", "forward")]["gb"]
+    # VGG conv1_2's input gradient (64 -> 64 channels at 32x32): the output's gradient and w read, the input's written
+    assert rows[("reconstruction.vgg.2", "backward: input")]["gb"] * 1e9 == pytest.approx(
+        2 * (2 * 2 * 64 * 32**2 + 64 * 64 * 9), rel=1e-12)
+
+
+def test_each_convolution_is_set_against_its_floor_at_the_cards_peak_or_bandwidth():
+    bench = load_benchmark("bench_vae")
+    row = {"layer": "x", "convolution": "c", "sides": "s", "work": "forward", "calls": 1.0, "ms": 2.0,
+           "tflops": 1.0, "gflop": 100.0, "gb": 2.0}
+    # 100 GFLOP at 1,000 TFLOP/s is 0.1 ms; 2 GB at 2 TB/s is 1 ms: bound by memory, at half its floor's speed
+    assert bench.conv_floor(row, peak=1000.0, tbps=2.0) == (1.0, "memory")
+    assert bench.conv_floor({**row, "gflop": 4000.0}, peak=1000.0, tbps=2.0) == (4.0, "arithmetic")
+    assert bench.conv_floor(row, peak=None, tbps=2.0) is None
+    lines = bench.conv_lines([row], peak=1000.0, tbps=2.0)
+    assert lines[3].endswith("| 2.000 | 1.000 (memory) | 50% |") and "at least 1.00 ms" in lines[0]
 
 
 def test_the_memory_floor_counts_every_batch_normed_map_and_parameter():
