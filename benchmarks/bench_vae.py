@@ -92,7 +92,8 @@ class Stepper:
             x, noise = self.inputs(0)
             start = time.perf_counter()
             compiled, check = compile_checked(self.objective, self.model, x, noise, self.runtime, compile_mode)
-            self.note = (f" (compiled vs eager: mean difference {check['mean_difference']:.2g}, "
+            self.note = (f" (compiling failed: {check['error']}; eager used)" if check["error"] else
+                         f" (compiled vs eager: mean difference {check['mean_difference']:.2g}, "
                          f"{'ok' if check['used'] else 'WRONG: eager used'}; first compiled call and check "
                          f"{time.perf_counter() - start:.0f} s)")
             self.objective = self.objective if compiled is None else compiled

@@ -727,6 +727,34 @@ def test_compiled_training_matches_eager(data, tmp_path, capsys, mode, model):
     assert not any(key.startswith("_orig_mod") for key in model.state_dict())
 
 
+def test_a_machine_where_compiling_fails_trains_eagerly_and_says_why(data, tmp_path, capsys):
+    """torch.compile needs a working C++ compiler for CPU code (Triton for CUDA); a minimal container often has
+    none. That is the machine, not the run's input nor a bug: the run trains eagerly, as without --compile,
+    and the log and config.json say why."""
+    import torch._dynamo
+    import torch._functorch.config
+    import torch._inductor.config
+
+    common = ["--data", str(data / "synth"), "--epochs", "1", *COMPILES]
+    assert train_main([*common, "--out", str(tmp_path / "eager")]) == 0
+    no_compiler = {"cpp.cxx": (str(tmp_path / "no-such-compiler"),),
+                   "fx_graph_cache": False}  # a graph compiled by an earlier test would hide the missing compiler
+    torch._dynamo.reset()
+    capsys.readouterr()
+    with torch._inductor.config.patch(no_compiler), torch._functorch.config.patch(enable_autograd_cache=False):
+        assert train_main([*common, "--out", str(tmp_path / "compiled"), "--compile"]) == 0
+    out = capsys.readouterr().out
+    assert "--compile: torch.compile failed on this machine" in out and "C++ compiler" in out
+    check = json.loads((tmp_path / "compiled" / "config.json").read_text())["compile"]
+    assert check["requested"] and not check["used"] and "C++ compiler" in check["error"]
+    torch._dynamo.reset()
+    # the same run as without --compile: the failed check left the model's state as it was
+    assert [r["train"]["loss"] for r in metrics(tmp_path / "compiled")] == \
+        [r["train"]["loss"] for r in metrics(tmp_path / "eager")]
+    eager, compiled = (load_checkpoint(tmp_path / run / "last.pt")["model"] for run in ("eager", "compiled"))
+    assert all(torch.equal(eager[key], compiled[key]) for key in eager)
+
+
 def test_compiled_objective_only_sees_the_checked_shape(data, tmp_path):
     """Epochs end with a partial batch, and validation runs without gradients: neither may reach the
     compiled objective, or torch.compile would build graphs the check never saw (a dynamic-shape one,

@@ -13,11 +13,12 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
+import torch._dynamo
 import torch.distributed as dist
 
 from common import streams
 from common.cli import resolve_device
-from common.errors import UsageError
+from common.errors import UsageError, exception_line
 from vae.config import RuntimeSettings
 
 # Mean absolute difference of outputs in [0, 1] between compiled and eager: bf16 rounding gives about
@@ -102,10 +103,13 @@ def compiled_difference(eager, compiled, modules: list[torch.nn.Module], x: torc
     saved = [copy.deepcopy(module.state_dict()) for module in modules]
     for module in modules:
         module.train()
-    with runtime.autocast():
-        difference = (eager(x, noise)["x_hat"].detach().float() - compiled(x, noise)["x_hat"].detach().float()).abs()
-    for module, state in zip(modules, saved):
-        module.load_state_dict(state)
+    try:
+        with runtime.autocast():
+            difference = (eager(x, noise)["x_hat"].detach().float()
+                          - compiled(x, noise)["x_hat"].detach().float()).abs()
+    finally:  # also when compiling fails: the run then trains eagerly from the state it had
+        for module, state in zip(modules, saved):
+            module.load_state_dict(state)
     return difference.mean().item(), difference.max().item()
 
 
@@ -135,8 +139,13 @@ def compile_checked(objective: torch.nn.Module, model: torch.nn.Module, x: torch
     BatchNorm (torch 2.14.1 on CPU gets conv -> LeakyReLU -> BatchNorm wrong for some shapes). Returns the
     compiled objective (None when it differs) and the check's record for config.json."""
     compiled = compile_objective(objective, mode)
-    mean, largest = compiled_difference(objective, compiled, [model], x, noise, runtime)
+    record = {"requested": True, "used": False, "what": "model, loss and loss arithmetic", "mode": mode,
+              "mean_difference": None, "max_difference": None, "tolerance": COMPILE_TOLERANCE, "error": None}
+    try:
+        mean, largest = compiled_difference(objective, compiled, [model], x, noise, runtime)
+    except torch._dynamo.exc.TorchDynamoException as error:
+        # torch.compile failing on this machine (no C++ compiler for Inductor's CPU code, no working Triton):
+        # eager execution ran first in the check, so the objective itself is sound
+        return None, {**record, "error": exception_line(error)}
     used = mean <= COMPILE_TOLERANCE
-    return (compiled if used else None), {"requested": True, "used": used, "what": "model, loss and loss arithmetic",
-                                          "mode": mode, "mean_difference": mean, "max_difference": largest,
-                                          "tolerance": COMPILE_TOLERANCE}
+    return (compiled if used else None), {**record, "used": used, "mean_difference": mean, "max_difference": largest}

@@ -218,7 +218,11 @@ class Run:
         bare = Objective(self.model, self.reconstruction, config.loss.alpha, config.loss.beta)
         mode = config.runtime.compile_mode
         compiled, check = compile_checked(bare, self.model, x, noise, runtime, mode)
-        if compiled is None:
+        if check["error"]:
+            self.log(f"--compile: torch.compile failed on this machine ({check['error']}); training without compiling. "
+                     "Compiling needs a working C++ compiler for CPU code, and Triton for CUDA; without --compile "
+                     "the run is the same, only slower")
+        elif compiled is None:
             self.log(f"--compile: the compiled objective differs from eager execution by "
                      f"{check['mean_difference']:.3g} on average on a training batch (tolerance {check['tolerance']}), "
                      f"a torch.compile correctness bug in torch {torch.__version__}; training without compiling")
