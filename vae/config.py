@@ -137,7 +137,8 @@ class RuntimeSettings(Settings):
     amp: str = option("auto", "bf16 autocast; auto: on CUDA only", choices=AMP_MODES)
     channels_last: bool = option(True, "keep NCHW memory layout", flag="--no-channels-last")
     compile: bool = option(False, "torch.compile the whole objective: model, reconstruction loss and loss arithmetic "
-                           "(kept only if it matches eager execution on a training batch)")
+                           "(kept only if it compiles on this machine and matches eager execution on a training "
+                           "batch; otherwise the run trains eagerly and says why)")
     compile_mode: str = option("default", "torch.compile mode with --compile: reduce-overhead adds CUDA graphs (a "
                                "step not bound by launching kernels), max-autotune tries kernel variants (minutes "
                                "of compiling)", choices=COMPILE_MODES)
