@@ -1,10 +1,10 @@
 """Convolutions whose input or output is an image's 3 channels (the encoder's first layer, the decoder's
 output layer, VGG-19's conv1_1), padded with zero channels to CUDA_CHANNELS when compiled for CUDA.
 
-cuDNN 9 runs these three far below both the card's arithmetic and its memory bandwidth (19-61 TFLOP/s on
+cuDNN 9 runs these three far below both the card's arithmetic and its memory bandwidth (18-61 TFLOP/s on
 an H100, bf16, channels_last, batch 128) and pads a 3-channel input with a kernel of its own. Padded to 8
 channels, cuDNN picks other kernels and Inductor fuses the padding into the kernel that makes the input:
-the compiled step runs 0.6-1.2% faster (benchmarks/RESULTS.md). Eagerly the padding is one more pass over
+the compiled step runs 0.6-1.4% faster (benchmarks/RESULTS.md). Eagerly the padding is one more pass over
 the maps and the step was 0.3% slower, so eager runs, and the CPU, keep the plain convolution. Zero
 channels add exact zeros to every sum, so the padded convolution computes the same function; the weights
 keep their shape, so checkpoints are unchanged."""

@@ -137,7 +137,8 @@ def compile_checked(objective: torch.nn.Module, model: torch.nn.Module, x: torch
     """torch.compile the whole training objective (model, reconstruction loss, loss arithmetic), and keep
     it only if it computes what eager execution computes: Inductor has had silent correctness bugs around
     BatchNorm (torch 2.14.1 on CPU gets conv -> LeakyReLU -> BatchNorm wrong for some shapes). Returns the
-    compiled objective (None when it differs) and the check's record for config.json."""
+    compiled objective (None when it differs, or when torch.compile fails on this machine) and the check's
+    record for config.json."""
     compiled = compile_objective(objective, mode)
     record = {"requested": True, "used": False, "what": "model, loss and loss arithmetic", "mode": mode,
               "mean_difference": None, "max_difference": None, "tolerance": COMPILE_TOLERANCE, "error": None}
