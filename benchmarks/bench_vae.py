@@ -247,7 +247,7 @@ def conv_call(event) -> dict | None:
         out_side = [conv_output_side(x[2 + k], w[2 + k], stride[k], padding[k], dilation[k], transposed,
                                      output_padding[k]) for k in range(len(x) - 2)]
         out = [x[0], w[1] * groups if transposed else w[0], *out_side]
-        flops, work = flop_counter.conv_flop_count(x, w, out, transposed), "forward"
+        flops, work, mask = flop_counter.conv_flop_count(x, w, out, transposed), "forward", None
     elif event.name == "aten::convolution_backward" and len(shapes) >= 3 and len(values) >= 11:
         grad_out, x, w = shapes[0], shapes[1], shapes[2]
         stride, padding, dilation, transposed, output_padding, groups, mask = values[4:11]
@@ -258,7 +258,7 @@ def conv_call(event) -> dict | None:
     else:  # shapes not recorded (a profile without record_shapes, or another torch)
         return None
     return {"key": (tuple(w), bool(transposed), tuple(stride)), "work": work, "flops": int(flops),
-            "elements": conv_elements(x, w, out, None if work == "forward" else mask),
+            "elements": conv_elements(x, w, out, mask),
             "sides": f"{'x'.join(map(str, x[2:]))} -> {'x'.join(map(str, out[2:]))}"}
 
 
@@ -272,13 +272,6 @@ def conv_elements(x, w, out, mask=None) -> int:
     return size(out) + (size(w) + size(x) if mask[0] else 0) + (size(x) + size(w) if mask[1] else 0)
 
 
-def padded_shape(layer: ImageConv2d) -> tuple:
-    out, into, *kernel = layer.weight.shape
-    if layer.in_channels == 3:
-        return (out, imageconv.CUDA_CHANNELS, *kernel)
-    return (imageconv.CUDA_CHANNELS, into, *kernel)
-
-
 def conv_layers(module: torch.nn.Module) -> dict:
     """The names of `module`'s convolutions by (weight shape, transposed, stride): how a profiled call is
     told apart (two layers with the same key share a row)."""
@@ -287,7 +280,8 @@ def conv_layers(module: torch.nn.Module) -> dict:
         if isinstance(layer, torch.nn.modules.conv._ConvNd):
             shapes = [tuple(layer.weight.shape)]
             if isinstance(layer, ImageConv2d):  # the shape it runs with, compiled on CUDA
-                shapes.append(padded_shape(layer))
+                with torch.no_grad():
+                    shapes.append(tuple(imageconv.padded_weight(layer, imageconv.CUDA_CHANNELS).shape))
             for shape in shapes:
                 key = (shape, bool(layer.transposed), tuple(layer.stride))
                 names[key] = f"{names[key]}, {name}" if key in names else name

@@ -18,14 +18,21 @@ CUDA_CHANNELS = 8
 PADDED_ON = ("cuda",)  # device types whose compiled runs pad
 
 
+def padded_weight(conv: nn.Conv2d, channels: int) -> torch.Tensor:
+    """conv's weights (out, in, k, k) with its 3 input channels (else its 3 output channels) padded with zeros to
+    `channels`."""
+    if conv.in_channels == 3:
+        return F.pad(conv.weight, (0, 0, 0, 0, 0, channels - 3))
+    return F.pad(conv.weight, (0, 0, 0, 0, 0, 0, 0, channels - conv.out_channels))
+
+
 def padded_conv(conv: nn.Conv2d, x: torch.Tensor, channels: int) -> torch.Tensor:
     """conv(x) with conv's 3 input channels (else its 3 output channels) padded with zeros to `channels`."""
+    weight = padded_weight(conv, channels)
     if conv.in_channels == 3:
-        extra = (0, 0, 0, 0, 0, channels - 3)  # the channel axis of x and of the weights
-        return conv._conv_forward(F.pad(x, extra), F.pad(conv.weight, extra), conv.bias)
-    extra = channels - conv.out_channels
-    bias = None if conv.bias is None else F.pad(conv.bias, (0, extra))
-    return conv._conv_forward(x, F.pad(conv.weight, (0, 0, 0, 0, 0, 0, 0, extra)), bias)[:, :conv.out_channels]
+        return conv._conv_forward(F.pad(x, (0, 0, 0, 0, 0, channels - 3)), weight, conv.bias)
+    bias = None if conv.bias is None else F.pad(conv.bias, (0, channels - conv.out_channels))
+    return conv._conv_forward(x, weight, bias)[:, :conv.out_channels]
 
 
 class ImageConv2d(nn.Conv2d):
