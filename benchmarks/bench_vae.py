@@ -146,7 +146,7 @@ def epoch_rate(device: torch.device, batch: int, images: int, compile_model: boo
         config = TrainConfig(out=str(Path(tmp) / "run"), data=DataSettings(data=[str(Path(tmp) / "set")]),
                              loss=LossSettings(recon=recon, vgg_weights=weights()),
                              training=TrainingSettings(epochs=2, batch_size=batch),
-                             runtime=RuntimeSettings(device=str(device), compile=compile_model,
+                             runtime=RuntimeSettings(device=str(device), compile="yes" if compile_model else "no",
                                                      compile_mode=compile_mode, progress=False))
         runtime = Runtime(device, 0, 1, device.type == "cuda")
         run = Run(config, runtime, None, log=lambda *a: None)

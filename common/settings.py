@@ -70,7 +70,7 @@ def option(default: Any = MISSING, help: str = "", *, flag: str | None = None, v
            choices: tuple | None = None, parse: Callable[[str], Any] | None = None,
            show: Callable[[Any], str] | None = None, default_help: str | None = None,
            check: Callable[[Any], str | None] | None = None, metavar: str | None = None,
-           positional: bool = False, group: str | None = None, nargs: str | None = None) -> Any:
+           positional: bool = False, group: str | None = None, nargs: str | None = None, const: Any = None) -> Any:
     """A settings field and everything the command line needs to know about it.
 
     flag: the option's name (default `--field-name`; a bool defaulting to True is switched off by it);
@@ -78,11 +78,12 @@ def option(default: Any = MISSING, help: str = "", *, flag: str | None = None, v
     parse: turns the command-line text into the value (it raises UsageError naming the flag);
     show: how a value is written back as command-line text (help defaults, change reports);
     default_help: the default as words, where the value itself says little (e.g. None);
-    group: the help section of a field of a flat settings class.
+    group: the help section of a field of a flat settings class;
+    const: the value of the flag given without one (`--compile` for `--compile yes`).
     """
     metadata = {"help": help, "flag": flag, "valid": valid, "choices": choices, "parse": parse, "show": show,
                 "default_help": default_help, "check": check, "metavar": metavar, "positional": positional,
-                "group": group, "nargs": nargs}
+                "group": group, "nargs": nargs, "const": const}
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -215,6 +216,8 @@ def add_options(parser: argparse.ArgumentParser, cls, group=None, exclude: tuple
             kwargs["type"] = str if f.metadata.get("parse") or base not in (int, float) else base
         if f.metadata.get("choices") and not f.metadata.get("parse"):
             kwargs["choices"] = f.metadata["choices"]
+        if f.metadata.get("const") is not None:
+            kwargs.update(nargs="?", const=f.metadata["const"])
         if f.metadata.get("positional"):
             kwargs.pop("default")
             target.add_argument(f.name, **kwargs)

@@ -22,7 +22,8 @@ from vae.checkpoint import (kept_epochs, kept_epochs_line, load_checkpoint, load
 from common.errors import UserError
 from vae.cli import main as train_main
 from vae.cli import make_parser
-from vae.config import TrainingSettings
+from vae.config import DataSettings, TrainConfig, TrainingSettings, in_current_terms
+from vae.runtime import compile_decision
 from vae.train import build_scheduler
 
 TINY = ["--encoder", "8@4x4-1,16@4x4-2,16@4x4-2,32@4x4-2", "--decoder", "32@3x3-1,16@3x3-2,16@3x3-2,8@3x3-2",
@@ -188,6 +189,43 @@ def test_a_setting_added_later_at_its_earlier_behaviour_keeps_a_runs_identity(da
     assert run_identity(earlier) == run_identity(state) != run_identity(floored)
 
 
+def test_a_run_saved_when_compile_was_a_switch_resumes_under_the_default(data, tmp_path, capsys):
+    """--compile was a switch (true or false); a run saved then resumes, its false (then the default) read as
+    today's default, auto, and its true as yes. Runtime settings are not part of a run's identity."""
+    run = tmp_path / "run"
+    assert train_main(["--data", str(data / "synth"), "--out", str(run), "--epochs", "1", *TINY, "--no-progress"]) == 0
+    state = load_checkpoint(run / "last.pt")
+    settings = json.loads(state["train_config"])
+    assert settings["runtime"]["compile"] == "auto"
+    earlier = {**state, "train_config": json.dumps({**settings, "runtime": {**settings["runtime"], "compile": False}})}
+    assert run_identity(earlier) == run_identity(state)
+    save_checkpoint(run / "last.pt", earlier)
+    assert train_main(["--out", str(run), "--resume", "--epochs", "2"]) == 0, capsys.readouterr().err
+    assert strict_json(run / "config.json")["compile"]["setting"] == "auto"
+    assert load_checkpoint(run / "last.pt")["epoch"] == 2
+    # a saved true is yes; settings saved flat by still earlier versions are read the same way
+    assert in_current_terms({"runtime": {"compile": True, "workers": 2}}) == \
+        {"runtime": {"compile": "yes", "workers": 2}}
+    assert in_current_terms({"compile": False, "lr": 0.1}) == {"compile": "auto", "lr": 0.1}
+    assert in_current_terms({"runtime": {"compile": "no"}}) == {"runtime": {"compile": "no"}}
+
+
+@pytest.mark.parametrize("setting, mode, device, compiles", [
+    ("auto", "default", "cuda", True), ("auto", "default", "cpu", False), ("auto", "max-autotune", "cpu", True),
+    ("yes", "default", "cpu", True), ("no", "default", "cuda", False), ("no", "default", "cpu", False)])
+def test_when_a_run_compiles(setting, mode, device, compiles):
+    """--compile auto compiles on CUDA (where the compiled step is faster) and not on the CPU; a --compile-mode
+    other than default asks for compiling; yes and no decide on every device. The command line parses
+    --compile alone as yes, and no value at all as auto."""
+    wanted, why = compile_decision(setting, mode, torch.device(device))
+    assert wanted is compiles and why.startswith(f"--compile {setting}")
+    parser = make_parser()
+    parsed = {flags: vars(parser.parse_args(["--out", "x", *flags])).get("compile") for flags in
+              [(), ("--compile",), ("--compile", "no"), ("--compile", "auto")]}
+    assert parsed == {(): None, ("--compile",): "yes", ("--compile", "no"): "no", ("--compile", "auto"): "auto"}
+    assert TrainConfig(out="x", data=DataSettings(data=["d"])).runtime.compile == "auto"
+
+
 def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(data, tmp_path):
     common = ["--data", data / "synth", "--epochs", "4", *TINY]
     whole = subprocess.run(train_process(*common, "--out", tmp_path / "whole"), env=ENV, capture_output=True,
@@ -293,7 +331,10 @@ def test_two_process_ddp_on_cpu(data, tmp_path, capsys):
     train_images = config["data"]["synthetic_train"]
     assert len(records) == 2 and all(r["train"]["images"] == train_images // 2 * 2 for r in records)
     assert records[1]["train"]["loss"] < records[0]["train"]["loss"]
-    assert config["compile"] is None  # None: not asked for
+    # the default, auto, compiles on CUDA only; config.json says so
+    assert config["compile"] == {"setting": "auto", "why": "--compile auto: compiled on CUDA only, and this run is on "
+                                 "cpu", "used": False}
+    assert "amp off, eager," in stdout
     # the throughput logged is that of both processes together, as recorded (not counted once per process)
     logged = [float(rate) for rate in re.findall(r"(\d+) img/s", stdout)]
     assert logged == [round(r["train"]["images_per_second"]) for r in records]
@@ -706,15 +747,19 @@ def test_a_run_whose_sets_moved_resumes_from_where_they_are_now(data, tmp_path, 
     assert load_checkpoint(cut / "last.pt")["epoch"] == 3
 
 
-@pytest.mark.parametrize("mode, model", [("default", COMPILES), ("reduce-overhead", COMPILES),  # + CUDA graphs
-                                         ("default", TINY)])
-def test_compiled_training_matches_eager(data, tmp_path, capsys, mode, model):
+# reduce-overhead (CUDA graphs) given alone: a --compile-mode other than default compiles under --compile auto
+@pytest.mark.parametrize("mode, model, flags, setting", [
+    ("default", COMPILES, ["--compile"], "yes"), ("reduce-overhead", COMPILES, [], "auto"),
+    ("default", TINY, ["--compile", "yes"], "yes")])
+def test_compiled_training_matches_eager(data, tmp_path, capsys, mode, model, flags, setting):
     common = ["--data", str(data / "synth"), "--epochs", "1", *model]
     assert train_main([*common, "--out", str(tmp_path / "eager")]) == 0
-    assert train_main([*common, "--out", str(tmp_path / "compiled"), "--compile", "--compile-mode", mode]) == 0, \
+    assert train_main([*common, "--out", str(tmp_path / "compiled"), *flags, "--compile-mode", mode]) == 0, \
         capsys.readouterr().err
     check = json.loads((tmp_path / "compiled" / "config.json").read_text())["compile"]
-    assert check["requested"] and check["mode"] == mode
+    assert check["setting"] == setting and check["mode"] == mode
+    assert check["why"] == (f"--compile {setting}" if setting == "yes" else
+                            f"--compile auto with --compile-mode {mode}")
     assert check["used"] == (check["mean_difference"] <= check["tolerance"])
     if model is COMPILES:
         assert check["used"] and check["mean_difference"] < 1e-4, f"torch {torch.__version__} miscompiles it too"
@@ -744,9 +789,10 @@ def test_a_machine_where_compiling_fails_trains_eagerly_and_says_why(data, tmp_p
     with torch._inductor.config.patch(no_compiler), torch._functorch.config.patch(enable_autograd_cache=False):
         assert train_main([*common, "--out", str(tmp_path / "compiled"), "--compile"]) == 0
     out = capsys.readouterr().out
-    assert "--compile: torch.compile failed on this machine" in out and "C++ compiler" in out
+    assert "--compile yes: torch.compile failed on this machine" in out and "C++ compiler" in out
     check = json.loads((tmp_path / "compiled" / "config.json").read_text())["compile"]
-    assert check["requested"] and not check["used"] and "C++ compiler" in check["error"]
+    assert check["setting"] == "yes" and not check["used"] and "C++ compiler" in check["error"]
+    assert "amp off, eager," in out
     torch._dynamo.reset()
     # the same run as without --compile: the failed check left the model's state as it was
     assert [r["train"]["loss"] for r in metrics(tmp_path / "compiled")] == \

@@ -18,7 +18,8 @@ from common.cli import add_version, out_folder_problem, run
 from common.errors import UsageError
 from common.settings import (Parser, add_options, all_fields, field_problem, flag_of, from_args, from_dict, given_names,
                              show_value, value_of)
-from vae.config import EPOCHS_FOLDER, RANDOM_VGG, RELOCATABLE, RESUMABLE, TrainConfig, compile_problem, holds_run
+from vae.config import (EPOCHS_FOLDER, RANDOM_VGG, RELOCATABLE, RESUMABLE, TrainConfig, compile_problem, holds_run,
+                        in_current_terms)
 
 
 def make_parser() -> Parser:
@@ -90,7 +91,7 @@ def resumed_run(given: dict) -> tuple[TrainConfig, dict]:
         raise UsageError(f"--resume: no permission to write in {out}, where the run continues; copy the run folder "
                          "somewhere you can write and resume it there")
     state = load_checkpoint(out / "last.pt")
-    stored = json.loads(state.get("train_config", "{}")) | {"out": str(out)}
+    stored = in_current_terms(json.loads(state.get("train_config", "{}"))) | {"out": str(out)}
     try:
         saved = from_dict(TrainConfig, relocated(stored, given))
     except UsageError as exc:  # a saved setting no longer holds: the VGG-19 weights file it names is gone

@@ -42,7 +42,7 @@ from vae.data import (FeedChoice, Pool, Split, choose_feed, epoch_indices, make_
 from vae.losses import BernoulliLoss, Objective, PerceptualLoss, PixelLoss
 from vae.model import VAE, ModelConfig, describe, parameter_counts
 from vae.plots import loss_curves, reconstruction_grid
-from vae.runtime import Runtime, compile_checked, compile_objective, setup_runtime, step_generator
+from vae.runtime import Runtime, compile_checked, compile_decision, compile_objective, setup_runtime, step_generator
 from vae.vgg import load_vgg
 
 
@@ -203,12 +203,16 @@ class Run:
             net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.objective = Objective(net, self.reconstruction, config.loss.alpha, config.loss.beta)
         self.eager_objective, self.compiled_batch = self.objective, None
-        self.compile_check = self.compile() if config.runtime.compile else None
+        wanted, why = compile_decision(config.runtime.compile, config.runtime.compile_mode, runtime.device)
+        record = {"setting": config.runtime.compile, "why": why}
+        self.compile_check = record | (self.compile(why) if wanted else {"used": False})
 
-    def compile(self) -> dict:
+    def compile(self, why: str) -> dict:
         """Compile the whole objective, checked against eager on a training batch (vae.runtime). The check
         runs on the bare model: a DDP wrapper expects a backward pass after every forward pass."""
         config, runtime = self.config, self.runtime
+        self.log(f"{why}: compiling the objective and checking it against eager execution before the first epoch "
+                 "(seconds to minutes; --compile no trains eagerly without the wait)")
         split = self.data.split
         train = np.concatenate([split.train_synthetic, split.train_natural_order])
         images, _ = next(self.data.feed.batches([train[:config.training.batch_size]]))
@@ -219,11 +223,11 @@ class Run:
         mode = config.runtime.compile_mode
         compiled, check = compile_checked(bare, self.model, x, noise, runtime, mode)
         if check["error"]:
-            self.log(f"--compile: torch.compile failed on this machine ({check['error']}); training without compiling. "
-                     "Compiling needs a working C++ compiler for CPU code, and Triton for CUDA; without --compile "
-                     "the run is the same, only slower")
+            self.log(f"{why}: torch.compile failed on this machine ({check['error']}); training without compiling. "
+                     "Compiling needs a working C++ compiler for CPU code, and Triton for CUDA; eagerly the run is "
+                     "the same, only slower (--compile no skips the attempt)")
         elif compiled is None:
-            self.log(f"--compile: the compiled objective differs from eager execution by "
+            self.log(f"{why}: the compiled objective differs from eager execution by "
                      f"{check['mean_difference']:.3g} on average on a training batch (tolerance {check['tolerance']}), "
                      f"a torch.compile correctness bug in torch {torch.__version__}; training without compiling")
         else:
@@ -533,7 +537,7 @@ def describe_run(run: Run, config: TrainConfig, runtime: Runtime, resume: bool, 
             f"({config.loss.rec_reduction} over elements per image, mean over the batch); VGG weights: "
             f"{(run.vgg_record or {}).get('source', 'not used')}")
     run.log(f"device {runtime.device} x {runtime.world} process(es), amp {'bf16' if runtime.amp else 'off'}, "
-            f"{run.data.feed_choice.line()}"
+            f"{'compiled' if run.compiled_batch else 'eager'}, {run.data.feed_choice.line()}"
             + (f", resuming after epoch {run.epoch}" if resume else ""))
     if config.training.save_every:
         epochs = kept_epochs(run.epoch, config.training.epochs, config.training.save_every, new=not resume)
