@@ -327,6 +327,7 @@ def test_two_process_ddp_on_cpu(data, tmp_path, capsys):
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch-0000.pt", "epoch-0002.pt"]
     kept, last = load_checkpoint(run / "checkpoints" / "epoch-0002.pt"), load_checkpoint(run / "last.pt")
     assert all(torch.equal(kept["model"][k], last["model"][k]) for k in last["model"])
+    assert len(last["initial_weights"]) == 64  # fingerprinted by the first process, which writes the checkpoints
     records = metrics(run)
     train_images = config["data"]["synthetic_train"]
     assert len(records) == 2 and all(r["train"]["images"] == train_images // 2 * 2 for r in records)

@@ -187,8 +187,9 @@ class Run:
         self.reconstruction, self.vgg_record = build_reconstruction(config, runtime)
         self.data = load_data(config, runtime, new=last is None)
         self.model = build_model(config, self.data.image_size, runtime)
-        # what the run starts from, kept in its checkpoints: a resume can then rebuild its untrained start and know it
-        self.initial_weights = weights_fingerprint(self.model) if last is None else None
+        # what the run starts from, kept in its checkpoints (written by the first process alone): a resume can then
+        # rebuild its untrained start and know it
+        self.initial_weights = weights_fingerprint(self.model) if last is None and runtime.main else None
         training = config.training
         self.optimizer = build_optimizer(self.model, training.lr)
         self.scheduler = build_scheduler(self.optimizer, training)
