@@ -81,7 +81,7 @@ def summarise(tree: str, options: str, repeat: int, wall: float, metrics: list[d
         "tree": tree, "options": options or "(defaults)", "repeat": repeat,
         "batch_size": config["train"]["training"]["batch_size"],
         "compiled": bool(check.get("used")), "compile_difference": check.get("mean_difference"),
-        "compile_error": check.get("error"),
+        "compile_error": check.get("error"), "compile_seconds": check.get("seconds"),
         "amp": config.get("amp"), "device": config.get("device"), "torch": config.get("torch"),
         "images_per_epoch": metrics[0]["train"]["images"],
         "images_per_second": rates,
@@ -96,7 +96,8 @@ def summarise(tree: str, options: str, repeat: int, wall: float, metrics: list[d
 def format_row(row: dict) -> str:
     rate = f"{row['after_first']:,.0f}" if row["after_first"] is not None else "-"
     difference = row["compile_difference"]
-    compiled = (f"yes ({difference:.1e})" if row["compiled"] else "refused" if difference is not None
+    seconds = f", {row['compile_seconds']:.0f} s" if row.get("compile_seconds") is not None else ""
+    compiled = (f"yes ({difference:.1e}{seconds})" if row["compiled"] else "refused" if difference is not None
                 else "failed" if row.get("compile_error") else "no")
     return (f"| {row['tree']} | {row['options']} | {row['batch_size']} | {compiled} | "
             f"{', '.join(f'{r:,.0f}' for r in row['images_per_second'])} | {rate} | {row['wall_seconds']:.0f} | "
@@ -104,7 +105,8 @@ def format_row(row: dict) -> str:
             f"{row['active_dims'][-1]}/{row['latent']} |")
 
 
-HEADER = ("| tree | options | batch | compiled (mean difference) | images/s by epoch | images/s after the first | "
+HEADER = ("| tree | options | batch | compiled (mean difference, seconds to compile and check) | images/s by epoch | "
+          "images/s after the first | "
           "command (s) | validation loss, last | best | active dims, last |\n|---|---|---|---|---|---|---|---|---|---|")
 
 

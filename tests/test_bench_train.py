@@ -37,6 +37,10 @@ def test_rows_are_the_runs_as_trained(tmp_path, capsys):
     assert cv2.imread(str(out / "curves.png")) is not None
     printed = capsys.readouterr().out
     assert printed.count(f"| {REPO.name} | --batch-size") == 2  # a tree is named by its folder
+    # a compiled run's row says what compiling cost before its first epoch (config.json's compile record)
+    assert "| no |" in bench.format_row(rows[0])
+    compiled = {**rows[0], "compiled": True, "compile_difference": 1.3e-3, "compile_seconds": 14.2}
+    assert "| yes (1.3e-03, 14 s) |" in bench.format_row(compiled)
 
 
 def test_a_failed_run_names_itself_and_its_log(tmp_path):

@@ -758,7 +758,7 @@ def test_compiled_training_matches_eager(data, tmp_path, capsys, mode, model, fl
     assert train_main([*common, "--out", str(tmp_path / "compiled"), *flags, "--compile-mode", mode]) == 0, \
         capsys.readouterr().err
     check = json.loads((tmp_path / "compiled" / "config.json").read_text())["compile"]
-    assert check["setting"] == setting and check["mode"] == mode
+    assert check["setting"] == setting and check["mode"] == mode and check["seconds"] > 0
     assert check["why"] == (f"--compile {setting}" if setting == "yes" else
                             f"--compile auto with --compile-mode {mode}")
     assert check["used"] == (check["mean_difference"] <= check["tolerance"])

@@ -222,7 +222,9 @@ class Run:
                             device=x.device)
         bare = Objective(self.model, self.reconstruction, config.loss.alpha, config.loss.beta)
         mode = config.runtime.compile_mode
+        started = time.perf_counter()
         compiled, check = compile_checked(bare, self.model, x, noise, runtime, mode)
+        check["seconds"] = round(time.perf_counter() - started, 2)  # what compiling costs before the first epoch
         if check["error"]:
             self.log(f"{why}: torch.compile failed on this machine ({check['error']}); training without compiling. "
                      "Compiling needs a working C++ compiler for CPU code, and Triton for CUDA; eagerly the run is "
@@ -234,6 +236,8 @@ class Run:
         else:
             self.objective = compile_objective(self.objective, mode) if runtime.world > 1 else compiled
             self.compiled_batch = x.shape[0]
+            self.log(f"compiled and checked in {check['seconds']:.0f} s (mean difference from eager execution "
+                     f"{check['mean_difference']:.2g})")
         return check
 
     # -- one step, the same for training and validation
