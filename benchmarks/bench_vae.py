@@ -10,9 +10,10 @@ It reports, in one run on one machine:
   trainer's autocast, backward, the trainer's fused Adam) on uint8 images already in device memory,
   augmented there: plain fp32 eager NCHW with torch's default multi-tensor Adam; the trainer's default
   path (channels_last, fused Adam, and on CUDA bf16 autocast and cudnn autotuning); and with --compile,
-  the whole objective compiled (model, perceptual loss, loss arithmetic) in each of the --compile-mode
-  modes given (one row each: `default,reduce-overhead` compares plain Inductor with CUDA graphs),
-  checked against eager as the trainer does;
+  the whole step compiled as the trainer compiles it (the objective: model, perceptual loss, loss
+  arithmetic; and the augmentation) in each of the --compile-mode modes given (one row each:
+  `default,reduce-overhead` compares plain Inductor with CUDA graphs), checked against eager as the trainer
+  does;
 * the trainer's real epoch throughput: `vae.train.Run.train_epoch` on a synthgen set built for the
   purpose (data feeding, augmentation, per-step bookkeeping included), the second epoch timed, compiled
   in the fastest mode of the rows above;
@@ -39,13 +40,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from common.machine import describe
 from vae import imageconv
-from vae.augment import augment
+from vae.augment import apply, draw
 from vae.config import (COMPILE_MODES, AugmentConfig, DataSettings, LossSettings, RuntimeSettings, TrainConfig,
                         TrainingSettings)
 from vae.imageconv import ImageConv2d
 from vae.losses import Objective, PerceptualLoss, PixelLoss
 from vae.model import VAE, ModelConfig, parameter_counts
-from vae.runtime import Runtime, compile_checked, use_cuda_settings
+from vae.runtime import Runtime, compile_augmentation_checked, compile_checked, use_cuda_settings
 from vae.train import build_optimizer
 from vae.vgg import RANDOM, load_vgg
 
@@ -87,7 +88,7 @@ class Stepper:
                           else torch.optim.Adam(self.model.parameters(), lr=0.0015))
         self.images = torch.randint(0, 256, (batch, 161, 161, 3), dtype=torch.uint8, device=device)
         self.boxes = torch.tensor([[40.0, 40.0, 120.0, 120.0]], device=device).repeat(batch, 1)
-        self.optimised, self.note = optimised, ""
+        self.optimised, self.note, self.augmentation = optimised, "", None
         if compile_mode:
             x, noise = self.inputs(0)
             start = time.perf_counter()
@@ -97,10 +98,15 @@ class Stepper:
                          f"{'ok' if check['used'] else 'WRONG: eager used'}; first compiled call and check "
                          f"{time.perf_counter() - start:.0f} s)")
             self.objective = self.objective if compiled is None else compiled
+            if compiled is not None:  # and the augmentation, as the trainer does (vae.train.Run.compile)
+                params = draw(self.images, self.boxes, AugmentConfig(), torch.Generator(device=device).manual_seed(0))
+                self.augmentation, record = compile_augmentation_checked(self.images, params, None)
+                self.note += (f"; augmentation compiled (largest difference {record['max_difference']:.2g})"
+                              if record["used"] else f"; augmentation eager ({record['error'] or 'differs'})")
 
     def inputs(self, i: int):
         generator = torch.Generator(device=self.device).manual_seed(i)
-        x = augment(self.images, self.boxes, AugmentConfig(), generator)
+        x = (self.augmentation or apply)(self.images, draw(self.images, self.boxes, AugmentConfig(), generator))
         if not self.optimised:
             x = x.contiguous()  # NCHW
         return x, torch.randn(self.batch, 180, generator=generator, device=self.device)
@@ -417,7 +423,7 @@ def main() -> None:
     parser.add_argument("--steps", type=at_least(1), default=None, help="timed steps (default: 50 on CUDA, 3 on CPU)")
     parser.add_argument("--warmup", type=at_least(0), default=None,
                         help="untimed steps first (default: 10 on CUDA, 1 on CPU)")
-    parser.add_argument("--compile", action="store_true", help="also time the whole objective compiled")
+    parser.add_argument("--compile", action="store_true", help="also time the whole step compiled (objective and augmentation)")
     parser.add_argument("--compile-mode", type=compile_modes, default=["default"],
                         help="torch.compile mode(s) for --compile, comma-separated: a row each "
                              f"({', '.join(COMPILE_MODES)}; default: default)")
@@ -471,7 +477,7 @@ def main() -> None:
     for mode in args.compile_mode if args.compile else []:
         compiled = Stepper(device, batch, True, mode, args.recon)
         rate = compiled.rate(steps, warmup)
-        row(f"the same, whole objective compiled (mode {mode}){compiled.note}", rate)
+        row(f"the same, whole step compiled: objective and augmentation (mode {mode}){compiled.note}", rate)
         if rate > fastest_rate:
             fastest, fastest_rate, fastest_mode = compiled, rate, mode
         else:

@@ -57,6 +57,33 @@ def test_augmentation_is_reproducible_and_in_range():
     assert augment(images, boxes, config, torch.Generator().manual_seed(0), size=32).shape == (8, 3, 32, 32)
 
 
+@pytest.mark.parametrize("hue, size", [(0.02, None), (0.0, 48)])
+def test_compiled_augmentation_is_one_graph_that_matches_eager(hue, size):
+    """The trainer compiles `apply` (vae.runtime.compile_augmentation_checked): it must go into one graph (no
+    random draw, host-device copy or cache lookup inside, which would break it into pieces and leave passes over
+    the batch unfused), give what eager execution gives, and leave the draws to `draw` alone."""
+    import torch._dynamo
+
+    from vae.augment import apply, draw
+    from vae.runtime import AUGMENT_TOLERANCE, compile_augmentation_checked
+
+    images, boxes = squares_at_the_edges(8)
+    boxes[::3] = float("nan")  # images without objects: crops anywhere
+    config = AugmentConfig(hue=hue)
+    params = draw(images, boxes, config, torch.Generator().manual_seed(1), size)
+    assert (params.hue is None) == (hue == 0)
+    torch._dynamo.reset()
+    whole = torch.compile(apply, dynamic=False, fullgraph=True)  # fullgraph: a graph break is an error
+    eager = apply(images, params, size)
+    assert (whole(images, params, size) - eager).abs().max() <= AUGMENT_TOLERANCE
+    compiled, record = compile_augmentation_checked(images, params, size)
+    assert record["used"] and record["error"] is None and 0 <= record["max_difference"] <= AUGMENT_TOLERANCE
+    other = draw(images, boxes, config, torch.Generator().manual_seed(2), size)  # new draws, the same graph
+    assert (compiled(images, other, size) - apply(images, other, size)).abs().max() <= AUGMENT_TOLERANCE
+    # augment is draw then apply: the same images as before the split, from the same generator state
+    assert torch.equal(augment(images, boxes, config, torch.Generator().manual_seed(1), size), eager)
+
+
 @pytest.fixture(scope="module")
 def sets(tmp_path_factory):
     root = tmp_path_factory.mktemp("vae-data")

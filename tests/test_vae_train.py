@@ -764,6 +764,10 @@ def test_compiled_training_matches_eager(data, tmp_path, capsys, mode, model, fl
     assert check["used"] == (check["mean_difference"] <= check["tolerance"])
     if model is COMPILES:
         assert check["used"] and check["mean_difference"] < 1e-4, f"torch {torch.__version__} miscompiles it too"
+        # the augmentation is compiled with the objective, and checked against eager execution too
+        augmentation = check["augmentation"]
+        assert augmentation["used"] and augmentation["max_difference"] <= augmentation["tolerance"]
+        assert "the augmentation compiled too" in capsys.readouterr().out
     if not check["used"]:  # torch.compile got the model wrong: the run must say so and train eagerly
         assert "differs from eager execution" in capsys.readouterr().out
     eager, compiled = metrics(tmp_path / "eager")[0], metrics(tmp_path / "compiled")[0]
@@ -812,7 +816,8 @@ def test_compiled_objective_only_sees_the_checked_shape(data, tmp_path):
     with torch._dynamo.config.patch(error_on_recompile=True):
         assert train_main(["--data", str(data / "synth"), "--out", str(out), "--epochs", "2", "--compile",
                            *COMPILES]) == 0
-    assert json.loads((out / "config.json").read_text())["compile"]["used"]
+    check = json.loads((out / "config.json").read_text())["compile"]
+    assert check["used"] and check["augmentation"]["used"]
     train_images = metrics(out)[0]["train"]["images"]
     assert train_images % 16, "the set must leave a partial batch for this test to mean anything"
 

@@ -137,8 +137,9 @@ class RuntimeSettings(Settings):
     device: str = device_option()
     amp: str = option("auto", "bf16 autocast; auto: on CUDA only", choices=AMP_MODES)
     channels_last: bool = option(True, "keep NCHW memory layout", flag="--no-channels-last")
-    compile: str = option("auto", "torch.compile the whole objective: model, reconstruction loss and loss arithmetic, "
-                          "kept only if it compiles on this machine and matches eager execution on a training batch "
+    compile: str = option("auto", "torch.compile the training step: the whole objective (model, reconstruction loss, "
+                          "loss arithmetic) and the augmentation, each kept only if it compiles on this machine and "
+                          "matches eager execution on a training batch "
                           "(otherwise the run trains eagerly and says why); auto: on CUDA, where the step runs about "
                           "1.5x faster after seconds of compiling, or when a --compile-mode other than default is "
                           "given; not on the CPU, where the compiled step ran slower; --compile alone: yes",

@@ -11,6 +11,7 @@ import logging
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch._dynamo
@@ -19,12 +20,16 @@ import torch.distributed as dist
 from common import streams
 from common.cli import resolve_device
 from common.errors import UsageError, exception_line
+from vae.augment import Params, apply
 from vae.config import RuntimeSettings
 
 # Mean absolute difference of outputs in [0, 1] between compiled and eager: bf16 rounding gives about
 # 0.0015, the torch 2.14.1 CPU miscompilation about 0.07 (the batch-norm statistics after a LeakyReLU, in
 # layers whose channels do not fill the CPU's vectors: benchmarks/RESULTS.md).
 COMPILE_TOLERANCE = 0.01
+# Largest absolute difference of augmented images in [0, 1] between compiled and eager: Inductor's bilinear
+# sampling and sums round otherwise than ATen's (2-3e-5 measured); a quarter of one uint8 level.
+AUGMENT_TOLERANCE = 1e-3
 
 
 @dataclass
@@ -122,6 +127,21 @@ class _DropProfilerNotice(logging.Filter):
 
 
 _CONTEXT_LOG = logging.getLogger("torch._dynamo.variables.ctx_manager")
+
+
+def compile_augmentation_checked(images: torch.Tensor, params: Params, size: int | None
+                                 ) -> tuple[Callable | None, dict]:
+    """torch.compile the augmentation (vae.augment.apply: a few fused kernels where eager execution makes some
+    twenty passes over the batch), kept only if it gives what eager execution gives for uint8 `images` with
+    `params`. Returns the compiled function (None when it differs, or fails to compile) and its record."""
+    compiled = torch.compile(apply, dynamic=False)
+    record = {"used": False, "max_difference": None, "tolerance": AUGMENT_TOLERANCE, "error": None}
+    try:
+        largest = (compiled(images, params, size) - apply(images, params, size)).abs().max().item()
+    except torch._dynamo.exc.TorchDynamoException as error:
+        return None, {**record, "error": exception_line(error)}
+    used = largest <= AUGMENT_TOLERANCE
+    return (compiled if used else None), {**record, "used": used, "max_difference": largest}
 
 
 def compile_decision(setting: str, mode: str, device: torch.device) -> tuple[bool, str]:

@@ -33,7 +33,7 @@ from common.jsontext import json_text
 from common.locks import FolderLock
 from common.machine import cores, describe as describe_machine
 from common.settings import to_dict
-from vae.augment import augment, to_float
+from vae.augment import apply, draw, to_float
 from vae.checkpoint import (CheckpointError, kept_epochs, kept_epochs_line, load_checkpoint, save_checkpoint,
                             saved_sets, weights_fingerprint)
 from vae.config import EPOCHS_FOLDER, TrainConfig, TrainingSettings, holds_run
@@ -42,7 +42,8 @@ from vae.data import (FeedChoice, Pool, Split, choose_feed, epoch_indices, make_
 from vae.losses import BernoulliLoss, Objective, PerceptualLoss, PixelLoss
 from vae.model import VAE, ModelConfig, describe, parameter_counts
 from vae.plots import loss_curves, reconstruction_grid
-from vae.runtime import Runtime, compile_checked, compile_decision, compile_objective, setup_runtime, step_generator
+from vae.runtime import (Runtime, compile_augmentation_checked, compile_checked, compile_decision, compile_objective,
+                         setup_runtime, step_generator)
 from vae.vgg import load_vgg
 
 
@@ -173,6 +174,15 @@ def build_scheduler(optimizer: torch.optim.Optimizer, training: TrainingSettings
                                                       patience=training.lr_patience, min_lr=training.lr_min)
 
 
+def augmentation_line(record: dict) -> str:
+    """What became of compiling the augmentation, for the log."""
+    if record["used"]:
+        return f"the augmentation compiled too (largest difference from eager {record['max_difference']:.2g})"
+    why = record["error"] or (f"it differs from eager execution by up to {record['max_difference']:.3g}, over the "
+                              f"tolerance {record['tolerance']}")
+    return f"the augmentation runs eagerly: {why}"
+
+
 # ---------------------------------------------------------------------------------------------- the run
 
 
@@ -203,20 +213,21 @@ class Run:
             ids = [runtime.device.index] if runtime.device.type == "cuda" else None
             net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.objective = Objective(net, self.reconstruction, config.loss.alpha, config.loss.beta)
-        self.eager_objective, self.compiled_batch = self.objective, None
+        self.eager_objective, self.compiled_batch, self.compiled_augmentation = self.objective, None, None
         wanted, why = compile_decision(config.runtime.compile, config.runtime.compile_mode, runtime.device)
         record = {"setting": config.runtime.compile, "why": why}
         self.compile_check = record | (self.compile(why) if wanted else {"used": False})
 
     def compile(self, why: str) -> dict:
-        """Compile the whole objective, checked against eager on a training batch (vae.runtime). The check
-        runs on the bare model: a DDP wrapper expects a backward pass after every forward pass."""
+        """Compile the training step: the whole objective, then the augmentation, each checked against eager
+        execution on a training batch (vae.runtime). The objective's check runs on the bare model: a DDP
+        wrapper expects a backward pass after every forward pass."""
         config, runtime = self.config, self.runtime
-        self.log(f"{why}: compiling the objective and checking it against eager execution before the first epoch "
-                 "(seconds to minutes; --compile no trains eagerly without the wait)")
+        self.log(f"{why}: compiling the training step and checking it against eager execution before the first "
+                 "epoch (seconds to minutes; --compile no trains eagerly without the wait)")
         split = self.data.split
         train = np.concatenate([split.train_synthetic, split.train_natural_order])
-        images, _ = next(self.data.feed.batches([train[:config.training.batch_size]]))
+        images, boxes = next(self.data.feed.batches([train[:config.training.batch_size]]))
         x = to_float(images, self.data.image_size).contiguous(memory_format=torch.channels_last)
         noise = torch.randn(x.shape[0], config.model.latent, generator=torch.Generator(device=x.device).manual_seed(0),
                             device=x.device)
@@ -236,8 +247,14 @@ class Run:
         else:
             self.objective = compile_objective(self.objective, mode) if runtime.world > 1 else compiled
             self.compiled_batch = x.shape[0]
+            # the step's augmentation too, with draws of its own (the run's generators are not touched)
+            params = draw(images, boxes, config.augment, torch.Generator(device=x.device).manual_seed(0),
+                          self.data.image_size)
+            self.compiled_augmentation, check["augmentation"] = compile_augmentation_checked(
+                images, params, self.data.image_size)
+            check["seconds"] = round(time.perf_counter() - started, 2)
             self.log(f"compiled and checked in {check['seconds']:.0f} s (mean difference from eager execution "
-                     f"{check['mean_difference']:.2g})")
+                     f"{check['mean_difference']:.2g}); {augmentation_line(check['augmentation'])}")
         return check
 
     # -- one step, the same for training and validation
@@ -259,6 +276,13 @@ class Run:
             self.optimizer.step()
         return terms
 
+    def augmented(self, images: torch.Tensor, boxes: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """A training batch augmented (vae.augment), its draws from `generator`; compiled for batches of the
+        checked shape, as the objective is (`step` says why)."""
+        params = draw(images, boxes, self.config.augment, generator, self.data.image_size)
+        compiled = self.compiled_augmentation if images.shape[0] == self.compiled_batch else None
+        return (compiled or apply)(images, params, self.data.image_size)
+
     # -- an epoch of training, a pass of validation
 
     def train_epoch(self) -> dict:
@@ -277,7 +301,7 @@ class Run:
                    disable=not (runtime.main and config.runtime.progress), dynamic_ncols=True, leave=False)
         for step, (images, boxes) in enumerate(self.data.feed.batches(batches)):
             generator = step_generator(training.seed, self.epoch, step, runtime.rank, runtime.device)
-            x = augment(images, boxes, config.augment, generator, self.data.image_size)
+            x = self.augmented(images, boxes, generator)
             noise = torch.randn(x.shape[0], config.model.latent, generator=generator, device=runtime.device)
             terms = self.step(x, noise, learn=True)
             n = x.shape[0]
