@@ -423,7 +423,8 @@ def main() -> None:
     parser.add_argument("--steps", type=at_least(1), default=None, help="timed steps (default: 50 on CUDA, 3 on CPU)")
     parser.add_argument("--warmup", type=at_least(0), default=None,
                         help="untimed steps first (default: 10 on CUDA, 1 on CPU)")
-    parser.add_argument("--compile", action="store_true", help="also time the whole step compiled (objective and augmentation)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time the whole step compiled (objective and augmentation)")
     parser.add_argument("--compile-mode", type=compile_modes, default=["default"],
                         help="torch.compile mode(s) for --compile, comma-separated: a row each "
                              f"({', '.join(COMPILE_MODES)}; default: default)")

@@ -275,6 +275,40 @@ def test_sigterm_stops_a_run_as_ctrl_c_does_and_it_resumes(data, tmp_path):
     assert load_checkpoint(run / "last.pt")["epoch"] == done + 1
 
 
+def test_checkpoints_written_while_the_next_epoch_trains_hold_their_own_epoch(data, tmp_path, monkeypatch):
+    """An epoch's checkpoints go to a thread of their own while the next epoch trains: what they hold is copied
+    at the epoch's end. Here epoch 1's writing waits until epoch 2 has taken steps, which change the weights in
+    place, and its kept model is still epoch 1's: that of a run that trained 1 epoch."""
+    import vae.train
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert train_main(["--data", str(data / "synth"), "--out", str(one), "--epochs", "1", *TINY]) == 0
+    steps, seen = [], {}
+    counted = vae.train.Run.augmented  # called once per training step
+
+    def counting(self, *args):
+        steps.append(self.epoch)
+        return counted(self, *args)
+
+    def late(path, state):
+        if path.name == "last.pt" and state["epoch"] == 1:
+            deadline = time.time() + 120
+            while 2 not in steps and time.time() < deadline:
+                time.sleep(0.01)
+            seen["epoch 2 steps"] = steps.count(2)
+        save_checkpoint(path, state)
+
+    monkeypatch.setattr(vae.train.Run, "augmented", counting)
+    monkeypatch.setattr(vae.train, "save_checkpoint", late)
+    assert train_main(["--data", str(data / "synth"), "--out", str(two), "--epochs", "2", "--save-every", "1",
+                       *TINY]) == 0
+    assert seen["epoch 2 steps"] >= 1, "epoch 2 should have trained while epoch 1 was written"
+    written, trained = load_checkpoint(two / "checkpoints" / "epoch-0001.pt"), load_checkpoint(one / "last.pt")
+    assert all(torch.equal(written["model"][key], trained["model"][key]) for key in trained["model"])
+    assert [r["validation"] for r in metrics(two)][:1] == [r["validation"] for r in metrics(one)]
+    assert load_checkpoint(two / "last.pt")["epoch"] == 2 and len(metrics(two)) == 2
+
+
 def test_a_full_disk_names_the_file_it_could_not_write_and_keeps_the_last_checkpoint(data, tmp_path):
     run = tmp_path / "run"
     assert train_main(["--data", str(data / "synth"), "--out", str(run), "--epochs", "1", *TINY]) == 0

@@ -6,8 +6,8 @@ keeps the models of the epochs --save-every asks for (`kept_epochs`), each a che
 """
 from __future__ import annotations
 
+import copy
 import hashlib
-import io
 import json
 from pathlib import Path
 
@@ -37,11 +37,50 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+def detached_copy(state):
+    """A (nested) checkpoint state with every tensor copied to CPU memory: what training changes afterwards does not
+    reach it, so it can be written while training goes on."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().to("cpu", copy=True)
+    if isinstance(state, dict):
+        return {key: detached_copy(value) for key, value in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(detached_copy(value) for value in state)
+    return copy.deepcopy(state)
+
+
+class _KeptError:
+    """The file torch.save writes to, keeping the OSError of a failed write: torch.save turns it into a RuntimeError
+    that names neither the file nor the cause ("unexpected pos 704 vs 598" for a full disk)."""
+
+    def __init__(self, handle):
+        self.handle, self.error = handle, None
+
+    def write(self, data) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
 def save_checkpoint(path, state: dict) -> None:
-    """Write a checkpoint so that it is either complete on disk or not there at all."""
-    buffer = io.BytesIO()
-    torch.save({"format": FORMAT, "version": VERSION, **state}, buffer)
-    write_atomic(path, buffer.getvalue())
+    """Write a checkpoint so that it is either complete on disk or not there at all. Streamed into its file: the
+    paper model's last.pt, 2.2 GB with Adam's moments, is never held in memory whole (written through an
+    in-memory copy, it took 2-5 times as long: benchmarks/RESULTS.md)."""
+    def write(handle) -> None:
+        sink = _KeptError(handle)
+        try:
+            torch.save({"format": FORMAT, "version": VERSION, **state}, sink)
+        except RuntimeError:
+            if sink.error is None:
+                raise
+            raise sink.error from None  # common.atomic names the file; the command says what to do
+
+    write_atomic(path, write)
 
 
 def load_checkpoint(path, map_location="cpu", mmap: bool = False) -> dict:

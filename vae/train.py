@@ -17,6 +17,7 @@ import math
 import shutil
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,8 +35,8 @@ from common.locks import FolderLock
 from common.machine import cores, describe as describe_machine
 from common.settings import to_dict
 from vae.augment import apply, draw, to_float
-from vae.checkpoint import (CheckpointError, kept_epochs, kept_epochs_line, load_checkpoint, save_checkpoint,
-                            saved_sets, weights_fingerprint)
+from vae.checkpoint import (CheckpointError, detached_copy, kept_epochs, kept_epochs_line, load_checkpoint,
+                            save_checkpoint, saved_sets, weights_fingerprint)
 from vae.config import EPOCHS_FOLDER, TrainConfig, TrainingSettings, holds_run
 from vae.data import (FeedChoice, Pool, Split, choose_feed, epoch_indices, make_feed, mixing_plan, rank_batches,
                       split_pool)
@@ -174,6 +175,14 @@ def build_scheduler(optimizer: torch.optim.Optimizer, training: TrainingSettings
                                                       patience=training.lr_patience, min_lr=training.lr_min)
 
 
+def save_kept_epoch(out: Path, state: dict) -> None:
+    """A model the run keeps (epoch 0: the untrained one) as EPOCHS_FOLDER/epoch-NNNN.pt, a checkpoint like best.pt:
+    --save-every keeps the course of training for the analyses."""
+    folder = out / EPOCHS_FOLDER
+    folder.mkdir(exist_ok=True)
+    save_checkpoint(folder / f"epoch-{state['epoch']:04d}.pt", state)
+
+
 def augmentation_line(record: dict) -> str:
     """What became of compiling the augmentation, for the log."""
     if record["used"]:
@@ -204,6 +213,8 @@ class Run:
         self.optimizer = build_optimizer(self.model, training.lr)
         self.scheduler = build_scheduler(self.optimizer, training)
         self.history: list[dict] = []
+        self.writer: ThreadPoolExecutor | None = None  # writes the checkpoints (main process), `save`
+        self.pending: Future | None = None
         self.best = math.inf
         self.epoch = 0
         if last is not None:
@@ -372,7 +383,6 @@ class Run:
         if not runtime.main:
             return
         self.save(improved)
-        self.write_metrics()  # after the checkpoint, from its history: the two always agree
         self.figures()
         natural = (f"natural {record['natural_fraction']:.0%} ({record['natural_images']})  "
                    if self.data.split.train_natural_order.size else "")
@@ -455,25 +465,49 @@ class Run:
         self.data.split = saved
 
     def save(self, improved: bool) -> None:
-        state = self._state()
-        state.update({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                      "split": self.data.split.to_state(), "history": json.dumps(self.history),
-                      "torch_rng": torch.get_rng_state(),
-                      "natural_fraction": self.history[-1]["natural_fraction"]})
-        save_checkpoint(self.out / "last.pt", state)
-        if improved:
-            save_checkpoint(self.out / "best.pt", self._state())
+        """This epoch's checkpoints (last.pt; best.pt when the validation loss improved; the kept epoch's model),
+        then metrics.jsonl from the same history, written by a thread of their own while the next epoch trains
+        (the paper model's 3 GB take seconds). What they hold is copied first, so they are this epoch's whatever
+        training does meanwhile. One epoch's writing at a time: a failed write stops the run at the next epoch's
+        end, or at its own (`written`), last.pt then still that of the epoch before."""
+        self.written()
+        model = detached_copy(self._state())
+        last = model | detached_copy({
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "split": self.data.split.to_state(), "history": json.dumps(self.history),
+            "torch_rng": torch.get_rng_state(), "natural_fraction": self.history[-1]["natural_fraction"]})
         every = self.config.training.save_every
-        if every and self.epoch % every == 0:
-            self.save_epoch()
+        kept = every and self.epoch % every == 0
+        out, metrics = self.out, self.metrics_text()
+
+        def write() -> None:
+            save_checkpoint(out / "last.pt", last)
+            if improved:
+                save_checkpoint(out / "best.pt", model)
+            if kept:
+                save_kept_epoch(out, model)
+            write_atomic(out / "metrics.jsonl", metrics)  # after the checkpoint, from its history: the two agree
+
+        if self.writer is None:
+            self.writer = ThreadPoolExecutor(1, thread_name_prefix="vae-train-checkpoints")
+        self.pending = self.writer.submit(write)
+
+    def written(self) -> None:
+        """Wait until the checkpoints and metrics that `save` gave its thread are on disk; raise what stopped them."""
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        """Let the checkpoint thread finish what it was given (an interrupted or failed run keeps its last epoch's
+        checkpoint whole, and no temporary file), then end it."""
+        if self.writer is not None:
+            self.writer.shutdown(wait=True)
+            self.writer = None
 
     def save_epoch(self, state: dict | None = None) -> None:
-        """This epoch's model (epoch 0: the untrained one), or the checkpoint `state`, as EPOCHS_FOLDER/epoch-NNNN.pt,
-        a checkpoint like best.pt: --save-every keeps the course of training for the analyses."""
-        state = state or self._state()
-        folder = self.out / EPOCHS_FOLDER
-        folder.mkdir(exist_ok=True)
-        save_checkpoint(folder / f"epoch-{state['epoch']:04d}.pt", state)
+        """This epoch's model, or the checkpoint `state` (the untrained start), kept now (`save_kept_epoch`)."""
+        save_kept_epoch(self.out, state or self._state())
 
     def untrained_start(self) -> dict | None:
         """The untrained start (epoch 0) of a resumed run, rebuilt from its seed, as a checkpoint state: for a run that
@@ -488,9 +522,11 @@ class Run:
         self.log(f"note: --save-every: the untrained start (epoch 0) cannot be kept: {why}")
         return None
 
+    def metrics_text(self) -> bytes:
+        return "".join(json_text(record, indent=None) + "\n" for record in self.history).encode()
+
     def write_metrics(self) -> None:
-        lines = "".join(json_text(record, indent=None) + "\n" for record in self.history)
-        write_atomic(self.out / "metrics.jsonl", lines.encode())
+        write_atomic(self.out / "metrics.jsonl", self.metrics_text())
 
     def figures(self) -> None:
         """Inputs against their posterior-mean reconstructions, and the loss curves (main process)."""
@@ -600,7 +636,7 @@ def train(config: TrainConfig, last: dict | None, command: list[str]) -> int:
     runtime = setup_runtime(config.runtime)
     resume = last is not None
     out = Path(config.out)
-    lock = None
+    lock = run = None
     try:
         log = print if runtime.main else (lambda *a, **k: None)
         run = Run(config, runtime, last, log)
@@ -619,11 +655,14 @@ def train(config: TrainConfig, last: dict | None, command: list[str]) -> int:
             elif start is not None:
                 run.save_epoch(start)
         run.fit()
+        run.written()
         kept = f", {out / EPOCHS_FOLDER}/epoch-*.pt" if (out / EPOCHS_FOLDER).is_dir() else ""
         log(f"done: {out / 'last.pt'}, {out / 'best.pt'} (best validation loss {run.best:.4g}){kept}, "
             f"{out / 'reconstruction.png'}, {out / 'loss_curves.png'}, {out / 'metrics.jsonl'}")
         return 0
     finally:
+        if run is not None:
+            run.close()
         if lock is not None:
             lock.release()
         runtime.close()
