@@ -70,7 +70,7 @@ class _KeptError:
 def save_checkpoint(path, state: dict) -> None:
     """Write a checkpoint so that it is either complete on disk or not there at all. Streamed into its file: the
     paper model's last.pt, 2.2 GB with Adam's moments, is never held in memory whole (written through an
-    in-memory copy, it took 2-5 times as long: benchmarks/RESULTS.md)."""
+    in-memory copy, it took up to several times as long on a 2-core machine: benchmarks/RESULTS.md)."""
     def write(handle) -> None:
         sink = _KeptError(handle)
         try:

@@ -145,7 +145,7 @@ def compile_augmentation_checked(images: torch.Tensor, params: Params, size: int
 
 
 def compile_decision(setting: str, mode: str, device: torch.device) -> tuple[bool, str]:
-    """Whether a run compiles its objective under --compile `setting` (yes, no, auto) and --compile-mode `mode` on
+    """Whether a run compiles its training step under --compile `setting` (yes, no, auto) and --compile-mode `mode` on
     `device`, and why, in words. auto compiles on CUDA, where the compiled step of the paper's model ran 1.5x
     faster on an H100 (2,825 images/s against 1,826 at batch 64) for some seconds of compiling; not on the CPU,
     where it ran slower (0.66 images/s against 0.80 on 2 cores) and Inductor's CPU code has miscompiled
