@@ -246,6 +246,14 @@ class Run:
         mode = config.runtime.compile_mode
         started = time.perf_counter()
         compiled, check = compile_checked(bare, self.model, x, noise, runtime, mode)
+        if compiled is not None:
+            self.objective = compile_objective(self.objective, mode) if runtime.world > 1 else compiled
+            self.compiled_batch = x.shape[0]
+            # the step's augmentation too, with draws of its own (the run's generators are not touched)
+            params = draw(images, boxes, config.augment, torch.Generator(device=x.device).manual_seed(0),
+                          self.data.image_size)
+            self.compiled_augmentation, check["augmentation"] = compile_augmentation_checked(
+                images, params, self.data.image_size)
         check["seconds"] = round(time.perf_counter() - started, 2)  # what compiling costs before the first epoch
         if check["error"]:
             self.log(f"{why}: torch.compile failed on this machine ({check['error']}); training without compiling. "
@@ -256,14 +264,6 @@ class Run:
                      f"{check['mean_difference']:.3g} on average on a training batch (tolerance {check['tolerance']}), "
                      f"a torch.compile correctness bug in torch {torch.__version__}; training without compiling")
         else:
-            self.objective = compile_objective(self.objective, mode) if runtime.world > 1 else compiled
-            self.compiled_batch = x.shape[0]
-            # the step's augmentation too, with draws of its own (the run's generators are not touched)
-            params = draw(images, boxes, config.augment, torch.Generator(device=x.device).manual_seed(0),
-                          self.data.image_size)
-            self.compiled_augmentation, check["augmentation"] = compile_augmentation_checked(
-                images, params, self.data.image_size)
-            check["seconds"] = round(time.perf_counter() - started, 2)
             self.log(f"compiled and checked in {check['seconds']:.0f} s (mean difference from eager execution "
                      f"{check['mean_difference']:.2g}); {augmentation_line(check['augmentation'])}")
         return check
