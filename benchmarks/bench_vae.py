@@ -47,7 +47,7 @@ from vae.imageconv import ImageConv2d
 from vae.losses import Objective, PerceptualLoss, PixelLoss
 from vae.model import VAE, ModelConfig, parameter_counts
 from vae.runtime import Runtime, compile_augmentation_checked, compile_checked, use_cuda_settings
-from vae.train import build_optimizer
+from vae.build import build_optimizer
 from vae.vgg import RANDOM, load_vgg
 
 SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights" / "vgg19-features-relu3_1.pth"

@@ -24,7 +24,7 @@ from vae.cli import main as train_main
 from vae.cli import make_parser
 from vae.config import DataSettings, TrainConfig, TrainingSettings, in_current_terms
 from vae.runtime import compile_decision
-from vae.train import build_scheduler
+from vae.build import build_scheduler
 
 TINY = ["--encoder", "8@4x4-1,16@4x4-2,16@4x4-2,32@4x4-2", "--decoder", "32@3x3-1,16@3x3-2,16@3x3-2,8@3x3-2",
         "--latent", "8", "--batch-size", "16", "--workers", "0", "--recon", "pixel"]
@@ -118,7 +118,7 @@ def test_the_fused_optimizer_takes_the_steps_of_torchs_default_adam():
     """The trainer's fused Adam (one kernel over the parameters) against torch's multi-tensor Adam: the same
     updates to rounding over steps where the moments build up, and a state that resumes in either."""
     from vae.model import VAE, ModelConfig
-    from vae.train import build_optimizer
+    from vae.build import build_optimizer
 
     config = ModelConfig(image_size=32, encoder="8@4x4-2,16@4x4-2", decoder="16@3x3-2,8@3x3-2", latent=8)
     torch.manual_seed(0)
@@ -279,6 +279,7 @@ def test_checkpoints_written_while_the_next_epoch_trains_hold_their_own_epoch(da
     """An epoch's checkpoints go to a thread of their own while the next epoch trains: what they hold is copied
     at the epoch's end. Here epoch 1's writing waits until epoch 2 has taken steps, which change the weights in
     place, and its kept model is still epoch 1's: that of a run that trained 1 epoch."""
+    import vae.checkpoint
     import vae.train
 
     one, two = tmp_path / "one", tmp_path / "two"
@@ -299,7 +300,7 @@ def test_checkpoints_written_while_the_next_epoch_trains_hold_their_own_epoch(da
         save_checkpoint(path, state)
 
     monkeypatch.setattr(vae.train.Run, "augmented", counting)
-    monkeypatch.setattr(vae.train, "save_checkpoint", late)
+    monkeypatch.setattr(vae.checkpoint, "save_checkpoint", late)
     assert train_main(["--data", str(data / "synth"), "--out", str(two), "--epochs", "2", "--save-every", "1",
                        *TINY]) == 0
     assert seen["epoch 2 steps"] >= 1, "epoch 2 should have trained while epoch 1 was written"

@@ -9,6 +9,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -83,6 +85,66 @@ def save_checkpoint(path, state: dict) -> None:
     write_atomic(path, write)
 
 
+def save_kept_epoch(out: Path, state: dict) -> None:
+    """A model the run keeps (epoch 0: the untrained one) as EPOCHS_FOLDER/epoch-NNNN.pt, a checkpoint like best.pt:
+    --save-every keeps the course of training for the analyses."""
+    folder = out / EPOCHS_FOLDER
+    folder.mkdir(exist_ok=True)
+    save_checkpoint(folder / f"epoch-{state['epoch']:04d}.pt", state)
+
+
+@dataclass
+class EpochFiles:
+    """What the end of an epoch writes into the run folder `out`: last.pt (`last`), best.pt when the validation loss
+    `improved` (`model`), the kept epoch's model when `kept`, and metrics.jsonl (`metrics`)."""
+    out: Path
+    last: dict
+    model: dict
+    improved: bool
+    kept: bool
+    metrics: bytes
+
+
+def write_epoch(files: EpochFiles) -> None:
+    """An epoch's files, the checkpoints first: metrics.jsonl, written from the same history after them, then
+    agrees with last.pt whenever a write fails."""
+    save_checkpoint(files.out / "last.pt", files.last)
+    if files.improved:
+        save_checkpoint(files.out / "best.pt", files.model)
+    if files.kept:
+        save_kept_epoch(files.out, files.model)
+    write_atomic(files.out / "metrics.jsonl", files.metrics)
+
+
+class CheckpointWriter:
+    """Writes an epoch's files (`write_epoch`) on a thread of its own while the next epoch trains: the paper model's
+    3 GB take seconds. The states given must be copies (`detached_copy`), which training does not change. One
+    epoch's files at a time; a failed write is raised by the next `submit`, `wait` or `close`."""
+
+    def __init__(self):
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: Future | None = None
+
+    def submit(self, files: EpochFiles) -> None:
+        self.wait()
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="vae-train-checkpoints")
+        self._pending = self._pool.submit(write_epoch, files)
+
+    def wait(self) -> None:
+        """Return once what was submitted is on disk; raise what stopped it."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        """Let the thread finish what it was given (an interrupted or failed run keeps its last epoch's checkpoint
+        whole, and no temporary file), then end it; raises nothing: `wait` does."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+
 def load_checkpoint(path, map_location="cpu", mmap: bool = False) -> dict:
     """Load a checkpoint with weights_only=True (tensors, numbers, strings, lists and dicts only).
     Raises CheckpointError, naming the file, for anything that is not a whole vae-train checkpoint.
@@ -129,7 +191,7 @@ def load_model(path, map_location="cpu") -> VAE:
 
 
 def saved_sets(state: dict) -> list[dict] | None:
-    """The sets a checkpoint's run read, as `vae.train.Data.sets` gives them (option, path, build identity,
+    """The sets a checkpoint's run read, as `vae.build.Data.sets` gives them (option, path, build identity,
     number of images); from checkpoints of earlier versions, only their paths and identities, or None where
     they recorded nothing of them."""
     if "data_sets" in state:

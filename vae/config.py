@@ -206,7 +206,7 @@ def in_current_terms(stored: dict) -> dict:
 # What --resume may replace: where the run is, how it runs, how long, and which epochs' models it keeps.
 RESUMABLE = {"out", "epochs", "save_every"} | set(RuntimeSettings.__dataclass_fields__)
 # What --resume may point elsewhere: the run's sets, moved or copied. The trainer checks that they are the
-# same sets (vae.train.sets_problem); with the split saved in last.pt, the run goes on with the very images and
+# same sets (vae.resume.sets_problem); with the split saved in last.pt, the run goes on with the very images and
 # split it started with.
 RELOCATABLE = {"data", "natural"}
 # Settings added after runs had been saved without them, with the value that trains as those runs did: at that

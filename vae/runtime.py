@@ -144,6 +144,30 @@ def compile_augmentation_checked(images: torch.Tensor, params: Params, size: int
     return (compiled if used else None), {**record, "used": used, "max_difference": largest}
 
 
+def augmentation_line(record: dict) -> str:
+    """What became of compiling the augmentation, for the log."""
+    if record["used"]:
+        return f"the augmentation compiled too (largest difference from eager {record['max_difference']:.2g})"
+    why = record["error"] or (f"it differs from eager execution by up to {record['max_difference']:.3g}, over the "
+                              f"tolerance {record['tolerance']}")
+    return f"the augmentation runs eagerly: {why}"
+
+
+def compile_line(why: str, check: dict) -> str:
+    """What became of compiling the training step (`check`: the record of compile_checked, with the augmentation's
+    and the seconds taken), for the log."""
+    if check["error"]:
+        return (f"{why}: torch.compile failed on this machine ({check['error']}); training without compiling. "
+                "Compiling needs a working C++ compiler for CPU code, and Triton for CUDA; eagerly the run is the "
+                "same, only slower (--compile no skips the attempt)")
+    if not check["used"]:
+        return (f"{why}: the compiled objective differs from eager execution by {check['mean_difference']:.3g} on "
+                f"average on a training batch (tolerance {check['tolerance']}), a torch.compile correctness bug in "
+                f"torch {torch.__version__}; training without compiling")
+    return (f"compiled and checked in {check['seconds']:.0f} s (mean difference from eager execution "
+            f"{check['mean_difference']:.2g}); {augmentation_line(check['augmentation'])}")
+
+
 def compile_decision(setting: str, mode: str, device: torch.device) -> tuple[bool, str]:
     """Whether a run compiles its training step under --compile `setting` (yes, no, auto) and --compile-mode `mode` on
     `device`, and why, in words. auto compiles on CUDA, where the compiled step of the paper's model ran 1.5x

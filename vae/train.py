@@ -1,9 +1,11 @@
 """vae-train: train the paper's VAE on synthgen shards (synthetic first, natural images mixed in).
 
-Read top to bottom: building a run (data, model, reconstruction loss, optimiser) -> one step, the same
-for training and validation -> an epoch of training and a pass of validation -> the end of an epoch
-(schedule, checkpoint, log) -> the epoch loop -> `train`, which the command line (vae.cli) calls with
-checked settings (vae.config). Devices, processes and compiling live in vae.runtime.
+Read top to bottom: a run put together from its parts (vae.build: data, model, reconstruction loss,
+optimiser) -> one step, the same for training and validation -> an epoch of training and a pass of
+validation -> the end of an epoch (schedule, checkpoint, log) -> the epoch loop -> `train`, which the
+command line (vae.cli) calls with checked settings (vae.config). Elsewhere: devices, processes and
+compiling (vae.runtime); the checks that a resumed run is the run it continues (vae.resume); writing the
+checkpoints while training goes on (vae.checkpoint); config.json and the log's opening lines (vae.record).
 
 Reproducibility: the initial weights come from the seed; every random draw of a training step
 (augmentation, the reparameterisation noise) from a generator seeded by (seed, epoch, step, rank);
@@ -17,9 +19,7 @@ import math
 import shutil
 import sys
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,167 +29,21 @@ from tqdm import tqdm
 
 from common import streams
 from common.atomic import write_atomic
-from common.errors import UsageError, UserError
 from common.jsontext import json_text
 from common.locks import FolderLock
-from common.machine import cores, describe as describe_machine
 from common.settings import to_dict
 from vae.augment import apply, draw, to_float
-from vae.checkpoint import (CheckpointError, detached_copy, kept_epochs, kept_epochs_line, load_checkpoint,
-                            save_checkpoint, saved_sets, weights_fingerprint)
-from vae.config import EPOCHS_FOLDER, TrainConfig, TrainingSettings, holds_run
-from vae.data import (FeedChoice, Pool, Split, choose_feed, epoch_indices, make_feed, mixing_plan, rank_batches,
-                      split_pool)
-from vae.losses import BernoulliLoss, Objective, PerceptualLoss, PixelLoss
-from vae.model import VAE, ModelConfig, describe, parameter_counts
+from vae.build import TrainingError, build_model, build_optimizer, build_reconstruction, build_scheduler, load_data
+from vae.checkpoint import (CheckpointError, CheckpointWriter, EpochFiles, detached_copy, load_checkpoint,
+                            save_kept_epoch, weights_fingerprint)
+from vae.config import EPOCHS_FOLDER, TrainConfig, holds_run
+from vae.data import epoch_indices, rank_batches
+from vae.losses import Objective
 from vae.plots import loss_curves, reconstruction_grid
-from vae.runtime import (Runtime, compile_augmentation_checked, compile_checked, compile_decision, compile_objective,
-                         setup_runtime, step_generator)
-from vae.vgg import load_vgg
-
-
-class TrainingError(UserError):
-    """A problem the user can fix; the message says what and how."""
-
-
-# ---------------------------------------------------------------------------------------------- building a run
-
-
-@dataclass
-class Data:
-    pool: Pool
-    split: Split
-    feed: object  # vae.data.MemoryFeed or LoaderFeed
-    image_size: int
-    feed_choice: FeedChoice
-
-    def sets(self) -> list[dict]:
-        """Every set the run reads, in order: the option that named it, where it is, its build identity, its
-        number of images and their size. Equal identities and counts mean equal images (a smaller --n is a
-        prefix of a larger one), so these pin the images, the split and the order of the run wherever the sets
-        lie."""
-        return [{"option": "--natural" if natural else "--data", "path": str(s.root), "identity": s.identity,
-                 "n_images": len(s), "image_size": s.image_size}
-                for s, natural in zip(self.pool.sets, self.pool.natural_set)]
-
-
-def sets_problem(saved: list[dict], now: list[dict]) -> str | None:
-    """Why the sets `now` cannot continue a run that read `saved`, as one line; None when they are the same sets
-    (wherever they lie now)."""
-    fix = "resume with the run's own sets, or start a new run in another --out"
-    if len(now) != len(saved):
-        started = ", ".join(f"{s.get('option', '')} {s['path']}".strip() for s in saved)
-        return (f"--resume: the run was started with {len(saved)} set(s) ({started}), and {len(now)} are given now; "
-                f"give all of them, in that order, or start a new run in another --out")
-    for old, new in zip(saved, now):
-        named = f"{new['option']} {new['path']}"
-        where = "" if old["path"] == new["path"] else f" (the run started with {old['path']})"
-        if old.get("option", new["option"]) != new["option"]:
-            return f"--resume: {named}: the run read its set there with {old['option']}{where}; {fix}"
-        if old["identity"] != new["identity"]:
-            what = ("changed since the run started (a different set is there now)" if not where else
-                    f"is not the run's set {old['path']} (another build)")
-            return f"--resume: {named} {what}; {fix}"
-        if old.get("n_images", new["n_images"]) != new["n_images"]:
-            return (f"--resume: {named} holds {new['n_images']} images, the run started with {old['n_images']} "
-                    f"(the same build, made larger or smaller since){where}; {fix}")
-    return None
-
-
-def load_data(config: TrainConfig, runtime: Runtime, new: bool = True) -> Data:
-    """The run's sets, split and feed; for a new run, sets that share no image, natural sets only as --natural,
-    and an --image-size that reduces the sets' images, never enlarges them."""
-    data = config.data
-    pool = Pool(data.data, data.natural, verify=config.runtime.verify_shards,
-                progress=config.runtime.progress and runtime.main, distinct=new, image_size=config.model.image_size)
-    natural = [s for s, is_natural in zip(pool.sets, pool.natural_set) if s.kind == "natural" and not is_natural]
-    if new and natural:
-        raise UsageError(f"--data {natural[0].root}: a natural set (synthgen pack); give it with --natural, which "
-                         "mixes it in on the paper's schedule (after --natural-start epochs) and balances its classes "
-                         "(--natural-drop); --natural alone, with --natural-start 0, trains on natural images only")
-    size = config.model.image_size or pool.image_size
-    if new and size > pool.image_size:
-        raise UsageError(f"--image-size {size}: the sets' images are {pool.image_size} px ({pool.sets[0].root}); "
-                         "enlarging them adds no detail and trains the model on blurred images: train at "
-                         f"{pool.image_size} px or less, or build (or pack) the sets at --size {size}")
-    split = split_pool(pool, config.training.seed, data.val_fraction, data.natural_drop)
-    if split.validation.size == 0:
-        raise TrainingError(f"--val-fraction {data.val_fraction}: no validation images; raise it or add data")
-    if split.train_synthetic.size + split.train_natural_order.size == 0:
-        raise TrainingError(f"--val-fraction {data.val_fraction}: all {len(pool)} images are held out for validation, "
-                            "none is left to train on; lower it or add data")
-    choice = choose_feed(pool, runtime.device, config.runtime.data_on_device)
-    # Loader processes beyond the cores only contend, and each one imports torch (a few hundred MB of memory).
-    workers = min(config.runtime.workers, cores())
-    if choice.feed == "stream" and workers < config.runtime.workers:
-        choice.reason += (f"; --workers {config.runtime.workers} is more than the {workers} cores here: "
-                          f"{workers} loader workers")
-    feed = make_feed(pool, runtime.device, choice, workers)
-    return Data(pool, split, feed, size, choice)
-
-
-def build_model(config: TrainConfig, image_size: int, runtime: Runtime) -> VAE:
-    settings = config.model
-    model_config = ModelConfig(image_size=image_size, encoder=settings.encoder, decoder=settings.decoder,
-                               output_layer=settings.output_layer, latent=settings.latent)
-    with torch.random.fork_rng(devices=[]):  # the initial weights come from the seed too
-        torch.manual_seed(int(np.random.SeedSequence([config.training.seed, streams.INIT]).generate_state(1)[0]))
-        model = VAE(model_config).to(runtime.device)
-    synced = config.runtime.sync_bn and runtime.world > 1  # then the statistics are over every process's batch
-    if config.training.batch_size == 1 and min(model.normalised_sides) == 1 and not synced:
-        # BatchNorm's training statistics are over the batch and the map: one image on a 1x1 map gives one value
-        raise TrainingError(f"--batch-size 1: this model has a layer whose map is 1x1 (the grids after each "
-                            f"convolution: {', '.join(map(str, model.normalised_sides))}), where BatchNorm cannot "
-                            "take statistics of a single image; raise --batch-size, or use a larger --image-size or "
-                            "fewer stride-2 layers")
-    if synced:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    return model.to(memory_format=torch.channels_last) if config.runtime.channels_last else model
-
-
-def build_reconstruction(config: TrainConfig, runtime: Runtime) -> tuple[torch.nn.Module, dict | None]:
-    """The reconstruction loss, and where its VGG-19 weights came from (perceptual loss only)."""
-    loss = config.loss
-    if loss.recon == "perceptual":
-        vgg, record = load_vgg(loss.vgg_weights)
-        module = PerceptualLoss(vgg, loss.rec_reduction).to(runtime.device)
-        return (module.to(memory_format=torch.channels_last) if config.runtime.channels_last else module), record
-    return (BernoulliLoss if loss.recon == "bce" else PixelLoss)(loss.rec_reduction), None
-
-
-def build_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Adam:
-    """Adam, fused (one kernel and one pass over parameters, gradients and moments) where torch has it for
-    the parameters' device: the multi-tensor update of the paper model's 186M parameters makes about 16
-    passes over memory (1.2 s a step on a 2-core CPU against 0.18 s fused). The two agree to rounding."""
-    try:
-        return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
-    except RuntimeError:  # a device without the fused kernel
-        return torch.optim.Adam(model.parameters(), lr=lr)
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, training: TrainingSettings
-                    ) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
-    """Section 4.2's schedule: the rate times --lr-factor after more than --lr-patience epochs without a better
-    validation loss, never below --lr-min."""
-    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=training.lr_factor,
-                                                      patience=training.lr_patience, min_lr=training.lr_min)
-
-
-def save_kept_epoch(out: Path, state: dict) -> None:
-    """A model the run keeps (epoch 0: the untrained one) as EPOCHS_FOLDER/epoch-NNNN.pt, a checkpoint like best.pt:
-    --save-every keeps the course of training for the analyses."""
-    folder = out / EPOCHS_FOLDER
-    folder.mkdir(exist_ok=True)
-    save_checkpoint(folder / f"epoch-{state['epoch']:04d}.pt", state)
-
-
-def augmentation_line(record: dict) -> str:
-    """What became of compiling the augmentation, for the log."""
-    if record["used"]:
-        return f"the augmentation compiled too (largest difference from eager {record['max_difference']:.2g})"
-    why = record["error"] or (f"it differs from eager execution by up to {record['max_difference']:.3g}, over the "
-                              f"tolerance {record['tolerance']}")
-    return f"the augmentation runs eagerly: {why}"
+from vae.record import describe_run
+from vae.resume import check_sets, continued_split, world_change_line
+from vae.runtime import (Runtime, compile_augmentation_checked, compile_checked, compile_decision, compile_line,
+                         compile_objective, setup_runtime, step_generator)
 
 
 # ---------------------------------------------------------------------------------------------- the run
@@ -213,8 +67,7 @@ class Run:
         self.optimizer = build_optimizer(self.model, training.lr)
         self.scheduler = build_scheduler(self.optimizer, training)
         self.history: list[dict] = []
-        self.writer: ThreadPoolExecutor | None = None  # writes the checkpoints (main process), `save`
-        self.pending: Future | None = None
+        self.writer = CheckpointWriter()  # the main process's checkpoints, written while the next epoch trains
         self.best = math.inf
         self.epoch = 0
         if last is not None:
@@ -255,17 +108,7 @@ class Run:
             self.compiled_augmentation, check["augmentation"] = compile_augmentation_checked(
                 images, params, self.data.image_size)
         check["seconds"] = round(time.perf_counter() - started, 2)  # what compiling costs before the first epoch
-        if check["error"]:
-            self.log(f"{why}: torch.compile failed on this machine ({check['error']}); training without compiling. "
-                     "Compiling needs a working C++ compiler for CPU code, and Triton for CUDA; eagerly the run is "
-                     "the same, only slower (--compile no skips the attempt)")
-        elif compiled is None:
-            self.log(f"{why}: the compiled objective differs from eager execution by "
-                     f"{check['mean_difference']:.3g} on average on a training batch (tolerance {check['tolerance']}), "
-                     f"a torch.compile correctness bug in torch {torch.__version__}; training without compiling")
-        else:
-            self.log(f"compiled and checked in {check['seconds']:.0f} s (mean difference from eager execution "
-                     f"{check['mean_difference']:.2g}); {augmentation_line(check['augmentation'])}")
+        self.log(compile_line(why, check))
         return check
 
     # -- one step, the same for training and validation
@@ -412,20 +255,12 @@ class Run:
         return state | ({"initial_weights": self.initial_weights} if self.initial_weights else {})
 
     def restore(self, state: dict) -> None:
-        saved, now = saved_sets(state), self.data.sets()
-        problem = sets_problem(saved, now) if saved is not None else None
-        if problem:
-            raise TrainingError(problem)
-        for old, new in zip(saved or [], now):
-            if old["path"] != new["path"]:
-                self.log(f"{new['option']} {new['path']}: the run's set, moved from {old['path']} (the same build, "
-                         f"{new['n_images']} images)")
-        world, batch = int(state.get("world_size", self.runtime.world)), self.config.training.batch_size
-        if world != self.runtime.world:  # allowed (a machine with fewer GPUs), but no longer the same run's steps
-            self.log(f"note: the run trained in {world} process(es), a global batch of {world * batch}; it continues "
-                     f"in {self.runtime.world}, a global batch of {self.runtime.world * batch}: from here its steps, "
-                     "and so its weights, differ from those of an uninterrupted run")
-        self.restore_split(state)
+        """Continue from the checkpoint `state`, once it is this run's (vae.resume)."""
+        check_sets(state, self.data.sets(), self.log)
+        note = world_change_line(state, self.runtime.world, self.config.training.batch_size)
+        if note:
+            self.log(note)
+        self.data.split = continued_split(state, self.out, self.data.split, len(self.data.pool), self.log)
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -438,72 +273,20 @@ class Run:
             raise CheckpointError(f"{self.out / 'last.pt'}: cannot continue from it: not the last.pt of this run's "
                                   f"settings ({str(exc)[:160]})") from None
 
-    def restore_split(self, state: dict) -> None:
-        """Go on with the images the run was split into: the split saved in last.pt, whatever this version would
-        compute. A last.pt from before the split was saved has it checked against what config.json records."""
-        now = self.data.split
-        if "split" not in state:
-            problem = split_problem(recorded_split(self.out / "config.json"), now.counts())
-            if problem:
-                raise TrainingError(f"--resume: {self.out}: this version of vae-train splits the run's images "
-                                    f"otherwise than the version that started it ({problem}); continued, the run would "
-                                    "train on other images, its validation images among them; continue it with the "
-                                    "version that started it, or start a new run in another --out")
-            return
-        try:
-            saved = Split.from_state(state["split"])
-        except (KeyError, AttributeError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"{self.out / 'last.pt'}: its saved split cannot be read ({str(exc)[:160]})"
-                                  ) from None
-        indices = np.concatenate([saved.train_synthetic, saved.train_natural_order, saved.validation])
-        if indices.size and not 0 <= indices.min() <= indices.max() < len(self.data.pool):
-            raise CheckpointError(f"{self.out / 'last.pt'}: its saved split names images up to {indices.max()}, and "
-                                  f"the run's sets hold {len(self.data.pool)}; not the last.pt of these sets")
-        if not saved.same_as(now):
-            self.log("note: this version of vae-train would split the run's images otherwise; the run goes on with "
-                     "the split it started with, saved in its last.pt")
-        self.data.split = saved
-
     def save(self, improved: bool) -> None:
         """This epoch's checkpoints (last.pt; best.pt when the validation loss improved; the kept epoch's model),
-        then metrics.jsonl from the same history, written by a thread of their own while the next epoch trains
-        (the paper model's 3 GB take seconds). What they hold is copied first, so they are this epoch's whatever
-        training does meanwhile. One epoch's writing at a time: a failed write stops the run at the next epoch's
-        end, or at its own (`written`), last.pt then still that of the epoch before."""
-        self.written()
+        then metrics.jsonl from the same history, given to the checkpoint thread (vae.checkpoint.CheckpointWriter)
+        while the next epoch trains. What they hold is copied first, once the epoch before is on disk (one copy in
+        memory at a time), so they are this epoch's whatever training does meanwhile."""
+        self.writer.wait()
         model = detached_copy(self._state())
         last = model | detached_copy({
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "split": self.data.split.to_state(), "history": json.dumps(self.history),
             "torch_rng": torch.get_rng_state(), "natural_fraction": self.history[-1]["natural_fraction"]})
         every = self.config.training.save_every
-        kept = every and self.epoch % every == 0
-        out, metrics = self.out, self.metrics_text()
-
-        def write() -> None:
-            save_checkpoint(out / "last.pt", last)
-            if improved:
-                save_checkpoint(out / "best.pt", model)
-            if kept:
-                save_kept_epoch(out, model)
-            write_atomic(out / "metrics.jsonl", metrics)  # after the checkpoint, from its history: the two agree
-
-        if self.writer is None:
-            self.writer = ThreadPoolExecutor(1, thread_name_prefix="vae-train-checkpoints")
-        self.pending = self.writer.submit(write)
-
-    def written(self) -> None:
-        """Wait until the checkpoints and metrics that `save` gave its thread are on disk; raise what stopped them."""
-        pending, self.pending = self.pending, None
-        if pending is not None:
-            pending.result()
-
-    def close(self) -> None:
-        """Let the checkpoint thread finish what it was given (an interrupted or failed run keeps its last epoch's
-        checkpoint whole, and no temporary file), then end it."""
-        if self.writer is not None:
-            self.writer.shutdown(wait=True)
-            self.writer = None
+        self.writer.submit(EpochFiles(self.out, last, model, improved, kept=bool(every and self.epoch % every == 0),
+                                      metrics=self.metrics_text()))
 
     def save_epoch(self, state: dict | None = None) -> None:
         """This epoch's model, or the checkpoint `state` (the untrained start), kept now (`save_kept_epoch`)."""
@@ -551,66 +334,6 @@ class Run:
 # ---------------------------------------------------------------------------------------------- the command
 
 
-SPLIT_RECORD = {"synthetic_train": "synthetic training images", "natural_train": "natural training images",
-                "validation": "validation images", "natural_dropped_per_class": "natural examples removed per class"}
-
-
-def recorded_split(config_json: Path) -> dict | None:
-    """The counts of the split that a run's config.json records (Split.counts); None where it holds none."""
-    try:
-        data = json.loads(config_json.read_text())["data"]
-        record = {key: data[key] for key in SPLIT_RECORD}
-        record["natural_dropped_per_class"] = {int(k): v for k, v in record["natural_dropped_per_class"].items()}
-        return record
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
-
-
-def split_problem(recorded: dict | None, now: dict) -> str | None:
-    """Where the split computed now departs from the one recorded, in words; None where they agree or nothing
-    was recorded."""
-    if recorded is None:
-        return None
-    return "; ".join(f"{label}: {recorded[key]} recorded in config.json, {now[key]} now"
-                     for key, label in SPLIT_RECORD.items() if recorded[key] != now[key]) or None
-
-
-def machine(runtime: Runtime) -> str:
-    """The main process's machine, its GPU when it trains on one: the images/s of metrics.jsonl depend on it."""
-    return describe_machine("numpy", "torch", gpu=runtime.device.type == "cuda")
-
-
-def describe_run(run: Run, config: TrainConfig, runtime: Runtime, resume: bool, command: list[str],
-                 start: dict | None = None) -> dict:
-    """config.json's record, and the opening lines of the log (`start`: a resumed run's untrained start, to keep)."""
-    split = run.data.split
-    record = {"train": to_dict(config), "model": json.loads(run.model.config.to_json()),
-              "parameters": parameter_counts(run.model), "vgg": run.vgg_record, "world_size": runtime.world,
-              "optimizer": {"name": "Adam", "fused": bool(run.optimizer.defaults.get("fused"))},
-              "compile": run.compile_check, "device": str(runtime.device), "amp": "bf16" if runtime.amp else "off",
-              "torch": torch.__version__, "machine": machine(runtime), "command": command,
-              "data": {**split.counts(), "sets": run.data.sets(), "feed": asdict(run.data.feed_choice)}}
-    run.log(describe(run.model))
-    run.log(f"data: {record['data']['synthetic_train']} synthetic and {record['data']['natural_train']} natural "
-            f"training images, {record['data']['validation']} held out; natural examples removed for class balance: "
-            f"{split.dropped or 'none'}")
-    mixing = mixing_plan(config.training.epochs, config.data.natural_start, config.data.natural_ramp,
-                         int(split.train_natural_order.size))
-    if mixing:
-        run.log(mixing)
-    run.log(f"loss: {config.loss.alpha} * KL + {config.loss.beta} * {config.loss.recon} reconstruction "
-            f"({config.loss.rec_reduction} over elements per image, mean over the batch); VGG weights: "
-            f"{(run.vgg_record or {}).get('source', 'not used')}")
-    run.log(f"device {runtime.device} x {runtime.world} process(es), amp {'bf16' if runtime.amp else 'off'}, "
-            f"{'compiled' if run.compiled_batch else 'eager'}, {run.data.feed_choice.line()}"
-            + (f", resuming after epoch {run.epoch}" if resume else ""))
-    if config.training.save_every:
-        epochs = kept_epochs(run.epoch, config.training.epochs, config.training.save_every, new=not resume)
-        each = sum(t.numel() * t.element_size() for t in run.model.state_dict().values())
-        run.log(kept_epochs_line(epochs, each, shutil.disk_usage(run.out).free, start=start is not None))
-    return record
-
-
 def claim_run_folder(out: Path, last: dict | None) -> FolderLock:
     """Hold the run folder for this process (common.locks): a second vae-train on it is refused, and so is this
     one if another took the folder between the command's checks and now, starting a run there (`last` None)
@@ -655,14 +378,14 @@ def train(config: TrainConfig, last: dict | None, command: list[str]) -> int:
             elif start is not None:
                 run.save_epoch(start)
         run.fit()
-        run.written()
+        run.writer.wait()
         kept = f", {out / EPOCHS_FOLDER}/epoch-*.pt" if (out / EPOCHS_FOLDER).is_dir() else ""
         log(f"done: {out / 'last.pt'}, {out / 'best.pt'} (best validation loss {run.best:.4g}){kept}, "
             f"{out / 'reconstruction.png'}, {out / 'loss_curves.png'}, {out / 'metrics.jsonl'}")
         return 0
     finally:
         if run is not None:
-            run.close()
+            run.writer.close()
         if lock is not None:
             lock.release()
         runtime.close()
