@@ -310,6 +310,31 @@ def test_checkpoints_written_while_the_next_epoch_trains_hold_their_own_epoch(da
     assert load_checkpoint(two / "last.pt")["epoch"] == 2 and len(metrics(two)) == 2
 
 
+def test_the_checkpoint_thread_writes_metrics_after_the_checkpoint_and_reports_a_failed_write(tmp_path):
+    """metrics.jsonl is written only once last.pt is: when last.pt cannot be written, the metrics of that epoch are
+    not either (the two agree), and the failure comes out of the next wait, naming the file; close raises nothing."""
+    from vae.checkpoint import CheckpointWriter, EpochFiles
+
+    state = {"model_config": "{}", "model": {"w": torch.arange(4.0)}, "epoch": 1}
+    writer = CheckpointWriter()
+    writer.submit(EpochFiles(tmp_path, state, state, improved=True, kept=True, metrics=b'{"epoch": 1}\n'))
+    writer.wait()
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1 and (tmp_path / "best.pt").exists()
+    assert (tmp_path / "checkpoints" / "epoch-0001.pt").exists()
+    assert (tmp_path / "metrics.jsonl").read_bytes() == b'{"epoch": 1}\n'
+    (tmp_path / "last.pt").unlink()
+    (tmp_path / "last.pt").mkdir()  # a folder where last.pt goes: its write fails, as on a full disk
+    writer.submit(EpochFiles(tmp_path, state | {"epoch": 2}, state, improved=False, kept=False, metrics=b"two\n"))
+    with pytest.raises(OSError) as failed:
+        writer.wait()
+    assert str(tmp_path / "last.pt") in str(failed.value)
+    assert (tmp_path / "metrics.jsonl").read_bytes() == b'{"epoch": 1}\n'
+    assert not list(tmp_path.glob(".*tmp*"))
+    writer.wait()  # the failure is reported once
+    writer.close()
+    writer.close()
+
+
 def test_a_full_disk_names_the_file_it_could_not_write_and_keeps_the_last_checkpoint(data, tmp_path):
     run = tmp_path / "run"
     assert train_main(["--data", str(data / "synth"), "--out", str(run), "--epochs", "1", *TINY]) == 0
