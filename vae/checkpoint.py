@@ -119,7 +119,7 @@ def write_epoch(files: EpochFiles) -> None:
 class CheckpointWriter:
     """Writes an epoch's files (`write_epoch`) on a thread of its own while the next epoch trains: the paper model's
     3 GB take seconds. The states given must be copies (`detached_copy`), which training does not change. One
-    epoch's files at a time; a failed write is raised by the next `submit`, `wait` or `close`."""
+    epoch's files at a time; a failed write is raised by the next `submit` or `wait`."""
 
     def __init__(self):
         self._pool: ThreadPoolExecutor | None = None
