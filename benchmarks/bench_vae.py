@@ -41,13 +41,12 @@ from torch.utils.flop_counter import FlopCounterMode
 from common.machine import describe
 from vae import imageconv
 from vae.augment import apply, draw
+from vae.build import build_optimizer
 from vae.config import (COMPILE_MODES, AugmentConfig, DataSettings, LossSettings, RuntimeSettings, TrainConfig,
                         TrainingSettings)
-from vae.imageconv import ImageConv2d
 from vae.losses import Objective, PerceptualLoss, PixelLoss
 from vae.model import VAE, ModelConfig, parameter_counts
 from vae.runtime import Runtime, compile_augmentation_checked, compile_checked, use_cuda_settings
-from vae.build import build_optimizer
 from vae.vgg import RANDOM, load_vgg
 
 SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights" / "vgg19-features-relu3_1.pth"
@@ -285,7 +284,7 @@ def conv_layers(module: torch.nn.Module) -> dict:
     for name, layer in module.named_modules():
         if isinstance(layer, torch.nn.modules.conv._ConvNd):
             shapes = [tuple(layer.weight.shape)]
-            if isinstance(layer, ImageConv2d):  # the shape it runs with, compiled on CUDA
+            if isinstance(layer, imageconv.ImageConv2d):  # the shape it runs with, compiled on CUDA
                 with torch.no_grad():
                     shapes.append(tuple(imageconv.padded_weight(layer, imageconv.CUDA_CHANNELS).shape))
             for shape in shapes:

@@ -17,6 +17,7 @@ from PIL import Image
 from conftest import lock_held_elsewhere, not_json, strict_json, trained_like_vgg19
 from synthgen.cli import main as synthgen_main
 from test_pack import make_sos_tree
+from vae.build import build_scheduler
 from vae.checkpoint import (kept_epochs, kept_epochs_line, load_checkpoint, load_model_and_metadata, run_identity,
                             save_checkpoint)
 from common.errors import UserError
@@ -24,7 +25,6 @@ from vae.cli import main as train_main
 from vae.cli import make_parser
 from vae.config import DataSettings, TrainConfig, TrainingSettings, in_current_terms
 from vae.runtime import compile_decision
-from vae.build import build_scheduler
 
 TINY = ["--encoder", "8@4x4-1,16@4x4-2,16@4x4-2,32@4x4-2", "--decoder", "32@3x3-1,16@3x3-2,16@3x3-2,8@3x3-2",
         "--latent", "8", "--batch-size", "16", "--workers", "0", "--recon", "pixel"]
