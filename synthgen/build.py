@@ -6,7 +6,9 @@ once into the store unless it holds them (synthgen.scenes) -> decode every objec
 prepared store -> write sources.json -> render shards with joblib (each task renders and
 writes one whole shard; a partial last round goes in parts, synthgen.parts) -> read the labels back for
 the summary -> write the final manifest and drop the store. Nothing is written before the checks pass,
-and a shard appears only when complete.
+and a shard appears only when complete. In the code, `_build` reads in that order: `checked_scene_store` and
+`set_writer`, then `check_before_writing` (the folder, the object pool, the feasibility probes, the room
+on disk), `prepare_and_render` (everything the workers do) and `summarise`.
 
 A set's identity (`build_identity`) covers what shapes its images: the settings but --n, the source
 file lists, the versions. Image i depends only on (seed, i), so a set is extended by re-running with
@@ -344,6 +346,7 @@ def build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | No
 
 def _build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | None, log, started: float,
            workers_started, scene_store, lock) -> dict:
+    """`build` within the held folder, while the workers start: the checks, then the work, then the summary."""
     out = Path(out_dir).resolve()
     read_whole = [("--objects", config.objects), ("--backgrounds", config.backgrounds)]
     problem = inside_sources_problem(out, "--out", read_whole) or (
@@ -351,24 +354,68 @@ def _build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | N
     if problem:
         raise UsageError(problem)
     sources = scan_sources(config)
-    if scene_store is not None:
-        if not config.backgrounds:
-            raise UsageError(f"--scene-store {scene_store}: keeps the scenes of --backgrounds decoded; the embedded "
-                             "default draws its scenes, so there is nothing to keep. Give --backgrounds, or drop "
-                             "--scene-store")
-        scene_store = Path(scene_store).resolve()
-        if scene_store == out or out in scene_store.parents or scene_store in out.parents:
-            raise UsageError(f"--scene-store {scene_store}: give a folder apart from --out {out}, neither inside it "
-                             "nor holding it: the store outlives the set, and each folder holds only its own files")
-        backgrounds = sources.description["backgrounds"]
-        store_ready = check_store(scene_store, backgrounds["root"], sources.fingerprints["backgrounds"], config.size)
-        # a ready store is only read (it may lie on shared, read-only storage); one to make must be writable
-        unwritable = not store_ready and out_folder_problem(scene_store, "--scene-store")
-        if unwritable:
-            raise UsageError(unwritable)
+    scene_store, store_ready = checked_scene_store(scene_store, out, config, sources)
     if run.on_bad_input == "fail" and sources.skipped:
         first = sources.skipped[0]
         raise BadInputError(first.path, first.reason + " (--on-bad-input fail)")
+    writer = set_writer(out, config, sources, command, run, log, lock)
+    previous = writer.existing() or {}
+    if previous.get("build_identity") != writer.identity:  # another set (replaced with --overwrite): nothing to keep
+        previous = {}
+    checked = check_before_writing(out, config, run, writer, sources, scene_store, store_ready)
+
+    writer.manifest["object_pool"] = checked.pool
+    writer.begin()
+    rendered = Rendered()
+    checks_ended = waited = time.perf_counter()
+    if checked.todo:
+        workers_started()
+        waited = time.perf_counter()
+        rendered = prepare_and_render(out, config, run, writer, sources, checked, previous, scene_store, store_ready,
+                                      log)
+    summary = summarise(out, config, run, rendered, started, checks_ended, waited)
+    if scene_store is not None:  # its pixels came from the machine that made it
+        made_with = (read_store(scene_store) or {}).get("made_with")
+        summary["scene_store"] = {"path": str(scene_store), "made_with": made_with}
+    too_large = checked.too_large | rendered.too_large | {k for r in rendered.results for k in r["too_large"]}
+    if too_large or not rendered.results:
+        summary["excluded_objects"] = (excluded_objects(config, checked.objects, too_large)
+                                       or previous.get("summary", {}).get("excluded_objects", []))
+    if rendered.masks:
+        summary["masks"], writer.manifest["mask_notes"] = mask_summary(rendered.masks, config.mask_threshold)
+    elif "masks" in previous.get("summary", {}):  # nothing decoded in this run: keep what the last one found
+        summary["masks"], writer.manifest["mask_notes"] = previous["summary"]["masks"], previous.get("mask_notes", [])
+    writer.finish(config.n_shards, summary)
+    shutil.rmtree(out / PREPARED_DIR, ignore_errors=True)  # only an unfinished build needs the store
+    return summary
+
+
+def checked_scene_store(scene_store, out: Path, config: BuildConfig, sources: Sources) -> tuple[Path | None, bool]:
+    """--scene-store resolved and checked (None: not given), and whether it holds these scenes already; one that
+    does not must be writable, to be made."""
+    if scene_store is None:
+        return None, False
+    if not config.backgrounds:
+        raise UsageError(f"--scene-store {scene_store}: keeps the scenes of --backgrounds decoded; the embedded "
+                         "default draws its scenes, so there is nothing to keep. Give --backgrounds, or drop "
+                         "--scene-store")
+    scene_store = Path(scene_store).resolve()
+    if scene_store == out or out in scene_store.parents or scene_store in out.parents:
+        raise UsageError(f"--scene-store {scene_store}: give a folder apart from --out {out}, neither inside it "
+                         "nor holding it: the store outlives the set, and each folder holds only its own files")
+    backgrounds = sources.description["backgrounds"]
+    ready = check_store(scene_store, backgrounds["root"], sources.fingerprints["backgrounds"], config.size)
+    # a ready store is only read (it may lie on shared, read-only storage); one to make must be writable
+    unwritable = not ready and out_folder_problem(scene_store, "--scene-store")
+    if unwritable:
+        raise UsageError(unwritable)
+    return scene_store, ready
+
+
+def set_writer(out: Path, config: BuildConfig, sources: Sources, command: list[str] | None, run: RunOptions, log,
+               lock) -> SetWriter:
+    """The writer of the set in `out`, its manifest's record of the build, and the sources' unreadable files
+    reported."""
     writer = SetWriter(out, {
         "format": MANIFEST_FORMAT, "schema_version": SCHEMA_VERSION, "synthgen_version": __version__,
         "build_identity": identity_of(config, sources), "command": command, "config": config.to_json(),
@@ -380,92 +427,129 @@ def _build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | N
     }, log, sync_shards=not run.workers_sync, lock=lock)
     for item in sources.skipped:
         writer.report(item)
-    previous = writer.existing() or {}
-    if previous.get("build_identity") != writer.identity:  # another set (replaced with --overwrite): nothing to keep
-        previous = {}
+    return writer
 
-    # Checks, before anything is written.
+
+@dataclass
+class Checked:
+    """What the checks before any write found: the finished shards and those to build, the objects and which of
+    them the images may draw."""
+
+    done: set[int]  # the finished shards a resumed build keeps
+    todo: list[int]
+    objects: FolderObjects | ProceduralObjects  # the object source (open_objects)
+    sizer: Compositor  # decides which objects fit the canvas at every area
+    pool: list[int] | None  # --source-objects' objects (None: all)
+    too_large: set[int]  # objects left out so far
+
+
+def check_before_writing(out: Path, config: BuildConfig, run: RunOptions, writer: SetWriter, sources: Sources,
+                         scene_store: Path | None, store_ready: bool) -> Checked:
+    """The checks before anything is written: the folder (resume, extend or refuse), the object pool, whether the
+    design can be placed (check_feasible), and the room on disk."""
     done = writer.check(config.n_shards, run.overwrite, lambda old: differences(old, config, sources),
                         keep=lambda s, attrs: (attrs["first_index"], attrs["n_images"]) == config.shard_range(s),
                         n_images=config.n, progress=run.progress)
     todo = [s for s in range(config.n_shards) if s not in done]
     objects = open_objects(sources.description, (run.cache_mb << 20) // 2)
     backgrounds = open_backgrounds(sources.description, (run.cache_mb << 20) // 2)
-    pool_skipped: list[Skipped] = []
+    skipped: list[Skipped] = []
     too_large: set[int] = set()
     sizer = Compositor(config, objects, backgrounds, range(len(objects)), run.on_bad_input)
-    pool = select_object_pool(config, objects, sizer, run.on_bad_input, pool_skipped, too_large)
+    pool = select_object_pool(config, objects, sizer, run.on_bad_input, skipped, too_large)
     if todo:
         probe = Compositor(config, objects, backgrounds, pool if pool is not None else range(len(objects)),
                            run.on_bad_input)
         probe.eligible = sizer.eligible
         check_feasible(config, probe)
-        pool_skipped += probe.skipped
+        skipped += probe.skipped
         too_large |= probe.too_large
         store_kept = not writer.replacing and prepared_complete(out, config.size)  # a resumed build's
         to_prepare = (0 if store_kept or not config.pastes_objects else len(pool) if pool is not None
                       else len(objects))
         scene_bytes = 0
         if scene_store is not None and not store_ready:
-            backgrounds = sources.description["backgrounds"]
-            scene_bytes = estimated_store_bytes(backgrounds["root"], backgrounds["files"], config.size)
+            scenes = sources.description["backgrounds"]
+            scene_bytes = estimated_store_bytes(scenes["root"], scenes["files"], config.size)
         check_room(planned_writes(out, config, todo, local_workers(run), to_prepare, scene_store, scene_bytes),
                    freed={out: writer.replaced_bytes()})
-    for item in pool_skipped:
+    for item in skipped:
         writer.report(item)
+    return Checked(done, todo, objects, sizer, pool, too_large)
 
-    writer.manifest["object_pool"] = pool
-    writer.begin()
-    results, workers, render_seconds, prepare_seconds, masks, render_timeline = [], None, 0.0, 0.0, [], None
-    checked = waited = time.perf_counter()
-    if todo:
-        workers_started()
-        waited = time.perf_counter()
-        with parallel_backend(run) as client:
-            workers = workers_of(client, run)
-            # scenes without objects paste none: preparing them (18-30 s for THUS10000 on 2 cores) would be for nothing
-            ids = [] if not config.pastes_objects else pool if pool is not None else list(range(len(objects)))
-            prepare_start = time.perf_counter()
-            if scene_store is not None:
-                _scene_store(scene_store, store_ready, sources, config.size, run, workers, log)
-                sources.description["backgrounds"]["store"] = str(scene_store)
-            store = prepare_objects(
-                objects, ids, config.size, out, run.on_bad_input, sizer.eligible,
-                lambda calls: run_tasks(calls, run.progress and len(calls) > 1, "synthgen decoding objects",
-                                        preload=WORKER_MODULES), workers)
-            prepare_seconds = time.perf_counter() - prepare_start
-            masks = store.masks
-            for item in store.bad:
-                writer.report(item)
-            too_large |= {k for k, fits in store.eligible.items() if not fits}
-            usable = [k for k in store.ids if store.eligible[k]]
-            if not store.ids and config.pastes_objects:
-                raise UsageError(f"--objects {config.objects}: none of the {len(ids)} objects is usable "
-                                 "(each is listed above with the reason)")
-            if not usable and config.pastes_objects:
-                raise UsageError(f"--objects: none of the {len(store.ids)} usable objects can appear at every area "
-                                 f"and count: each is too large for the top of --area-range ({config.area_range[1]:.0%}"
-                                 "), or its copies are placed too rarely at some count. Lower the top of --area-range, "
-                                 "allow more overlap (--max-occlusion), or use fewer objects (--count)")
-            check_same_pool(out, done, usable, previous)
-            note = few_objects_note(config, len(usable), len(too_large))
-            if note:
-                log(note)
-            write_json_atomic(out / SOURCES, {**sources.description, "pool": usable})
-            try:
-                results, render_seconds, render_timeline = _render_shards(out, todo, config, writer,
-                                                                          sources.fingerprints, run, workers)
-            except PlacementError as exc:
-                writer.fail({"image": exc.index, "message": str(exc)})
-                raise
 
+@dataclass
+class Rendered:
+    """What the workers did: each shard's result, the objects they left out, the masks they decoded, the time."""
+
+    results: list[dict] = field(default_factory=list)
+    workers: int | None = None
+    prepare_seconds: float = 0.0
+    render_seconds: float = 0.0
+    timeline: dict | None = None
+    too_large: set[int] = field(default_factory=set)
+    masks: list = field(default_factory=list)
+
+
+def prepare_and_render(out: Path, config: BuildConfig, run: RunOptions, writer: SetWriter, sources: Sources,
+                       checked: Checked, previous: dict, scene_store: Path | None, store_ready: bool,
+                       log) -> Rendered:
+    """With the workers: the scene store made (or read), every object decoded once into the prepared store, the
+    objects that can appear fixed in sources.json, then the missing shards."""
+    rendered = Rendered()
+    with parallel_backend(run) as client:
+        rendered.workers = workers = workers_of(client, run)
+        pool, objects = checked.pool, checked.objects
+        # scenes without objects paste none: preparing them (18-30 s for THUS10000 on 2 cores) would be for nothing
+        ids = [] if not config.pastes_objects else pool if pool is not None else list(range(len(objects)))
+        prepare_start = time.perf_counter()
+        if scene_store is not None:
+            _scene_store(scene_store, store_ready, sources, config.size, run, workers, log)
+            sources.description["backgrounds"]["store"] = str(scene_store)
+        store = prepare_objects(
+            objects, ids, config.size, out, run.on_bad_input, checked.sizer.eligible,
+            lambda calls: run_tasks(calls, run.progress and len(calls) > 1, "synthgen decoding objects",
+                                    preload=WORKER_MODULES), workers)
+        rendered.prepare_seconds = time.perf_counter() - prepare_start
+        rendered.masks = store.masks
+        for item in store.bad:
+            writer.report(item)
+        rendered.too_large = {k for k, fits in store.eligible.items() if not fits}
+        usable = [k for k in store.ids if store.eligible[k]]
+        if not store.ids and config.pastes_objects:
+            raise UsageError(f"--objects {config.objects}: none of the {len(ids)} objects is usable "
+                             "(each is listed above with the reason)")
+        if not usable and config.pastes_objects:
+            raise UsageError(f"--objects: none of the {len(store.ids)} usable objects can appear at every area "
+                             f"and count: each is too large for the top of --area-range ({config.area_range[1]:.0%}"
+                             "), or its copies are placed too rarely at some count. Lower the top of --area-range, "
+                             "allow more overlap (--max-occlusion), or use fewer objects (--count)")
+        check_same_pool(out, checked.done, usable, previous)
+        note = few_objects_note(config, len(usable), len(checked.too_large | rendered.too_large))
+        if note:
+            log(note)
+        write_json_atomic(out / SOURCES, {**sources.description, "pool": usable})
+        try:
+            rendered.results, rendered.render_seconds, rendered.timeline = _render_shards(
+                out, checked.todo, config, writer, sources.fingerprints, run, workers)
+        except PlacementError as exc:
+            writer.fail({"image": exc.index, "message": str(exc)})
+            raise
+    return rendered
+
+
+def summarise(out: Path, config: BuildConfig, run: RunOptions, rendered: Rendered, started: float,
+              checks_ended: float, waited: float) -> dict:
+    """The set's summary for manifest.json: its labels read back from every shard, and where this build's time
+    went (the build started at `started`, its checks ended at `checks_ended`, its workers were ready at `waited`)."""
     labels = read_labels([shard_path(out, s) for s in range(config.n_shards)],
                          ("count", "target_area", "visible_area"))
     summary = label_summary(labels["count"], labels["target_area"], labels["visible_area"], config.size)
+    results, prepare_seconds, render_seconds = rendered.results, rendered.prepare_seconds, rendered.render_seconds
     built = sum(r["n_images"] for r in results)
     ended = time.perf_counter()
     # Where a build's time goes outside the render: what scaling with workers loses at the start and the end.
-    phases = {"scan_and_checks": checked - started, "waiting_for_workers": waited - checked,
+    phases = {"scan_and_checks": checks_ended - started, "waiting_for_workers": waited - checks_ended,
               "prepare": prepare_seconds, "render": render_seconds,
               "labels_and_other": ended - waited - prepare_seconds - render_seconds}
     summary.update({
@@ -474,30 +558,22 @@ def _build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | N
         "total_seconds": round(ended - started, 3),
         "phase_seconds": {name: round(seconds, 3) for name, seconds in phases.items()},
         "images_per_second": round(built / render_seconds, 1) if built else None,
-        "render_timeline": render_timeline,
-        "workers": workers, "backend": run.backend,
+        "render_timeline": rendered.timeline,
+        "workers": rendered.workers, "backend": run.backend,
         "ms_per_image": {stage: round(1e3 * sum(r["timings"][stage] for r in results) / built, 4)
                          for stage in STAGES} if built else None,
     })
-    if scene_store is not None:  # its pixels came from the machine that made it
-        made_with = (read_store(scene_store) or {}).get("made_with")
-        summary["scene_store"] = {"path": str(scene_store), "made_with": made_with}
-    too_large |= {k for r in results for k in r["too_large"]}
-    if too_large or not results:
-        copies = crowded_counts(config)
-        rarely = f", or {copies} copies of it at {config.area_range[1]:.0%} are placed too rarely" if copies else ""
-        reason = (f"too large to fit the {config.size}x{config.size} canvas at {largest_object_share(config):.0%} of "
-                  f"it (the largest area an object can be given){rarely}: left out so that which objects appear does "
-                  "not depend on the area")
-        excluded = [{"path": objects.mask_path(k), "reason": reason} for k in sorted(too_large)]
-        summary["excluded_objects"] = excluded or previous.get("summary", {}).get("excluded_objects", [])
-    if masks:
-        summary["masks"], writer.manifest["mask_notes"] = mask_summary(masks, config.mask_threshold)
-    elif "masks" in previous.get("summary", {}):  # nothing decoded in this run: keep what the last one found
-        summary["masks"], writer.manifest["mask_notes"] = previous["summary"]["masks"], previous.get("mask_notes", [])
-    writer.finish(config.n_shards, summary)
-    shutil.rmtree(out / PREPARED_DIR, ignore_errors=True)  # only an unfinished build needs the store
     return summary
+
+
+def excluded_objects(config: BuildConfig, objects, too_large: set[int]) -> list[dict]:
+    """The objects left out of the set, each with why: so that which objects appear does not depend on the area."""
+    copies = crowded_counts(config)
+    rarely = f", or {copies} copies of it at {config.area_range[1]:.0%} are placed too rarely" if copies else ""
+    reason = (f"too large to fit the {config.size}x{config.size} canvas at {largest_object_share(config):.0%} of "
+              f"it (the largest area an object can be given){rarely}: left out so that which objects appear does "
+              "not depend on the area")
+    return [{"path": objects.mask_path(k), "reason": reason} for k in sorted(too_large)]
 
 
 def _render_shards(out: Path, todo: list[int], config: BuildConfig, writer: SetWriter, fingerprints: dict,
