@@ -7,7 +7,7 @@ prepared store -> write sources.json -> render shards with joblib (each task ren
 writes one whole shard; a partial last round goes in parts, synthgen.parts) -> read the labels back for
 the summary -> write the final manifest and drop the store. Nothing is written before the checks pass,
 and a shard appears only when complete. In the code, `_build` reads in that order: `checked_scene_store` and
-`set_writer`, then `check_before_writing` (the folder, the object pool, the feasibility probes, the room
+`open_set_writer`, then `check_before_writing` (the folder, the object pool, the feasibility probes, the room
 on disk), `prepare_and_render` (everything the workers do) and `summarise`.
 
 A set's identity (`build_identity`) covers what shapes its images: the settings but --n, the source
@@ -358,7 +358,7 @@ def _build(config: BuildConfig, run: RunOptions, out_dir, command: list[str] | N
     if run.on_bad_input == "fail" and sources.skipped:
         first = sources.skipped[0]
         raise BadInputError(first.path, first.reason + " (--on-bad-input fail)")
-    writer = set_writer(out, config, sources, command, run, log, lock)
+    writer = open_set_writer(out, config, sources, command, run, log, lock)
     previous = writer.existing() or {}
     if previous.get("build_identity") != writer.identity:  # another set (replaced with --overwrite): nothing to keep
         previous = {}
@@ -412,8 +412,8 @@ def checked_scene_store(scene_store, out: Path, config: BuildConfig, sources: So
     return scene_store, ready
 
 
-def set_writer(out: Path, config: BuildConfig, sources: Sources, command: list[str] | None, run: RunOptions, log,
-               lock) -> SetWriter:
+def open_set_writer(out: Path, config: BuildConfig, sources: Sources, command: list[str] | None, run: RunOptions,
+                    log, lock) -> SetWriter:
     """The writer of the set in `out`, its manifest's record of the build, and the sources' unreadable files
     reported."""
     writer = SetWriter(out, {
