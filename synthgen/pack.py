@@ -8,6 +8,9 @@ the label (4 means "4 or more"), no per-object records, and NaN for the areas th
 not have. `index` is the image's position in sources.json `files` (a skipped bad file leaves a gap).
 Use the authors' train/test split, never a re-split: pack each split into its own set; an image
 listed twice in a split file (in the same split or in both) is an error.
+
+The steps of a pack: list_images (the labelled files, checked) -> open_pack_writer (the manifest's record)
+-> pack_shards (on the workers: pack_shard, or pack_part and pack_assemble) -> summarise.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import json
 import os
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -245,7 +249,54 @@ def pack(config: PackConfig, run: RunOptions, out_dir, command: list[str] | None
 
 def _pack(config: PackConfig, run: RunOptions, out_dir, command: list[str] | None, log, started: float,
           workers_started, lock) -> dict:
+    """`pack` within the held folder, while the workers start: the listing and its checks, then the work, then
+    the summary."""
     out = Path(out_dir).resolve()
+    listed = list_images(config, run, out)
+    writer = open_pack_writer(out, config, listed, command, run, log, lock)
+    n_shards = writer.manifest["n_shards"]
+    done = writer.check(n_shards, run.overwrite,
+                        lambda old: differences(old, config, listed.fingerprint, listed.labels), progress=run.progress)
+    todo = [s for s in range(n_shards) if s not in done]
+    sizes = {s: len(listed.shard_items(s, config.shard_size)) for s in todo}
+    check_room(planned_shards(out, todo, sizes, local_workers(run), config.size), freed={out: writer.replaced_bytes()})
+    writer.begin()
+    write_json_atomic(out / SOURCES, {"kind": "natural", "root": str(listed.root),
+                                      "files": [rel for rel, _ in listed.items],
+                                      "labels": [label for _, label in listed.items]})
+    workers_started()
+    results, workers, in_parts = pack_shards(out, config, run, listed, writer, todo, sizes)
+    clear_parts(out)  # the claims of this run
+    return summarise(out, writer, results, workers, in_parts, started)
+
+
+@dataclass
+class Listed:
+    """The images a pack reads, and what identifies them: the files and their labels, not where they lie (a
+    moved folder of the same files is the same pack)."""
+
+    root: Path  # pack ROOT, resolved
+    items: list[tuple[str, int]]  # (path relative to ROOT, label), in sources.json's order
+    skipped: list[Skipped]  # files passed over while listing
+    fingerprint: str  # of the listed files (sources.list_fingerprint)
+    labels: str  # sha256 of the items
+
+    def shard_items(self, shard: int, shard_size: int) -> list[tuple[str, int]]:
+        return self.items[shard * shard_size:(shard + 1) * shard_size]
+
+    def recorded_config(self, config: PackConfig) -> dict:
+        """The settings as the manifest and the workers get them: ROOT and the split file resolved."""
+        split_file = str(Path(config.split_file).resolve()) if config.split_file else None
+        return config.to_json() | {"root": str(self.root), "split_file": split_file}
+
+    def identity(self, config: PackConfig) -> str:
+        return build_identity(config.to_json() | {"root": None, "split_file": None},
+                              {"files": self.fingerprint, "labels": self.labels}, __version__, SCHEMA_VERSION)
+
+
+def list_images(config: PackConfig, run: RunOptions, out: Path) -> Listed:
+    """The labelled images of ROOT (count folders) or of the split file, checked: some to pack, --out apart
+    from the folders read whole, and no bad file where --on-bad-input fail."""
     root = _check_folder(config.root, "pack ROOT")
     problem = None if config.split_file else inside_sources_problem(out, "--out", [("pack ROOT", str(root))])
     if problem:  # count folders are read whole; a split file names its images
@@ -258,53 +309,55 @@ def _pack(config: PackConfig, run: RunOptions, out_dir, command: list[str] | Non
         raise UsageError(nothing_to_pack(root, config, skipped))
     if run.on_bad_input == "fail" and skipped:
         raise BadInputError(skipped[0].path, skipped[0].reason + " (--on-bad-input fail)")
-    fingerprint = list_fingerprint(root, [rel for rel, _ in items])
-    labels = hashlib.sha256(json.dumps(items).encode()).hexdigest()
-    # The folder and split file paths are left out (a moved folder of the same files is the same pack);
-    # the files and their labels are in.
-    identity = build_identity(config.to_json() | {"root": None, "split_file": None},
-                              {"files": fingerprint, "labels": labels}, __version__, SCHEMA_VERSION)
-    n_shards = -(-len(items) // config.shard_size)
-    split_file = str(Path(config.split_file).resolve()) if config.split_file else None
-    config_json = config.to_json() | {"root": str(root), "split_file": split_file}
-    writer = SetWriter(out, {"format": MANIFEST_FORMAT, "schema_version": SCHEMA_VERSION,
-                             "synthgen_version": __version__, "kind": "natural", "build_identity": identity,
-                             "command": command, "config": config_json, "n_listed": len(items),
-                             "image_size": config.size, "n_shards": n_shards,
-                             "sources": {"root": str(root), "fingerprint": fingerprint, "labels": labels,
-                                         "count": len(items)}}, log, sync_shards=not run.workers_sync, lock=lock)
-    for item in skipped:
+    return Listed(root, items, skipped, list_fingerprint(root, [rel for rel, _ in items]),
+                  hashlib.sha256(json.dumps(items).encode()).hexdigest())
+
+
+def open_pack_writer(out: Path, config: PackConfig, listed: Listed, command: list[str] | None, run: RunOptions,
+                     log, lock) -> SetWriter:
+    """The writer of the pack in `out`, its manifest's record of the command, and the files passed over
+    reported."""
+    writer = SetWriter(out, {
+        "format": MANIFEST_FORMAT, "schema_version": SCHEMA_VERSION, "synthgen_version": __version__,
+        "kind": "natural", "build_identity": listed.identity(config), "command": command,
+        "config": listed.recorded_config(config), "n_listed": len(listed.items), "image_size": config.size,
+        "n_shards": -(-len(listed.items) // config.shard_size),
+        "sources": {"root": str(listed.root), "fingerprint": listed.fingerprint, "labels": listed.labels,
+                    "count": len(listed.items)},
+    }, log, sync_shards=not run.workers_sync, lock=lock)
+    for item in listed.skipped:
         writer.report(item)
-    done = writer.check(n_shards, run.overwrite, lambda old: differences(old, config, fingerprint, labels),
-                        progress=run.progress)
-    todo = [s for s in range(n_shards) if s not in done]
+    return writer
 
-    def chunk(s):
-        return items[s * config.shard_size:(s + 1) * config.shard_size]
 
-    sizes = {s: len(chunk(s)) for s in todo}
-    check_room(planned_shards(out, todo, sizes, local_workers(run), config.size), freed={out: writer.replaced_bytes()})
-    writer.begin()
-    write_json_atomic(out / SOURCES, {"kind": "natural", "root": str(root), "files": [rel for rel, _ in items],
-                                      "labels": [label for _, label in items]})
+def pack_shards(out: Path, config: PackConfig, run: RunOptions, listed: Listed, writer: SetWriter, todo: list[int],
+                sizes: dict[int, int]) -> tuple[list[dict], int, int]:
+    """Decode and write the shards `todo` on the workers, a partial last round in parts (synthgen.parts): the
+    workers' results, how many workers, how many shards in parts."""
+    config_json, identity = listed.recorded_config(config), listed.identity(config)
 
     def rows_of(part: Part):
         first = part.shard * config.shard_size + part.first_row
-        return items[first:first + part.n_rows]
+        return listed.items[first:first + part.n_rows]
 
     args = (config_json, identity, run.on_bad_input, run.workers_sync)
-    workers_started()
     with parallel_backend(run) as client:
         workers = workers_of(client, run)
         results, in_parts = run_set(
             out, todo, sizes, workers,
-            whole=lambda shard: (pack_shard, (str(out), shard, chunk(shard), *args)),
+            whole=lambda shard: (pack_shard, (str(out), shard, listed.shard_items(shard, config.shard_size), *args)),
             part=lambda parts, index: (pack_part, (str(out), parts, index, rows_of(parts[index]), *args)),
             assemble=lambda parts: (pack_assemble, (str(out), parts, config_json, identity, run.workers_sync)),
-            writer=writer, total=len(items), progress=run.progress, desc="synthgen pack", preload=WORKER_MODULES)
-    clear_parts(out)  # the claims of this run
-    paths = [shard_path(out, s) for s in range(n_shards)]
-    for path in paths:  # a resumed pack reports the bad files of the shards it kept, too
+            writer=writer, total=len(listed.items), progress=run.progress, desc="synthgen pack",
+            preload=WORKER_MODULES)
+    return results, workers, in_parts
+
+
+def summarise(out: Path, writer: SetWriter, results: list[dict], workers: int, in_parts: int, started: float) -> dict:
+    """The finished pack's summary, its manifest written: the count histogram of every shard, and the bad files
+    of the shards a resumed pack kept reported as well."""
+    paths = [shard_path(out, s) for s in range(writer.manifest["n_shards"])]
+    for path in paths:
         with h5py.File(path, "r") as f:
             for bad_path, reason in json.loads(f.attrs["skipped_json"]):
                 writer.report(Skipped(bad_path, reason))
@@ -313,6 +366,5 @@ def _pack(config: PackConfig, run: RunOptions, out_dir, command: list[str] | Non
                "images_packed": sum(r["n_images"] for r in results), "workers": workers, "shards_in_parts": in_parts,
                "total_seconds": round(time.perf_counter() - started, 3)}
     writer.manifest["n_images"] = int(counts.size)
-    writer.finish(n_shards, summary)
+    writer.finish(len(paths), summary)
     return summary
-
