@@ -103,6 +103,15 @@ def open_backgrounds(description: dict, cache_bytes: int):
     return ProceduralBackgrounds(backgrounds["count"], cache_bytes)
 
 
+def crowded_out(config: BuildConfig) -> str:
+    """Why an object of the sources cannot appear in the design (Eligibility)."""
+    return (f"too large or placed too rarely at the top of --area-range ({config.area_range[1]:.0%}, with "
+            f"--max-occlusion {config.max_occlusion:g} and --max-redraws {config.max_redraws})")
+
+
+KEEP_MORE = "lower the top of --area-range, allow more overlap (--max-occlusion) or raise --max-redraws"
+
+
 def select_object_pool(config: BuildConfig, objects, sizer: Compositor, on_bad_input: str, skipped: list,
                        too_large: set) -> list[int] | None:
     """With --source-objects K: K usable objects that fit the canvas, tried in an order drawn from the seed
@@ -124,8 +133,12 @@ def select_object_pool(config: BuildConfig, objects, sizer: Compositor, on_bad_i
         pool.append(k)
         if len(pool) == config.source_objects:
             return sorted(pool)
-    larger = f" ({len(too_large)} more are too large to fit at the top of --area-range)" if too_large else ""
-    raise UsageError(f"--source-objects {config.source_objects}: only {len(pool)} usable objects are available{larger}")
+    message = f"--source-objects {config.source_objects}: only {len(pool)} usable objects are available"
+    fewer = f"ask for {len(pool)} or fewer, " if pool else ""
+    if not too_large:
+        raise UsageError(f"{message}: {fewer}give more objects (--objects)")
+    raise UsageError(f"{message}; {len(too_large)} more are {crowded_out(config)}. To go on, {fewer}give more "
+                     f"objects (--objects), or {KEEP_MORE}")
 
 
 def few_objects_note(config: BuildConfig, appear: int, left_out: int) -> str | None:
@@ -135,10 +148,8 @@ def few_objects_note(config: BuildConfig, appear: int, left_out: int) -> str | N
     if not config.pastes_objects or config.source_objects is not None or left_out <= appear:
         return None
     return (f"synthgen: note: only {appear} of the {appear + left_out} objects that were tried can appear; "
-            f"{left_out} are too large or placed too rarely at the top of --area-range "
-            f"({config.area_range[1]:.0%}, with --max-occlusion {config.max_occlusion:g} and --max-redraws "
-            f"{config.max_redraws}), so the set's objects vary much less than its sources. To keep "
-            "more, lower the top of --area-range, allow more overlap (--max-occlusion) or raise --max-redraws")
+            f"{left_out} are {crowded_out(config)}, so the set's objects vary much less than its sources. To keep "
+            f"more, {KEEP_MORE}")
 
 
 def planned_writes(out: Path, config: BuildConfig, todo: list[int], workers: int | None, objects_to_prepare: int,

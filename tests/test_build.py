@@ -452,6 +452,20 @@ def test_same_object_analysis_set(synthgen, tmp_path):
     assert np.allclose(data["visible_area"], data["full_area"], atol=1e-3)  # no overlap at all
 
 
+def test_a_pool_larger_than_the_design_allows_is_refused_with_what_to_change(synthgen, tmp_path):
+    # the embedded source's 240 objects at the section 4.4 design: some are too large for the top of the area range
+    out = tmp_path / "analysis"
+    result = synthgen("build", "--n", 10, "--same-object", "--source-objects", 500, "--out", out, *FAST)
+    assert result.rc == 2 and not out.exists()
+    usable, left_out = map(int, re.search(r"only (\d+) usable objects are available; (\d+) more are too large",
+                                          result.err).groups())
+    assert usable + left_out == 240 and 0 < left_out < 240
+    assert (f"To go on, ask for {usable} or fewer, give more objects (--objects), or lower the top of --area-range, "
+            "allow more overlap (--max-occlusion) or raise --max-redraws") in result.err
+    # and the pool it names is one the same design builds
+    assert synthgen("build", "--n", 10, "--same-object", "--source-objects", usable, "--out", out, *FAST).rc == 0
+
+
 def test_which_objects_appear_does_not_depend_on_the_area(synthgen, tmp_path):
     # The section 4.4 design at a small size, where the largest scenes are hard to fit: before objects
     # were kept across redraws (and too large ones left out), this gave chi-square p = 8e-6. So hard that the

@@ -101,6 +101,8 @@ def test_natural_images_join_gradually_after_the_synthetic_epochs(sets):
     assert [natural_fraction(e, 20, 20) for e in (1, 20, 21, 30, 40, 41)] == [0, 0, 0.05, 0.5, 1, 1]
     assert mixing_plan(140, 20, 20, 9000) == ("mixing: synthetic images only in epochs 1-20, then the 9000 natural "
                                               "training images join over epochs 21-40")
+    assert mixing_plan(4, 1, 1, 5) == ("mixing: synthetic images only in epoch 1, then the 5 natural training "
+                                       "images join in epoch 2")
     assert mixing_plan(140, 20, 20, 0) is None  # no natural set
     # a run too short for its schedule says so: its natural images would be validated on but never trained on
     assert mixing_plan(10, 20, 20, 9000).endswith("; with --epochs 10 none of them joins this run (the validation "

@@ -73,7 +73,7 @@ def test_run_folder_checkpoints_and_natural_mixing(data, tmp_path, capsys):
     assert "parameters: " in out and "done:" in out
     records = metrics(run)
     joining = f"the {records[2]['natural_images']} natural training images join over epochs 2-3"
-    assert f"mixing: synthetic images only in epochs 1-1, then {joining}\n" in out
+    assert f"mixing: synthetic images only in epoch 1, then {joining}\n" in out
     assert [r["natural_fraction"] for r in records] == [0.0, 0.5, 1.0]
     assert records[0]["natural_images"] == 0 and records[2]["natural_images"] > records[1]["natural_images"] > 0
     assert all(len(r["kl_per_dim"]) == 8 and 0 <= r["active_dims"] <= 8 for r in records)

@@ -39,7 +39,8 @@ def mixing_plan(epochs: int, start: int, ramp: int, n_natural: int) -> str | Non
     """The schedule of the natural images in words, saying so where they would not all join the run."""
     if n_natural == 0:
         return None
-    synthetic = f"synthetic images only in epochs 1-{start}, then " if start else ""
+    only_in = f"epochs 1-{start}" if start > 1 else "epoch 1"
+    synthetic = f"synthetic images only in {only_in}, then " if start else ""
     epochs_joining = f"over epochs {start + 1}-{start + ramp}" if ramp > 1 else f"in epoch {start + 1}"
     plan = f"mixing: {synthetic}the {n_natural} natural training images join {epochs_joining}"
     last = natural_fraction(epochs, start, ramp)
