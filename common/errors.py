@@ -14,3 +14,9 @@ def exception_line(exc: BaseException, limit: int = 160) -> str:
     loading errors run to a dozen lines of advice that does not apply)."""
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text.splitlines()[0][:limit]}" if text else type(exc).__name__
+
+
+def flat_text(exc: BaseException, limit: int = 200) -> str:
+    """An exception's message on one line, cut at `limit`, for messages whose detail lies past the first line
+    (load_state_dict's: "Error(s) in loading state_dict for VAE:", then one line per mismatched tensor)."""
+    return " ".join(str(exc).split())[:limit]

@@ -51,6 +51,12 @@ def files(tmp_path_factory):
     (root / "newer").mkdir()  # a checkpoint a later toolkit wrote in a format of its own
     torch.save({**torch.load(root / "run" / "last.pt", weights_only=True), "version": 2}, root / "newer" / "last.pt")
     torch.save({"model": torch.nn.Linear(2, 2)}, root / "pickled.pt")  # a pickled module: never loaded
+    # checkpoints changed after vae-train wrote them: a part taken out, the model it describes made another
+    state = torch.load(root / "run" / "best.pt", weights_only=True)
+    torch.save({k: v for k, v in state.items() if k != "epoch"}, root / "no-epoch.pt")
+    assert '"latent": 4,' in state["model_config"]
+    torch.save({**state, "model_config": state["model_config"].replace('"latent": 4,', '"latent": 5,')},
+               root / "other-model.pt")
     (root / "file.txt").write_text("a file, not a folder\n")
     return root
 
@@ -172,6 +178,13 @@ def cases(r: Path):
          "not a readable vae-train checkpoint"),
         ("analyze-area-vs-number", [*analyse[2:], "--checkpoint", str(r / "pickled.pt")], 1,
          "not a readable vae-train checkpoint"),
+        ("analyze-area-vs-number", [*analyse[2:], "--checkpoint", str(r / "no-epoch.pt")], 1,
+         f"{r / 'no-epoch.pt'}: an incomplete vae-train checkpoint (no epoch): changed since vae-train wrote it, which "
+         "writes checkpoints whole; give another checkpoint of the run (best.pt, last.pt or one it kept in "
+         "checkpoints/)"),
+        ("analyze-area-vs-number", [*analyse[2:], "--checkpoint", str(r / "other-model.pt")], 1,
+         f"{r / 'other-model.pt'}: its weights do not fit the model it describes (Error(s) in loading state_dict for "
+         "VAE: size mismatch for fc_mu.weight"),
         ("analyze-area-vs-number", [*analyse[:2], "--data", str(r / "corrupt"), "--out", a, "--no-progress"], 1,
          "shard-00001.h5: corrupted"),
         ("analyze-area-vs-number", [*analyse[:2], "--data", str(r / "one-class"), "--out", a, "--no-progress"], 1,

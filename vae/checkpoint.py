@@ -16,13 +16,14 @@ from pathlib import Path
 import torch
 
 from common.atomic import write_atomic
-from common.errors import UserError, exception_line
+from common.errors import UserError, exception_line, flat_text
 from vae.config import EPOCHS_FOLDER, LATER_SETTINGS, RELOCATABLE, RESUMABLE
 from vae.model import VAE, ModelConfig
 
 FORMAT = "vae-train-checkpoint"
 VERSION = 1
 REQUIRED = ("model_config", "model", "epoch")
+ANOTHER_CHECKPOINT = f"give another checkpoint of the run (best.pt, last.pt or one it kept in {EPOCHS_FOLDER}/)"
 
 
 class CheckpointError(UserError):
@@ -170,7 +171,8 @@ def load_checkpoint(path, map_location="cpu", mmap: bool = False) -> dict:
                               f"version {VERSION} and earlier; update the toolkit (pip install -U, or a newer clone)")
     missing = [key for key in REQUIRED if key not in state]
     if missing:
-        raise CheckpointError(f"{path}: an incomplete vae-train checkpoint (no {', '.join(missing)})")
+        raise CheckpointError(f"{path}: an incomplete vae-train checkpoint (no {', '.join(missing)}): changed since "
+                              f"vae-train wrote it, which writes checkpoints whole; {ANOTHER_CHECKPOINT}")
     return state
 
 
@@ -181,7 +183,9 @@ def load_model_and_metadata(path, map_location="cpu") -> tuple[VAE, dict]:
         model = VAE(ModelConfig.from_json(state["model_config"]))
         model.load_state_dict(state["model"])
     except (RuntimeError, TypeError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"{path}: its weights do not fit the model it describes ({str(exc)[:160]})") from None
+        raise CheckpointError(f"{path}: its weights do not fit the model it describes ({flat_text(exc)}): changed "
+                              f"since vae-train wrote it, or written by a version of this toolkit whose model differs; "
+                              f"{ANOTHER_CHECKPOINT}, or load it with the version that trained it") from None
     return model.eval(), {k: v for k, v in state.items() if k not in ("model", "optimizer", "scheduler")}
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.errors import flat_text
 from vae.build import TrainingError
 from vae.checkpoint import CheckpointError, saved_sets
 from vae.data import Split
@@ -75,7 +76,7 @@ def continued_split(state: dict, out: Path, now: Split, n_images: int, log) -> S
     try:
         saved = Split.from_state(state["split"])
     except (KeyError, AttributeError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{out / 'last.pt'}: its saved split cannot be read ({str(exc)[:160]})") from None
+        raise CheckpointError(f"{out / 'last.pt'}: its saved split cannot be read ({flat_text(exc)})") from None
     indices = np.concatenate([saved.train_synthetic, saved.train_natural_order, saved.validation])
     if indices.size and not 0 <= indices.min() <= indices.max() < n_images:
         raise CheckpointError(f"{out / 'last.pt'}: its saved split names images up to {indices.max()}, and "

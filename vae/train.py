@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from common import streams
 from common.atomic import write_atomic
+from common.errors import flat_text
 from common.jsontext import json_text
 from common.locks import FolderLock
 from common.settings import to_dict
@@ -271,7 +272,7 @@ class Run:
             torch.set_rng_state(state["torch_rng"].cpu())
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise CheckpointError(f"{self.out / 'last.pt'}: cannot continue from it: not the last.pt of this run's "
-                                  f"settings ({str(exc)[:160]})") from None
+                                  f"settings ({flat_text(exc)})") from None
 
     def save(self, improved: bool) -> None:
         """This epoch's checkpoints (last.pt; best.pt when the validation loss improved; the kept epoch's model),
