@@ -225,6 +225,12 @@ def test_vgg_weights_found_refused_or_random(tmp_path, monkeypatch):
     torch.save({"0.weight": reference[0].weight}, tmp_path / "partial.pth")
     with pytest.raises(VGGWeightsError, match="missing 0.bias"):
         load_vgg(str(tmp_path / "partial.pth"))
+    # another network's layer of the same name: torch's list of mismatches, one line each, becomes one line
+    torch.save({**reference.state_dict(), "2.weight": reference[2].weight[:32]}, tmp_path / "narrow.pth")
+    with pytest.raises(VGGWeightsError) as refused:
+        load_vgg(str(tmp_path / "narrow.pth"))
+    assert "\n" not in str(refused.value) and ("do not fit VGG-19's first layers (Error(s) in loading state_dict for "
+                                               "Sequential: size mismatch for 2.weight") in str(refused.value)
     with pytest.warns(UserWarning, match="NOT perceptual"):
         assert load_vgg(RANDOM)[1] == {"source": "random"}
 

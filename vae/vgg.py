@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torchvision.models.vgg import make_layers
 
-from common.errors import UserError, exception_line
+from common.errors import UserError, exception_line, flat_text
 from vae.config import RANDOM_VGG as RANDOM
 from vae.imageconv import ImageConv2d
 
@@ -116,9 +116,9 @@ def load_vgg(weights: str | None) -> tuple[nn.Sequential, dict]:
         state = _features_only(state, named)
         try:
             model.load_state_dict(state)
-        except RuntimeError as exc:
-            detail = " ".join(str(exc).split())  # torch lists every mismatch on lines of its own
-            raise VGGWeightsError(f"{named}: the weights do not fit VGG-19's first layers ({detail[:400]})") from None
+        except RuntimeError as exc:  # torch lists every mismatch on lines of its own
+            detail = flat_text(exc, 400)
+            raise VGGWeightsError(f"{named}: the weights do not fit VGG-19's first layers ({detail})") from None
         structure = filter_structure(model[0].weight)
         if structure < TRAINED_STRUCTURE:
             raise VGGWeightsError(
