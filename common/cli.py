@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from common import __version__
-from common.errors import UsageError, UserError
+from common.errors import UsageError, UserError, flat_text
 
 EXIT_INTERNAL = 70
 
@@ -77,11 +77,11 @@ def run(prog: str, body: Callable[[], int | None], interrupted: str = "interrupt
     try:
         with sigterm_stops_cleanly(), progress_bars_closed_on_error():
             return body() or 0
-    except UsageError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+    except UsageError as exc:  # one line, even where the message quotes a library's several
+        print(f"{prog}: error: {flat_text(exc, None)}", file=sys.stderr)
         return 2
     except UserError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {flat_text(exc, None)}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as command-line tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -1,4 +1,5 @@
 """Errors a user can fix. Every command turns them into one line on stderr and a non-zero exit code."""
+import re
 
 
 class UserError(Exception):
@@ -16,7 +17,8 @@ def exception_line(exc: BaseException, limit: int = 160) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0][:limit]}" if text else type(exc).__name__
 
 
-def flat_text(exc: BaseException, limit: int = 200) -> str:
-    """An exception's message on one line, cut at `limit`, for messages whose detail lies past the first line
-    (load_state_dict's: "Error(s) in loading state_dict for VAE:", then one line per mismatched tensor)."""
-    return " ".join(str(exc).split())[:limit]
+def flat_text(exc: BaseException, limit: int | None = 200) -> str:
+    """An exception's message on one line (each line break and the blanks around it become one space), cut at
+    `limit`: for messages whose detail lies past the first line (load_state_dict's: "Error(s) in loading
+    state_dict for VAE:", then one line per mismatched tensor)."""
+    return re.sub(r"\s*\n\s*", " ", str(exc).strip())[:limit]

@@ -15,7 +15,7 @@ import torch
 
 from common.atomic import write_atomic
 from common.cli import run
-from common.errors import UserError
+from common.errors import UsageError, UserError
 from synthgen.cli import main as synthgen_main
 from test_verify_inspect_reader import flip_image_bytes
 from vae.checkpoint import load_model
@@ -363,6 +363,21 @@ def test_folders_this_user_cannot_write_are_refused_naming_the_option(files, tmp
     finally:
         for folder in folders:
             folder.chmod(0o755)
+
+
+def test_a_message_that_quotes_a_library_stays_on_one_line(capsys):
+    # what h5py, dask or torch say can run over several lines; our line quotes it, and stays one line
+    def refuse(error):
+        def body():
+            raise error
+        return body
+
+    assert run("synthgen", refuse(UsageError("--scheduler tcp://nowhere:1: cannot connect (Timed out trying to "
+                                             "connect to\n  tcp://nowhere:1 after 30 s)"))) == 2
+    assert capsys.readouterr().err == ("synthgen: error: --scheduler tcp://nowhere:1: cannot connect (Timed out "
+                                       "trying to connect to tcp://nowhere:1 after 30 s)\n")
+    assert run("vae-train", refuse(UserError("a.pt: no fit:\n\tsize  mismatch\n"))) == 1
+    assert capsys.readouterr().err == "vae-train: error: a.pt: no fit: size  mismatch\n"  # blanks within a line kept
 
 
 @pytest.mark.parametrize("allocate, detail", [
