@@ -532,9 +532,8 @@ def prepare_and_render(out: Path, config: BuildConfig, run: RunOptions, writer: 
                              "(each is listed above with the reason)")
         if not usable and config.pastes_objects:
             raise UsageError(f"--objects: none of the {len(store.ids)} usable objects can appear at every area "
-                             f"and count: each is too large for the top of --area-range ({config.area_range[1]:.0%}"
-                             "), or its copies are placed too rarely at some count. Lower the top of --area-range, "
-                             "allow more overlap (--max-occlusion), or use fewer objects (--count)")
+                             f"and count: each is {crowded_out(config)}. To keep some, {KEEP_MORE}, or use fewer "
+                             "objects (--count)")
         check_same_pool(out, checked.done, usable, previous)
         note = few_objects_note(config, len(usable), len(checked.too_large | rendered.too_large))
         if note:

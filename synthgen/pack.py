@@ -334,7 +334,7 @@ def pack_shards(out: Path, config: PackConfig, run: RunOptions, listed: Listed, 
                 sizes: dict[int, int]) -> tuple[list[dict], int, int]:
     """Decode and write the shards `todo` on the workers, a partial last round in parts (synthgen.parts): the
     workers' results, how many workers, how many shards in parts."""
-    config_json, identity = listed.recorded_config(config), listed.identity(config)
+    config_json, identity = writer.manifest["config"], writer.identity  # as open_pack_writer recorded them
 
     def rows_of(part: Part):
         first = part.shard * config.shard_size + part.first_row
