@@ -39,7 +39,7 @@ from synthgen.masks import MaskRule
 from synthgen.parallel import (allow_growth, local_workers, parallel_backend, run_tasks, timeline, workers_starting,
                                workers_of)
 from synthgen.parts import Part, finish_part, run_set, write_from_parts
-from synthgen.plan import counts_for, crowded_counts, largest_object_share, object_pool_order, too_small_problem
+from synthgen.plan import counts_for, keep_more, left_out_because, object_pool_order, too_small_problem
 from synthgen.prepared import (PREPARED_DIR, PreparedObjects, prepare_objects, prepared_complete, store_bytes_at_most,
                                store_dir)
 from synthgen.procedural import N_BACKGROUNDS, N_OBJECTS, ProceduralBackgrounds, ProceduralObjects
@@ -103,15 +103,6 @@ def open_backgrounds(description: dict, cache_bytes: int):
     return ProceduralBackgrounds(backgrounds["count"], cache_bytes)
 
 
-def crowded_out(config: BuildConfig) -> str:
-    """Why an object of the sources cannot appear in the design (Eligibility)."""
-    return (f"too large or placed too rarely at the top of --area-range ({config.area_range[1]:.0%}, with "
-            f"--max-occlusion {config.max_occlusion:g} and --max-redraws {config.max_redraws})")
-
-
-KEEP_MORE = "lower the top of --area-range, allow more overlap (--max-occlusion) or raise --max-redraws"
-
-
 def select_object_pool(config: BuildConfig, objects, sizer: Compositor, on_bad_input: str, skipped: list,
                        too_large: set) -> list[int] | None:
     """With --source-objects K: K usable objects that fit the canvas, tried in an order drawn from the seed
@@ -137,8 +128,8 @@ def select_object_pool(config: BuildConfig, objects, sizer: Compositor, on_bad_i
     fewer = f"ask for {len(pool)} or fewer, " if pool else ""
     if not too_large:
         raise UsageError(f"{message}: {fewer}give more objects (--objects)")
-    raise UsageError(f"{message}; {len(too_large)} more are {crowded_out(config)}. To go on, {fewer}give more "
-                     f"objects (--objects), or {KEEP_MORE}")
+    raise UsageError(f"{message}; {len(too_large)} more are each {left_out_because(config)}. To go on, {fewer}"
+                     f"give more objects (--objects), or {keep_more(config)}")
 
 
 def few_objects_note(config: BuildConfig, appear: int, left_out: int) -> str | None:
@@ -148,8 +139,8 @@ def few_objects_note(config: BuildConfig, appear: int, left_out: int) -> str | N
     if not config.pastes_objects or config.source_objects is not None or left_out <= appear:
         return None
     return (f"synthgen: note: only {appear} of the {appear + left_out} objects that were tried can appear; "
-            f"{left_out} are {crowded_out(config)}, so the set's objects vary much less than its sources. To keep "
-            f"more, {KEEP_MORE}")
+            f"{left_out} are each {left_out_because(config)}, so the set's objects vary much less than its sources. "
+            f"To keep more, {keep_more(config)}")
 
 
 def planned_writes(out: Path, config: BuildConfig, todo: list[int], workers: int | None, objects_to_prepare: int,
@@ -532,8 +523,7 @@ def prepare_and_render(out: Path, config: BuildConfig, run: RunOptions, writer: 
                              "(each is listed above with the reason)")
         if not usable and config.pastes_objects:
             raise UsageError(f"--objects: none of the {len(store.ids)} usable objects can appear at every area "
-                             f"and count: each is {crowded_out(config)}. To keep some, {KEEP_MORE}, or use fewer "
-                             "objects (--count)")
+                             f"and count: each is {left_out_because(config)}. To keep some, {keep_more(config)}")
         check_same_pool(out, checked.done, usable, previous)
         note = few_objects_note(config, len(usable), len(checked.too_large | rendered.too_large))
         if note:
@@ -578,11 +568,7 @@ def summarise(out: Path, config: BuildConfig, run: RunOptions, rendered: Rendere
 
 def excluded_objects(config: BuildConfig, objects, too_large: set[int]) -> list[dict]:
     """The objects left out of the set, each with why: so that which objects appear does not depend on the area."""
-    copies = crowded_counts(config)
-    rarely = f", or {copies} copies of it at {config.area_range[1]:.0%} are placed too rarely" if copies else ""
-    reason = (f"too large to fit the {config.size}x{config.size} canvas at {largest_object_share(config):.0%} of "
-              f"it (the largest area an object can be given){rarely}: left out so that which objects appear does "
-              "not depend on the area")
+    reason = f"{left_out_because(config)}: left out so that which objects appear does not depend on the area"
     return [{"path": objects.mask_path(k), "reason": reason} for k in sorted(too_large)]
 
 

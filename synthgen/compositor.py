@@ -25,8 +25,8 @@ from common import streams
 from synthgen.config import BuildConfig
 from synthgen.errors import BadInputError, PlacementError, SynthgenError, UsageError
 from synthgen.placement import Layout
-from synthgen.plan import (area_from_top, crowded, crowded_counts, draw_area_fraction, draw_area_shares, fits_canvas,
-                           image_rng, image_seed, rotated_extent)
+from synthgen.plan import (area_from_top, crowded, draw_area_fraction, draw_area_shares, fits_canvas, image_rng,
+                           image_seed, keep_more, left_out_because, rotated_extent)
 from synthgen.sources import Skipped
 from synthgen.success_rate import REFERENCE_IMAGES, probe_tail
 from synthgen.transforms import ObjectTransform
@@ -235,16 +235,11 @@ class Compositor:
         while True:
             if len(bad) >= len(candidates):  # bad ids always come from the candidates
                 if what == "object" and self.too_large:
-                    config, copies = self.config, crowded_counts(self.config)
-                    rarely = (f", or {copies} copies of them cannot be placed there often enough (--max-occlusion "
-                              f"{config.max_occlusion:g}, --max-outside {config.max_outside:g})" if copies else "")
                     raise UsageError(
                         f"no object can appear at every area and count: {len(self.too_large)} of the "
-                        f"{len(candidates)} objects are too large for the {config.size}x{config.size} canvas at the "
-                        f"top of --area-range ({config.area_range[1]:.0%}){rarely}"
+                        f"{len(candidates)} objects are each {left_out_because(self.config)}"
                         + (", the rest are bad inputs" if len(bad) > len(self.too_large) else "")
-                        + ". Lower the top of --area-range, allow more overlap (--max-occlusion), or use fewer "
-                        "objects (--count)")
+                        + f". To keep some, {keep_more(self.config)}")
                 raise SynthgenError(f"no usable {what} left: all {len(candidates)} candidates are bad inputs "
                                     "(see the skipped lines above)")
             k = int(candidates[rng.integers(len(candidates))])

@@ -119,6 +119,24 @@ def crowded_counts(config) -> str:
     return "" if not counts else str(counts[0]) if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
 
 
+def left_out_because(config) -> str:
+    """Why an object cannot appear in the design (compositor.Eligibility), as every message and the manifest say it."""
+    fit = (f"too large to fit the {config.size}x{config.size} canvas at {largest_object_share(config):.0%} of it "
+           "(the largest area an object can be given)")
+    copies = crowded_counts(config)
+    if not copies:
+        return fit
+    return (f"{fit}, or placed too rarely as {copies} copies at {config.area_range[1]:.0%} (--max-occlusion "
+            f"{config.max_occlusion:g}, --max-redraws {config.max_redraws})")
+
+
+def keep_more(config) -> str:
+    """The options that let more objects appear, for the messages that give left_out_because."""
+    if not crowded(config):
+        return "lower the top of --area-range"
+    return "lower the top of --area-range, allow more overlap (--max-occlusion) or raise --max-redraws"
+
+
 def largest_object_share(config) -> float:
     """The largest area (a fraction of the canvas) any one object can be given: the top of --area-range,
     in the scenes with the fewest objects, with the most favourable size jitter."""

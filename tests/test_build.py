@@ -179,7 +179,8 @@ def test_impossible_requests_are_refused_before_any_work(synthgen, tmp_path):
     result = synthgen("build", "--n", 10, "--count", "4", "--area-range", "0.85-0.9", "--max-occlusion", 0,
                       "--out", out, "--max-redraws", 5, *FAST)
     assert result.rc == 2
-    assert "4 copies of them cannot be placed there often enough" in result.err and "--max-occlusion" in result.err
+    assert "or placed too rarely as 4 copies at 90% (--max-occlusion 0, --max-redraws 5)" in result.err
+    assert result.err.strip().endswith("allow more overlap (--max-occlusion) or raise --max-redraws")
     assert not out.exists()
 
 
@@ -250,7 +251,7 @@ def test_a_design_that_leaves_out_most_objects_says_so_before_it_renders(synthge
     result = synthgen("build", "--n", 40, "--size", 48, "--count", 4, "--area-range", "0.25-0.25", "--max-occlusion",
                       0, "--max-redraws", 6, "--out", out, "--workers", 1, "--no-progress")
     assert result.rc == 0, result.err
-    note = re.search(r"note: only (\d+) of the (\d+) objects that were tried can appear; (\d+) are too large",
+    note = re.search(r"note: only (\d+) of the (\d+) objects that were tried can appear; (\d+) are each too large",
                      result.out)
     assert note and result.out.index("note: only") < result.out.index("built 40 images"), result.out
     appear, tried, left_out = map(int, note.groups())
@@ -457,7 +458,7 @@ def test_a_pool_larger_than_the_design_allows_is_refused_with_what_to_change(syn
     out = tmp_path / "analysis"
     result = synthgen("build", "--n", 10, "--same-object", "--source-objects", 500, "--out", out, *FAST)
     assert result.rc == 2 and not out.exists()
-    usable, left_out = map(int, re.search(r"only (\d+) usable objects are available; (\d+) more are too large",
+    usable, left_out = map(int, re.search(r"only (\d+) usable objects are available; (\d+) more are each too large",
                                           result.err).groups())
     assert usable + left_out == 240 and 0 < left_out < 240
     assert (f"To go on, ask for {usable} or fewer, give more objects (--objects), or lower the top of --area-range, "
