@@ -26,20 +26,23 @@ def machine(runtime: Runtime) -> str:
     return describe_machine("numpy", "torch", gpu=runtime.device.type == "cuda")
 
 
-def describe_run(run: Run, config: TrainConfig, runtime: Runtime, resume: bool, command: list[str],
-                 start: dict | None = None) -> dict:
-    """config.json's record, and the opening lines of the log (`start`: a resumed run's untrained start, to keep)."""
+def run_record(run: Run, config: TrainConfig, runtime: Runtime, command: list[str]) -> dict:
+    """config.json's record: the settings, the model, the data and the machine the run trains with."""
+    return {"train": to_dict(config), "model": json.loads(run.model.config.to_json()),
+            "parameters": parameter_counts(run.model), "vgg": run.vgg_record, "world_size": runtime.world,
+            "optimizer": {"name": "Adam", "fused": bool(run.optimizer.defaults.get("fused"))},
+            "compile": run.compile_check, "device": str(runtime.device), "amp": "bf16" if runtime.amp else "off",
+            "torch": torch.__version__, "machine": machine(runtime), "command": command,
+            "data": {**run.data.split.counts(), "sets": run.data.sets(), "feed": asdict(run.data.feed_choice)}}
+
+
+def log_opening(run: Run, config: TrainConfig, runtime: Runtime, resume: bool, start: dict | None = None) -> None:
+    """The opening lines of the log (`start`: a resumed run's untrained start, to keep)."""
     split = run.data.split
-    record = {"train": to_dict(config), "model": json.loads(run.model.config.to_json()),
-              "parameters": parameter_counts(run.model), "vgg": run.vgg_record, "world_size": runtime.world,
-              "optimizer": {"name": "Adam", "fused": bool(run.optimizer.defaults.get("fused"))},
-              "compile": run.compile_check, "device": str(runtime.device), "amp": "bf16" if runtime.amp else "off",
-              "torch": torch.__version__, "machine": machine(runtime), "command": command,
-              "data": {**split.counts(), "sets": run.data.sets(), "feed": asdict(run.data.feed_choice)}}
+    counts = split.counts()
     run.log(describe(run.model))
-    run.log(f"data: {record['data']['synthetic_train']} synthetic and {record['data']['natural_train']} natural "
-            f"training images, {record['data']['validation']} held out; natural examples removed for class balance: "
-            f"{split.dropped or 'none'}")
+    run.log(f"data: {counts['synthetic_train']} synthetic and {counts['natural_train']} natural training images, "
+            f"{counts['validation']} held out; natural examples removed for class balance: {split.dropped or 'none'}")
     mixing = mixing_plan(config.training.epochs, config.data.natural_start, config.data.natural_ramp,
                          int(split.train_natural_order.size))
     if mixing:
@@ -54,4 +57,3 @@ def describe_run(run: Run, config: TrainConfig, runtime: Runtime, resume: bool, 
         epochs = kept_epochs(run.epoch, config.training.epochs, config.training.save_every, new=not resume)
         each = sum(t.numel() * t.element_size() for t in run.model.state_dict().values())
         run.log(kept_epochs_line(epochs, each, shutil.disk_usage(run.out).free, start=start is not None))
-    return record

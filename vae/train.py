@@ -41,7 +41,7 @@ from vae.config import EPOCHS_FOLDER, TrainConfig, holds_run
 from vae.data import epoch_indices, rank_batches
 from vae.losses import Objective
 from vae.plots import loss_curves, reconstruction_grid
-from vae.record import describe_run
+from vae.record import log_opening, run_record
 from vae.resume import check_sets, continued_split, world_change_line
 from vae.runtime import (Runtime, compile_augmentation_checked, compile_checked, compile_decision, compile_line,
                          compile_objective, setup_runtime, step_generator)
@@ -372,8 +372,8 @@ def train(config: TrainConfig, last: dict | None, command: list[str]) -> int:
             start = None
             if resume and config.training.save_every and not (out / EPOCHS_FOLDER / "epoch-0000.pt").exists():
                 start = run.untrained_start()
-            record = describe_run(run, config, runtime, resume, command, start)
-            write_atomic(out / "config.json", json_text(record).encode())
+            log_opening(run, config, runtime, resume, start)
+            write_atomic(out / "config.json", json_text(run_record(run, config, runtime, command)).encode())
             if not resume and config.training.save_every:
                 run.save_epoch()
             elif start is not None:
