@@ -124,7 +124,8 @@ def select_object_pool(config: BuildConfig, objects, sizer: Compositor, on_bad_i
         pool.append(k)
         if len(pool) == config.source_objects:
             return sorted(pool)
-    message = f"--source-objects {config.source_objects}: only {len(pool)} usable objects are available"
+    available = "1 usable object is" if len(pool) == 1 else f"{len(pool)} usable objects are"
+    message = f"--source-objects {config.source_objects}: only {available} available"
     fewer = f"ask for {len(pool)} or fewer, " if pool else ""
     if not too_large:
         raise UsageError(f"{message}: {fewer}give more objects (--objects)")
