@@ -160,6 +160,9 @@ def inspect_set(root, out_dir=None, n_samples: int = 40, verify: bool = True, pr
                 offsets, objects = shards.object_table()
                 summary["source_area_association"] = source_area_association(offsets, objects["source_id"],
                                                                               labels["visible_area"])
+                # what the labels cannot show: which sources the design left out, and what the masks were
+                built = shards.manifest.get("summary") or {}
+                summary |= {key: built[key] for key in ("excluded_objects", "masks") if built.get(key)}
             figures["count_vs_area"] = str(out / "count_vs_area.png")
             plot_count_vs_area(labels["count"], labels["target_area"], labels["visible_area"], shards.image_size,
                                figures["count_vs_area"], summary["corr_log_count_log_area"]["visible"])

@@ -132,9 +132,9 @@ def left_out_because(config) -> str:
 
 def keep_more(config) -> str:
     """The options that let more objects appear, for the messages that give left_out_because."""
-    if not crowded(config):
-        return "lower the top of --area-range"
-    return "lower the top of --area-range, allow more overlap (--max-occlusion) or raise --max-redraws"
+    fit = "lower the top of --area-range", "let objects cross the canvas edge (--max-outside)"
+    options = fit + (("allow more overlap (--max-occlusion)", "raise --max-redraws") if crowded(config) else ())
+    return f"{', '.join(options[:-1])} or {options[-1]}"
 
 
 def largest_object_share(config) -> float:

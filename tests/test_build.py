@@ -260,6 +260,10 @@ def test_a_design_that_leaves_out_most_objects_says_so_before_it_renders(synthge
     used = set(read_set(out)["objects/source_id"].tolist())
     assert used and len(used) <= appear and not used & {int(e["path"].split()[-1]) for e in excluded}
     assert "raise --max-redraws" in result.out
+    # and inspecting the set later says so too: its labels alone cannot
+    inspected = synthgen("inspect", out, "--no-progress")
+    assert inspected.rc == 0 and f"excluded objects  {left_out}, too large" in inspected.out
+    assert json.loads((out / "inspect" / "inspect.json").read_text())["summary"]["excluded_objects"] == excluded
     default = synthgen("build", "--n", 40, "--size", 48, "--out", tmp_path / "default", "--workers", 1, "--no-progress")
     assert default.rc == 0 and "note: only" not in default.out
 
@@ -462,7 +466,8 @@ def test_a_pool_larger_than_the_design_allows_is_refused_with_what_to_change(syn
                                           result.err).groups())
     assert usable + left_out == 240 and 0 < left_out < 240
     assert (f"To go on, ask for {usable} or fewer, give more objects (--objects), or lower the top of --area-range, "
-            "allow more overlap (--max-occlusion) or raise --max-redraws") in result.err
+            "let objects cross the canvas edge (--max-outside), allow more overlap (--max-occlusion) or raise "
+            "--max-redraws") in result.err
     # and the pool it names is one the same design builds
     assert synthgen("build", "--n", 10, "--same-object", "--source-objects", usable, "--out", out, *FAST).rc == 0
 
