@@ -4,6 +4,7 @@ latent 180, VGG-19 perceptual loss).
     python benchmarks/bench_vae.py                                  # CPU here: small batch, few steps
     python benchmarks/bench_vae.py --device cuda --batch 128 --steps 50 --compile --profile
     python benchmarks/bench_vae.py --device cuda --batch 128 --compile --recon pixel   # what the VGG costs
+    python benchmarks/bench_vae.py --device cuda --batch 128 --compile --image-conv cudnn,triton --profile
 
 It reports, in one run on one machine:
 * the step, as the trainer takes it (`vae.train.Run.step`: the objective of vae.losses under the
@@ -12,8 +13,9 @@ It reports, in one run on one machine:
   path (channels_last, fused Adam, and on CUDA bf16 autocast and cudnn autotuning); and with --compile,
   the whole step compiled as the trainer compiles it (the objective: model, perceptual loss, loss
   arithmetic; and the augmentation) in each of the --compile-mode modes given (one row each:
-  `default,reduce-overhead` compares plain Inductor with CUDA graphs), checked against eager as the trainer
-  does;
+  `default,reduce-overhead` compares plain Inductor with CUDA graphs) and with each --image-conv choice of
+  kernels for the convolutions of the image's 3 channels (vae.imageconv), checked against eager as the
+  trainer does;
 * the trainer's real epoch throughput: `vae.train.Run.train_epoch` on a synthgen set built for the
   purpose (data feeding, augmentation, per-step bookkeeping included), the second epoch timed, compiled
   in the fastest mode of the rows above;
@@ -42,8 +44,8 @@ from common.machine import describe
 from vae import imageconv
 from vae.augment import apply, draw
 from vae.build import build_optimizer
-from vae.config import (COMPILE_MODES, AugmentConfig, DataSettings, LossSettings, RuntimeSettings, TrainConfig,
-                        TrainingSettings)
+from vae.config import (COMPILE_MODES, IMAGE_CONV_CHOICES, AugmentConfig, DataSettings, LossSettings,
+                        RuntimeSettings, TrainConfig, TrainingSettings)
 from vae.losses import Objective, PerceptualLoss, PixelLoss
 from vae.model import VAE, ModelConfig, parameter_counts
 from vae.runtime import Runtime, compile_augmentation_checked, compile_checked, use_cuda_settings
@@ -56,6 +58,7 @@ PEAK_BF16_TFLOPS = {"H100 80GB HBM3": 989.0, "H100 PCIe": 756.0, "H200": 989.0, 
 MEMORY_TBPS = {"H100 80GB HBM3": 3.35, "H100 PCIe": 2.0, "H200": 4.8, "L4": 0.3}  # datasheets; A100s differ by model
 BATCH_NORM = "batch norm, with what Inductor fused into it"
 ADAM = "optimiser (fused Adam)"
+TRITONCONV_KERNELS = ("_few_in_kernel", "_few_out_kernel", "_weight_grad_kernel")  # --image-conv triton
 MATMUL = "matrix products (cuBLAS)"
 
 
@@ -67,7 +70,7 @@ class Stepper:
     """The trainer's step (vae.train.Run.step) on a fixed batch of uint8 images, for one path."""
 
     def __init__(self, device: torch.device, batch: int, optimised: bool, compile_mode: str | None,
-                 recon: str = "perceptual"):
+                 recon: str = "perceptual", image_conv: str = "cudnn"):
         torch.manual_seed(0)
         if optimised and device.type == "cuda":
             use_cuda_settings()  # as the trainer's runtime does
@@ -82,6 +85,8 @@ class Stepper:
             loss = loss.to(memory_format=torch.channels_last)
         self.runtime = Runtime(device, 0, 1, optimised and device.type == "cuda")
         self.objective = self.eager = Objective(self.model, loss, 1.0, 0.03)
+        imageconv.use_image_conv(self.model, image_conv)
+        imageconv.use_image_conv(loss, image_conv)
         # the plain loop keeps torch's default (multi-tensor) Adam; the trainer's paths use the trainer's own
         self.optimizer = (build_optimizer(self.model, 0.0015) if optimised
                           else torch.optim.Adam(self.model.parameters(), lr=0.0015))
@@ -140,7 +145,7 @@ def synchronize(device: torch.device) -> None:
 
 
 def epoch_rate(device: torch.device, batch: int, images: int, compile_model: bool, compile_mode: str,
-               recon: str = "perceptual") -> float:
+               recon: str = "perceptual", image_conv: str = "cudnn") -> float:
     """images/s of the trainer's own epoch (the second one: the first pays for compiling and autotuning)."""
     from synthgen.build import build
     from synthgen.config import BuildConfig, RunOptions
@@ -152,7 +157,8 @@ def epoch_rate(device: torch.device, batch: int, images: int, compile_model: boo
                              loss=LossSettings(recon=recon, vgg_weights=weights()),
                              training=TrainingSettings(epochs=2, batch_size=batch),
                              runtime=RuntimeSettings(device=str(device), compile="yes" if compile_model else "no",
-                                                     compile_mode=compile_mode, progress=False))
+                                                     compile_mode=compile_mode, image_conv=image_conv,
+                                                     progress=False))
         runtime = Runtime(device, 0, 1, device.type == "cuda")
         run = Run(config, runtime, None, log=lambda *a: None)
         for epoch in (1, 2):
@@ -166,6 +172,8 @@ def kernel_class(name: str) -> str:
     name = name.lower()
     if "batch_norm" in name or "cudnn::bn_" in name:  # Inductor's, ATen's or cuDNN's (not a convolution's)
         return BATCH_NORM
+    if name in TRITONCONV_KERNELS:
+        return "image convolutions (vae.tritonconv's Triton kernels)"
     if name.startswith("triton"):  # Inductor's own kernels; their names list the operations fused
         return "other Inductor kernels: elementwise, reductions, pooling (Triton)"
     if any(word in name for word in ("implicit_gemm", "cudnn", "conv", "fprop", "dgrad", "wgrad")):
@@ -406,13 +414,14 @@ def at_least(low: int):
     return parse
 
 
-def compile_modes(text: str) -> list[str]:
-    """--compile-mode: one mode or several, comma-separated."""
-    modes = [mode.strip() for mode in text.split(",")]
-    unknown = [mode for mode in modes if mode not in COMPILE_MODES]
-    if unknown or not modes:
-        raise argparse.ArgumentTypeError(f"{text!r}: give one or more of {', '.join(COMPILE_MODES)}, comma-separated")
-    return modes
+def choices_list(allowed: tuple[str, ...]):
+    """A comma-separated list of `allowed` values (--compile-mode, --image-conv)."""
+    def parse(text: str) -> list[str]:
+        values = [value.strip() for value in text.split(",")]
+        if any(value not in allowed for value in values):
+            raise argparse.ArgumentTypeError(f"{text!r}: give one or more of {', '.join(allowed)}, comma-separated")
+        return values
+    return parse
 
 
 def main() -> None:
@@ -424,9 +433,12 @@ def main() -> None:
                         help="untimed steps first (default: 10 on CUDA, 1 on CPU)")
     parser.add_argument("--compile", action="store_true",
                         help="also time the whole step compiled (objective and augmentation)")
-    parser.add_argument("--compile-mode", type=compile_modes, default=["default"],
+    parser.add_argument("--compile-mode", type=choices_list(COMPILE_MODES), default=["default"],
                         help="torch.compile mode(s) for --compile, comma-separated: a row each "
                              f"({', '.join(COMPILE_MODES)}; default: default)")
+    parser.add_argument("--image-conv", type=choices_list(IMAGE_CONV_CHOICES), default=["cudnn"],
+                        help="kernels for the image convolutions in the compiled rows, comma-separated: a row each "
+                             f"({', '.join(IMAGE_CONV_CHOICES)}; vae-train's --image-conv)")
     parser.add_argument("--epoch-images", type=at_least(11), default=None,
                         help="images of the set the trainer's epoch runs on, 11 or more (the trainer holds 5%% "
                              "out for validation) (default: 16384 on CUDA, 48 on CPU; a short epoch weighs its fixed "
@@ -471,23 +483,25 @@ def main() -> None:
               f"{RECIPE_IMAGES / rate / 3600:.1f} h |", flush=True)
 
     row("plain fp32 eager (NCHW)", plain)
-    fastest, fastest_rate, fastest_mode = default, default.rate(steps, warmup), "default"
+    fastest, fastest_rate, fastest_mode, fastest_kernels = default, default.rate(steps, warmup), "default", "cudnn"
     row("trainer's default path (channels_last, fused Adam" + (", bf16, cudnn autotuning" if cuda else "") + ")",
         fastest_rate)
-    for mode in args.compile_mode if args.compile else []:
-        compiled = Stepper(device, batch, True, mode, args.recon)
+    for mode, kernels in [(m, k) for m in args.compile_mode for k in args.image_conv] if args.compile else []:
+        compiled = Stepper(device, batch, True, mode, args.recon, kernels)
         rate = compiled.rate(steps, warmup)
-        row(f"the same, whole step compiled: objective and augmentation (mode {mode}){compiled.note}", rate)
+        row(f"the same, whole step compiled: objective and augmentation (mode {mode}, image convolutions "
+            f"{kernels}){compiled.note}", rate)
         if rate > fastest_rate:
-            fastest, fastest_rate, fastest_mode = compiled, rate, mode
+            fastest, fastest_rate, fastest_mode, fastest_kernels = compiled, rate, mode, kernels
         else:
             del compiled  # its model, optimiser state and graphs
     epoch = epoch_rate(device, batch, args.epoch_images or (16384 if cuda else 48), args.compile, fastest_mode,
-                       args.recon)
+                       args.recon, fastest_kernels)
     row("the trainer's epoch (vae.train.Run.train_epoch), second epoch"
-        + (f", compiled (mode {fastest_mode})" if args.compile else ""), epoch)
+        + (f", compiled (mode {fastest_mode}, image convolutions {fastest_kernels})" if args.compile else ""), epoch)
     if args.profile:
-        which = f"compiled, mode {fastest_mode}" if fastest is not default else "the default path"
+        which = (f"compiled, mode {fastest_mode}, image convolutions {fastest_kernels}" if fastest is not default
+                 else "the default path")
         print(f"\nKernel time of the fastest step ({which}), by operator:\n")
         print(profile(fastest, min(steps, 5), peak, tbps))
 

@@ -27,6 +27,7 @@ EPOCH = 14
 STEP = 21
 VALIDATION_NOISE = 22
 INIT = 23
+RANDOM_VGG = 24  # the loss network's weights under --vgg-weights random (tests): the same on --resume
 # analyses
 NULL_ROTATION = 31  # the random rotations of the null
 DECODING_FOLDS = 32  # the cross-validation folds of population decoding

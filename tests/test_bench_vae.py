@@ -106,3 +106,18 @@ def test_kernels_are_classed_by_what_they_compute():
         "convolutions (cuDNN)"
     assert bench.kernel_class("void at::native::fused_adam_kernel") == bench.ADAM
     assert bench.kernel_class("sm90_xmma_gemm_f32f32_tf32f32_f32_tn_n_tilesize128x128x32") == bench.MATMUL
+
+
+def test_the_profile_classes_vae_tritonconvs_kernels_by_their_names():
+    """--image-conv triton: the profile's class of our own kernels, set against the cuDNN layers' 4.2 ms; their
+    names must follow vae.tritonconv's kernels (a renamed kernel would fall into "other")."""
+    pytest.importorskip("triton", reason="Triton is not installed here")
+    from triton.runtime.jit import JITFunction
+
+    from vae import tritonconv
+
+    bench = load_benchmark("bench_vae")
+    kernels = {name for name, value in vars(tritonconv).items()
+               if isinstance(value, JITFunction) and name.endswith("_kernel")}
+    assert kernels == set(bench.TRITONCONV_KERNELS)
+    assert {bench.kernel_class(name) for name in kernels} == {"image convolutions (vae.tritonconv's Triton kernels)"}

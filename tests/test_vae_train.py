@@ -921,3 +921,57 @@ def test_auto_feed_says_why(data, tmp_path, capsys):
     assert "data in device memory (--data-on-device auto: the pool's 0.00 GiB is under half the" in out
     feed = json.loads((run / "config.json").read_text())["data"]["feed"]
     assert feed["feed"] == "memory" and feed["free_bytes"] > 2 * feed["pool_bytes"] > 0
+
+
+def test_image_convolutions_by_the_triton_kernels_train_as_cudnn_does(data, tmp_path, capsys):
+    """--image-conv triton: the compiled step runs the image convolutions (here the output layer and VGG's conv1_1;
+    encoder.0 has stride 2 and keeps cuDNN) with vae.tritonconv's kernels, and the trainer's check compares it with
+    eager execution. On the CPU, as a compiled CUDA step would (PADDED_ON), under Triton's interpreter, which is
+    read when Triton loads: in a process of its own."""
+    pytest.importorskip("triton", reason="Triton is not installed here (torch's CUDA wheels for Linux bring it)")
+    common = ["--data", str(data / "synth"), "--epochs", "1", *COMPILES, "--recon", "perceptual", "--vgg-weights",
+              "random", "--image-size", "16", "--no-progress"]
+    triton_run, eager_run = tmp_path / "triton", tmp_path / "eager"
+    code = ("import sys\nfrom vae import imageconv\nimageconv.PADDED_ON = ('cpu',)\nfrom vae.cli import main\n"
+            f"sys.exit(main({[*common, '--out', str(triton_run), '--compile', '--image-conv', 'triton']!r}))")
+    result = subprocess.run([sys.executable, "-c", code], env={**ENV, "TRITON_INTERPRET": "1"}, capture_output=True,
+                            text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "the image convolutions (output, vgg.0) run vae.tritonconv's Triton kernels" in result.stdout
+    check = strict_json(triton_run / "config.json")["compile"]
+    import triton
+
+    assert check["image_conv"] == {"kernels": "triton", "triton_layers": ["output", "vgg.0"],
+                                   "triton": triton.__version__}
+    assert check["used"] and check["mean_difference"] < 1e-4, check
+    assert strict_json(triton_run / "config.json")["train"]["runtime"]["image_conv"] == "triton"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the random VGG's
+        assert train_main([*common, "--out", str(eager_run), "--compile", "no", "--image-conv", "triton"]) == 0
+    assert "--image-conv triton: for compiled CUDA steps only, and this run trains eagerly (--compile no)" in \
+        capsys.readouterr().out
+    compiled, eager = metrics(triton_run)[0], metrics(eager_run)[0]
+    assert compiled["train"]["loss"] == pytest.approx(eager["train"]["loss"], rel=1e-3)
+    assert compiled["validation"]["loss"] == pytest.approx(eager["validation"]["loss"], rel=1e-3)
+
+
+def test_a_random_loss_network_is_drawn_from_the_runs_seed():
+    """--vgg-weights random (tests) draws the VGG's weights from the run's seed: two runs of a seed, or a run and
+    its resumption, train against the same loss network, and the draw leaves torch's global generator alone."""
+    from vae.build import build_reconstruction
+    from vae.config import LossSettings
+    from vae.runtime import Runtime
+
+    def first_filters(seed: int) -> torch.Tensor:
+        config = TrainConfig(out="x", data=DataSettings(data=["x"]), loss=LossSettings(vgg_weights="random"),
+                             training=TrainingSettings(seed=seed))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the random VGG's
+            return build_reconstruction(config, Runtime(torch.device("cpu"), 0, 1, False))[0].vgg[0].weight
+
+    torch.manual_seed(5)
+    before = torch.rand(3)
+    torch.manual_seed(5)
+    same, again, other = first_filters(1), first_filters(1), first_filters(2)
+    assert torch.equal(torch.rand(3), before)
+    assert torch.equal(same, again) and not torch.equal(same, other)

@@ -97,7 +97,9 @@ def build_reconstruction(config: TrainConfig, runtime: Runtime) -> tuple[torch.n
     """The reconstruction loss, and where its VGG-19 weights came from (perceptual loss only)."""
     loss = config.loss
     if loss.recon == "perceptual":
-        vgg, record = load_vgg(loss.vgg_weights)
+        with torch.random.fork_rng(devices=[]):  # random VGG weights: the run's own, and the same when it resumes
+            torch.manual_seed(streams.seed64(config.training.seed, streams.RANDOM_VGG))
+            vgg, record = load_vgg(loss.vgg_weights)
         module = PerceptualLoss(vgg, loss.rec_reduction).to(runtime.device)
         return (module.to(memory_format=torch.channels_last) if config.runtime.channels_last else module), record
     return (BernoulliLoss if loss.recon == "bce" else PixelLoss)(loss.rec_reduction), None

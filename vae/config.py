@@ -25,6 +25,7 @@ AMP_MODES = ("auto", "bf16", "off")
 ON_DEVICE = ("auto", "yes", "no")
 COMPILE_CHOICES = ("auto", "yes", "no")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")
+IMAGE_CONV_CHOICES = ("cudnn", "triton")  # vae.imageconv
 # More loader processes than cores only contend (and torch warns of it): 4 where there are cores for them.
 DEFAULT_WORKERS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
@@ -73,7 +74,7 @@ class LossSettings(Settings):
                                 "bce); always the mean over the batch, KL summed over latent dimensions",
                                 choices=REDUCTIONS)
     vgg_weights: str | None = option(None, "state dict of torchvision vgg19().features (full or up to relu3_1); "
-                                     f"'{RANDOM_VGG}' for tests only",
+                                     f"'{RANDOM_VGG}' for tests only (drawn from --seed)",
                                      default_help="torchvision's file in the torch hub cache")
 
     def check(self) -> None:
@@ -148,6 +149,11 @@ class RuntimeSettings(Settings):
                                "launching kernels), max-autotune tries kernel variants (minutes of compiling); "
                                "another mode than default compiles on any device unless --compile no",
                                choices=COMPILE_MODES)
+    image_conv: str = option("cudnn", "what runs the convolutions that read or write the image's 3 channels in "
+                             "compiled CUDA steps: cudnn (their channels padded to 8), or triton, kernels of our own "
+                             "that read and write each map once (vae.tritonconv; experimental: measure with "
+                             "benchmarks/bench_vae.py --image-conv cudnn,triton); eager steps always use cuDNN",
+                             choices=IMAGE_CONV_CHOICES)
     data_on_device: str = option("auto", "load the sets once into the device's memory; auto: when they take under "
                                  "half of the free memory", choices=ON_DEVICE)
     workers: int = option(DEFAULT_WORKERS, "DataLoader workers reading shards when the data stays on disk (by "

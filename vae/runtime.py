@@ -161,9 +161,13 @@ def compile_line(why: str, check: dict) -> str:
                 "Compiling needs a working C++ compiler for CPU code, and Triton for CUDA; eagerly the run is the "
                 "same, only slower (--compile no skips the attempt)")
     if not check["used"]:
+        culprit = (f"vae.tritonconv's kernels (--image-conv triton, in {', '.join(triton)}) or a torch.compile "
+                   f"correctness bug in torch {torch.__version__}: --image-conv cudnn tells them apart"
+                   if (triton := check.get("image_conv", {}).get("triton_layers"))
+                   else f"a torch.compile correctness bug in torch {torch.__version__}")
         return (f"{why}: the compiled objective differs from eager execution by {check['mean_difference']:.3g} on "
-                f"average on a training batch (tolerance {check['tolerance']}), a torch.compile correctness bug in "
-                f"torch {torch.__version__}; training without compiling")
+                f"average on a training batch (tolerance {check['tolerance']}), {culprit}; training without "
+                "compiling")
     return (f"compiled and checked in {check['seconds']:.0f} s (mean difference from eager execution "
             f"{check['mean_difference']:.2g}); {augmentation_line(check['augmentation'])}")
 

@@ -20,6 +20,7 @@ import shutil
 import sys
 import time
 from contextlib import nullcontext
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,7 @@ from vae.build import TrainingError, build_model, build_optimizer, build_reconst
 from vae.checkpoint import (CheckpointError, CheckpointWriter, EpochFiles, detached_copy, load_checkpoint,
                             save_kept_epoch, weights_fingerprint)
 from vae.config import EPOCHS_FOLDER, TrainConfig, holds_run
+from vae.imageconv import image_conv_line, use_image_conv
 from vae.data import epoch_indices, rank_batches
 from vae.losses import Objective
 from vae.plots import loss_curves, reconstruction_grid
@@ -82,6 +84,8 @@ class Run:
         wanted, why = compile_decision(config.runtime.compile, config.runtime.compile_mode, runtime.device)
         record = {"setting": config.runtime.compile, "why": why}
         self.compile_check = record | (self.compile(why) if wanted else {"used": False})
+        if not wanted and config.runtime.image_conv == "triton":
+            self.log(f"--image-conv triton: for compiled CUDA steps only, and this run trains eagerly ({why})")
 
     def compile(self, why: str) -> dict:
         """Compile the training step: the whole objective, then the augmentation, each checked against eager
@@ -98,8 +102,12 @@ class Run:
                             device=x.device)
         bare = Objective(self.model, self.reconstruction, config.loss.alpha, config.loss.beta)
         mode = config.runtime.compile_mode
+        kernels = config.runtime.image_conv
+        layers = use_image_conv(self.model, kernels) + use_image_conv(self.reconstruction, kernels)
         started = time.perf_counter()
         compiled, check = compile_checked(bare, self.model, x, noise, runtime, mode)
+        check["image_conv"] = {"kernels": kernels, "triton_layers": layers,
+                               **({"triton": metadata.version("triton")} if layers else {})}
         if compiled is not None:
             self.objective = compile_objective(self.objective, mode) if runtime.world > 1 else compiled
             self.compiled_batch = x.shape[0]
@@ -110,6 +118,8 @@ class Run:
                 images, params, self.data.image_size)
         check["seconds"] = round(time.perf_counter() - started, 2)  # what compiling costs before the first epoch
         self.log(compile_line(why, check))
+        if image_conv_line(kernels, layers, runtime.device.type):
+            self.log(image_conv_line(kernels, layers, runtime.device.type))
         return check
 
     # -- one step, the same for training and validation

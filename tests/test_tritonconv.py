@@ -1,0 +1,200 @@
+"""vae.tritonconv, the kernels of --image-conv triton, run on the CPU by Triton's interpreter and checked against
+torch's convolutions in float64: the forward pass, the input, weight and bias gradients, both memory formats,
+fp32 and bf16, eagerly and inside graphs torch.compile (Inductor) makes.
+
+Triton reads TRITON_INTERPRET when the kernels are defined, so each check runs in a process of its own with it
+set, and hands its measurements back as JSON; the assertions are here."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from vae.imageconv import ImageConv2d, image_conv_line, use_image_conv
+from vae.model import VAE, ModelConfig
+
+REPO = Path(__file__).resolve().parents[1]
+triton = pytest.importorskip("triton", reason="Triton is not installed here (torch's CUDA wheels for Linux bring it)")
+
+# (in, out, kernel, padding, bias): the paper's three layers (VGG conv1_1, encoder.0, the output layer), then
+# shapes that exercise the edges: a kernel of 5 with 3 inputs, more inputs than one block of channels, no padding
+SHAPES = [(3, 64, 3, 1, True), (3, 64, 4, 1, True), (64, 3, 3, 1, True), (3, 20, 5, 2, False), (70, 3, 3, 0, True)]
+
+
+def interpreted(code: str, device: str = "cpu") -> object:
+    """Runs `code` in a Python process of its own, on the CPU under Triton's interpreter, or on a CUDA GPU (where
+    there is one) compiled, with DEVICE set to `device`; returns what its last line printed, read as JSON."""
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU here: the kernels are checked on the CPU, by Triton's interpreter")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("TRITON_INTERPRET", None)
+    if device == "cpu":
+        env["TRITON_INTERPRET"] = "1"
+    code = f"DEVICE = {device!r}\n" + textwrap.dedent(code)
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_the_kernels_compute_the_convolution_and_its_gradients(device):
+    errors = interpreted(f"""
+        import json, torch, torch.nn.functional as F
+        from vae import tritonconv
+
+        torch.backends.cudnn.allow_tf32 = False  # on a GPU, fp32 products exact (not TF32), to compare with float64
+
+        def relative(ours, reference):
+            return ((ours.cpu().double() - reference).abs().max() / reference.abs().max()).item()
+
+        results = []
+        # every dtype and memory format in the block of a GPU run; the trainer's bf16 channels_last maps in the
+        # interpreter's own
+        variants = [(128, d, c) for d in (torch.float32, torch.bfloat16) for c in (False, True)]
+        for block, dtype, channels_last in variants + ([(1024, torch.bfloat16, True)] if DEVICE == "cpu" else []):
+            tritonconv.BLOCK_PIXELS = block
+            for in_c, out_c, k, padding, bias in {SHAPES}:
+                torch.manual_seed(0)
+                x = torch.randn(2, in_c, 13, 11).to(dtype)  # not square; 2.2 blocks of 128 pixels
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                w = (torch.randn(out_c, in_c, k, k) / (in_c * k * k) ** 0.5).to(dtype)
+                b = torch.randn(out_c).to(dtype) if bias else None
+                ours = [t.clone().to(DEVICE).requires_grad_() if t is not None else None for t in (x, w, b)]
+                y = tritonconv.image_conv(*ours, padding)
+                g = torch.randn(y.shape).to(dtype)
+                y.backward(g.to(DEVICE).contiguous(memory_format=torch.channels_last if channels_last else
+                                                   torch.contiguous_format))
+                ref = [t.double().requires_grad_() if t is not None else None for t in (x, w, b)]
+                y_ref = F.conv2d(*ref, padding=padding)
+                y_ref.backward(g.double())
+                results.append(dict(
+                    case=[in_c, out_c, k, padding, bias, str(dtype), channels_last, block],
+                    shape=list(y.shape) == list(y_ref.shape), dtype=y.dtype == dtype,
+                    layout=y.is_contiguous(memory_format=torch.channels_last) == channels_last,
+                    errors=[relative(o, r) for o, r in zip(
+                        [y] + [t.grad for t in ours if t is not None],
+                        [y_ref] + [t.grad for t in ref if t is not None])]))
+        print(json.dumps(results))
+    """, device)
+    assert len(errors) == (5 if device == "cpu" else 4) * len(SHAPES)
+    for result in errors:
+        assert result["shape"] and result["dtype"] and result["layout"], result
+        # fp32: rounding of sums of up to 630 products; bf16: the output's own rounding, 2^-8 of its largest value
+        tolerance = 1e-5 if result["case"][5] == "torch.float32" else 1.2e-2
+        assert max(result["errors"]) < tolerance, result
+        assert len(result["errors"]) == 3 + result["case"][4]  # y and the gradients of x, w and (if any) b
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_weight_gradients_summed_over_many_blocks_per_program_and_the_same_in_every_run(device):
+    """The weight gradient sums over every pixel: each program takes a chunk of blocks, and torch adds the chunks'
+    partial sums in a fixed order. With few programs, each loops over many blocks; the sum is the same to the
+    last bit in every run (no atomic additions, whose order would vary)."""
+    result = interpreted("""
+        import json, torch, torch.nn.functional as F
+        from vae import tritonconv
+
+        torch.backends.cudnn.allow_tf32 = False  # on a GPU, fp32 products exact (not TF32), to compare with float64
+
+        tritonconv.BLOCK_PIXELS, tritonconv.WEIGHT_GRAD_CHUNKS = 128, 3
+        torch.manual_seed(0)
+        x = torch.randn(3, 64, 30, 31).contiguous(memory_format=torch.channels_last)
+        g = torch.randn(3, 3, 30, 31).contiguous(memory_format=torch.channels_last)
+        runs = [[t.cpu() for t in tritonconv.image_conv_weight_grad(g.to(DEVICE), x.to(DEVICE), 3, 1)]
+                for _ in range(2)]
+        w = torch.zeros(3, 64, 3, 3, dtype=torch.float64, requires_grad=True)
+        b = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+        F.conv2d(x.double(), w, b, padding=1).backward(g.double())
+        print(json.dumps(dict(
+            weight=((runs[0][0].double() - w.grad).abs().max() / w.grad.abs().max()).item(),
+            bias=((runs[0][1].double() - b.grad).abs().max() / b.grad.abs().max()).item(),
+            same=all(torch.equal(a, b) for a, b in zip(runs[0], runs[1])))))
+    """, device)
+    assert result["weight"] < 1e-5 and result["bias"] < 1e-5 and result["same"], result
+
+
+def test_compiled_image_convolutions_run_the_kernels_and_equal_eager_execution():
+    """What a compiled CUDA step does with --image-conv triton, on the CPU (PADDED_ON includes it here): the
+    paper's three image convolutions, compiled by Inductor with the kernels inside its graph, against the same
+    layers run eagerly by torch, in fp32 and under bf16 autocast, forward and backward."""
+    result = interpreted("""
+        import json, torch
+        import torch.nn.functional as F
+        from vae import imageconv
+        from vae.imageconv import ImageConv2d, use_image_conv
+
+        imageconv.PADDED_ON = ("cpu",)
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(ImageConv2d(3, 64, 3, 1, 1), torch.nn.ReLU(), torch.nn.Conv2d(64, 64, 3, 2, 1),
+                                  torch.nn.ReLU(), ImageConv2d(64, 3, 3, 1, 1), torch.nn.Sigmoid(),
+                                  ImageConv2d(3, 64, 4, 1, 1)).to(memory_format=torch.channels_last)
+        chosen = use_image_conv(net, "triton")
+        x = torch.rand(2, 3, 20, 20).contiguous(memory_format=torch.channels_last)
+        out = {}
+        for amp in (False, True):
+            results = []
+            for run in (net, torch.compile(net)):
+                net.zero_grad()
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+                    y = run(x)
+                (y.float() * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+                results.append([y.float()] + [p.grad.clone() for p in net.parameters()])
+            out[str(amp)] = dict(dtype=str(y.dtype), errors=[((c - e).abs().max() / e.abs().max()).item()
+                                                              for e, c in zip(*results)])
+        torch._dynamo.reset()
+        with torch.profiler.profile() as profile:
+            torch.compile(net)(x).sum().backward()
+        names = {event.name for event in profile.events()}
+        print(json.dumps(dict(chosen=chosen, runs=out,
+                              kernels=sorted(n for n in names if n.startswith("subitizing_vae::")))))
+    """)
+    assert result["chosen"] == ["0", "4", "6"]
+    assert result["kernels"] == ["subitizing_vae::image_conv", "subitizing_vae::image_conv_weight_grad"]
+    assert result["runs"]["False"]["dtype"] == "torch.float32" and result["runs"]["True"]["dtype"] == "torch.bfloat16"
+    assert max(result["runs"]["False"]["errors"]) < 1e-4, result
+    assert max(result["runs"]["True"]["errors"]) < 5e-2, result  # bf16 products, rounded in other orders
+
+
+def test_only_layers_the_kernels_compute_take_them_and_the_log_says_where_they_run():
+    model = VAE(ModelConfig(image_size=32, encoder="16@4x4-2, 32@4x4-2", decoder="32@3x3-2, 16@3x3-2", latent=8))
+    assert use_image_conv(model, "triton") == ["output"]  # encoder.0 has stride 2: cuDNN keeps it
+    assert model.encoder[0].kernels == "cudnn" and model.output.kernels == "triton"
+    assert use_image_conv(model, "cudnn") == [] and model.output.kernels == "cudnn"
+    paper = VAE(ModelConfig())
+    assert use_image_conv(paper, "triton") == ["encoder.0", "output"]
+    from vae.tritonconv import supports
+
+    assert supports(ImageConv2d(3, 64, 5, 1, 2)) and supports(ImageConv2d(64, 3, 3, 1, 0))
+    assert not supports(ImageConv2d(3, 64, 3, 1, (1, 2)))  # padding unequal on the two axes
+    assert not supports(ImageConv2d(3, 64, 3, 1, 1, dilation=2)) and not supports(ImageConv2d(3, 64, 7, 1, 3))
+    with pytest.raises(ValueError, match="--image-conv 'tensorrt'"):
+        use_image_conv(paper, "tensorrt")
+    assert image_conv_line("cudnn", [], "cuda") == ""
+    assert "for compiled CUDA steps only" in image_conv_line("triton", ["output"], "cpu")
+    assert image_conv_line("triton", ["encoder.0", "output"], "cuda") == \
+        "the image convolutions (encoder.0, output) run vae.tritonconv's Triton kernels"
+    assert "cuDNN runs them" in image_conv_line("triton", [], "cuda")
+
+
+def test_the_kernels_multiply_as_cudnn_does_on_a_gpu_and_in_fp32_in_the_interpreter(monkeypatch):
+    """The interpreter gets bf16 matrix products wrong (Triton 3.8.0: values off by 1e10), so there the kernels
+    multiply in fp32, exact for bf16 inputs. Compiled for a GPU they multiply bf16 maps in bf16, and fp32 maps in
+    TF32 exactly where torch lets cuDNN use it, both with fp32 sums."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("TRITON_INTERPRET=1 in this process: the compiled settings are not the ones in force")
+    from vae import tritonconv
+
+    assert not tritonconv.INTERPRETED and tritonconv.BLOCK_PIXELS == 128
+    assert tritonconv._dot_settings(torch.bfloat16) == {"FP32_DOT": False, "PRECISION": "ieee"}
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    assert tritonconv._dot_settings(torch.float32) == {"FP32_DOT": True, "PRECISION": "tf32"}
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    assert tritonconv._dot_settings(torch.float32) == {"FP32_DOT": True, "PRECISION": "ieee"}
