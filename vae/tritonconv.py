@@ -67,6 +67,15 @@ def _pixels(start, count, out_h, out_w, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _store_output(acc, b, y, n, oy, ox, valid, co, out_c, ys_n, ys_c, ys_h, ys_w, HAS_BIAS: tl.constexpr):
+    """Writes the fp32 sums `acc` (pixels, output channels co), plus the bias, into y in y's dtype."""
+    if HAS_BIAS:
+        acc += tl.load(b + co, mask=co < out_c, other=0.0).to(tl.float32)[None, :]
+    at = y + n[:, None] * ys_n + co[None, :] * ys_c + oy[:, None] * ys_h + ox[:, None] * ys_w
+    tl.store(at, acc.to(y.dtype.element_ty), mask=valid[:, None] & (co[None, :] < out_c))
+
+
+@triton.jit
 def _few_in_kernel(x, w, b, y, count, in_c, in_h, in_w, out_c, out_h, out_w, pad,
                    xs_n, xs_c, xs_h, xs_w, ys_n, ys_c, ys_h, ys_w,
                    K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_R: tl.constexpr,
@@ -84,10 +93,7 @@ def _few_in_kernel(x, w, b, y, count, in_c, in_h, in_w, out_c, out_h, out_w, pad
     weights = tl.load(w + co[None, :] * (in_c * K * K) + r[:, None],
                       mask=(r[:, None] < in_c * K * K) & (co[None, :] < out_c), other=0.0)
     acc = _matmul(patches, weights, FP32_DOT, PRECISION)
-    if HAS_BIAS:
-        acc += tl.load(b + co, mask=co < out_c, other=0.0).to(tl.float32)[None, :]
-    at = y + n[:, None] * ys_n + co[None, :] * ys_c + oy[:, None] * ys_h + ox[:, None] * ys_w
-    tl.store(at, acc.to(y.dtype.element_ty), mask=valid[:, None] & (co[None, :] < out_c))
+    _store_output(acc, b, y, n, oy, ox, valid, co, out_c, ys_n, ys_c, ys_h, ys_w, HAS_BIAS)
 
 
 @triton.jit
@@ -109,10 +115,7 @@ def _few_out_kernel(x, w, b, y, count, in_c, in_h, in_w, out_c, out_h, out_w, pa
             weights = tl.load(w + co[None, :] * (in_c * K * K) + ci[:, None] * (K * K) + tap,
                               mask=(ci[:, None] < in_c) & (co[None, :] < out_c), other=0.0)
             acc += _matmul(rows, weights, FP32_DOT, PRECISION)
-    if HAS_BIAS:
-        acc += tl.load(b + co, mask=co < out_c, other=0.0).to(tl.float32)[None, :]
-    at = y + n[:, None] * ys_n + co[None, :] * ys_c + oy[:, None] * ys_h + ox[:, None] * ys_w
-    tl.store(at, acc.to(y.dtype.element_ty), mask=valid[:, None] & (co[None, :] < out_c))
+    _store_output(acc, b, y, n, oy, ox, valid, co, out_c, ys_n, ys_c, ys_h, ys_w, HAS_BIAS)
 
 
 @triton.jit
