@@ -457,7 +457,7 @@ def main() -> None:
     steps = args.steps or (50 if cuda else 3)
     warmup = args.warmup if args.warmup is not None else (10 if cuda else 1)
     name = torch.cuda.get_device_name(device) if cuda else ""  # for the peak: the table lists GPUs
-    print(f"machine: {describe('torch', gpu=cuda)}")
+    print(f"machine: {describe('torch', *(['triton'] if 'triton' in args.image_conv else []), gpu=cuda)}")
     print(f"device: {device}; {torch.get_num_threads()} CPU threads")
     print(f"model: paper configuration, {parameter_counts(VAE())['total']:,} parameters; batch {batch}, "
           f"{warmup} warm-up + {steps} timed steps; " + (

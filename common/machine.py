@@ -19,6 +19,7 @@ LIBRARIES = {
     "joblib": ("joblib", lambda m: m.__version__),
     "albumentations": ("albumentations", lambda m: m.__version__),
     "torch": ("torch", lambda m: m.__version__),
+    "triton": ("triton", lambda m: m.__version__),
     "statsmodels": ("statsmodels", lambda m: m.__version__),
 }
 

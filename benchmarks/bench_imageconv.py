@@ -1,0 +1,198 @@
+"""The kernels of `vae-train --image-conv triton` (vae/tritonconv.py), pass by pass, for the paper's three image
+convolutions (the encoder's first layer, the output layer, VGG-19's conv1_1) at a batch size.
+
+    python benchmarks/bench_imageconv.py                             # any machine: the kernels as an H100 runs them
+    python benchmarks/bench_imageconv.py --device cuda --batch 128   # and each pass timed against cuDNN's
+
+* Without a GPU: each pass's kernel compiled for an H100 (sm_90) as its launch compiles it (the same arguments,
+  so the same specialisations), by Triton's compiler and the ptxas it brings: registers per thread, bytes spilled
+  to local memory, shared memory, and how the wide maps move (16-byte accesses). Spills or scalar accesses to a
+  64-channel map are what would keep a memory-bound kernel from its floor.
+* On a CUDA GPU: each pass timed (CUDA events, median of --repeats) with our kernel and with cuDNN as the
+  compiled step runs it otherwise (the 3 channels padded to 8, vae.imageconv), the largest difference between
+  the two, and the least time the pass's traffic allows at the card's memory bandwidth (each map read once and
+  written once).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+from common.machine import describe
+from vae import imageconv, tritonconv
+from vae.model import VAE, ModelConfig
+from vae.vgg import truncated_vgg19
+
+SM90 = ("cuda", 90, 32)
+POINTER_TYPES = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32"}
+MEMORY_TBPS = {"H100 80GB HBM3": 3.35, "H100 PCIe": 2.0, "H200": 4.8}
+
+
+def paper_layers() -> dict[str, torch.nn.Conv2d]:
+    """The image convolutions of the paper's model and loss, by name."""
+    model = VAE(ModelConfig())
+    return {"encoder.0": model.encoder[0], "output": model.output, "vgg.0": truncated_vgg19()[0]}
+
+
+def passes(batch: int, side: int = 161, device: str = "meta", dtype=torch.bfloat16) -> list[dict]:
+    """Every pass of the three layers in a training step at `batch`: its name, the tensors it reads and writes
+    (channels_last maps; on the meta device they only carry shapes) and what it computes with torch's own
+    convolution (`reference`, run on a GPU to time cuDNN and check the kernel)."""
+    rows = []
+    for name, conv in paper_layers().items():
+        k, pad = conv.kernel_size[0], conv.padding[0]
+        out_side = side + 2 * pad - k + 1
+
+        def map_(channels, size):
+            return torch.randn(batch, channels, size, size, device=device, dtype=dtype,
+                               memory_format=torch.channels_last) if device != "meta" else \
+                torch.empty(batch, channels, size, size, device=device, dtype=dtype,
+                            memory_format=torch.channels_last)
+        w = conv.weight.detach().to(device=device, dtype=dtype)
+        b = conv.bias.detach().to(device=device, dtype=dtype)
+        x, g = map_(conv.in_channels, side), map_(conv.out_channels, out_side)
+        flipped = w.flip(2, 3).transpose(0, 1).contiguous()
+        rows.append(dict(name=f"{name} forward", launch=tritonconv.conv_launch(x, w, b, map_(conv.out_channels,
+                                                                                                out_side), pad),
+                         reference=lambda x=x, w=w, b=b, conv=conv: imageconv.padded_conv(
+                             _with(conv, w, b), x, imageconv.CUDA_CHANNELS), moved=[x, w, g]))
+        if name != "encoder.0":  # its input is the image: no gradient
+            rows.append(dict(name=f"{name} input gradient",
+                             launch=tritonconv.conv_launch(g, flipped, None, map_(conv.in_channels, side), k - 1 - pad),
+                             reference=lambda g=g, x=x, w=w, pad=pad: torch.ops.aten.convolution_backward(
+                                 g, x, w, None, [1, 1], [pad, pad], [1, 1], False, [0, 0], 1, [True, False, False])[0],
+                             moved=[g, w, x]))
+        if name != "vgg.0":  # frozen
+            launch, _, _ = tritonconv.weight_grad_launch(g, x, k, pad)
+            rows.append(dict(name=f"{name} weight gradient", launch=launch,
+                             reference=lambda g=g, x=x, w=w, pad=pad: torch.ops.aten.convolution_backward(
+                                 g, x, w, [w.shape[0]], [1, 1], [pad, pad], [1, 1], False, [0, 0], 1,
+                                 [False, True, True])[1],
+                             moved=[g, x, w]))
+    return rows
+
+
+def _with(conv: torch.nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor) -> torch.nn.Conv2d:
+    """A copy of conv's geometry holding `weight` and `bias` (another device or dtype)."""
+    copy = torch.nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                           device="meta")
+    copy.weight, copy.bias = torch.nn.Parameter(weight, False), torch.nn.Parameter(bias, False)
+    return copy
+
+
+def compiled_resources(launch: tritonconv.Launch) -> dict:
+    """The launch's kernel compiled for an H100 with the specialisations Triton gives these arguments at run time
+    (integers equal to 1 as constants, integers and pointers divisible by 16 marked so, which lets it vectorise):
+    registers per thread, bytes spilled, shared memory, and the 16-byte loads and stores in its code."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    kernel = launch.kernel
+    signature, attrs, constants = {}, {}, dict(launch.constants)
+    for index, name in enumerate(kernel.arg_names):
+        value = launch.args[index] if index < len(launch.args) else None
+        if name in constants or value is None or (isinstance(value, int) and value == 1):
+            signature[name] = "constexpr"
+            constants.setdefault(name, value)
+        elif isinstance(value, torch.Tensor):
+            signature[name] = POINTER_TYPES[value.dtype]
+            if value.data_ptr() % 16 == 0:
+                attrs[(index,)] = [["tt.divisibility", 16]]
+        else:
+            signature[name] = "i32" if -2**31 <= value < 2**31 else "i64"
+            if value % 16 == 0:
+                attrs[(index,)] = [["tt.divisibility", 16]]
+    compiled = triton.compile(ASTSource(kernel, signature, constants, attrs), target=GPUTarget(*SM90),
+                              options={"num_warps": tritonconv.NUM_WARPS})
+    ptx = compiled.asm["ptx"]
+    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    with tempfile.TemporaryDirectory() as folder:
+        source = Path(folder) / "kernel.ptx"
+        source.write_text(ptx)
+        report = subprocess.run([str(ptxas), "-v", "--gpu-name", "sm_90a", str(source), "-o",
+                                 str(Path(folder) / "kernel.cubin")], capture_output=True, text=True, check=True).stderr
+    spilled = re.search(r"(\d+) bytes spill stores", report)
+    return {"registers": int(re.search(r"Used (\d+) registers", report).group(1)),
+            "spilled_bytes": int(spilled.group(1)) if spilled else 0, "shared_bytes": compiled.metadata.shared,
+            "loads_16_bytes": len(re.findall(r"cp\.async\.\w+\.shared\.global[^\n]*0x10,", ptx))
+            + len(re.findall(r"ld\.global[.\w]*\.v4\.b32", ptx)),
+            "stores_16_bytes": len(re.findall(r"st\.global[.\w]*\.v4\.b32", ptx))}
+
+
+def floor_ms(tensors: list[torch.Tensor], tbps: float) -> float:
+    """The least time the pass's traffic allows: each tensor read or written once."""
+    return sum(t.numel() * t.element_size() for t in tensors) / (tbps * 1e12) * 1e3
+
+
+def time_ms(run, repeats: int) -> float:
+    """Median milliseconds of `run` on the current CUDA stream."""
+    run()  # cuDNN's autotuning and Triton's compiling
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        run()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--memory-tbps", type=float, default=None, help="the card's bandwidth (default: table)")
+    args = parser.parse_args()
+    if args.batch < 1 or args.repeats < 1:
+        parser.error(f"--batch {args.batch} --repeats {args.repeats}: give whole numbers of 1 or more")
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        parser.error("TRITON_INTERPRET=1: the interpreter compiles nothing; unset it")
+    cuda = args.device == "cuda"
+    print(f"machine: {describe('torch', 'triton', gpu=cuda)}")
+    print(f"batch {args.batch}, bf16, channels_last; kernels launched with {tritonconv.NUM_WARPS} warps, "
+          f"{tritonconv.BLOCK_PIXELS} pixels a program\n")
+    print("Compiled for an H100 (sm_90), as launched:\n")
+    print("| pass | kernel | registers | spilled bytes | shared bytes | 16-byte loads / stores in the code |")
+    print("|---|---|---|---|---|---|")
+    for row in passes(args.batch):
+        r = compiled_resources(row["launch"])
+        print(f"| {row['name']} | {row['launch'].kernel.__name__} | {r['registers']} | {r['spilled_bytes']} | "
+              f"{r['shared_bytes']} | {r['loads_16_bytes']} / {r['stores_16_bytes']} |", flush=True)
+    if not cuda:
+        return
+    torch.backends.cudnn.benchmark = True
+    name = torch.cuda.get_device_name()
+    tbps = args.memory_tbps or next((v for k, v in MEMORY_TBPS.items() if k in name), None)
+    floor_note = f"floor at {tbps} TB/s" if tbps else "no floor: give --memory-tbps"
+    print(f"\nOn {name}, median of {args.repeats} runs ({floor_note}):\n")
+    print("| pass | cuDNN ms | ours ms | ours / cuDNN | floor ms | ours at the floor | largest difference |")
+    print("|---|---|---|---|---|---|---|")
+    for row in passes(args.batch, device="cuda"):
+        ours_output = row["launch"].args[3]  # the map it writes (for the weight gradient: the partial sums)
+        ours = time_ms(row["launch"].run, args.repeats)
+        theirs = time_ms(row["reference"], args.repeats)
+        if "weight" in row["name"]:
+            partial = row["launch"].args[2].sum(0)  # (k * k, out, in): back to (out, in, k, k)
+            out_c, in_c, k, _ = row["moved"][2].shape
+            ours_result = partial[:, :out_c, :in_c].permute(1, 2, 0).reshape(out_c, in_c, k, k)
+        else:
+            ours_result = ours_output
+        reference = row["reference"]().float()
+        difference = ((ours_result.float() - reference).abs().max() / reference.abs().max()).item()
+        floor = floor_ms(row["moved"], tbps) if tbps else None
+        print(f"| {row['name']} | {theirs:.3f} | {ours:.3f} | {ours / theirs:.2f} | "
+              + (f"{floor:.3f} | {floor / ours:.0%} |" if floor else "- | - |") + f" {difference:.2g} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
