@@ -222,3 +222,22 @@ def test_compiled_for_an_h100_the_kernels_keep_their_registers_and_move_wide_map
         assert resources["spilled_bytes"] == 0 and resources["registers"] <= 128, (row["name"], resources)
         wide = "stores_16_bytes" if row["launch"].kernel.__name__ == "_few_in_kernel" else "loads_16_bytes"
         assert resources[wide] > 0, (row["name"], resources)
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_the_benchmark_checks_each_pass_of_the_paper_layers_against_torch(device):
+    """benchmarks/bench_imageconv.py --device cuda times each pass with our kernel and with torch's convolution and
+    reports their largest difference: its passes must be the ones the step runs, with the same arguments (here on
+    small maps, fp32)."""
+    differences = interpreted("""
+        import importlib.util, json, torch
+
+        torch.backends.cudnn.allow_tf32 = False
+        spec = importlib.util.spec_from_file_location("bench", "benchmarks/bench_imageconv.py")
+        bench = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(bench)
+        torch.manual_seed(0)
+        rows = bench.passes(2, side=21, device=DEVICE, dtype=torch.float32)
+        print(json.dumps({row["name"]: bench.largest_difference(row) for row in rows}))
+    """, device)
+    assert len(differences) == 7 and max(differences.values()) < 1e-5, differences

@@ -242,8 +242,13 @@ def image_conv_weight_grad(grad: torch.Tensor, x: torch.Tensor, k: int, padding:
     """The gradients of image_conv's weight (out, in, k, k) and bias (out,), in fp32, for output gradient `grad`."""
     launch, partial_w, partial_b = weight_grad_launch(_channels_last(grad), _channels_last(x), k, padding)
     launch.run()
-    out_c, in_c = grad.shape[1], x.shape[1]
-    # summed by torch, in a fixed order: the same gradient in every run
+    return summed_weight_grad(partial_w, partial_b, grad.shape[1], x.shape[1], k)
+
+
+def summed_weight_grad(partial_w: torch.Tensor, partial_b: torch.Tensor, out_c: int, in_c: int, k: int
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weight (out_c, in_c, k, k) and bias gradients from _weight_grad_kernel's partial sums, added by torch in
+    a fixed order: the same gradient in every run."""
     weight = partial_w.sum(0)[:, :out_c, :in_c].permute(1, 2, 0).reshape(out_c, in_c, k, k).contiguous()
     return weight, partial_b.sum(0)[:out_c].contiguous()
 
