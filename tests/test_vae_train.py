@@ -948,8 +948,16 @@ def test_image_convolutions_by_the_triton_kernels_train_as_cudnn_does(data, tmp_
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the random VGG's
         assert train_main([*common, "--out", str(eager_run), "--compile", "no", "--image-conv", "triton"]) == 0
-    assert "--image-conv triton: for compiled CUDA steps only, and this run trains eagerly (--compile no)" in \
+        assert "--image-conv triton: for compiled CUDA steps only, and this run trains eagerly (--compile no)" in \
+            capsys.readouterr().out
+        # compiled on the CPU, which is not among the devices that run the kernels: torch's convolutions, and said
+        # (the pixel loss: compiling the VGG for the CPU only takes longer)
+        assert train_main(["--data", str(data / "synth"), "--epochs", "1", *COMPILES, "--image-size", "16",
+                           "--out", str(tmp_path / "cpu"), "--compile", "--image-conv", "triton"]) == 0
+    assert "--image-conv triton: for compiled CUDA steps only; on cpu torch's own convolutions run" in \
         capsys.readouterr().out
+    assert strict_json(tmp_path / "cpu" / "config.json")["compile"]["image_conv"] == \
+        {"kernels": "triton", "triton_layers": []}
     compiled, eager = metrics(triton_run)[0], metrics(eager_run)[0]
     assert compiled["train"]["loss"] == pytest.approx(eager["train"]["loss"], rel=1e-3)
     assert compiled["validation"]["loss"] == pytest.approx(eager["validation"]["loss"], rel=1e-3)

@@ -11,7 +11,7 @@ keep their shape, so checkpoints are unchanged.
 
 `--image-conv triton` runs them instead, in the same compiled CUDA graphs, with kernels of our own
 (vae.tritonconv) that read and write each map once; eager runs still use cuDNN, so the trainer's check of the
-compiled step against eager execution also checks these kernels on every run."""
+compiled step against eager execution also checks these kernels' forward pass on every run."""
 from __future__ import annotations
 
 import importlib.util

@@ -34,12 +34,12 @@ from common.errors import flat_text
 from common.jsontext import json_text
 from common.locks import FolderLock
 from common.settings import to_dict
+from vae import imageconv
 from vae.augment import apply, draw, to_float
 from vae.build import TrainingError, build_model, build_optimizer, build_reconstruction, build_scheduler, load_data
 from vae.checkpoint import (CheckpointError, CheckpointWriter, EpochFiles, detached_copy, load_checkpoint,
                             save_kept_epoch, weights_fingerprint)
 from vae.config import EPOCHS_FOLDER, TrainConfig, holds_run
-from vae.imageconv import image_conv_line, use_image_conv
 from vae.data import epoch_indices, rank_batches
 from vae.losses import Objective
 from vae.plots import loss_curves, reconstruction_grid
@@ -103,7 +103,8 @@ class Run:
         bare = Objective(self.model, self.reconstruction, config.loss.alpha, config.loss.beta)
         mode = config.runtime.compile_mode
         kernels = config.runtime.image_conv
-        layers = use_image_conv(self.model, kernels) + use_image_conv(self.reconstruction, kernels)
+        layers = imageconv.use_image_conv(self.model, kernels) + imageconv.use_image_conv(self.reconstruction, kernels)
+        layers = layers if runtime.device.type in imageconv.PADDED_ON else []  # elsewhere torch's convolutions run
         started = time.perf_counter()
         compiled, check = compile_checked(bare, self.model, x, noise, runtime, mode)
         check["image_conv"] = {"kernels": kernels, "triton_layers": layers,
@@ -118,8 +119,8 @@ class Run:
                 images, params, self.data.image_size)
         check["seconds"] = round(time.perf_counter() - started, 2)  # what compiling costs before the first epoch
         self.log(compile_line(why, check))
-        if image_conv_line(kernels, layers, runtime.device.type):
-            self.log(image_conv_line(kernels, layers, runtime.device.type))
+        if compiled is not None and imageconv.image_conv_line(kernels, layers, runtime.device.type):
+            self.log(imageconv.image_conv_line(kernels, layers, runtime.device.type))
         return check
 
     # -- one step, the same for training and validation
