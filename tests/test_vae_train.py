@@ -928,7 +928,7 @@ def test_image_convolutions_by_the_triton_kernels_train_as_cudnn_does(data, tmp_
     encoder.0 has stride 2 and keeps cuDNN) with vae.tritonconv's kernels, and the trainer's check compares it with
     eager execution. On the CPU, as a compiled CUDA step would (PADDED_ON), under Triton's interpreter, which is
     read when Triton loads: in a process of its own."""
-    pytest.importorskip("triton", reason="Triton is not installed here (torch's CUDA wheels for Linux bring it)")
+    triton = pytest.importorskip("triton", reason="Triton is not installed (torch's CUDA wheels for Linux bring it)")
     common = ["--data", str(data / "synth"), "--epochs", "1", *COMPILES, "--recon", "perceptual", "--vgg-weights",
               "random", "--image-size", "16", "--no-progress"]
     triton_run, eager_run = tmp_path / "triton", tmp_path / "eager"
@@ -939,8 +939,6 @@ def test_image_convolutions_by_the_triton_kernels_train_as_cudnn_does(data, tmp_
     assert result.returncode == 0, result.stderr[-3000:]
     assert "the image convolutions (output, vgg.0) run vae.tritonconv's Triton kernels" in result.stdout
     check = strict_json(triton_run / "config.json")["compile"]
-    import triton
-
     assert check["image_conv"] == {"kernels": "triton", "triton_layers": ["output", "vgg.0"],
                                    "triton": triton.__version__}
     assert check["used"] and check["mean_difference"] < 1e-4, check
