@@ -56,10 +56,13 @@ def test_the_kernels_compute_the_convolution_and_its_gradients(device):
 
         results = []
         # every dtype and memory format in the block of a GPU run; the trainer's bf16 channels_last maps in the
-        # interpreter's own
-        variants = [(128, d, c) for d in (torch.float32, torch.bfloat16) for c in (False, True)]
-        for block, dtype, channels_last in variants + ([(1024, torch.bfloat16, True)] if DEVICE == "cpu" else []):
+        # interpreter's own block, and with the 64-bit indices of maps of 2^31 elements or more
+        narrow = tritonconv._wide
+        variants = [(128, d, c, False) for d in (torch.float32, torch.bfloat16) for c in (False, True)]
+        extra = [(1024, torch.bfloat16, True, False), (1024, torch.bfloat16, True, True)] if DEVICE == "cpu" else []
+        for block, dtype, channels_last, wide in variants + extra:
             tritonconv.BLOCK_PIXELS = block
+            tritonconv._wide = (lambda *maps: True) if wide else narrow
             for in_c, out_c, k, padding, bias in {SHAPES}:
                 torch.manual_seed(0)
                 x = torch.randn(2, in_c, 13, 11).to(dtype)  # not square; 2.2 blocks of 128 pixels
@@ -76,7 +79,7 @@ def test_the_kernels_compute_the_convolution_and_its_gradients(device):
                 y_ref = F.conv2d(*ref, padding=padding)
                 y_ref.backward(g.double())
                 results.append(dict(
-                    case=[in_c, out_c, k, padding, bias, str(dtype), channels_last, block],
+                    case=[in_c, out_c, k, padding, bias, str(dtype), channels_last, block, wide],
                     shape=list(y.shape) == list(y_ref.shape), dtype=y.dtype == dtype,
                     layout=y.is_contiguous(memory_format=torch.channels_last),  # the trainer's layout, always
                     errors=[relative(o, r) for o, r in zip(
@@ -84,7 +87,7 @@ def test_the_kernels_compute_the_convolution_and_its_gradients(device):
                         [y_ref] + [t.grad for t in ref if t is not None])]))
         print(json.dumps(results))
     """, device)
-    assert len(errors) == (5 if device == "cpu" else 4) * len(SHAPES)
+    assert len(errors) == (6 if device == "cpu" else 4) * len(SHAPES)
     for result in errors:
         assert result["shape"] and result["dtype"] and result["layout"], result
         # fp32: rounding of sums of up to 630 products; bf16: the output's own rounding, 2^-8 of its largest value
