@@ -25,14 +25,13 @@ from pathlib import Path
 
 import torch
 
-from common.machine import describe
+from common.machine import GPU_MEMORY_TBPS, datasheet, describe
 from vae import imageconv, tritonconv
 from vae.model import VAE, ModelConfig
 from vae.vgg import truncated_vgg19
 
 SM90 = ("cuda", 90, 32)
 POINTER_TYPES = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32"}
-MEMORY_TBPS = {"H100 80GB HBM3": 3.35, "H100 PCIe": 2.0, "H200": 4.8}
 
 
 def paper_layers() -> dict[str, torch.nn.Conv2d]:
@@ -45,24 +44,24 @@ def passes(batch: int, side: int = 161, device: str = "meta", dtype=torch.bfloat
     """Every pass of the three layers in a training step at `batch`: its name, the tensors it reads and writes
     (channels_last maps; on the meta device they only carry shapes) and what it computes with torch's own
     convolution (`reference`, run on a GPU to time cuDNN and check the kernel)."""
+    def map_(channels, size):
+        shape = (batch, channels, size, size)
+        made = torch.empty(shape, device=device, dtype=dtype) if device == "meta" else \
+            torch.randn(shape, device=device, dtype=dtype)
+        return made.contiguous(memory_format=torch.channels_last)
+
     rows = []
     for name, conv in paper_layers().items():
+        conv = conv.to(device=device, dtype=dtype).requires_grad_(False)
         k, pad = conv.kernel_size[0], conv.padding[0]
         out_side = side + 2 * pad - k + 1
-
-        def map_(channels, size):
-            shape = (batch, channels, size, size)
-            made = torch.empty(shape, device=device, dtype=dtype) if device == "meta" else \
-                torch.randn(shape, device=device, dtype=dtype)
-            return made.contiguous(memory_format=torch.channels_last)
-        w = conv.weight.detach().to(device=device, dtype=dtype)
-        b = conv.bias.detach().to(device=device, dtype=dtype)
+        w, b = conv.weight, conv.bias
         x, g = map_(conv.in_channels, side), map_(conv.out_channels, out_side)
         flipped = w.flip(2, 3).transpose(0, 1).contiguous()
         rows.append(dict(name=f"{name} forward", launch=tritonconv.conv_launch(x, w, b, map_(conv.out_channels,
                                                                                                 out_side), pad),
-                         reference=lambda x=x, w=w, b=b, conv=conv: imageconv.padded_conv(
-                             _with(conv, w, b), x, imageconv.CUDA_CHANNELS), moved=[x, w, g]))
+                         reference=lambda x=x, conv=conv: imageconv.padded_conv(conv, x, imageconv.CUDA_CHANNELS),
+                         moved=[x, w, g]))
         if name != "encoder.0":  # its input is the image: no gradient
             rows.append(dict(name=f"{name} input gradient",
                              launch=tritonconv.conv_launch(g, flipped, None, map_(conv.in_channels, side), k - 1 - pad),
@@ -77,14 +76,6 @@ def passes(batch: int, side: int = 161, device: str = "meta", dtype=torch.bfloat
                                  [False, True, True])[1],
                              moved=[g, x, w]))
     return rows
-
-
-def _with(conv: torch.nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor) -> torch.nn.Conv2d:
-    """A copy of conv's geometry holding `weight` and `bias` (another device or dtype)."""
-    copy = torch.nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                           device="meta")
-    copy.weight, copy.bias = torch.nn.Parameter(weight, False), torch.nn.Parameter(bias, False)
-    return copy
 
 
 def compiled_resources(launch: tritonconv.Launch) -> dict:
@@ -189,7 +180,7 @@ def main() -> None:
         return
     torch.backends.cudnn.benchmark = True
     name = torch.cuda.get_device_name()
-    tbps = args.memory_tbps or next((v for k, v in MEMORY_TBPS.items() if k in name), None)
+    tbps = args.memory_tbps or datasheet(GPU_MEMORY_TBPS, name)
     floor_note = f"floor at {tbps} TB/s" if tbps else "no floor: give --memory-tbps"
     print(f"\nOn {name}, median of {args.repeats} runs ({floor_note}):\n")
     print("| pass | cuDNN ms | ours ms | ours / cuDNN | floor ms | ours at the floor | largest difference |")

@@ -40,7 +40,7 @@ import torch
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
-from common.machine import describe
+from common.machine import GPU_BF16_TFLOPS, GPU_MEMORY_TBPS, datasheet, describe
 from vae import imageconv
 from vae.augment import apply, draw
 from vae.build import build_optimizer
@@ -54,8 +54,6 @@ from vae.vgg import RANDOM, load_vgg
 SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights" / "vgg19-features-relu3_1.pth"
 RECIPE_IMAGES = 140 * (80_000 + 10_000)  # 140 epochs over ~80K synthetic plus ~10K natural images
 TOP_KERNELS = 25
-PEAK_BF16_TFLOPS = {"H100 80GB HBM3": 989.0, "H100 PCIe": 756.0, "H200": 989.0, "A100": 312.0, "L4": 121.0}
-MEMORY_TBPS = {"H100 80GB HBM3": 3.35, "H100 PCIe": 2.0, "H200": 4.8, "L4": 0.3}  # datasheets; A100s differ by model
 BATCH_NORM = "batch norm, with what Inductor fused into it"
 ADAM = "optimiser (fused Adam)"
 TRITONCONV_KERNELS = ("_few_in_kernel", "_few_out_kernel", "_weight_grad_kernel")  # --image-conv triton
@@ -466,8 +464,8 @@ def main() -> None:
     plain = Stepper(device, batch, False, None, args.recon).rate(steps, warmup)  # first: the next Stepper sets
     default = Stepper(device, batch, True, None, args.recon)  # the trainer's CUDA settings, which this one clears
     flops = default.flops_per_image()
-    peak = args.peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
-    tbps = args.memory_tbps or next((v for k, v in MEMORY_TBPS.items() if k in name), None)
+    peak = args.peak_tflops or datasheet(GPU_BF16_TFLOPS, name)
+    tbps = args.memory_tbps or datasheet(GPU_MEMORY_TBPS, name)
     for flag, value in (("--peak-tflops", args.peak_tflops), ("--memory-tbps", args.memory_tbps)):
         if value is not None and value <= 0:
             parser.error(f"{flag} {value:g}: give the card's figure, above 0")

@@ -22,6 +22,16 @@ LIBRARIES = {
     "triton": ("triton", lambda m: m.__version__),
     "statsmodels": ("statsmodels", lambda m: m.__version__),
 }
+# Datasheet figures of the GPUs the benchmarks set their measurements against, by a part of the name torch gives
+# the card (torch.cuda.get_device_name): the bf16 dense peak and the memory bandwidth.
+GPU_BF16_TFLOPS = {"H100 80GB HBM3": 989.0, "H100 PCIe": 756.0, "H200": 989.0, "A100": 312.0, "L4": 121.0}
+GPU_MEMORY_TBPS = {"H100 80GB HBM3": 3.35, "H100 PCIe": 2.0, "H200": 4.8, "L4": 0.3}  # A100s differ by model
+
+
+def datasheet(table: dict[str, float], gpu_name: str) -> float | None:
+    """The figure `table` (GPU_BF16_TFLOPS, GPU_MEMORY_TBPS) gives the card named `gpu_name`; None for a card not
+    in it."""
+    return next((value for part, value in table.items() if part in gpu_name), None)
 
 
 def cpu_model() -> str:

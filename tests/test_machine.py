@@ -68,3 +68,9 @@ def test_available_memory_is_what_the_kernel_can_give_without_swapping():
     # readings are a moment apart, so they may differ by what other processes took meanwhile
     assert 0 < available <= meminfo["MemTotal"]
     assert abs(available - expected) < 512 << 20
+
+
+def test_a_card_is_found_in_the_datasheet_tables_by_a_part_of_its_name():
+    assert machine.datasheet(machine.GPU_MEMORY_TBPS, "NVIDIA H100 80GB HBM3") == 3.35
+    assert machine.datasheet(machine.GPU_BF16_TFLOPS, "NVIDIA H100 PCIe") == 756.0
+    assert machine.datasheet(machine.GPU_MEMORY_TBPS, "NVIDIA A100-SXM4-80GB") is None  # its bandwidth differs by model

@@ -119,8 +119,9 @@ class Run:
                 images, params, self.data.image_size)
         check["seconds"] = round(time.perf_counter() - started, 2)  # what compiling costs before the first epoch
         self.log(compile_line(why, check))
-        if compiled is not None and imageconv.image_conv_line(kernels, layers, runtime.device.type):
-            self.log(imageconv.image_conv_line(kernels, layers, runtime.device.type))
+        kernels_line = imageconv.image_conv_line(kernels, layers, runtime.device.type)
+        if compiled is not None and kernels_line:
+            self.log(kernels_line)
         return check
 
     # -- one step, the same for training and validation
