@@ -82,6 +82,7 @@ def summarise(tree: str, options: str, repeat: int, wall: float, metrics: list[d
         "batch_size": config["train"]["training"]["batch_size"],
         "compiled": bool(check.get("used")), "compile_difference": check.get("mean_difference"),
         "compile_error": check.get("error"), "compile_seconds": check.get("seconds"),
+        "image_conv": check.get("image_conv"),  # with --image-conv triton: the layers that ran the kernels, if any
         "amp": config.get("amp"), "device": config.get("device"), "torch": config.get("torch"),
         "images_per_epoch": metrics[0]["train"]["images"],
         "images_per_second": rates,
@@ -97,6 +98,10 @@ def format_row(row: dict) -> str:
     rate = f"{row['after_first']:,.0f}" if row["after_first"] is not None else "-"
     difference = row["compile_difference"]
     seconds = f", {row['compile_seconds']:.0f} s" if row.get("compile_seconds") is not None else ""
+    kernels = row.get("image_conv") or {}
+    if kernels.get("kernels") == "triton":  # a row of --image-conv triton that ran cuDNN must say so
+        seconds += f"; Triton in {', '.join(kernels['triton_layers'])}" if kernels.get("triton_layers") else \
+            "; Triton kernels not used, cuDNN ran"
     compiled = (f"yes ({difference:.1e}{seconds})" if row["compiled"] else "refused" if difference is not None
                 else "failed" if row.get("compile_error") else "no")
     return (f"| {row['tree']} | {row['options']} | {row['batch_size']} | {compiled} | "

@@ -41,6 +41,11 @@ def test_rows_are_the_runs_as_trained(tmp_path, capsys):
     assert "| no |" in bench.format_row(rows[0])
     compiled = {**rows[0], "compiled": True, "compile_difference": 1.3e-3, "compile_seconds": 14.2}
     assert "| yes (1.3e-03, 14 s) |" in bench.format_row(compiled)
+    # --image-conv triton: where the kernels ran, or that they did not (the layer check refused them)
+    triton = {**compiled, "image_conv": {"kernels": "triton", "triton_layers": ["output", "vgg.0"]}}
+    assert "| yes (1.3e-03, 14 s; Triton in output, vgg.0) |" in bench.format_row(triton)
+    refused = {**compiled, "image_conv": {"kernels": "triton", "triton_layers": []}}
+    assert "| yes (1.3e-03, 14 s; Triton kernels not used, cuDNN ran) |" in bench.format_row(refused)
 
 
 def test_a_failed_run_names_itself_and_its_log(tmp_path):

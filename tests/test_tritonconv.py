@@ -166,6 +166,68 @@ def test_compiled_image_convolutions_run_the_kernels_and_equal_eager_execution()
     assert max(result["runs"]["True"]["errors"]) < 5e-2, result  # bf16 products, rounded in other orders
 
 
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_the_check_before_training_passes_the_paper_layers_in_bf16_and_finds_one_tap_missing(device):
+    """vae.imageconv.kernel_differences, which the trainer runs on every layer before it compiles the kernels in:
+    under bf16 autocast the paper's two layers (VGG conv1_1, the output layer) are within KERNEL_TOLERANCE of torch's
+    convolution in every pass, and a weight gradient with one tap of 9 missing is not. On a GPU at the trainer's
+    batch 128 and 161x161 against cuDNN; in the interpreter on a small batch against torch's CPU convolution."""
+    result = interpreted("""
+        import json, torch
+        from vae import tritonconv
+        from vae.imageconv import ImageConv2d, kernel_differences
+
+        batch, side = (128, 161) if DEVICE == "cuda" else (4, 24)
+        summed = tritonconv.summed_weight_grad
+        def one_tap_missing(*args):
+            weight, bias = summed(*args)
+            weight[..., 1, 1] = 0
+            return weight, bias
+        torch.manual_seed(0)
+        found = {}
+        for in_c, out_c in ((3, 64), (64, 3)):
+            conv = ImageConv2d(in_c, out_c, 3, 1, 1).to(DEVICE)
+            x = torch.randn(batch, in_c, side, side, device=DEVICE).contiguous(memory_format=torch.channels_last)
+            with torch.autocast(DEVICE, dtype=torch.bfloat16):
+                right = kernel_differences(conv, x)
+                tritonconv.summed_weight_grad = one_tap_missing
+                wrong = kernel_differences(conv, x)
+                tritonconv.summed_weight_grad = summed
+            found[f"{in_c}->{out_c}"] = {"right": right, "wrong": wrong}
+        print(json.dumps(found))
+    """, device)
+    from vae.imageconv import KERNEL_TOLERANCE
+
+    for layer in result.values():
+        assert sorted(layer["right"]) == ["bias gradient", "input gradient", "output", "weight gradient"]
+        assert all(0 <= value < KERNEL_TOLERANCE / 2 for value in layer["right"].values()), result
+        assert layer["wrong"]["weight gradient"] > 5 * KERNEL_TOLERANCE, result
+        assert layer["wrong"]["output"] == layer["right"]["output"], result
+
+
+def test_kernels_that_fail_on_the_machine_are_left_out_and_the_log_says_why():
+    """Where Triton cannot compile or launch the kernels (here for real: outside the interpreter, on tensors in
+    the CPU's memory), the layer check records the error and the run leaves the image convolutions to cuDNN,
+    rather than stopping; the check leaves the model's modes as they were."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("TRITON_INTERPRET=1 in this process: the kernels would run")
+    from contextlib import nullcontext
+
+    from vae.imageconv import checked_kernels
+    from vae.losses import Objective, PixelLoss
+
+    model = VAE(ModelConfig(image_size=16, encoder="8@4x4-2", decoder="8@3x3-2", latent=4)).train()
+    x = torch.rand(2, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+    record = checked_kernels(Objective(model, PixelLoss(), 1.0, 1.0), x, torch.zeros(2, 4), nullcontext,
+                             {"output": model.output})
+    assert not record["used"] and record["largest"] is None and record["differences"] == {}
+    assert record["error"].startswith("in output: ") and len(record["error"]) > len("in output: ")
+    assert all(module.training for module in model.modules())
+    line = image_conv_line("triton", [], "cuda", record)
+    assert line.startswith(f"--image-conv triton: vae.tritonconv's kernels failed on this machine ({record['error']})"
+                           "; cuDNN runs the image convolutions")
+
+
 def test_only_layers_the_kernels_compute_take_them_and_the_log_says_where_they_run():
     model = VAE(ModelConfig(image_size=32, encoder="16@4x4-2, 32@4x4-2", decoder="32@3x3-2, 16@3x3-2", latent=8))
     assert use_image_conv(model, "triton") == ["output"]  # encoder.0 has stride 2: cuDNN keeps it
@@ -185,6 +247,13 @@ def test_only_layers_the_kernels_compute_take_them_and_the_log_says_where_they_r
     assert image_conv_line("triton", ["encoder.0", "output"], "cuda") == \
         "the image convolutions (encoder.0, output) run vae.tritonconv's Triton kernels"
     assert "cuDNN runs them" in image_conv_line("triton", [], "cuda")
+    passed = {"used": True, "tolerance": 0.02, "largest": {"layer": "output", "what": "output", "value": 0.004}}
+    assert image_conv_line("triton", ["output"], "cuda", passed) == \
+        "the image convolutions (output) run vae.tritonconv's Triton kernels, checked against torch's (within 0.004)"
+    failed = {**passed, "used": False, "largest": {"layer": "vgg.0", "what": "input gradient", "value": 0.3}}
+    assert image_conv_line("triton", [], "cuda", failed).startswith(
+        "--image-conv triton: vae.tritonconv's kernels differ from torch's convolution on this machine, in vgg.0's "
+        "input gradient by 0.3 of its norm (tolerance 0.02; every difference is in config.json); cuDNN runs")
 
 
 def test_the_kernels_multiply_as_cudnn_does_on_a_gpu_and_in_fp32_in_the_interpreter(monkeypatch):

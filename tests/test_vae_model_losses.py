@@ -1,4 +1,5 @@
 """The VAE's geometry and heads, the KL, the perceptual and pixel losses, and VGG weight loading."""
+import math
 import re
 import warnings
 
@@ -293,8 +294,14 @@ def test_the_whole_objective_compiles_to_what_eager_computes(padded, monkeypatch
     objective = Objective(model, loss, 1.0, 0.03)
     x = torch.rand(8, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     noise = torch.randn(8, 8, generator=torch.Generator().manual_seed(1))
+    state = {key: value.clone() for key, value in model.state_dict().items()}
     compiled, check = compile_checked(objective, model, x, noise, Runtime(torch.device("cpu"), 0, 1, False))
     assert check["used"] and check["mean_difference"] < 1e-4 and check["what"] == "model, loss and loss arithmetic"
+    # forward and backward: the loss and every parameter's gradient (fp32: equal up to summation order)
+    assert check["loss_difference"] < 1e-5 and check["gradient_difference"] < 1e-3, check
+    # the check leaves no gradient behind for the first step, and the batch-norm statistics as they were
+    assert all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(value, model.state_dict()[key]) for key, value in state.items())
     gradients = []
     for run in (objective, compiled):
         model.zero_grad(set_to_none=True)
@@ -304,6 +311,102 @@ def test_the_whole_objective_compiles_to_what_eager_computes(padded, monkeypatch
     torch.testing.assert_close(gradients[0][0], gradients[1][0], rtol=1e-5, atol=1e-3)
     for eager, compiled_grad in zip(gradients[0][1], gradients[1][1]):  # equal up to summation order
         assert (eager - compiled_grad).norm() <= 1e-3 * eager.norm() + 1e-8
+
+
+def small_objective(vgg_first_conv_doubled: bool = False):
+    """A small VAE and its perceptual loss with a random VGG (the VGG's first convolution twice what it is on
+    request, as a kernel that adds a sum twice would make it), channels_last as the trainer runs them."""
+
+    torch.manual_seed(0)
+    model = VAE(ModelConfig(image_size=32, encoder="16@4x4-2, 32@4x4-2", decoder="32@3x3-2, 16@3x3-2", latent=8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        vgg = load_vgg(RANDOM)[0]
+    if vgg_first_conv_doubled:
+        with torch.no_grad():
+            vgg[0].weight.mul_(2)
+            vgg[0].bias.mul_(2)
+    loss = PerceptualLoss(vgg).to(memory_format=torch.channels_last)
+    return model.to(memory_format=torch.channels_last), loss
+
+
+def checked_against_eager(model, eager, other):
+    """compiled_differences of `other` (standing for a compiled objective) against `eager`, and the check's
+    verdict, as compile_checked records it."""
+    from vae.runtime import COMPILE_TOLERANCE, GRADIENT_TOLERANCE, LOSS_TOLERANCE, Runtime, compiled_differences
+
+    x = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(2)).contiguous(
+        memory_format=torch.channels_last)
+    noise = torch.randn(8, 8, generator=torch.Generator().manual_seed(1))
+    state = {key: value.clone() for key, value in model.state_dict().items()}
+    record = {"tolerance": COMPILE_TOLERANCE, "loss_tolerance": LOSS_TOLERANCE,
+              "gradient_tolerance": GRADIENT_TOLERANCE,
+              **compiled_differences(eager, other, model, x, noise, Runtime(torch.device("cpu"), 0, 1, False))}
+    assert all(p.grad is None for p in model.parameters())  # nothing left for the first training step
+    assert all(torch.equal(value, model.state_dict()[key]) for key, value in state.items())
+    return record
+
+
+def test_the_compile_check_refuses_a_backward_pass_that_is_wrong_where_the_forward_pass_is_right():
+    """A kernel whose forward pass is right and whose weight gradient is not (here the output layer's taps
+    flipped, as a wrong index in vae.tritonconv's weight-gradient kernel would give) passes a check of the
+    reconstructions alone; the check of the gradients refuses it, and says in which parameter."""
+    from vae.losses import Objective
+    from vae.runtime import check_failures, compile_line
+
+    model, loss = small_objective()
+    objective = Objective(model, loss, 1.0, 0.03)
+    hooks = []
+
+    def wrong_backward(x, noise):
+        hooks.append(model.output.weight.register_hook(lambda grad: grad.flip(2, 3)))
+        return objective(x, noise)
+
+    try:
+        record = checked_against_eager(model, objective, wrong_backward)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert record["mean_difference"] == record["max_difference"] == record["loss_difference"] == 0
+    assert record["gradient_parameter"] == "output.weight"
+    assert record["gradient_difference"] > record["gradient_tolerance"]
+    assert check_failures(record) == [f"the gradient of output.weight by {record['gradient_difference']:.3g} of its "
+                                      "norm (tolerance 0.5)"]
+    line = compile_line("--compile yes", {**record, "error": None, "used": False,
+                                          "image_conv": {"triton_layers": ["output"]}})
+    assert line.startswith("--compile yes: the compiled objective differs from eager execution on a training batch, "
+                           "in the gradient of output.weight by ")
+    assert "vae.tritonconv's kernels (--image-conv triton, in output)" in line and "training without compiling" in line
+    # the same objective computed again passes: the check itself adds nothing
+    assert check_failures(checked_against_eager(model, objective, objective)) == []
+
+
+def test_the_compile_check_refuses_a_loss_network_that_is_wrong_where_the_reconstructions_are_right():
+    """The reconstructions do not pass through the loss network: a VGG convolution computed wrongly by a factor
+    (as a wrong --image-conv triton kernel for its conv1_1 could) shows in the loss. Errors that keep the loss's
+    scale (the taps flipped: 0.1% of the loss, 0.49 in the gradients here) are for the kernels' own check."""
+    from vae.losses import Objective
+    from vae.runtime import check_failures
+
+    model, loss = small_objective()
+    _, doubled = small_objective(vgg_first_conv_doubled=True)
+    record = checked_against_eager(model, Objective(model, loss, 1.0, 0.03), Objective(model, doubled, 1.0, 0.03))
+    assert record["mean_difference"] == 0 and record["loss_difference"] > record["loss_tolerance"]
+    assert check_failures(record)[0] == f"its loss by {record['loss_difference']:.3g} of the loss (tolerance 0.01)"
+
+
+def test_gradients_are_compared_parameter_by_parameter_relative_to_their_norm():
+    from vae.runtime import GRADIENT_FLOOR, gradient_difference
+
+    eager = {"a": torch.tensor([3.0, 4.0]), "b": torch.tensor([0.0, 1e-9]), "unused": None}
+    assert gradient_difference(eager, {"a": torch.tensor([3.0, 4.5]), "b": torch.tensor([0.0, 2e-9]),
+                                       "unused": None}) == (pytest.approx(0.1), "a")
+    # an all-but-zero gradient's rounding is measured against the floor, not against itself
+    small = gradient_difference(eager, {"a": eager["a"], "b": torch.tensor([0.0, 5e-9]), "unused": None})
+    assert small == (pytest.approx(4e-9 / (GRADIENT_FLOOR * 5)), "b")
+    assert gradient_difference(eager, {**eager, "b": torch.tensor([float("nan"), 0.0])})[1] == "b"
+    assert math.isnan(gradient_difference(eager, {**eager, "b": torch.tensor([float("nan"), 0.0])})[0])
+    assert gradient_difference(eager, {**eager, "unused": torch.zeros(2)}) == (math.inf, "unused")
 
 
 @pytest.mark.parametrize("in_channels, out_channels, kernel, stride, padding, bias",

@@ -937,11 +937,18 @@ def test_image_convolutions_by_the_triton_kernels_train_as_cudnn_does(data, tmp_
     result = subprocess.run([sys.executable, "-c", code], env={**ENV, "TRITON_INTERPRET": "1"}, capture_output=True,
                             text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "the image convolutions (output, vgg.0) run vae.tritonconv's Triton kernels" in result.stdout
+    assert "the image convolutions (output, vgg.0) run vae.tritonconv's Triton kernels, checked against torch's " \
+        "(within " in result.stdout
     check = strict_json(triton_run / "config.json")["compile"]
+    kernels = check["image_conv"].pop("check")
     assert check["image_conv"] == {"kernels": "triton", "triton_layers": ["output", "vgg.0"],
                                    "triton": triton.__version__}
-    assert check["used"] and check["mean_difference"] < 1e-4, check
+    # each layer's every pass against torch's convolution before compiling (in fp32 here: to its rounding)
+    assert kernels["used"] and kernels["tolerance"] == 0.02
+    assert {layer: sorted(passes) for layer, passes in kernels["differences"].items()} == {
+        layer: ["bias gradient", "input gradient", "output", "weight gradient"] for layer in ("output", "vgg.0")}
+    assert all(0 <= value < 1e-5 for passes in kernels["differences"].values() for value in passes.values()), kernels
+    assert check["used"] and check["mean_difference"] < 1e-4 and check["gradient_difference"] < 1e-3, check
     assert strict_json(triton_run / "config.json")["train"]["runtime"]["image_conv"] == "triton"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the random VGG's
@@ -959,6 +966,38 @@ def test_image_convolutions_by_the_triton_kernels_train_as_cudnn_does(data, tmp_
     compiled, eager = metrics(triton_run)[0], metrics(eager_run)[0]
     assert compiled["train"]["loss"] == pytest.approx(eager["train"]["loss"], rel=1e-3)
     assert compiled["validation"]["loss"] == pytest.approx(eager["validation"]["loss"], rel=1e-3)
+
+
+def test_triton_kernels_that_differ_from_cudnn_on_the_machine_are_not_used(data, tmp_path):
+    """Before compiling, --image-conv triton checks each layer's kernels against torch's convolution on the machine
+    it runs on. A weight gradient with one tap of 9 missing (made so here, in the kernels' last step) changes the
+    step's gradients by less than bf16 rounding can hide from the check of the whole step; the layer check finds
+    it, names the layer and the pass, and the run compiles with cuDNN for every image convolution."""
+    pytest.importorskip("triton", reason="Triton is not installed (torch's CUDA wheels for Linux bring it)")
+    out = tmp_path / "run"
+    args = ["--data", str(data / "synth"), "--epochs", "1", *COMPILES, "--recon", "perceptual", "--vgg-weights",
+            "random", "--image-size", "16", "--no-progress", "--out", str(out), "--compile", "--image-conv", "triton"]
+    code = ("import sys\nfrom vae import imageconv, tritonconv\nimageconv.PADDED_ON = ('cpu',)\n"
+            "summed = tritonconv.summed_weight_grad\n"
+            "def one_tap_missing(*args):\n    weight, bias = summed(*args)\n    weight[..., 1, 1] = 0\n"
+            "    return weight, bias\n"
+            "tritonconv.summed_weight_grad = one_tap_missing\nfrom vae.cli import main\n"
+            f"sys.exit(main({args!r}))")
+    result = subprocess.run([sys.executable, "-c", code], env={**ENV, "TRITON_INTERPRET": "1"}, capture_output=True,
+                            text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    check = strict_json(out / "config.json")["compile"]
+    kernels = check["image_conv"]["check"]
+    assert not kernels["used"] and check["image_conv"]["triton_layers"] == []
+    assert kernels["largest"]["what"] == "weight gradient" and kernels["largest"]["value"] > 0.1
+    # the output layer (64 -> 3 channels) and VGG's conv1_1 (3 -> 64) both lose a tap; their other passes are right
+    for passes in kernels["differences"].values():
+        assert passes["weight gradient"] > 0.1 and passes["output"] < 1e-5 and passes["input gradient"] < 1e-5
+    layer = kernels["largest"]["layer"]
+    assert (f"--image-conv triton: vae.tritonconv's kernels differ from torch's convolution on this machine, in "
+            f"{layer}'s weight gradient by ") in result.stdout
+    assert "cuDNN runs the image convolutions" in result.stdout
+    assert check["used"], "the step compiles, with cuDNN's convolutions"
 
 
 def test_a_random_loss_network_is_drawn_from_the_runs_seed():

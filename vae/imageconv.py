@@ -10,20 +10,28 @@ channels add exact zeros to every sum, so the padded convolution computes the sa
 keep their shape, so checkpoints are unchanged.
 
 `--image-conv triton` runs them instead, in the same compiled CUDA graphs, with kernels of our own
-(vae.tritonconv) that read and write each map once; eager runs still use cuDNN, so the trainer's check of the
-compiled step against eager execution also checks these kernels' forward pass on every run."""
+(vae.tritonconv) that read and write each map once; eager runs still use cuDNN. Before a run compiles them in, it
+checks them layer by layer against cuDNN on its own GPU (checked_kernels): the check of the whole compiled step
+against eager execution covers them too, but bf16 rounding leaves it blind to all but gross errors of a gradient."""
 from __future__ import annotations
 
 import importlib.util
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.errors import exception_line
 from vae.config import IMAGE_CONV_CHOICES
 
 CUDA_CHANNELS = 8
 PADDED_ON = ("cuda",)  # device types whose compiled runs pad, or run --image-conv triton
+# The kernels against torch's convolution, each pass relative to the norm of torch's result. Under bf16 autocast
+# both round their results to bf16: 0.004 apart for the paper's layers in the interpreter against torch's CPU
+# convolution (benchmarks/RESULTS.md, "the checks of the compiled step"). A weight gradient with one tap of 9 missing
+# gives 0.34-0.35, one of its 64 channels missing 0.12-0.13.
+KERNEL_TOLERANCE = 0.02
 
 
 def padded_weight(conv: nn.Conv2d, channels: int) -> torch.Tensor:
@@ -45,12 +53,69 @@ def padded_conv(conv: nn.Conv2d, x: torch.Tensor, channels: int) -> torch.Tensor
 
 def triton_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """conv(x) by vae.tritonconv's kernels, in autocast's precision where autocast is on, as cuDNN would run it."""
+    return _triton_conv(x, conv.weight, conv.bias, conv.padding[0])
+
+
+def _triton_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int) -> torch.Tensor:
     from vae.tritonconv import image_conv
 
     on = torch.is_autocast_enabled(x.device.type)  # a custom operator: autocast leaves its inputs as they are
     dtype = torch.get_autocast_dtype(x.device.type) if on else x.dtype
-    bias = None if conv.bias is None else conv.bias.to(dtype)
-    return image_conv(x.to(dtype), conv.weight.to(dtype), bias, conv.padding[0])
+    bias = None if bias is None else bias.to(dtype)
+    return image_conv(x.to(dtype), weight.to(dtype), bias, padding)
+
+
+def kernel_differences(conv: nn.Conv2d, x: torch.Tensor) -> dict[str, float]:
+    """How far vae.tritonconv's kernels are from torch's convolution (cuDNN on CUDA) for `conv` on input `x`, in
+    autocast's precision where autocast is on, as the compiled step runs them: the output, and for a random output
+    gradient the gradients of the input, the weights and the bias, each as the norm of the difference relative to
+    the norm of torch's."""
+    leaves = [t.detach().requires_grad_() for t in (x, conv.weight, conv.bias) if t is not None]
+    x, weight, bias = leaves[0], leaves[1], leaves[2] if conv.bias is not None else None
+    ours = _triton_conv(x, weight, bias, conv.padding[0])
+    theirs = F.conv2d(x, weight, bias, padding=conv.padding)
+    grad = torch.randn(theirs.shape, generator=torch.Generator(device=x.device).manual_seed(0), device=x.device,
+                       dtype=theirs.dtype)
+    names = ["output", "input gradient", "weight gradient", "bias gradient"][:1 + len(leaves)]
+    ours = [ours, *torch.autograd.grad(ours, leaves, grad)]
+    theirs = [theirs, *torch.autograd.grad(theirs, leaves, grad)]
+    return {name: ((a.float() - b.float()).norm() / b.float().norm()).item()
+            for name, a, b in zip(names, ours, theirs)}
+
+
+def checked_kernels(objective: nn.Module, x: torch.Tensor, noise: torch.Tensor, autocast,
+                    layers: dict[str, ImageConv2d]) -> dict:
+    """Check vae.tritonconv's kernels in each of `layers` (by name) against torch's convolution (kernel_differences),
+    on the input the layer gets in a forward pass of `objective` (vae.losses.Objective) in eval mode, under
+    `autocast` (Runtime.autocast). The record for config.json: the differences, the largest and whether it is
+    within KERNEL_TOLERANCE. Unlike the check of the whole compiled step, which bf16 rounding limits to gross
+    errors in the gradients, this finds one tap or one channel computed wrongly."""
+    inputs = {}
+    hooks = [layer.register_forward_pre_hook(lambda module, args, name=name: inputs.setdefault(name, args[0]))
+             for name, layer in layers.items()]
+    modes = [(module, module.training) for module in objective.modules()]
+    try:
+        objective.eval()  # the batch-norm statistics stay as they are
+        with torch.no_grad(), autocast():
+            objective(x, noise)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for module, training in modes:
+            module.train(training)
+    record = {"differences": {}, "largest": None, "tolerance": KERNEL_TOLERANCE, "used": False, "error": None}
+    try:
+        with autocast():
+            for name, layer in layers.items():
+                record["differences"][name] = kernel_differences(layer, inputs[name])
+    except torch.OutOfMemoryError:
+        raise  # the run's own batch would not fit either
+    except Exception as error:  # Triton failing to compile or launch the kernels here: cuDNN runs, and the log says
+        return {**record, "error": f"in {name}: {exception_line(error)}"}
+    found = [(value, name, what) for name, values in record["differences"].items() for what, value in values.items()]
+    value, name, what = max(found, key=lambda item: math.inf if math.isnan(item[0]) else item[0])
+    return {**record, "largest": {"layer": name, "what": what, "value": value},
+            "used": all(value <= KERNEL_TOLERANCE for value, _, _ in found)}
 
 
 class ImageConv2d(nn.Conv2d):
@@ -85,14 +150,25 @@ def use_image_conv(module: nn.Module, kernels: str) -> list[str]:
     return chosen
 
 
-def image_conv_line(kernels: str, layers: list[str], device_type: str) -> str:
-    """What --image-conv `kernels` does in a run compiled on `device_type` (layers: use_image_conv's), for the log;
-    empty for cudnn, the default."""
+def image_conv_line(kernels: str, layers: list[str], device_type: str, check: dict | None = None) -> str:
+    """What --image-conv `kernels` does in a run compiled on `device_type` (layers: those that run the Triton
+    kernels; check: checked_kernels's record, if the kernels were checked), for the log; empty for cudnn, the
+    default."""
     if kernels != "triton":
         return ""
     if device_type not in PADDED_ON:
         return f"--image-conv triton: for compiled CUDA steps only; on {device_type} torch's own convolutions run"
+    if check is not None and check.get("error"):
+        return (f"--image-conv triton: vae.tritonconv's kernels failed on this machine ({check['error']}); cuDNN runs "
+                "the image convolutions. Please report it with the GPU and the torch and Triton versions")
+    if check is not None and not check["used"]:
+        largest = check["largest"]
+        return (f"--image-conv triton: vae.tritonconv's kernels differ from torch's convolution on this machine, in "
+                f"{largest['layer']}'s {largest['what']} by {largest['value']:.3g} of its norm (tolerance "
+                f"{check['tolerance']}; every difference is in config.json); cuDNN runs the image convolutions. "
+                f"This is a bug: please report it with the GPU and the torch and Triton versions")
     if not layers:
         return ("--image-conv triton: no image convolution runs the Triton kernels (Triton is not installed, or "
                 "no layer is one they compute: stride 1, square kernel, few channels on one side); cuDNN runs them")
-    return f"the image convolutions ({', '.join(layers)}) run vae.tritonconv's Triton kernels"
+    largest = "" if check is None else f", checked against torch's (within {check['largest']['value']:.2g})"
+    return f"the image convolutions ({', '.join(layers)}) run vae.tritonconv's Triton kernels{largest}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -27,6 +28,16 @@ from vae.config import RuntimeSettings
 # 0.0015, the torch 2.14.1 CPU miscompilation about 0.07 (the batch-norm statistics after a LeakyReLU, in
 # layers whose channels do not fill the CPU's vectors: benchmarks/RESULTS.md).
 COMPILE_TOLERANCE = 0.01
+# The loss, relative to the eager loss: bf16 rounding gives 1.3e-4 (the paper's model on 16 real scenes, CPU
+# autocast, at 64x64 and 161x161); a loss network computed wrongly while the reconstructions are right shows here.
+LOSS_TOLERANCE = 0.01
+# A parameter's gradient, relative to its norm. Two bf16 executions of the same step (eager and compiled, as above)
+# differ by up to 0.20 in some parameter (0.11-0.13 in the weights), and fp32 against bf16 by up to 0.23, so this
+# finds gross errors of a backward pass only. In a 3-channel layer's weight gradient: taps flipped give 0.58-1.13,
+# a sign or a factor of 2 wrong 1 or more, NaN or garbage fail; transposed taps give 0.48-0.87, the colour channels
+# swapped 0.24-0.55 and one tap missing 0.26-0.35, which the tests of the kernels must find instead.
+GRADIENT_TOLERANCE = 0.5
+GRADIENT_FLOOR = 1e-4  # of the largest gradient's norm: what an all-but-zero gradient is measured against
 # Largest absolute difference of augmented images in [0, 1] between compiled and eager: Inductor's bilinear
 # sampling and sums round otherwise than ATen's (2-3e-5 measured); a quarter of one uint8 level.
 AUGMENT_TOLERANCE = 1e-3
@@ -99,23 +110,62 @@ def step_generator(seed: int, epoch: int, step: int, rank: int, device: torch.de
     return torch.Generator(device=device).manual_seed(streams.seed64(seed, streams.STEP, epoch, step, rank))
 
 
-def compiled_difference(eager, compiled, modules: list[torch.nn.Module], x: torch.Tensor, noise: torch.Tensor,
-                        runtime: Runtime) -> tuple[float, float]:
-    """Mean and largest absolute difference of the reconstructions `compiled` and `eager` (the same
-    objective, vae.losses.Objective) give for a batch, in train mode with autograd on, so that the
-    training graph is the one compiled. The `modules`' states, which train-mode forwards move (BatchNorm
-    statistics), are restored afterwards."""
-    saved = [copy.deepcopy(module.state_dict()) for module in modules]
-    for module in modules:
-        module.train()
+def gradients(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The gradients `module`'s trainable parameters hold now, by name (None where a parameter has none)."""
+    return {name: None if p.grad is None else p.grad.detach().clone()
+            for name, p in module.named_parameters() if p.requires_grad}
+
+
+def gradient_difference(eager: dict, compiled: dict) -> tuple[float, str | None]:
+    """The largest difference between two sets of gradients (gradients()), parameter by parameter, relative to
+    the eager gradient's norm, and the parameter it is in. A gradient all but zero (under GRADIENT_FLOOR of the
+    largest one's norm) is measured against that floor, not against its own rounding; a gradient that only one
+    side has differs infinitely."""
+    present = [g for g in eager.values() if g is not None]
+    floor = GRADIENT_FLOOR * max((g.float().norm().item() for g in present), default=0.0)
+    worst, where = 0.0, None
+    for name, e in eager.items():
+        c = compiled[name]
+        if e is None and c is None:
+            continue
+        if e is None or c is None:
+            return math.inf, name
+        difference = (c.float() - e.float()).norm().item()
+        scale = max(e.float().norm().item(), floor)
+        relative = difference / scale if scale > 0 else (0.0 if difference == 0 else math.inf)
+        if not relative <= worst:  # NaN too: a non-finite gradient is the worst there is
+            worst, where = relative, name
+    return worst, where
+
+
+def compiled_differences(eager, compiled, model: torch.nn.Module, x: torch.Tensor, noise: torch.Tensor,
+                         runtime: Runtime) -> dict:
+    """How far `compiled` is from `eager` (the same objective, vae.losses.Objective) on a batch, in train mode:
+    the reconstructions (mean and largest absolute difference), the loss (relative to the eager loss) and the
+    gradient of `model`'s parameters (gradient_difference), each from one forward and backward pass, so that the
+    graphs checked are the training step's. `model`'s state (BatchNorm statistics, which train-mode forwards
+    move) is restored afterwards, and its gradients are cleared, so the first training step starts as it would
+    have without the check."""
+    saved = copy.deepcopy(model.state_dict())
+    model.train()
+    results = []
     try:
-        with runtime.autocast():
-            difference = (eager(x, noise)["x_hat"].detach().float()
-                          - compiled(x, noise)["x_hat"].detach().float()).abs()
+        for objective in (eager, compiled):
+            model.zero_grad(set_to_none=True)
+            with runtime.autocast():
+                terms = objective(x, noise)
+            terms["loss"].backward()
+            results.append((terms["x_hat"].detach().float(), terms["loss"].detach().float(), gradients(model)))
+            del terms
     finally:  # also when compiling fails: the run then trains eagerly from the state it had
-        for module, state in zip(modules, saved):
-            module.load_state_dict(state)
-    return difference.mean().item(), difference.max().item()
+        model.zero_grad(set_to_none=True)
+        model.load_state_dict(saved)
+    (x_eager, loss_eager, grad_eager), (x_compiled, loss_compiled, grad_compiled) = results
+    pixels = (x_eager - x_compiled).abs()
+    largest, parameter = gradient_difference(grad_eager, grad_compiled)
+    return {"mean_difference": pixels.mean().item(), "max_difference": pixels.max().item(),
+            "loss_difference": ((loss_compiled - loss_eager).abs() / loss_eager.abs().clamp_min(1e-12)).item(),
+            "gradient_difference": largest, "gradient_parameter": parameter}
 
 
 class _DropProfilerNotice(logging.Filter):
@@ -165,11 +215,11 @@ def compile_line(why: str, check: dict) -> str:
                    f"correctness bug in torch {torch.__version__}: --image-conv cudnn tells them apart"
                    if (triton := check.get("image_conv", {}).get("triton_layers"))
                    else f"a torch.compile correctness bug in torch {torch.__version__}")
-        return (f"{why}: the compiled objective differs from eager execution by {check['mean_difference']:.3g} on "
-                f"average on a training batch (tolerance {check['tolerance']}), {culprit}; training without "
-                "compiling")
-    return (f"compiled and checked in {check['seconds']:.0f} s (mean difference from eager execution "
-            f"{check['mean_difference']:.2g}); {augmentation_line(check['augmentation'])}")
+        return (f"{why}: the compiled objective differs from eager execution on a training batch, in "
+                f"{'; in '.join(check_failures(check))}: {culprit}; training without compiling")
+    return (f"compiled and checked in {check['seconds']:.0f} s (against eager execution: reconstructions "
+            f"{check['mean_difference']:.2g} apart on average, the loss {check['loss_difference']:.2g}, gradients "
+            f"{check['gradient_difference']:.2g} at most); {augmentation_line(check['augmentation'])}")
 
 
 def compile_decision(setting: str, mode: str, device: torch.device) -> tuple[bool, str]:
@@ -198,18 +248,37 @@ def compile_objective(objective: torch.nn.Module, mode: str = "default") -> torc
 def compile_checked(objective: torch.nn.Module, model: torch.nn.Module, x: torch.Tensor, noise: torch.Tensor,
                     runtime: Runtime, mode: str = "default") -> tuple[torch.nn.Module | None, dict]:
     """torch.compile the whole training objective (model, reconstruction loss, loss arithmetic), and keep
-    it only if it computes what eager execution computes: Inductor has had silent correctness bugs around
-    BatchNorm (torch 2.14.1 on CPU gets conv -> LeakyReLU -> BatchNorm wrong for some shapes). Returns the
-    compiled objective (None when it differs, or when torch.compile fails on this machine) and the check's
-    record for config.json."""
+    it only if it computes what eager execution computes, forward and backward (compiled_differences, within
+    COMPILE_TOLERANCE, LOSS_TOLERANCE and GRADIENT_TOLERANCE): Inductor has had silent correctness bugs around
+    BatchNorm (torch 2.14.1 on CPU gets conv -> LeakyReLU -> BatchNorm wrong for some shapes), and
+    --image-conv triton puts kernels of our own into both passes. Returns the compiled objective (None when it
+    differs, or when torch.compile fails on this machine) and the check's record for config.json."""
     compiled = compile_objective(objective, mode)
     record = {"used": False, "what": "model, loss and loss arithmetic", "mode": mode,
-              "mean_difference": None, "max_difference": None, "tolerance": COMPILE_TOLERANCE, "error": None}
+              "mean_difference": None, "max_difference": None, "tolerance": COMPILE_TOLERANCE,
+              "loss_difference": None, "loss_tolerance": LOSS_TOLERANCE,
+              "gradient_difference": None, "gradient_parameter": None, "gradient_tolerance": GRADIENT_TOLERANCE,
+              "error": None}
     try:
-        mean, largest = compiled_difference(objective, compiled, [model], x, noise, runtime)
+        differences = compiled_differences(objective, compiled, model, x, noise, runtime)
     except torch._dynamo.exc.TorchDynamoException as error:
         # torch.compile failing on this machine (no C++ compiler for Inductor's CPU code, no working Triton):
         # eager execution ran first in the check, so the objective itself is sound
         return None, {**record, "error": exception_line(error)}
-    used = mean <= COMPILE_TOLERANCE
-    return (compiled if used else None), {**record, "used": used, "mean_difference": mean, "max_difference": largest}
+    record.update(differences)
+    record["used"] = not check_failures(record)
+    return (compiled if record["used"] else None), record
+
+
+def check_failures(check: dict) -> list[str]:
+    """What the compiled objective got wrong, in words, by the record of compile_checked: empty when it passed."""
+    failures = []
+    if not check["mean_difference"] <= check["tolerance"]:
+        failures.append(f"its reconstructions by {check['mean_difference']:.3g} on average (tolerance "
+                        f"{check['tolerance']})")
+    if not check["loss_difference"] <= check["loss_tolerance"]:
+        failures.append(f"its loss by {check['loss_difference']:.3g} of the loss (tolerance {check['loss_tolerance']})")
+    if not check["gradient_difference"] <= check["gradient_tolerance"]:
+        failures.append(f"the gradient of {check['gradient_parameter']} by {check['gradient_difference']:.3g} of its "
+                        f"norm (tolerance {check['gradient_tolerance']})")
+    return failures

@@ -102,13 +102,11 @@ class Run:
                             device=x.device)
         bare = Objective(self.model, self.reconstruction, config.loss.alpha, config.loss.beta)
         mode = config.runtime.compile_mode
-        kernels = config.runtime.image_conv
-        layers = imageconv.use_image_conv(self.model, kernels) + imageconv.use_image_conv(self.reconstruction, kernels)
-        layers = layers if runtime.device.type in imageconv.PADDED_ON else []  # elsewhere torch's convolutions run
         started = time.perf_counter()
+        image_conv = self.use_image_conv(bare, x, noise)
         compiled, check = compile_checked(bare, self.model, x, noise, runtime, mode)
-        check["image_conv"] = {"kernels": kernels, "triton_layers": layers,
-                               **({"triton": metadata.version("triton")} if layers else {})}
+        check["image_conv"] = image_conv
+        layers = image_conv["triton_layers"]
         if compiled is not None:
             self.objective = compile_objective(self.objective, mode) if runtime.world > 1 else compiled
             self.compiled_batch = x.shape[0]
@@ -119,10 +117,29 @@ class Run:
                 images, params, self.data.image_size)
         check["seconds"] = round(time.perf_counter() - started, 2)  # what compiling costs before the first epoch
         self.log(compile_line(why, check))
-        kernels_line = imageconv.image_conv_line(kernels, layers, runtime.device.type)
+        kernels_line = imageconv.image_conv_line(config.runtime.image_conv, layers, runtime.device.type,
+                                                 image_conv.get("check"))
         if compiled is not None and kernels_line:
             self.log(kernels_line)
         return check
+
+    def use_image_conv(self, objective: Objective, x: torch.Tensor, noise: torch.Tensor) -> dict:
+        """Set the kernels of the image convolutions (--image-conv) for the compiled step, and return the record for
+        config.json. The Triton kernels, which run in compiled CUDA graphs only, are first checked layer by layer
+        against cuDNN on this machine (imageconv.checked_kernels); if any differs, cuDNN runs every layer."""
+        kernels = self.config.runtime.image_conv
+        layers = {}
+        for module in (self.model, self.reconstruction):
+            named = dict(module.named_modules())
+            layers |= {name: named[name] for name in imageconv.use_image_conv(module, kernels)}
+        if self.runtime.device.type not in imageconv.PADDED_ON or not layers:  # elsewhere torch's convolutions run
+            return {"kernels": kernels, "triton_layers": []}
+        check = imageconv.checked_kernels(objective, x, noise, self.runtime.autocast, layers)
+        if not check["used"]:
+            for module in (self.model, self.reconstruction):
+                imageconv.use_image_conv(module, "cudnn")
+        return {"kernels": kernels, "triton_layers": list(layers) if check["used"] else [],
+                "triton": metadata.version("triton"), "check": check}
 
     # -- one step, the same for training and validation
 
