@@ -152,9 +152,9 @@ class RuntimeSettings(Settings):
     image_conv: str = option("cudnn", "what runs the convolutions that read or write the image's 3 channels in "
                              "compiled CUDA steps: cudnn (their channels padded to 8), or triton, kernels of our own "
                              "that read and write each map once (vae.tritonconv; experimental: measure with "
-                             "benchmarks/bench_imageconv.py and bench_vae.py --image-conv cudnn,triton), checked layer by "
-                             "layer against cuDNN before compiling and left out if they differ; eager steps always use "
-                             "cuDNN",
+                             "benchmarks/bench_imageconv.py and bench_vae.py --image-conv cudnn,triton), checked "
+                             "layer by layer against cuDNN before compiling and left out if they differ; eager steps "
+                             "always use cuDNN",
                              choices=IMAGE_CONV_CHOICES)
     data_on_device: str = option("auto", "load the sets once into the device's memory; auto: when they take under "
                                  "half of the free memory", choices=ON_DEVICE)
