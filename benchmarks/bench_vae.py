@@ -83,10 +83,6 @@ class Stepper:
             loss = loss.to(memory_format=torch.channels_last)
         self.runtime = Runtime(device, 0, 1, optimised and device.type == "cuda")
         self.objective = self.eager = Objective(self.model, loss, 1.0, 0.03)
-        self.triton_layers = {}  # the layers that run the Triton kernels when compiled for CUDA
-        for module in (self.model, loss):
-            named = dict(module.named_modules())
-            self.triton_layers |= {name: named[name] for name in imageconv.use_image_conv(module, image_conv)}
         # the plain loop keeps torch's default (multi-tensor) Adam; the trainer's paths use the trainer's own
         self.optimizer = (build_optimizer(self.model, 0.0015) if optimised
                           else torch.optim.Adam(self.model.parameters(), lr=0.0015))
@@ -96,6 +92,9 @@ class Stepper:
         if compile_mode:
             x, noise = self.inputs(0)
             start = time.perf_counter()
+            # the kernels of the image convolutions, set (and the Triton ones checked) as the trainer sets them
+            kernels = imageconv.set_image_conv(image_conv, [self.model, loss], self.eager, x, noise,
+                                               self.runtime.autocast)
             compiled, check = compile_checked(self.objective, self.model, x, noise, self.runtime, compile_mode)
             self.note = (f" (compiling failed: {check['error']}; eager used)" if check["error"] else
                          f" (compiled vs eager: reconstructions {check['mean_difference']:.2g}, loss "
@@ -103,12 +102,8 @@ class Stepper:
                          f"{'ok' if check['used'] else 'WRONG: eager used'}; first compiled call and check "
                          f"{time.perf_counter() - start:.0f} s)")
             self.objective = self.objective if compiled is None else compiled
-            if compiled is not None and self.triton_layers and device.type in imageconv.PADDED_ON:
-                kernels = imageconv.checked_kernels(self.eager, x, noise, self.runtime.autocast, self.triton_layers)
-                largest = kernels["largest"]
-                self.note += (f"; Triton kernels within {largest['value']:.2g} of torch's convolution"
-                              if kernels["used"] else f"; Triton kernels WRONG: {largest['layer']}'s {largest['what']} "
-                              f"{largest['value']:.2g} from torch's")
+            line = imageconv.image_conv_line(image_conv, kernels["triton_layers"], device.type, kernels.get("check"))
+            self.note += f"; {line}" if line else ""
             if compiled is not None:  # and the augmentation, as the trainer does (vae.train.Run.compile)
                 params = draw(self.images, self.boxes, AugmentConfig(), torch.Generator(device=device).manual_seed(0))
                 self.augmentation, record = compile_augmentation_checked(self.images, params, None)

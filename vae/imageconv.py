@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+from importlib import metadata
 
 import torch
 import torch.nn.functional as F
@@ -148,6 +149,26 @@ def use_image_conv(module: nn.Module, kernels: str) -> list[str]:
             if layer.kernels == "triton":
                 chosen.append(name)
     return chosen
+
+
+def set_image_conv(kernels: str, modules: list[nn.Module], objective: nn.Module, x: torch.Tensor,
+                   noise: torch.Tensor, autocast) -> dict:
+    """Set which kernels (--image-conv) run the image convolutions of `modules` (the model, the loss network) in
+    a compiled step of `objective` on x's device, and return the record for config.json. The Triton kernels are
+    first checked layer by layer on this machine (checked_kernels, on `x` and `noise`, under `autocast`); if any
+    pass differs or fails, cuDNN runs every layer."""
+    layers = {}
+    for module in modules:
+        named = dict(module.named_modules())
+        layers |= {name: named[name] for name in use_image_conv(module, kernels)}
+    if x.device.type not in PADDED_ON or not layers:  # elsewhere torch's convolutions run
+        return {"kernels": kernels, "triton_layers": []}
+    check = checked_kernels(objective, x, noise, autocast, layers)
+    if not check["used"]:
+        for module in modules:
+            use_image_conv(module, "cudnn")
+    return {"kernels": kernels, "triton_layers": list(layers) if check["used"] else [],
+            "triton": metadata.version("triton"), "check": check}
 
 
 def image_conv_line(kernels: str, layers: list[str], device_type: str, check: dict | None = None) -> str:

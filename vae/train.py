@@ -20,7 +20,6 @@ import shutil
 import sys
 import time
 from contextlib import nullcontext
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -103,7 +102,8 @@ class Run:
         bare = Objective(self.model, self.reconstruction, config.loss.alpha, config.loss.beta)
         mode = config.runtime.compile_mode
         started = time.perf_counter()
-        image_conv = self.use_image_conv(bare, x, noise)
+        image_conv = imageconv.set_image_conv(config.runtime.image_conv, [self.model, self.reconstruction], bare, x,
+                                              noise, runtime.autocast)
         compiled, check = compile_checked(bare, self.model, x, noise, runtime, mode)
         check["image_conv"] = image_conv
         layers = image_conv["triton_layers"]
@@ -122,24 +122,6 @@ class Run:
         if compiled is not None and kernels_line:
             self.log(kernels_line)
         return check
-
-    def use_image_conv(self, objective: Objective, x: torch.Tensor, noise: torch.Tensor) -> dict:
-        """Set the kernels of the image convolutions (--image-conv) for the compiled step, and return the record for
-        config.json. The Triton kernels, which run in compiled CUDA graphs only, are first checked layer by layer
-        against cuDNN on this machine (imageconv.checked_kernels); if any differs, cuDNN runs every layer."""
-        kernels = self.config.runtime.image_conv
-        layers = {}
-        for module in (self.model, self.reconstruction):
-            named = dict(module.named_modules())
-            layers |= {name: named[name] for name in imageconv.use_image_conv(module, kernels)}
-        if self.runtime.device.type not in imageconv.PADDED_ON or not layers:  # elsewhere torch's convolutions run
-            return {"kernels": kernels, "triton_layers": []}
-        check = imageconv.checked_kernels(objective, x, noise, self.runtime.autocast, layers)
-        if not check["used"]:
-            for module in (self.model, self.reconstruction):
-                imageconv.use_image_conv(module, "cudnn")
-        return {"kernels": kernels, "triton_layers": list(layers) if check["used"] else [],
-                "triton": metadata.version("triton"), "check": check}
 
     # -- one step, the same for training and validation
 
