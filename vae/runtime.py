@@ -122,8 +122,8 @@ def gradient_difference(eager: dict, compiled: dict) -> tuple[float, str | None]
     the eager gradient's norm, and the parameter it is in. A gradient all but zero (under GRADIENT_FLOOR of the
     largest one's norm) is measured against that floor, not against its own rounding; a gradient that only one
     side has differs infinitely."""
-    present = [g for g in eager.values() if g is not None]
-    floor = GRADIENT_FLOOR * max((g.float().norm().item() for g in present), default=0.0)
+    norms = {name: g.float().norm().item() for name, g in eager.items() if g is not None}
+    floor = GRADIENT_FLOOR * max(norms.values(), default=0.0)
     worst, where = 0.0, None
     for name, e in eager.items():
         c = compiled[name]
@@ -132,7 +132,7 @@ def gradient_difference(eager: dict, compiled: dict) -> tuple[float, str | None]
         if e is None or c is None:
             return math.inf, name
         difference = (c.float() - e.float()).norm().item()
-        scale = max(e.float().norm().item(), floor)
+        scale = max(norms[name], floor)
         relative = difference / scale if scale > 0 else (0.0 if difference == 0 else math.inf)
         if not relative <= worst:  # NaN too: a non-finite gradient is the worst there is
             worst, where = relative, name
