@@ -40,6 +40,13 @@ def paper_layers() -> dict[str, torch.nn.Conv2d]:
     return {"encoder.0": model.encoder[0], "output": model.output, "vgg.0": truncated_vgg19()[0]}
 
 
+def padded_forward(conv: imageconv.ImageConv2d, x: torch.Tensor) -> torch.Tensor:
+    """What the compiled step runs for conv's forward pass without the Triton kernels: cuDNN on the padded
+    channels, then (VGG's conv1_1) the ReLU, a pass of its own over the map."""
+    y = imageconv.padded_conv(conv, x, imageconv.CUDA_CHANNELS)
+    return torch.relu(y) if conv.relu else y
+
+
 def passes(batch: int, side: int = 161, device: str = "meta", dtype=torch.bfloat16) -> list[dict]:
     """Every pass of the three layers in a training step at `batch`: its name, the tensors it reads and writes
     (channels_last maps; on the meta device they only carry shapes) and what it computes with torch's own
@@ -58,10 +65,9 @@ def passes(batch: int, side: int = 161, device: str = "meta", dtype=torch.bfloat
         w, b = conv.weight, conv.bias
         x, g = map_(conv.in_channels, side), map_(conv.out_channels, out_side)
         flipped = w.flip(2, 3).transpose(0, 1).contiguous()
-        rows.append(dict(name=f"{name} forward", launch=tritonconv.conv_launch(x, w, b, map_(conv.out_channels,
-                                                                                                out_side), pad),
-                         reference=lambda x=x, conv=conv: imageconv.padded_conv(conv, x, imageconv.CUDA_CHANNELS),
-                         moved=[x, w, g]))
+        rows.append(dict(name=f"{name} forward" + (" with its ReLU" if conv.relu else ""),
+                         launch=tritonconv.conv_launch(x, w, b, map_(conv.out_channels, out_side), pad, conv.relu),
+                         reference=lambda x=x, conv=conv: padded_forward(conv, x), moved=[x, w, g]))
         if name != "encoder.0":  # its input is the image: no gradient
             rows.append(dict(name=f"{name} input gradient",
                              launch=tritonconv.conv_launch(g, flipped, None, map_(conv.in_channels, side), k - 1 - pad),

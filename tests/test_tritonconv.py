@@ -22,9 +22,11 @@ from vae.model import VAE, ModelConfig
 REPO = Path(__file__).resolve().parents[1]
 triton = pytest.importorskip("triton", reason="Triton is not installed here (torch's CUDA wheels for Linux bring it)")
 
-# (in, out, kernel, padding, bias): the paper's three layers (VGG conv1_1, encoder.0, the output layer), then
-# shapes that exercise the edges: a kernel of 5 with 3 inputs, more inputs than one block of channels, no padding
-SHAPES = [(3, 64, 3, 1, True), (3, 64, 4, 1, True), (64, 3, 3, 1, True), (3, 20, 5, 2, False), (70, 3, 3, 0, True)]
+# (in, out, kernel, padding, bias, relu): the paper's three layers (VGG conv1_1 with the ReLU it fuses, encoder.0,
+# the output layer), then shapes that exercise the edges: a kernel of 5 with 3 inputs, more inputs than one block
+# of channels and no padding (with a ReLU, in the other kernel)
+SHAPES = [(3, 64, 3, 1, True, True), (3, 64, 4, 1, True, False), (64, 3, 3, 1, True, False),
+          (3, 20, 5, 2, False, False), (70, 3, 3, 0, True, True)]
 
 
 def interpreted(code: str, device: str = "cpu") -> object:
@@ -63,7 +65,7 @@ def test_the_kernels_compute_the_convolution_and_its_gradients(device):
         for block, dtype, channels_last, wide in variants + extra:
             tritonconv.BLOCK_PIXELS = block
             tritonconv._wide = (lambda *maps: True) if wide else narrow
-            for in_c, out_c, k, padding, bias in {SHAPES}:
+            for in_c, out_c, k, padding, bias, relu in {SHAPES}:
                 torch.manual_seed(0)
                 x = torch.randn(2, in_c, 13, 11).to(dtype)  # not square; 2.2 blocks of 128 pixels
                 if channels_last:
@@ -71,15 +73,18 @@ def test_the_kernels_compute_the_convolution_and_its_gradients(device):
                 w = (torch.randn(out_c, in_c, k, k) / (in_c * k * k) ** 0.5).to(dtype)
                 b = torch.randn(out_c).to(dtype) if bias else None
                 ours = [t.clone().to(DEVICE).requires_grad_() if t is not None else None for t in (x, w, b)]
-                y = tritonconv.image_conv(*ours, padding)
+                y = tritonconv.image_conv(*ours, padding, relu)
                 g = torch.randn(y.shape).to(dtype)
                 y.backward(g.to(DEVICE).contiguous(memory_format=torch.channels_last if channels_last else
                                                    torch.contiguous_format))
                 ref = [t.double().requires_grad_() if t is not None else None for t in (x, w, b)]
                 y_ref = F.conv2d(*ref, padding=padding)
+                if relu:
+                    y_ref = F.relu(y_ref)
                 y_ref.backward(g.double())
                 results.append(dict(
-                    case=[in_c, out_c, k, padding, bias, str(dtype), channels_last, block, wide],
+                    case=[in_c, out_c, k, padding, bias, str(dtype), channels_last, block, wide, relu],
+                    zeros=(y == 0).float().mean().item(),
                     shape=list(y.shape) == list(y_ref.shape), dtype=y.dtype == dtype,
                     layout=y.is_contiguous(memory_format=torch.channels_last),  # the trainer's layout, always
                     errors=[relative(o, r) for o, r in zip(
@@ -94,6 +99,7 @@ def test_the_kernels_compute_the_convolution_and_its_gradients(device):
         tolerance = 1e-5 if result["case"][5] == "torch.float32" else 1.2e-2
         assert max(result["errors"]) < tolerance, result
         assert len(result["errors"]) == 3 + result["case"][4]  # y and the gradients of x, w and (if any) b
+        assert (result["zeros"] > 0.3) == result["case"][9], result  # the ReLU zeroes about half, and only it
 
 
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
@@ -136,7 +142,7 @@ def test_compiled_image_convolutions_run_the_kernels_and_equal_eager_execution()
 
         imageconv.PADDED_ON = ("cpu",)
         torch.manual_seed(0)
-        net = torch.nn.Sequential(ImageConv2d(3, 64, 3, 1, 1), torch.nn.ReLU(), torch.nn.Conv2d(64, 64, 3, 2, 1),
+        net = torch.nn.Sequential(ImageConv2d(3, 64, 3, 1, 1, relu=True), torch.nn.Conv2d(64, 64, 3, 2, 1),
                                   torch.nn.ReLU(), ImageConv2d(64, 3, 3, 1, 1), torch.nn.Sigmoid(),
                                   ImageConv2d(3, 64, 4, 1, 1)).to(memory_format=torch.channels_last)
         chosen = use_image_conv(net, "triton")
@@ -156,10 +162,24 @@ def test_compiled_image_convolutions_run_the_kernels_and_equal_eager_execution()
         with torch.profiler.profile() as profile:
             torch.compile(net)(x).sum().backward()
         names = {event.name for event in profile.events()}
-        print(json.dumps(dict(chosen=chosen, runs=out,
+        # the graphs Inductor gets: the first layer's ReLU inside the kernel, not an operation of its own
+        from functorch.compile import make_boxed_func
+        from torch._dynamo.backends.common import aot_autograd
+        graphs = []
+        def keep(graph, inputs):
+            graphs.append([str(node.target) for node in graph.graph.nodes if node.op == "call_function"])
+            return make_boxed_func(graph.forward)
+        torch._dynamo.reset()
+        torch.compile(net, backend=aot_autograd(fw_compiler=keep, bw_compiler=keep))(x).sum().backward()
+        print(json.dumps(dict(chosen=chosen, runs=out, graphs=graphs,
                               kernels=sorted(n for n in names if n.startswith("subitizing_vae::")))))
     """)
-    assert result["chosen"] == ["0", "4", "6"]
+    forward, backward = result["graphs"]
+    assert forward.count("aten.relu.default") == 1  # the stride-2 layer's; conv1_1's is in the kernel
+    assert forward.count("subitizing_vae.image_conv.default") == 3
+    assert backward.count("aten.threshold_backward.default") == 1  # the same one's; the kernel's mask is a where
+    assert backward.count("aten.where.self") == 1
+    assert result["chosen"] == ["0", "3", "5"]
     assert result["kernels"] == ["subitizing_vae::image_conv", "subitizing_vae::image_conv_weight_grad"]
     assert result["runs"]["False"]["dtype"] == "torch.float32" and result["runs"]["True"]["dtype"] == "torch.bfloat16"
     assert max(result["runs"]["False"]["errors"]) < 1e-4, result
@@ -186,7 +206,7 @@ def test_the_check_before_training_passes_the_paper_layers_in_bf16_and_finds_one
         torch.manual_seed(0)
         found = {}
         for in_c, out_c in ((3, 64), (64, 3)):
-            conv = ImageConv2d(in_c, out_c, 3, 1, 1).to(DEVICE)
+            conv = ImageConv2d(in_c, out_c, 3, 1, 1, relu=in_c == 3).to(DEVICE)  # conv1_1 with its ReLU
             x = torch.randn(batch, in_c, side, side, device=DEVICE).contiguous(memory_format=torch.channels_last)
             with torch.autocast(DEVICE, dtype=torch.bfloat16):
                 right = kernel_differences(conv, x)
@@ -288,7 +308,7 @@ def test_compiled_for_an_h100_the_kernels_keep_their_registers_and_move_wide_map
     rows = bench.passes(128)
     assert [row["name"] for row in rows] == [
         "encoder.0 forward", "encoder.0 weight gradient", "output forward", "output input gradient",
-        "output weight gradient", "vgg.0 forward", "vgg.0 input gradient"]
+        "output weight gradient", "vgg.0 forward with its ReLU", "vgg.0 input gradient"]
     for row in rows:
         resources = bench.compiled_resources(row["launch"])
         assert resources["spilled_bytes"] == 0 and resources["registers"] <= 128, (row["name"], resources)

@@ -466,17 +466,25 @@ def test_image_convolutions_pad_only_in_compiled_graphs_of_the_devices_that_gain
 
 
 def test_the_vgg_reads_images_through_an_image_convolution_with_the_random_draws_of_torchvision():
+    """conv1_1 is an ImageConv2d that applies relu1_1 itself (so that the Triton kernels can make the activated map
+    in one pass); the network keeps torchvision's weights, names and draws, and computes torchvision's features at
+    every tap, relu1_1's included."""
     from torchvision.models.vgg import make_layers
 
-    from vae.vgg import TRUNCATED_CONFIG, truncated_vgg19
+    from vae.vgg import TAPS, TRUNCATED_CONFIG, truncated_vgg19
 
     torch.manual_seed(3)
     ours = truncated_vgg19()
     torch.manual_seed(3)
     theirs = make_layers(TRUNCATED_CONFIG, batch_norm=False)
-    assert isinstance(ours[0], ImageConv2d) and ours[0].weight.device.type == "cpu"
+    assert isinstance(ours[0], ImageConv2d) and ours[0].weight.device.type == "cpu" and ours[0].relu
+    assert "relu=True" in repr(ours[0]) and isinstance(ours[1], torch.nn.Identity)
     for a, b in zip(ours.state_dict().items(), theirs.state_dict().items()):
         assert a[0] == b[0] and torch.equal(a[1], b[1])
+    x = torch.rand(2, 3, 24, 24)
+    for index in TAPS.values():
+        assert torch.equal(ours[:index + 1](x), theirs[:index + 1](x)), index
+    assert ours[:2](x).min() == 0  # the ReLU ran
 
 
 def test_the_objective_traces_as_one_graph_without_breaks():

@@ -10,9 +10,10 @@ channels add exact zeros to every sum, so the padded convolution computes the sa
 keep their shape, so checkpoints are unchanged.
 
 `--image-conv triton` runs them instead, in the same compiled CUDA graphs, with kernels of our own
-(vae.tritonconv) that read and write each map once; eager runs still use cuDNN. Before a run compiles them in, it
-checks them layer by layer against cuDNN on its own GPU (checked_kernels): the check of the whole compiled step
-against eager execution covers them too, but bf16 rounding leaves it blind to all but gross errors of a gradient."""
+(vae.tritonconv) that read and write each map once; VGG's conv1_1 applies its ReLU inside that pass
+(ImageConv2d's `relu`). Eager runs still use cuDNN. Before a run compiles them in, it checks them layer by layer
+against cuDNN on its own GPU (checked_kernels): the check of the whole compiled step against eager execution
+covers them too, but bf16 rounding leaves it blind to all but gross errors of a gradient."""
 from __future__ import annotations
 
 import importlib.util
@@ -52,29 +53,33 @@ def padded_conv(conv: nn.Conv2d, x: torch.Tensor, channels: int) -> torch.Tensor
     return conv._conv_forward(x, weight, bias)[:, :conv.out_channels]
 
 
-def triton_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """conv(x) by vae.tritonconv's kernels, in autocast's precision where autocast is on, as cuDNN would run it."""
-    return _triton_conv(x, conv.weight, conv.bias, conv.padding[0])
+def triton_conv(conv: ImageConv2d, x: torch.Tensor) -> torch.Tensor:
+    """conv(x), with its ReLU if it has one, by vae.tritonconv's kernels, in autocast's precision where autocast is
+    on, as cuDNN would run it."""
+    return _triton_conv(x, conv.weight, conv.bias, conv.padding[0], conv.relu)
 
 
-def _triton_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int) -> torch.Tensor:
+def _triton_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int,
+                 relu: bool) -> torch.Tensor:
     from vae.tritonconv import image_conv
 
     on = torch.is_autocast_enabled(x.device.type)  # a custom operator: autocast leaves its inputs as they are
     dtype = torch.get_autocast_dtype(x.device.type) if on else x.dtype
     bias = None if bias is None else bias.to(dtype)
-    return image_conv(x.to(dtype), weight.to(dtype), bias, padding)
+    return image_conv(x.to(dtype), weight.to(dtype), bias, padding, relu)
 
 
-def kernel_differences(conv: nn.Conv2d, x: torch.Tensor) -> dict[str, float]:
-    """How far vae.tritonconv's kernels are from torch's convolution (cuDNN on CUDA) for `conv` on input `x`, in
-    autocast's precision where autocast is on, as the compiled step runs them: the output, and for a random output
-    gradient the gradients of the input, the weights and the bias, each as the norm of the difference relative to
-    the norm of torch's."""
+def kernel_differences(conv: ImageConv2d, x: torch.Tensor) -> dict[str, float]:
+    """How far vae.tritonconv's kernels are from torch's convolution (cuDNN on CUDA) and ReLU (if `conv` has one)
+    for `conv` on input `x`, in autocast's precision where autocast is on, as the compiled step runs them: the
+    output, and for a random output gradient the gradients of the input, the weights and the bias, each as the norm
+    of the difference relative to the norm of torch's."""
     leaves = [t.detach().requires_grad_() for t in (x, conv.weight, conv.bias) if t is not None]
     x, weight, bias = leaves[0], leaves[1], leaves[2] if conv.bias is not None else None
-    ours = _triton_conv(x, weight, bias, conv.padding[0])
+    ours = _triton_conv(x, weight, bias, conv.padding[0], conv.relu)
     theirs = F.conv2d(x, weight, bias, padding=conv.padding)
+    if conv.relu:
+        theirs = F.relu(theirs)
     grad = torch.randn(theirs.shape, generator=torch.Generator(device=x.device).manual_seed(0), device=x.device,
                        dtype=theirs.dtype)
     names = ["output", "input gradient", "weight gradient", "bias gradient"][:1 + len(leaves)]
@@ -121,16 +126,26 @@ def checked_kernels(objective: nn.Module, x: torch.Tensor, noise: torch.Tensor, 
 
 class ImageConv2d(nn.Conv2d):
     """An nn.Conv2d with 3 input or 3 output channels, padded to CUDA_CHANNELS in compiled CUDA runs, or run by
-    vae.tritonconv's kernels there when `kernels` is "triton" (use_image_conv)."""
+    vae.tritonconv's kernels there when `kernels` is "triton" (use_image_conv). With `relu`, a ReLU follows, in
+    the Triton kernels inside the convolution's own pass."""
 
     kernels = "cudnn"
+
+    def __init__(self, *args, relu: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.relu = relu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type in PADDED_ON and torch.compiler.is_compiling():
             if self.kernels == "triton":
                 return triton_conv(self, x)
-            return padded_conv(self, x, CUDA_CHANNELS)
-        return super().forward(x)
+            y = padded_conv(self, x, CUDA_CHANNELS)
+        else:
+            y = super().forward(x)
+        return F.relu(y, inplace=True) if self.relu else y  # in place, as torchvision's VGG: no second map
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (", relu=True" if self.relu else "")
 
 
 def use_image_conv(module: nn.Module, kernels: str) -> list[str]:

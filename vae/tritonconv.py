@@ -78,19 +78,22 @@ def _pixels(start, count, out_h, out_w, BLOCK: tl.constexpr, WIDE: tl.constexpr)
 
 
 @triton.jit
-def _store_output(acc, b, y, p, valid, co, out_c, HAS_BIAS: tl.constexpr):
-    """Writes the fp32 sums `acc` (pixels p, output channels co), plus the bias, into the channels_last y in its
-    dtype."""
+def _store_output(acc, b, y, p, valid, co, out_c, HAS_BIAS: tl.constexpr, RELU: tl.constexpr):
+    """Writes the fp32 sums `acc` (pixels p, output channels co), plus the bias, through a ReLU under RELU, into the
+    channels_last y in its dtype."""
     if HAS_BIAS:
         acc += tl.load(b + co, mask=co < out_c, other=0.0).to(tl.float32)[None, :]
+    if RELU:
+        acc = tl.maximum(acc, 0.0)
     tl.store(y + p[:, None] * out_c + co[None, :], acc.to(y.dtype.element_ty),
              mask=valid[:, None] & (co[None, :] < out_c))
 
 
 @triton.jit
 def _few_in_kernel(x, w, b, y, count, in_c, in_h, in_w, out_c, out_h, out_w, pad,
-                   K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_R: tl.constexpr,
-                   BLOCK_C: tl.constexpr, FP32_DOT: tl.constexpr, PRECISION: tl.constexpr, WIDE: tl.constexpr):
+                   K: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr, BLOCK_P: tl.constexpr,
+                   BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, FP32_DOT: tl.constexpr, PRECISION: tl.constexpr,
+                   WIDE: tl.constexpr):
     p, n, oy, ox, valid = _pixels(tl.program_id(0) * BLOCK_P, count, out_h, out_w, BLOCK_P, WIDE)
     r = tl.arange(0, BLOCK_R)  # (input channel, ky, kx), in the order of the weights' last three axes
     ci = r // (K * K)
@@ -103,13 +106,14 @@ def _few_in_kernel(x, w, b, y, count, in_c, in_h, in_w, out_c, out_h, out_w, pad
     co = tl.arange(0, BLOCK_C)
     weights = tl.load(w + co[None, :] * (in_c * K * K) + r[:, None],
                       mask=(r[:, None] < in_c * K * K) & (co[None, :] < out_c), other=0.0)
-    _store_output(_matmul(patches, weights, FP32_DOT, PRECISION), b, y, p, valid, co, out_c, HAS_BIAS)
+    _store_output(_matmul(patches, weights, FP32_DOT, PRECISION), b, y, p, valid, co, out_c, HAS_BIAS, RELU)
 
 
 @triton.jit
 def _few_out_kernel(x, w, b, y, count, in_c, in_h, in_w, out_c, out_h, out_w, pad,
-                    K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_CI: tl.constexpr,
-                    BLOCK_C: tl.constexpr, FP32_DOT: tl.constexpr, PRECISION: tl.constexpr, WIDE: tl.constexpr):
+                    K: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr, BLOCK_P: tl.constexpr,
+                    BLOCK_CI: tl.constexpr, BLOCK_C: tl.constexpr, FP32_DOT: tl.constexpr, PRECISION: tl.constexpr,
+                    WIDE: tl.constexpr):
     p, n, oy, ox, valid = _pixels(tl.program_id(0) * BLOCK_P, count, out_h, out_w, BLOCK_P, WIDE)
     co = tl.arange(0, BLOCK_C)
     acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
@@ -124,7 +128,7 @@ def _few_out_kernel(x, w, b, y, count, in_c, in_h, in_w, out_c, out_h, out_w, pa
             weights = tl.load(w + co[None, :] * (in_c * K * K) + ci[:, None] * (K * K) + tap,
                               mask=(ci[:, None] < in_c) & (co[None, :] < out_c), other=0.0)
             acc += _matmul(rows, weights, FP32_DOT, PRECISION)
-    _store_output(acc, b, y, p, valid, co, out_c, HAS_BIAS)
+    _store_output(acc, b, y, p, valid, co, out_c, HAS_BIAS, RELU)
 
 
 @triton.jit
@@ -188,14 +192,15 @@ class Launch:
 
 
 def conv_launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, y: torch.Tensor,
-                padding: int) -> Launch:
-    """The launch that writes conv2d(x, weight, bias, padding) into y (all channels_last but the weights)."""
+                padding: int, relu: bool = False) -> Launch:
+    """The launch that writes conv2d(x, weight, bias, padding), through a ReLU under `relu`, into y (all
+    channels_last but the weights)."""
     _, in_c, in_h, in_w = x.shape
     _, out_c, out_h, out_w = y.shape
     k = weight.shape[-1]
     count = y.numel() // out_c
     args = (x, weight, bias, y, count, in_c, in_h, in_w, out_c, out_h, out_w, padding)
-    constants = dict(K=k, HAS_BIAS=bias is not None, BLOCK_P=BLOCK_PIXELS, BLOCK_C=_block(out_c),
+    constants = dict(K=k, HAS_BIAS=bias is not None, RELU=relu, BLOCK_P=BLOCK_PIXELS, BLOCK_C=_block(out_c),
                      WIDE=_wide(x, y), **_dot_settings(x.dtype))
     grid = (triton.cdiv(count, BLOCK_PIXELS),)
     if in_c * k * k <= MAX_PATCH and out_c <= MAX_CHANNELS:
@@ -223,16 +228,21 @@ def weight_grad_launch(grad: torch.Tensor, x: torch.Tensor, k: int, padding: int
 
 
 @custom_op("subitizing_vae::image_conv", mutates_args=())
-def image_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int) -> torch.Tensor:
-    """F.conv2d(x, weight, bias, stride=1, padding=padding) for a square kernel, with few inputs (C_in * K^2 at
-    most MAX_PATCH) or few outputs (at most MAX_FEW); see supports."""
+def image_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int,
+               relu: bool = False) -> torch.Tensor:
+    """F.conv2d(x, weight, bias, stride=1, padding=padding), then F.relu under `relu`, for a square kernel, with
+    few inputs (C_in * K^2 at most MAX_PATCH) or few outputs (at most MAX_FEW); see supports.
+
+    The ReLU is applied to the fp32 sums before they are rounded and written: VGG's conv1_1 feeds both cuDNN's
+    conv1_2 and the loss's relu1_1 term, so its activated map must be written out, and done apart it costs a
+    read and a write of the 64-channel map more in each of the step's two VGG forward passes."""
     x, y = _channels_last(x), _output_like(x, weight, padding)
-    conv_launch(x, weight.contiguous(), bias, y, padding).run()
+    conv_launch(x, weight.contiguous(), bias, y, padding, relu).run()
     return y
 
 
 @image_conv.register_fake
-def _image_conv_shape(x, weight, bias, padding):
+def _image_conv_shape(x, weight, bias, padding, relu=False):
     return _output_like(x, weight, padding)
 
 
@@ -260,16 +270,20 @@ def _weight_grad_shapes(grad, x, k, padding):
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    x, weight, bias, padding = inputs
-    ctx.save_for_backward(x, weight)
+    x, weight, bias, padding, relu = inputs
+    ctx.save_for_backward(x, weight, output if relu else None)
     ctx.padding = padding
     ctx.has_bias = bias is not None
 
 
 def _backward(ctx, grad: torch.Tensor):
-    x, weight = ctx.saved_tensors
+    x, weight, activated = ctx.saved_tensors
     k = weight.shape[-1]
     grad_x = grad_w = grad_b = None
+    if activated is not None:
+        # torch's ReLU backward (threshold_backward), on the saved output as torch saves it. Compiled, Inductor
+        # fuses it into the kernel that makes `grad`, so it costs no pass of its own.
+        grad = torch.where(activated > 0, grad, 0)
     if ctx.needs_input_grad[0]:
         flipped = weight.flip(2, 3).transpose(0, 1).to(grad.dtype)
         grad_x = image_conv(grad, flipped, None, k - 1 - ctx.padding)
@@ -277,7 +291,7 @@ def _backward(ctx, grad: torch.Tensor):
         grad_w, grad_b = image_conv_weight_grad(grad, x, k, ctx.padding)
         grad_w = grad_w.to(weight.dtype)
         grad_b = grad_b.to(weight.dtype) if ctx.has_bias else None
-    return grad_x, grad_w, grad_b, None
+    return grad_x, grad_w, grad_b, None, None
 
 
 image_conv.register_autograd(_backward, setup_context=_setup_context)

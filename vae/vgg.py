@@ -38,14 +38,16 @@ class VGGWeightsError(UserError, RuntimeError):
 
 
 def truncated_vgg19() -> nn.Sequential:
-    """The layers of torchvision's vgg19().features up to and including relu3_1 (indices 0-11); conv1_1 reads
-    the image's 3 channels, padded on CUDA (vae.imageconv)."""
+    """The layers of torchvision's vgg19().features up to and including relu3_1 (indices 0-11). conv1_1 reads
+    the image's 3 channels and is a vae.imageconv.ImageConv2d that applies relu1_1 itself, so that the Triton
+    kernels of --image-conv triton make the activated map in the convolution's own pass; index 1, relu1_1's
+    place (and tap), holds an Identity, and the weights keep torchvision's names."""
     layers = make_layers(TRUNCATED_CONFIG, batch_norm=False)
     first = layers[0]
-    padded = ImageConv2d(first.in_channels, first.out_channels, first.kernel_size, first.stride, first.padding,
-                         device="meta")  # takes first's parameters: no random draws of its own
-    padded.weight, padded.bias = first.weight, first.bias
-    layers[0] = padded
+    conv1_1 = ImageConv2d(first.in_channels, first.out_channels, first.kernel_size, first.stride, first.padding,
+                          relu=True, device="meta")  # takes first's parameters: no random draws of its own
+    conv1_1.weight, conv1_1.bias = first.weight, first.bias
+    layers[0], layers[1] = conv1_1, nn.Identity()
     return layers
 
 
