@@ -130,6 +130,34 @@ def test_weight_gradients_summed_over_many_blocks_per_program_and_the_same_in_ev
     assert result["weight"] < 1e-5 and result["bias"] < 1e-5 and result["same"], result
 
 
+def test_the_operators_keep_the_contract_torch_compile_relies_on():
+    """torch.library.opcheck on both operators, with and without the ReLU and on both memory formats: the schema
+    says what they mutate (nothing), the fake implementations Inductor plans with give the real outputs' shapes,
+    strides (channels_last) and dtypes, and the autograd registration is the one AOTAutograd traces. A fake output
+    in another layout than the real one would make a compiled graph read the kernel's map wrongly."""
+    result = interpreted("""
+        import json, torch
+        from vae import tritonconv
+
+        torch.manual_seed(0)
+        found = {}
+        for relu in (False, True):
+            for layout in (torch.contiguous_format, torch.channels_last):
+                x = torch.randn(2, 3, 9, 8).contiguous(memory_format=layout).requires_grad_()
+                w, b = torch.randn(16, 3, 3, 3, requires_grad=True), torch.randn(16, requires_grad=True)
+                g = torch.randn(2, 16, 9, 8).contiguous(memory_format=layout)
+                found[f"image_conv relu={relu} {layout}"] = torch.library.opcheck(tritonconv.image_conv,
+                                                                                  (x, w, b, 1, relu))
+                found[f"image_conv_weight_grad {layout}"] = torch.library.opcheck(
+                    tritonconv.image_conv_weight_grad, (g, x.detach(), 3, 1))
+        print(json.dumps(found))
+    """)
+    assert len(result) == 6
+    for case, tests in result.items():
+        assert tests == {"test_schema": "SUCCESS", "test_autograd_registration": "SUCCESS",
+                         "test_faketensor": "SUCCESS", "test_aot_dispatch_dynamic": "SUCCESS"}, case
+
+
 def test_compiled_image_convolutions_run_the_kernels_and_equal_eager_execution():
     """What a compiled CUDA step does with --image-conv triton, on the CPU (PADDED_ON includes it here): the
     paper's three image convolutions, compiled by Inductor with the kernels inside its graph, against the same
