@@ -3,6 +3,7 @@ convolutions (the encoder's first layer, the output layer, VGG-19's conv1_1) at 
 
     python benchmarks/bench_imageconv.py                             # any machine: the kernels as an H100 runs them
     python benchmarks/bench_imageconv.py --device cuda --batch 128   # and each pass timed against cuDNN's
+    python benchmarks/bench_imageconv.py --device cuda --tune        # and each pass at every setting tried
 
 * Without a GPU: each pass's kernel compiled for an H100 (sm_90) as its launch compiles it (the same arguments,
   so the same specialisations), by Triton's compiler and the ptxas it brings: registers per thread, bytes spilled
@@ -12,15 +13,21 @@ convolutions (the encoder's first layer, the output layer, VGG-19's conv1_1) at 
   compiled step runs it otherwise (the 3 channels padded to 8, vae.imageconv), the largest difference between
   the two, and the least time the pass's traffic allows at the card's memory bandwidth (each map read once and
   written once).
+* `--tune`: each pass at every setting of vae/tritonconv.py's BLOCK_PIXELS, NUM_WARPS and (for the weight
+  gradients) WEIGHT_GRAD_CHUNKS in TUNE_SETTINGS, compiled (registers, spills) and, on a GPU, timed and checked;
+  then, for each pass, the fastest setting against the one in force.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
+import math
 import os
 import re
 import statistics
 import subprocess
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -32,6 +39,9 @@ from vae.vgg import truncated_vgg19
 
 SM90 = ("cuda", 90, 32)
 POINTER_TYPES = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32"}
+# What --tune tries: output pixels a program, warps a program, and weight-gradient programs a tap (2, 4 or 8
+# waves of an H100's 132 multiprocessors)
+TUNE_SETTINGS = {"BLOCK_PIXELS": (64, 128, 256), "NUM_WARPS": (4, 8), "WEIGHT_GRAD_CHUNKS": (132 * 2, 132 * 4, 132 * 8)}
 
 
 def paper_layers() -> dict[str, torch.nn.Conv2d]:
@@ -108,7 +118,7 @@ def compiled_resources(launch: tritonconv.Launch) -> dict:
             if value % 16 == 0:
                 attrs[(index,)] = [["tt.divisibility", 16]]
     compiled = triton.compile(ASTSource(kernel, signature, constants, attrs), target=GPUTarget(*SM90),
-                              options={"num_warps": tritonconv.NUM_WARPS})
+                              options={"num_warps": launch.num_warps})
     ptx = compiled.asm["ptx"]
     ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
     with tempfile.TemporaryDirectory() as folder:
@@ -122,6 +132,64 @@ def compiled_resources(launch: tritonconv.Launch) -> dict:
             "loads_16_bytes": len(re.findall(r"cp\.async\.\w+\.shared\.global[^\n]*0x10,", ptx))
             + len(re.findall(r"ld\.global[.\w]*\.v4\.b32", ptx)),
             "stores_16_bytes": len(re.findall(r"st\.global[.\w]*\.v4\.b32", ptx))}
+
+
+@contextmanager
+def kernel_settings(**values: int):
+    """vae/tritonconv.py's launch settings (BLOCK_PIXELS, NUM_WARPS, WEIGHT_GRAD_CHUNKS) set to `values` while the
+    block runs; launches made then keep them."""
+    saved = {name: getattr(tritonconv, name) for name in values}
+    for name, value in values.items():
+        setattr(tritonconv, name, value)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(tritonconv, name, value)
+
+
+def tuning(batch: int, device: str = "meta", repeats: int = 50, side: int = 161) -> list[dict]:
+    """Every pass of passes() at every setting of TUNE_SETTINGS (the weight-gradient programs only where a pass
+    has them): the programs it launches, its registers and spills compiled for an H100 and, on a GPU, its median
+    ms and largest difference from torch's convolution. `now` marks the settings in force."""
+    now = {name: getattr(tritonconv, name) for name in TUNE_SETTINGS}
+    found = []
+    for values in itertools.product(*TUNE_SETTINGS.values()):
+        setting = dict(zip(TUNE_SETTINGS, values))
+        with kernel_settings(**setting):
+            rows = passes(batch, side=side, device=device)
+        for row in rows:
+            weight = row["launch"].kernel is tritonconv._weight_grad_kernel
+            if not weight and setting["WEIGHT_GRAD_CHUNKS"] != now["WEIGHT_GRAD_CHUNKS"]:
+                continue  # the same launch as at the chunks in force
+            used = setting if weight else {**setting, "WEIGHT_GRAD_CHUNKS": None}
+            record = {"name": row["name"], **used, "now": all(used[k] in (None, now[k]) for k in now),
+                      "programs": math.prod(row["launch"].grid), **compiled_resources(row["launch"])}
+            if device == "cuda":
+                record["ms"] = time_ms(row["launch"].run, repeats)
+                record["difference"] = largest_difference(row)
+            found.append(record)
+    return found
+
+
+def print_tuning(found: list[dict]) -> None:
+    timed = "ms" in found[0]
+    print("| pass | pixels a program | warps | weight-gradient programs a tap | programs | registers | spilled bytes |"
+          + (" ms | largest difference |" if timed else "") + " in force |")
+    print("|---|---|---|---|---|---|---|" + ("---|---|" if timed else "") + "---|")
+    for r in sorted(found, key=lambda r: (r["name"], r.get("ms", 0))):
+        print(f"| {r['name']} | {r['BLOCK_PIXELS']} | {r['NUM_WARPS']} | {r['WEIGHT_GRAD_CHUNKS'] or '-'} | "
+              f"{r['programs']:,} | {r['registers']} | {r['spilled_bytes']} |"
+              + (f" {r['ms']:.3f} | {r['difference']:.2g} |" if timed else "") + (" yes |" if r["now"] else " |"))
+    if not timed:
+        return
+    print("\nThe fastest setting of each pass against the one in force:\n")
+    for name in dict.fromkeys(r["name"] for r in found):
+        rows = [r for r in found if r["name"] == name]
+        best, now = min(rows, key=lambda r: r["ms"]), next(r for r in rows if r["now"])
+        print(f"* {name}: {best['ms']:.3f} ms at {best['BLOCK_PIXELS']} pixels, {best['NUM_WARPS']} warps"
+              + (f", {best['WEIGHT_GRAD_CHUNKS']} programs a tap" if best["WEIGHT_GRAD_CHUNKS"] else "")
+              + f"; {now['ms']:.3f} ms in force ({now['ms'] / best['ms']:.2f}x)")
 
 
 def largest_difference(row: dict) -> float:
@@ -164,6 +232,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--memory-tbps", type=float, default=None, help="the card's bandwidth (default: table)")
+    parser.add_argument("--tune", action="store_true",
+                        help="also each pass at every setting of BLOCK_PIXELS, NUM_WARPS and WEIGHT_GRAD_CHUNKS in "
+                             "TUNE_SETTINGS: compiled and, with --device cuda, timed")
     args = parser.parse_args()
     if args.batch < 1 or args.repeats < 1:
         parser.error(f"--batch {args.batch} --repeats {args.repeats}: give whole numbers of 1 or more")
@@ -183,6 +254,9 @@ def main() -> None:
         print(f"| {row['name']} | {row['launch'].kernel.__name__} | {r['registers']} | {r['spilled_bytes']} | "
               f"{r['shared_bytes']} | {r['loads_16_bytes']} / {r['stores_16_bytes']} |", flush=True)
     if not cuda:
+        if args.tune:
+            print("\nEvery setting tried, compiled for an H100 (--device cuda times them):\n")
+            print_tuning(tuning(args.batch))
         return
     torch.backends.cudnn.benchmark = True
     name = torch.cuda.get_device_name()
@@ -197,6 +271,10 @@ def main() -> None:
         print(f"| {row['name']} | {theirs:.3f} | {ours:.3f} | {ours / theirs:.2f} | "
               + (f"{floor:.3f} | {floor / ours:.0%} |" if floor else "- | - |")
               + f" {largest_difference(row):.2g} |", flush=True)
+    if args.tune:
+        print(f"\nEvery setting tried, on {name}, median of {args.repeats} runs:\n")
+        print_tuning(tuning(args.batch, "cuda", args.repeats))
+
 
 if __name__ == "__main__":
     main()

@@ -344,6 +344,59 @@ def test_compiled_for_an_h100_the_kernels_keep_their_registers_and_move_wide_map
         assert resources[wide] > 0, (row["name"], resources)
 
 
+def test_the_benchmark_tunes_each_pass_over_the_settings_it_names_and_marks_those_in_force(monkeypatch):
+    """bench_imageconv.py --tune: every pass under every setting tried (the weight-gradient programs only where a
+    pass has them), each compiled with that setting (the warps reach the compiler, the programs the launch) and
+    the settings in force marked once per pass. Here two settings of the warps and two of the weight-gradient
+    programs, compiled for an H100 without timing."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("TRITON_INTERPRET=1 in this process: the interpreter compiles nothing")
+    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    if not ptxas.is_file():
+        pytest.skip(f"{ptxas} is absent: this Triton cannot compile for NVIDIA GPUs here")
+    from conftest import load_benchmark
+
+    from vae import tritonconv
+
+    bench = load_benchmark("bench_imageconv")
+    monkeypatch.setattr(bench, "TUNE_SETTINGS", {"BLOCK_PIXELS": (128,), "NUM_WARPS": (4, 8),
+                                                 "WEIGHT_GRAD_CHUNKS": (264, 528)})
+    found = bench.tuning(128)
+    names = [row["name"] for row in bench.passes(128)]
+    assert tritonconv.NUM_WARPS == 8 and tritonconv.WEIGHT_GRAD_CHUNKS == 528  # put back after the tuning
+    for name in names:
+        rows = [r for r in found if r["name"] == name]
+        weight = name.endswith("weight gradient")
+        assert len(rows) == (4 if weight else 2), name
+        assert [(r["NUM_WARPS"], r["WEIGHT_GRAD_CHUNKS"]) for r in rows if r["now"]] == [(8, 528 if weight else None)]
+        assert all("ms" not in r and r["spilled_bytes"] == 0 for r in rows)
+        if weight:  # a program for each tap (3x3 or 4x4) and chunk; chunks of whole blocks, so a few fewer
+            taps = 16 if name.startswith("encoder") else 9
+            for r in rows:
+                chunks, left = divmod(r["programs"], taps)
+                assert left == 0 and 0.97 * r["WEIGHT_GRAD_CHUNKS"] <= chunks <= r["WEIGHT_GRAD_CHUNKS"], r
+        else:
+            four, eight = (next(r for r in rows if r["NUM_WARPS"] == w) for w in (4, 8))
+            assert four["registers"] > eight["registers"] and four["programs"] == eight["programs"], rows
+
+
+def test_every_setting_the_tuning_tries_computes_each_pass_on_a_gpu():
+    """Before a faster setting found by --tune goes into vae/tritonconv.py: each pass at each setting, compiled and
+    run on the GPU, against cuDNN (bf16, small maps)."""
+    found = interpreted("""
+        import importlib.util, json, torch
+
+        spec = importlib.util.spec_from_file_location("bench", "benchmarks/bench_imageconv.py")
+        bench = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(bench)
+        torch.manual_seed(0)
+        print(json.dumps([[r["name"], r["ms"], r["difference"]] for r in bench.tuning(2, DEVICE, repeats=1, side=21)]))
+    """, "cuda")
+    assert len(found) == 5 * 6 + 2 * 18
+    for name, ms, difference in found:
+        assert ms > 0 and difference < 1.2e-2, (name, ms, difference)  # bf16: the outputs' own rounding
+
+
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
 def test_the_benchmark_checks_each_pass_of_the_paper_layers_against_torch(device):
     """benchmarks/bench_imageconv.py --device cuda times each pass with our kernel and with torch's convolution and

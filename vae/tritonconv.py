@@ -181,14 +181,16 @@ def _output_like(x: torch.Tensor, weight: torch.Tensor, padding: int) -> torch.T
 @dataclass
 class Launch:
     """One launch of a kernel: what image_conv and image_conv_weight_grad run, and what
-    benchmarks/bench_imageconv.py compiles for a GPU to read its registers."""
+    benchmarks/bench_imageconv.py compiles for a GPU to read its registers, with the settings in force when it was
+    made (BLOCK_PIXELS, NUM_WARPS, WEIGHT_GRAD_CHUNKS), which the benchmark varies to tune them."""
     kernel: object
     grid: tuple[int, ...]
     args: tuple
     constants: dict  # the kernel's constexpr parameters
+    num_warps: int
 
     def run(self) -> None:
-        self.kernel[self.grid](*self.args, **self.constants, num_warps=NUM_WARPS)
+        self.kernel[self.grid](*self.args, **self.constants, num_warps=self.num_warps)
 
 
 def conv_launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, y: torch.Tensor,
@@ -204,8 +206,8 @@ def conv_launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
                      WIDE=_wide(x, y), **_dot_settings(x.dtype))
     grid = (triton.cdiv(count, BLOCK_PIXELS),)
     if in_c * k * k <= MAX_PATCH and out_c <= MAX_CHANNELS:
-        return Launch(_few_in_kernel, grid, args, dict(constants, BLOCK_R=_block(in_c * k * k)))
-    return Launch(_few_out_kernel, grid, args, dict(constants, BLOCK_CI=min(64, _block(in_c))))
+        return Launch(_few_in_kernel, grid, args, dict(constants, BLOCK_R=_block(in_c * k * k)), NUM_WARPS)
+    return Launch(_few_out_kernel, grid, args, dict(constants, BLOCK_CI=min(64, _block(in_c))), NUM_WARPS)
 
 
 def weight_grad_launch(grad: torch.Tensor, x: torch.Tensor, k: int, padding: int
@@ -224,7 +226,7 @@ def weight_grad_launch(grad: torch.Tensor, x: torch.Tensor, k: int, padding: int
     args = (grad, x, partial_w, partial_b, count, in_c, in_h, in_w, out_c, out_h, out_w, padding, per_chunk)
     constants = dict(K=k, BLOCK_P=BLOCK_PIXELS, BLOCK_CO=block_co, BLOCK_CI=block_ci, WIDE=_wide(grad, x),
                      **_dot_settings(x.dtype))
-    return Launch(_weight_grad_kernel, (k * k, chunks), args, constants), partial_w, partial_b
+    return Launch(_weight_grad_kernel, (k * k, chunks), args, constants, NUM_WARPS), partial_w, partial_b
 
 
 @custom_op("subitizing_vae::image_conv", mutates_args=())
