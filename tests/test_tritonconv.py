@@ -134,7 +134,8 @@ def test_the_operators_keep_the_contract_torch_compile_relies_on():
     """torch.library.opcheck on both operators, with and without the ReLU and on both memory formats: the schema
     says what they mutate (nothing), the fake implementations Inductor plans with give the real outputs' shapes,
     strides (channels_last) and dtypes, and the autograd registration is the one AOTAutograd traces. A fake output
-    in another layout than the real one would make a compiled graph read the kernel's map wrongly."""
+    in another layout than the real one would make a compiled graph read the kernel's map wrongly. And the fused
+    ReLU gives exactly torch's ReLU of the unfused output."""
     result = interpreted("""
         import json, torch
         from vae import tritonconv
@@ -150,8 +151,19 @@ def test_the_operators_keep_the_contract_torch_compile_relies_on():
                                                                                   (x, w, b, 1, relu))
                 found[f"image_conv_weight_grad {layout}"] = torch.library.opcheck(
                     tritonconv.image_conv_weight_grad, (g, x.detach(), 3, 1))
-        print(json.dumps(found))
+        # the ReLU on the fp32 sums, before rounding, gives what torch's ReLU gives on the rounded output, bit for
+        # bit: rounding is monotonic and keeps 0
+        exact = []
+        for dtype in (torch.float32, torch.bfloat16):
+            x = torch.randn(2, 3, 9, 8, dtype=dtype).contiguous(memory_format=torch.channels_last)
+            w, b = torch.randn(16, 3, 3, 3, dtype=dtype), torch.randn(16, dtype=dtype)
+            fused = tritonconv.image_conv(x, w, b, 1, True)
+            exact.append(torch.equal(fused, torch.relu(tritonconv.image_conv(x, w, b, 1, False))))
+            exact.append(0.2 < (fused == 0).float().mean().item() < 0.8)
+        print(json.dumps({"opcheck": found, "exact": exact}))
     """)
+    assert result["exact"] == [True] * 4
+    result = result["opcheck"]
     assert len(result) == 6
     for case, tests in result.items():
         assert tests == {"test_schema": "SUCCESS", "test_autograd_registration": "SUCCESS",
