@@ -186,10 +186,11 @@ def print_tuning(found: list[dict]) -> None:
     print("\nThe fastest setting of each pass against the one in force:\n")
     for name in dict.fromkeys(r["name"] for r in found):
         rows = [r for r in found if r["name"] == name]
-        best, now = min(rows, key=lambda r: r["ms"]), next(r for r in rows if r["now"])
+        best, now = min(rows, key=lambda r: r["ms"]), next((r for r in rows if r["now"]), None)
         print(f"* {name}: {best['ms']:.3f} ms at {best['BLOCK_PIXELS']} pixels, {best['NUM_WARPS']} warps"
               + (f", {best['WEIGHT_GRAD_CHUNKS']} programs a tap" if best["WEIGHT_GRAD_CHUNKS"] else "")
-              + f"; {now['ms']:.3f} ms in force ({now['ms'] / best['ms']:.2f}x)")
+              + (f"; {now['ms']:.3f} ms in force ({now['ms'] / best['ms']:.2f}x)" if now else
+                 "; the settings in force are not among those tried"))
 
 
 def largest_difference(row: dict) -> float:

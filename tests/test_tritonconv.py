@@ -392,6 +392,27 @@ def test_the_benchmark_tunes_each_pass_over_the_settings_it_names_and_marks_thos
             assert four["registers"] > eight["registers"] and four["programs"] == eight["programs"], rows
 
 
+def test_the_tuning_summary_names_each_pass_s_fastest_setting_against_the_one_in_force(capsys):
+    from conftest import load_benchmark
+
+    bench = load_benchmark("bench_imageconv")
+    common = dict(programs=100, registers=64, spilled_bytes=0, difference=0.004)
+    bench.print_tuning([
+        dict(name="vgg.0 input gradient", BLOCK_PIXELS=128, NUM_WARPS=8, WEIGHT_GRAD_CHUNKS=None, now=True, ms=0.30,
+             **common),
+        dict(name="vgg.0 input gradient", BLOCK_PIXELS=64, NUM_WARPS=4, WEIGHT_GRAD_CHUNKS=None, now=False, ms=0.20,
+             **common),
+        dict(name="output weight gradient", BLOCK_PIXELS=256, NUM_WARPS=8, WEIGHT_GRAD_CHUNKS=264, now=False,
+             ms=0.25, **common)])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2] == "| output weight gradient | 256 | 8 | 264 | 100 | 64 | 0 | 0.250 | 0.004 | |"
+    assert lines[3] == "| vgg.0 input gradient | 64 | 4 | - | 100 | 64 | 0 | 0.200 | 0.004 | |"  # fastest first
+    assert lines[-2:] == [
+        "* vgg.0 input gradient: 0.200 ms at 64 pixels, 4 warps; 0.300 ms in force (1.50x)",
+        "* output weight gradient: 0.250 ms at 256 pixels, 8 warps, 264 programs a tap; the settings in force are "
+        "not among those tried"]
+
+
 def test_every_setting_the_tuning_tries_computes_each_pass_on_a_gpu():
     """Before a faster setting found by --tune goes into vae/tritonconv.py: each pass at each setting, compiled and
     run on the GPU, against cuDNN (bf16, small maps)."""
