@@ -332,11 +332,8 @@ def test_the_kernels_multiply_as_cudnn_does_on_a_gpu_and_in_fp32_in_the_interpre
     assert tritonconv._dot_settings(torch.float32) == {"FP32_DOT": True, "PRECISION": "ieee"}
 
 
-def test_compiled_for_an_h100_the_kernels_keep_their_registers_and_move_wide_maps_in_16_byte_accesses():
-    """Without a GPU, what Triton's compiler and ptxas make of each pass for an H100 (sm_90), with the arguments
-    of the paper's layers at batch 128: registers spilled to local memory, or 64-channel maps moved element by
-    element, would keep these memory-bound kernels far from their floor. 128 registers or fewer let an SM hold
-    two programs of 8 warps."""
+def benchmark_that_compiles_for_an_h100():
+    """benchmarks/bench_imageconv.py, loaded; skips where this process cannot compile kernels for an H100."""
     if os.environ.get("TRITON_INTERPRET") == "1":
         pytest.skip("TRITON_INTERPRET=1 in this process: the interpreter compiles nothing")
     ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
@@ -344,7 +341,15 @@ def test_compiled_for_an_h100_the_kernels_keep_their_registers_and_move_wide_map
         pytest.skip(f"{ptxas} is absent: this Triton cannot compile for NVIDIA GPUs here")
     from conftest import load_benchmark
 
-    bench = load_benchmark("bench_imageconv")
+    return load_benchmark("bench_imageconv")
+
+
+def test_compiled_for_an_h100_the_kernels_keep_their_registers_and_move_wide_maps_in_16_byte_accesses():
+    """Without a GPU, what Triton's compiler and ptxas make of each pass for an H100 (sm_90), with the arguments
+    of the paper's layers at batch 128: registers spilled to local memory, or 64-channel maps moved element by
+    element, would keep these memory-bound kernels far from their floor. 128 registers or fewer let an SM hold
+    two programs of 8 warps."""
+    bench = benchmark_that_compiles_for_an_h100()
     rows = bench.passes(128)
     assert [row["name"] for row in rows] == [
         "encoder.0 forward", "encoder.0 weight gradient", "output forward", "output input gradient",
@@ -361,16 +366,9 @@ def test_the_benchmark_tunes_each_pass_over_the_settings_it_names_and_marks_thos
     pass has them), each compiled with that setting (the warps reach the compiler, the programs the launch) and
     the settings in force marked once per pass. Here two settings of the warps and two of the weight-gradient
     programs, compiled for an H100 without timing."""
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        pytest.skip("TRITON_INTERPRET=1 in this process: the interpreter compiles nothing")
-    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
-    if not ptxas.is_file():
-        pytest.skip(f"{ptxas} is absent: this Triton cannot compile for NVIDIA GPUs here")
-    from conftest import load_benchmark
-
     from vae import tritonconv
 
-    bench = load_benchmark("bench_imageconv")
+    bench = benchmark_that_compiles_for_an_h100()
     monkeypatch.setattr(bench, "TUNE_SETTINGS", {"BLOCK_PIXELS": (128,), "NUM_WARPS": (4, 8),
                                                  "WEIGHT_GRAD_CHUNKS": (264, 528)})
     found = bench.tuning(128)
