@@ -293,14 +293,18 @@ def test_load_model_returns_the_model_as_the_readme_says(files):
     assert vae.load_model is load_model
 
 
-def test_every_flag_the_readme_names_exists(capsys):
-    """README and --help agree: no documented option is missing from the commands (and none misspelt)."""
+def test_every_flag_the_readme_names_exists(capsys, monkeypatch):
+    """README and --help agree: no documented option is missing from the commands, or from the benchmarks the
+    README names (and none misspelt)."""
     import re
+
+    from conftest import load_benchmark
 
     from analysis.cli import analyze_main, subitize_main
     from synthgen.cli import main as synthgen_cli
     from vae.cli import main as train_cli
 
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     helps = []
     for main, args in ((synthgen_cli, ["build"]), (synthgen_cli, ["dots"]), (synthgen_cli, ["pack"]),
                        (synthgen_cli, ["inspect"]),
@@ -309,8 +313,14 @@ def test_every_flag_the_readme_names_exists(capsys):
         with pytest.raises(SystemExit):
             main([*args, "--help"])
         helps.append(capsys.readouterr().out)
+    benchmarks = sorted(set(re.findall(r"\b(bench_[a-z_]+)\.py", readme)))
+    assert "bench_imageconv" in benchmarks
+    for name in benchmarks:  # scripts: their main() reads sys.argv
+        monkeypatch.setattr(sys, "argv", [f"{name}.py", "--help"])
+        with pytest.raises(SystemExit):
+            load_benchmark(name).main()
+        helps.append(capsys.readouterr().out)
     known = set(re.findall(r"--[a-z0-9][a-z0-9-]*", " ".join(helps)))
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     others = {"--standalone", "--nproc", "--help"}  # torchrun's own (--nproc_per_node), and argparse's
     named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*[a-z0-9]", readme)) - others
     assert named - known == set()
