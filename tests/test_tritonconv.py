@@ -265,6 +265,45 @@ def test_the_check_before_training_passes_the_paper_layers_in_bf16_and_finds_one
         assert layer["wrong"]["output"] == layer["right"]["output"], result
 
 
+def test_the_check_before_training_runs_only_the_passes_a_training_step_runs():
+    """The layer check runs each layer's kernels in the passes the compiled step runs there and no others: the
+    first layer's input is the image, which needs no gradient; VGG's conv1_1 is frozen, so it has no weight or bias
+    gradient, but the reconstruction's features need its input gradient. A pass nobody runs costs the check a
+    kernel to compile and launch, and a failure there would have taken the kernels from every layer."""
+    result = interpreted("""
+        import json, torch
+        from contextlib import nullcontext
+        from vae import tritonconv
+        from vae.imageconv import checked_kernels, use_image_conv
+        from vae.losses import Objective, PerceptualLoss
+        from vae.model import VAE, ModelConfig
+        from vae.vgg import truncated_vgg19
+
+        launched = []
+        for name in ("conv_launch", "weight_grad_launch"):
+            def counting(*args, made=getattr(tritonconv, name), name=name):
+                launched.append(name)
+                return made(*args)
+            setattr(tritonconv, name, counting)
+        torch.manual_seed(0)
+        model = VAE(ModelConfig(image_size=16, encoder="8@3x3-1,16@4x4-2", decoder="16@3x3-2", latent=4)).train()
+        loss = PerceptualLoss(truncated_vgg19())
+        layers = {**{n: dict(model.named_modules())[n] for n in use_image_conv(model, "triton")},
+                  **{"vgg." + n: dict(loss.vgg.named_modules())[n] for n in use_image_conv(loss.vgg, "triton")}}
+        x = torch.rand(2, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+        record = checked_kernels(Objective(model, loss, 1.0, 1.0), x, torch.zeros(2, 4), nullcontext, layers)
+        print(json.dumps(dict(passes={n: sorted(p) for n, p in record["differences"].items()}, used=record["used"],
+                              launched=launched, training=[m.training for m in model.modules()],
+                              grads=[p.grad is None for p in model.parameters()])))
+    """)
+    assert result["passes"] == {"encoder.0": ["bias gradient", "output", "weight gradient"],
+                                "output": ["bias gradient", "input gradient", "output", "weight gradient"],
+                                "vgg.0": ["input gradient", "output"]}, result
+    assert result["used"] and all(result["training"]) and all(result["grads"])
+    # the kernels launched: 3 forward passes and 2 input gradients (convolutions too), 2 weight gradients
+    assert sorted(result["launched"]) == ["conv_launch"] * 5 + ["weight_grad_launch"] * 2, result
+
+
 def test_kernels_that_fail_on_the_machine_are_left_out_and_the_log_says_why():
     """Where Triton cannot compile or launch the kernels (here for real: outside the interpreter, on tensors in
     the CPU's memory), the layer check records the error and the run leaves the image convolutions to cuDNN,

@@ -69,40 +69,51 @@ def _triton_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     return image_conv(x.to(dtype), weight.to(dtype), bias, padding, relu)
 
 
-def kernel_differences(conv: ImageConv2d, x: torch.Tensor) -> dict[str, float]:
+def kernel_differences(conv: ImageConv2d, x: torch.Tensor, input_gradient: bool = True) -> dict[str, float]:
     """How far vae.tritonconv's kernels are from torch's convolution (cuDNN on CUDA) and ReLU (if `conv` has one)
     for `conv` on input `x`, in autocast's precision where autocast is on, as the compiled step runs them: the
-    output, and for a random output gradient the gradients of the input, the weights and the bias, each as the norm
-    of the difference relative to the norm of torch's."""
-    leaves = [t.detach().requires_grad_() for t in (x, conv.weight, conv.bias) if t is not None]
-    x, weight, bias = leaves[0], leaves[1], leaves[2] if conv.bias is not None else None
+    output, and for a random output gradient the gradients a training step computes, each as the norm of the
+    difference relative to the norm of torch's. Those are the input's (with `input_gradient`) and the weights' and
+    the bias's where they are trained: a frozen layer (VGG's conv1_1) has none, and the first layer's input is the
+    image, whose gradient nobody asks for."""
+    # a pass the step does not run is not run here either: the kernels' backward reads which inputs need a gradient
+    x = x.detach().requires_grad_(input_gradient)
+    weight = conv.weight.detach().requires_grad_(conv.weight.requires_grad)
+    bias = None if conv.bias is None else conv.bias.detach().requires_grad_(conv.bias.requires_grad)
+    wanted = {name: leaf for name, leaf in (("input gradient", x), ("weight gradient", weight), ("bias gradient", bias))
+              if leaf is not None and leaf.requires_grad}
     ours = _triton_conv(x, weight, bias, conv.padding[0], conv.relu)
     theirs = F.conv2d(x, weight, bias, padding=conv.padding)
     if conv.relu:
         theirs = F.relu(theirs)
-    grad = torch.randn(theirs.shape, generator=torch.Generator(device=x.device).manual_seed(0), device=x.device,
-                       dtype=theirs.dtype)
-    names = ["output", "input gradient", "weight gradient", "bias gradient"][:1 + len(leaves)]
-    ours = [ours, *torch.autograd.grad(ours, leaves, grad)]
-    theirs = [theirs, *torch.autograd.grad(theirs, leaves, grad)]
-    return {name: ((a.float() - b.float()).norm() / b.float().norm()).item()
-            for name, a, b in zip(names, ours, theirs)}
+    results = {"output": (ours, theirs)}
+    if wanted:
+        grad = torch.randn(theirs.shape, generator=torch.Generator(device=x.device).manual_seed(0), device=x.device,
+                           dtype=theirs.dtype)
+        ours, theirs = (torch.autograd.grad(y, list(wanted.values()), grad) for y in (ours, theirs))
+        results |= dict(zip(wanted, zip(ours, theirs)))
+    return {name: ((a.float() - b.float()).norm() / b.float().norm()).item() for name, (a, b) in results.items()}
 
 
 def checked_kernels(objective: nn.Module, x: torch.Tensor, noise: torch.Tensor, autocast,
                     layers: dict[str, ImageConv2d]) -> dict:
     """Check vae.tritonconv's kernels in each of `layers` (by name) against torch's convolution (kernel_differences),
     on the input the layer gets in a forward pass of `objective` (vae.losses.Objective) in eval mode, under
-    `autocast` (Runtime.autocast). The record for config.json: the differences, the largest and whether it is
-    within KERNEL_TOLERANCE. Unlike the check of the whole compiled step, which bf16 rounding limits to gross
-    errors in the gradients, this finds one tap or one channel computed wrongly."""
-    inputs = {}
-    hooks = [layer.register_forward_pre_hook(lambda module, args, name=name: inputs.setdefault(name, args[0]))
+    `autocast` (Runtime.autocast), in the passes a training step runs there. The record for config.json: the
+    differences, the largest and whether it is within KERNEL_TOLERANCE. Unlike the check of the whole compiled step,
+    which bf16 rounding limits to gross errors in the gradients, this finds one tap or one channel computed wrongly."""
+    inputs, input_gradient = {}, {}
+
+    def keep(module, args, name):
+        inputs.setdefault(name, args[0].detach())
+        input_gradient[name] = input_gradient.get(name, False) or args[0].requires_grad  # VGG runs on x, then x_hat
+
+    hooks = [layer.register_forward_pre_hook(lambda module, args, name=name: keep(module, args, name))
              for name, layer in layers.items()]
     modes = [(module, module.training) for module in objective.modules()]
     try:
         objective.eval()  # the batch-norm statistics stay as they are
-        with torch.no_grad(), autocast():
+        with torch.enable_grad(), autocast():  # with the graph a step builds: which inputs get a gradient
             objective(x, noise)
     finally:
         for hook in hooks:
@@ -113,7 +124,7 @@ def checked_kernels(objective: nn.Module, x: torch.Tensor, noise: torch.Tensor, 
     try:
         with autocast():
             for name, layer in layers.items():
-                record["differences"][name] = kernel_differences(layer, inputs[name])
+                record["differences"][name] = kernel_differences(layer, inputs[name], input_gradient[name])
     except torch.OutOfMemoryError:
         raise  # the run's own batch would not fit either
     except Exception as error:  # Triton failing to compile or launch the kernels here: cuDNN runs, and the log says
