@@ -57,17 +57,40 @@ def progress_bars_closed_on_error():
         raise
 
 
+def _sent_again(hook):
+    """sys.unraisablehook that sends an interruption (Ctrl-C, SIGTERM) again when it was raised where Python cannot
+    propagate an exception, only print it: a signal's handler runs at whatever Python code the main thread is in,
+    which may be a finalizer (a __del__, a weakref callback, a generator closed by the garbage collector). There
+    the command would have gone on working as if no signal had come, until a batch scheduler's SIGKILL. It is sent
+    from another thread a moment later, once the main thread has left the hook, whose own exceptions are dropped
+    too; in the unlikely case that it lands in a finalizer again, it comes here again."""
+    def unraisable(event):
+        signum = (signal.SIGTERM if isinstance(event.exc_value, Terminated) else
+                  signal.SIGINT if isinstance(event.exc_value, KeyboardInterrupt)
+                  and signal.getsignal(signal.SIGINT) is signal.default_int_handler else None)
+        if signum is None:
+            hook(event)
+            return
+        timer = threading.Timer(0.01, os.kill, (os.getpid(), signum))
+        timer.daemon = True
+        timer.start()
+    return unraisable
+
+
 @contextlib.contextmanager
 def sigterm_stops_cleanly():
-    """SIGTERM raises Terminated in the main thread while the block runs (where it can: not in other threads)."""
+    """SIGTERM raises Terminated in the main thread while the block runs (where it can: not in other threads), and
+    an interruption raised where it could not propagate is sent again (_sent_again)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    previous, hook = signal.signal(signal.SIGTERM, _terminate), sys.unraisablehook
+    sys.unraisablehook = _sent_again(hook)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        sys.unraisablehook = hook
 
 
 def run(prog: str, body: Callable[[], int | None], interrupted: str = "interrupted",

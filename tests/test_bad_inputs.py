@@ -3,8 +3,10 @@ one line on stderr that names the flag or file, a non-zero exit code, and never 
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -388,6 +390,34 @@ def test_a_message_that_quotes_a_library_stays_on_one_line(capsys):
                                        "trying to connect to tcp://nowhere:1 after 30 s)\n")
     assert run("vae-train", refuse(UserError("a.pt: no fit:\n\tsize  mismatch\n"))) == 1
     assert capsys.readouterr().err == "vae-train: error: a.pt: no fit: size  mismatch\n"  # blanks within a line kept
+
+
+@pytest.mark.parametrize("signum, code, said", [(signal.SIGTERM, 143, "prog: terminated (SIGTERM)"),
+                                                (signal.SIGINT, 130, "prog: interrupted")])
+def test_a_signal_that_lands_in_a_finalizer_still_stops_the_command(capsys, signum, code, said):
+    """A signal's handler runs in whatever Python code the main thread is in. In a finalizer (a __del__, a weakref
+    callback, a generator the garbage collector closes) Python only prints the exception it raises and goes on:
+    the command worked on as if no SIGTERM had come, until the batch scheduler's SIGKILL. Sent again, the signal
+    stops it as anywhere else, and nothing is printed of the one that was lost."""
+    hook, handler = sys.unraisablehook, signal.getsignal(signal.SIGTERM)
+
+    class Finalized:
+        def __del__(self):
+            os.kill(os.getpid(), signum)
+            sum(range(100))  # Python code: the handler runs here
+
+    def body():
+        Finalized()  # freed at once: the signal comes inside __del__
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            time.sleep(0.001)
+        return 0
+
+    started = time.time()
+    assert run("prog", body) == code
+    assert time.time() - started < 10
+    assert capsys.readouterr().err.splitlines() == [said]
+    assert sys.unraisablehook is hook and signal.getsignal(signal.SIGTERM) is handler
 
 
 @pytest.mark.parametrize("allocate, detail", [

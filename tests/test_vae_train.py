@@ -258,13 +258,19 @@ def test_sigterm_stops_a_run_as_ctrl_c_does_and_it_resumes(data, tmp_path):
     """A batch scheduler's time limit sends SIGTERM, which killed the process where it stood."""
     run = tmp_path / "run"
     process = subprocess.Popen(train_process("--data", data / "synth", "--epochs", "500", *TINY, "--out", run),
-                               env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                               env={**ENV, "PYTHONFAULTHANDLER": "1"}, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None and not (
             (run / "metrics.jsonl").exists() and (run / "metrics.jsonl").read_text().strip()):
         time.sleep(0.02)
     process.send_signal(signal.SIGTERM)
-    _, err = process.communicate(timeout=120)
+    try:
+        _, err = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:  # where it is stuck: SIGABRT makes the fault handler print every thread's stack
+        process.send_signal(signal.SIGABRT)
+        _, err = process.communicate(timeout=60)
+        pytest.fail(f"vae-train went on for 120 s after SIGTERM; where its threads were:\n{err[-8000:]}")
     assert process.returncode == 143, err
     assert err.strip().splitlines()[-1] == ("vae-train: terminated (SIGTERM); continue with --resume (from the last "
                                             "finished epoch)")
