@@ -57,13 +57,14 @@ def progress_bars_closed_on_error():
         raise
 
 
-def _sent_again(hook):
+def _sent_again(hook, active: threading.Event):
     """sys.unraisablehook that sends an interruption (Ctrl-C, SIGTERM) again when it was raised where Python cannot
     propagate an exception, only print it: a signal's handler runs at whatever Python code the main thread is in,
     which may be a finalizer (a __del__, a weakref callback, a generator closed by the garbage collector). There
     the command would have gone on working as if no signal had come, until a batch scheduler's SIGKILL. It is sent
     from another thread a moment later, once the main thread has left the hook, whose own exceptions are dropped
-    too; in the unlikely case that it lands in a finalizer again, it comes here again."""
+    too; in the unlikely case that it lands in a finalizer again, it comes here again. Not once `active` is
+    cleared: the command has ended, and the process may be one that called it (a notebook, a test)."""
     def unraisable(event):
         signum = (signal.SIGTERM if isinstance(event.exc_value, Terminated) else
                   signal.SIGINT if isinstance(event.exc_value, KeyboardInterrupt)
@@ -71,7 +72,7 @@ def _sent_again(hook):
         if signum is None:
             hook(event)
             return
-        timer = threading.Timer(0.01, os.kill, (os.getpid(), signum))
+        timer = threading.Timer(0.01, lambda: active.is_set() and os.kill(os.getpid(), signum))
         timer.daemon = True
         timer.start()
     return unraisable
@@ -84,11 +85,13 @@ def sigterm_stops_cleanly():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous, hook = signal.signal(signal.SIGTERM, _terminate), sys.unraisablehook
-    sys.unraisablehook = _sent_again(hook)
+    previous, hook, active = signal.signal(signal.SIGTERM, _terminate), sys.unraisablehook, threading.Event()
+    active.set()
+    sys.unraisablehook = _sent_again(hook, active)
     try:
         yield
     finally:
+        active.clear()
         signal.signal(signal.SIGTERM, previous)
         sys.unraisablehook = hook
 

@@ -420,6 +420,29 @@ def test_a_signal_that_lands_in_a_finalizer_still_stops_the_command(capsys, sign
     assert sys.unraisablehook is hook and signal.getsignal(signal.SIGTERM) is handler
 
 
+def test_a_signal_lost_in_a_finalizer_as_the_command_ends_is_not_sent_to_the_process_that_called_it(capsys):
+    """A command run from Python (a notebook, a test) that ends just after a SIGTERM was lost in a finalizer: the
+    signal is not sent again, which would reach the caller's own handler (here one that records it)."""
+    received = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+
+    class Finalized:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+            sum(range(100))
+
+    def body():
+        Finalized()
+        return 0
+
+    try:
+        assert run("prog", body) == 0
+        time.sleep(0.2)  # past the moment it would be sent again
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert received == [] and capsys.readouterr().err == ""
+
+
 @pytest.mark.parametrize("allocate, detail", [
     (lambda: np.empty(10**16, np.uint8), "Unable to allocate 8.88 PiB"),  # numpy's MemoryError
     (lambda: torch.empty(10**16, dtype=torch.uint8), "DefaultCPUAllocator: can't allocate memory"),  # torch's
