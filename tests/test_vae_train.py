@@ -143,6 +143,25 @@ def test_the_fused_optimizer_takes_the_steps_of_torchs_default_adam():
     build_optimizer(reference_model, 0.01).load_state_dict(reference.state_dict())  # a multi-tensor run resumes
 
 
+@pytest.mark.parametrize("flag, layout", [([], torch.channels_last), (["--no-channels-last"], torch.contiguous_format)])
+def test_the_network_runs_in_the_memory_layout_asked_for(data, tmp_path, monkeypatch, flag, layout):
+    """--no-channels-last keeps the model NCHW, and its inputs too: a convolution runs channels_last whenever its
+    input is, whatever its weights, so NCHW weights alone left the network as channels_last as the default's.
+    Every convolution of training, validation and the figures, its input and its output."""
+    seen = []
+    forward = torch.nn.Conv2d.forward
+
+    def observed(self, x):
+        y = forward(self, x)
+        seen.append(x.is_contiguous(memory_format=layout) and y.is_contiguous(memory_format=layout))
+        return y
+
+    monkeypatch.setattr(torch.nn.Conv2d, "forward", observed)
+    assert train_main(["--data", str(data / "synth"), "--out", str(tmp_path / "run"), "--epochs", "1", *TINY,
+                       "--no-progress", *flag]) == 0
+    assert len(seen) > 20 and all(seen), seen
+
+
 def test_a_short_run_overfits_a_handful_of_images(data, tmp_path, capsys):
     run = tmp_path / "overfit"
     still = ["--flip-prob", "0", "--crop-max", "0", "--brightness", "0", "--contrast", "0", "--saturation", "0",

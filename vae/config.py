@@ -137,7 +137,8 @@ class RuntimeSettings(Settings):
 
     device: str = device_option()
     amp: str = option("auto", "bf16 autocast; auto: on CUDA only", choices=AMP_MODES)
-    channels_last: bool = option(True, "keep NCHW memory layout", flag="--no-channels-last")
+    channels_last: bool = option(True, "keep the model, the loss network and their inputs in NCHW memory layout "
+                                "(channels_last by default)", flag="--no-channels-last")
     compile: str = option("auto", "torch.compile the training step: the whole objective (model, reconstruction loss, "
                           "loss arithmetic) and the augmentation, each kept only if it compiles on this machine and "
                           "matches eager execution on a training batch "

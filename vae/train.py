@@ -96,7 +96,7 @@ class Run:
         split = self.data.split
         train = np.concatenate([split.train_synthetic, split.train_natural_order])
         images, boxes = next(self.data.feed.batches([train[:config.training.batch_size]]))
-        x = to_float(images, self.data.image_size).contiguous(memory_format=torch.channels_last)
+        x = self.laid_out(to_float(images, self.data.image_size))
         noise = torch.randn(x.shape[0], config.model.latent, generator=torch.Generator(device=x.device).manual_seed(0),
                             device=x.device)
         bare = Objective(self.model, self.reconstruction, config.loss.alpha, config.loss.beta)
@@ -147,7 +147,14 @@ class Run:
         checked shape, as the objective is (`step` says why)."""
         params = draw(images, boxes, self.config.augment, generator, self.data.image_size)
         compiled = self.compiled_augmentation if images.shape[0] == self.compiled_batch else None
-        return (compiled or apply)(images, params, self.data.image_size)
+        return self.laid_out((compiled or apply)(images, params, self.data.image_size))
+
+    def laid_out(self, x: torch.Tensor) -> torch.Tensor:
+        """Images in the memory layout of the run's model: channels_last, or NCHW under --no-channels-last. A
+        convolution runs channels_last if its input is, whatever its weights, so the layout of the inputs decides
+        the network's."""
+        layout = torch.channels_last if self.config.runtime.channels_last else torch.contiguous_format
+        return x.contiguous(memory_format=layout)
 
     # -- an epoch of training, a pass of validation
 
@@ -201,7 +208,7 @@ class Run:
         for step, (images, _) in enumerate(self.data.feed.batches(batches)):
             generator = step_generator(config.training.seed, streams.VALIDATION_NOISE, step, runtime.rank,
                                        runtime.device)
-            x = to_float(images, self.data.image_size).contiguous(memory_format=torch.channels_last)
+            x = self.laid_out(to_float(images, self.data.image_size))
             noise = torch.randn(x.shape[0], config.model.latent, generator=generator, device=runtime.device)
             terms = self.step(x, noise, learn=False)
             n = x.shape[0]
@@ -329,7 +336,7 @@ class Run:
         chosen = self.data.split.validation[:8]
         x = to_float(torch.from_numpy(self.data.pool.images(chosen)).to(self.runtime.device), self.data.image_size)
         with torch.no_grad():
-            mu, _ = self.model.encode(x.contiguous(memory_format=torch.channels_last))
+            mu, _ = self.model.encode(self.laid_out(x))
             x_hat = self.model.decode(mu)
         folder = self.out / "reconstructions"
         folder.mkdir(exist_ok=True)
