@@ -41,8 +41,8 @@ def truncated_vgg19() -> nn.Sequential:
     the image's 3 channels and is a vae.imageconv.ImageConv2d that applies relu1_1 itself, so that the Triton
     kernels of --image-conv triton make the activated map in the convolution's own pass; index 1, relu1_1's
     place (and tap), holds an Identity, and the weights keep torchvision's names."""
-    # imported here: torchvision imports torch._dynamo (0.8 s on 2 cores), which a command that stops at a bad
-    # input, or trains with the pixel loss, never needs
+    # imported here: torchvision imports torch._dynamo (0.8 s on 2 cores), which a run with the pixel or Bernoulli
+    # loss never needs
     from torchvision.models.vgg import make_layers
 
     layers = make_layers(TRUNCATED_CONFIG, batch_norm=False)
