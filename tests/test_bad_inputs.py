@@ -392,6 +392,18 @@ def test_a_message_that_quotes_a_library_stays_on_one_line(capsys):
     assert capsys.readouterr().err == "vae-train: error: a.pt: no fit: size  mismatch\n"  # blanks within a line kept
 
 
+class Signalling:
+    """An object that, when freed, sends the process `signum` from its finalizer and runs Python code there, where
+    the signal's handler then runs."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+
+    def __del__(self):
+        os.kill(os.getpid(), self.signum)
+        sum(range(100))
+
+
 @pytest.mark.parametrize("signum, code, said", [(signal.SIGTERM, 143, "prog: terminated (SIGTERM)"),
                                                 (signal.SIGINT, 130, "prog: interrupted")])
 def test_a_signal_that_lands_in_a_finalizer_still_stops_the_command(capsys, signum, code, said):
@@ -401,13 +413,8 @@ def test_a_signal_that_lands_in_a_finalizer_still_stops_the_command(capsys, sign
     stops it as anywhere else, and nothing is printed of the one that was lost."""
     hook, handler = sys.unraisablehook, signal.getsignal(signal.SIGTERM)
 
-    class Finalized:
-        def __del__(self):
-            os.kill(os.getpid(), signum)
-            sum(range(100))  # Python code: the handler runs here
-
     def body():
-        Finalized()  # freed at once: the signal comes inside __del__
+        Signalling(signum)  # freed at once: the signal comes inside __del__
         deadline = time.time() + 30
         while time.time() < deadline:
             time.sleep(0.001)
@@ -426,13 +433,8 @@ def test_a_signal_lost_in_a_finalizer_as_the_command_ends_is_not_sent_to_the_pro
     received = []
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
 
-    class Finalized:
-        def __del__(self):
-            os.kill(os.getpid(), signal.SIGTERM)
-            sum(range(100))
-
     def body():
-        Finalized()
+        Signalling(signal.SIGTERM)
         return 0
 
     try:

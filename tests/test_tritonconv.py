@@ -274,7 +274,7 @@ def test_the_check_before_training_runs_only_the_passes_a_training_step_runs():
         import json, torch
         from contextlib import nullcontext
         from vae import tritonconv
-        from vae.imageconv import checked_kernels, use_image_conv
+        from vae.imageconv import checked_kernels, triton_layers
         from vae.losses import Objective, PerceptualLoss
         from vae.model import VAE, ModelConfig
         from vae.vgg import truncated_vgg19
@@ -288,8 +288,7 @@ def test_the_check_before_training_runs_only_the_passes_a_training_step_runs():
         torch.manual_seed(0)
         model = VAE(ModelConfig(image_size=16, encoder="8@3x3-1,16@4x4-2", decoder="16@3x3-2", latent=4)).train()
         loss = PerceptualLoss(truncated_vgg19())
-        layers = {**{n: dict(model.named_modules())[n] for n in use_image_conv(model, "triton")},
-                  **{"vgg." + n: dict(loss.vgg.named_modules())[n] for n in use_image_conv(loss.vgg, "triton")}}
+        layers = triton_layers("triton", [model, loss])
         x = torch.rand(2, 3, 16, 16).contiguous(memory_format=torch.channels_last)
         record = checked_kernels(Objective(model, loss, 1.0, 1.0), x, torch.zeros(2, 4), nullcontext, layers)
         print(json.dumps(dict(passes={n: sorted(p) for n, p in record["differences"].items()}, used=record["used"],

@@ -177,16 +177,23 @@ def use_image_conv(module: nn.Module, kernels: str) -> list[str]:
     return chosen
 
 
+def triton_layers(kernels: str, modules: list[nn.Module]) -> dict[str, ImageConv2d]:
+    """Set which kernels (--image-conv) `modules`' image convolutions run (use_image_conv); the layers that run the
+    Triton kernels, by their names in their module."""
+    layers = {}
+    for module in modules:
+        named = dict(module.named_modules())
+        layers |= {name: named[name] for name in use_image_conv(module, kernels)}
+    return layers
+
+
 def set_image_conv(kernels: str, modules: list[nn.Module], objective: nn.Module, x: torch.Tensor,
                    noise: torch.Tensor, autocast) -> dict:
     """Set which kernels (--image-conv) run the image convolutions of `modules` (the model, the loss network) in
     a compiled step of `objective` on x's device, and return the record for config.json. The Triton kernels are
     first checked layer by layer on this machine (checked_kernels, on `x` and `noise`, under `autocast`); if any
     pass differs or fails, cuDNN runs every layer."""
-    layers = {}
-    for module in modules:
-        named = dict(module.named_modules())
-        layers |= {name: named[name] for name in use_image_conv(module, kernels)}
+    layers = triton_layers(kernels, modules)
     if x.device.type not in PADDED_ON or not layers:  # elsewhere torch's convolutions run
         return {"kernels": kernels, "triton_layers": []}
     check = checked_kernels(objective, x, noise, autocast, layers)
