@@ -487,6 +487,22 @@ def test_the_vgg_reads_images_through_an_image_convolution_with_the_random_draws
     assert ours[:2](x).min() == 0  # the ReLU ran
 
 
+def test_the_trainer_and_its_loss_network_import_neither_torchvision_nor_dynamo():
+    """torch._dynamo takes about 1 s to import on 2 cores: a vae-train whose input is refused, or that trains
+    eagerly, should not wait for it before its first message (torch's optimizers import it once built), and
+    training needs no torchvision at all."""
+    import subprocess
+    import sys
+
+    code = ("import sys, warnings; warnings.simplefilter('ignore'); import vae.train; "
+            "from vae.vgg import load_vgg; from vae.losses import PerceptualLoss; "
+            "PerceptualLoss(load_vgg('random')[0]); print(sorted(m for m in ('torchvision', 'torch._dynamo') "
+            "if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
 def test_the_objective_traces_as_one_graph_without_breaks():
     """A graph break (a .item(), a Python branch on a tensor's value) would split the compiled step in
     pieces with Python between them and, under --compile-mode reduce-overhead, split its CUDA graph too:

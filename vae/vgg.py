@@ -41,17 +41,21 @@ def truncated_vgg19() -> nn.Sequential:
     the image's 3 channels and is a vae.imageconv.ImageConv2d that applies relu1_1 itself, so that the Triton
     kernels of --image-conv triton make the activated map in the convolution's own pass; index 1, relu1_1's
     place (and tap), holds an Identity, and the weights keep torchvision's names."""
-    # imported here: torchvision imports torch._dynamo (0.8 s on 2 cores), which a run with the pixel or Bernoulli
-    # loss never needs
-    from torchvision.models.vgg import make_layers
-
-    layers = make_layers(TRUNCATED_CONFIG, batch_norm=False)
+    # written out rather than taken from torchvision's make_layers, so that training imports no torchvision; the
+    # layers are made in make_layers' order, so random weights draw the same
+    layers, channels = [], 3
+    for width in TRUNCATED_CONFIG:
+        if width == "M":
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+        else:
+            layers += [nn.Conv2d(channels, width, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+            channels = width
     first = layers[0]
     conv1_1 = ImageConv2d(first.in_channels, first.out_channels, first.kernel_size, first.stride, first.padding,
                           relu=True, device="meta")  # takes first's parameters: no random draws of its own
     conv1_1.weight, conv1_1.bias = first.weight, first.bias
     layers[0], layers[1] = conv1_1, nn.Identity()
-    return layers
+    return nn.Sequential(*layers)
 
 
 def hub_cache_path() -> Path:
