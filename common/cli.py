@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import os
 import signal
 import sys
@@ -33,13 +34,57 @@ def out_of_memory(exc: BaseException) -> bool:
             or (isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)))
 
 
-class Terminated(KeyboardInterrupt):
+class CommandSignals:
+    """What the signal handlers of a running command share: whether it still runs, and the signal of an
+    interruption that was dropped while it ran (Interruption)."""
+
+    def __init__(self):
+        self.running = True
+        self.dropped: int | None = None
+
+
+class Interruption(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM, raised by the signal's handler while a command runs. Python runs that handler in
+    whatever Python code the main thread is executing, and the exception can be dropped there: in a finalizer (a
+    __del__, a weakref callback, a generator the garbage collector closes) Python only prints it, and C code that
+    called back into Python may clear it without a word, or put an error of its own in its place (pybind11's
+    conversion to an array in matplotlib's Agg renderer raises "Invalid affine transformation matrix"). The
+    command would then work on as if no signal had come, until a batch scheduler's SIGKILL, or stop on that other
+    error. So an interruption freed while its command still runs, before it reached the command's end, was
+    dropped: it sends its signal again, from another thread a moment later, once the main thread has left the
+    code that dropped it, and the command records it (sigterm_stops_cleanly). Not once the command has ended:
+    the process may be one that called it (a notebook, a test)."""
+    signum = signal.SIGINT
+
+    def __init__(self, *args, command: CommandSignals | None = None):
+        super().__init__(*args)
+        self.command = command  # the command whose handler raised it
+
+    def __del__(self):
+        command, signum = self.command, self.signum
+        if command is not None and command.running:
+            command.dropped = signum
+            timer = threading.Timer(0.01, lambda: command.running and os.kill(os.getpid(), signum))
+            timer.daemon = True
+            timer.start()
+
+
+class Interrupted(Interruption):
+    """Ctrl-C (SIGINT) while a command runs."""
+
+
+class Terminated(Interruption):
     """SIGTERM (a batch scheduler's time limit, `kill`, a container stopping): the command stops as it does on
     Ctrl-C, through the same clean-up (temporary files removed, an earlier analysis put back), not at once."""
+    signum = signal.SIGTERM
 
 
-def _terminate(signum, frame) -> None:
-    raise Terminated()
+def _raising(kind: type[Interruption], command: CommandSignals):
+    def handler(signum, frame) -> None:
+        # raised unnamed: a local of this frame, which the exception's traceback holds, would make a reference
+        # cycle, and a dropped interruption would then be freed (and sent again) only at the next collection
+        raise kind(command=command)
+    return handler
 
 
 @contextlib.contextmanager
@@ -57,42 +102,60 @@ def progress_bars_closed_on_error():
         raise
 
 
-def _sent_again(hook, active: threading.Event):
-    """sys.unraisablehook that sends an interruption (Ctrl-C, SIGTERM) again when it was raised where Python cannot
-    propagate an exception, only print it: a signal's handler runs at whatever Python code the main thread is in,
-    which may be a finalizer (a __del__, a weakref callback, a generator closed by the garbage collector). There
-    the command would have gone on working as if no signal had come, until a batch scheduler's SIGKILL. It is sent
-    from another thread a moment later, once the main thread has left the hook, whose own exceptions are dropped
-    too; in the unlikely case that it lands in a finalizer again, it comes here again. Not once `active` is
-    cleared: the command has ended, and the process may be one that called it (a notebook, a test)."""
+def _quiet_about_interruptions(hook):
+    """sys.unraisablehook that prints nothing of an interruption raised in a finalizer, which is sent again
+    (Interruption) and then stops the command with its one line."""
     def unraisable(event):
-        signum = (signal.SIGTERM if isinstance(event.exc_value, Terminated) else
-                  signal.SIGINT if isinstance(event.exc_value, KeyboardInterrupt)
-                  and signal.getsignal(signal.SIGINT) is signal.default_int_handler else None)
-        if signum is None:
+        if not (isinstance(event.exc_value, Interruption) and event.exc_value.command is not None):
             hook(event)
-            return
-        timer = threading.Timer(0.01, lambda: active.is_set() and os.kill(os.getpid(), signum))
-        timer.daemon = True
-        timer.start()
     return unraisable
 
 
 @contextlib.contextmanager
 def sigterm_stops_cleanly():
-    """SIGTERM raises Terminated in the main thread while the block runs (where it can: not in other threads), and
-    an interruption raised where it could not propagate is sent again (_sent_again)."""
+    """While the block runs, SIGTERM raises Terminated in the main thread (where it can: not in other threads) and
+    Ctrl-C raises Interrupted, where Python's own handler is in place; either is sent again if it is dropped
+    before it reaches the block's end (Interruption). An error that ends the block after one was dropped is taken
+    for what the interruption left (code that called the data damaged, say): the block ends interrupted."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous, hook, active = signal.signal(signal.SIGTERM, _terminate), sys.unraisablehook, threading.Event()
-    active.set()
-    sys.unraisablehook = _sent_again(hook, active)
+    command = CommandSignals()
+    handlers = {signal.SIGTERM: signal.signal(signal.SIGTERM, _raising(Terminated, command))}
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not a notebook's, say
+        handlers[signal.SIGINT] = signal.signal(signal.SIGINT, _raising(Interrupted, command))
+    hook = sys.unraisablehook
+    sys.unraisablehook = _quiet_about_interruptions(hook)
     try:
         yield
+    except Exception as error:
+        if command.dropped is None:
+            raise
+        raise (Terminated if command.dropped == signal.SIGTERM else Interrupted)() from error
     finally:
-        active.clear()
-        signal.signal(signal.SIGTERM, previous)
+        command.running = False
+        for signum, previous in handlers.items():
+            signal.signal(signum, previous)
+        sys.unraisablehook = hook
+
+
+def _release_quietly(interruption: BaseException) -> None:
+    """Free what an interruption's traceback holds (the frames it unwound, and theirs), with nothing printed of
+    the finalizers that fail there: an object whose __init__ it cut short fails in its __del__ (pyparsing's
+    Forward, built by matplotlib's mathtext as it draws a figure's first log-scale labels), and its message came
+    after the command's one line, freed as the command returned."""
+    hook = sys.unraisablehook
+    sys.unraisablehook = lambda event: None
+    try:
+        errors, seen = [interruption], set()
+        while errors:  # it, and the errors it was raised from or during
+            error = errors.pop()
+            if error is not None and id(error) not in seen:
+                seen.add(id(error))
+                error.__traceback__ = None
+                errors += [error.__cause__, error.__context__]
+        gc.collect()  # what sat in reference cycles with those frames
+    finally:
         sys.unraisablehook = hook
 
 
@@ -119,6 +182,7 @@ def run(prog: str, body: Callable[[], int | None], interrupted: str = "interrupt
         print(f"{prog}: error: {where}{exc.strerror or exc}{remedy}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:
+        _release_quietly(exc)
         terminated = isinstance(exc, Terminated)
         said = interrupted.replace("interrupted", "terminated (SIGTERM)", 1) if terminated else interrupted
         print(f"{prog}: {said}", file=sys.stderr)

@@ -1,5 +1,6 @@
 """The bad-input matrix, through the installed console scripts: every input a user can get wrong ends in
 one line on stderr that names the flag or file, a non-zero exit code, and never a Python traceback."""
+import ctypes
 import os
 import re
 import shutil
@@ -404,17 +405,44 @@ class Signalling:
         sum(range(100))
 
 
+class SignallingWhenAsked:
+    """An object that sends the process `signum` when asked for an attribute it lacks, and runs Python code there,
+    where the signal's handler then runs (a loop: Python runs handlers at a jump back)."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+
+    def __getattr__(self, name):
+        os.kill(os.getpid(), self.signum)
+        for _ in range(1000):
+            pass
+        raise AttributeError(name)
+
+
+def in_a_finalizer(signum: int) -> None:
+    Signalling(signum)  # freed at once: the signal comes inside __del__
+
+
+def in_c_code_that_clears_errors(signum: int) -> None:
+    # PyObject_HasAttr calls __getattr__ and clears whatever it raises, as C code calling back into Python may do
+    # (pybind11's conversion to an array in matplotlib's Agg renderer dropped a SIGTERM this way)
+    assert ctypes.pythonapi.PyObject_HasAttr(ctypes.py_object(SignallingWhenAsked(signum)),
+                                             ctypes.py_object("missing")) == 0
+
+
+@pytest.mark.parametrize("dropped", [in_a_finalizer, in_c_code_that_clears_errors])
 @pytest.mark.parametrize("signum, code, said", [(signal.SIGTERM, 143, "prog: terminated (SIGTERM)"),
                                                 (signal.SIGINT, 130, "prog: interrupted")])
-def test_a_signal_that_lands_in_a_finalizer_still_stops_the_command(capsys, signum, code, said):
+def test_a_signal_whose_exception_is_dropped_still_stops_the_command(capsys, signum, code, said, dropped):
     """A signal's handler runs in whatever Python code the main thread is in. In a finalizer (a __del__, a weakref
-    callback, a generator the garbage collector closes) Python only prints the exception it raises and goes on:
-    the command worked on as if no SIGTERM had come, until the batch scheduler's SIGKILL. Sent again, the signal
-    stops it as anywhere else, and nothing is printed of the one that was lost."""
-    hook, handler = sys.unraisablehook, signal.getsignal(signal.SIGTERM)
+    callback, a generator the garbage collector closes) Python only prints the exception it raises and goes on;
+    C code that called back into Python may drop it without a word. Either way the command worked on as if no
+    SIGTERM had come, until the batch scheduler's SIGKILL. Sent again, the signal stops it as anywhere else, and
+    nothing is printed of the one that was dropped."""
+    hooks = sys.unraisablehook, signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
 
     def body():
-        Signalling(signum)  # freed at once: the signal comes inside __del__
+        dropped(signum)
         deadline = time.time() + 30
         while time.time() < deadline:
             time.sleep(0.001)
@@ -424,7 +452,49 @@ def test_a_signal_that_lands_in_a_finalizer_still_stops_the_command(capsys, sign
     assert run("prog", body) == code
     assert time.time() - started < 10
     assert capsys.readouterr().err.splitlines() == [said]
-    assert sys.unraisablehook is hook and signal.getsignal(signal.SIGTERM) is handler
+    assert (sys.unraisablehook, signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == hooks
+
+
+@pytest.mark.parametrize("signum, code, said", [(signal.SIGTERM, 143, "prog: terminated (SIGTERM)"),
+                                                (signal.SIGINT, 130, "prog: interrupted")])
+@pytest.mark.parametrize("error", [ValueError("Invalid affine transformation matrix"), UserError("a.jpg: damaged")])
+def test_an_error_left_by_a_dropped_signal_stops_the_command_as_the_signal_would(capsys, signum, code, said, error):
+    """C code that drops the interruption may raise an error of its own in its place (pybind11, in matplotlib's
+    Agg renderer: "Invalid affine transformation matrix"), or its caller may take the failure for damaged data.
+    The command was interrupted, and says that, not that it met a bug or a bad file."""
+    def body():
+        in_c_code_that_clears_errors(signum)
+        raise error
+
+    assert run("prog", body) == code
+    assert capsys.readouterr().err.splitlines() == [said]
+    time.sleep(0.1)  # past the moment the dropped one would be sent again: not, the command having ended
+
+
+class HalfBuilt:
+    """An object whose __init__ a signal cuts short, and whose __del__ then fails (as pyparsing's Forward does)."""
+
+    def __init__(self, signum: int):
+        os.kill(os.getpid(), signum)
+        for _ in range(1000):
+            pass
+        self.part = "never set"
+
+    def __del__(self):
+        self.part.strip()
+
+
+@pytest.mark.parametrize("signum, code, said", [(signal.SIGTERM, 143, "prog: terminated (SIGTERM)"),
+                                                (signal.SIGINT, 130, "prog: interrupted")])
+def test_what_an_interruption_cut_short_prints_nothing_after_the_commands_line(capsys, monkeypatch, signum, code,
+                                                                              said):
+    """The object is freed with the interruption's traceback, which held its __init__'s frame: its __del__'s
+    AttributeError went to Python's hook for such errors, which printed it after the command's one line."""
+    printed = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda event: printed.append(repr(event.exc_value)))
+    assert run("prog", lambda: HalfBuilt(signum)) == code
+    assert capsys.readouterr().err.splitlines() == [said]
+    assert printed == []
 
 
 def test_a_signal_lost_in_a_finalizer_as_the_command_ends_is_not_sent_to_the_process_that_called_it(capsys):
