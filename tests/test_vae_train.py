@@ -394,11 +394,20 @@ def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_pa
     assert len(metrics(run)) == 1
 
 
-def train_in_two_processes(data, run, *args):
-    """vae-train under torchrun with two CPU processes (gloo), as a user starts DDP; its stdout and stderr."""
+# torch 2.14.1's compiled DDP on CPU (gloo) now and then aborts one process at the start of the second epoch, in
+# C++ (benchmarks/RESULTS.md, "the compiled DDP test on CPU"); not this project's code, nor a path GPUs take
+TORCH_ABORT = "terminate called without an active exception"
+
+
+def train_in_two_processes(data, run, *args, again_after_torch_abort: bool = False):
+    """vae-train under torchrun with two CPU processes (gloo), as a user starts DDP; its stdout and stderr. With
+    `again_after_torch_abort`, a run that ended in TORCH_ABORT is made once more, from scratch."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "vae.train", "--data", str(data / "synth"), "--out", str(run), "--epochs", "2", *args]
     result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
+    if again_after_torch_abort and result.returncode != 0 and TORCH_ABORT in result.stderr:
+        shutil.rmtree(run)
+        result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout, result.stderr
 
@@ -438,7 +447,7 @@ def test_compiled_ddp_trains_as_eager_ddp_does(data, tmp_path):
     single-process check against eager never sees: the whole run is compared instead. COMPILES, not TINY, so
     that the compiled graph is used rather than refused by the check."""
     train_in_two_processes(data, tmp_path / "eager", *COMPILES, "--save-every", "2")
-    _, said = train_in_two_processes(data, tmp_path / "compiled", *COMPILES, "--compile")
+    _, said = train_in_two_processes(data, tmp_path / "compiled", *COMPILES, "--compile", again_after_torch_abort=True)
     assert "Profiler record function" not in said  # dynamo's notice about DDP's profiler annotation: noise
     check = strict_json(tmp_path / "compiled" / "config.json")["compile"]
     assert check["used"] and check["mean_difference"] < 1e-4, check
