@@ -488,9 +488,8 @@ def test_the_vgg_reads_images_through_an_image_convolution_with_the_random_draws
 
 
 def test_the_trainer_and_its_loss_network_import_neither_torchvision_nor_dynamo():
-    """torch._dynamo takes about 1 s to import on 2 cores: a vae-train whose input is refused, or that trains
-    eagerly, should not wait for it before its first message (torch's optimizers import it once built), and
-    training needs no torchvision at all."""
+    """torch._dynamo takes about 1 s to import on 2 cores: a vae-train whose input is refused should not wait for
+    it (a run that trains imports it anyway, with torch's optimizer), and training needs no torchvision at all."""
     import subprocess
     import sys
 
