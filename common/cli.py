@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -34,13 +35,12 @@ def out_of_memory(exc: BaseException) -> bool:
             or (isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)))
 
 
+@dataclass
 class CommandSignals:
-    """What the signal handlers of a running command share: whether it still runs, and the signal of an
+    """What the signal handlers of a running command share: whether it still runs, and the kind of an
     interruption that was dropped while it ran (Interruption)."""
-
-    def __init__(self):
-        self.running = True
-        self.dropped: int | None = None
+    running: bool = True
+    dropped: type[Interruption] | None = None
 
 
 class Interruption(KeyboardInterrupt):
@@ -63,7 +63,7 @@ class Interruption(KeyboardInterrupt):
     def __del__(self):
         command, signum = self.command, self.signum
         if command is not None and command.running:
-            command.dropped = signum
+            command.dropped = type(self)
             timer = threading.Timer(0.01, lambda: command.running and os.kill(os.getpid(), signum))
             timer.daemon = True
             timer.start()
@@ -131,7 +131,7 @@ def sigterm_stops_cleanly():
     except Exception as error:
         if command.dropped is None:
             raise
-        raise (Terminated if command.dropped == signal.SIGTERM else Interrupted)() from error
+        raise command.dropped() from error
     finally:
         command.running = False
         for signum, previous in handlers.items():

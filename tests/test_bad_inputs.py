@@ -393,6 +393,10 @@ def test_a_message_that_quotes_a_library_stays_on_one_line(capsys):
     assert capsys.readouterr().err == "vae-train: error: a.pt: no fit: size  mismatch\n"  # blanks within a line kept
 
 
+# a signal, the exit code it ends a command with, and the command's line
+SIGNALS = [(signal.SIGTERM, 143, "prog: terminated (SIGTERM)"), (signal.SIGINT, 130, "prog: interrupted")]
+
+
 class Signalling:
     """An object that, when freed, sends the process `signum` from its finalizer and runs Python code there, where
     the signal's handler then runs."""
@@ -431,8 +435,7 @@ def in_c_code_that_clears_errors(signum: int) -> None:
 
 
 @pytest.mark.parametrize("dropped", [in_a_finalizer, in_c_code_that_clears_errors])
-@pytest.mark.parametrize("signum, code, said", [(signal.SIGTERM, 143, "prog: terminated (SIGTERM)"),
-                                                (signal.SIGINT, 130, "prog: interrupted")])
+@pytest.mark.parametrize("signum, code, said", SIGNALS)
 def test_a_signal_whose_exception_is_dropped_still_stops_the_command(capsys, signum, code, said, dropped):
     """A signal's handler runs in whatever Python code the main thread is in. In a finalizer (a __del__, a weakref
     callback, a generator the garbage collector closes) Python only prints the exception it raises and goes on;
@@ -455,8 +458,7 @@ def test_a_signal_whose_exception_is_dropped_still_stops_the_command(capsys, sig
     assert (sys.unraisablehook, signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == hooks
 
 
-@pytest.mark.parametrize("signum, code, said", [(signal.SIGTERM, 143, "prog: terminated (SIGTERM)"),
-                                                (signal.SIGINT, 130, "prog: interrupted")])
+@pytest.mark.parametrize("signum, code, said", SIGNALS)
 @pytest.mark.parametrize("error", [ValueError("Invalid affine transformation matrix"), UserError("a.jpg: damaged")])
 def test_an_error_left_by_a_dropped_signal_stops_the_command_as_the_signal_would(capsys, signum, code, said, error):
     """C code that drops the interruption may raise an error of its own in its place (pybind11, in matplotlib's
@@ -484,8 +486,7 @@ class HalfBuilt:
         self.part.strip()
 
 
-@pytest.mark.parametrize("signum, code, said", [(signal.SIGTERM, 143, "prog: terminated (SIGTERM)"),
-                                                (signal.SIGINT, 130, "prog: interrupted")])
+@pytest.mark.parametrize("signum, code, said", SIGNALS)
 def test_what_an_interruption_cut_short_prints_nothing_after_the_commands_line(capsys, monkeypatch, signum, code,
                                                                               said):
     """The object is freed with the interruption's traceback, which held its __init__'s frame: its __del__'s

@@ -42,19 +42,16 @@ def truncated_vgg19() -> nn.Sequential:
     kernels of --image-conv triton make the activated map in the convolution's own pass; index 1, relu1_1's
     place (and tap), holds an Identity, and the weights keep torchvision's names."""
     # written out rather than taken from torchvision's make_layers, so that training imports no torchvision; the
-    # layers are made in make_layers' order, so random weights draw the same
-    layers, channels = [], 3
-    for width in TRUNCATED_CONFIG:
+    # layers are made in make_layers' order (an ImageConv2d draws as the nn.Conv2d it is), so random weights draw
+    # the same
+    channels = TRUNCATED_CONFIG[0]
+    layers = [ImageConv2d(3, channels, kernel_size=3, padding=1, relu=True), nn.Identity()]
+    for width in TRUNCATED_CONFIG[1:]:
         if width == "M":
             layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
         else:
             layers += [nn.Conv2d(channels, width, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
             channels = width
-    first = layers[0]
-    conv1_1 = ImageConv2d(first.in_channels, first.out_channels, first.kernel_size, first.stride, first.padding,
-                          relu=True, device="meta")  # takes first's parameters: no random draws of its own
-    conv1_1.weight, conv1_1.bias = first.weight, first.bias
-    layers[0], layers[1] = conv1_1, nn.Identity()
     return nn.Sequential(*layers)
 
 
