@@ -1,5 +1,6 @@
 """vae-train end to end on CPU: run folder, checkpoints, overfitting, exact resume, NaN, DDP."""
 import json
+import multiprocessing
 import os
 import re
 import shutil
@@ -274,10 +275,12 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(data, tmp_path)
     assert [r["train"]["loss"] for r in metrics(tmp_path / "whole")] == [r["train"]["loss"] for r in metrics(cut)]
 
 
-def test_sigterm_stops_a_run_as_ctrl_c_does_and_it_resumes(data, tmp_path):
-    """A batch scheduler's time limit sends SIGTERM, which killed the process where it stood."""
+@pytest.mark.parametrize("feed", [[], ["--data-on-device", "no", "--workers", "2"]], ids=["memory", "streamed"])
+def test_sigterm_stops_a_run_as_ctrl_c_does_and_it_resumes(data, tmp_path, feed):
+    """A batch scheduler's time limit sends SIGTERM, which killed the process where it stood. Streamed, the loader's
+    workers are stopped at once: left to the garbage collector, each was waited on for 5 s, then killed."""
     run = tmp_path / "run"
-    process = subprocess.Popen(train_process("--data", data / "synth", "--epochs", "500", *TINY, "--out", run),
+    process = subprocess.Popen(train_process("--data", data / "synth", "--epochs", "500", *TINY, *feed, "--out", run),
                                env={**ENV, "PYTHONFAULTHANDLER": "1"}, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
@@ -285,12 +288,14 @@ def test_sigterm_stops_a_run_as_ctrl_c_does_and_it_resumes(data, tmp_path):
             (run / "metrics.jsonl").exists() and (run / "metrics.jsonl").read_text().strip()):
         time.sleep(0.02)
     process.send_signal(signal.SIGTERM)
+    sent = time.time()
     try:
         _, err = process.communicate(timeout=120)
     except subprocess.TimeoutExpired:  # where it is stuck: SIGABRT makes the fault handler print every thread's stack
         process.send_signal(signal.SIGABRT)
         _, err = process.communicate(timeout=60)
         pytest.fail(f"vae-train went on for 120 s after SIGTERM; where its threads were:\n{err[-8000:]}")
+    assert time.time() - sent < 5, err  # 12 s streamed, with 2 workers, before they were stopped at once
     assert process.returncode == 143, err
     assert err.strip().splitlines()[-1] == ("vae-train: terminated (SIGTERM); continue with --resume (from the last "
                                             "finished epoch)")
@@ -948,9 +953,12 @@ def test_streaming_and_memory_feeds_train_identical_weights_and_resume_exactly(d
     # the default number of loader workers: 4, or fewer where fewer cores are available (more would only
     # contend, and torch would warn of "excessive worker creation")
     default_workers = [a for i, a in enumerate(common) if "--workers" not in (a, common[i - 1])]
+    children = set(multiprocessing.active_children())
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert train_main([*default_workers, "--out", str(stream), "--epochs", "2", "--data-on-device", "no"]) == 0
+    # the loader's workers ended with the run: left to the garbage collector, they stalled whatever came next 5 s each
+    assert set(multiprocessing.active_children()) <= children
     assert not [w for w in caught if "worker" in str(w.message)], [str(w.message) for w in caught]
     runtime = json.loads((stream / "config.json").read_text())["train"]["runtime"]
     assert runtime["workers"] == min(4, len(os.sched_getaffinity(0)))
@@ -966,6 +974,30 @@ def test_streaming_and_memory_feeds_train_identical_weights_and_resume_exactly(d
     assert [r["train"]["loss"] for r in metrics(memory)] == [r["train"]["loss"] for r in metrics(stream)]
     feed = json.loads((stream / "config.json").read_text())["data"]["feed"]
     assert feed["feed"] == "stream" and feed["pool_bytes"] == (64 + 5 * 4) * 32 * 32 * 3
+
+
+def test_a_streamed_run_stopped_by_ctrl_c_stops_its_loader_workers_at_once(data, tmp_path, monkeypatch, capsys):
+    """Ctrl-C in the second epoch of a run streamed by 2 loader workers: the command ends at once, its workers
+    with it. Left to the garbage collector that runs as the command ends, the workers were waited on for 5 s each
+    and then killed."""
+    import vae.train
+
+    steps, stepped = [], vae.train.Run.augmented  # called once per training step
+
+    def interrupted(self, *args):
+        steps.append(time.time())
+        if len(steps) == 6:  # 4 steps an epoch
+            raise KeyboardInterrupt
+        return stepped(self, *args)
+
+    monkeypatch.setattr(vae.train.Run, "augmented", interrupted)
+    children = set(multiprocessing.active_children())
+    args = ["--data", str(data / "synth"), "--out", str(tmp_path / "run"), "--epochs", "3", *TINY,
+            "--data-on-device", "no", "--workers", "2"]
+    assert train_main(args) == 130
+    assert time.time() - steps[-1] < 5  # 10 s before
+    assert set(multiprocessing.active_children()) <= children
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("vae-train: interrupted")
 
 
 def test_auto_feed_says_why(data, tmp_path, capsys):

@@ -82,7 +82,11 @@ class Run:
         self.eager_objective, self.compiled_batch, self.compiled_augmentation = self.objective, None, None
         wanted, why = compile_decision(config.runtime.compile, config.runtime.compile_mode, runtime.device)
         record = {"setting": config.runtime.compile, "why": why}
-        self.compile_check = record | (self.compile(why) if wanted else {"used": False})
+        try:
+            self.compile_check = record | (self.compile(why) if wanted else {"used": False})
+        except BaseException:  # Ctrl-C while compiling, say: the check's batch started the feed's workers
+            self.data.feed.close()
+            raise
         if not wanted and config.runtime.image_conv == "triton":
             self.log(f"--image-conv triton: for compiled CUDA steps only, and this run trains eagerly ({why})")
 
@@ -404,6 +408,7 @@ def train(config: TrainConfig, last: dict | None, command: list[str]) -> int:
         return 0
     finally:
         if run is not None:
+            run.data.feed.close()
             run.writer.close()
         if lock is not None:
             lock.release()
