@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from analysis import figures as draw
 from analysis.comparison import Comparison, numerosity_comparison
 from analysis.config import AnalysisConfig
 from analysis.controls import Decoding, NullResult, population_decoding, rotation_null
@@ -37,7 +36,6 @@ from common.locks import FolderLock
 from common.settings import to_dict
 from synthgen import ShardSet
 from vae.augment import to_float
-from vae.plots import reconstruction_grid
 
 
 @dataclass
@@ -199,6 +197,9 @@ def _replace_previous(outputs: ReplacedOutputs, folders: tuple[Path, ...], log) 
 
 def write_figures(out: Path, run: RunAnalysis, model, shards, means, labels: SetLabels, config: AnalysisConfig,
                   device) -> dict[str, str]:
+    from analysis import figures as draw  # matplotlib: not for an analysis refused before it encodes
+    from vae.plots import reconstruction_grid
+
     units, fit = run.units, run.units.fit
     figures = {"betas": str(out / "betas.png")}
     draw.beta_scatter(units.dims, fit.beta_n, fit.beta_a, fit.r2, units.labels, config.r2_min, config.beta_max,
@@ -293,6 +294,8 @@ def analyse(config: AnalysisConfig, log=print) -> dict:
         summaries = [analyse_run(path, name, shards, labels, config, out / name, device, outputs, log, run_notes,
                                  replace=(out, out / name) if k == 0 else (out / name,), collapsed_ok=True)
                      for k, (path, name, run_notes) in enumerate(zip(config.checkpoint, names, notes))]
+        from analysis import figures as draw
+
         rows = [run_row(s, run) for s, run in zip(summaries, runs)]
         write_runs_csv(out / "runs.csv", rows)
         null_95th = [(s.get("null") or {}).get("null_95th_percentile", {}).get("best_r2") for s in summaries]

@@ -14,7 +14,6 @@ import torch
 
 from analysis.config import ReadoutConfig
 from analysis.encode import over_training
-from analysis.figures import confusion_matrix, readouts_epochs_figure, readouts_figure
 from analysis.metrics import CLASSES
 from analysis.report import (by_run_and_epoch, earlier_run_folders, epochs_summary, mean_sd_text, runs_summary,
                              shared_epochs, write_csv)
@@ -101,6 +100,8 @@ def published() -> dict:
 
 def write_readout(folder: Path, outcome: ReadoutOutcome, config: ReadoutConfig) -> None:
     """One readout's files (READOUT_FILES) in `folder`."""
+    from analysis.figures import confusion_matrix  # matplotlib: not for a readout refused before it trains
+
     result, test_report, training = outcome.result, outcome.result["test"], outcome.result["training"]
     images = result["images"]
     folder.mkdir(parents=True, exist_ok=True)
@@ -199,6 +200,8 @@ def write_summary(out: Path, outcomes: list[ReadoutOutcome], labels: list[str], 
                   config: ReadoutConfig) -> dict:
     """The summary over several checkpoints' readouts in `out` (SUMMARY_FILES): over runs, or over the course of
     training where `runs` (the run of each checkpoint) holds one run at several epochs. Returns its readout.json."""
+    from analysis.figures import readouts_epochs_figure, readouts_figure
+
     rows = [score_row(label, run, outcome.result) for label, run, outcome in zip(labels, runs, outcomes)]
     notes = [note for note in outcomes[0].result["notes"] if all(note in o.result["notes"] for o in outcomes)]
     test = outcomes[0].result["test"]  # every readout is tested on the same images: one chance row

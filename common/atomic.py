@@ -3,8 +3,11 @@ flushed to disk, then renamed into place (an atomic step on POSIX file systems);
 replaced as one step (ReplacedOutputs)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
+import threading
 from pathlib import Path
 
 
@@ -43,6 +46,30 @@ def fsync_path(path) -> None:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def uninterrupted():
+    """A block that Ctrl-C and SIGTERM do not cut short: a signal that comes while it runs is held back and
+    delivered, to the handler in place before, as it ends. For steps of a few file renames whose half-done state
+    loses data (a second Ctrl-C while an earlier output is being put back). Python runs signal handlers in the
+    main thread only, so elsewhere the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(signum)
+        if handler is not None:  # None: a handler installed outside Python, which cannot be put back
+            previous[signum] = signal.signal(signum, lambda number, frame: held.append(number))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if held:
+            signal.raise_signal(held[0])
+
+
 class ReplacedOutputs:
     """A command's outputs written over an earlier run's in one folder, as one step: the earlier files are moved
     aside (renamed into a hidden folder within `out`, so no space is needed) just before the new ones are
@@ -70,21 +97,25 @@ class ReplacedOutputs:
         for name in names:
             source, target = self.out / name, self.aside / name
             target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(source, target)
-            self.moved.append(name)
+            with uninterrupted():  # a file moved aside but not recorded would be deleted with the folder
+                os.replace(source, target)
+                self.moved.append(name)
             folder = source.parent
             while folder != self.out and folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
                 folder = folder.parent
 
     def __exit__(self, kind, exc, tb) -> bool:
-        if kind is not None:
-            for path in sorted(set(self._paths()) - self.before, key=lambda p: -len(p.parts)):
-                path.rmdir() if path.is_dir() else path.unlink()
-            for name in self.moved:
-                (self.out / name).parent.mkdir(parents=True, exist_ok=True)
-                os.replace(self.aside / name, self.out / name)
-        shutil.rmtree(self.aside, ignore_errors=True)
+        # Cut short (a second Ctrl-C as the first one's clean-up runs), it left earlier files aside, which the next
+        # run deletes: the signal waits until every one is back.
+        with uninterrupted():
+            if kind is not None:
+                for path in sorted(set(self._paths()) - self.before, key=lambda p: -len(p.parts)):
+                    path.rmdir() if path.is_dir() else path.unlink()
+                for name in self.moved:
+                    (self.out / name).parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(self.aside / name, self.out / name)
+            shutil.rmtree(self.aside, ignore_errors=True)
         return False
 
     def _paths(self):

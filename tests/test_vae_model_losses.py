@@ -245,7 +245,8 @@ def test_vgg_weights_of_an_untrained_model_or_of_vgg16_are_refused(tmp_path):
         torch.manual_seed(seed)
         whole = torchvision.models.vgg19().state_dict()  # torchvision's layout: features.N.*, classifier.*
         assert abs(filter_structure(whole["features.0.weight"])) < TRAINED_STRUCTURE / 2
-        torch.save(whole, tmp_path / "untrained.pth")
+        # the classifier (0.5 GB, which the loader skips) is saved whole below, once for each other network
+        torch.save({k: v for k, v in whole.items() if k.startswith("features.")}, tmp_path / "untrained.pth")
         with pytest.raises(VGGWeightsError, match=r"look untrained: .* r = -?0\.0\d.*--vgg-weights random"):
             load_vgg(str(tmp_path / "untrained.pth"))
     vgg16 = torchvision.models.vgg16().state_dict()
@@ -487,16 +488,17 @@ def test_the_vgg_reads_images_through_an_image_convolution_with_the_random_draws
     assert ours[:2](x).min() == 0  # the ReLU ran
 
 
-def test_the_trainer_and_its_loss_network_import_neither_torchvision_nor_dynamo():
-    """torch._dynamo takes about 1 s to import on 2 cores: a vae-train whose input is refused should not wait for
-    it (a run that trains imports it anyway, with torch's optimizer), and training needs no torchvision at all."""
+def test_the_trainer_its_loss_network_and_the_analyses_import_neither_torchvision_dynamo_nor_matplotlib():
+    """torch._dynamo takes about 1 s to import on 2 cores, and matplotlib 0.4-0.6 s: a vae-train or an analysis
+    whose input is refused should not wait for them (a run that trains imports dynamo anyway, with torch's optimizer,
+    and one that draws imports matplotlib then), and training needs no torchvision at all."""
     import subprocess
     import sys
 
-    code = ("import sys, warnings; warnings.simplefilter('ignore'); import vae.train; "
-            "from vae.vgg import load_vgg; from vae.losses import PerceptualLoss; "
-            "PerceptualLoss(load_vgg('random')[0]); print(sorted(m for m in ('torchvision', 'torch._dynamo') "
-            "if m in sys.modules))")
+    code = ("import sys, warnings; warnings.simplefilter('ignore'); import vae.train, analysis.area_vs_number, "
+            "analysis.readout; from vae.vgg import load_vgg; from vae.losses import PerceptualLoss; "
+            "PerceptualLoss(load_vgg('random')[0]); print(sorted(m for m in ('torchvision', 'torch._dynamo', "
+            "'matplotlib') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"

@@ -41,7 +41,6 @@ from vae.checkpoint import (CheckpointError, CheckpointWriter, EpochFiles, detac
 from vae.config import EPOCHS_FOLDER, TrainConfig, holds_run
 from vae.data import epoch_indices, rank_batches
 from vae.losses import Objective
-from vae.plots import loss_curves, reconstruction_grid
 from vae.record import log_opening, run_record
 from vae.resume import check_sets, continued_split, world_change_line
 from vae.runtime import (Runtime, compile_augmentation_checked, compile_checked, compile_decision, compile_line,
@@ -336,6 +335,7 @@ class Run:
 
     def figures(self) -> None:
         """Inputs against their posterior-mean reconstructions, and the loss curves (main process)."""
+        from vae.plots import loss_curves, reconstruction_grid  # matplotlib: not for a run refused before it trains
         self.model.eval()
         chosen = self.data.split.validation[:8]
         x = to_float(torch.from_numpy(self.data.pool.images(chosen)).to(self.runtime.device), self.data.image_size)
