@@ -41,15 +41,13 @@ def test_a_signal_during_the_renames_waits_until_the_earlier_analysis_is_whole(t
         if (when == "putting them back") == (ReplacedOutputs.PREFIX in str(source)):
             signal.raise_signal(kind.signum)
 
+    monkeypatch.setattr(os, "replace", rename_then_signal)
     with pytest.raises(kind), sigterm_stops_cleanly():
         with ReplacedOutputs(out) as outputs:
-            if when == "setting the earlier files aside":
-                monkeypatch.setattr(os, "replace", rename_then_signal)
             outputs.set_aside(list(EARLIER))
             (out / "report.md").write_bytes(b"the new report, half writ")
             (out / "run-a").mkdir()
             (out / "run-a" / "dimensions.csv").write_bytes(b"new")
-            monkeypatch.setattr(os, "replace", rename_then_signal)
             raise Interrupted()  # the first Ctrl-C, as the new analysis is written
     monkeypatch.undo()
     assert renames  # the signal came during the renames
